@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what `make test` needs and the machine lacks: ZooKeeper and
+# netcat from Debian's packages. Runs `apt-get update` only when something
+# must be installed. Idempotent and quiet when everything is present.
+set -euo pipefail
+
+missing=()
+[ -f /usr/share/java/zookeeper.jar ] || missing+=(zookeeper)
+command -v nc >/dev/null 2>&1 || missing+=(netcat-openbsd)
+command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+echo "ensure-deps: installing ${missing[*]} from Debian's packages"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "ensure-deps: done"
