@@ -63,7 +63,8 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for `config.addrs[0]`, connecting on first use.
+    /// A client for `config.addrs[0]`, connecting on first use. Must be
+    /// called within a tokio runtime (the connection task is spawned on it).
     pub fn new(config: &ClientConfig) -> Result<Client> {
         let addr = config
             .addrs
