@@ -67,3 +67,22 @@ impl<T> IoContext<T> for io::Result<T> {
         self.map_err(|e| Error::io(context(), e))
     }
 }
+
+impl Error {
+    /// A copy of this error for each writer that shares one failed group
+    /// commit (`io::Error` is not `Clone`; its kind and message are kept).
+    pub fn duplicate(&self) -> Error {
+        match self {
+            Error::InvalidInput(m) => Error::InvalidInput(m.clone()),
+            Error::Corrupt(m) => Error::Corrupt(m.clone()),
+            Error::Locked(p) => Error::Locked(p.clone()),
+            Error::DiskFull(m) => Error::DiskFull(m.clone()),
+            Error::WritesRefused(m) => Error::WritesRefused(m.clone()),
+            Error::Closed => Error::Closed,
+            Error::Io { context, source } => Error::Io {
+                context: context.clone(),
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
+        }
+    }
+}

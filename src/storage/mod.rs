@@ -21,7 +21,7 @@ mod clock;
 mod error;
 mod memory;
 
-pub use bitcask::{MergeOptions, Options};
+pub use bitcask::{Bitcask, Header, Kind, MergeOptions, MergeReport, Options, Record};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
 pub use memory::Memory;

@@ -1,5 +1,802 @@
-//! The Bitcask engine (work in progress in this commit: options only).
+//! The Bitcask engine: an append-only log of records in segment files, an
+//! in-memory keydir pointing at the live record of each key, and an LRU
+//! cache of hot values.
+//!
+//! Directory layout:
+//!
+//! ```text
+//! LOCK                      flock'ed while an engine has the directory open
+//! <base:020>.log            segment files, named by their base offset
+//! <base:020>.hint           hint file of a sealed segment (optional)
+//! merge/                    a merge in progress; merge/COMMIT marks it done
+//! ```
+//!
+//! How it differs from the Bitcask paper: records carry a logical offset and
+//! a leader epoch (they are the unit of replication), the keydir does not
+//! store a timestamp, `EXPIRE` writes a self-contained record, and merge
+//! rewrites a *prefix* of the log so tombstones can be dropped safely. The
+//! full reasoning is in `docs/STORAGE.md`.
+//!
+//! Concurrency: readers take one keydir shard lock for a lookup and read the
+//! disk without locks; writers go through [`writer`]'s group commit; merge and
+//! truncation exclude each other through the maintenance mutex and publish
+//! their results key by key. Segments are reference counted, so a reader that
+//! holds one keeps its file and map alive across a merge.
 
+mod background;
+mod hint;
+mod keydir;
+mod log;
+mod merge;
 mod options;
+mod record;
+mod recovery;
+mod segment;
+mod writer;
 
+pub use log::LogRecord;
+pub use merge::MergeReport;
 pub use options::{MergeOptions, Options};
+pub use record::{Header, Kind, Record};
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use hashbrown::HashMap;
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+
+use self::keydir::{Entry, KeyDir};
+use self::segment::Segment;
+use self::writer::{Batch, Location, Queued, Writer};
+use super::error::IoContext;
+use super::{
+    Clock, Condition, Durability, Engine, Error, Result, SetOptions, Status, SystemClock, Ttl,
+};
+
+/// How many times a read retries when a merge moved its record meanwhile.
+const READ_RETRIES: usize = 8;
+
+/// The segment table: every open segment by id, and in log order.
+#[derive(Default)]
+struct Segments {
+    /// Segment id -> segment.
+    by_id: HashMap<u32, Arc<Segment>>,
+    /// All segments by base offset; the last one is the active segment.
+    ordered: Vec<Arc<Segment>>,
+}
+
+impl Segments {
+    /// A table of `ordered` segments.
+    fn new(ordered: Vec<Arc<Segment>>) -> Segments {
+        Segments {
+            by_id: ordered.iter().map(|s| (s.id, s.clone())).collect(),
+            ordered,
+        }
+    }
+
+    /// Adds a new active segment at the end.
+    fn push(&mut self, seg: Arc<Segment>) {
+        self.by_id.insert(seg.id, seg.clone());
+        self.ordered.push(seg);
+    }
+
+    /// Adds `bytes` to the dead count of segment `id`, if it still exists.
+    fn add_dead(&self, id: u32, bytes: u64) {
+        if let Some(s) = self.by_id.get(&id) {
+            s.dead.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Counters reported by [`Engine::status`].
+#[derive(Default)]
+struct Stats {
+    /// Records written.
+    records: AtomicU64,
+    /// fsync calls on segment files.
+    fsyncs: AtomicU64,
+    /// Completed merges.
+    merges: AtomicU64,
+    /// Corrupt byte ranges found at open.
+    corrupt_ranges: AtomicU64,
+}
+
+/// Everything the engine's threads share.
+struct Inner {
+    /// The data directory.
+    dir: PathBuf,
+    /// Tuning options.
+    opts: Options,
+    /// Source of "now" for expiry.
+    clock: Arc<dyn Clock>,
+    /// The locked `LOCK` file; the lock lives as long as this handle.
+    _lock: File,
+    /// Key -> location of its live record, and the value cache.
+    keydir: KeyDir,
+    /// Open segments.
+    segments: RwLock<Segments>,
+    /// Next segment id to hand out.
+    next_segment_id: AtomicU32,
+    /// The write path's state (see [`writer`]).
+    writer: Mutex<Writer>,
+    /// Signalled whenever a batch finishes.
+    batch_done: Condvar,
+    /// Serialises merge and truncation.
+    maintenance: Mutex<()>,
+    /// Counters.
+    stats: Stats,
+    /// Tells background threads to stop (true) and wakes them.
+    stop: (Mutex<bool>, Condvar),
+}
+
+/// A Bitcask engine over one data directory. See the module docs.
+pub struct Bitcask {
+    /// Shared state.
+    inner: Arc<Inner>,
+    /// Background threads (flusher, janitor), joined on close.
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The state of a key that a write decides on.
+struct Current {
+    /// The value, loaded only when the decision needs it.
+    value: Option<Bytes>,
+}
+
+/// A write request before it is decided.
+enum Op {
+    /// `set` with its options.
+    Set(Bytes, SetOptions),
+    /// `del`.
+    Delete,
+    /// `expire` to this absolute instant.
+    Expire(u64),
+}
+
+impl Bitcask {
+    /// Opens (creating if needed) the engine in `dir`, with the system clock.
+    pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Bitcask> {
+        Self::open_with_clock(dir, opts, Arc::new(SystemClock))
+    }
+
+    /// Opens the engine with an explicit clock (tests move time by hand).
+    pub fn open_with_clock(
+        dir: impl AsRef<Path>,
+        opts: Options,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Bitcask> {
+        validate(&opts)?;
+        let dir = dir.as_ref().to_path_buf();
+        let lock = recovery::lock_dir(&dir)?;
+        let keydir = KeyDir::new(opts.cache_bytes);
+        let next_segment_id = AtomicU32::new(0);
+        let loaded = recovery::load(&dir, &keydir, &next_segment_id)?;
+        let active = loaded
+            .segments
+            .last()
+            .cloned()
+            .ok_or_else(|| Error::Corrupt("no active segment after recovery".into()))?;
+        let stats = Stats::default();
+        stats
+            .corrupt_ranges
+            .store(loaded.corrupt_ranges, Ordering::Relaxed);
+        let inner = Arc::new(Inner {
+            dir,
+            opts,
+            clock,
+            _lock: lock,
+            keydir,
+            segments: RwLock::new(Segments::new(loaded.segments)),
+            next_segment_id,
+            writer: Mutex::new(Writer::new(active, loaded.next_offset)),
+            batch_done: Condvar::new(),
+            maintenance: Mutex::new(()),
+            stats,
+            stop: (Mutex::new(false), Condvar::new()),
+        });
+        let threads = background::start(&inner)?;
+        Ok(Bitcask {
+            inner,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// Runs a merge now, whatever the dead-byte ratio. Returns what it did.
+    pub fn merge(&self) -> Result<MergeReport> {
+        self.inner.merge()
+    }
+
+    /// Removes expired keys from the keydir now (the background sweep does
+    /// this periodically). Returns how many were removed.
+    pub fn sweep_expired(&self) -> usize {
+        self.inner.sweep_expired()
+    }
+
+    /// Writes hint files for sealed segments that lack one. Returns how many.
+    pub fn write_missing_hints(&self) -> Result<usize> {
+        self.inner.write_missing_hints()
+    }
+
+    /// Records with offset `>= from`, in offset order, up to about
+    /// `max_bytes` (at least one record if any). For replication.
+    pub fn read_log(&self, from: u64, max_bytes: usize) -> Result<Vec<LogRecord>> {
+        self.inner.read_log(from, max_bytes)
+    }
+
+    /// Removes every record with offset `>= offset` and rebuilds the keydir.
+    /// For followers whose log diverged from the leader's.
+    pub fn truncate(&self, offset: u64) -> Result<()> {
+        self.inner.truncate(offset)
+    }
+
+    /// The offset the next record will get (the log end offset).
+    pub fn next_offset(&self) -> u64 {
+        self.inner.writer.lock().next_offset
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Flushes, stops the background threads and refuses further writes.
+    /// Idempotent; `Drop` calls it.
+    pub fn close(&self) -> Result<()> {
+        {
+            let mut stop = self.inner.stop.0.lock();
+            *stop = true;
+            self.inner.stop.1.notify_all();
+        }
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+        let result = self.inner.sync();
+        self.inner.writer.lock().closed = true;
+        result
+    }
+}
+
+impl Drop for Bitcask {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::error!(dir = %self.inner.dir.display(), "closing storage engine: {e}");
+        }
+    }
+}
+
+/// Rejects options the engine cannot work with.
+fn validate(opts: &Options) -> Result<()> {
+    let max_record = record::HEADER_LEN as u64
+        + opts.limits.max_key_bytes as u64
+        + opts.limits.max_value_bytes as u64;
+    if opts.segment_bytes > (2 << 30) {
+        return Err(Error::InvalidInput(format!(
+            "segment_bytes {} is over the 2 GiB limit",
+            opts.segment_bytes
+        )));
+    }
+    if opts.segment_bytes < max_record {
+        return Err(Error::InvalidInput(format!(
+            "segment_bytes {} is smaller than the largest record ({max_record} bytes)",
+            opts.segment_bytes
+        )));
+    }
+    if opts.limits.max_key_bytes as u64 > record::MAX_DECODE_KEY as u64
+        || opts.limits.max_value_bytes as u64 > record::MAX_DECODE_VALUE as u64
+    {
+        return Err(Error::InvalidInput("key or value limit too large".into()));
+    }
+    if let Durability::EveryMs(0) = opts.fsync {
+        return Err(Error::InvalidInput(
+            "fsync every_ms must be at least 1".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl Inner {
+    /// The segment with id `id`, if it is still open.
+    fn segment(&self, id: u32) -> Option<Arc<Segment>> {
+        self.segments.read().by_id.get(&id).cloned()
+    }
+
+    /// Reads the value of the record `entry` points at and checks its key.
+    /// `Ok(None)` when the segment is gone (a merge moved the record).
+    fn read_value(&self, key: &[u8], entry: Entry) -> Result<Option<Bytes>> {
+        let Some(seg) = self.segment(entry.seg) else {
+            return Ok(None);
+        };
+        let (header, buf) = seg.read_record(entry.pos as u64, entry.len as usize)?;
+        let key_end = record::HEADER_LEN + header.key_len as usize;
+        if &buf[record::HEADER_LEN..key_end] != key {
+            return Err(Error::Corrupt(format!(
+                "record at {}:{} holds another key",
+                seg.path.display(),
+                entry.pos
+            )));
+        }
+        Ok(Some(Bytes::from(buf).slice(key_end..)))
+    }
+
+    /// The live value of `key` through the cache.
+    fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        self.opts.limits.check_key(key)?;
+        for _ in 0..READ_RETRIES {
+            let now = self.clock.now_ms();
+            let entry = {
+                let mut shard = self.keydir.shard(key);
+                let Some(entry) = shard.map.get(key).copied() else {
+                    return Ok(None);
+                };
+                if entry.expired(now) {
+                    return Ok(None);
+                }
+                if let Some(v) = shard.cached(key) {
+                    return Ok(Some(v));
+                }
+                entry
+            };
+            let Some(value) = self.read_value(key, entry)? else {
+                continue;
+            };
+            let mut shard = self.keydir.shard(key);
+            if shard.map.get(key) == Some(&entry) {
+                shard.cache(key, &value);
+            }
+            return Ok(Some(value));
+        }
+        Err(Error::Io {
+            context: "read".into(),
+            source: std::io::Error::other("record kept moving under concurrent merges"),
+        })
+    }
+
+    /// The newest state of `key`: unapplied writes first, then the keydir.
+    /// Also returns the batch that state depends on, if it is not applied.
+    fn current(
+        &self,
+        w: &Writer,
+        key: &[u8],
+        now: u64,
+        need_value: bool,
+    ) -> Result<(Option<Current>, Option<Arc<Batch>>)> {
+        if let Some(u) = w.unapplied.get(key) {
+            let state = match &u.state {
+                Some((v, at)) if *at == 0 || *at > now => Some(Current {
+                    value: Some(v.clone()),
+                }),
+                _ => None,
+            };
+            return Ok((state, Some(u.batch.clone())));
+        }
+        let Some(entry) = self.keydir.get(key) else {
+            return Ok((None, None));
+        };
+        if entry.expired(now) {
+            return Ok((None, None));
+        }
+        let value = if need_value {
+            // The writer mutex is held, so no write can move this key; a
+            // merge may move the record, hence the retry through `get`.
+            match self.read_value(key, entry)? {
+                Some(v) => Some(v),
+                None => self.get(key)?,
+            }
+        } else {
+            None
+        };
+        Ok((Some(Current { value }), None))
+    }
+
+    /// Decides and performs a write. Returns the answer the caller reports
+    /// (whether the set happened, whether the key existed).
+    fn write(&self, key: &[u8], op: Op) -> Result<bool> {
+        self.opts.limits.check_key(key)?;
+        if let Op::Set(v, _) = &op {
+            self.opts.limits.check_value(v)?;
+        }
+        let mut w = self.writer.lock();
+        loop {
+            w.check_writable()?;
+            let now = self.clock.now_ms();
+            // An unconditional set that does not expire at once needs no look
+            // at the current state: the fast path.
+            let decision = match &op {
+                Op::Set(v, opts)
+                    if opts.condition == Condition::Always
+                        && opts.expire_at_ms.is_none_or(|at| at > now) =>
+                {
+                    (
+                        Some((Kind::Put, v.clone(), opts.expire_at_ms.unwrap_or(0))),
+                        true,
+                        None,
+                    )
+                }
+                _ => {
+                    let (cur, dep) = self.current(&w, key, now, matches!(op, Op::Expire(_)))?;
+                    let (action, answer) = decide(&op, cur, now);
+                    (action, answer, dep)
+                }
+            };
+            match decision {
+                (None, answer, dep) => {
+                    // Nothing to write, but the answer may rest on a record
+                    // that is not written yet: wait for it, then decide again.
+                    match dep {
+                        Some(batch) if !batch.is_done() => {
+                            self.commit(&mut w, &batch);
+                            continue;
+                        }
+                        _ => return Ok(answer),
+                    }
+                }
+                (Some((kind, value, expire_at)), answer, _) => {
+                    let (batch, index) = w.enqueue(key, kind, value, expire_at);
+                    self.commit(&mut w, &batch);
+                    return batch.result_for(index).map(|()| answer);
+                }
+            }
+        }
+    }
+
+    /// Waits until `batch` is done, leading group commits while no one else
+    /// is.
+    fn commit(&self, w: &mut MutexGuard<'_, Writer>, batch: &Arc<Batch>) {
+        while !batch.is_done() {
+            if w.flushing {
+                self.batch_done.wait(w);
+            } else {
+                self.lead(w);
+            }
+        }
+    }
+
+    /// Leads one group commit: writes the batch being built, applies it,
+    /// wakes its writers.
+    fn lead(&self, w: &mut MutexGuard<'_, Writer>) {
+        let (buf, queue, batch) = w.take_batch();
+        if queue.is_empty() {
+            batch.finish(Ok(()));
+            return;
+        }
+        w.flushing = true;
+        let active = w.active.clone();
+        let sync = self.opts.fsync == Durability::Always;
+        let written = MutexGuard::unlocked(w, || self.write_out(active, &buf, &queue, sync));
+        if let Some(seg) = written.new_active {
+            w.active = seg;
+        }
+        let ok = written.locations.len();
+        self.apply(&queue[..ok], &written.locations);
+        w.settle(&queue);
+        w.dirty |= ok > 0 && !sync;
+        self.stats.records.fetch_add(ok as u64, Ordering::Relaxed);
+        match written.error {
+            None => batch.finish(Ok(())),
+            Some(err) => {
+                tracing::error!(dir = %self.dir.display(), "write failed: {err}");
+                if written.refuse {
+                    w.refused = Some(format!(
+                        "an I/O error could not be undone ({err}); restart the node"
+                    ));
+                }
+                w.fail_pending(queue[ok].offset, &err);
+                batch.finish(Err((ok, err)));
+            }
+        }
+        w.flushing = false;
+        self.batch_done.notify_all();
+    }
+
+    /// Applies written records to the keydir.
+    fn apply(&self, queue: &[Queued], locations: &[Location]) {
+        let segments = self.segments.read();
+        for (q, loc) in queue.iter().zip(locations) {
+            let entry = Entry {
+                seg: loc.seg,
+                pos: loc.pos,
+                len: q.len,
+                expire_at: q.expire_at,
+            };
+            apply_one(&self.keydir, &q.key, q.kind, entry, &mut |id, bytes| {
+                segments.add_dead(id, bytes)
+            });
+        }
+    }
+
+    /// fsyncs the active segment if anything was written since the last
+    /// fsync. Waits for any group commit in flight first.
+    fn sync(&self) -> Result<()> {
+        let mut w = self.writer.lock();
+        while w.flushing {
+            self.batch_done.wait(&mut w);
+        }
+        if !w.dirty {
+            return Ok(());
+        }
+        w.flushing = true;
+        w.dirty = false;
+        let active = w.active.clone();
+        let result = MutexGuard::unlocked(&mut w, || {
+            self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+            fsync(active.file()).ctx(|| format!("fsync {}", active.path.display()))
+        });
+        if let Err(e) = &result {
+            // Acknowledged writes since the last fsync may not be durable and
+            // the page cache may have dropped them: never pretend otherwise.
+            tracing::error!(dir = %self.dir.display(), "fsync failed, refusing writes: {e}");
+            w.refused = Some(format!(
+                "fsync failed ({e}); writes acknowledged since the previous fsync may not be durable; restart the node"
+            ));
+        }
+        w.flushing = false;
+        self.batch_done.notify_all();
+        result
+    }
+}
+
+/// What the leader's I/O achieved.
+struct Written {
+    /// Locations of the records written, a prefix of the batch.
+    locations: Vec<Location>,
+    /// The new active segment, if the batch rolled over.
+    new_active: Option<Arc<Segment>>,
+    /// Why the rest of the batch failed.
+    error: Option<Error>,
+    /// The failure could not be cleaned up: refuse writes from now on.
+    refuse: bool,
+}
+
+impl Inner {
+    /// Hands a batch to the OS, rolling segments as they fill, and fsyncs it
+    /// if `sync`. Runs without the writer mutex; only the leader calls it.
+    fn write_out(&self, active: Arc<Segment>, buf: &[u8], queue: &[Queued], sync: bool) -> Written {
+        let mut out = Written {
+            locations: Vec::with_capacity(queue.len()),
+            new_active: None,
+            error: None,
+            refuse: false,
+        };
+        let mut seg = active;
+        // Bytes [chunk_start, at) of buf go to `seg` in one write; `pending`
+        // holds their records' locations until that write succeeds.
+        let (mut chunk_start, mut at) = (0usize, 0usize);
+        let mut pending = Vec::with_capacity(queue.len());
+        for q in queue {
+            let len = q.len as usize;
+            let seg_len = seg.len() + (at - chunk_start) as u64;
+            if seg_len > 0 && seg_len + len as u64 > self.opts.segment_bytes {
+                // The segment is full: its chunk must be durable before the
+                // segment is sealed, whatever the policy.
+                if let Err(e) = self.write_chunk(&seg, &buf[chunk_start..at], true) {
+                    (out.error, out.refuse) = (Some(e.0), e.1);
+                    return out;
+                }
+                out.locations.append(&mut pending);
+                match self.roll(&seg, q.offset) {
+                    Ok(next) => {
+                        seg = next.clone();
+                        out.new_active = Some(next);
+                    }
+                    Err(e) => {
+                        out.error = Some(e);
+                        return out;
+                    }
+                }
+                chunk_start = at;
+            }
+            pending.push(Location {
+                seg: seg.id,
+                pos: (seg.len() + (at - chunk_start) as u64) as u32,
+            });
+            at += len;
+        }
+        if let Err(e) = self.write_chunk(&seg, &buf[chunk_start..at], sync) {
+            (out.error, out.refuse) = (Some(e.0), e.1);
+            return out;
+        }
+        out.locations.append(&mut pending);
+        out
+    }
+
+    /// Appends `bytes` to `seg`, fsyncs them if `sync`, and publishes them to
+    /// readers. On failure the file is cut back to where it was (durably
+    /// after a failed fsync, so the records can never reappear); the flag
+    /// says whether that cut failed too.
+    fn write_chunk(
+        &self,
+        seg: &Segment,
+        bytes: &[u8],
+        sync: bool,
+    ) -> std::result::Result<(), (Error, bool)> {
+        let before = seg.len();
+        if !bytes.is_empty() {
+            if let Err(e) = write_all(seg.file(), bytes) {
+                let err = Error::io(format!("write {}", seg.path.display()), e);
+                return Err((err, seg.file().set_len(before).is_err()));
+            }
+        }
+        if sync {
+            self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = fsync(seg.file()) {
+                let err = Error::io(format!("fsync {}", seg.path.display()), e);
+                return Err((err, cut(seg, before).is_err()));
+            }
+        }
+        seg.set_len(before + bytes.len() as u64);
+        Ok(())
+    }
+
+    /// Creates the next active segment, whose base is `base`, then seals the
+    /// full one (already fsynced). The full one stays active if creation fails.
+    fn roll(&self, seg: &Arc<Segment>, base: u64) -> Result<Arc<Segment>> {
+        let id = self.next_segment_id.fetch_add(1, Ordering::Relaxed);
+        let next = Arc::new(Segment::create(&self.dir, id, base)?);
+        sync_dir(&self.dir)?;
+        if let Err(e) = seg.seal() {
+            // Reads fall back to pread; nothing is lost.
+            tracing::warn!("could not map sealed segment: {e}");
+        }
+        self.segments.write().push(next.clone());
+        self.wake_background();
+        Ok(next)
+    }
+
+    /// Wakes the background threads (a segment was sealed, there may be work).
+    fn wake_background(&self) {
+        self.stop.1.notify_all();
+    }
+}
+
+/// Decides what a non-trivial write does given the key's current state:
+/// the record to write (if any) and the answer for the caller.
+fn decide(op: &Op, cur: Option<Current>, now: u64) -> (Option<(Kind, Bytes, u64)>, bool) {
+    let exists = cur.is_some();
+    match op {
+        Op::Set(value, opts) => {
+            let allowed = match opts.condition {
+                Condition::Always => true,
+                Condition::IfAbsent => !exists,
+                Condition::IfPresent => exists,
+            };
+            match opts.expire_at_ms {
+                _ if !allowed => (None, false),
+                // Already expired: the set leaves the key absent.
+                Some(at) if at <= now && exists => (Some((Kind::Delete, Bytes::new(), 0)), true),
+                Some(at) if at <= now => (None, true),
+                at => (Some((Kind::Put, value.clone(), at.unwrap_or(0))), true),
+            }
+        }
+        Op::Delete if exists => (Some((Kind::Delete, Bytes::new(), 0)), true),
+        Op::Delete => (None, false),
+        Op::Expire(_) if !exists => (None, false),
+        Op::Expire(at) if *at <= now => (Some((Kind::Delete, Bytes::new(), 0)), true),
+        Op::Expire(at) => {
+            let value = cur.and_then(|c| c.value).unwrap_or_default();
+            (Some((Kind::Expire, value, *at)), true)
+        }
+    }
+}
+
+/// Applies one record to the keydir, reporting bytes that became dead.
+fn apply_one(
+    keydir: &KeyDir,
+    key: &[u8],
+    kind: Kind,
+    entry: Entry,
+    dead: &mut impl FnMut(u32, u64),
+) {
+    let mut shard = keydir.shard(key);
+    let old = if kind.is_put_like() {
+        shard.insert(key, entry)
+    } else {
+        // A tombstone is itself dead weight from the moment it is written.
+        dead(entry.seg, entry.len as u64);
+        shard.remove(key)
+    };
+    if let Some(old) = old {
+        dead(old.seg, old.len as u64);
+    }
+}
+
+/// `fdatasync`, with a failpoint for tests.
+fn fsync(file: &File) -> std::io::Result<()> {
+    fail::fail_point!("bitcask::fsync", |_| Err(std::io::Error::other(
+        "injected fsync failure"
+    )));
+    file.sync_data()
+}
+
+/// `write_all`, with a failpoint that simulates a full disk.
+fn write_all(mut file: &File, bytes: &[u8]) -> std::io::Result<()> {
+    fail::fail_point!("bitcask::write", |_| Err(
+        std::io::Error::from_raw_os_error(28)
+    ));
+    std::io::Write::write_all(&mut file, bytes)
+}
+
+/// Cuts `seg` back to `len` bytes and fsyncs the cut.
+fn cut(seg: &Segment, len: u64) -> std::io::Result<()> {
+    seg.file().set_len(len)?;
+    seg.file().sync_data()
+}
+
+/// fsyncs a directory, making renames and creations in it durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx(|| format!("fsync directory {}", dir.display()))
+}
+
+impl Engine for Bitcask {
+    fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        self.inner.get(key)
+    }
+
+    fn set(&self, key: &[u8], value: Bytes, opts: SetOptions) -> Result<bool> {
+        self.inner.write(key, Op::Set(value, opts))
+    }
+
+    fn delete(&self, key: &[u8]) -> Result<bool> {
+        self.inner.write(key, Op::Delete)
+    }
+
+    fn expire(&self, key: &[u8], expire_at_ms: u64) -> Result<bool> {
+        self.inner.write(key, Op::Expire(expire_at_ms))
+    }
+
+    fn ttl(&self, key: &[u8]) -> Result<Ttl> {
+        self.inner.opts.limits.check_key(key)?;
+        let now = self.inner.clock.now_ms();
+        Ok(match self.inner.keydir.get(key) {
+            None => Ttl::Missing,
+            Some(e) if e.expired(now) => Ttl::Missing,
+            Some(e) if e.expire_at == 0 => Ttl::Persistent,
+            Some(e) => Ttl::ExpiresInMs(e.expire_at - now),
+        })
+    }
+
+    fn keys(&self) -> Result<Vec<Bytes>> {
+        let now = self.inner.clock.now_ms();
+        let mut out = Vec::new();
+        for i in 0..keydir::SHARDS {
+            let shard = self.inner.keydir.shard_at(i);
+            out.extend(
+                shard
+                    .map
+                    .iter()
+                    .filter(|(_, e)| !e.expired(now))
+                    .map(|(k, _)| Bytes::copy_from_slice(k)),
+            );
+        }
+        Ok(out)
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.inner.sync()
+    }
+
+    fn status(&self) -> Result<Status> {
+        let segments = self.inner.segments.read();
+        let next_offset = self.inner.writer.lock().next_offset;
+        Ok(Status {
+            keys: self.inner.keydir.len() as u64,
+            segments: segments.ordered.len() as u64,
+            disk_bytes: segments.ordered.iter().map(|s| s.len()).sum(),
+            dead_bytes: segments
+                .ordered
+                .iter()
+                .map(|s| s.dead.load(Ordering::Relaxed))
+                .sum(),
+            next_offset,
+            records_written: self.inner.stats.records.load(Ordering::Relaxed),
+            fsyncs: self.inner.stats.fsyncs.load(Ordering::Relaxed),
+            merges: self.inner.stats.merges.load(Ordering::Relaxed),
+            corrupt_ranges: self.inner.stats.corrupt_ranges.load(Ordering::Relaxed),
+        })
+    }
+}

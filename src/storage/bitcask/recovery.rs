@@ -1,0 +1,249 @@
+//! Opening a data directory: the lock, finishing or discarding an interrupted
+//! merge, and rebuilding the keydir from hint files and segment scans.
+//!
+//! Invariants:
+//! - records are applied in offset order (segments by base offset, records
+//!   in file order), so the newest record of a key wins;
+//! - a hint is used only when it is intact and matches its segment's length;
+//!   otherwise the segment is scanned and every record's CRC checked;
+//! - a checksum failure followed by valid records is corruption in the
+//!   middle: reported and skipped, never truncated (later records are kept);
+//! - a bad tail of the *last* segment, with nothing valid after it, is a torn
+//!   write: the file is cut back to the last valid record and the cut fsynced;
+//! - a merge that reached its `COMMIT` marker is rolled forward, any other
+//!   merge output is deleted.
+
+use std::fs::{self, File, OpenOptions};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::hint::{self, HintEntry};
+use super::keydir::{Entry, KeyDir};
+use super::merge;
+use super::record::HEADER_LEN;
+use super::segment::{self, HINT_SUFFIX, LOG_SUFFIX, Scanned, Segment};
+use super::{apply_one, sync_dir};
+use crate::storage::error::IoContext;
+use crate::storage::{Error, Result};
+
+/// Name of the lock file.
+const LOCK_FILE: &str = "LOCK";
+
+/// What recovery found.
+pub(super) struct Loaded {
+    /// Open segments by base offset; the last is active (unsealed).
+    pub segments: Vec<Arc<Segment>>,
+    /// Offset the next record gets.
+    pub next_offset: u64,
+    /// Corrupt byte ranges skipped.
+    pub corrupt_ranges: u64,
+}
+
+/// Creates `dir` if needed and takes its exclusive lock.
+pub(super) fn lock_dir(dir: &Path) -> Result<File> {
+    fs::create_dir_all(dir).ctx(|| format!("create data directory {}", dir.display()))?;
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .ctx(|| format!("open {}", path.display()))?;
+    // fs4's flock, called by path: std's inherent `try_lock` needs Rust 1.89.
+    match fs4::FileExt::try_lock(&file) {
+        Ok(()) => Ok(file),
+        Err(fs4::TryLockError::WouldBlock) => Err(Error::Locked(dir.to_path_buf())),
+        Err(fs4::TryLockError::Error(e)) => Err(Error::io(format!("lock {}", path.display()), e)),
+    }
+}
+
+/// Base offsets of the segment files in `dir`, sorted.
+pub(super) fn segment_bases(dir: &Path) -> Result<Vec<u64>> {
+    let mut bases = Vec::new();
+    for entry in fs::read_dir(dir).ctx(|| format!("list {}", dir.display()))? {
+        let entry = entry.ctx(|| format!("list {}", dir.display()))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(base) = segment::parse_name(name, LOG_SUFFIX) {
+            bases.push(base);
+        } else if name.ends_with(".hint.tmp") {
+            // A hint whose write was interrupted.
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+/// Rebuilds the keydir from the files in `dir`.
+pub(super) fn load(dir: &Path, keydir: &KeyDir, next_id: &AtomicU32) -> Result<Loaded> {
+    merge::recover(dir)?;
+    let bases = segment_bases(dir)?;
+    let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len() + 1);
+    let mut next_offset = 0u64;
+    let mut corrupt_ranges = 0u64;
+    // Ids are handed out consecutively here, so a segment's index in
+    // `segments` is its id minus the first one.
+    let first_id = next_id.load(Ordering::Relaxed);
+    for (i, &base) in bases.iter().enumerate() {
+        let last = i + 1 == bases.len();
+        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        let path = segment::file_path(dir, base, LOG_SUFFIX);
+        let seg = Arc::new(Segment::open(path, id, base)?);
+        let mut dead = |sid: u32, bytes: u64| {
+            let s = segments.get(sid.wrapping_sub(first_id) as usize);
+            if let Some(s) = s.filter(|s| s.id == sid) {
+                s.dead.fetch_add(bytes, Ordering::Relaxed);
+            } else if sid == seg.id {
+                seg.dead.fetch_add(bytes, Ordering::Relaxed);
+            }
+        };
+        let hinted = if last {
+            None
+        } else {
+            hint::read(&segment::file_path(dir, base, HINT_SUFFIX), seg.len())?
+        };
+        let last_offset = match hinted {
+            Some(entries) => apply_hints(keydir, &seg, &entries, &mut dead),
+            None => {
+                let scan = scan_segment(keydir, &seg, &mut dead)?;
+                corrupt_ranges += scan.corrupt;
+                if let Some(torn) = scan.torn_at {
+                    if last {
+                        tracing::warn!(
+                            segment = %seg.path.display(),
+                            "cutting a torn tail of {} bytes at position {torn}",
+                            seg.len() - torn
+                        );
+                        seg.file()
+                            .set_len(torn)
+                            .and_then(|()| seg.file().sync_data())
+                            .ctx(|| format!("truncate torn tail of {}", seg.path.display()))?;
+                        seg.set_len(torn);
+                    } else {
+                        corrupt_ranges += 1;
+                        tracing::error!(
+                            segment = %seg.path.display(),
+                            "bytes from position {torn} to the end are corrupt; they are skipped"
+                        );
+                    }
+                }
+                scan.last_offset
+            }
+        };
+        if let Some(o) = last_offset {
+            next_offset = next_offset.max(o + 1);
+        }
+        next_offset = next_offset.max(base);
+        segments.push(seg);
+    }
+    if segments.is_empty() {
+        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        segments.push(Arc::new(Segment::create(dir, id, 0)?));
+        sync_dir(dir)?;
+    }
+    let sealed = segments.len() - 1;
+    for seg in &segments[..sealed] {
+        seg.seal()?;
+    }
+    if corrupt_ranges > 0 {
+        tracing::error!(
+            dir = %dir.display(),
+            "{corrupt_ranges} corrupt byte range(s) skipped; keys whose newest record was there read as their previous value or absent"
+        );
+    }
+    Ok(Loaded {
+        segments,
+        next_offset,
+        corrupt_ranges,
+    })
+}
+
+/// Applies a segment's hint entries. Returns the last offset.
+fn apply_hints(
+    keydir: &KeyDir,
+    seg: &Segment,
+    entries: &[HintEntry],
+    dead: &mut impl FnMut(u32, u64),
+) -> Option<u64> {
+    for e in entries {
+        let entry = Entry {
+            seg: seg.id,
+            pos: e.pos,
+            len: e.len,
+            expire_at: e.expire_at,
+        };
+        apply_one(keydir, &e.key, e.kind, entry, dead);
+    }
+    entries.last().map(|e| e.offset)
+}
+
+/// What a segment scan found.
+struct ScanResult {
+    /// Offset of the last valid record.
+    last_offset: Option<u64>,
+    /// Corrupt ranges followed by valid records.
+    corrupt: u64,
+    /// Position where a torn tail starts, if any.
+    torn_at: Option<u64>,
+}
+
+/// Scans a segment, applying every valid record.
+fn scan_segment(
+    keydir: &KeyDir,
+    seg: &Segment,
+    dead: &mut impl FnMut(u32, u64),
+) -> Result<ScanResult> {
+    let mut result = ScanResult {
+        last_offset: None,
+        corrupt: 0,
+        torn_at: None,
+    };
+    let mut scanner = seg.scanner()?;
+    while let Some(step) = scanner.next() {
+        match step {
+            Scanned::Record { pos, header } => {
+                let start = pos as usize + HEADER_LEN;
+                let key = scanner.data()[start..start + header.key_len as usize].to_vec();
+                let entry = Entry {
+                    seg: seg.id,
+                    pos: pos as u32,
+                    len: header.record_len() as u32,
+                    expire_at: header.expire_at_ms,
+                };
+                apply_one(keydir, &key, header.kind, entry, dead);
+                result.last_offset = Some(header.offset);
+            }
+            Scanned::Corrupt { start, end } => {
+                tracing::error!(
+                    segment = %seg.path.display(),
+                    "checksum failure: bytes {start}..{end} skipped, later records kept"
+                );
+                result.corrupt += 1;
+            }
+            Scanned::TornTail { start } => result.torn_at = Some(start),
+        }
+    }
+    Ok(result)
+}
+
+/// Builds the hint entries of a segment by scanning it.
+pub(super) fn hint_entries(seg: &Segment) -> Result<Vec<HintEntry>> {
+    let mut out = Vec::new();
+    let mut scanner = seg.scanner()?;
+    while let Some(step) = scanner.next() {
+        if let Scanned::Record { pos, header } = step {
+            let start = pos as usize + HEADER_LEN;
+            let key = &scanner.data()[start..start + header.key_len as usize];
+            out.push(HintEntry::new(pos, &header, key));
+        } else {
+            // Never describe a damaged segment with a hint: keep scanning it.
+            return Err(Error::Corrupt(format!(
+                "segment {} has damaged records",
+                seg.path.display()
+            )));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,410 @@
+//! Segment files: append-only runs of records, named by base offset.
+//!
+//! A segment is `<base offset, 20 digits>.log` in the data directory; its
+//! records have offsets `>= base` and below the next segment's base, in
+//! increasing order. Exactly one segment is *active* (appended to through the
+//! writer); the others are *sealed*: fsynced, never written again, read
+//! through a read-only memory map.
+//!
+//! Invariants:
+//! - `len` only grows (except for a truncation, which makes a new `Segment`
+//!   value for the file), and every byte below it has been handed to the OS;
+//! - a sealed segment's file is never modified in place: merge and
+//!   truncation write a new file and rename it over, so a map that a reader
+//!   holds stays valid;
+//! - the `id` is an in-memory handle, unique for the life of the process; the
+//!   keydir refers to segments by it.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use memmap2::Mmap;
+
+use super::record::{self, DecodeError, HEADER_LEN, Header};
+use crate::storage::error::IoContext;
+use crate::storage::{Error, Result};
+
+/// File name suffix of segment files.
+pub const LOG_SUFFIX: &str = "log";
+/// File name suffix of hint files.
+pub const HINT_SUFFIX: &str = "hint";
+
+/// The path of the segment or hint file with base offset `base`.
+pub fn file_path(dir: &Path, base: u64, suffix: &str) -> PathBuf {
+    dir.join(format!("{base:020}.{suffix}"))
+}
+
+/// Parses a segment file name `<20 digits>.log` into its base offset.
+pub fn parse_name(name: &str, suffix: &str) -> Option<u64> {
+    let stem = name.strip_suffix(suffix)?.strip_suffix('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+/// One segment file.
+#[derive(Debug)]
+pub struct Segment {
+    /// In-memory handle referenced by keydir entries.
+    pub id: u32,
+    /// Offset of the first record the segment may hold (its name).
+    pub base: u64,
+    /// Path of the `.log` file.
+    pub path: PathBuf,
+    /// The open file (read-write while active).
+    file: File,
+    /// Bytes readable: written to the OS and fully formed records.
+    len: AtomicU64,
+    /// Read-only map, present once the segment is sealed.
+    map: OnceLock<Mmap>,
+    /// Bytes of records here that are overwritten, deleted or expired.
+    pub dead: AtomicU64,
+    /// A hint file exists for it (or it cannot have one): the janitor skips it.
+    pub hinted: AtomicBool,
+}
+
+impl Segment {
+    /// Creates a new, empty segment file (fails if it exists).
+    pub fn create(dir: &Path, id: u32, base: u64) -> Result<Segment> {
+        let path = file_path(dir, base, LOG_SUFFIX);
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create_new(true)
+            .open(&path)
+            .ctx(|| format!("create segment {}", path.display()))?;
+        Ok(Segment::from_file(id, base, path, file, 0))
+    }
+
+    /// Opens an existing segment file for reading and appending.
+    pub fn open(path: PathBuf, id: u32, base: u64) -> Result<Segment> {
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
+            .ctx(|| format!("open segment {}", path.display()))?;
+        let len = file
+            .metadata()
+            .ctx(|| format!("stat segment {}", path.display()))?
+            .len();
+        Ok(Segment::from_file(id, base, path, file, len))
+    }
+
+    /// Wraps an open file.
+    fn from_file(id: u32, base: u64, path: PathBuf, file: File, len: u64) -> Segment {
+        Segment {
+            id,
+            base,
+            path,
+            file,
+            len: AtomicU64::new(len),
+            map: OnceLock::new(),
+            dead: AtomicU64::new(0),
+            hinted: AtomicBool::new(false),
+        }
+    }
+
+    /// Bytes readable in the segment.
+    pub fn len(&self) -> u64 {
+        self.len.load(Ordering::Acquire)
+    }
+
+    /// Whether the segment holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the segment is sealed (memory-mapped, read-only).
+    pub fn is_sealed(&self) -> bool {
+        self.map.get().is_some()
+    }
+
+    /// The file, for the writer.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Publishes bytes the writer appended: readers may now read below `len`.
+    pub fn set_len(&self, len: u64) {
+        self.len.store(len, Ordering::Release);
+    }
+
+    /// Seals the segment: maps it read-only. The caller has fsynced it.
+    pub fn seal(&self) -> Result<()> {
+        if self.is_sealed() || self.is_empty() {
+            // An empty file cannot be mapped; reads of it never happen.
+            return Ok(());
+        }
+        // SAFETY: sealed segment files are never modified or truncated in
+        // place (see the module invariants); replacements are renamed over,
+        // which leaves this mapping's inode intact.
+        let map = unsafe { Mmap::map(&self.file) }
+            .ctx(|| format!("map segment {}", self.path.display()))?;
+        let _ = self.map.set(map);
+        Ok(())
+    }
+
+    /// Reads `len` bytes at `pos` into a new buffer.
+    pub fn read(&self, pos: u64, len: usize) -> Result<Vec<u8>> {
+        if pos + len as u64 > self.len() {
+            return Err(Error::Corrupt(format!(
+                "read past the end of {} ({pos}+{len} > {})",
+                self.path.display(),
+                self.len()
+            )));
+        }
+        if let Some(map) = self.map.get() {
+            return Ok(map[pos as usize..pos as usize + len].to_vec());
+        }
+        let mut buf = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut buf, pos)
+            .ctx(|| format!("read {}", self.path.display()))?;
+        Ok(buf)
+    }
+
+    /// Reads and verifies the record at `pos` with total length `len`.
+    pub fn read_record(&self, pos: u64, len: usize) -> Result<(Header, Vec<u8>)> {
+        let buf = self.read(pos, len)?;
+        match record::decode(&buf) {
+            Ok(h) if h.record_len() == len => Ok((h, buf)),
+            _ => Err(Error::Corrupt(format!(
+                "checksum mismatch in record at {}:{pos}",
+                self.path.display()
+            ))),
+        }
+    }
+
+    /// Iterates over the readable bytes with a [`Scanner`].
+    pub fn scanner(&self) -> Result<Scanner<'_>> {
+        Scanner::new(self)
+    }
+
+    /// The whole readable content: the map of a sealed segment, or a fresh
+    /// read of an active one.
+    fn contents(&self) -> Result<Contents<'_>> {
+        match self.map.get() {
+            Some(map) => Ok(Contents::Mapped(&map[..self.len() as usize])),
+            None => Ok(Contents::Owned(self.read(0, self.len() as usize)?)),
+        }
+    }
+}
+
+/// Bytes of a segment, borrowed from its map or read into memory.
+pub enum Contents<'a> {
+    /// A sealed segment's map.
+    Mapped(&'a [u8]),
+    /// An active segment, read with pread.
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Contents<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Contents::Mapped(b) => b,
+            Contents::Owned(v) => v,
+        }
+    }
+}
+
+/// One step of a scan.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Scanned {
+    /// A valid record at this byte position.
+    Record {
+        /// Byte position in the segment.
+        pos: u64,
+        /// The header.
+        header: Header,
+    },
+    /// Bytes `[start, end)` are corrupt and a valid record follows at `end`.
+    Corrupt {
+        /// First bad byte.
+        start: u64,
+        /// Position of the next valid record.
+        end: u64,
+    },
+    /// Bytes from `start` to the end of the data are not valid records, and
+    /// no valid record follows: a torn tail.
+    TornTail {
+        /// First bad byte.
+        start: u64,
+    },
+}
+
+/// Walks the records of a segment, telling corruption in the middle (a valid
+/// record follows) from a torn tail (nothing valid follows).
+pub struct Scanner<'a> {
+    /// The segment's bytes.
+    data: Contents<'a>,
+    /// Next position to decode.
+    pos: usize,
+    /// Offset of the last valid record, to reject resynchronisation on stale
+    /// bytes that happen to decode.
+    last_offset: Option<u64>,
+    /// Set once the tail has been reported.
+    done: bool,
+}
+
+impl<'a> Scanner<'a> {
+    /// A scanner at the start of `segment`.
+    fn new(segment: &'a Segment) -> Result<Scanner<'a>> {
+        Ok(Scanner {
+            data: segment.contents()?,
+            pos: 0,
+            last_offset: None,
+            done: false,
+        })
+    }
+
+    /// A scanner over raw bytes.
+    #[cfg(test)]
+    pub fn over(data: Vec<u8>) -> Scanner<'static> {
+        Scanner {
+            data: Contents::Owned(data),
+            pos: 0,
+            last_offset: None,
+            done: false,
+        }
+    }
+
+    /// The whole buffer being scanned.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Finds the next position after `from` where a valid record with a
+    /// larger offset than the last one starts.
+    fn resync(&self, from: usize) -> Option<usize> {
+        let data: &[u8] = &self.data;
+        (from..data.len().saturating_sub(HEADER_LEN - 1)).find(|&p| {
+            record::decode(&data[p..])
+                .is_ok_and(|h| self.last_offset.is_none_or(|last| h.offset > last))
+        })
+    }
+}
+
+impl Iterator for Scanner<'_> {
+    type Item = Scanned;
+
+    fn next(&mut self) -> Option<Scanned> {
+        if self.done {
+            return None;
+        }
+        let data: &[u8] = &self.data;
+        if self.pos >= data.len() {
+            self.done = true;
+            return None;
+        }
+        let decoded = record::decode(&data[self.pos..]);
+        match decoded {
+            Ok(header) if self.last_offset.is_none_or(|last| header.offset > last) => {
+                let pos = self.pos;
+                self.pos += header.record_len();
+                self.last_offset = Some(header.offset);
+                Some(Scanned::Record {
+                    pos: pos as u64,
+                    header,
+                })
+            }
+            Ok(_) | Err(DecodeError::Invalid) | Err(DecodeError::Incomplete) => {
+                let start = self.pos;
+                match self.resync(start + 1) {
+                    Some(next) => {
+                        self.pos = next;
+                        Some(Scanned::Corrupt {
+                            start: start as u64,
+                            end: next as u64,
+                        })
+                    }
+                    None => {
+                        self.done = true;
+                        Some(Scanned::TornTail {
+                            start: start as u64,
+                        })
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::bitcask::record::{Kind, encode};
+
+    fn records(n: u64) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for i in 0..n {
+            encode(
+                &mut buf,
+                i,
+                1,
+                None,
+                Kind::Put,
+                format!("k{i}").as_bytes(),
+                b"v",
+            );
+        }
+        buf
+    }
+
+    #[test]
+    fn names_round_trip() {
+        let p = file_path(Path::new("/x"), 42, LOG_SUFFIX);
+        assert_eq!(p, Path::new("/x/00000000000000000042.log"));
+        assert_eq!(parse_name("00000000000000000042.log", LOG_SUFFIX), Some(42));
+        assert_eq!(parse_name("0000000000000000042.log", LOG_SUFFIX), None);
+        assert_eq!(parse_name("00000000000000000042.hint", LOG_SUFFIX), None);
+        assert_eq!(parse_name("0000000000000000004x.log", LOG_SUFFIX), None);
+    }
+
+    #[test]
+    fn clean_scan_yields_every_record() {
+        let data = records(5);
+        let got: Vec<_> = Scanner::over(data).collect();
+        assert_eq!(got.len(), 5);
+        assert!(matches!(got[4], Scanned::Record { header, .. } if header.offset == 4));
+    }
+
+    #[test]
+    fn middle_corruption_is_skipped_not_truncated() {
+        let data = records(5);
+        let rec_len = data.len() / 5;
+        let mut bad = data.clone();
+        bad[rec_len * 2 + HEADER_LEN] ^= 0xff; // damage record 2's key
+        let got: Vec<_> = Scanner::over(bad).collect();
+        let offsets: Vec<u64> = got
+            .iter()
+            .filter_map(|s| match s {
+                Scanned::Record { header, .. } => Some(header.offset),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(offsets, vec![0, 1, 3, 4]);
+        assert!(got.contains(&Scanned::Corrupt {
+            start: (rec_len * 2) as u64,
+            end: (rec_len * 3) as u64
+        }));
+    }
+
+    #[test]
+    fn torn_tail_is_reported_once() {
+        let mut data = records(3);
+        data.extend_from_slice(&[0u8; 100]);
+        let got: Vec<_> = Scanner::over(data.clone()).collect();
+        assert_eq!(got.len(), 4);
+        assert_eq!(
+            got[3],
+            Scanned::TornTail {
+                start: (data.len() - 100) as u64
+            }
+        );
+    }
+}

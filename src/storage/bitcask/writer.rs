@@ -1,0 +1,222 @@
+//! The write path: offset assignment, group commit, segment rolling, and
+//! applying written records to the keydir.
+//!
+//! Writers encode their record into a shared buffer under the writer mutex
+//! and join the *batch* being built. One writer at a time is the *leader*:
+//! it takes the whole batch, releases the mutex, hands the bytes to the OS in
+//! one `write` (per segment) and, under `fsync: always`, one `fdatasync`,
+//! then re-takes the mutex, applies the batch to the keydir and wakes the
+//! others. Writers that arrive while a leader does I/O form the next batch,
+//! so N concurrent writers share one fsync.
+//!
+//! Invariants:
+//! - offsets are assigned under the mutex, so they increase in write order
+//!   and records reach the file in offset order; a failed batch gives its
+//!   offsets back, so the log has no gaps from failures;
+//! - a record is applied to the keydir only after its batch was written
+//!   (and fsynced under `always`): a read never sees an unacknowledged write;
+//! - when a batch fails, everything queued behind it fails too (those writers
+//!   may have decided on the failed records' effects), and the file is cut
+//!   back so no partial record stays on disk;
+//! - `unapplied` holds the newest not-yet-applied state of each key, so
+//!   conditional writes decide on the latest state, not the applied one.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use hashbrown::HashMap;
+
+use super::keydir::Key;
+use super::record::Kind;
+use super::segment::Segment;
+use crate::storage::{Error, Result};
+
+/// One record waiting in the current batch.
+#[derive(Debug)]
+pub(super) struct Queued {
+    /// Its log offset.
+    pub offset: u64,
+    /// Its key.
+    pub key: Key,
+    /// Its kind.
+    pub kind: Kind,
+    /// Its expiry (0 = never).
+    pub expire_at: u64,
+    /// Encoded length.
+    pub len: u32,
+}
+
+/// Where a written record landed.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Location {
+    /// Segment id.
+    pub seg: u32,
+    /// Byte position.
+    pub pos: u32,
+}
+
+/// The outcome of one group commit, shared by every writer in it.
+#[derive(Debug, Default)]
+pub(super) struct Batch {
+    /// `Ok` or the index of the first record that failed with the error.
+    outcome: OnceLock<std::result::Result<(), (usize, Error)>>,
+}
+
+impl Batch {
+    /// Whether the batch has finished.
+    pub fn is_done(&self) -> bool {
+        self.outcome.get().is_some()
+    }
+
+    /// Finishes the batch.
+    pub fn finish(&self, outcome: std::result::Result<(), (usize, Error)>) {
+        let _ = self.outcome.set(outcome);
+    }
+
+    /// The result for the record at `index` in the batch; the batch is done.
+    pub fn result_for(&self, index: usize) -> Result<()> {
+        match self.outcome.get() {
+            Some(Ok(())) => Ok(()),
+            Some(Err((first_failed, _))) if index < *first_failed => Ok(()),
+            Some(Err((_, e))) => Err(e.duplicate()),
+            None => Err(Error::Closed),
+        }
+    }
+}
+
+/// The newest written-but-not-applied state of a key.
+#[derive(Debug)]
+pub(super) struct Unapplied {
+    /// Offset of the record that produced it.
+    pub offset: u64,
+    /// The value and expiry, or `None` for a delete.
+    pub state: Option<(Bytes, u64)>,
+    /// The batch the record is in.
+    pub batch: Arc<Batch>,
+}
+
+/// State behind the writer mutex.
+pub(super) struct Writer {
+    /// The segment appended to.
+    pub active: Arc<Segment>,
+    /// Offset the next record gets.
+    pub next_offset: u64,
+    /// Leader epoch stamped on new records.
+    pub epoch: u32,
+    /// Encoded records of the batch being built.
+    pub buf: Vec<u8>,
+    /// The records in `buf`, in order.
+    pub queue: Vec<Queued>,
+    /// The batch being built.
+    pub batch: Arc<Batch>,
+    /// A leader is doing I/O.
+    pub flushing: bool,
+    /// Newest unapplied state per key.
+    pub unapplied: HashMap<Key, Unapplied>,
+    /// Set after an I/O failure that could not be undone: writes are refused.
+    pub refused: Option<String>,
+    /// Bytes were written since the last fsync.
+    pub dirty: bool,
+    /// The engine is closed.
+    pub closed: bool,
+}
+
+impl Writer {
+    /// A writer appending to `active` from `next_offset`.
+    pub fn new(active: Arc<Segment>, next_offset: u64) -> Writer {
+        Writer {
+            active,
+            next_offset,
+            epoch: 0,
+            buf: Vec::with_capacity(64 << 10),
+            queue: Vec::new(),
+            batch: Arc::new(Batch::default()),
+            flushing: false,
+            unapplied: HashMap::new(),
+            refused: None,
+            dirty: false,
+            closed: false,
+        }
+    }
+
+    /// Fails fast when writes cannot be taken.
+    pub fn check_writable(&self) -> Result<()> {
+        if self.closed {
+            return Err(Error::Closed);
+        }
+        if let Some(why) = &self.refused {
+            return Err(Error::WritesRefused(why.clone()));
+        }
+        Ok(())
+    }
+
+    /// Encodes a record into the batch being built. Returns the batch and the
+    /// record's index in it.
+    pub fn enqueue(
+        &mut self,
+        key: &[u8],
+        kind: Kind,
+        value: Bytes,
+        expire_at: u64,
+    ) -> (Arc<Batch>, usize) {
+        let offset = self.next_offset;
+        self.next_offset += 1;
+        let len = super::record::encode(
+            &mut self.buf,
+            offset,
+            self.epoch,
+            (expire_at != 0).then_some(expire_at),
+            kind,
+            key,
+            &value,
+        );
+        let index = self.queue.len();
+        self.queue.push(Queued {
+            offset,
+            key: Key::from_slice(key),
+            kind,
+            expire_at,
+            len: len as u32,
+        });
+        self.unapplied.insert(
+            Key::from_slice(key),
+            Unapplied {
+                offset,
+                state: kind.is_put_like().then_some((value, expire_at)),
+                batch: self.batch.clone(),
+            },
+        );
+        (self.batch.clone(), index)
+    }
+
+    /// Takes the batch being built for a leader to write.
+    pub fn take_batch(&mut self) -> (Vec<u8>, Vec<Queued>, Arc<Batch>) {
+        let buf = std::mem::replace(&mut self.buf, Vec::with_capacity(64 << 10));
+        let queue = std::mem::take(&mut self.queue);
+        let batch = std::mem::replace(&mut self.batch, Arc::new(Batch::default()));
+        (buf, queue, batch)
+    }
+
+    /// Forgets the unapplied state that `queued` produced, unless a newer
+    /// record of the same key has replaced it.
+    pub fn settle(&mut self, queued: &[Queued]) {
+        for q in queued {
+            if self
+                .unapplied
+                .get(&q.key)
+                .is_some_and(|u| u.offset == q.offset)
+            {
+                self.unapplied.remove(&q.key);
+            }
+        }
+    }
+
+    /// Fails the batch being built (after a failure ahead of it) and gives
+    /// back its offsets, which start at `first_offset`.
+    pub fn fail_pending(&mut self, first_offset: u64, err: &Error) {
+        let (_, queue, batch) = self.take_batch();
+        self.settle(&queue);
+        batch.finish(Err((0, err.duplicate())));
+        self.next_offset = first_offset;
+    }
+}

@@ -1,0 +1,330 @@
+//! Functional tests of the Bitcask engine through its public API: every
+//! operation, persistence across reopen, segment rolling, merge, TTL, the
+//! directory lock and input limits. Exact values throughout.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use caskade::storage::{
+    Bitcask, Condition, Durability, Engine, Error, ManualClock, Options, SetOptions, Ttl,
+};
+use tempfile::TempDir;
+
+/// A fixed "now" for tests: 2026-01-01T00:00:00Z.
+const T0: u64 = 1_767_225_600_000;
+
+fn opts() -> Options {
+    let mut o = Options {
+        fsync: Durability::Never,
+        segment_bytes: 4096,
+        ..Options::default()
+    };
+    o.limits.max_value_bytes = 1024;
+    o.merge.dead_ratio = 0.0; // merges only when the test asks
+    o
+}
+
+fn open(dir: &TempDir, clock: &Arc<ManualClock>) -> Bitcask {
+    Bitcask::open_with_clock(dir.path(), opts(), clock.clone()).unwrap()
+}
+
+fn set(e: &Bitcask, k: &str, v: &str) -> bool {
+    e.set(
+        k.as_bytes(),
+        Bytes::from(v.to_string()),
+        SetOptions::default(),
+    )
+    .unwrap()
+}
+
+fn get(e: &Bitcask, k: &str) -> Option<String> {
+    e.get(k.as_bytes())
+        .unwrap()
+        .map(|v| String::from_utf8(v.to_vec()).unwrap())
+}
+
+#[test]
+fn set_get_delete_exists() {
+    let dir = TempDir::new().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let e = open(&dir, &clock);
+    assert_eq!(get(&e, "a"), None);
+    assert!(set(&e, "a", "1"));
+    assert_eq!(get(&e, "a").as_deref(), Some("1"));
+    assert!(set(&e, "a", "2"));
+    assert_eq!(get(&e, "a").as_deref(), Some("2"));
+    assert!(e.exists(b"a").unwrap());
+    assert!(e.delete(b"a").unwrap());
+    assert!(!e.delete(b"a").unwrap());
+    assert!(!e.exists(b"a").unwrap());
+    assert_eq!(get(&e, "a"), None);
+    let st = e.status().unwrap();
+    assert_eq!(st.keys, 0);
+    assert_eq!(st.next_offset, 3, "two puts and one tombstone");
+    assert_eq!(st.records_written, 3);
+}
+
+#[test]
+fn conditional_sets() {
+    let dir = TempDir::new().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let e = open(&dir, &clock);
+    let nx = SetOptions {
+        condition: Condition::IfAbsent,
+        ..SetOptions::default()
+    };
+    let xx = SetOptions {
+        condition: Condition::IfPresent,
+        ..SetOptions::default()
+    };
+    assert!(!e.set(b"k", Bytes::from_static(b"x"), xx).unwrap());
+    assert_eq!(get(&e, "k"), None);
+    assert!(e.set(b"k", Bytes::from_static(b"1"), nx).unwrap());
+    assert!(!e.set(b"k", Bytes::from_static(b"2"), nx).unwrap());
+    assert_eq!(get(&e, "k").as_deref(), Some("1"));
+    assert!(e.set(b"k", Bytes::from_static(b"3"), xx).unwrap());
+    assert_eq!(get(&e, "k").as_deref(), Some("3"));
+    assert_eq!(
+        e.status().unwrap().next_offset,
+        2,
+        "refused sets write nothing"
+    );
+}
+
+#[test]
+fn ttl_expire_and_restart() {
+    let dir = TempDir::new().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    {
+        let e = open(&dir, &clock);
+        assert_eq!(e.ttl(b"k").unwrap(), Ttl::Missing);
+        set(&e, "k", "v");
+        assert_eq!(e.ttl(b"k").unwrap(), Ttl::Persistent);
+        assert!(e.expire(b"k", T0 + 10_000).unwrap());
+        assert_eq!(e.ttl(b"k").unwrap(), Ttl::ExpiresInMs(10_000));
+        assert_eq!(get(&e, "k").as_deref(), Some("v"), "expire keeps the value");
+        assert!(!e.expire(b"nope", T0 + 10_000).unwrap());
+        let opts = SetOptions {
+            expire_at_ms: Some(T0 + 500),
+            ..SetOptions::default()
+        };
+        e.set(b"short", Bytes::from_static(b"s"), opts).unwrap();
+        clock.advance(499);
+        assert_eq!(get(&e, "short").as_deref(), Some("s"));
+        clock.advance(1);
+        assert_eq!(get(&e, "short"), None, "expired exactly at its instant");
+        assert_eq!(e.ttl(b"short").unwrap(), Ttl::Missing);
+    }
+    // Expiry is absolute: it survives a restart unchanged.
+    let e = open(&dir, &clock);
+    assert_eq!(e.ttl(b"k").unwrap(), Ttl::ExpiresInMs(9_500));
+    assert_eq!(get(&e, "short"), None);
+    clock.advance(9_500);
+    assert_eq!(get(&e, "k"), None);
+    assert_eq!(e.sweep_expired(), 2, "both expired keys swept");
+    assert_eq!(e.status().unwrap().keys, 0);
+}
+
+#[test]
+fn expire_in_the_past_deletes() {
+    let dir = TempDir::new().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let e = open(&dir, &clock);
+    set(&e, "k", "v");
+    assert!(e.expire(b"k", T0).unwrap());
+    assert_eq!(get(&e, "k"), None);
+    let opts = SetOptions {
+        expire_at_ms: Some(T0 - 1),
+        ..SetOptions::default()
+    };
+    assert!(e.set(b"k2", Bytes::from_static(b"v"), opts).unwrap());
+    assert_eq!(get(&e, "k2"), None);
+}
+
+#[test]
+fn persists_across_reopen_with_many_segments() {
+    let dir = TempDir::new().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    {
+        let e = open(&dir, &clock);
+        for i in 0..500 {
+            set(&e, &format!("key{i}"), &format!("value{i}"));
+        }
+        for i in (0..500).step_by(3) {
+            e.delete(format!("key{i}").as_bytes()).unwrap();
+        }
+        assert!(e.status().unwrap().segments > 5, "small segments rolled");
+    }
+    let e = open(&dir, &clock);
+    for i in 0..500 {
+        let want = (i % 3 != 0).then(|| format!("value{i}"));
+        assert_eq!(get(&e, &format!("key{i}")), want, "key{i}");
+    }
+    assert_eq!(e.status().unwrap().keys, 333);
+    assert_eq!(e.next_offset(), 500 + 167);
+}
+
+#[test]
+fn merge_reclaims_disk_and_keeps_live_keys() {
+    let dir = TempDir::new().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let e = open(&dir, &clock);
+    for round in 0..10 {
+        for i in 0..50 {
+            set(&e, &format!("k{i}"), &format!("r{round}-{i}"));
+        }
+    }
+    for i in 0..10 {
+        e.delete(format!("k{i}").as_bytes()).unwrap();
+    }
+    let before = e.status().unwrap();
+    let report = e.merge().unwrap();
+    let after = e.status().unwrap();
+    assert!(report.inputs > 1);
+    assert!(
+        report.records_kept <= 40,
+        "only live keys of sealed segments are copied, got {}",
+        report.records_kept
+    );
+    assert!(
+        after.disk_bytes < before.disk_bytes / 3,
+        "disk {} -> {}",
+        before.disk_bytes,
+        after.disk_bytes
+    );
+    let on_disk: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert_eq!(on_disk, after.disk_bytes, "old files really deleted");
+    for i in 0..50 {
+        let want = (i >= 10).then(|| format!("r9-{i}"));
+        assert_eq!(get(&e, &format!("k{i}")), want);
+    }
+    drop(e);
+    let e = open(&dir, &clock);
+    for i in 0..50 {
+        let want = (i >= 10).then(|| format!("r9-{i}"));
+        assert_eq!(get(&e, &format!("k{i}")), want, "after reopen");
+    }
+}
+
+#[test]
+fn deleted_keys_do_not_come_back_after_merge_and_reopen() {
+    let dir = TempDir::new().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    {
+        let e = open(&dir, &clock);
+        set(&e, "ghost", "boo");
+        for i in 0..200 {
+            set(&e, &format!("fill{i}"), "xxxxxxxxxxxxxxxxxxxx");
+        }
+        e.delete(b"ghost").unwrap();
+        for i in 0..200 {
+            set(&e, &format!("fill{i}"), "yyyyyyyyyyyyyyyyyyyy");
+        }
+        e.merge().unwrap();
+        assert_eq!(get(&e, "ghost"), None);
+    }
+    let e = open(&dir, &clock);
+    assert_eq!(
+        get(&e, "ghost"),
+        None,
+        "the classic Bitcask resurrection bug"
+    );
+}
+
+#[test]
+fn second_open_of_a_directory_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let _e = open(&dir, &clock);
+    let err = Bitcask::open_with_clock(dir.path(), opts(), clock.clone())
+        .err()
+        .expect("second open must fail");
+    assert!(matches!(err, Error::Locked(_)));
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "data directory {} is in use by another process",
+            dir.path().display()
+        )
+    );
+}
+
+#[test]
+fn limits_are_enforced_with_clear_errors() {
+    let dir = TempDir::new().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let e = open(&dir, &clock);
+    let err = e
+        .set(b"", Bytes::from_static(b"v"), SetOptions::default())
+        .unwrap_err();
+    assert_eq!(err.to_string(), "empty key");
+    let long = vec![b'k'; 1025];
+    let err = e
+        .set(&long, Bytes::from_static(b"v"), SetOptions::default())
+        .unwrap_err();
+    assert_eq!(err.to_string(), "key is 1025 bytes, the limit is 1024");
+    let err = e
+        .set(b"k", Bytes::from(vec![0u8; 1025]), SetOptions::default())
+        .unwrap_err();
+    assert_eq!(err.to_string(), "value is 1025 bytes, the limit is 1024");
+    assert_eq!(
+        e.get(&long).unwrap_err().to_string(),
+        "key is 1025 bytes, the limit is 1024"
+    );
+    assert_eq!(e.status().unwrap().next_offset, 0, "nothing written");
+}
+
+#[test]
+fn options_are_validated() {
+    let dir = TempDir::new().unwrap();
+    let o = Options {
+        segment_bytes: 100,
+        ..Options::default()
+    };
+    let err = Bitcask::open(dir.path(), o).err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        "segment_bytes 100 is smaller than the largest record (1049633 bytes)"
+    );
+}
+
+#[test]
+fn read_log_and_truncate() {
+    let dir = TempDir::new().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let e = open(&dir, &clock);
+    for i in 0..100 {
+        set(&e, &format!("k{}", i % 10), &format!("v{i}"));
+    }
+    let recs = e.read_log(42, usize::MAX).unwrap();
+    assert_eq!(recs.len(), 58);
+    assert_eq!(recs[0].header.offset, 42);
+    assert_eq!(recs[0].key(), b"k2");
+    assert_eq!(&recs[0].value()[..], b"v42");
+    let few = e.read_log(0, 1).unwrap();
+    assert_eq!(
+        few.len(),
+        1,
+        "at least one record even over the byte budget"
+    );
+
+    e.truncate(55).unwrap();
+    assert_eq!(e.next_offset(), 55);
+    // k0..k4 were last written at 50..54, k5..k9 at 45..49.
+    for i in 0..10 {
+        let want = if i < 5 { 50 + i } else { 40 + i };
+        assert_eq!(get(&e, &format!("k{i}")), Some(format!("v{want}")), "k{i}");
+    }
+    set(&e, "k0", "after");
+    assert_eq!(e.read_log(55, usize::MAX).unwrap().len(), 1);
+    drop(e);
+    let e = open(&dir, &clock);
+    assert_eq!(e.next_offset(), 56);
+    assert_eq!(get(&e, "k0").as_deref(), Some("after"));
+    assert_eq!(get(&e, "k1").as_deref(), Some("v51"));
+}
