@@ -66,6 +66,8 @@ pub enum ConfigError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EngineKind {
+    /// The durable log-structured engine ([`storage::Bitcask`]).
+    Bitcask,
     /// In memory only: nothing survives a restart. For tests and for
     /// measuring the RPC stack.
     Memory,
@@ -91,8 +93,8 @@ pub struct Config {
     /// Log filter, in `tracing_subscriber::EnvFilter` syntax (`info`,
     /// `caskade=debug,info`, ...). `RUST_LOG` is not read. Default `info`.
     pub log_level: String,
-    /// The storage engine. Default `memory` (the durable `bitcask` engine is
-    /// the default once it is built in).
+    /// The storage engine: `bitcask` (durable) or `memory` (nothing survives
+    /// a restart; for tests). Default `bitcask`.
     pub engine: EngineKind,
     /// Write acknowledgement used when a request leaves it unspecified
     /// (`leader` or `all`). Default `all`.
@@ -118,7 +120,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data/standalone"),
             partitions: 8,
             log_level: "info".into(),
-            engine: EngineKind::Memory,
+            engine: EngineKind::Bitcask,
             default_acks: Acks::All,
             default_consistency: Consistency::Leader,
             server: ServerOptions::default(),

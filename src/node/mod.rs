@@ -388,11 +388,16 @@ where
 /// this one function.
 fn open_engine(
     kind: EngineKind,
-    _dir: &Path,
+    dir: &Path,
     options: &storage::Options,
     clock: Arc<dyn Clock>,
 ) -> storage::Result<Arc<dyn Engine>> {
     match kind {
+        EngineKind::Bitcask => Ok(Arc::new(storage::Bitcask::open_with_clock(
+            dir,
+            options.clone(),
+            clock,
+        )?)),
         EngineKind::Memory => Ok(Arc::new(storage::Memory::new(clock, options.limits))),
     }
 }
