@@ -113,9 +113,11 @@ impl Error {
         }
     }
 
-    /// The variant's own text, without the prefix `Display` adds; it travels
-    /// as the gRPC message so the client can rebuild the exact variant.
-    fn detail(&self) -> String {
+    /// The variant's own text, without the category prefix `Display` adds
+    /// (`unavailable: `, ...). It travels as the gRPC message so the client
+    /// can rebuild the exact variant; the server prints it for startup
+    /// failures, where the category adds nothing.
+    pub fn message(&self) -> String {
         match self {
             Error::InvalidInput(m)
             | Error::Timeout(m)
@@ -194,7 +196,7 @@ impl From<Error> for Status {
             Error::Unreachable { addr, .. } => put(&mut md, key::ADDR, addr),
             _ => {}
         }
-        Status::with_metadata(err.code(), err.detail(), md)
+        Status::with_metadata(err.code(), err.message(), md)
     }
 }
 

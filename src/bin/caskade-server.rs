@@ -90,7 +90,7 @@ async fn serve(config: Config) -> Result<(), String> {
         })
         .await
         .map_err(|e| format!("startup failed: {e}"))?
-        .map_err(|e| e.to_string())?
+        .map_err(|e| e.message())?
     };
     tracing::info!(
         listen = %local,

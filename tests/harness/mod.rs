@@ -67,7 +67,7 @@ pub struct Server {
     pub addr: String,
     /// Its data directory.
     pub data_dir: PathBuf,
-    /// Where its stderr (the log) goes.
+    /// Where its stderr (the log) goes; removed on drop unless the test failed.
     pub log: PathBuf,
 }
 
@@ -116,7 +116,11 @@ impl Server {
 
     /// Starts a server and waits for its `listening on ADDR` line.
     pub fn try_start(data_dir: &Path, opts: ServerOpts) -> Result<Server, StartFailure> {
-        let log = data_dir.with_extension(format!("log.{}", unique()));
+        let log = std::env::temp_dir().join(format!(
+            "caskade-test-{}-{}.log",
+            std::process::id(),
+            unique()
+        ));
         let stderr = std::fs::File::create(&log).expect("create server log");
         let mut cmd = Command::new(server_bin());
         cmd.arg("--data-dir")
@@ -224,6 +228,12 @@ impl Drop for Server {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // Keep the log of a failed test for diagnosis.
+        if std::thread::panicking() {
+            eprintln!("server log kept at {}", self.log.display());
+        } else {
+            let _ = std::fs::remove_file(&self.log);
         }
     }
 }
