@@ -285,17 +285,12 @@ fn damaged_hints_fall_back_to_a_scan() {
     }
     let hint_files = hints(src.path());
     assert!(hint_files.len() >= 3);
-    let damages: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
-        ("flipped byte", Box::new(|b: &mut Vec<u8>| b[30] ^= 0xff)),
-        (
-            "truncated",
-            Box::new(|b: &mut Vec<u8>| b.truncate(b.len() / 2)),
-        ),
-        ("empty", Box::new(|b: &mut Vec<u8>| b.clear())),
-        (
-            "trailing junk",
-            Box::new(|b: &mut Vec<u8>| b.extend_from_slice(b"junk")),
-        ),
+    type Damage = fn(&mut Vec<u8>);
+    let damages: [(&str, Damage); 4] = [
+        ("flipped byte", |b| b[30] ^= 0xff),
+        ("truncated", |b| b.truncate(b.len() / 2)),
+        ("empty", |b| b.clear()),
+        ("trailing junk", |b| b.extend_from_slice(b"junk")),
     ];
     for (what, damage) in damages {
         let dir = TempDir::new().unwrap();
