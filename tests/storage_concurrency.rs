@@ -170,23 +170,17 @@ fn merge_runs_while_writers_and_readers_work() {
     }
     stop.store(true, Ordering::Relaxed);
     assert!(merger.join().unwrap() > 0);
-    let expected: Vec<(Bytes, Bytes)> = {
-        let mut v: Vec<_> = e
-            .keys()
-            .unwrap()
-            .into_iter()
-            .map(|k| {
-                let v = e.get(&k).unwrap().unwrap();
-                (k, v)
-            })
-            .collect();
-        v.sort();
-        v
-    };
+    let expected = snapshot(&e);
     assert!(!expected.is_empty());
     drop(e);
     let e = Bitcask::open(dir.path(), o).unwrap();
-    let mut after: Vec<_> = e
+    let after = snapshot(&e);
+    assert_eq!(after, expected, "state after reopen equals state before");
+}
+
+/// Every live key and its value, sorted.
+fn snapshot(e: &Bitcask) -> Vec<(Bytes, Bytes)> {
+    let mut v: Vec<_> = e
         .keys()
         .unwrap()
         .into_iter()
@@ -195,6 +189,6 @@ fn merge_runs_while_writers_and_readers_work() {
             (k, v)
         })
         .collect();
-    after.sort();
-    assert_eq!(after, expected, "state after reopen equals state before");
+    v.sort();
+    v
 }
