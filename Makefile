@@ -16,13 +16,13 @@ deps: ## Install what the tests need (ZooKeeper from Debian) if missing
 	@scripts/ensure-deps.sh
 
 test: deps ## Install what is missing, then run every test
-	$(CARGO) test --workspace --release 2>&1
+	$(CARGO) test --workspace --release --features caskade/failpoints 2>&1
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
 clippy: ## Lint, warnings are errors
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --features caskade/failpoints -- -D warnings
 
 dev: ## fmt + clippy + test, before every commit
 	$(CARGO) fmt --all -- --check

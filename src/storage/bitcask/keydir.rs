@@ -175,7 +175,7 @@ impl KeyDir {
             .collect();
         KeyDir {
             shards,
-            hasher: foldhash::fast::FixedState::with_seed(0x6361_736b_6164_65),
+            hasher: foldhash::fast::FixedState::with_seed(0x0063_6173_6b61_6465),
         }
     }
 
