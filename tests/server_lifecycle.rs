@@ -158,8 +158,7 @@ fn write_until_signal(
             t.await.unwrap();
         }
     }));
-    let acked = acked.lock().clone();
-    acked
+    acked.lock().clone()
 }
 
 /// Asserts every pair is readable with its value on a fresh server.
