@@ -65,12 +65,14 @@ impl Hinter for CommandHelper {
         if pos < line.len() {
             return None;
         }
-        let mut words = line.split_whitespace();
-        let spec = command::spec(words.next()?)?;
+        // Split as the command will be (quotes group words); an unclosed
+        // quote means the user is still typing an argument: no hint.
+        let words = split(line).ok()?;
+        let spec = command::spec(words.first()?)?;
         if !line.ends_with(' ') || spec.args.is_empty() {
             return None;
         }
-        let typed = words.count();
+        let typed = words.len() - 1;
         let rest: Vec<&str> = spec.args.split(' ').skip(typed).collect();
         (!rest.is_empty()).then(|| rest.join(" "))
     }
@@ -167,5 +169,11 @@ mod tests {
             Some("seconds")
         );
         assert_eq!(CommandHelper.hint("get", 3, &ctx), None);
+        let line = "set k \"a b\" ";
+        assert_eq!(
+            CommandHelper.hint(line, line.len(), &ctx).as_deref(),
+            Some("[EX seconds|PX milliseconds] [NX|XX]")
+        );
+        assert_eq!(CommandHelper.hint("set k \"a ", 9, &ctx), None);
     }
 }
