@@ -489,6 +489,7 @@ impl Inner {
         let (buf, queue, batch) = w.take_batch();
         if queue.is_empty() {
             batch.finish(Ok(()));
+            w.recycle(buf, queue);
             w.flushing = false;
             return;
         }
@@ -516,6 +517,7 @@ impl Inner {
                 batch.finish(Err((ok, err)));
             }
         }
+        w.recycle(buf, queue);
         w.flushing = false;
         self.batch_done.notify_all();
     }
