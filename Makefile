@@ -1,7 +1,7 @@
 # caskade developer commands. `make help` lists them.
 CARGO ?= cargo
 
-.PHONY: help build release test dev fmt clippy deps standalone cli bench clean
+.PHONY: help build release test dev fmt clippy deps standalone cli bench bench-standalone clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -28,6 +28,22 @@ dev: ## fmt + clippy + test, before every commit
 	$(CARGO) fmt --all -- --check
 	$(MAKE) clippy
 	$(MAKE) test
+
+standalone: ## Build (release) and run one node on 127.0.0.1:7379, data in ./data/standalone
+	$(CARGO) build --release --bin caskade-server
+	./target/release/caskade-server --config conf/standalone/server.yaml
+
+cli: ## Build (release) and open the REPL against 127.0.0.1:7379
+	$(CARGO) build --release -p caskade-cli
+	./target/release/caskade-cli -c conf/client/cli.yaml
+
+BENCH_ADDR ?= 127.0.0.1:7379
+bench-standalone: ## Load the running standalone node: ping, set, get; 1 and 50 clients (BENCH_ADDR=...)
+	$(CARGO) build --release -p caskade-cli
+	@for c in 1 50; do for op in ping set get; do \
+	  n=$$([ $$c = 1 ] && echo 20000 || echo 200000); \
+	  ./target/release/caskade-cli --addr $(BENCH_ADDR) bench --op $$op --clients $$c --requests $$n --value-size 100 --keyspace 100000 || exit 1; \
+	done; done
 
 clean: ## Remove build output and local data
 	$(CARGO) clean

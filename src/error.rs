@@ -1,8 +1,24 @@
 //! The error type at the API edge: what a client can be told.
 //!
 //! Each layer has its own error enum (see [`crate::storage::Error`]); they
-//! convert into this one, which the server maps to gRPC status codes in one
-//! place and the CLI prints as `(error) <message>`.
+//! convert into this one. This file holds the only mapping between [`Error`]
+//! and `tonic::Status`, in both directions:
+//!
+//! - server side, `impl From<Error> for tonic::Status`: a gRPC code chosen by
+//!   meaning, the message, and machine-readable metadata:
+//!   `caskade-reason` (see [`Error::reason`]), `caskade-partition` and
+//!   `caskade-leader` for routing errors, `caskade-isr` and
+//!   `caskade-min-insync` for [`Error::NotEnoughReplicas`];
+//! - client side, `impl From<tonic::Status> for Error`: rebuilds the variant
+//!   from that metadata, and falls back on the gRPC code for statuses that
+//!   did not come from a caskade handler (transport failures, tonic limits).
+//!
+//! Invariant: for every variant, `Error::from(Status::from(e))` displays the
+//! same text as `e` (tested below), so the CLI prints exactly what the server
+//! decided, as `(error) <message>`.
+
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Code, Status};
 
 use crate::storage;
 
@@ -10,20 +26,108 @@ use crate::storage;
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// An error a client can see. Variants are named by meaning, not by cause.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// The request is malformed: empty or oversized key, bad TTL, and so on.
+    /// The message is shown to the user as is.
     #[error("{0}")]
     InvalidInput(String),
+    /// This node does not lead the key's partition. Retry on `leader`.
+    #[error("{}", not_leader_message(*.partition, .leader.as_deref()))]
+    NotLeader {
+        /// The partition the key belongs to.
+        partition: u32,
+        /// Client address (`host:port`) of the leader, when known.
+        leader: Option<String>,
+    },
+    /// `acks: all` was asked but the partition has fewer in-sync replicas
+    /// than `min_insync`; nothing was written.
+    #[error(
+        "not enough in-sync replicas for partition {partition}: {isr}, at least {min_insync} needed"
+    )]
+    NotEnoughReplicas {
+        /// The partition the key belongs to.
+        partition: u32,
+        /// In-sync replicas right now.
+        isr: u32,
+        /// In-sync replicas required.
+        min_insync: u32,
+    },
+    /// The request did not complete in time. Its effect is unknown.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The client could not reach the server at all; nothing was sent.
+    #[error("could not connect to caskade at {addr}: {reason}")]
+    Unreachable {
+        /// The address tried.
+        addr: String,
+        /// Why, e.g. `connection refused`.
+        reason: String,
+    },
     /// Stored data failed its checksum; the value is not served.
     #[error("corrupt data: {0}")]
     Corrupt(String),
-    /// The node cannot take writes right now (disk full, failed fsync, ...).
+    /// The node cannot serve this right now (disk full, failed fsync,
+    /// shutting down, connection lost mid-request, ...).
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// Any other failure inside the node.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Display text of [`Error::NotLeader`].
+fn not_leader_message(partition: u32, leader: Option<&str>) -> String {
+    match leader {
+        Some(addr) => format!("not the leader of partition {partition}; the leader is {addr}"),
+        None => format!("not the leader of partition {partition}; no leader is known"),
+    }
+}
+
+impl Error {
+    /// The machine-readable reason sent as `caskade-reason`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidInput(_) => "INVALID_ARGUMENT",
+            Error::NotLeader { .. } => "NOT_LEADER",
+            Error::NotEnoughReplicas { .. } => "NOT_ENOUGH_REPLICAS",
+            Error::Timeout(_) => "TIMEOUT",
+            Error::Unreachable { .. } => "UNREACHABLE",
+            Error::Corrupt(_) => "CORRUPT",
+            Error::Unavailable(_) => "UNAVAILABLE",
+            Error::Internal(_) => "INTERNAL",
+        }
+    }
+
+    /// The gRPC code for this error.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::InvalidInput(_) => Code::InvalidArgument,
+            Error::NotLeader { .. } => Code::FailedPrecondition,
+            Error::NotEnoughReplicas { .. } => Code::Unavailable,
+            Error::Timeout(_) => Code::DeadlineExceeded,
+            Error::Unreachable { .. } => Code::Unavailable,
+            Error::Corrupt(_) => Code::DataLoss,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// The variant's own text, without the category prefix `Display` adds
+    /// (`unavailable: `, ...). It travels as the gRPC message so the client
+    /// can rebuild the exact variant; the server prints it for startup
+    /// failures, where the category adds nothing.
+    pub fn message(&self) -> String {
+        match self {
+            Error::InvalidInput(m)
+            | Error::Timeout(m)
+            | Error::Corrupt(m)
+            | Error::Unavailable(m)
+            | Error::Internal(m) => m.clone(),
+            Error::Unreachable { reason, .. } => reason.clone(),
+            e @ (Error::NotLeader { .. } | Error::NotEnoughReplicas { .. }) => e.to_string(),
+        }
+    }
 }
 
 impl From<storage::Error> for Error {
@@ -38,5 +142,178 @@ impl From<storage::Error> for Error {
                 Error::Internal(e.to_string())
             }
         }
+    }
+}
+
+/// Metadata keys carried by an error status.
+mod key {
+    pub const REASON: &str = "caskade-reason";
+    pub const PARTITION: &str = "caskade-partition";
+    pub const LEADER: &str = "caskade-leader";
+    pub const ISR: &str = "caskade-isr";
+    pub const MIN_INSYNC: &str = "caskade-min-insync";
+    pub const ADDR: &str = "caskade-addr";
+}
+
+/// Inserts an ASCII metadata entry, skipping values that are not valid
+/// header values (they are informational; the message still says it all).
+fn put(md: &mut MetadataMap, key: &'static str, value: &str) {
+    if let Ok(v) = MetadataValue::try_from(value) {
+        md.insert(key, v);
+    }
+}
+
+/// Reads an ASCII metadata entry.
+fn get<'a>(md: &'a MetadataMap, key: &str) -> Option<&'a str> {
+    md.get(key).and_then(|v| v.to_str().ok())
+}
+
+/// Reads a numeric metadata entry, 0 when absent or malformed.
+fn get_u32(md: &MetadataMap, key: &str) -> u32 {
+    get(md, key).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Status {
+        let mut md = MetadataMap::new();
+        put(&mut md, key::REASON, err.reason());
+        match &err {
+            Error::NotLeader { partition, leader } => {
+                put(&mut md, key::PARTITION, &partition.to_string());
+                if let Some(leader) = leader {
+                    put(&mut md, key::LEADER, leader);
+                }
+            }
+            Error::NotEnoughReplicas {
+                partition,
+                isr,
+                min_insync,
+            } => {
+                put(&mut md, key::PARTITION, &partition.to_string());
+                put(&mut md, key::ISR, &isr.to_string());
+                put(&mut md, key::MIN_INSYNC, &min_insync.to_string());
+            }
+            Error::Unreachable { addr, .. } => put(&mut md, key::ADDR, addr),
+            _ => {}
+        }
+        Status::with_metadata(err.code(), err.message(), md)
+    }
+}
+
+impl From<Status> for Error {
+    fn from(status: Status) -> Error {
+        let md = status.metadata();
+        let msg = status.message().to_string();
+        match get(md, key::REASON) {
+            Some("INVALID_ARGUMENT") => Error::InvalidInput(msg),
+            Some("NOT_LEADER") => Error::NotLeader {
+                partition: get_u32(md, key::PARTITION),
+                leader: get(md, key::LEADER).map(str::to_string),
+            },
+            Some("NOT_ENOUGH_REPLICAS") => Error::NotEnoughReplicas {
+                partition: get_u32(md, key::PARTITION),
+                isr: get_u32(md, key::ISR),
+                min_insync: get_u32(md, key::MIN_INSYNC),
+            },
+            Some("TIMEOUT") => Error::Timeout(msg),
+            Some("UNREACHABLE") => Error::Unreachable {
+                addr: get(md, key::ADDR).unwrap_or("?").to_string(),
+                reason: msg,
+            },
+            Some("CORRUPT") => Error::Corrupt(msg),
+            Some("UNAVAILABLE") => Error::Unavailable(msg),
+            Some("INTERNAL") => Error::Internal(msg),
+            // Not from a caskade handler: tonic, hyper or the network.
+            _ => match status.code() {
+                Code::InvalidArgument | Code::OutOfRange => Error::InvalidInput(msg),
+                Code::DeadlineExceeded => Error::Timeout(msg),
+                Code::Unavailable | Code::Cancelled | Code::ResourceExhausted => {
+                    Error::Unavailable(msg)
+                }
+                Code::DataLoss => Error::Corrupt(msg),
+                _ => Error::Internal(format!("{:?}: {msg}", status.code())),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every variant survives the trip through a gRPC status unchanged.
+    #[test]
+    fn status_round_trip() {
+        let cases = [
+            Error::InvalidInput("empty key".into()),
+            Error::NotLeader {
+                partition: 3,
+                leader: Some("10.0.0.2:7379".into()),
+            },
+            Error::NotLeader {
+                partition: 0,
+                leader: None,
+            },
+            Error::NotEnoughReplicas {
+                partition: 7,
+                isr: 1,
+                min_insync: 2,
+            },
+            Error::Timeout("no reply within 5000 ms".into()),
+            Error::Unreachable {
+                addr: "127.0.0.1:1".into(),
+                reason: "connection refused".into(),
+            },
+            Error::Corrupt("bad crc".into()),
+            Error::Unavailable("disk full".into()),
+            Error::Internal("boom".into()),
+        ];
+        for err in cases {
+            let status = Status::from(err.clone());
+            assert_eq!(status.code(), err.code());
+            assert_eq!(
+                status
+                    .metadata()
+                    .get("caskade-reason")
+                    .unwrap()
+                    .to_str()
+                    .unwrap(),
+                err.reason()
+            );
+            let back = Error::from(status);
+            assert_eq!(back, err);
+            assert_eq!(back.to_string(), err.to_string());
+        }
+    }
+
+    #[test]
+    fn not_leader_metadata_carries_the_leader() {
+        let status = Status::from(Error::NotLeader {
+            partition: 5,
+            leader: Some("h:1".into()),
+        });
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(status.metadata().get("caskade-leader").unwrap(), "h:1");
+        assert_eq!(status.metadata().get("caskade-partition").unwrap(), "5");
+        assert_eq!(
+            status.message(),
+            "not the leader of partition 5; the leader is h:1"
+        );
+    }
+
+    #[test]
+    fn foreign_statuses_map_by_code() {
+        assert_eq!(
+            Error::from(Status::out_of_range("too large")),
+            Error::InvalidInput("too large".into())
+        );
+        assert_eq!(
+            Error::from(Status::deadline_exceeded("late")),
+            Error::Timeout("late".into())
+        );
+        assert_eq!(
+            Error::from(Status::unimplemented("nope")).to_string(),
+            "internal error: Unimplemented: nope"
+        );
     }
 }

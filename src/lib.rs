@@ -2,16 +2,29 @@
 //!
 //! The crate is layered; data flows downward only:
 //!
-//! - [`server`]: gRPC services and request routing (client -> partition leader).
+//! - [`server`]: the gRPC service, connection limits, graceful shutdown.
+//! - [`node`]: the partitions this process hosts and the routing of each
+//!   request to the replica of the key's partition.
+//! - [`cluster`]: who leads which partition ([`cluster::Coordinator`]); in
+//!   standalone mode a local coordinator leads everything; the stable
+//!   key -> partition hash.
 //! - [`storage`]: the Bitcask engine, one instance per partition replica. It
 //!   knows nothing about the network or ZooKeeper.
+//! - [`client`]: the Rust client used by the CLI and the load generator.
 //! - [`config`]: the YAML configuration with environment and flag overrides.
 //! - [`error`]: the error type at the API edge, mapped to gRPC status codes.
+//! - [`proto`]: the generated gRPC code.
 //!
-//! Replication and cluster coordination are added as `replication` and
-//! `cluster` layers on top of the same storage contract.
+//! Replication is added as a `replication` layer between `node` and
+//! `storage`, and a ZooKeeper coordinator beside the local one.
 
+pub mod client;
+pub mod cluster;
+pub mod config;
 pub mod error;
+pub mod node;
+pub mod proto;
+pub mod server;
 pub mod storage;
 
 pub use error::{Error, Result};

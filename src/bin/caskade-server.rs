@@ -1,6 +1,127 @@
-//! `caskade-server`: parses its configuration and runs one node.
+//! `caskade-server`: loads the configuration (defaults -> YAML -> `CASKADE_*`
+//! environment -> flags), opens the node, serves until SIGINT or SIGTERM,
+//! then drains, flushes and exits 0. Any startup failure prints one line
+//! `caskade-server: <reason>` on stderr and exits 1.
 
-fn main() {
-    eprintln!("caskade-server: not built yet");
-    std::process::exit(2);
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use caskade::config::Config;
+use caskade::node::Node;
+use caskade::storage::SystemClock;
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Command-line flags; they override the file and the environment.
+#[derive(Parser, Debug)]
+#[command(name = "caskade-server", version, about = "Runs one caskade node")]
+struct Args {
+    /// YAML configuration file (see conf/standalone/server.yaml).
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides `data_dir`).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Listen address host:port (overrides `listen`); port 0 picks a free one.
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// Log filter, e.g. `info` or `caskade=debug` (overrides `log_level`).
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("caskade-server: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let (mut config, warnings) =
+        Config::load(args.config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(level) = args.log_level {
+        config.log_level = level;
+    }
+    init_logging(&config.log_level)?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("caskade-worker")
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    // Signals first, so a SIGTERM during startup is not lost.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the listen address: {e}"))?;
+    let advertise = if config.advertise.is_empty() {
+        local.to_string()
+    } else {
+        config.advertise.clone()
+    };
+    let node = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            Node::open_standalone(&config, advertise, Arc::new(SystemClock))
+        })
+        .await
+        .map_err(|e| format!("startup failed: {e}"))?
+        .map_err(|e| e.message())?
+    };
+    tracing::info!(
+        listen = %local,
+        data_dir = %config.data_dir.display(),
+        partitions = config.partitions,
+        engine = ?config.engine,
+        fsync = ?config.storage.fsync,
+        "caskade-server ready"
+    );
+    // Tests and scripts wait for this exact line on stdout.
+    println!("listening on {local}");
+
+    let shutdown = async move {
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM received"),
+            _ = sigint.recv() => tracing::info!("SIGINT received"),
+        }
+    };
+    caskade::server::run(listener, Arc::new(node), &config, shutdown)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn init_logging(filter: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| format!("invalid log level '{filter}': {e}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+    Ok(())
 }

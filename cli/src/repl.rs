@@ -1,0 +1,179 @@
+//! The interactive REPL (rustyline): prompt `host:port> `, history file,
+//! tab completion of command names, argument hints, `help`, `quit`/`exit`/
+//! Ctrl-D. Ctrl-C clears the line.
+//!
+//! When stdin is not a terminal (a pipe or a file), rustyline reads plain
+//! lines and prints no prompt; replies are printed the same way, so a
+//! scripted session's output is exactly one reply per command.
+//!
+//! Invariants: the REPL never exits on a failed command or an unreachable
+//! server; the client reconnects on the next command (connections are lazy),
+//! so a restarted server is picked up without restarting the REPL.
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+
+use caskade::client::Client;
+use rustyline::completion::{Completer, Pair};
+use rustyline::error::ReadlineError;
+use rustyline::highlight::Highlighter;
+use rustyline::hint::Hinter;
+use rustyline::history::DefaultHistory;
+use rustyline::validate::Validator;
+use rustyline::{Context, Editor, Helper};
+
+use crate::command::{self, COMMANDS, Command, Reply};
+use crate::split::split;
+
+/// Completion of command names and hints with their arguments.
+struct CommandHelper;
+
+impl Completer for CommandHelper {
+    type Candidate = Pair;
+
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _ctx: &Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<Pair>)> {
+        let typed = &line[..pos];
+        // Only the first word is a command name.
+        if typed.trim_start().contains(char::is_whitespace) {
+            return Ok((pos, Vec::new()));
+        }
+        let start = typed.len() - typed.trim_start().len();
+        let prefix = typed.trim_start().to_ascii_lowercase();
+        let candidates = COMMANDS
+            .iter()
+            .filter(|s| s.name.starts_with(&prefix))
+            .map(|s| Pair {
+                display: s.name.to_string(),
+                replacement: format!("{} ", s.name),
+            })
+            .collect();
+        Ok((start, candidates))
+    }
+}
+
+impl Hinter for CommandHelper {
+    type Hint = String;
+
+    /// After `set ` shows `key value [EX seconds|PX milliseconds] [NX|XX]`,
+    /// minus the arguments already typed.
+    fn hint(&self, line: &str, pos: usize, _ctx: &Context<'_>) -> Option<String> {
+        if pos < line.len() {
+            return None;
+        }
+        // Split as the command will be (quotes group words); an unclosed
+        // quote means the user is still typing an argument: no hint.
+        let words = split(line).ok()?;
+        let spec = command::spec(words.first()?)?;
+        if !line.ends_with(' ') || spec.args.is_empty() {
+            return None;
+        }
+        let typed = words.len() - 1;
+        let rest: Vec<&str> = spec.args.split(' ').skip(typed).collect();
+        (!rest.is_empty()).then(|| rest.join(" "))
+    }
+}
+
+impl Highlighter for CommandHelper {
+    fn highlight_hint<'h>(&self, hint: &'h str) -> Cow<'h, str> {
+        Cow::Owned(format!("\x1b[90m{hint}\x1b[0m"))
+    }
+}
+
+impl Validator for CommandHelper {}
+impl Helper for CommandHelper {}
+
+/// The history file path, `~` expanded; `None` when disabled.
+fn history_path(configured: &str) -> Option<PathBuf> {
+    if configured.is_empty() {
+        return None;
+    }
+    match configured.strip_prefix("~/") {
+        Some(rest) => std::env::var_os("HOME").map(|home| PathBuf::from(home).join(rest)),
+        None => Some(PathBuf::from(configured)),
+    }
+}
+
+/// Runs the REPL until quit, exit or end of input. Returns the process exit
+/// code: 0, or 1 if the terminal itself failed.
+pub fn run(runtime: &tokio::runtime::Runtime, client: &Client, history_file: &str) -> i32 {
+    let mut editor: Editor<CommandHelper, DefaultHistory> = match Editor::new() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("caskade-cli: cannot start the line editor: {e}");
+            return 1;
+        }
+    };
+    editor.set_helper(Some(CommandHelper));
+    let history = history_path(history_file);
+    if let Some(path) = &history {
+        // A missing history file is normal on first use.
+        let _ = editor.load_history(path);
+    }
+    let prompt = format!("{}> ", client.addr());
+    let code = loop {
+        let line = match editor.readline(&prompt) {
+            Ok(line) => line,
+            Err(ReadlineError::Interrupted) => continue,
+            Err(ReadlineError::Eof) => break 0,
+            Err(e) => {
+                eprintln!("caskade-cli: cannot read input: {e}");
+                break 1;
+            }
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let _ = editor.add_history_entry(line.as_str());
+        let reply = match split(&line).and_then(|args| command::parse(&args)) {
+            Err(msg) => Reply::Error(msg),
+            Ok(Command::Quit) => break 0,
+            Ok(cmd) => runtime.block_on(command::execute(client, cmd)),
+        };
+        println!("{}", reply.render());
+    };
+    if let Some(path) = &history
+        && let Err(e) = editor.save_history(path)
+    {
+        eprintln!(
+            "caskade-cli: cannot save history to {}: {e}",
+            path.display()
+        );
+    }
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustyline::history::DefaultHistory;
+
+    #[test]
+    fn completes_and_hints_command_names() {
+        let history = DefaultHistory::new();
+        let ctx = Context::new(&history);
+        let (start, found) = CommandHelper.complete("  ex", 4, &ctx).unwrap();
+        assert_eq!(start, 2);
+        let names: Vec<_> = found.iter().map(|p| p.display.as_str()).collect();
+        assert_eq!(names, ["expire", "exists", "exit"]);
+        assert_eq!(
+            CommandHelper.hint("set ", 4, &ctx).as_deref(),
+            Some("key value [EX seconds|PX milliseconds] [NX|XX]")
+        );
+        assert_eq!(
+            CommandHelper.hint("expire k ", 9, &ctx).as_deref(),
+            Some("seconds")
+        );
+        assert_eq!(CommandHelper.hint("get", 3, &ctx), None);
+        let line = "set k \"a b\" ";
+        assert_eq!(
+            CommandHelper.hint(line, line.len(), &ctx).as_deref(),
+            Some("[EX seconds|PX milliseconds] [NX|XX]")
+        );
+        assert_eq!(CommandHelper.hint("set k \"a ", 9, &ctx), None);
+    }
+}

@@ -1,0 +1,502 @@
+//! Configuration: one struct per program, layered
+//! defaults -> YAML file -> `CASKADE_*` environment -> command-line flags.
+//!
+//! - [`Config`] is the server's (`conf/standalone/server.yaml`), environment
+//!   prefix `CASKADE_`; [`ClientConfig`] is the CLI's
+//!   (`conf/client/cli.yaml`), prefix `CASKADE_CLI_`.
+//! - Every key has an environment variable: the path of the key, joined by
+//!   `_`, upper-cased, after the prefix: `listen` -> `CASKADE_LISTEN`,
+//!   `storage.fsync` -> `CASKADE_STORAGE_FSYNC`,
+//!   `storage.limits.max_value_bytes` -> `CASKADE_STORAGE_LIMITS_MAX_VALUE_BYTES`.
+//!   The value is read as YAML (`CASKADE_STORAGE_FSYNC='{every_ms: 100}'`),
+//!   except that a key holding a string takes a scalar text as is (so
+//!   `CASKADE_NODE_ID=42` is the string "42"), and a list takes a
+//!   comma-separated text (`CASKADE_CLI_ADDRS=a:1,b:2`).
+//! - Unknown keys in the YAML file are errors that name the key; malformed
+//!   environment values are errors that name the variable. `CASKADE_*`
+//!   variables matching no key are returned as warnings (the environment is
+//!   shared with other programs).
+//! - Flags are applied by the binaries on the loaded struct.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_yaml_ng::Value;
+
+use crate::node::{Acks, Consistency};
+use crate::storage;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML for this configuration (unknown key,
+    /// wrong type, ...).
+    #[error("config file {}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// serde's message, naming the key and the line.
+        message: String,
+    },
+    /// An environment variable holds a value its key cannot take.
+    #[error("environment variable {var}={value:?}: {message}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The values parsed but do not make sense together.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The storage engine each partition replica runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    /// The durable log-structured engine ([`storage::Bitcask`]).
+    Bitcask,
+    /// In memory only: nothing survives a restart. For tests and for
+    /// measuring the RPC stack.
+    Memory,
+}
+
+/// The server's configuration (`caskade-server --config FILE`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node's id, shown in `Metadata` and in logs. Default `node-1`.
+    pub node_id: String,
+    /// Address the gRPC API listens on (`host:port`). Default `127.0.0.1:7379`.
+    pub listen: String,
+    /// Address clients are told to use to reach this node (in `Metadata` and
+    /// `NOT_LEADER` errors). Default: empty, meaning the bound `listen` address.
+    pub advertise: String,
+    /// Directory holding this node's data; created if missing. Partition `p`
+    /// lives in `<data_dir>/partitions/<p>/`. Default `./data/standalone`.
+    pub data_dir: PathBuf,
+    /// Number of partitions keys are hashed into. Fixed when the data
+    /// directory is created. Default 8.
+    pub partitions: u32,
+    /// Log filter, in `tracing_subscriber::EnvFilter` syntax (`info`,
+    /// `caskade=debug,info`, ...). `RUST_LOG` is not read. Default `info`.
+    pub log_level: String,
+    /// The storage engine: `bitcask` (durable) or `memory` (nothing survives
+    /// a restart; for tests). Default `bitcask`.
+    pub engine: EngineKind,
+    /// Write acknowledgement used when a request leaves it unspecified
+    /// (`leader` or `all`). Default `all`.
+    pub default_acks: Acks,
+    /// Read consistency used when a request leaves it unspecified (`leader`
+    /// or `any`). Default `leader`.
+    pub default_consistency: Consistency,
+    /// Limits and timeouts of the gRPC server.
+    pub server: ServerOptions,
+    /// Storage engine settings, applied to every partition (see
+    /// docs/STORAGE.md). Enums in it are written as single-key maps
+    /// (`fsync: {every_ms: 1000}`), not YAML tags (`!every_ms 1000`).
+    #[serde(with = "serde_yaml_ng::with::singleton_map_recursive")]
+    pub storage: storage::Options,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: "node-1".into(),
+            listen: "127.0.0.1:7379".into(),
+            advertise: String::new(),
+            data_dir: PathBuf::from("./data/standalone"),
+            partitions: 8,
+            log_level: "info".into(),
+            engine: EngineKind::Bitcask,
+            default_acks: Acks::All,
+            default_consistency: Consistency::Leader,
+            server: ServerOptions::default(),
+            storage: storage::Options::default(),
+        }
+    }
+}
+
+/// Limits and timeouts of the gRPC server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerOptions {
+    /// Client connections served at once; further clients wait in the
+    /// listen backlog until one closes. Default 1024.
+    pub max_connections: usize,
+    /// Requests executed at once over all connections; further requests
+    /// wait for a slot. Default 1024.
+    pub max_in_flight: usize,
+    /// Concurrent requests (HTTP/2 streams) per connection. Default 256.
+    pub max_streams_per_connection: u32,
+    /// A request running longer than this fails with `TIMEOUT`. Default 10000.
+    pub request_timeout_ms: u64,
+    /// On SIGINT/SIGTERM, how long in-flight requests get to finish before
+    /// the server closes anyway (then flushes storage). Default 10000.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            max_connections: 1024,
+            max_in_flight: 1024,
+            max_streams_per_connection: 256,
+            request_timeout_ms: 10_000,
+            shutdown_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Config {
+    /// Environment prefix of the server's keys.
+    pub const ENV_PREFIX: &'static str = "CASKADE_";
+
+    /// Loads defaults, then `file` if given, then the `CASKADE_*` variables
+    /// of `env`. Returns the config and warnings about unused variables.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Config, Vec<String>), ConfigError> {
+        // CASKADE_CLI_* belongs to the CLI, not to unknown server keys.
+        let env = env
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with(ClientConfig::ENV_PREFIX));
+        let (config, warnings) = load_layered::<Config>(file, Self::ENV_PREFIX, env)?;
+        config.validate()?;
+        Ok((config, warnings))
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.partitions == 0 || self.partitions > 65_536 {
+            return Err(ConfigError::Invalid(format!(
+                "partitions must be between 1 and 65536, got {}",
+                self.partitions
+            )));
+        }
+        if self.node_id.is_empty() {
+            return Err(ConfigError::Invalid("node_id must not be empty".into()));
+        }
+        if self.server.max_connections == 0 || self.server.max_in_flight == 0 {
+            return Err(ConfigError::Invalid(
+                "server.max_connections and server.max_in_flight must be at least 1".into(),
+            ));
+        }
+        if self.storage.limits.max_key_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "storage.limits.max_key_bytes must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The largest gRPC message the server accepts: one maximal key and value
+    /// plus room for the envelope. Larger messages are refused by tonic
+    /// before they are buffered whole.
+    pub fn max_message_bytes(&self) -> usize {
+        let l = self.storage.limits;
+        l.max_key_bytes
+            .saturating_add(l.max_value_bytes)
+            .saturating_add(64 << 10)
+    }
+}
+
+/// The CLI's configuration (`caskade-cli -c FILE`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Server addresses (`host:port`). The first is used; in a cluster they
+    /// are the seeds metadata is fetched from. Default `[127.0.0.1:7379]`.
+    pub addrs: Vec<String>,
+    /// Time a request may take, connecting included, in ms. Default 5000.
+    pub timeout_ms: u64,
+    /// Time to establish a connection, in ms. Default 1000.
+    pub connect_timeout_ms: u64,
+    /// Acknowledgement asked for writes (`leader` or `all`). Default `all`.
+    pub acks: Acks,
+    /// Consistency asked for reads (`leader` or `any`). Default `leader`.
+    pub consistency: Consistency,
+    /// REPL history file; `~` is the home directory; empty disables
+    /// history. Default `~/.caskade_history`.
+    pub history_file: String,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            addrs: vec!["127.0.0.1:7379".into()],
+            timeout_ms: 5000,
+            connect_timeout_ms: 1000,
+            acks: Acks::All,
+            consistency: Consistency::Leader,
+            history_file: "~/.caskade_history".into(),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Environment prefix of the CLI's keys.
+    pub const ENV_PREFIX: &'static str = "CASKADE_CLI_";
+
+    /// Loads defaults, then `file` if given, then the `CASKADE_CLI_*`
+    /// variables of `env`. Returns the config and warnings.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(ClientConfig, Vec<String>), ConfigError> {
+        let (config, warnings) = load_layered::<ClientConfig>(file, Self::ENV_PREFIX, env)?;
+        if config.addrs.is_empty() {
+            return Err(ConfigError::Invalid("addrs must not be empty".into()));
+        }
+        Ok((config, warnings))
+    }
+}
+
+/// Defaults -> YAML file -> environment, for any config struct whose
+/// `Default` is the documented defaults.
+fn load_layered<T>(
+    file: Option<&Path>,
+    prefix: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(T, Vec<String>), ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    let from_file: T = match file {
+        None => T::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            parse_yaml(&text).map_err(|message| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            })?
+        }
+    };
+    let mut tree = serde_yaml_ng::to_value(&from_file)
+        .map_err(|e| ConfigError::Invalid(format!("cannot serialize config: {e}")))?;
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .collect();
+    vars.sort();
+    let mut warnings = Vec::new();
+    for (var, value) in vars {
+        let path = var[prefix.len()..].to_ascii_lowercase();
+        if !apply_env(&mut tree, &path, &value) {
+            warnings.push(format!("environment variable {var} matches no config key"));
+            continue;
+        }
+        // Check after each variable, so the error names the culprit.
+        serde_yaml_ng::from_value::<T>(tree.clone()).map_err(|e| ConfigError::Env {
+            var: var.clone(),
+            value: value.clone(),
+            message: e.to_string(),
+        })?;
+    }
+    let config = serde_yaml_ng::from_value(tree)
+        .map_err(|e| ConfigError::Invalid(format!("after environment overrides: {e}")))?;
+    Ok((config, warnings))
+}
+
+/// Parses YAML text into a config struct; an empty file is the defaults.
+fn parse_yaml<T: DeserializeOwned + Default>(text: &str) -> Result<T, String> {
+    let value: Value = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+    if value.is_null() {
+        return Ok(T::default());
+    }
+    serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
+}
+
+/// Sets the node at `path` (lower-case key names joined by `_`, e.g.
+/// `storage_limits_max_key_bytes`) to `raw`. Returns false if no key
+/// matches. Longest key names win, so `data_dir` is not read as `data.dir`.
+fn apply_env(node: &mut Value, path: &str, raw: &str) -> bool {
+    let Value::Mapping(map) = node else {
+        return false;
+    };
+    let mut keys: Vec<String> = map
+        .keys()
+        .filter_map(|k| k.as_str().map(str::to_string))
+        .collect();
+    keys.sort_by_key(|k| std::cmp::Reverse(k.len()));
+    for key in keys {
+        let Some(child) = map.get_mut(key.as_str()) else {
+            continue;
+        };
+        if path == key {
+            *child = env_value(child, raw);
+            return true;
+        }
+        if let Some(rest) = path.strip_prefix(&format!("{key}_"))
+            && apply_env(child, rest, raw)
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// The YAML value an environment variable stands for, given the node it
+/// replaces.
+fn env_value(current: &Value, raw: &str) -> Value {
+    match current {
+        // A string key keeps the text, unless it is structured YAML (an
+        // enum such as `fsync` is a string for `always`, a map for
+        // `{every_ms: N}`).
+        Value::String(_) => match serde_yaml_ng::from_str::<Value>(raw) {
+            Ok(v @ (Value::Mapping(_) | Value::Tagged(_))) => v,
+            _ => Value::String(raw.to_string()),
+        },
+        Value::Sequence(_) if !raw.trim_start().starts_with('[') => Value::Sequence(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_string()))
+                .collect(),
+        ),
+        _ => serde_yaml_ng::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Durability;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn yaml_file(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_without_file_or_env() {
+        let (c, w) = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c, Config::default());
+        assert!(w.is_empty());
+        assert_eq!(c.listen, "127.0.0.1:7379");
+        assert_eq!(c.partitions, 8);
+    }
+
+    #[test]
+    fn layering_file_then_env() {
+        let f = yaml_file("listen: 0.0.0.0:9000\npartitions: 4\nstorage:\n  fsync: always\n");
+        let (c, _) = Config::load(Some(f.path()), env(&[])).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9000");
+        assert_eq!(c.partitions, 4);
+        assert_eq!(c.storage.fsync, Durability::Always);
+
+        let (c, w) = Config::load(
+            Some(f.path()),
+            env(&[
+                ("CASKADE_LISTEN", "127.0.0.1:1"),
+                ("CASKADE_DATA_DIR", "/tmp/x"),
+                ("CASKADE_STORAGE_FSYNC", "{every_ms: 50}"),
+                ("CASKADE_STORAGE_LIMITS_MAX_KEY_BYTES", "16"),
+                ("CASKADE_SERVER_MAX_IN_FLIGHT", "7"),
+                ("CASKADE_NODE_ID", "42"),
+                ("CASKADE_NO_SUCH_KEY", "1"),
+                ("CASKADE_CLI_ADDRS", "ignored"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:1");
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.storage.fsync, Durability::EveryMs(50));
+        assert_eq!(c.storage.limits.max_key_bytes, 16);
+        assert_eq!(c.server.max_in_flight, 7);
+        assert_eq!(c.node_id, "42");
+        assert_eq!(c.partitions, 4);
+        assert_eq!(
+            w,
+            vec!["environment variable CASKADE_NO_SUCH_KEY matches no config key".to_string()]
+        );
+    }
+
+    #[test]
+    fn unknown_yaml_key_is_an_error_naming_it() {
+        let f = yaml_file("listen: 127.0.0.1:1\nstorage:\n  fsynk: always\n");
+        let err = Config::load(Some(f.path()), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `fsynk`"), "{err}");
+        assert!(err.starts_with("config file "), "{err}");
+    }
+
+    #[test]
+    fn bad_env_value_names_the_variable() {
+        let err = Config::load(None, env(&[("CASKADE_PARTITIONS", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("environment variable CASKADE_PARTITIONS=\"many\": "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn invalid_partition_count() {
+        let err = Config::load(None, env(&[("CASKADE_PARTITIONS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "invalid configuration: partitions must be between 1 and 65536, got 0"
+        );
+    }
+
+    #[test]
+    fn client_config_layers_and_splits_lists() {
+        let f = yaml_file("addrs: [a:1]\ntimeout_ms: 10\nacks: leader\n");
+        let (c, _) = ClientConfig::load(
+            Some(f.path()),
+            env(&[
+                ("CASKADE_CLI_ADDRS", "h1:1, h2:2"),
+                ("CASKADE_CLI_CONSISTENCY", "any"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.addrs, vec!["h1:1".to_string(), "h2:2".to_string()]);
+        assert_eq!(c.timeout_ms, 10);
+        assert_eq!(c.acks, Acks::Leader);
+        assert_eq!(c.consistency, Consistency::Any);
+    }
+
+    /// The shipped example files parse and hold the defaults they document.
+    #[test]
+    fn shipped_config_files_parse() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let (server, w) =
+            Config::load(Some(&root.join("conf/standalone/server.yaml")), env(&[])).unwrap();
+        assert!(w.is_empty());
+        assert_eq!(server.listen, "127.0.0.1:7379");
+        assert_eq!(server.data_dir, PathBuf::from("./data/standalone"));
+        let (client, _) =
+            ClientConfig::load(Some(&root.join("conf/client/cli.yaml")), env(&[])).unwrap();
+        assert_eq!(client, ClientConfig::default());
+    }
+}

@@ -1,0 +1,624 @@
+//! A node: the partition replicas this process hosts, and the routing of
+//! each request to the replica of the key's partition.
+//!
+//! Request path (the same in standalone and, later, in a cluster):
+//! validate at the edge (key and value limits, TTL range) -> hash the key to
+//! its partition ([`crate::cluster::partition_for`]) -> ask the
+//! [`Coordinator`] for this node's role (`NOT_LEADER` otherwise; for
+//! `acks: all`, `NOT_ENOUGH_REPLICAS` when the ISR is too small) -> run the
+//! engine call on tokio's blocking pool (engines block on disk I/O; a
+//! runtime worker never does).
+//!
+//! Data directory layout:
+//!
+//! ```text
+//! <data_dir>/LOCK               exclusive advisory lock held while the node runs
+//! <data_dir>/layout.yaml        {format: 1, partitioner: fnv1a64-mod, partitions: N}
+//! <data_dir>/partitions/<p>/    partition p's engine directory
+//! ```
+//!
+//! Invariants:
+//! - at most one process serves a data directory (the `LOCK` file);
+//! - the partition count of a data directory never changes (`layout.yaml`
+//!   is checked at open), so a key always finds its partition;
+//! - every TTL becomes an absolute instant `now + ttl` that fits in a signed
+//!   64-bit millisecond count, computed with the engines' own clock.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fs4::FileExt;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::{Coordinator, NodeInfo, PARTITIONER, PartitionState, Role, partition_for};
+use crate::config::{Config, EngineKind};
+use crate::error::{Error, Result};
+use crate::storage::{self, Clock, Condition, Engine, Limits, SetOptions, Ttl};
+
+/// How many replicas must have a write before it is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Acks {
+    /// The partition leader has applied it.
+    Leader,
+    /// Every in-sync replica has it, and there are at least `min_insync`.
+    All,
+}
+
+/// Which replica may answer a read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    /// The partition leader, committed data only.
+    Leader,
+    /// Any replica, possibly stale.
+    Any,
+}
+
+/// Options of a [`Node::set`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SetArgs {
+    /// Relative time to live in ms; `None` = no expiry. Must be at least 1.
+    pub ttl_ms: Option<u64>,
+    /// Precondition (NX / XX).
+    pub condition: Condition,
+    /// Required acknowledgement.
+    pub acks: Acks,
+}
+
+/// One partition replica hosted here.
+pub struct Replica {
+    /// Partition id.
+    pub partition: u32,
+    /// Its storage engine.
+    pub engine: Arc<dyn Engine>,
+}
+
+/// Contents of `layout.yaml`.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Layout {
+    /// Layout format version, 1.
+    format: u32,
+    /// Name of the key -> partition scheme.
+    partitioner: String,
+    /// Partition count.
+    partitions: u32,
+}
+
+/// The partitions this process hosts and the rules to reach them.
+pub struct Node {
+    /// This node as clients see it.
+    info: NodeInfo,
+    /// Number of partitions in the cluster.
+    partition_count: u32,
+    /// Replicas hosted here, indexed by partition id (standalone: all).
+    replicas: Vec<Replica>,
+    /// Who leads what.
+    coordinator: Arc<dyn Coordinator>,
+    /// Key and value limits checked at the edge.
+    limits: Limits,
+    /// The clock the engines use; TTLs are converted with it.
+    clock: Arc<dyn Clock>,
+    /// The data directory.
+    data_dir: PathBuf,
+    /// Holds the directory lock for the node's lifetime.
+    _lock: File,
+}
+
+impl Node {
+    /// Opens a standalone node: locks `config.data_dir`, checks its layout,
+    /// opens one engine per partition and leads them all.
+    /// `client_addr` is the address advertised to clients.
+    pub fn open_standalone(
+        config: &Config,
+        client_addr: String,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Node> {
+        let info = NodeInfo {
+            id: config.node_id.clone(),
+            client_addr,
+        };
+        let coordinator = Arc::new(crate::cluster::LocalCoordinator::new(
+            info.clone(),
+            config.partitions,
+        ));
+        Self::open(config, info, coordinator, clock)
+    }
+
+    /// Opens a node hosting every partition, with leadership decided by
+    /// `coordinator`.
+    pub fn open(
+        config: &Config,
+        info: NodeInfo,
+        coordinator: Arc<dyn Coordinator>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Node> {
+        let dir = &config.data_dir;
+        fs::create_dir_all(dir).map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let lock = lock_dir(dir)?;
+        check_layout(dir, config.partitions)?;
+        let mut replicas = Vec::with_capacity(config.partitions as usize);
+        for p in 0..config.partitions {
+            let pdir = dir.join("partitions").join(p.to_string());
+            fs::create_dir_all(&pdir).map_err(|e| {
+                Error::Unavailable(format!(
+                    "cannot create partition directory {}: {e}",
+                    pdir.display()
+                ))
+            })?;
+            let engine = open_engine(config.engine, &pdir, &config.storage, clock.clone())
+                .map_err(|e| {
+                    Error::Unavailable(format!(
+                        "cannot open partition {p} in {}: {e}",
+                        pdir.display()
+                    ))
+                })?;
+            replicas.push(Replica {
+                partition: p,
+                engine,
+            });
+        }
+        Ok(Node {
+            info,
+            partition_count: config.partitions,
+            replicas,
+            coordinator,
+            limits: config.storage.limits,
+            clock,
+            data_dir: dir.clone(),
+            _lock: lock,
+        })
+    }
+
+    /// This node's id and client address.
+    pub fn info(&self) -> &NodeInfo {
+        &self.info
+    }
+
+    /// The key and value limits.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The number of partitions.
+    pub fn partition_count(&self) -> u32 {
+        self.partition_count
+    }
+
+    /// `"standalone"` or `"cluster"`.
+    pub fn mode(&self) -> &'static str {
+        self.coordinator.mode()
+    }
+
+    /// The nodes and the state of every partition, for `Metadata`.
+    pub fn metadata(&self) -> (Vec<NodeInfo>, Vec<PartitionState>) {
+        (self.coordinator.nodes(), self.coordinator.partitions())
+    }
+
+    /// Writes `key = value`. Returns false when the condition did not hold.
+    pub async fn set(&self, key: Bytes, value: Bytes, args: SetArgs) -> Result<bool> {
+        self.limits.check_key(&key)?;
+        self.limits.check_value(&value)?;
+        let expire_at_ms = match args.ttl_ms {
+            None => None,
+            Some(0) => return Err(Error::InvalidInput("TTL must be at least 1 ms".into())),
+            Some(ttl) => Some(self.expire_at(ttl)?),
+        };
+        let engine = self.writable(&key, args.acks)?;
+        let opts = SetOptions {
+            expire_at_ms,
+            condition: args.condition,
+        };
+        blocking(move || engine.set(&key, value, opts)).await
+    }
+
+    /// Reads `key`.
+    pub async fn get(&self, key: Bytes, consistency: Consistency) -> Result<Option<Bytes>> {
+        self.limits.check_key(&key)?;
+        let engine = self.readable(&key, consistency)?;
+        blocking(move || engine.get(&key)).await
+    }
+
+    /// Deletes `keys`; returns how many existed.
+    pub async fn del(&self, keys: Vec<Bytes>, acks: Acks) -> Result<u64> {
+        let targets = self.many(keys, |key| self.writable(key, acks))?;
+        blocking(move || {
+            let mut deleted = 0;
+            for (engine, key) in targets {
+                deleted += u64::from(engine.delete(&key)?);
+            }
+            Ok(deleted)
+        })
+        .await
+    }
+
+    /// Makes `key` expire `ttl_ms` from now (0: delete it now). Returns
+    /// whether the key existed.
+    pub async fn expire(&self, key: Bytes, ttl_ms: u64, acks: Acks) -> Result<bool> {
+        self.limits.check_key(&key)?;
+        let at = if ttl_ms == 0 {
+            self.clock.now_ms()
+        } else {
+            self.expire_at(ttl_ms)?
+        };
+        let engine = self.writable(&key, acks)?;
+        blocking(move || engine.expire(&key, at)).await
+    }
+
+    /// The time to live of `key`.
+    pub async fn ttl(&self, key: Bytes, consistency: Consistency) -> Result<Ttl> {
+        self.limits.check_key(&key)?;
+        let engine = self.readable(&key, consistency)?;
+        blocking(move || engine.ttl(&key)).await
+    }
+
+    /// How many of `keys` exist (a repeated key counts each time).
+    pub async fn exists(&self, keys: Vec<Bytes>, consistency: Consistency) -> Result<u64> {
+        let targets = self.many(keys, |key| self.readable(key, consistency))?;
+        blocking(move || {
+            let mut count = 0;
+            for (engine, key) in targets {
+                count += u64::from(engine.exists(&key)?);
+            }
+            Ok(count)
+        })
+        .await
+    }
+
+    /// fsyncs every partition (used on shutdown).
+    pub async fn flush(&self) -> Result<()> {
+        let engines: Vec<_> = self.replicas.iter().map(|r| r.engine.clone()).collect();
+        blocking(move || {
+            for engine in engines {
+                engine.flush()?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Engine status of every partition, by partition id.
+    pub async fn status(&self) -> Result<Vec<storage::Status>> {
+        let engines: Vec<_> = self.replicas.iter().map(|r| r.engine.clone()).collect();
+        blocking(move || engines.iter().map(|e| e.status()).collect()).await
+    }
+
+    /// `now + ttl_ms`, refused when it does not fit a signed 64-bit count of
+    /// milliseconds (as Redis refuses such TTLs).
+    fn expire_at(&self, ttl_ms: u64) -> Result<u64> {
+        self.clock
+            .now_ms()
+            .checked_add(ttl_ms)
+            .filter(|&at| at <= i64::MAX as u64)
+            .ok_or_else(|| Error::InvalidInput(format!("TTL of {ttl_ms} ms is out of range")))
+    }
+
+    /// Validates every key and resolves its engine, all before any is
+    /// touched, so a multi-key request fails as a whole.
+    fn many(
+        &self,
+        keys: Vec<Bytes>,
+        resolve: impl Fn(&[u8]) -> Result<Arc<dyn Engine>>,
+    ) -> Result<Vec<(Arc<dyn Engine>, Bytes)>> {
+        if keys.is_empty() {
+            return Err(Error::InvalidInput("at least one key is required".into()));
+        }
+        keys.into_iter()
+            .map(|key| {
+                self.limits.check_key(&key)?;
+                Ok((resolve(&key)?, key))
+            })
+            .collect()
+    }
+
+    /// The engine for a write to `key`, if this node leads its partition and
+    /// can satisfy `acks`.
+    fn writable(&self, key: &[u8], acks: Acks) -> Result<Arc<dyn Engine>> {
+        let p = partition_for(key, self.partition_count);
+        match self.coordinator.role(p) {
+            Role::Leader {
+                isr, min_insync, ..
+            } => {
+                if acks == Acks::All && isr < min_insync {
+                    return Err(Error::NotEnoughReplicas {
+                        partition: p,
+                        isr,
+                        min_insync,
+                    });
+                }
+                self.replica(p)
+            }
+            Role::NotLeader { leader } => Err(Error::NotLeader {
+                partition: p,
+                leader,
+            }),
+        }
+    }
+
+    /// The engine for a read of `key` at `consistency`.
+    fn readable(&self, key: &[u8], consistency: Consistency) -> Result<Arc<dyn Engine>> {
+        let p = partition_for(key, self.partition_count);
+        match (self.coordinator.role(p), consistency) {
+            (Role::Leader { .. }, _) | (Role::NotLeader { .. }, Consistency::Any) => {
+                self.replica(p)
+            }
+            (Role::NotLeader { leader }, Consistency::Leader) => Err(Error::NotLeader {
+                partition: p,
+                leader,
+            }),
+        }
+    }
+
+    /// The local replica of partition `p`.
+    fn replica(&self, p: u32) -> Result<Arc<dyn Engine>> {
+        self.replicas
+            .get(p as usize)
+            .map(|r| r.engine.clone())
+            .ok_or_else(|| Error::Internal(format!("partition {p} is not hosted on this node")))
+    }
+}
+
+/// Runs blocking engine work on tokio's blocking pool and maps its error.
+async fn blocking<T, F>(f: F) -> Result<T>
+where
+    F: FnOnce() -> storage::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(Error::from),
+        Err(e) => Err(Error::Internal(format!("storage task failed: {e}"))),
+    }
+}
+
+/// Opens the engine of one partition. Switching the durable engine in is
+/// this one function.
+fn open_engine(
+    kind: EngineKind,
+    dir: &Path,
+    options: &storage::Options,
+    clock: Arc<dyn Clock>,
+) -> storage::Result<Arc<dyn Engine>> {
+    match kind {
+        EngineKind::Bitcask => Ok(Arc::new(storage::Bitcask::open_with_clock(
+            dir,
+            options.clone(),
+            clock,
+        )?)),
+        EngineKind::Memory => Ok(Arc::new(storage::Memory::new(clock, options.limits))),
+    }
+}
+
+/// Takes the exclusive lock on `<dir>/LOCK`.
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join("LOCK");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    // Qualified: std's inherent `File::try_lock` needs a newer rustc than
+    // the workspace's rust-version.
+    match FileExt::try_lock(&file) {
+        Ok(()) => Ok(file),
+        Err(fs4::TryLockError::WouldBlock) => Err(Error::Unavailable(format!(
+            "data directory {} is in use by another caskade-server (lock on {} is held)",
+            dir.display(),
+            path.display()
+        ))),
+        Err(fs4::TryLockError::Error(e)) => Err(Error::Unavailable(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Writes `layout.yaml` on first open; afterwards checks the partition
+/// count has not changed.
+fn check_layout(dir: &Path, partitions: u32) -> Result<()> {
+    let path = dir.join("layout.yaml");
+    let wanted = Layout {
+        format: 1,
+        partitioner: PARTITIONER.into(),
+        partitions,
+    };
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let found: Layout = serde_yaml_ng::from_str(&text)
+                .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
+            if found.partitions != partitions {
+                return Err(Error::InvalidInput(format!(
+                    "data directory {} holds {} partitions but the configuration asks for {}; \
+                     the partition count cannot change (keys would move)",
+                    dir.display(),
+                    found.partitions,
+                    partitions
+                )));
+            }
+            if found != wanted {
+                return Err(Error::Corrupt(format!(
+                    "{}: unsupported layout {found:?}",
+                    path.display()
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let text = serde_yaml_ng::to_string(&wanted)
+                .map_err(|e| Error::Internal(format!("cannot encode layout: {e}")))?;
+            write_durably(&path, text.as_bytes())
+                .map_err(|e| Error::Unavailable(format!("cannot write {}: {e}", path.display())))
+        }
+        Err(e) => Err(Error::Unavailable(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Writes a small file atomically: temp file, fsync, rename, fsync the directory.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::ManualClock;
+
+    fn node(dir: &Path, clock: Arc<ManualClock>) -> Node {
+        let config = Config {
+            data_dir: dir.to_path_buf(),
+            ..Config::default()
+        };
+        Node::open_standalone(&config, "127.0.0.1:7379".into(), clock).unwrap()
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    const SET: SetArgs = SetArgs {
+        ttl_ms: None,
+        condition: Condition::Always,
+        acks: Acks::All,
+    };
+
+    #[tokio::test]
+    async fn commands_and_ttl_with_a_manual_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let n = node(dir.path(), clock.clone());
+        assert!(n.set(b("a"), b("1"), SET).await.unwrap());
+        assert_eq!(
+            n.get(b("a"), Consistency::Leader).await.unwrap(),
+            Some(b("1"))
+        );
+        let nx = SetArgs {
+            condition: Condition::IfAbsent,
+            ..SET
+        };
+        assert!(!n.set(b("a"), b("2"), nx).await.unwrap());
+        assert_eq!(
+            n.ttl(b("a"), Consistency::Any).await.unwrap(),
+            Ttl::Persistent
+        );
+        assert!(n.expire(b("a"), 1500, Acks::Leader).await.unwrap());
+        assert_eq!(
+            n.ttl(b("a"), Consistency::Leader).await.unwrap(),
+            Ttl::ExpiresInMs(1500)
+        );
+        clock.advance(1500);
+        assert_eq!(n.get(b("a"), Consistency::Leader).await.unwrap(), None);
+        assert_eq!(
+            n.ttl(b("a"), Consistency::Leader).await.unwrap(),
+            Ttl::Missing
+        );
+        n.set(b("x"), b("1"), SET).await.unwrap();
+        n.set(b("y"), b("1"), SET).await.unwrap();
+        let keys = vec![b("x"), b("y"), b("x"), b("z")];
+        assert_eq!(
+            n.exists(keys.clone(), Consistency::Leader).await.unwrap(),
+            3
+        );
+        assert_eq!(n.del(keys, Acks::All).await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn edge_validation_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = node(dir.path(), Arc::new(ManualClock::new(5)));
+        let err = |r: Result<bool>| r.unwrap_err().to_string();
+        assert_eq!(err(n.set(b(""), b("v"), SET).await), "empty key");
+        assert_eq!(
+            err(n.set(Bytes::from(vec![b'k'; 1025]), b("v"), SET).await),
+            "key is 1025 bytes, the limit is 1024"
+        );
+        assert_eq!(
+            err(n
+                .set(b("k"), Bytes::from(vec![0; (1 << 20) + 1]), SET)
+                .await),
+            "value is 1048577 bytes, the limit is 1048576"
+        );
+        let ttl = |ms| SetArgs {
+            ttl_ms: Some(ms),
+            ..SET
+        };
+        assert_eq!(
+            err(n.set(b("k"), b("v"), ttl(0)).await),
+            "TTL must be at least 1 ms"
+        );
+        assert_eq!(
+            err(n.set(b("k"), b("v"), ttl(u64::MAX)).await),
+            "TTL of 18446744073709551615 ms is out of range"
+        );
+        assert_eq!(
+            err(n.expire(b("k"), i64::MAX as u64, Acks::All).await),
+            "TTL of 9223372036854775807 ms is out of range"
+        );
+        assert_eq!(
+            n.del(vec![], Acks::All).await.unwrap_err().to_string(),
+            "at least one key is required"
+        );
+    }
+
+    #[test]
+    fn second_open_of_a_data_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = node(dir.path(), Arc::new(ManualClock::new(0)));
+        let config = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        let err = Node::open_standalone(&config, "x:1".into(), Arc::new(ManualClock::new(0)))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("is in use by another caskade-server"), "{err}");
+    }
+
+    #[test]
+    fn partition_count_cannot_change() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(node(dir.path(), Arc::new(ManualClock::new(0))));
+        let config = Config {
+            data_dir: dir.path().to_path_buf(),
+            partitions: 16,
+            ..Config::default()
+        };
+        let err = Node::open_standalone(&config, "x:1".into(), Arc::new(ManualClock::new(0)))
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "data directory {} holds 8 partitions but the configuration asks for 16; \
+                 the partition count cannot change (keys would move)",
+                dir.path().display()
+            )
+        );
+    }
+}

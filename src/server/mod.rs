@@ -1,0 +1,174 @@
+//! The gRPC server: accepts connections on a bound listener, serves the
+//! `Kv` service, and shuts down gracefully when a future completes
+//! (mini-redis style: the caller owns the listener and the signal).
+//!
+//! Lifecycle and invariants:
+//! - at most `server.max_connections` connections are open; the accept loop
+//!   waits for a slot before accepting, so further clients queue in the
+//!   kernel's backlog instead of costing memory here;
+//! - every accepted socket has `TCP_NODELAY` (a request/response protocol
+//!   must not wait on Nagle);
+//! - when `shutdown` completes: the listener is closed at once (new clients
+//!   get `connection refused`), open connections receive an HTTP/2 GOAWAY,
+//!   in-flight requests run to completion for up to
+//!   `server.shutdown_timeout_ms`, then every engine is flushed (fsync)
+//!   before [`run`] returns. A request that was acknowledged is durable
+//!   once `run` returns, whatever the fsync policy.
+
+mod service;
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+pub use service::KvService;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::node::Node;
+use crate::proto::kv_server::KvServer;
+
+/// Serves `node` on `listener` until `shutdown` completes, then drains and
+/// flushes. Returns once every engine is flushed.
+pub async fn run(
+    listener: TcpListener,
+    node: Arc<Node>,
+    config: &Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let opts = &config.server;
+    let max_message = config.max_message_bytes();
+    let service = KvService::new(
+        node.clone(),
+        opts.max_in_flight,
+        config.default_acks,
+        config.default_consistency,
+    );
+    let kv = KvServer::new(service)
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+
+    let fired = Notify::new();
+    let signal = async {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        fired.notify_one();
+    };
+    let serve = tonic::transport::Server::builder()
+        .timeout(Duration::from_millis(opts.request_timeout_ms))
+        .max_concurrent_streams(opts.max_streams_per_connection)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(kv)
+        .serve_with_incoming_shutdown(incoming(listener, opts.max_connections), signal);
+    let grace = Duration::from_millis(opts.shutdown_timeout_ms);
+    tokio::select! {
+        result = serve => result.map_err(|e| Error::Internal(format!("server failed: {e}")))?,
+        _ = async { fired.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(
+                "in-flight requests did not finish within {} ms; closing their connections",
+                grace.as_millis()
+            );
+        }
+    }
+    node.flush().await?;
+    tracing::info!("storage flushed; shutdown complete");
+    Ok(())
+}
+
+/// The stream of accepted connections, each holding a connection slot.
+/// Dropping it (tonic does on shutdown) closes the listener.
+fn incoming(
+    listener: TcpListener,
+    max_connections: usize,
+) -> impl futures_util::Stream<Item = io::Result<Conn>> {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    futures_util::stream::unfold((listener, slots), |(listener, slots)| async move {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return None; // never closed; keeps the types honest
+        };
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(%peer, "cannot set TCP_NODELAY: {e}");
+                    }
+                    tracing::debug!(%peer, "connection accepted");
+                    let conn = Conn {
+                        stream,
+                        _slot: slot,
+                    };
+                    return Some((Ok(conn), (listener, slots)));
+                }
+                // Out of file descriptors and the like: back off instead of spinning.
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
+}
+
+/// An accepted TCP connection and its connection slot, released on drop.
+struct Conn {
+    /// The socket.
+    stream: TcpStream,
+    /// Held for the connection's lifetime.
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Connected for Conn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,130 @@
+//! The `caskade-cli` REPL driven through its stdin: a scripted session with
+//! exact output, and a session that outlives a server restart (the REPL
+//! reports the outage in one line and reconnects when the server is back).
+
+mod harness;
+
+use harness::{Repl, Server, ServerOpts, cli_bin};
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+#[test]
+fn scripted_session_through_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), ServerOpts::default());
+    let script = concat!(
+        "set greeting \"hello world\"\n",
+        "get greeting\n",
+        "  GET   greeting  \n",
+        "\n",
+        "set 'it s' '1'\n",
+        "exists greeting \"it s\" nope\n",
+        "get nope\n",
+        "del greeting nope\n",
+        "ttl greeting\n",
+        "set k v EX 100\n",
+        "ttl k\n",
+        "expire k 0\n",
+        "get\n",
+        "frobnicate\n",
+        "set k \"unbalanced\n",
+        "set \"\" v\n",
+        "help ttl\n",
+        "ping\n",
+        "quit\n",
+        "get k\n", // never run: quit ends the session
+    );
+    let mut child = Command::new(cli_bin())
+        .args(["--addr", &server.addr, "--history-file", ""])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        concat!(
+            "OK\n",
+            "hello world\n",
+            "hello world\n",
+            "OK\n",
+            "(integer) 2\n",
+            "(nil)\n",
+            "(integer) 1\n",
+            "(integer) -2\n",
+            "OK\n",
+            "(integer) 100\n",
+            "(integer) 1\n",
+            "(error) wrong number of arguments for 'get' command\n",
+            "(error) unknown command 'frobnicate', type 'help' for the list of commands\n",
+            "(error) unbalanced quotes\n",
+            "(error) empty key\n",
+            "ttl key\n",
+            "  Seconds key has left; -1 if it never expires, -2 if it does not exist\n",
+            "PONG\n",
+        )
+    );
+}
+
+#[test]
+fn session_survives_a_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, ServerOpts::default());
+    let addr = server.addr.clone();
+    let mut repl = Repl::start(&addr);
+    assert_eq!(repl.send("set survivor yes", 1), ["OK"]);
+
+    // Server goes away (graceful stop: flushes, exit 0).
+    assert_eq!(server.stop().code(), Some(0));
+    let refused = format!("(error) could not connect to caskade at {addr}: connection refused");
+    assert_eq!(repl.send("get survivor", 1), std::slice::from_ref(&refused));
+    assert_eq!(repl.send("ping", 1), [refused]);
+    // Syntax errors still answer while the server is down.
+    assert_eq!(
+        repl.send("get", 1),
+        ["(error) wrong number of arguments for 'get' command"]
+    );
+
+    // Same address, same data: the REPL reconnects and the write persisted.
+    let _server = Server::start(&data, ServerOpts::default().listen(&addr));
+    assert_eq!(repl.send("get survivor", 1), ["yes"]);
+    assert_eq!(repl.send("set after restart", 1), ["OK"]);
+    assert_eq!(repl.send("exists survivor after", 1), ["(integer) 2"]);
+    assert_eq!(repl.finish(), 0);
+}
+
+#[test]
+fn history_file_records_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), ServerOpts::default());
+    let history = dir.path().join("history");
+    let mut child = Command::new(cli_bin())
+        .args(["--addr", &server.addr, "--history-file"])
+        .arg(&history)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"set a 1\nget a\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n1\n");
+    let saved = std::fs::read_to_string(&history).unwrap();
+    let lines: Vec<&str> = saved.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(lines, ["set a 1", "get a"]);
+}

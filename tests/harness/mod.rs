@@ -1,0 +1,364 @@
+//! Test harness for the end-to-end tests: starts the real `caskade-server`
+//! binary on a free port and the real `caskade-cli` binary, and guarantees
+//! that every process started is killed when the test ends, even when an
+//! assertion fails (the [`Server`] and [`Repl`] Drop guards).
+//!
+//! Every wait is bounded: [`WAIT`] for a server to come up or go down, and
+//! the CLI runs under a timeout as well.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Longest time a server may take to start or stop.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The server binary, built by cargo for this test.
+pub fn server_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_caskade-server"))
+}
+
+/// The CLI binary: it belongs to another package of the workspace, so it is
+/// found next to the server binary (same target dir and profile) and built
+/// once with cargo if it is not there yet (`cargo test -p caskade`).
+pub fn cli_bin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let server = server_bin();
+            let dir = server.parent().expect("binary has a directory");
+            let cli = dir.join("caskade-cli");
+            if !cli.exists() {
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+                let mut cmd = Command::new(cargo);
+                cmd.args(["build", "-p", "caskade-cli", "--bin", "caskade-cli"])
+                    .current_dir(env!("CARGO_MANIFEST_DIR"));
+                if dir.file_name().is_some_and(|n| n == "release") {
+                    cmd.arg("--release");
+                }
+                let status = cmd.status().expect("run cargo build for caskade-cli");
+                assert!(status.success(), "cargo build -p caskade-cli failed");
+            }
+            assert!(cli.exists(), "{} not found", cli.display());
+            cli
+        })
+        .clone()
+}
+
+/// A port that was free a moment ago (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// A running `caskade-server`, killed on drop.
+pub struct Server {
+    /// The process.
+    child: Option<Child>,
+    /// `127.0.0.1:PORT` it listens on.
+    pub addr: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Where its stderr (the log) goes; removed on drop unless the test failed.
+    pub log: PathBuf,
+}
+
+/// How to start a server.
+#[derive(Clone, Default)]
+pub struct ServerOpts {
+    /// `--listen`; default `127.0.0.1:0`.
+    pub listen: Option<String>,
+    /// Extra environment (`CASKADE_*`).
+    pub env: Vec<(String, String)>,
+    /// Extra arguments.
+    pub args: Vec<String>,
+}
+
+impl ServerOpts {
+    /// Adds an environment variable.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Listens on a given address.
+    pub fn listen(mut self, addr: &str) -> Self {
+        self.listen = Some(addr.into());
+        self
+    }
+}
+
+/// Why a server did not start: its exit status and stderr.
+#[derive(Debug)]
+pub struct StartFailure {
+    /// Exit status, if it exited.
+    pub status: Option<ExitStatus>,
+    /// Everything it wrote on stderr.
+    pub stderr: String,
+}
+
+impl Server {
+    /// Starts a server on `data_dir`; panics if it does not come up.
+    pub fn start(data_dir: &Path, opts: ServerOpts) -> Server {
+        match Server::try_start(data_dir, opts) {
+            Ok(s) => s,
+            Err(f) => panic!("server did not start: {f:?}"),
+        }
+    }
+
+    /// Starts a server and waits for its `listening on ADDR` line.
+    pub fn try_start(data_dir: &Path, opts: ServerOpts) -> Result<Server, StartFailure> {
+        let log = std::env::temp_dir().join(format!(
+            "caskade-test-{}-{}.log",
+            std::process::id(),
+            unique()
+        ));
+        let stderr = std::fs::File::create(&log).expect("create server log");
+        let mut cmd = Command::new(server_bin());
+        cmd.arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(opts.listen.as_deref().unwrap_or("127.0.0.1:0"))
+            .arg("--log-level")
+            .arg("info")
+            .args(&opts.args)
+            .env_remove("RUST_LOG")
+            .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        let mut child = cmd.spawn().expect("spawn caskade-server");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let lines = read_lines(stdout);
+        let deadline = Instant::now() + WAIT;
+        let mut server = Server {
+            child: Some(child),
+            addr: String::new(),
+            data_dir: data_dir.to_path_buf(),
+            log,
+        };
+        loop {
+            match lines.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) => {
+                    if let Some(addr) = line.strip_prefix("listening on ") {
+                        server.addr = addr.trim().to_string();
+                        return Ok(server);
+                    }
+                }
+                Err(_) => {
+                    let child = server.child.as_mut().expect("child present");
+                    if let Ok(Some(status)) = child.try_wait() {
+                        server.child = None;
+                        return Err(StartFailure {
+                            status: Some(status),
+                            stderr: std::fs::read_to_string(&server.log).unwrap_or_default(),
+                        });
+                    }
+                    if Instant::now() > deadline {
+                        return Err(StartFailure {
+                            status: None,
+                            stderr: std::fs::read_to_string(&server.log).unwrap_or_default(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Sends `signal` and waits (bounded) for the exit.
+    pub fn signal_and_wait(&mut self, signal: i32) -> ExitStatus {
+        let mut child = self.child.take().expect("server is running");
+        // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
+        unsafe {
+            libc::kill(child.id() as i32, signal);
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("server did not exit within {WAIT:?} after signal {signal}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM, bounded wait; returns the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal_and_wait(libc::SIGTERM)
+    }
+
+    /// SIGKILL: the process dies at once, no flush, no cleanup.
+    pub fn kill9(&mut self) {
+        self.signal_and_wait(libc::SIGKILL);
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Keep the log of a failed test for diagnosis.
+        if std::thread::panicking() {
+            eprintln!("server log kept at {}", self.log.display());
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
+/// Forwards a reader's lines to a channel from a thread.
+fn read_lines(r: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// A process-unique number.
+fn unique() -> u64 {
+    static N: Mutex<u64> = Mutex::new(0);
+    let mut n = N.lock().unwrap_or_else(|e| e.into_inner());
+    *n += 1;
+    *n
+}
+
+/// Runs `caskade-cli ARGS` (bounded by [`WAIT`]) and returns its output.
+pub fn cli(args: &[&str]) -> Output {
+    let mut child = Command::new(cli_bin())
+        .args(args)
+        .env("HOME", std::env::temp_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn caskade-cli");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().expect("collect cli output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("caskade-cli {args:?} did not finish within {WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `caskade-cli --addr ADDR ARGS...`: (exit code, stdout, stderr).
+pub fn cli_at(addr: &str, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["--addr", addr];
+    all.extend_from_slice(args);
+    let out = cli(&all);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An interactive `caskade-cli` REPL on pipes, killed on drop.
+pub struct Repl {
+    /// The process.
+    child: Child,
+    /// Its stdin.
+    stdin: Option<ChildStdin>,
+    /// Its stdout, line by line.
+    lines: Receiver<String>,
+}
+
+impl Repl {
+    /// Starts the REPL against `addr`, history disabled.
+    pub fn start(addr: &str) -> Repl {
+        let mut child = Command::new(cli_bin())
+            .args(["--addr", addr, "--history-file", "", "--timeout-ms", "3000"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn caskade-cli");
+        let stdin = child.stdin.take();
+        let lines = read_lines(child.stdout.take().expect("piped stdout"));
+        Repl {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// Sends one line and returns the next `n` lines of output.
+    pub fn send(&mut self, line: &str, n: usize) -> Vec<String> {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").expect("write to the REPL");
+        stdin.flush().expect("flush the REPL's stdin");
+        (0..n)
+            .map(|_| {
+                self.lines
+                    .recv_timeout(WAIT)
+                    .unwrap_or_else(|_| panic!("no reply to {line:?} within {WAIT:?}"))
+            })
+            .collect()
+    }
+
+    /// Closes stdin (Ctrl-D) and waits for the exit code.
+    pub fn finish(mut self) -> i32 {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "REPL did not exit on end of input"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Repl {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
