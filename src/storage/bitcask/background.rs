@@ -128,7 +128,9 @@ impl Inner {
             }
             let path = segment::file_path(&self.dir, seg.base, HINT_SUFFIX);
             if !path.exists() && !seg.is_empty() {
-                match hint_entries(&seg) {
+                let entries = hint_entries(&seg);
+                seg.release_pages();
+                match entries {
                     Ok(entries) => {
                         hint::write(&path, seg.len(), &entries)?;
                         super::sync_dir(&self.dir)?;

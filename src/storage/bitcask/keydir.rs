@@ -11,17 +11,24 @@
 //! The lock is a `parking_lot::Mutex`, not a tokio one: critical sections
 //! are a hash lookup or two and never await or do I/O.
 //!
-//! RAM per key is a headline figure: an [`Entry`] is 24 bytes and keys of up
-//! to 16 bytes are stored inline ([`Key`]), so a 16-byte key costs one
-//! 48-byte bucket plus one control byte, divided by the table's load factor.
+//! RAM per key is a headline figure. A shard keeps its entries in a slab of
+//! 48-byte slots (key inline up to 16 bytes, [`Key`], plus the 24-byte
+//! [`Entry`]) and finds them through a hash table of 4-byte slot numbers, so
+//! the half-empty space a power-of-two table has after doubling costs 5
+//! bytes a bucket, not 49. Both arrays live on [`PageAlloc`]: capacity not yet
+//! written costs no RSS, and a resize gives the old block back to the OS.
 
 use std::hash::{BuildHasher, Hash};
 
+use allocator_api2::vec::Vec as AVec;
 use bytes::Bytes;
-use hashbrown::HashMap;
+use foldhash::fast::FixedState;
+use hashbrown::HashTable;
 use lru::LruCache;
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
+
+use super::pagealloc::PageAlloc;
 
 /// Number of shards; a power of two.
 pub const SHARDS: usize = 64;
@@ -54,10 +61,24 @@ impl Entry {
     }
 }
 
+/// A keydir slot: a key and where its live record is.
+struct Slot {
+    /// The key; empty when the slot is free.
+    key: Key,
+    /// The location.
+    entry: Entry,
+}
+
 /// One shard: its part of the keydir and of the cache.
 pub struct Shard {
-    /// key -> location of the live record.
-    pub map: HashMap<Key, Entry>,
+    /// Slot numbers, hashed by their slot's key.
+    index: HashTable<u32, PageAlloc>,
+    /// The entries; free slots are listed in `free`.
+    slots: AVec<Slot, PageAlloc>,
+    /// Free slot numbers, reused first.
+    free: Vec<u32>,
+    /// Hashes keys for `index` (seeded apart from the shard choice).
+    hasher: FixedState,
     /// Hot values, keyed like the map; `None` when caching is off.
     cache: Option<LruCache<Key, Bytes>>,
     /// Bytes of values (plus keys) in the cache.
@@ -68,7 +89,61 @@ pub struct Shard {
     pub with_ttl: usize,
 }
 
+/// Seed of the per-shard table hash (the shard choice uses another).
+const TABLE_SEED: u64 = 0x6b65_7964_6972_0001;
+
 impl Shard {
+    /// An empty shard with a cache budget of `cache_budget` bytes.
+    fn new(cache_budget: usize, cached: bool) -> Shard {
+        Shard {
+            index: HashTable::new_in(PageAlloc),
+            slots: AVec::new_in(PageAlloc),
+            free: Vec::new(),
+            hasher: FixedState::with_seed(TABLE_SEED),
+            cache: cached.then(LruCache::unbounded),
+            cache_used: 0,
+            cache_budget,
+            with_ttl: 0,
+        }
+    }
+
+    /// The table hash of `key`.
+    fn hash(hasher: &FixedState, key: &[u8]) -> u64 {
+        hasher.hash_one(key)
+    }
+
+    /// The slot number holding `key`.
+    fn find(&self, key: &[u8]) -> Option<u32> {
+        let h = Self::hash(&self.hasher, key);
+        self.index
+            .find(h, |&i| self.slots[i as usize].key.as_slice() == key)
+            .copied()
+    }
+
+    /// The entry for `key`.
+    pub fn get(&self, key: &[u8]) -> Option<Entry> {
+        self.find(key).map(|i| self.slots[i as usize].entry)
+    }
+
+    /// The entry for `key`, to change in place.
+    pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
+        let i = self.find(key)?;
+        Some(&mut self.slots[i as usize].entry)
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Every key and entry, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Entry)> {
+        self.index.iter().map(|&i| {
+            let s = &self.slots[i as usize];
+            (s.key.as_slice(), &s.entry)
+        })
+    }
+
     /// Inserts or replaces the entry for `key`, invalidating any cached value.
     /// Returns the entry it replaced.
     pub fn insert(&mut self, key: &[u8], entry: Entry) -> Option<Entry> {
@@ -76,7 +151,34 @@ impl Shard {
         if entry.expire_at != 0 {
             self.with_ttl += 1;
         }
-        let old = self.map.insert(Key::from_slice(key), entry);
+        let old = match self.find(key) {
+            Some(i) => Some(std::mem::replace(&mut self.slots[i as usize].entry, entry)),
+            None => {
+                let slot = Slot {
+                    key: Key::from_slice(key),
+                    entry,
+                };
+                let i = match self.free.pop() {
+                    Some(i) => {
+                        self.slots[i as usize] = slot;
+                        i
+                    }
+                    None => {
+                        self.slots.push(slot);
+                        (self.slots.len() - 1) as u32
+                    }
+                };
+                let Shard {
+                    index,
+                    slots,
+                    hasher,
+                    ..
+                } = self;
+                let h = Self::hash(hasher, key);
+                index.insert_unique(h, i, |&j| Self::hash(hasher, &slots[j as usize].key));
+                None
+            }
+        };
         if let Some(old) = old
             && old.expire_at != 0
         {
@@ -88,13 +190,21 @@ impl Shard {
     /// Removes `key`, invalidating any cached value. Returns its entry.
     pub fn remove(&mut self, key: &[u8]) -> Option<Entry> {
         self.uncache(key);
-        let old = self.map.remove(key);
-        if let Some(old) = old
-            && old.expire_at != 0
-        {
+        let h = Self::hash(&self.hasher, key);
+        let slots = &self.slots;
+        let found = self
+            .index
+            .find_entry(h, |&i| slots[i as usize].key.as_slice() == key)
+            .ok()?;
+        let (i, _) = found.remove();
+        let slot = &mut self.slots[i as usize];
+        slot.key = Key::new();
+        let old = slot.entry;
+        self.free.push(i);
+        if old.expire_at != 0 {
             self.with_ttl -= 1;
         }
-        old
+        Some(old)
     }
 
     /// Drops the cached value of `key`, if any.
@@ -138,10 +248,9 @@ impl Shard {
             return Vec::new();
         }
         let expired: Vec<Key> = self
-            .map
             .iter()
             .filter(|(_, e)| e.expired(now))
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| Key::from_slice(k))
             .collect();
         expired
             .into_iter()
@@ -154,8 +263,8 @@ impl Shard {
 pub struct KeyDir {
     /// The shards.
     shards: Vec<Mutex<Shard>>,
-    /// Hash used to pick a shard (independent of the maps' own hashing).
-    hasher: foldhash::fast::FixedState,
+    /// Hash used to pick a shard (seeded apart from the shards' tables).
+    hasher: FixedState,
 }
 
 impl KeyDir {
@@ -163,19 +272,11 @@ impl KeyDir {
     pub fn new(cache_bytes: u64) -> KeyDir {
         let budget = (cache_bytes as usize) / SHARDS;
         let shards = (0..SHARDS)
-            .map(|_| {
-                Mutex::new(Shard {
-                    map: HashMap::new(),
-                    cache: (cache_bytes > 0).then(LruCache::unbounded),
-                    cache_used: 0,
-                    cache_budget: budget,
-                    with_ttl: 0,
-                })
-            })
+            .map(|_| Mutex::new(Shard::new(budget, cache_bytes > 0)))
             .collect();
         KeyDir {
             shards,
-            hasher: foldhash::fast::FixedState::with_seed(0x0063_6173_6b61_6465),
+            hasher: FixedState::with_seed(0x0063_6173_6b61_6465),
         }
     }
 
@@ -194,12 +295,12 @@ impl KeyDir {
 
     /// The entry for `key`, if any (expired ones included).
     pub fn get(&self, key: &[u8]) -> Option<Entry> {
-        self.shard(key).map.get(key).copied()
+        self.shard(key).get(key)
     }
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().map.len()).sum()
+        self.shards.iter().map(|s| s.lock().len()).sum()
     }
 
     /// Replaces every shard's entries with `fresh`'s, shard by shard, and
@@ -208,7 +309,9 @@ impl KeyDir {
         for (mine, theirs) in self.shards.iter().zip(fresh.shards) {
             let theirs = theirs.into_inner();
             let mut s = mine.lock();
-            s.map = theirs.map;
+            s.index = theirs.index;
+            s.slots = theirs.slots;
+            s.free = theirs.free;
             s.with_ttl = theirs.with_ttl;
             if let Some(c) = &mut s.cache {
                 c.clear();
@@ -229,6 +332,28 @@ mod tests {
             len: 10,
             expire_at,
         }
+    }
+
+    #[test]
+    fn slots_are_reused_and_lookups_exact() {
+        let kd = KeyDir::new(0);
+        let mut s = kd.shard_at(0);
+        for i in 0..1000u32 {
+            assert_eq!(s.insert(&i.to_le_bytes(), entry(i, 0)), None);
+        }
+        for i in (0..1000u32).step_by(2) {
+            assert_eq!(s.remove(&i.to_le_bytes()), Some(entry(i, 0)));
+        }
+        assert_eq!(s.len(), 500);
+        for i in 1000..1500u32 {
+            s.insert(&i.to_le_bytes(), entry(i, 0));
+        }
+        assert_eq!(s.slots.len(), 1000, "freed slots were reused");
+        for i in 0..1500u32 {
+            let want = (i >= 1000 || i % 2 == 1).then(|| entry(i, 0));
+            assert_eq!(s.get(&i.to_le_bytes()), want, "key {i}");
+        }
+        assert_eq!(s.iter().count(), 1000);
     }
 
     #[test]
@@ -271,6 +396,6 @@ mod tests {
         assert_eq!(s.drain_expired(49).len(), 0);
         assert_eq!(s.drain_expired(50).len(), 1);
         assert_eq!(s.with_ttl, 0);
-        assert!(s.map.is_empty());
+        assert_eq!(s.len(), 0);
     }
 }

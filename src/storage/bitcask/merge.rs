@@ -269,10 +269,10 @@ impl Inner {
         }
         for m in &moves {
             let mut shard = self.keydir.shard(&m.key);
-            let still_there = shard.map.get(&m.key).is_some_and(|e| e.is_at(m.seg, m.pos));
+            let still_there = shard.get(&m.key).is_some_and(|e| e.is_at(m.seg, m.pos));
             match (still_there, m.to) {
                 (true, Some((index, pos))) => {
-                    if let Some(e) = shard.map.get_mut(&m.key) {
+                    if let Some(e) = shard.get_mut(&m.key) {
                         e.seg = opened[index].id;
                         e.pos = pos;
                     }

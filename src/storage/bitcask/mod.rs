@@ -29,6 +29,7 @@ mod keydir;
 mod log;
 mod merge;
 mod options;
+mod pagealloc;
 mod record;
 mod recovery;
 mod segment;
@@ -341,7 +342,7 @@ impl Inner {
             let now = self.clock.now_ms();
             let entry = {
                 let mut shard = self.keydir.shard(key);
-                let Some(entry) = shard.map.get(key).copied() else {
+                let Some(entry) = shard.get(key) else {
                     return Ok(None);
                 };
                 if entry.expired(now) {
@@ -356,7 +357,7 @@ impl Inner {
                 continue;
             };
             let mut shard = self.keydir.shard(key);
-            if shard.map.get(key) == Some(&entry) {
+            if shard.get(key) == Some(entry) {
                 shard.cache(key, &value);
             }
             return Ok(Some(value));
@@ -488,6 +489,7 @@ impl Inner {
         let (buf, queue, batch) = w.take_batch();
         if queue.is_empty() {
             batch.finish(Ok(()));
+            w.recycle(buf, queue);
             w.flushing = false;
             return;
         }
@@ -515,6 +517,7 @@ impl Inner {
                 batch.finish(Err((ok, err)));
             }
         }
+        w.recycle(buf, queue);
         w.flushing = false;
         self.batch_done.notify_all();
     }
@@ -794,7 +797,6 @@ impl Engine for Bitcask {
             let shard = self.inner.keydir.shard_at(i);
             out.extend(
                 shard
-                    .map
                     .iter()
                     .filter(|(_, e)| !e.expired(now))
                     .map(|(k, _)| Bytes::copy_from_slice(k)),

@@ -148,6 +148,17 @@ impl Segment {
         Ok(())
     }
 
+    /// Drops this process' page mappings of a sealed segment after a full
+    /// scan (hint writing), so the scan does not inflate RSS; the pages stay
+    /// in the page cache and are mapped again on the next read.
+    pub fn release_pages(&self) {
+        if let Some(map) = self.map.get() {
+            // SAFETY: the mapping is read-only and file-backed: after
+            // DONTNEED the next access reads the same bytes from the file.
+            let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        }
+    }
+
     /// Reads `len` bytes at `pos` into a new buffer.
     pub fn read(&self, pos: u64, len: usize) -> Result<Vec<u8>> {
         if pos + len as u64 > self.len() {

@@ -107,6 +107,9 @@ pub(super) struct Writer {
     pub buf: Vec<u8>,
     /// The records in `buf`, in order.
     pub queue: Vec<Queued>,
+    /// Buffers of a finished batch, kept for the next one (no allocation
+    /// per batch).
+    spare: (Vec<u8>, Vec<Queued>),
     /// The batch being built.
     pub batch: Arc<Batch>,
     /// A leader is doing I/O.
@@ -130,6 +133,7 @@ impl Writer {
             epoch: 0,
             buf: Vec::with_capacity(64 << 10),
             queue: Vec::new(),
+            spare: (Vec::new(), Vec::new()),
             batch: Arc::new(Batch::default()),
             flushing: false,
             unapplied: HashMap::new(),
@@ -191,10 +195,20 @@ impl Writer {
 
     /// Takes the batch being built for a leader to write.
     pub fn take_batch(&mut self) -> (Vec<u8>, Vec<Queued>, Arc<Batch>) {
-        let buf = std::mem::replace(&mut self.buf, Vec::with_capacity(64 << 10));
-        let queue = std::mem::take(&mut self.queue);
+        let (spare_buf, spare_queue) = std::mem::take(&mut self.spare);
+        let buf = std::mem::replace(&mut self.buf, spare_buf);
+        let queue = std::mem::replace(&mut self.queue, spare_queue);
         let batch = std::mem::replace(&mut self.batch, Arc::new(Batch::default()));
         (buf, queue, batch)
+    }
+
+    /// Keeps a finished batch's buffers for reuse (small ones only).
+    pub fn recycle(&mut self, mut buf: Vec<u8>, mut queue: Vec<Queued>) {
+        if buf.capacity() <= 1 << 20 && self.spare.0.capacity() == 0 {
+            buf.clear();
+            queue.clear();
+            self.spare = (buf, queue);
+        }
     }
 
     /// Forgets the unapplied state that `queued` produced, unless a newer
