@@ -7,7 +7,8 @@
 #
 # Usage: scripts/bench-server.sh [policy ...]   (default: always every_ms never)
 # Env: N1 (requests with 1 client, default 20000), N50 (with 50, default 200000),
-#      DATA (data directory root, default ./data/bench; must be on a real disk).
+#      DATA (data directory root, default ./data/bench; must be on a real disk),
+#      CONNECTIONS (HTTP/2 connections the 50 clients share; default: one each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bin caskade-server -p caskade -p caskade-cli >&2
@@ -34,10 +35,12 @@ for policy in "${policies[@]}"; do
   [ -n "$addr" ] || { echo "server did not start" >&2; exit 1; }
   for clients in 1 50; do
     n=$([ "$clients" = 1 ] && echo "$N1" || echo "$N50")
+    conns=()
+    [ "$clients" != 1 ] && [ -n "${CONNECTIONS:-}" ] && conns=(--connections "$CONNECTIONS")
     # set before get, so gets find their keys (keyspace 100000)
     for op in ping set get; do
       ./target/release/caskade-cli --addr "$addr" bench --op "$op" --clients "$clients" \
-        --requests "$n" --value-size 100 --keyspace 100000 --json \
+        --requests "$n" --value-size 100 --keyspace 100000 "${conns[@]}" --json \
         | sed "s/^{/{\"fsync\":\"$policy\",/"
     done
   done
