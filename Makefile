@@ -1,7 +1,7 @@
 # caskade developer commands. `make help` lists them.
 CARGO ?= cargo
 
-.PHONY: help build release test dev fmt clippy deps standalone cli bench clean
+.PHONY: help build release test dev fmt clippy deps standalone cli bench clean bench-engine
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ dev: ## fmt + clippy + test, before every commit
 	$(CARGO) fmt --all -- --check
 	$(MAKE) clippy
 	$(MAKE) test
+
+bench-engine: ## Storage-engine benchmarks vs fjall/sled/redb (ARGS=--quick for a smoke test)
+	cd benches/engine && $(CARGO) run --release -- $(ARGS) all
 
 clean: ## Remove build output and local data
 	$(CARGO) clean
