@@ -1,7 +1,7 @@
 # caskade developer commands. `make help` lists them.
 CARGO ?= cargo
 
-.PHONY: help build release test dev fmt clippy deps standalone cli bench bench-standalone clean
+.PHONY: help build release test dev fmt clippy deps standalone cli bench-standalone bench-engine clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ bench-standalone: ## Load the running standalone node: ping, set, get; 1 and 50 
 	  n=$$([ $$c = 1 ] && echo 20000 || echo 200000); \
 	  ./target/release/caskade-cli --addr $(BENCH_ADDR) bench --op $$op --clients $$c --requests $$n --value-size 100 --keyspace 100000 || exit 1; \
 	done; done
+
+bench-engine: ## Storage-engine benchmarks vs fjall/sled/redb (ARGS=--quick for a smoke test)
+	cd benches/engine && $(CARGO) run --release -- $(ARGS) all
 
 clean: ## Remove build output and local data
 	$(CARGO) clean
