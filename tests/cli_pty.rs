@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 use harness::{Server, ServerOpts, WAIT, cli_bin};
 
 /// Kills the `script` process (and with it the CLI) on drop.
-struct Guard(std::process::Child);
+struct Guard(
+    /// The `script` process.
+    std::process::Child,
+);
 
 impl Drop for Guard {
     fn drop(&mut self) {

@@ -584,6 +584,118 @@ mod tests {
         );
     }
 
+    /// A coordinator with one fixed role for every partition: the
+    /// cluster-facing paths of the node, driven without a cluster.
+    struct FixedRole(Role);
+
+    impl Coordinator for FixedRole {
+        fn mode(&self) -> &'static str {
+            "cluster"
+        }
+        fn role(&self, _partition: u32) -> Role {
+            self.0.clone()
+        }
+        fn nodes(&self) -> Vec<NodeInfo> {
+            Vec::new()
+        }
+        fn partitions(&self) -> Vec<PartitionState> {
+            Vec::new()
+        }
+    }
+
+    fn node_with(dir: &Path, role: Role) -> Node {
+        let config = Config {
+            data_dir: dir.to_path_buf(),
+            engine: EngineKind::Memory,
+            ..Config::default()
+        };
+        let info = NodeInfo {
+            id: "n2".into(),
+            client_addr: "10.0.0.2:7379".into(),
+        };
+        Node::open(
+            &config,
+            info,
+            Arc::new(FixedRole(role)),
+            Arc::new(ManualClock::new(0)),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn follower_refuses_writes_and_leader_reads_but_serves_any() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = node_with(
+            dir.path(),
+            Role::NotLeader {
+                leader: Some("10.0.0.1:7379".into()),
+            },
+        );
+        // "hello" hashes to partition 3 of 8 (see the partitioner's tests).
+        let not_leader = Error::NotLeader {
+            partition: 3,
+            leader: Some("10.0.0.1:7379".into()),
+        };
+        assert_eq!(
+            n.set(b("hello"), b("1"), SET).await.unwrap_err(),
+            not_leader
+        );
+        assert_eq!(
+            n.del(vec![b("hello")], Acks::Leader).await.unwrap_err(),
+            not_leader
+        );
+        assert_eq!(
+            n.expire(b("hello"), 5, Acks::All).await.unwrap_err(),
+            not_leader
+        );
+        assert_eq!(
+            n.get(b("hello"), Consistency::Leader).await.unwrap_err(),
+            not_leader
+        );
+        assert_eq!(n.get(b("hello"), Consistency::Any).await.unwrap(), None);
+        assert_eq!(
+            n.ttl(b("hello"), Consistency::Any).await.unwrap(),
+            Ttl::Missing
+        );
+        assert_eq!(
+            n.exists(vec![b("hello")], Consistency::Any).await.unwrap(),
+            0
+        );
+        assert_eq!(n.mode(), "cluster");
+    }
+
+    #[tokio::test]
+    async fn acks_all_needs_min_insync() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = node_with(
+            dir.path(),
+            Role::Leader {
+                epoch: 4,
+                isr: 1,
+                min_insync: 2,
+            },
+        );
+        assert_eq!(
+            n.set(b("hello"), b("1"), SET).await.unwrap_err(),
+            Error::NotEnoughReplicas {
+                partition: 3,
+                isr: 1,
+                min_insync: 2
+            }
+        );
+        // Nothing was written; acks: leader is accepted.
+        assert_eq!(n.get(b("hello"), Consistency::Leader).await.unwrap(), None);
+        let leader_acks = SetArgs {
+            acks: Acks::Leader,
+            ..SET
+        };
+        assert!(n.set(b("hello"), b("1"), leader_acks).await.unwrap());
+        assert_eq!(
+            n.get(b("hello"), Consistency::Leader).await.unwrap(),
+            Some(b("1"))
+        );
+    }
+
     #[test]
     fn second_open_of_a_data_dir_is_refused() {
         let dir = tempfile::tempdir().unwrap();
