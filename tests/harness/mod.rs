@@ -26,7 +26,10 @@ pub fn server_bin() -> PathBuf {
 
 /// The CLI binary: it belongs to another package of the workspace, so it is
 /// found next to the server binary (same target dir and profile) and built
-/// once with cargo if it is not there yet (`cargo test -p caskade`).
+/// once with cargo if it is not there yet (`cargo test -p caskade` on a
+/// fresh target dir). `cargo test --workspace` (what `make test` runs)
+/// always builds it first; with `-p caskade` alone an existing binary is
+/// used as is, so rebuild it after changing `cli/`.
 pub fn cli_bin() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
