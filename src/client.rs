@@ -8,7 +8,7 @@
 //!   rebuilt from their `caskade-reason` (src/error.rs); a failure to connect
 //!   becomes [`Error::Unreachable`] with the address and the cause; a
 //!   client-side deadline becomes [`Error::Timeout`].
-//! - Routing hook: every keyed call goes through [`Client::route`]. Today it
+//! - Routing hook: every keyed call goes through `Client::route`. Today it
 //!   returns the one connection; the cluster client will fetch `Metadata`,
 //!   route by [`crate::cluster::partition_for`] and refresh on `NOT_LEADER`
 //!   there, without changing the call sites.
