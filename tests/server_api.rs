@@ -15,27 +15,8 @@ use caskade::config::ClientConfig;
 use caskade::proto;
 use caskade::proto::kv_client::KvClient;
 use caskade::storage::Condition;
-use harness::{Server, ServerOpts};
+use harness::{Server, ServerOpts, b, bounded, runtime};
 use prost::Message;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn b(s: &str) -> Bytes {
-    Bytes::copy_from_slice(s.as_bytes())
-}
-
-/// Bounds every await of a test.
-async fn bounded<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(harness::WAIT, f)
-        .await
-        .expect("request did not finish in time")
-}
 
 #[test]
 fn every_rpc_through_the_client() {

@@ -12,30 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use caskade::client::{Client, KeyTtl, SetOptions};
 use caskade::config::ClientConfig;
-use harness::{Server, ServerOpts};
+use harness::{Server, ServerOpts, b, bounded, runtime};
 use parking_lot::Mutex;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn b(s: &str) -> Bytes {
-    Bytes::copy_from_slice(s.as_bytes())
-}
-
-/// Bounds every await of a test.
-async fn bounded<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(harness::WAIT, f)
-        .await
-        .expect("request did not finish in time")
-}
 
 #[test]
 fn data_and_ttl_persist_across_restart() {

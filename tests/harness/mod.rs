@@ -365,3 +365,24 @@ impl Drop for Repl {
         let _ = self.child.wait();
     }
 }
+
+/// A small multi-threaded runtime for a test's async client calls.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("build a tokio runtime")
+}
+
+/// Bytes of a string.
+pub fn b(s: &str) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(s.as_bytes())
+}
+
+/// Bounds every await of a test by [`WAIT`].
+pub async fn bounded<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, f)
+        .await
+        .expect("request did not finish in time")
+}
