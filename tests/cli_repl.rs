@@ -4,9 +4,7 @@
 
 mod harness;
 
-use harness::{Repl, Server, ServerOpts, cli_bin};
-use std::io::Write;
-use std::process::{Command, Stdio};
+use harness::{Repl, Server, ServerOpts, cli_script};
 
 #[test]
 fn scripted_session_through_stdin() {
@@ -34,20 +32,10 @@ fn scripted_session_through_stdin() {
         "quit\n",
         "get k\n", // never run: quit ends the session
     );
-    let mut child = Command::new(cli_bin())
-        .args(["--addr", &server.addr, "--history-file", ""])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = cli_script(
+        &["--addr", &server.addr, "--history-file", ""],
+        script.as_bytes(),
+    );
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
     assert_eq!(
@@ -108,21 +96,15 @@ fn history_file_records_the_session() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), ServerOpts::default());
     let history = dir.path().join("history");
-    let mut child = Command::new(cli_bin())
-        .args(["--addr", &server.addr, "--history-file"])
-        .arg(&history)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"set a 1\nget a\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = cli_script(
+        &[
+            "--addr".as_ref(),
+            server.addr.as_ref(),
+            "--history-file".as_ref(),
+            history.as_os_str(),
+        ],
+        b"set a 1\nget a\n",
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n1\n");
     let saved = std::fs::read_to_string(&history).unwrap();
     let lines: Vec<&str> = saved.lines().filter(|l| !l.starts_with('#')).collect();

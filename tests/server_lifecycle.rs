@@ -217,15 +217,11 @@ fn second_server_on_the_same_data_dir_fails_clearly() {
     let failure = Server::try_start(&data, ServerOpts::default())
         .err()
         .unwrap();
-    assert_eq!(failure.status.and_then(|s| s.code()), Some(1));
-    assert_eq!(
-        failure.stderr.lines().last().unwrap(),
-        format!(
+    failure.assert_exits_with_line(&format!(
             "caskade-server: data directory {} is in use by another caskade-server (lock on {}/LOCK is held)",
             data.display(),
             data.display()
-        )
-    );
+        ));
     // The first one is unaffected.
     runtime().block_on(bounded(async {
         let c = Client::for_addr(&first.addr).unwrap();
@@ -244,14 +240,10 @@ fn unwritable_data_dir_fails_clearly() {
     let failure = Server::try_start(&data, ServerOpts::default())
         .err()
         .unwrap();
-    assert_eq!(failure.status.and_then(|s| s.code()), Some(1));
-    assert_eq!(
-        failure.stderr.lines().last().unwrap(),
-        format!(
-            "caskade-server: cannot create data directory {}: Not a directory (os error 20)",
-            data.display()
-        )
-    );
+    failure.assert_exits_with_line(&format!(
+        "caskade-server: cannot create data directory {}: Not a directory (os error 20)",
+        data.display()
+    ));
 
     // A read-only directory: only meaningful when not running as root
     // (root ignores permission bits).
@@ -262,14 +254,10 @@ fn unwritable_data_dir_fails_clearly() {
     let probe = std::fs::write(ro.join("probe"), "x");
     if probe.is_err() {
         let failure = Server::try_start(&ro, ServerOpts::default()).err().unwrap();
-        assert_eq!(failure.status.and_then(|s| s.code()), Some(1));
-        assert_eq!(
-            failure.stderr.lines().last().unwrap(),
-            format!(
-                "caskade-server: cannot open {}/LOCK: Permission denied (os error 13)",
-                ro.display()
-            )
-        );
+        failure.assert_exits_with_line(&format!(
+            "caskade-server: cannot open {}/LOCK: Permission denied (os error 13)",
+            ro.display()
+        ));
     }
     let _ = std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755));
 }

@@ -108,6 +108,33 @@ pub struct StartFailure {
     pub stderr: String,
 }
 
+impl StartFailure {
+    /// Asserts the server exited with status 1 and `line` as the last line
+    /// of its stderr: one clear message, nothing after it.
+    pub fn assert_exits_with_line(&self, line: &str) {
+        assert_eq!(self.status.and_then(|s| s.code()), Some(1));
+        assert_eq!(self.stderr.lines().last().unwrap(), line);
+    }
+}
+
+/// Runs the CLI with `args`, feeding `script` on stdin; waits for it to exit.
+pub fn cli_script<S: AsRef<std::ffi::OsStr>>(args: &[S], script: &[u8]) -> Output {
+    let mut child = Command::new(cli_bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start caskade-cli");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(script)
+        .expect("write the script");
+    child.wait_with_output().expect("wait for caskade-cli")
+}
+
 impl Server {
     /// Starts a server on `data_dir`; panics if it does not come up.
     pub fn start(data_dir: &Path, opts: ServerOpts) -> Server {
