@@ -2,7 +2,7 @@
 //! system `protoc`) and generates tonic client and server code.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/kv.proto"];
+    let protos = ["proto/kv.proto", "proto/replication.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

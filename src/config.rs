@@ -109,6 +109,9 @@ pub struct Config {
     /// (`fsync: {every_ms: 1000}`), not YAML tags (`!every_ms 1000`).
     #[serde(with = "serde_yaml_ng::with::singleton_map_recursive")]
     pub storage: storage::Options,
+    /// Cluster mode: ZooKeeper coordination and replication. Absent (the
+    /// default) means standalone: this node leads every partition alone.
+    pub cluster: Option<ClusterOptions>,
 }
 
 impl Default for Config {
@@ -125,7 +128,116 @@ impl Default for Config {
             default_consistency: Consistency::Leader,
             server: ServerOptions::default(),
             storage: storage::Options::default(),
+            cluster: None,
         }
+    }
+}
+
+/// How a node takes part in a cluster (`cluster:` in the server config).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterOptions {
+    /// Name of the cluster; its ZooKeeper root is `/caskade/<name>` unless
+    /// `zk_root` says otherwise. Default `default`.
+    pub name: String,
+    /// ZooKeeper connect string (`host:port[,host:port...]`). Default
+    /// `127.0.0.1:2181`.
+    pub zk_connect: String,
+    /// ZooKeeper root of this cluster; empty = `/caskade/<name>`.
+    pub zk_root: String,
+    /// ZooKeeper session timeout in ms. A node that has not heard from
+    /// ZooKeeper for this long stops acting as a leader on its own timer.
+    /// Default 6000.
+    pub session_timeout_ms: u64,
+    /// Address the node-to-node replication service listens on
+    /// (`host:port`; port 0 picks a free port). Default `127.0.0.1:7380`.
+    pub replication_listen: String,
+    /// Address other nodes use to reach the replication service; empty =
+    /// the bound `replication_listen` address.
+    pub replication_advertise: String,
+    /// Replicas of each partition, this node included. Default 3.
+    pub replication_factor: u32,
+    /// In-sync replicas an `acks: all` write needs (and the fewest the high
+    /// watermark advances with). Default 2.
+    pub min_insync: u32,
+    /// A follower that has not caught up with the leader's log end for this
+    /// long leaves the ISR. Default 10000.
+    pub replica_lag_ms: u64,
+    /// Let the controller elect a replica that is not in the ISR when no ISR
+    /// member is alive. Loses committed writes; logged loudly. Default false.
+    pub unclean_leader_election: bool,
+    /// Move leadership back to each partition's preferred replica (the first
+    /// assigned) once it is in sync again. Default true.
+    pub preferred_leader_rebalance: bool,
+    /// How long a follower's fetch waits on the leader for new records
+    /// before an empty answer (long poll). Default 500.
+    pub fetch_max_wait_ms: u64,
+    /// Upper bound of the record bytes in one fetch answer. Default 1 MiB.
+    pub fetch_max_bytes: usize,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            name: "default".into(),
+            zk_connect: "127.0.0.1:2181".into(),
+            zk_root: String::new(),
+            session_timeout_ms: 6000,
+            replication_listen: "127.0.0.1:7380".into(),
+            replication_advertise: String::new(),
+            replication_factor: 3,
+            min_insync: 2,
+            replica_lag_ms: 10_000,
+            unclean_leader_election: false,
+            preferred_leader_rebalance: true,
+            fetch_max_wait_ms: 500,
+            fetch_max_bytes: 1 << 20,
+        }
+    }
+}
+
+impl ClusterOptions {
+    /// The ZooKeeper root of this cluster.
+    pub fn root(&self) -> String {
+        if self.zk_root.is_empty() {
+            format!("/caskade/{}", self.name)
+        } else {
+            self.zk_root.trim_end_matches('/').to_string()
+        }
+    }
+
+    /// Checks values that parse but cannot work.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.replication_factor == 0 {
+            return bad("cluster.replication_factor must be at least 1".into());
+        }
+        if self.min_insync == 0 || self.min_insync > self.replication_factor {
+            return bad(format!(
+                "cluster.min_insync must be between 1 and replication_factor ({}), got {}",
+                self.replication_factor, self.min_insync
+            ));
+        }
+        if self.session_timeout_ms < 1000 {
+            return bad(format!(
+                "cluster.session_timeout_ms must be at least 1000, got {}",
+                self.session_timeout_ms
+            ));
+        }
+        if self.zk_connect.is_empty() {
+            return bad("cluster.zk_connect must not be empty".into());
+        }
+        let root = self.root();
+        if !root.starts_with('/') || root.len() < 2 || root.contains("//") {
+            return bad(format!("cluster.zk_root {root:?} is not a ZooKeeper path"));
+        }
+        if self.name.is_empty() || self.name.contains('/') {
+            return bad(format!(
+                "cluster.name {:?} must be non-empty, without '/'",
+                self.name
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -199,6 +311,14 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "storage.limits.max_key_bytes must be at least 1".into(),
             ));
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+            if self.engine != EngineKind::Bitcask {
+                return Err(ConfigError::Invalid(
+                    "cluster mode needs engine: bitcask (replication ships its log)".into(),
+                ));
+            }
         }
         Ok(())
     }

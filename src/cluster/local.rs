@@ -58,6 +58,8 @@ impl Coordinator for LocalCoordinator {
                 leader_epoch: Self::EPOCH,
                 replicas: vec![self.node.id.clone()],
                 isr: vec![self.node.id.clone()],
+                high_watermark: 0,
+                offsets: Vec::new(),
             })
             .collect()
     }

@@ -8,14 +8,23 @@
 //!   partition at a fixed epoch; the ISR is this node alone and `min_insync`
 //!   is 1, so `acks: all` and `acks: leader` are both satisfied by the local
 //!   write, and both read consistencies are served locally.
-//! - the ZooKeeper coordinator (cluster issue): partition state from
-//!   `/partitions/<p>/state`, updated by watches.
+//! - the cluster coordinator in [`crate::replication`]: partition state
+//!   pushed by the controller ([`LeaderAndIsr`] notices), leadership held
+//!   only while the ZooKeeper session is healthy.
+//!
+//! The ZooKeeper side (`zk`: session, membership, controller election,
+//! partition state with compare-and-set) talks to the replication side
+//! through two seams defined here: [`StateListener`] (the ZooKeeper layer
+//! hands partition states to this node's replicas) and [`NodeRpc`] (the
+//! controller reaches other nodes).
 //!
 //! Invariants every implementation keeps:
 //! - [`Coordinator::role`] is cheap (no I/O, no allocation on the leader
 //!   path): it runs on every request.
 //! - A node answers `Leader` for a partition only while it holds that
 //!   leadership at the returned epoch; once fenced it answers `NotLeader`.
+
+use serde::{Deserialize, Serialize};
 
 mod local;
 mod partitioner;
@@ -64,6 +73,93 @@ pub struct PartitionState {
     pub replicas: Vec<String>,
     /// Node ids of the in-sync replicas.
     pub isr: Vec<String>,
+    /// Committed offset as this node knows it (0 when unknown).
+    pub high_watermark: u64,
+    /// Log end offsets this node knows: its own replica's, and every
+    /// follower's fetch position when it leads the partition.
+    pub offsets: Vec<(String, u64)>,
+}
+
+/// A node's addresses, as registered in `/nodes/<id>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddr {
+    /// Node id.
+    pub id: String,
+    /// `host:port` of the client API.
+    pub client_addr: String,
+    /// `host:port` of the node-to-node replication service.
+    pub replication_addr: String,
+}
+
+/// The state of one partition as stored in `/partitions/<p>/state`, plus
+/// the assigned replicas and the znode version it was read or written at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderAndIsr {
+    /// Partition id.
+    pub partition: u32,
+    /// Node id of the leader; `None` while the partition is offline.
+    pub leader: Option<String>,
+    /// Bumped by the controller on every leader change.
+    pub leader_epoch: u32,
+    /// Assigned replicas (`/partitions/<p>/replicas`); the first one is the
+    /// preferred leader.
+    pub replicas: Vec<String>,
+    /// In-sync replicas, the leader included.
+    pub isr: Vec<String>,
+    /// Epoch of the controller that wrote the state.
+    pub controller_epoch: u64,
+    /// Version of the state znode; compare-and-set starts from it.
+    pub zk_version: i32,
+}
+
+/// Log position of one partition replica, as the controller asks for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaOffsets {
+    /// Partition id.
+    pub partition: u32,
+    /// Offset the next record will get.
+    pub log_end_offset: u64,
+    /// Leader epoch of the last record (0 for an empty log).
+    pub last_epoch: u32,
+    /// The replica's high watermark.
+    pub high_watermark: u64,
+}
+
+/// What the ZooKeeper layer tells this node's replicas. Implemented by the
+/// replication manager.
+pub trait StateListener: Send + Sync + 'static {
+    /// New partition states, from a controller notice or read from
+    /// ZooKeeper when a session starts. A state older than the one known
+    /// (lower `leader_epoch`, or same epoch and lower `zk_version`) is
+    /// ignored. `nodes` are the live nodes.
+    fn apply(&self, states: Vec<LeaderAndIsr>, nodes: Vec<NodeAddr>);
+
+    /// The session is gone (expired, or silent past its timeout on this
+    /// node's own timer): stop acting as leader of anything at once.
+    fn fence(&self, why: &str);
+}
+
+/// A boxed future, for the object-safe async seams.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// How the controller reaches other nodes (gRPC in production).
+pub trait NodeRpc: Send + Sync + 'static {
+    /// The log end offsets of `partitions` on `node`.
+    fn log_end_offsets(
+        &self,
+        node: NodeAddr,
+        controller_epoch: u64,
+        partitions: Vec<u32>,
+    ) -> BoxFuture<'static, crate::Result<Vec<ReplicaOffsets>>>;
+
+    /// Tells `node` the new state of `states` (one call per node).
+    fn leader_and_isr(
+        &self,
+        node: NodeAddr,
+        controller_epoch: u64,
+        states: Vec<LeaderAndIsr>,
+        nodes: Vec<NodeAddr>,
+    ) -> BoxFuture<'static, crate::Result<()>>;
 }
 
 /// The source of partition leadership for a node.
@@ -79,4 +175,9 @@ pub trait Coordinator: Send + Sync + 'static {
 
     /// The state of every partition, ordered by id.
     fn partitions(&self) -> Vec<PartitionState>;
+
+    /// Node id of the controller, when there is one.
+    fn controller(&self) -> Option<String> {
+        None
+    }
 }

@@ -204,6 +204,11 @@ impl Node {
         self.coordinator.mode()
     }
 
+    /// Node id of the controller, when there is one.
+    pub fn controller(&self) -> Option<String> {
+        self.coordinator.controller()
+    }
+
     /// The nodes and the state of every partition, for `Metadata`.
     pub fn metadata(&self) -> (Vec<NodeInfo>, Vec<PartitionState>) {
         (self.coordinator.nodes(), self.coordinator.partitions())

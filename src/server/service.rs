@@ -242,8 +242,18 @@ impl Kv for KvService {
                     leader_epoch: u64::from(p.leader_epoch),
                     replicas: p.replicas,
                     isr: p.isr,
+                    high_watermark: p.high_watermark,
+                    offsets: p
+                        .offsets
+                        .into_iter()
+                        .map(|(node_id, log_end_offset)| proto::ReplicaOffset {
+                            node_id,
+                            log_end_offset,
+                        })
+                        .collect(),
                 })
                 .collect(),
+            controller: node.controller().unwrap_or_default(),
             limits: Some(proto::Limits {
                 max_key_bytes: limits.max_key_bytes as u64,
                 max_value_bytes: limits.max_value_bytes as u64,
