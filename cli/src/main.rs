@@ -10,6 +10,7 @@
 //! reply or a failure, 2 bad usage of the CLI itself.
 
 mod bench;
+mod cluster;
 mod command;
 mod repl;
 mod split;
@@ -128,12 +129,12 @@ fn main() -> ExitCode {
         Err(e) => return fail(2, &format!("(error) {e}")),
     };
     if args.command.is_empty() {
-        return ExitCode::from(repl::run(&runtime, &client, &config.history_file) as u8);
+        return ExitCode::from(repl::run(&runtime, &client, &config) as u8);
     }
     let reply = match command::parse(&args.command) {
         Err(msg) => Reply::Error(msg),
         Ok(Command::Quit) => return ExitCode::SUCCESS,
-        Ok(cmd) => runtime.block_on(command::execute(&client, cmd)),
+        Ok(cmd) => runtime.block_on(command::execute(&client, &config, cmd)),
     };
     if reply.is_error() {
         return fail(1, &reply.render());
