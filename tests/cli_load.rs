@@ -84,6 +84,16 @@ fn load_then_verify_names_missing_and_wrong_keys() {
         err,
         "(error) 2 of 5 acknowledged writes could not be verified\n"
     );
+    // At most --limit problem lines; the summary still counts them all.
+    assert_eq!(cli_at(a, &["del", "k00000004"]).1, "(integer) 1\n");
+    let (code, out, _) = cli_at(a, &["verify", "--record", rec, "--limit", "1"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        out,
+        "missing: k00000001\n\
+         ... and 2 more (--limit 0 shows all)\n\
+         verified 5 keys: 2 ok, 2 missing, 1 wrong, 0 unreadable\n"
+    );
 }
 
 #[test]

@@ -15,7 +15,8 @@
 //!
 //! `verify --record FILE` reads every recorded key back (the client's read
 //! consistency, `leader` by default: committed data) and prints one line
-//! per problem, in record order: `missing: KEY`,
+//! per problem, in record order (at most `--limit`, default 20, then
+//! `... and N more`): `missing: KEY`,
 //! `wrong value: KEY: expected V, got W`, `unreadable: KEY: <error>`; then
 //! `verified N keys: O ok, M missing, W wrong, U unreadable`. Exit 0 only
 //! when every key reads back with its recorded value; otherwise exit 1 with
@@ -77,6 +78,9 @@ pub struct VerifyArgs {
     /// Concurrent readers.
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
+    /// Problem lines printed at most (0: all); the rest are counted.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
 }
 
 /// Runs `load`; returns the exit code.
@@ -271,26 +275,38 @@ pub fn verify(runtime: &tokio::runtime::Runtime, config: &ClientConfig, args: &V
         }
     };
     let (mut ok, mut missing, mut wrong, mut unreadable) = (0, 0, 0, 0);
+    let mut lines = Vec::new();
     for ((key, value), check) in entries.iter().zip(&checks) {
         match check {
             Check::Ok => ok += 1,
             Check::Missing => {
                 missing += 1;
-                println!("missing: {key}");
+                lines.push(format!("missing: {key}"));
             }
             Check::Wrong(got) => {
                 wrong += 1;
-                println!(
+                lines.push(format!(
                     "wrong value: {key}: expected {}, got {}",
                     Reply::Bulk(Bytes::from(value.clone())).render(),
                     Reply::Bulk(got.clone()).render()
-                );
+                ));
             }
             Check::Unreadable(e) => {
                 unreadable += 1;
-                println!("unreadable: {key}: {e}");
+                lines.push(format!("unreadable: {key}: {e}"));
             }
         }
+    }
+    let shown = if args.limit == 0 {
+        lines.len()
+    } else {
+        args.limit.min(lines.len())
+    };
+    for line in &lines[..shown] {
+        println!("{line}");
+    }
+    if shown < lines.len() {
+        println!("... and {} more (--limit 0 shows all)", lines.len() - shown);
     }
     println!(
         "verified {} keys: {ok} ok, {missing} missing, {wrong} wrong, {unreadable} unreadable",
