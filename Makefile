@@ -1,7 +1,7 @@
 # caskade developer commands. `make help` lists them.
 CARGO ?= cargo
 
-.PHONY: help build release test dev fmt clippy deps standalone cli zk zk-stop cluster cluster-stop bench-standalone bench-engine clean
+.PHONY: help build release test dev fmt clippy deps standalone cli zk zk-stop cluster cluster-stop demo-failover bench-standalone bench-engine clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ cluster: release zk ## Build (release), start ZooKeeper and three nodes on 127.0
 cluster-stop: ## Stop the three nodes (SIGTERM, then SIGKILL after 15 s) and ZooKeeper
 	@scripts/cluster.sh stop
 	@$(MAKE) --no-print-directory zk-stop
+
+demo-failover: ## Write with acks=all, SIGKILL a leader, show the election, verify no acknowledged write was lost
+	@scripts/demo-failover.sh
 
 BENCH_ADDR ?= 127.0.0.1:7379
 bench-standalone: ## Load the running standalone node: ping, set, get; 1 and 50 clients (BENCH_ADDR=...)
