@@ -1,7 +1,7 @@
 # caskade developer commands. `make help` lists them.
 CARGO ?= cargo
 
-.PHONY: help build release test dev fmt clippy deps standalone cli bench-standalone bench-engine clean
+.PHONY: help build release test dev fmt clippy deps standalone cli zk zk-stop cluster cluster-stop demo-failover bench-standalone bench-engine clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -36,6 +36,30 @@ standalone: ## Build (release) and run one node on 127.0.0.1:7379, data in ./dat
 cli: ## Build (release) and open the REPL against 127.0.0.1:7379
 	$(CARGO) build --release -p caskade-cli
 	./target/release/caskade-cli -c conf/client/cli.yaml
+
+# The local cluster: ZooKeeper on 127.0.0.1:2181 (data ./data/zk), nodes
+# node1..3 from conf/cluster/ (clients 127.0.0.1:7381-7383, replication
+# 7481-7483, data and logs in ./data/cluster). See scripts/cluster.sh.
+ZK_DIR ?= ./data/zk
+ZK_PORT ?= 2181
+export BIN_DIR ?= $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),./target)/release
+
+zk: ## Start ZooKeeper on 127.0.0.1:2181 (Debian's package, installed if missing), data in ./data/zk
+	@scripts/ensure-deps.sh
+	@scripts/zk.sh start $(ZK_DIR) $(ZK_PORT)
+
+zk-stop: ## Stop the ZooKeeper started by `make zk`
+	@scripts/zk.sh stop $(ZK_DIR)
+
+cluster: release zk ## Build (release), start ZooKeeper and three nodes on 127.0.0.1:7381-7383, show the cluster table
+	@scripts/cluster.sh start
+
+cluster-stop: ## Stop the three nodes (SIGTERM, then SIGKILL after 15 s) and ZooKeeper
+	@scripts/cluster.sh stop
+	@$(MAKE) --no-print-directory zk-stop
+
+demo-failover: ## Write with acks=all, SIGKILL a leader, show the election, verify no acknowledged write was lost
+	@scripts/demo-failover.sh
 
 BENCH_ADDR ?= 127.0.0.1:7379
 bench-standalone: ## Load the running standalone node: ping, set, get; 1 and 50 clients (BENCH_ADDR=...)

@@ -619,4 +619,74 @@ mod tests {
             ClientConfig::load(Some(&root.join("conf/client/cli.yaml")), env(&[])).unwrap();
         assert_eq!(client, ClientConfig::default());
     }
+
+    /// The three node files of `make cluster` parse, differ exactly in id,
+    /// addresses and data directory, and hold the cluster settings the
+    /// README and the failover demo rely on.
+    #[test]
+    fn shipped_cluster_configs_parse() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut ids = Vec::new();
+        for n in 1..=3 {
+            let file = root.join(format!("conf/cluster/node{n}.yaml"));
+            let (c, w) = Config::load(Some(&file), env(&[])).unwrap();
+            assert!(w.is_empty(), "{w:?}");
+            assert_eq!(c.node_id, format!("node-{n}"));
+            assert_eq!(c.listen, format!("127.0.0.1:738{n}"));
+            assert_eq!(c.advertise, "");
+            assert_eq!(c.data_dir, PathBuf::from(format!("./data/cluster/node{n}")));
+            assert_eq!(c.partitions, 8);
+            assert_eq!(c.log_level, "info");
+            assert_eq!(c.engine, EngineKind::Bitcask);
+            assert_eq!(c.default_acks, Acks::All);
+            assert_eq!(c.default_consistency, Consistency::Leader);
+            assert_eq!(c.storage.fsync, Durability::EveryMs(1000));
+            // Everything not written in the file keeps its default.
+            assert_eq!(c.server, ServerOptions::default());
+            assert_eq!(
+                c.storage,
+                storage::Options {
+                    fsync: Durability::EveryMs(1000),
+                    ..storage::Options::default()
+                }
+            );
+            assert_eq!(
+                c.cluster,
+                Some(ClusterOptions {
+                    name: "local".into(),
+                    zk_connect: "127.0.0.1:2181".into(),
+                    zk_root: String::new(),
+                    session_timeout_ms: 6000,
+                    replication_listen: format!("127.0.0.1:748{n}"),
+                    replication_advertise: String::new(),
+                    replication_factor: 3,
+                    min_insync: 2,
+                    replica_lag_ms: 10_000,
+                    unclean_leader_election: false,
+                    preferred_leader_rebalance: true,
+                    fetch_max_wait_ms: 500,
+                    fetch_max_bytes: 1 << 20,
+                })
+            );
+            assert_eq!(c.cluster.as_ref().unwrap().root(), "/caskade/local");
+            ids.push(c.node_id);
+        }
+        assert_eq!(ids, ["node-1", "node-2", "node-3"]);
+
+        // The fast-failover override the file's comment recommends works on
+        // keys under `cluster:` once the file has that section.
+        let (c, w) = Config::load(
+            Some(&root.join("conf/cluster/node2.yaml")),
+            env(&[
+                ("CASKADE_CLUSTER_SESSION_TIMEOUT_MS", "2000"),
+                ("CASKADE_CLUSTER_ZK_CONNECT", "10.0.0.1:2181,10.0.0.2:2181"),
+            ]),
+        )
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.session_timeout_ms, 2000);
+        assert_eq!(cluster.zk_connect, "10.0.0.1:2181,10.0.0.2:2181");
+        assert_eq!(cluster.replication_listen, "127.0.0.1:7482");
+    }
 }

@@ -16,7 +16,10 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 use caskade::client::{Client, KeyTtl, SetOptions};
+use caskade::config::ClientConfig;
 use caskade::storage::Condition;
+
+use crate::cluster;
 
 /// One command of the table.
 pub struct Spec {
@@ -105,6 +108,13 @@ pub const COMMANDS: &[Spec] = &[
         max: Some(0),
     },
     Spec {
+        name: "cluster",
+        args: "[--json]",
+        summary: "Show every partition's leader, epoch, replicas, ISR, log end offsets and high watermark, from every node",
+        min: 0,
+        max: Some(1),
+    },
+    Spec {
         name: "help",
         args: "[command]",
         summary: "List the commands, or describe one",
@@ -165,6 +175,11 @@ pub enum Command {
     Exists(Vec<Bytes>),
     /// `metadata`
     Metadata,
+    /// `cluster [--json]`
+    Cluster {
+        /// One JSON line instead of the table.
+        json: bool,
+    },
     /// `help [command]`
     Help(Option<String>),
     /// `quit` / `exit`
@@ -281,6 +296,15 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         },
         "exists" => Command::Exists(keys()),
         "metadata" => Command::Metadata,
+        "cluster" => match rest.first().map(String::as_str) {
+            None => Command::Cluster { json: false },
+            Some(o) if o.eq_ignore_ascii_case("--json") => Command::Cluster { json: true },
+            Some(o) => {
+                return Err(format!(
+                    "syntax error: unknown option '{o}' (expected --json)"
+                ));
+            }
+        },
         "help" => Command::Help(rest.first().cloned()),
         _ => Command::Quit, // quit, exit
     })
@@ -358,8 +382,10 @@ pub fn parse_ttl(text: &str, unit_ms: u64, allow_zero: bool) -> Result<u64, Stri
     }
 }
 
-/// Runs `cmd` against `client`. `Quit` is the caller's business.
-pub async fn execute(client: &Client, cmd: Command) -> Reply {
+/// Runs `cmd` against `client`; `config` gives the other seeds and the
+/// timeouts for commands that reach every node (`cluster`). `Quit` is the
+/// caller's business.
+pub async fn execute(client: &Client, config: &ClientConfig, cmd: Command) -> Reply {
     let result = match cmd {
         Command::Ping => client.ping().await.map(|()| Reply::Text("PONG".into())),
         Command::Set {
@@ -399,6 +425,16 @@ pub async fn execute(client: &Client, cmd: Command) -> Reply {
             .metadata()
             .await
             .map(|m| Reply::Text(render_metadata(&m))),
+        Command::Cluster { json } => cluster::gather(client, config).await.and_then(|reports| {
+            let view = cluster::merge(&reports);
+            if json {
+                serde_json::to_string(&view)
+                    .map(Reply::Text)
+                    .map_err(|e| caskade::Error::Internal(format!("cannot encode JSON: {e}")))
+            } else {
+                Ok(Reply::Text(cluster::render(&view)))
+            }
+        }),
         Command::Help(topic) => Ok(help(topic.as_deref())),
         Command::Quit => Ok(Reply::Ok),
     };
@@ -491,6 +527,14 @@ mod tests {
             Command::Expire(Bytes::from_static(b"k"), 10_000)
         );
         assert_eq!(parse(&args("exit")).unwrap(), Command::Quit);
+        assert_eq!(
+            parse(&args("CLUSTER")).unwrap(),
+            Command::Cluster { json: false }
+        );
+        assert_eq!(
+            parse(&args("cluster --JSON")).unwrap(),
+            Command::Cluster { json: true }
+        );
     }
 
     #[test]
@@ -517,6 +561,14 @@ mod tests {
         );
         assert_eq!(err("set k v EX 0"), "invalid TTL '0': must be positive");
         assert_eq!(err("set k v EX"), "syntax error: EX needs a value");
+        assert_eq!(
+            err("cluster --yaml"),
+            "syntax error: unknown option '--yaml' (expected --json)"
+        );
+        assert_eq!(
+            err("cluster --json x"),
+            "wrong number of arguments for 'cluster' command"
+        );
         assert_eq!(
             err("set k v NX XX"),
             "syntax error: NX and XX given more than once"

@@ -3,14 +3,20 @@
 //! - `caskade-cli` opens the REPL (src/repl.rs);
 //! - `caskade-cli CMD ARGS...` runs one command, prints the reply on stdout
 //!   and exits 0, or prints `(error) <message>` on stderr and exits 1;
-//! - `caskade-cli bench ...` runs the load generator (src/bench.rs).
+//! - `caskade-cli bench ...` runs the load generator (src/bench.rs);
+//! - `caskade-cli load ...` / `caskade-cli verify ...` write keys recording
+//!   the acknowledged writes, and check them all back (src/load.rs);
+//! - `caskade-cli cluster [--json]` shows the cluster (src/cluster.rs), as
+//!   in the REPL.
 //!
 //! Settings are layered: defaults -> `-c FILE` (conf/client/cli.yaml) ->
 //! `CASKADE_CLI_*` environment -> flags. Exit codes: 0 success, 1 an error
 //! reply or a failure, 2 bad usage of the CLI itself.
 
 mod bench;
+mod cluster;
 mod command;
+mod load;
 mod repl;
 mod split;
 
@@ -29,7 +35,7 @@ use crate::command::{Command, Reply};
 #[command(
     name = "caskade-cli",
     version,
-    about = "caskade client: REPL, one-shot commands (caskade-cli set k v), load generator (caskade-cli bench --help)"
+    about = "caskade client: REPL, one-shot commands (caskade-cli set k v), load generator (caskade-cli bench --help), write-and-verify (caskade-cli load --help, caskade-cli verify --help)"
 )]
 struct Args {
     /// Client config file (see conf/client/cli.yaml).
@@ -111,35 +117,55 @@ fn main() -> ExitCode {
     };
     // The client's lazy connections spawn their tasks on this runtime.
     let _runtime_context = runtime.enter();
-    if args.command.first().is_some_and(|c| c == "bench") {
-        let bench_args = match bench::BenchArgs::try_parse_from(
-            std::iter::once("bench".to_string()).chain(args.command[1..].iter().cloned()),
-        ) {
-            Ok(a) => a,
-            Err(e) => {
-                let _ = e.print();
-                return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
-            }
-        };
-        return ExitCode::from(bench::run(&runtime, &config, &bench_args) as u8);
+    // Programs with their own flags, not commands of the table.
+    match args.command.first().map(String::as_str) {
+        Some("bench") => {
+            return match tool_args::<bench::BenchArgs>(&args.command) {
+                Ok(a) => ExitCode::from(bench::run(&runtime, &config, &a) as u8),
+                Err(code) => code,
+            };
+        }
+        Some("load") => {
+            return match tool_args::<load::LoadArgs>(&args.command) {
+                Ok(a) => ExitCode::from(load::load(&runtime, &config, &a) as u8),
+                Err(code) => code,
+            };
+        }
+        Some("verify") => {
+            return match tool_args::<load::VerifyArgs>(&args.command) {
+                Ok(a) => ExitCode::from(load::verify(&runtime, &config, &a) as u8),
+                Err(code) => code,
+            };
+        }
+        _ => {}
     }
     let client = match Client::new(&config) {
         Ok(c) => c,
         Err(e) => return fail(2, &format!("(error) {e}")),
     };
     if args.command.is_empty() {
-        return ExitCode::from(repl::run(&runtime, &client, &config.history_file) as u8);
+        return ExitCode::from(repl::run(&runtime, &client, &config) as u8);
     }
     let reply = match command::parse(&args.command) {
         Err(msg) => Reply::Error(msg),
         Ok(Command::Quit) => return ExitCode::SUCCESS,
-        Ok(cmd) => runtime.block_on(command::execute(&client, cmd)),
+        Ok(cmd) => runtime.block_on(command::execute(&client, &config, cmd)),
     };
     if reply.is_error() {
         return fail(1, &reply.render());
     }
     println!("{}", reply.render());
     ExitCode::SUCCESS
+}
+
+/// Parses the flags of `bench`, `load` or `verify` (`words[0]` is its
+/// name). On `--help` or a usage error, prints clap's text and returns the
+/// exit code (0 for help, 2 for an error).
+fn tool_args<T: Parser>(words: &[String]) -> Result<T, ExitCode> {
+    T::try_parse_from(words).map_err(|e| {
+        let _ = e.print();
+        ExitCode::from(if e.use_stderr() { 2 } else { 0 })
+    })
 }
 
 /// Prints `msg` on stderr and returns exit code `code`.

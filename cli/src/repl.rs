@@ -14,6 +14,7 @@ use std::borrow::Cow;
 use std::path::PathBuf;
 
 use caskade::client::Client;
+use caskade::config::ClientConfig;
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
@@ -100,7 +101,7 @@ fn history_path(configured: &str) -> Option<PathBuf> {
 
 /// Runs the REPL until quit, exit or end of input. Returns the process exit
 /// code: 0, or 1 if the terminal itself failed.
-pub fn run(runtime: &tokio::runtime::Runtime, client: &Client, history_file: &str) -> i32 {
+pub fn run(runtime: &tokio::runtime::Runtime, client: &Client, config: &ClientConfig) -> i32 {
     let mut editor: Editor<CommandHelper, DefaultHistory> = match Editor::new() {
         Ok(e) => e,
         Err(e) => {
@@ -109,7 +110,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, client: &Client, history_file: &st
         }
     };
     editor.set_helper(Some(CommandHelper));
-    let history = history_path(history_file);
+    let history = history_path(&config.history_file);
     if let Some(path) = &history {
         // A missing history file is normal on first use.
         let _ = editor.load_history(path);
@@ -132,7 +133,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, client: &Client, history_file: &st
         let reply = match split(&line).and_then(|args| command::parse(&args)) {
             Err(msg) => Reply::Error(msg),
             Ok(Command::Quit) => break 0,
-            Ok(cmd) => runtime.block_on(command::execute(client, cmd)),
+            Ok(cmd) => runtime.block_on(command::execute(client, config, cmd)),
         };
         println!("{}", reply.render());
     };
@@ -160,6 +161,13 @@ mod tests {
         assert_eq!(start, 2);
         let names: Vec<_> = found.iter().map(|p| p.display.as_str()).collect();
         assert_eq!(names, ["expire", "exists", "exit"]);
+        let (_, found) = CommandHelper.complete("cl", 2, &ctx).unwrap();
+        assert_eq!(found[0].replacement, "cluster ");
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            CommandHelper.hint("cluster ", 8, &ctx).as_deref(),
+            Some("[--json]")
+        );
         assert_eq!(
             CommandHelper.hint("set ", 4, &ctx).as_deref(),
             Some("key value [EX seconds|PX milliseconds] [NX|XX]")
