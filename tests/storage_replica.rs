@@ -946,3 +946,35 @@ fn hints_do_not_apply_uncommitted_records_at_open() {
         Some(&*format!("v59-{}", "h".repeat(30)))
     );
 }
+
+#[test]
+fn truncation_keeps_the_log_end_across_a_merge_gap() {
+    let _g = GATE.read();
+    let clock = clock();
+    let dir = TempDir::new().unwrap();
+    {
+        let e = open(dir.path(), &clock);
+        let v60 = "a".repeat(60);
+        set(&e, "z", &v60); // 0, stays live
+        for _ in 1..39 {
+            set(&e, "a", &v60); // 1..=38
+        }
+        assert_eq!(del(&e, "a"), w(true, 40)); // 39
+        assert_eq!(set(&e, "b", &"b".repeat(150)), w(true, 41)); // 40, rolls
+        assert_eq!(e.commit(40).unwrap(), 40);
+        e.set_retain_from(40);
+        e.merge().unwrap();
+        assert_eq!(offsets(&e), vec![0, 40]);
+        e.truncate(40).unwrap();
+        assert_eq!((e.next_offset(), e.committed()), (40, 40));
+    }
+    let e = open(dir.path(), &clock);
+    assert_eq!(
+        (e.next_offset(), e.committed(), e.written_end()),
+        (40, 40, 40)
+    );
+    assert_eq!(get(&e, "z").as_deref(), Some(&*"a".repeat(60)));
+    assert_eq!(get(&e, "a"), None);
+    assert_eq!(set(&e, "c", "1"), w(true, 41));
+    assert_eq!(offsets(&e), vec![0, 40]);
+}

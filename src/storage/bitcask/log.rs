@@ -134,13 +134,23 @@ impl Inner {
             remove_segment_files(seg)?;
         }
         let keep = segs.iter().rev().find(|s| s.base < offset);
-        match keep {
+        let kept_end = match keep {
             Some(seg) => cut_segment(seg, offset)?,
-            None => {
-                // Everything goes: start an empty log at `offset`.
-                let id = self.next_segment_id.fetch_add(1, Ordering::Relaxed);
-                Segment::create(&self.dir, id, offset)?;
+            None => None,
+        };
+        if kept_end.is_none_or(|end| end < offset) {
+            // Everything goes, or the kept records end below `offset` (a
+            // merge left a gap there): an empty segment based at `offset`
+            // keeps the log end at `offset` across a reopen, so no offset
+            // below it is ever handed out again.
+            if let Some(seg) = keep {
+                // It stops being the active segment: make it durable first.
+                seg.file()
+                    .sync_data()
+                    .ctx(|| format!("fsync {}", seg.path.display()))?;
             }
+            let id = self.next_segment_id.fetch_add(1, Ordering::Relaxed);
+            Segment::create(&self.dir, id, offset)?;
         }
         sync_dir(&self.dir)?;
 
@@ -195,19 +205,23 @@ fn remove_segment_files(seg: &Segment) -> Result<()> {
 }
 
 /// Rewrites `seg` without its records at `offset` and above: the kept prefix
-/// goes to a temporary file, fsynced, renamed over the segment.
-fn cut_segment(seg: &Segment, offset: u64) -> Result<()> {
+/// goes to a temporary file, fsynced, renamed over the segment. Returns the
+/// end of the kept records (last kept offset + 1), `None` if none is kept.
+fn cut_segment(seg: &Segment, offset: u64) -> Result<Option<u64>> {
     let mut cut_at = None;
-    let start = seg.seek(offset)?;
+    let mut kept_end = None;
+    // A point at or before `offset - 1`, so the last kept record is seen.
+    let start = seg.seek(offset.saturating_sub(1))?;
     seg.walk_headers(start, seg.len(), |pos, header| {
         if header.offset >= offset {
             cut_at = Some(pos);
             return false;
         }
+        kept_end = Some(header.offset + 1);
         true
     })?;
     let Some(cut_at) = cut_at else {
-        return Ok(());
+        return Ok(kept_end);
     };
     let dir = seg.path.parent().unwrap_or(std::path::Path::new("."));
     let tmp = dir.join(format!("{:020}.log.truncate", seg.base));
@@ -223,5 +237,5 @@ fn cut_segment(seg: &Segment, offset: u64) -> Result<()> {
         Err(e) => return Err(Error::io(format!("remove {}", hint.display()), e)),
     }
     fs::rename(&tmp, &seg.path).ctx(|| format!("rename {}", tmp.display()))?;
-    Ok(())
+    Ok(kept_end)
 }
