@@ -21,7 +21,9 @@ mod clock;
 mod error;
 mod memory;
 
-pub use bitcask::{Bitcask, Header, Kind, MergeOptions, MergeReport, Options, Record};
+pub use bitcask::{
+    Bitcask, Header, Kind, MergeOptions, MergeReport, Options, Record, WriteOp, Written,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
 pub use memory::Memory;

@@ -4,6 +4,10 @@
 //!
 //! Threads are plain OS threads, not tokio tasks: all of their work is
 //! blocking disk I/O. They stop when the engine closes.
+//!
+//! Invariant: background work never writes a record. The expiry sweep only
+//! removes keys from the keydir (merge drops their records later), so a
+//! follower's log stays byte for byte its leader's.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -28,7 +32,12 @@ pub(super) fn start(inner: &Arc<Inner>) -> Result<Vec<JoinHandle<()>>> {
                 .spawn(move || {
                     while !inner.pause(Duration::from_millis(ms)) {
                         // A failure is logged and turns writes off inside sync().
-                        let _ = inner.sync();
+                        // The commit point goes after the records it covers.
+                        if inner.sync().is_ok()
+                            && let Err(e) = inner.sync_commit()
+                        {
+                            tracing::error!(dir = %inner.dir.display(), "fsync of the commit point failed: {e}");
+                        }
                     }
                 })
                 .ctx(|| "start the fsync thread".into())?,

@@ -7,6 +7,15 @@
 //! above the *tombstone horizon* (for replication: the lowest log end offset
 //! of the replicas; a follower behind it may still hold an older value).
 //!
+//! Replica mode narrows both choices:
+//! - inputs are the longest prefix of sealed segments whose records are all
+//!   below the commit point (a segment's records are below the next one's
+//!   base), so merge never reads or moves an uncommitted record;
+//! - the horizon is `min(retain_from, commit point)`. At or above it, merge
+//!   keeps tombstones and also expired records that are still their key's
+//!   newest version: a replica that has not fetched them yet holds an older
+//!   value, which dropping them would leave alive there forever.
+//!
 //! Steps, each crash-safe:
 //! 1. write live records (offset and epoch unchanged) into new segment files
 //!    in `merge/`, named by their first record's offset; fsync each;
@@ -123,9 +132,19 @@ impl Inner {
     /// Merges every sealed segment. See the module docs.
     pub(super) fn merge(&self) -> Result<MergeReport> {
         let _maintenance = self.maintenance.lock();
+        let committed = self
+            .replica
+            .as_ref()
+            .map(|rep| rep.committed.load(Ordering::Acquire));
         let inputs: Vec<Arc<Segment>> = {
             let segments = self.segments.read();
-            let n = segments.ordered.len().saturating_sub(1);
+            let sealed = segments.ordered.len().saturating_sub(1);
+            let n = match committed {
+                None => sealed,
+                Some(c) => (0..sealed)
+                    .take_while(|&i| segments.ordered[i + 1].base <= c)
+                    .count(),
+            };
             segments.ordered[..n].to_vec()
         };
         let mut report = MergeReport {
@@ -137,8 +156,11 @@ impl Inner {
             return Ok(report);
         }
         // Standalone: every replica is this one, so every tombstone in the
-        // prefix may go. Replication lowers this to the slowest replica.
-        let horizon = self.writer.lock().next_offset;
+        // prefix may go. Replica mode: what the slowest replica has passed.
+        let horizon = match (&self.replica, committed) {
+            (Some(rep), Some(c)) => rep.retain_from.load(Ordering::Acquire).min(c),
+            _ => self.writer.lock().next_offset,
+        };
         let mdir = self.dir.join(MERGE_DIR);
         if mdir.exists() {
             fs::remove_dir_all(&mdir).ctx(|| format!("remove stale {}", mdir.display()))?;
@@ -186,8 +208,19 @@ impl Inner {
                         .keydir
                         .get(key)
                         .is_some_and(|e| e.is_at(seg.id, pos as u32));
-                let keep_tombstone = header.kind == Kind::Delete && header.offset >= horizon;
                 let expired = header.expire_at_ms != 0 && header.expire_at_ms <= now;
+                // A replica that has not passed this record still needs it.
+                let keep_tombstone = header.offset >= horizon
+                    && match header.kind {
+                        Kind::Delete => true,
+                        _ => {
+                            expired
+                                && self
+                                    .keydir
+                                    .get(key)
+                                    .is_none_or(|e| e.is_at(seg.id, pos as u32))
+                        }
+                    };
                 if live && expired {
                     moves.push(Move {
                         key: Key::from_slice(key),

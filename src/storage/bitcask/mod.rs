@@ -9,7 +9,16 @@
 //! <base:020>.log            segment files, named by their base offset
 //! <base:020>.hint           hint file of a sealed segment (optional)
 //! merge/                    a merge in progress; merge/COMMIT marks it done
+//! COMMITTED                 replica mode: the commit point (see [`replica`])
+//! EPOCHS                    replica mode: the leader-epoch cache
 //! ```
+//!
+//! Two modes share this code. *Standalone* ([`Bitcask::open`]) applies a
+//! record to the keydir as soon as its write could be acknowledged.
+//! *Replica* ([`Bitcask::open_replica`]) applies records only when the
+//! replication layer commits them ([`Bitcask::commit`]); until then they
+//! are in the log, served to followers, and decide conditional writes, but
+//! reads do not see them.
 //!
 //! How it differs from the Bitcask paper: records carry a logical offset and
 //! a leader epoch (they are the unit of replication), the keydir does not
@@ -32,6 +41,7 @@ mod options;
 mod pagealloc;
 mod record;
 mod recovery;
+mod replica;
 mod segment;
 mod writer;
 
@@ -52,8 +62,9 @@ use hashbrown::HashMap;
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 use self::keydir::{Entry, KeyDir};
+use self::replica::{CommitFile, Replica};
 use self::segment::Segment;
-use self::writer::{Batch, Location, Queued, Writer};
+use self::writer::{Batch, Location, Queued, State, Writer};
 use super::error::IoContext;
 use super::{
     Clock, Condition, Durability, Engine, Error, Result, SetOptions, Status, SystemClock, Ttl,
@@ -142,6 +153,8 @@ struct Inner {
     stats: Stats,
     /// Tells background threads to stop (true) and wakes them.
     stop: (Mutex<bool>, Condvar),
+    /// Replica mode's state; `None` in standalone mode.
+    replica: Option<Replica>,
 }
 
 /// A Bitcask engine over one data directory. See the module docs.
@@ -158,14 +171,30 @@ struct Current {
     value: Option<Bytes>,
 }
 
-/// A write request before it is decided.
-enum Op {
+/// The unapplied record a decision rests on: its batch and its offset.
+type Dependency = (Arc<Batch>, u64);
+
+/// A write request before it is decided (see [`Bitcask::write`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOp {
     /// `set` with its options.
     Set(Bytes, SetOptions),
     /// `del`.
     Delete,
-    /// `expire` to this absolute instant.
+    /// `expire` to this absolute instant in Unix ms.
     Expire(u64),
+}
+
+/// The outcome of [`Bitcask::write`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// The answer: whether the set happened, or whether the key existed
+    /// (delete, expire), as the [`Engine`] methods report it.
+    pub done: bool,
+    /// A log end offset such that every record the answer depends on (the
+    /// one written, or the one the decision read) is below it. In replica
+    /// mode the answer may be given once the commit point reaches it.
+    pub until: u64,
 }
 
 impl Bitcask {
@@ -180,12 +209,36 @@ impl Bitcask {
         opts: Options,
         clock: Arc<dyn Clock>,
     ) -> Result<Bitcask> {
+        Self::open_mode(dir.as_ref(), opts, clock, false)
+    }
+
+    /// Opens in replica mode. Records at offsets `>=` the persisted commit
+    /// point (file `COMMITTED` in the engine directory; 0 when missing) are
+    /// recovered into the log but not applied to the keydir; they wait for
+    /// [`Bitcask::commit`].
+    pub fn open_replica(
+        dir: impl AsRef<Path>,
+        opts: Options,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Bitcask> {
+        Self::open_mode(dir.as_ref(), opts, clock, true)
+    }
+
+    /// Opens in either mode.
+    fn open_mode(
+        dir: &Path,
+        opts: Options,
+        clock: Arc<dyn Clock>,
+        replica: bool,
+    ) -> Result<Bitcask> {
         validate(&opts)?;
-        let dir = dir.as_ref().to_path_buf();
+        let dir = dir.to_path_buf();
         let lock = recovery::lock_dir(&dir)?;
+        let commit_file = replica.then(|| CommitFile::open(&dir)).transpose()?;
         let keydir = KeyDir::new(opts.cache_bytes);
         let next_segment_id = AtomicU32::new(0);
-        let loaded = recovery::load(&dir, &keydir, &next_segment_id)?;
+        let commit = commit_file.as_ref().map(CommitFile::value);
+        let loaded = recovery::load(&dir, &keydir, &next_segment_id, commit)?;
         let active = loaded
             .segments
             .last()
@@ -195,6 +248,31 @@ impl Bitcask {
         stats
             .corrupt_ranges
             .store(loaded.corrupt_ranges, Ordering::Relaxed);
+        let mut writer = Writer::new(active, loaded.next_offset);
+        let replica = match commit_file {
+            None => None,
+            Some(mut file) => {
+                let committed = file.value().min(loaded.next_offset);
+                if committed < file.value() {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        "commit point {} is past the log end {}; lowered to it",
+                        file.value(),
+                        loaded.next_offset
+                    );
+                    file.store(committed, true)?;
+                }
+                writer.pending = loaded.pending.into();
+                writer.rebuild_unapplied();
+                writer.epochs = replica::load_epochs(&dir, &loaded.segments, loaded.next_offset)?;
+                writer.epoch = writer.epochs.last().map_or(0, |e| e.0);
+                Some(Replica {
+                    committed: AtomicU64::new(committed),
+                    retain_from: AtomicU64::new(0),
+                    file: Mutex::new(file),
+                })
+            }
+        };
         let inner = Arc::new(Inner {
             dir,
             opts,
@@ -203,13 +281,14 @@ impl Bitcask {
             keydir,
             segments: RwLock::new(Segments::new(loaded.segments)),
             next_segment_id,
-            writer: Mutex::new(Writer::new(active, loaded.next_offset)),
+            writer: Mutex::new(writer),
             batch_done: Condvar::new(),
             enqueued: Condvar::new(),
             in_flight: AtomicUsize::new(0),
             maintenance: Mutex::new(()),
             stats,
             stop: (Mutex::new(false), Condvar::new()),
+            replica,
         });
         let threads = background::start(&inner)?;
         Ok(Bitcask {
@@ -234,16 +313,114 @@ impl Bitcask {
         self.inner.write_missing_hints()
     }
 
-    /// Records with offset `>= from`, in offset order, up to about
-    /// `max_bytes` (at least one record if any). For replication.
+    /// Records with offset `>= from` and below [`Bitcask::written_end`], in
+    /// offset order, up to about `max_bytes` (at least one record if any).
+    /// For replication: a sparse per-segment index finds the start.
     pub fn read_log(&self, from: u64, max_bytes: usize) -> Result<Vec<LogRecord>> {
         self.inner.read_log(from, max_bytes)
     }
 
-    /// Removes every record with offset `>= offset` and rebuilds the keydir.
-    /// For followers whose log diverged from the leader's.
+    /// Removes every record with offset `>= offset` and rebuilds the keydir;
+    /// fails the writes queued meanwhile. For followers whose log diverged
+    /// from the leader's. In replica mode it refuses (`InvalidInput`) to go
+    /// below [`Bitcask::committed`]; see [`Bitcask::truncate_unclean`].
+    /// Afterwards `next_offset() == offset`, or lower if the log ended lower.
     pub fn truncate(&self, offset: u64) -> Result<()> {
-        self.inner.truncate(offset)
+        self.inner.truncate(offset, false)
+    }
+
+    /// [`Bitcask::truncate`] that may go below the commit point (an unclean
+    /// leader election): committed records are lost, which is logged with
+    /// the offsets lost, and the commit point drops to `offset`.
+    pub fn truncate_unclean(&self, offset: u64) -> Result<()> {
+        self.inner.truncate(offset, true)
+    }
+
+    /// Sets the leader epoch stamped on records written from now on (replica
+    /// mode). Epochs only grow: a value below the current one, or below the
+    /// last epoch in the log, is `InvalidInput`.
+    pub fn set_epoch(&self, epoch: u32) -> Result<()> {
+        self.inner.set_epoch(epoch)
+    }
+
+    /// Decides and writes one operation, with the semantics of
+    /// [`Engine::set`], [`Engine::delete`] and [`Engine::expire`]; NX/XX and
+    /// the existence checks decide on the newest written state, uncommitted
+    /// records included. In replica mode the write is not visible to reads
+    /// until `commit(hw)` with `hw >= until`.
+    pub fn write(&self, key: &[u8], op: WriteOp) -> Result<Written> {
+        self.inner
+            .write(key, op)
+            .map(|(done, until)| Written { done, until })
+    }
+
+    /// Follower side (replica mode): appends records fetched from the leader
+    /// unchanged, offsets and epochs kept. `records` is a concatenation of
+    /// encoded records as in segment files (what [`Bitcask::read_log`]
+    /// returns, concatenated). Every CRC is checked, offsets must increase
+    /// strictly and start at or above [`Bitcask::next_offset`] (gaps are
+    /// allowed), epochs must not decrease; if any check fails nothing is
+    /// appended (`Corrupt` for a damaged record, `InvalidInput` otherwise).
+    /// Durable per the fsync policy before it returns. The records are not
+    /// applied until committed. Returns how many records were appended.
+    ///
+    /// An I/O error part-way keeps the records that reached the disk before
+    /// it (as a failed group commit keeps its written prefix); `next_offset`
+    /// tells where the log ends.
+    pub fn append_replicated(&self, records: &[u8]) -> Result<usize> {
+        self.inner.append_replicated(records)
+    }
+
+    /// Applies every written record with offset `< hw` to the keydir, in
+    /// offset order, and persists the commit point (fsynced before returning
+    /// under `always`, otherwise by the background flusher, `flush` or
+    /// close). Never moves backwards (a lower `hw` is ignored) and never past
+    /// [`Bitcask::written_end`]. Returns the commit point. In standalone mode
+    /// it does nothing and returns `next_offset`.
+    pub fn commit(&self, hw: u64) -> Result<u64> {
+        self.inner.commit_to(hw)
+    }
+
+    /// The commit point: records below it are visible (replica mode). In
+    /// standalone mode, `next_offset`.
+    pub fn committed(&self) -> u64 {
+        match &self.inner.replica {
+            Some(rep) => rep.committed.load(Ordering::Acquire),
+            None => self.next_offset(),
+        }
+    }
+
+    /// End of the records whose batch finished (written, and fsynced under
+    /// `always`): the log end offset followers may be served up to.
+    pub fn written_end(&self) -> u64 {
+        self.inner.writer.lock().written_end
+    }
+
+    /// The leader-epoch cache (KIP-101): `(epoch, offset of its first
+    /// record)`, ascending, for every epoch present in the log. In replica
+    /// mode it is kept in memory and in the `EPOCHS` file; in standalone
+    /// mode it is computed by scanning every record header (for tools).
+    pub fn epochs(&self) -> Result<Vec<(u32, u64)>> {
+        if self.inner.replica.is_some() {
+            return Ok(self.inner.writer.lock().epochs.clone());
+        }
+        let segments = self.inner.segments.read().ordered.clone();
+        replica::scan_epochs(&segments)
+    }
+
+    /// The epoch of the last record in the log (0 if the log is empty).
+    pub fn last_epoch(&self) -> Result<u32> {
+        Ok(self.epochs()?.last().map_or(0, |e| e.0))
+    }
+
+    /// Tombstones and expired records at offsets `>= offset` survive merge
+    /// (the slowest replica has not passed them). Replica mode starts at 0
+    /// (keep all); standalone ignores it (every tombstone in the merged range
+    /// may go).
+    pub fn set_retain_from(&self, offset: u64) {
+        if let Some(rep) = &self.inner.replica {
+            rep.retain_from.store(offset, Ordering::Release);
+        }
     }
 
     /// The offset the next record will get (the log end offset).
@@ -267,7 +444,7 @@ impl Bitcask {
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
         }
-        let result = self.inner.sync();
+        let result = self.inner.sync().and(self.inner.sync_commit());
         self.inner.writer.lock().closed = true;
         result
     }
@@ -376,15 +553,26 @@ impl Inner {
         key: &[u8],
         now: u64,
         need_value: bool,
-    ) -> Result<(Option<Current>, Option<Arc<Batch>>)> {
+    ) -> Result<(Option<Current>, Option<Dependency>)> {
         if let Some(u) = w.unapplied.get(key) {
+            let live = |at: u64| at == 0 || at > now;
             let state = match &u.state {
-                Some((v, at)) if *at == 0 || *at > now => Some(Current {
+                State::Value(v, at) if live(*at) => Some(Current {
                     value: Some(v.clone()),
+                }),
+                State::Stored(e) if live(e.expire_at) => Some(Current {
+                    value: match need_value {
+                        // Pending records are above the commit point, which
+                        // merge never touches: the segment is there.
+                        true => Some(self.read_value(key, *e)?.ok_or_else(|| {
+                            Error::Corrupt("an uncommitted record's segment is gone".into())
+                        })?),
+                        false => None,
+                    },
                 }),
                 _ => None,
             };
-            return Ok((state, Some(u.batch.clone())));
+            return Ok((state, Some((u.batch.clone(), u.offset))));
         }
         let Some(entry) = self.keydir.get(key) else {
             return Ok((None, None));
@@ -406,10 +594,11 @@ impl Inner {
     }
 
     /// Decides and performs a write. Returns the answer the caller reports
-    /// (whether the set happened, whether the key existed).
-    fn write(&self, key: &[u8], op: Op) -> Result<bool> {
+    /// (whether the set happened, whether the key existed) and the offset
+    /// below which every record the answer rests on is (see [`Written`]).
+    fn write(&self, key: &[u8], op: WriteOp) -> Result<(bool, u64)> {
         self.opts.limits.check_key(key)?;
-        if let Op::Set(v, _) = &op {
+        if let WriteOp::Set(v, _) = &op {
             self.opts.limits.check_value(v)?;
         }
         self.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -419,7 +608,7 @@ impl Inner {
     }
 
     /// [`Self::write`] once counted in `in_flight`.
-    fn write_inner(&self, key: &[u8], op: Op) -> Result<bool> {
+    fn write_inner(&self, key: &[u8], op: WriteOp) -> Result<(bool, u64)> {
         let mut w = self.writer.lock();
         loop {
             w.check_writable()?;
@@ -427,7 +616,7 @@ impl Inner {
             // An unconditional set that does not expire at once needs no look
             // at the current state: the fast path.
             let decision = match &op {
-                Op::Set(v, opts)
+                WriteOp::Set(v, opts)
                     if opts.condition == Condition::Always
                         && opts.expire_at_ms.is_none_or(|at| at > now) =>
                 {
@@ -438,7 +627,8 @@ impl Inner {
                     )
                 }
                 _ => {
-                    let (cur, dep) = self.current(&w, key, now, matches!(op, Op::Expire(_)))?;
+                    let (cur, dep) =
+                        self.current(&w, key, now, matches!(op, WriteOp::Expire(_)))?;
                     let (action, answer) = decide(&op, cur, now);
                     (action, answer, dep)
                 }
@@ -448,26 +638,36 @@ impl Inner {
                     // Nothing to write, but the answer may rest on a record
                     // that is not written yet: wait for it, then decide again.
                     match dep {
-                        Some(batch) if !batch.is_done() => {
-                            self.commit(&mut w, &batch);
+                        Some((batch, _)) if !batch.is_done() => {
+                            self.wait_batch(&mut w, &batch);
                             continue;
                         }
-                        _ => return Ok(answer),
+                        Some((_, offset)) => return Ok((answer, offset + 1)),
+                        None => return Ok((answer, self.applied_end(&w))),
                     }
                 }
                 (Some((kind, value, expire_at)), answer, _) => {
-                    let (batch, index) = w.enqueue(key, kind, value, expire_at);
+                    let (batch, index, offset) = w.enqueue(key, kind, value, expire_at);
                     self.enqueued.notify_one();
-                    self.commit(&mut w, &batch);
-                    return batch.result_for(index).map(|()| answer);
+                    self.wait_batch(&mut w, &batch);
+                    return batch.result_for(index).map(|()| (answer, offset + 1));
                 }
             }
         }
     }
 
+    /// End of the records the keydir reflects: the commit point in replica
+    /// mode, the written end in standalone mode.
+    fn applied_end(&self, w: &Writer) -> u64 {
+        match &self.replica {
+            Some(rep) => rep.committed.load(Ordering::Acquire),
+            None => w.written_end,
+        }
+    }
+
     /// Waits until `batch` is done, leading group commits while no one else
     /// is.
-    fn commit(&self, w: &mut MutexGuard<'_, Writer>, batch: &Arc<Batch>) {
+    fn wait_batch(&self, w: &mut MutexGuard<'_, Writer>, batch: &Arc<Batch>) {
         while !batch.is_done() {
             if w.flushing {
                 self.batch_done.wait(w);
@@ -511,8 +711,16 @@ impl Inner {
             w.active = seg;
         }
         let ok = written.locations.len();
-        self.apply(&queue[..ok], &written.locations);
-        w.settle(&queue);
+        if self.replica.is_some() {
+            // Replica mode: applied on commit; `unapplied` keeps the state.
+            self.stage(w, &queue[..ok], &written.locations);
+        } else {
+            self.apply(&queue[..ok], &written.locations);
+            w.settle(&queue);
+        }
+        if ok > 0 {
+            w.written_end = queue[ok - 1].offset + 1;
+        }
         w.dirty |= ok > 0 && !sync;
         self.stats.records.fetch_add(ok as u64, Ordering::Relaxed);
         match written.error {
@@ -525,6 +733,9 @@ impl Inner {
                     ));
                 }
                 w.fail_pending(queue[ok].offset, &err);
+                if self.replica.is_some() {
+                    w.rebuild_unapplied();
+                }
                 batch.finish(Err((ok, err)));
             }
         }
@@ -581,7 +792,7 @@ impl Inner {
 }
 
 /// What the leader's I/O achieved.
-struct Written {
+struct WriteOut {
     /// Locations of the records written, a prefix of the batch.
     locations: Vec<Location>,
     /// The new active segment, if the batch rolled over.
@@ -595,8 +806,14 @@ struct Written {
 impl Inner {
     /// Hands a batch to the OS, rolling segments as they fill, and fsyncs it
     /// if `sync`. Runs without the writer mutex; only the leader calls it.
-    fn write_out(&self, active: Arc<Segment>, buf: &[u8], queue: &[Queued], sync: bool) -> Written {
-        let mut out = Written {
+    fn write_out(
+        &self,
+        active: Arc<Segment>,
+        buf: &[u8],
+        queue: &[Queued],
+        sync: bool,
+    ) -> WriteOut {
+        let mut out = WriteOut {
             locations: Vec::with_capacity(queue.len()),
             new_active: None,
             error: None,
@@ -695,10 +912,10 @@ impl Inner {
 
 /// Decides what a non-trivial write does given the key's current state:
 /// the record to write (if any) and the answer for the caller.
-fn decide(op: &Op, cur: Option<Current>, now: u64) -> (Option<(Kind, Bytes, u64)>, bool) {
+fn decide(op: &WriteOp, cur: Option<Current>, now: u64) -> (Option<(Kind, Bytes, u64)>, bool) {
     let exists = cur.is_some();
     match op {
-        Op::Set(value, opts) => {
+        WriteOp::Set(value, opts) => {
             let allowed = match opts.condition {
                 Condition::Always => true,
                 Condition::IfAbsent => !exists,
@@ -712,11 +929,11 @@ fn decide(op: &Op, cur: Option<Current>, now: u64) -> (Option<(Kind, Bytes, u64)
                 at => (Some((Kind::Put, value.clone(), at.unwrap_or(0))), true),
             }
         }
-        Op::Delete if exists => (Some((Kind::Delete, Bytes::new(), 0)), true),
-        Op::Delete => (None, false),
-        Op::Expire(_) if !exists => (None, false),
-        Op::Expire(at) if *at <= now => (Some((Kind::Delete, Bytes::new(), 0)), true),
-        Op::Expire(at) => {
+        WriteOp::Delete if exists => (Some((Kind::Delete, Bytes::new(), 0)), true),
+        WriteOp::Delete => (None, false),
+        WriteOp::Expire(_) if !exists => (None, false),
+        WriteOp::Expire(at) if *at <= now => (Some((Kind::Delete, Bytes::new(), 0)), true),
+        WriteOp::Expire(at) => {
             let value = cur.and_then(|c| c.value).unwrap_or_default();
             (Some((Kind::Expire, value, *at)), true)
         }
@@ -779,15 +996,19 @@ impl Engine for Bitcask {
     }
 
     fn set(&self, key: &[u8], value: Bytes, opts: SetOptions) -> Result<bool> {
-        self.inner.write(key, Op::Set(value, opts))
+        self.inner
+            .write(key, WriteOp::Set(value, opts))
+            .map(|r| r.0)
     }
 
     fn delete(&self, key: &[u8]) -> Result<bool> {
-        self.inner.write(key, Op::Delete)
+        self.inner.write(key, WriteOp::Delete).map(|r| r.0)
     }
 
     fn expire(&self, key: &[u8], expire_at_ms: u64) -> Result<bool> {
-        self.inner.write(key, Op::Expire(expire_at_ms))
+        self.inner
+            .write(key, WriteOp::Expire(expire_at_ms))
+            .map(|r| r.0)
     }
 
     fn ttl(&self, key: &[u8]) -> Result<Ttl> {
@@ -817,7 +1038,8 @@ impl Engine for Bitcask {
     }
 
     fn flush(&self) -> Result<()> {
-        self.inner.sync()
+        self.inner.sync()?;
+        self.inner.sync_commit()
     }
 
     fn status(&self) -> Result<Status> {

@@ -11,7 +11,10 @@
 //! - a bad tail of the *last* segment, with nothing valid after it, is a torn
 //!   write: the file is cut back to the last valid record and the cut fsynced;
 //! - a merge that reached its `COMMIT` marker is rolled forward, any other
-//!   merge output is deleted.
+//!   merge output is deleted;
+//! - in replica mode (a commit point is given) only records below the commit
+//!   point are applied; the others are returned as pending, in offset order,
+//!   and hints are used only for segments entirely below the commit point.
 
 use std::fs::{self, File, OpenOptions};
 use std::path::Path;
@@ -19,10 +22,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::hint::{self, HintEntry};
-use super::keydir::{Entry, KeyDir};
+use super::keydir::{Entry, Key, KeyDir};
 use super::merge;
 use super::record::HEADER_LEN;
 use super::segment::{self, HINT_SUFFIX, LOG_SUFFIX, Scanned, Segment};
+use super::writer::Pending;
 use super::{apply_one, sync_dir};
 use crate::storage::error::IoContext;
 use crate::storage::{Error, Result};
@@ -38,6 +42,9 @@ pub(super) struct Loaded {
     pub next_offset: u64,
     /// Corrupt byte ranges skipped.
     pub corrupt_ranges: u64,
+    /// Replica mode: records at or above the commit point, in offset order,
+    /// not applied.
+    pub pending: Vec<Pending>,
 }
 
 /// Creates `dir` if needed and takes its exclusive lock.
@@ -76,13 +83,20 @@ pub(super) fn segment_bases(dir: &Path) -> Result<Vec<u64>> {
     Ok(bases)
 }
 
-/// Rebuilds the keydir from the files in `dir`.
-pub(super) fn load(dir: &Path, keydir: &KeyDir, next_id: &AtomicU32) -> Result<Loaded> {
+/// Rebuilds the keydir from the files in `dir`. With `commit` (replica
+/// mode) only records below it are applied; the rest are returned pending.
+pub(super) fn load(
+    dir: &Path,
+    keydir: &KeyDir,
+    next_id: &AtomicU32,
+    commit: Option<u64>,
+) -> Result<Loaded> {
     merge::recover(dir)?;
     let bases = segment_bases(dir)?;
     let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len() + 1);
     let mut next_offset = 0u64;
     let mut corrupt_ranges = 0u64;
+    let mut pending = Vec::new();
     // Ids are handed out consecutively here, so a segment's index in
     // `segments` is its id minus the first one.
     let first_id = next_id.load(Ordering::Relaxed);
@@ -99,7 +113,10 @@ pub(super) fn load(dir: &Path, keydir: &KeyDir, next_id: &AtomicU32) -> Result<L
                 seg.dead.fetch_add(bytes, Ordering::Relaxed);
             }
         };
-        let hinted = if last {
+        // A hint lists no epochs and cannot tell applied records from
+        // pending ones: only segments wholly below the commit point use it.
+        let below_commit = commit.is_none_or(|c| bases.get(i + 1).is_some_and(|&next| next <= c));
+        let hinted = if last || !below_commit {
             None
         } else {
             hint::read(&segment::file_path(dir, base, HINT_SUFFIX), seg.len())?
@@ -107,7 +124,7 @@ pub(super) fn load(dir: &Path, keydir: &KeyDir, next_id: &AtomicU32) -> Result<L
         let last_offset = match hinted {
             Some(entries) => apply_hints(keydir, &seg, &entries, &mut dead),
             None => {
-                let scan = scan_segment(keydir, &seg, &mut dead)?;
+                let scan = scan_segment(keydir, &seg, commit, &mut pending, &mut dead)?;
                 corrupt_ranges += scan.corrupt;
                 if let Some(torn) = scan.torn_at {
                     if last {
@@ -157,6 +174,7 @@ pub(super) fn load(dir: &Path, keydir: &KeyDir, next_id: &AtomicU32) -> Result<L
         segments,
         next_offset,
         corrupt_ranges,
+        pending,
     })
 }
 
@@ -189,10 +207,13 @@ struct ScanResult {
     torn_at: Option<u64>,
 }
 
-/// Scans a segment, applying every valid record.
+/// Scans a segment, applying every valid record below `commit` (all of
+/// them without one) and pushing the others to `pending`.
 fn scan_segment(
     keydir: &KeyDir,
     seg: &Segment,
+    commit: Option<u64>,
+    pending: &mut Vec<Pending>,
     dead: &mut impl FnMut(u32, u64),
 ) -> Result<ScanResult> {
     let mut result = ScanResult {
@@ -205,14 +226,23 @@ fn scan_segment(
         match step {
             Scanned::Record { pos, header } => {
                 let start = pos as usize + HEADER_LEN;
-                let key = scanner.data()[start..start + header.key_len as usize].to_vec();
+                let key = &scanner.data()[start..start + header.key_len as usize];
                 let entry = Entry {
                     seg: seg.id,
                     pos: pos as u32,
                     len: header.record_len() as u32,
                     expire_at: header.expire_at_ms,
                 };
-                apply_one(keydir, &key, header.kind, entry, dead);
+                if commit.is_some_and(|c| header.offset >= c) {
+                    pending.push(Pending {
+                        offset: header.offset,
+                        key: Key::from_slice(key),
+                        kind: header.kind,
+                        entry,
+                    });
+                } else {
+                    apply_one(keydir, key, header.kind, entry, dead);
+                }
                 result.last_offset = Some(header.offset);
             }
             Scanned::Corrupt { start, end } => {

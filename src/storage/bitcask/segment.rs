@@ -13,7 +13,11 @@
 //!   truncation write a new file and rename it over, so a map that a reader
 //!   holds stays valid;
 //! - the `id` is an in-memory handle, unique for the life of the process; the
-//!   keydir refers to segments by it.
+//!   keydir refers to segments by it;
+//! - the sparse offset index ([`OffsetIndex`]) describes only bytes below
+//!   `len`, which never change for the life of a `Segment` value, so a point
+//!   once added stays right; a merged or truncated file is a new `Segment`
+//!   value and gets a fresh, empty index.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -22,6 +26,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use memmap2::Mmap;
+use parking_lot::Mutex;
 
 use super::record::{self, DecodeError, HEADER_LEN, Header};
 use crate::storage::error::IoContext;
@@ -31,6 +36,12 @@ use crate::storage::{Error, Result};
 pub const LOG_SUFFIX: &str = "log";
 /// File name suffix of hint files.
 pub const HINT_SUFFIX: &str = "hint";
+
+/// The sparse offset index keeps one point per this many bytes of records.
+pub const INDEX_EVERY: u64 = 4096;
+
+/// Bytes read at a time when walking the headers of an unmapped segment.
+const WALK_CHUNK: usize = 256 << 10;
 
 /// The path of the segment or hint file with base offset `base`.
 pub fn file_path(dir: &Path, base: u64, suffix: &str) -> PathBuf {
@@ -65,6 +76,23 @@ pub struct Segment {
     pub dead: AtomicU64,
     /// A hint file exists for it (or it cannot have one): the janitor skips it.
     pub hinted: AtomicBool,
+    /// Sparse offset -> position index, extended on demand (see [`Segment::seek`]).
+    index: Mutex<OffsetIndex>,
+}
+
+/// A sparse index of a segment: `(offset, position)` of a record about every
+/// [`INDEX_EVERY`] bytes, so a read by offset starts near its record instead
+/// of walking the segment from its start.
+///
+/// It is built lazily: each [`Segment::seek`] first indexes the bytes appended
+/// since the previous one, so every byte is walked once for the life of the
+/// segment and the write path pays nothing.
+#[derive(Debug, Default)]
+pub struct OffsetIndex {
+    /// Points in increasing offset (and position) order.
+    points: Vec<(u64, u32)>,
+    /// Bytes of the segment walked so far (a record boundary).
+    walked: u64,
 }
 
 impl Segment {
@@ -105,7 +133,89 @@ impl Segment {
             map: OnceLock::new(),
             dead: AtomicU64::new(0),
             hinted: AtomicBool::new(false),
+            index: Mutex::new(OffsetIndex::default()),
         }
+    }
+
+    /// The byte position from which a walk finds the first record with
+    /// offset `>= from`: the position of the last indexed record with offset
+    /// `<= from` (0 if none). Indexes the bytes appended since the last call
+    /// first. Fails on a damaged header.
+    pub fn seek(&self, from: u64) -> Result<u64> {
+        let mut index = self.index.lock();
+        let len = self.len();
+        if index.walked < len {
+            let OffsetIndex { points, walked } = &mut *index;
+            let mut last_point = points.last().map(|p| p.1 as u64);
+            *walked = self.walk_headers(*walked, len, |pos, header| {
+                if last_point.is_none_or(|at| pos >= at + INDEX_EVERY) {
+                    points.push((header.offset, pos as u32));
+                    last_point = Some(pos);
+                }
+                true
+            })?;
+        }
+        let i = index.points.partition_point(|p| p.0 <= from);
+        Ok(match i {
+            0 => 0,
+            i => index.points[i - 1].1 as u64,
+        })
+    }
+
+    /// Number of points in the sparse index (for tests).
+    #[cfg(test)]
+    pub fn index_points(&self) -> usize {
+        self.index.lock().points.len()
+    }
+
+    /// Calls `visit(pos, header)` for each record from byte `pos` (a record
+    /// boundary) up to `end`, until it returns `false`. Reads whole chunks,
+    /// not one header at a time. Returns the position where it stopped (the
+    /// start of the record `visit` refused, or `end`). Checks headers only,
+    /// not CRCs; fails on a damaged header or a record crossing `end`.
+    pub fn walk_headers(
+        &self,
+        mut pos: u64,
+        end: u64,
+        mut visit: impl FnMut(u64, &Header) -> bool,
+    ) -> Result<u64> {
+        let end = end.min(self.len());
+        let mut buf: Vec<u8> = Vec::new();
+        let mut buf_at = 0u64;
+        while pos < end {
+            let map = self.map.get();
+            let head: &[u8] = match map {
+                Some(map) => &map[pos as usize..end as usize],
+                None => {
+                    let have =
+                        pos >= buf_at && pos + HEADER_LEN as u64 <= buf_at + buf.len() as u64;
+                    if !have {
+                        let n = (end - pos).min(WALK_CHUNK as u64) as usize;
+                        buf = self.read(pos, n)?;
+                        buf_at = pos;
+                    }
+                    &buf[(pos - buf_at) as usize..]
+                }
+            };
+            let header = record::decode_header(head).map_err(|_| {
+                Error::Corrupt(format!(
+                    "damaged record header at {}:{pos}",
+                    self.path.display()
+                ))
+            })?;
+            let next = pos + header.record_len() as u64;
+            if next > end {
+                return Err(Error::Corrupt(format!(
+                    "record at {}:{pos} runs past {end}",
+                    self.path.display()
+                )));
+            }
+            if !visit(pos, &header) {
+                return Ok(pos);
+            }
+            pos = next;
+        }
+        Ok(pos)
     }
 
     /// Bytes readable in the segment.
@@ -364,6 +474,122 @@ mod tests {
             );
         }
         buf
+    }
+
+    /// A segment file in `dir` holding `n` records with `value_len`-byte values.
+    fn segment_with(dir: &Path, n: u64, value_len: usize) -> Segment {
+        let seg = Segment::create(dir, 0, 0).unwrap();
+        let mut buf = Vec::new();
+        for i in 0..n {
+            encode(
+                &mut buf,
+                i * 2,
+                1,
+                None,
+                Kind::Put,
+                format!("k{i}").as_bytes(),
+                &vec![b'v'; value_len],
+            );
+        }
+        std::io::Write::write_all(&mut seg.file(), &buf).unwrap();
+        seg.set_len(buf.len() as u64);
+        seg
+    }
+
+    /// The position of the first record with offset >= `from`, by a plain walk.
+    fn position_of(seg: &Segment, from: u64) -> Option<(u64, u64)> {
+        let mut found = None;
+        seg.walk_headers(0, seg.len(), |pos, h| {
+            if h.offset >= from {
+                found = Some((pos, h.offset));
+                return false;
+            }
+            true
+        })
+        .unwrap();
+        found
+    }
+
+    /// Checks `seek(from)` against a plain walk for every `from` up to
+    /// `max_from`: it lands on a record boundary at or before the wanted
+    /// record, less than a stride plus one record before it.
+    fn check_seeks(seg: &Segment, max_from: u64) {
+        for from in 0..max_from {
+            let start = seg.seek(from).unwrap();
+            let want = position_of(seg, from);
+            let mut got = None;
+            seg.walk_headers(start, seg.len(), |pos, h| {
+                if h.offset >= from {
+                    got = Some((pos, h.offset));
+                    return false;
+                }
+                true
+            })
+            .unwrap();
+            assert_eq!(got, want, "from {from}");
+            if let Some((pos, _)) = want {
+                assert!(start <= pos, "from {from}: seek went past the record");
+                assert!(
+                    pos - start < INDEX_EVERY + 337,
+                    "from {from}: {} bytes to walk",
+                    pos - start
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn seek_matches_a_walk_for_every_offset() {
+        let dir = tempfile::TempDir::new().unwrap();
+        // Records of 335..=337 bytes: a point every 13 records or so.
+        let seg = segment_with(dir.path(), 1000, 300);
+        check_seeks(&seg, 2002);
+        let points = seg.index_points() as u64;
+        assert!(
+            (seg.len() / (INDEX_EVERY + 337)..=seg.len() / INDEX_EVERY + 1).contains(&points),
+            "{points} points"
+        );
+    }
+
+    #[test]
+    fn index_grows_with_the_segment() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let seg = segment_with(dir.path(), 100, 300);
+        check_seeks(&seg, 200);
+        let before = seg.index_points();
+        let mut buf = Vec::new();
+        for i in 100..200u64 {
+            encode(
+                &mut buf,
+                i * 2,
+                1,
+                None,
+                Kind::Put,
+                format!("k{i}").as_bytes(),
+                &[b'v'; 300],
+            );
+        }
+        std::io::Write::write_all(&mut seg.file(), &buf).unwrap();
+        seg.set_len(seg.len() + buf.len() as u64);
+        check_seeks(&seg, 402);
+        assert!(
+            seg.index_points() >= 2 * before - 1,
+            "{before} -> {}",
+            seg.index_points()
+        );
+    }
+
+    #[test]
+    fn walk_reports_a_damaged_header() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let seg = segment_with(dir.path(), 3, 10);
+        std::io::Write::write_all(&mut seg.file(), &[9u8; 40]).unwrap();
+        seg.set_len(seg.len() + 40);
+        let err = seg.walk_headers(0, seg.len(), |_, _| true).unwrap_err();
+        assert!(
+            err.to_string().starts_with("damaged record header at"),
+            "{err}"
+        );
     }
 
     #[test]

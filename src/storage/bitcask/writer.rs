@@ -20,13 +20,26 @@
 //!   back so no partial record stays on disk;
 //! - `unapplied` holds the newest not-yet-applied state of each key, so
 //!   conditional writes decide on the latest state, not the applied one.
+//!
+//! Replica mode (see `replica.rs`) changes one step: a written record is not
+//! applied but pushed to `pending`, in offset order, until the replication
+//! layer commits it. Then:
+//! - `pending` holds exactly the written records at or above the commit
+//!   point, in increasing offset order, and nothing below it;
+//! - `unapplied` describes, for each key with a pending or queued record,
+//!   the newest such record (so NX/XX decide on the newest written state);
+//! - `written_end` is the end of the records whose batch finished; every
+//!   record below it is on disk (and fsynced under `always`), none above it
+//!   is pending.
 
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use hashbrown::HashMap;
 
-use super::keydir::Key;
+use std::collections::VecDeque;
+
+use super::keydir::{Entry, Key};
 use super::record::Kind;
 use super::segment::Segment;
 use crate::storage::{Error, Result};
@@ -44,6 +57,21 @@ pub(super) struct Queued {
     pub expire_at: u64,
     /// Encoded length.
     pub len: u32,
+    /// The leader epoch stamped on it.
+    pub epoch: u32,
+}
+
+/// A written record waiting for the commit point to pass it (replica mode).
+#[derive(Debug)]
+pub(super) struct Pending {
+    /// Its log offset.
+    pub offset: u64,
+    /// Its key.
+    pub key: Key,
+    /// Its kind.
+    pub kind: Kind,
+    /// Where it is, as the keydir will hold it once applied.
+    pub entry: Entry,
 }
 
 /// Where a written record landed.
@@ -84,15 +112,42 @@ impl Batch {
     }
 }
 
+/// What an unapplied record leaves its key with.
+#[derive(Debug)]
+pub(super) enum State {
+    /// Nothing: a delete.
+    Absent,
+    /// This value and expiry (0 = never), known in memory.
+    Value(Bytes, u64),
+    /// The value of the written record at this location (records appended
+    /// from a leader, or restored after a failure); read when needed.
+    Stored(Entry),
+}
+
 /// The newest written-but-not-applied state of a key.
 #[derive(Debug)]
 pub(super) struct Unapplied {
     /// Offset of the record that produced it.
     pub offset: u64,
-    /// The value and expiry, or `None` for a delete.
-    pub state: Option<(Bytes, u64)>,
+    /// The state it leaves.
+    pub state: State,
     /// The batch the record is in.
     pub batch: Arc<Batch>,
+}
+
+impl Unapplied {
+    /// The unapplied state of a pending (written) record.
+    pub fn of_pending(p: &Pending, batch: &Arc<Batch>) -> Unapplied {
+        Unapplied {
+            offset: p.offset,
+            state: if p.kind.is_put_like() {
+                State::Stored(p.entry)
+            } else {
+                State::Absent
+            },
+            batch: batch.clone(),
+        }
+    }
 }
 
 /// State behind the writer mutex.
@@ -122,6 +177,13 @@ pub(super) struct Writer {
     pub dirty: bool,
     /// The engine is closed.
     pub closed: bool,
+    /// Written, uncommitted records in offset order (replica mode only).
+    pub pending: VecDeque<Pending>,
+    /// End of the records whose batch finished.
+    pub written_end: u64,
+    /// Leader-epoch cache: (epoch, offset of its first record), ascending
+    /// (replica mode only).
+    pub epochs: Vec<(u32, u64)>,
 }
 
 impl Writer {
@@ -140,7 +202,32 @@ impl Writer {
             refused: None,
             dirty: false,
             closed: false,
+            pending: VecDeque::new(),
+            written_end: next_offset,
+            epochs: Vec::new(),
         }
+    }
+
+    /// Forgets every unapplied state and rebuilds it from `pending` (replica
+    /// mode, after a failure or a truncation, when nothing is queued).
+    pub fn rebuild_unapplied(&mut self) {
+        self.unapplied.clear();
+        let done = Arc::new(Batch::default());
+        done.finish(Ok(()));
+        for p in &self.pending {
+            self.unapplied
+                .insert(p.key.clone(), Unapplied::of_pending(p, &done));
+        }
+    }
+
+    /// Records that a record of `epoch` was written at `offset`; returns
+    /// whether the epoch cache changed.
+    pub fn note_epoch(&mut self, epoch: u32, offset: u64) -> bool {
+        if self.epochs.last().is_some_and(|&(e, _)| e >= epoch) {
+            return false;
+        }
+        self.epochs.push((epoch, offset));
+        true
     }
 
     /// Fails fast when writes cannot be taken.
@@ -154,15 +241,15 @@ impl Writer {
         Ok(())
     }
 
-    /// Encodes a record into the batch being built. Returns the batch and the
-    /// record's index in it.
+    /// Encodes a record into the batch being built. Returns the batch, the
+    /// record's index in it and its offset.
     pub fn enqueue(
         &mut self,
         key: &[u8],
         kind: Kind,
         value: Bytes,
         expire_at: u64,
-    ) -> (Arc<Batch>, usize) {
+    ) -> (Arc<Batch>, usize, u64) {
         let offset = self.next_offset;
         self.next_offset += 1;
         let len = super::record::encode(
@@ -181,16 +268,21 @@ impl Writer {
             kind,
             expire_at,
             len: len as u32,
+            epoch: self.epoch,
         });
         self.unapplied.insert(
             Key::from_slice(key),
             Unapplied {
                 offset,
-                state: kind.is_put_like().then_some((value, expire_at)),
+                state: if kind.is_put_like() {
+                    State::Value(value, expire_at)
+                } else {
+                    State::Absent
+                },
                 batch: self.batch.clone(),
             },
         );
-        (self.batch.clone(), index)
+        (self.batch.clone(), index, offset)
     }
 
     /// Takes the batch being built for a leader to write.
