@@ -340,9 +340,7 @@ impl Drop for ZkCluster {
 /// the listener. Stores the client in `shared` and returns it.
 async fn establish(shared: &Shared) -> crate::Result<zk::Client> {
     let timeout = Duration::from_millis(shared.opts.session_timeout_ms);
-    let sent = Instant::now();
     let client = session::connect(&shared.opts.zk_connect, timeout).await?;
-    shared.lease.begin(client.session_timeout(), sent);
     *shared.client.lock() = Some(client.clone());
     let paths = &shared.paths;
     let ensure = async {
@@ -354,9 +352,13 @@ async fn establish(shared: &Shared) -> crate::Result<zk::Client> {
         .await
         .map_err(|e| zk_error(&format!("create {}", paths.root), e))?;
     session::register(&client, paths, &shared.me).await?;
+    let sent = Instant::now();
     let nodes = znode::live_nodes(&client, paths).await?;
     *shared.nodes.write() = nodes.clone();
     let states = znode::states_of_replica(&client, paths, &shared.me.id).await?;
+    // Registered and read: leadership may start now (not earlier, so a
+    // wait in `register` cannot lapse a lease nobody renews yet).
+    shared.lease.begin(client.session_timeout(), sent);
     shared.listener.apply(states, nodes);
     Ok(client)
 }
@@ -440,7 +442,11 @@ async fn supervise(shared: Arc<Shared>, mut client: zk::Client, mut stop: watch:
         *shared.controller.write() = None;
         shared.client.lock().take();
         drop(client);
-        shared.fence(&format!("ZooKeeper session {state}"));
+        shared.fence(match state {
+            zk::SessionState::AuthFailed => "ZooKeeper authentication failed",
+            zk::SessionState::Closed => "ZooKeeper session closed",
+            _ => "ZooKeeper session expired",
+        });
         client = loop {
             if *stop.borrow() {
                 return;
