@@ -1087,3 +1087,208 @@ fn thousands_of_partitions_fail_over_in_batches() {
         n3.zk.shutdown().await;
     });
 }
+
+/// The body of the child process of
+/// [`frozen_node_sees_its_lease_lapsed_on_resume`]; does nothing unless
+/// `CLUSTER_ZK_CHILD` (the connect string) is set. Prints `CHILD ...`
+/// lines: listener calls, lease transitions, and the first lease reading
+/// after a pause of more than 500 ms (the process was frozen).
+#[test]
+fn child_process_of_the_frozen_node_test() {
+    let Ok(connect) = std::env::var("CLUSTER_ZK_CHILD") else {
+        return;
+    };
+    struct Printer;
+    impl StateListener for Printer {
+        fn apply(&self, states: Vec<LeaderAndIsr>, nodes: Vec<NodeAddr>) {
+            println!("CHILD apply {} states, {} nodes", states.len(), nodes.len());
+        }
+        fn fence(&self, why: &str) {
+            println!("CHILD fence {why}");
+        }
+    }
+    harness::runtime().block_on(async {
+        let mut opts = options(&connect, "/t-frozen");
+        opts.replication_factor = 1;
+        opts.min_insync = 1;
+        let zk = ZkCluster::start(
+            &opts,
+            addr("frz-1"),
+            2,
+            Arc::new(Printer),
+            Arc::new(FakeRpc::default()),
+        )
+        .await
+        .expect("child node starts");
+        let probe = zk.clone();
+        std::thread::spawn(move || {
+            let mut last = None;
+            let mut t = Instant::now();
+            loop {
+                let valid = probe.lease_valid();
+                let now = Instant::now();
+                if now - t > Duration::from_millis(500) {
+                    println!("CHILD resumed lease {valid}");
+                }
+                if last != Some(valid) {
+                    println!("CHILD lease {valid}");
+                    last = Some(valid);
+                }
+                t = now;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        println!("CHILD ready");
+        // The parent kills this process; the bound is a safety net.
+        tokio::time::sleep(TEST_BOUND).await;
+    });
+}
+
+/// Kills the child on drop (thawing it first).
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on a child this test spawned and has not reaped.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGCONT);
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A node process frozen (SIGSTOP) past its session timeout finds its
+/// lease invalid at its very first look after SIGCONT (its monotonic clock
+/// kept running), is fenced, then rejoins with a new session.
+#[test]
+fn frozen_node_sees_its_lease_lapsed_on_resume() {
+    run(async {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let zk = shared_zk();
+        let c = raw(&zk).await;
+        let mut child = Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "child_process_of_the_frozen_node_test",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("CLUSTER_ZK_CHILD", zk.connect_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the child node");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let guard = ChildGuard(child);
+        let pid = guard.0.id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // libtest may print `test NAME ... ` before the first line.
+                if let Some(at) = line.find("CHILD ")
+                    && tx.send(line[at + 6..].to_string()).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let next = |within: Duration| {
+            rx.recv_timeout(within)
+                .unwrap_or_else(|_| panic!("no line from the child within {within:?}"))
+        };
+        let mut seen = Vec::new();
+        while !seen.contains(&"lease true".to_string()) {
+            seen.push(next(Duration::from_secs(10)));
+        }
+        assert_eq!(
+            seen,
+            vec!["apply 0 states, 1 nodes", "ready", "lease true"]
+                .into_iter()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        );
+        for p in 0..2 {
+            wait_state(&c, "/t-frozen", p, Duration::from_secs(5), |_| true).await;
+        }
+        let (_, before) = c.get_data("/t-frozen/nodes/frz-1").await.unwrap();
+
+        // SAFETY: kill(2) on the child this test spawned.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        // ZooKeeper expires the session 2 s after the last ping.
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+
+        let mut after = Vec::new();
+        while !after.contains(&"lease true".to_string()) {
+            after.push(next(Duration::from_secs(10)));
+        }
+        let first_look = after
+            .iter()
+            .find(|l| l.starts_with("resumed"))
+            .expect("the probe reports its first look after the pause");
+        assert_eq!(first_look, "resumed lease false", "{after:?}");
+        assert!(
+            !after
+                .iter()
+                .take_while(|l| !l.starts_with("apply"))
+                .any(|l| l == "lease true"),
+            "{after:?}"
+        );
+        let expired = after
+            .iter()
+            .position(|l| l == "fence ZooKeeper session expired")
+            .unwrap_or_else(|| panic!("no expiry fence: {after:?}"));
+        let applied = after
+            .iter()
+            .position(|l| l.starts_with("apply"))
+            .unwrap_or_else(|| panic!("no new states: {after:?}"));
+        assert!(expired < applied, "{after:?}");
+        assert_eq!(after[applied], "apply 2 states, 1 nodes");
+        let (_, now) = c.get_data("/t-frozen/nodes/frz-1").await.unwrap();
+        assert_ne!(now.ephemeral_owner, before.ephemeral_owner);
+        drop(guard);
+    });
+}
+
+/// In a three-member ensemble, losing one member (maybe the one the node
+/// is connected to) is a connection loss, not an expiry: the node keeps
+/// its session and its registration, and its lease is valid again.
+#[test]
+fn ensemble_member_loss_keeps_the_session() {
+    run(async {
+        let zk = Zk::ensemble();
+        let c = raw(&zk).await;
+        let opts = options(&zk.connect_string(), "/t-ensemble");
+        let rpc = Arc::new(FakeRpc::default());
+        let n = start(&opts, "ens-1", 4, &rpc).await;
+        let (_, before) = c.get_data("/t-ensemble/nodes/ens-1").await.unwrap();
+        drop(c);
+        for member in 0..3 {
+            zk.kill_member(member);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            wait_until("the lease to be valid", Duration::from_secs(5), || {
+                n.zk.lease_valid()
+            })
+            .await;
+            zk.restart_member(member);
+        }
+        let c = raw(&zk).await;
+        let (_, now) = c.get_data("/t-ensemble/nodes/ens-1").await.unwrap();
+        assert_eq!(now.ephemeral_owner, before.ephemeral_owner);
+        assert!(
+            !n.rec
+                .events()
+                .iter()
+                .any(|e| matches!(e, Event::Fence(w) if w.contains("expired"))),
+            "{:?}",
+            n.rec.events()
+        );
+        assert_eq!(n.zk.controller().as_deref(), Some("ens-1"));
+        n.zk.shutdown().await;
+    });
+}

@@ -232,6 +232,13 @@ async fn check_won(
 async fn follow(shared: &Shared, client: &zk::Client) -> bool {
     let ctrl_path = shared.paths.controller();
     match client.get_and_watch_data(&ctrl_path).await {
+        Ok((_, stat, _)) if stat.ephemeral_owner == client.session_id().0 => {
+            // Ours without a controller running (an election answer lost
+            // in a way `check_won` did not recognise): hand it back.
+            tracing::warn!("{ctrl_path} is held by this session without a controller; resigning");
+            resign(shared, client).await;
+            true
+        }
         Ok((data, _, watcher)) => {
             let holder = decode::<ControllerZnode>(&ctrl_path, &data)
                 .map(|c| c.node_id)
@@ -579,8 +586,8 @@ impl Controller {
                 return Ok(changed);
             }
             let (written, unsure) = self.write(decisions).await?;
+            log_decisions(&written);
             for d in written {
-                log_decision(&d);
                 changed.insert(d.state.partition);
                 states.insert(d.state.partition, d.state);
             }
@@ -598,7 +605,7 @@ impl Controller {
                     // The write landed; only its answer was lost.
                     let mut d = d;
                     d.state.zk_version = now.zk_version;
-                    log_decision(&d);
+                    log_decisions(std::slice::from_ref(&d));
                     changed.insert(p);
                     states.insert(p, d.state);
                 } else {
@@ -760,11 +767,24 @@ impl Controller {
     }
 }
 
-/// Logs a written decision at the level its kind deserves.
-fn log_decision(d: &Decision) {
-    match d.reason {
-        Reason::Unclean { .. } => tracing::error!("{d}"),
-        Reason::Offline => tracing::warn!("{d}"),
-        _ => tracing::info!("{d}"),
+/// Logs written decisions: elections and preferred-leader moves one line
+/// each at info, unclean elections at error, offline partitions at warn;
+/// ISR shrinks one line each at debug and one summary at info (a node
+/// loss shrinks the ISR of most partitions).
+fn log_decisions(written: &[Decision]) {
+    let mut shrunk = 0;
+    for d in written {
+        match d.reason {
+            Reason::Unclean { .. } => tracing::error!("{d}"),
+            Reason::Offline => tracing::warn!("{d}"),
+            Reason::IsrShrink { .. } => {
+                shrunk += 1;
+                tracing::debug!("{d}");
+            }
+            Reason::Elected { .. } | Reason::Preferred { .. } => tracing::info!("{d}"),
+        }
+    }
+    if shrunk > 0 {
+        tracing::info!("removed nodes that are not live from the ISR of {shrunk} partitions");
     }
 }
