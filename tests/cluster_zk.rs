@@ -1292,3 +1292,192 @@ fn ensemble_member_loss_keeps_the_session() {
         n.zk.shutdown().await;
     });
 }
+
+/// A replication service that answers offsets and records notices, for
+/// [`grpc_node_rpc_speaks_replication_proto`].
+#[derive(Default)]
+struct FakeReplication {
+    notices: Mutex<Vec<caskade::proto::replication::LeaderAndIsrRequest>>,
+}
+
+#[tonic::async_trait]
+impl caskade::proto::replication::replication_server::Replication for FakeReplication {
+    type FetchStream = std::pin::Pin<
+        Box<
+            dyn futures_util::Stream<
+                    Item = std::result::Result<
+                        caskade::proto::replication::FetchResponse,
+                        tonic::Status,
+                    >,
+                > + Send,
+        >,
+    >;
+
+    async fn fetch(
+        &self,
+        _: tonic::Request<tonic::Streaming<caskade::proto::replication::FetchRequest>>,
+    ) -> std::result::Result<tonic::Response<Self::FetchStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+
+    async fn epoch_end_offset(
+        &self,
+        _: tonic::Request<caskade::proto::replication::EpochEndOffsetRequest>,
+    ) -> std::result::Result<
+        tonic::Response<caskade::proto::replication::EpochEndOffsetResponse>,
+        tonic::Status,
+    > {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+
+    async fn log_end_offsets(
+        &self,
+        req: tonic::Request<caskade::proto::replication::LogEndOffsetsRequest>,
+    ) -> std::result::Result<
+        tonic::Response<caskade::proto::replication::LogEndOffsetsResponse>,
+        tonic::Status,
+    > {
+        use caskade::proto::replication::{LogEndOffsetsResponse, PartitionOffsets};
+        let req = req.into_inner();
+        Ok(tonic::Response::new(LogEndOffsetsResponse {
+            node_id: "grpc-1".into(),
+            partitions: req
+                .partitions
+                .iter()
+                .map(|&p| PartitionOffsets {
+                    partition: p,
+                    log_end_offset: 1000 + u64::from(p) + req.controller_epoch,
+                    last_epoch: 3,
+                    high_watermark: 900,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn leader_and_isr(
+        &self,
+        req: tonic::Request<caskade::proto::replication::LeaderAndIsrRequest>,
+    ) -> std::result::Result<
+        tonic::Response<caskade::proto::replication::LeaderAndIsrResponse>,
+        tonic::Status,
+    > {
+        self.notices.lock().unwrap().push(req.into_inner());
+        Ok(tonic::Response::new(
+            caskade::proto::replication::LeaderAndIsrResponse {},
+        ))
+    }
+}
+
+/// `GrpcNodeRpc` carries both controller calls over the replication
+/// protocol, field by field, and fails within its bound on a dead node.
+#[test]
+fn grpc_node_rpc_speaks_replication_proto() {
+    use caskade::cluster::GrpcNodeRpc;
+    use caskade::proto::replication as pb;
+    run(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = listener.local_addr().unwrap();
+        let svc = Arc::new(FakeReplication::default());
+        let incoming = futures_util::stream::unfold(listener, |l| async move {
+            let conn = l.accept().await.map(|(s, _)| s);
+            Some((conn, l))
+        });
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::replication_server::ReplicationServer::from_arc(
+                    svc.clone(),
+                ))
+                .serve_with_incoming(incoming),
+        );
+        let node = NodeAddr {
+            id: "grpc-1".into(),
+            client_addr: "127.0.0.1:1".into(),
+            replication_addr: local.to_string(),
+        };
+        let rpc = GrpcNodeRpc::new();
+        let offsets = rpc
+            .log_end_offsets(node.clone(), 7, vec![2, 5])
+            .await
+            .unwrap();
+        assert_eq!(
+            offsets,
+            vec![
+                ReplicaOffsets {
+                    partition: 2,
+                    log_end_offset: 1009,
+                    last_epoch: 3,
+                    high_watermark: 900,
+                },
+                ReplicaOffsets {
+                    partition: 5,
+                    log_end_offset: 1012,
+                    last_epoch: 3,
+                    high_watermark: 900,
+                },
+            ]
+        );
+        let states = vec![
+            LeaderAndIsr {
+                partition: 2,
+                leader: Some("grpc-1".into()),
+                leader_epoch: 4,
+                replicas: ids(&["grpc-1", "grpc-2"]),
+                isr: ids(&["grpc-1"]),
+                controller_epoch: 7,
+                zk_version: 9,
+            },
+            LeaderAndIsr {
+                partition: 5,
+                leader: None,
+                leader_epoch: 2,
+                replicas: ids(&["grpc-2", "grpc-1"]),
+                isr: ids(&["grpc-2"]),
+                controller_epoch: 7,
+                zk_version: 3,
+            },
+        ];
+        rpc.leader_and_isr(node.clone(), 7, states, vec![node.clone()])
+            .await
+            .unwrap();
+        assert_eq!(
+            svc.notices.lock().unwrap().clone(),
+            vec![pb::LeaderAndIsrRequest {
+                controller_epoch: 7,
+                partitions: vec![
+                    pb::PartitionState {
+                        partition: 2,
+                        leader: "grpc-1".into(),
+                        leader_epoch: 4,
+                        replicas: ids(&["grpc-1", "grpc-2"]),
+                        isr: ids(&["grpc-1"]),
+                        zk_version: 9,
+                    },
+                    pb::PartitionState {
+                        partition: 5,
+                        leader: String::new(),
+                        leader_epoch: 2,
+                        replicas: ids(&["grpc-2", "grpc-1"]),
+                        isr: ids(&["grpc-2"]),
+                        zk_version: 3,
+                    },
+                ],
+                nodes: vec![pb::NodeAddress {
+                    id: "grpc-1".into(),
+                    client_addr: "127.0.0.1:1".into(),
+                    replication_addr: local.to_string(),
+                }],
+            }]
+        );
+        server.abort();
+
+        // Nobody listens there: an error, within the call bound.
+        let dead = NodeAddr {
+            replication_addr: format!("127.0.0.1:{}", harness::free_port()),
+            ..node
+        };
+        let t0 = Instant::now();
+        let err = rpc.log_end_offsets(dead, 7, vec![1]).await.unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+        assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    });
+}

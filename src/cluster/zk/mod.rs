@@ -14,7 +14,7 @@
 //! ```
 //!
 //! What runs where:
-//! - every node: one session ([`session`]), registered at `/nodes/<id>`;
+//! - every node: one session (`session.rs`), registered at `/nodes/<id>`;
 //!   a heartbeat feeding the lease ([`ZkCluster::lease_valid`]); a
 //!   watchdog that fences this node's leaderships when the lease lapses; a
 //!   watch of `/nodes` (the [`ZkCluster::nodes`] cache); a controller
@@ -451,7 +451,11 @@ async fn supervise(shared: Arc<Shared>, mut client: zk::Client, mut stop: watch:
             if *stop.borrow() {
                 return;
             }
-            match establish(&shared).await {
+            let attempt = tokio::select! {
+                r = establish(&shared) => r,
+                _ = stop.changed() => return,
+            };
+            match attempt {
                 Ok(c) => break c,
                 Err(e) => {
                     shared.lease.end();
