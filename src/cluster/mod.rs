@@ -28,9 +28,13 @@ use serde::{Deserialize, Serialize};
 
 mod local;
 mod partitioner;
+pub mod rpc;
+pub mod zk;
 
 pub use local::LocalCoordinator;
 pub use partitioner::{PARTITIONER, fnv1a64, partition_for};
+pub use rpc::GrpcNodeRpc;
+pub use zk::{IsrUpdate, ZkCluster};
 
 /// What this node is for one partition, right now.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,8 +3,9 @@
 //!
 //! - [`Zk::standalone`]: one server; [`Zk::ensemble`]: three members.
 //! - Every server runs in a temporary directory owned by the [`Zk`] value;
-//!   Drop runs `scripts/zk.sh stop DIR`, which kills every server whose pid
-//!   file is under it, even when the test failed.
+//!   Drop kills every member (SIGKILL) and then runs `scripts/zk.sh stop
+//!   DIR`, which stops any server whose pid file is left under it, even
+//!   when the test failed.
 //! - Every script run is bounded ([`SCRIPT_WAIT`]); ports come from
 //!   [`super::free_port`]-style probing, and a start that loses a port race
 //!   is retried on fresh ports.
@@ -177,18 +178,36 @@ impl Zk {
         }
     }
 
-    /// Stops member `i` (TERM, then KILL after 5 s); its data stays.
+    /// Kills member `i` (SIGKILL: no goodbye to its clients) and waits
+    /// (bounded) until it is gone; its data stays. ZooKeeper syncs its
+    /// transaction log before it answers a write, so nothing acknowledged
+    /// is lost.
     pub fn kill_member(&self, i: usize) {
-        let d = self.dir.path().to_str().expect("utf-8 temp dir");
-        let r = if self.is_ensemble() {
-            run_script(&["stop-member", d, &(i + 1).to_string()])
-        } else {
-            assert_eq!(i, 0, "a standalone ZooKeeper has only member 0");
-            run_script(&["stop", d])
-        };
-        if let Err(e) = r {
-            panic!("cannot stop ZooKeeper member {i}: {e}");
+        if let Err(e) = self.sigkill(i) {
+            panic!("{e}");
         }
+    }
+
+    /// SIGKILL to member `i`, then waits (bounded) until it is gone.
+    fn sigkill(&self, i: usize) -> Result<(), String> {
+        let Some(pid) = self.pid(i) else {
+            return Ok(());
+        };
+        // SAFETY: kill(2) on the pid of a server this harness started.
+        unsafe {
+            libc::kill(pid, libc::SIGCONT);
+            libc::kill(pid, libc::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // SAFETY: signal 0 only checks that the pid exists.
+        while unsafe { libc::kill(pid, 0) } == 0 {
+            if Instant::now() > deadline {
+                return Err(format!("ZooKeeper member {i} (pid {pid}) survived SIGKILL"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_file(self.member_dir(i).join("zk.pid"));
+        Ok(())
     }
 
     /// Starts member `i` again on its port and data; returns when it
@@ -240,16 +259,14 @@ impl Zk {
 
 impl Drop for Zk {
     fn drop(&mut self) {
-        let d = self.dir.path().to_string_lossy().into_owned();
-        // A paused member would ignore TERM until KILL; wake it first.
+        // The data is thrown away: kill at once (a clean stop takes ~2 s),
+        // then let the script sweep whatever is left under the directory.
         for i in 0..self.client_ports.len() {
-            if let Some(pid) = self.pid(i) {
-                // SAFETY: kill(2) on the pid of a server this harness started.
-                unsafe {
-                    libc::kill(pid, libc::SIGCONT);
-                }
+            if let Err(e) = self.sigkill(i) {
+                eprintln!("{e}");
             }
         }
+        let d = self.dir.path().to_string_lossy().into_owned();
         if let Err(e) = run_script(&["stop", &d]) {
             eprintln!("{e}");
         }

@@ -1,0 +1,153 @@
+//! [`NodeRpc`] over gRPC (`proto/replication.proto`): how the controller
+//! asks nodes for log end offsets and sends them `LeaderAndIsr` notices.
+//!
+//! - One lazily connected tonic channel per node, cached by node id and
+//!   replication address (a node that comes back on another address gets
+//!   a new channel); a channel reconnects on its own after failures.
+//! - Every call is bounded: [`CONNECT_TIMEOUT`] to connect,
+//!   [`CALL_TIMEOUT`] for the whole call.
+//! - Errors are the crate [`Error`], rebuilt from the gRPC status.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::cluster::{BoxFuture, LeaderAndIsr, NodeAddr, NodeRpc, ReplicaOffsets};
+use crate::error::Error;
+use crate::proto::replication as pb;
+use crate::proto::replication::replication_client::ReplicationClient;
+
+/// Longest time to establish a connection to a node.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Longest time one controller call may take, connecting included.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// [`NodeRpc`] over tonic.
+#[derive(Debug, Default)]
+pub struct GrpcNodeRpc {
+    /// Channel per (node id, replication address). A parking_lot mutex:
+    /// held only to look up or insert, never across an await.
+    channels: Mutex<HashMap<(String, String), Channel>>,
+}
+
+impl GrpcNodeRpc {
+    /// A client with no connection yet.
+    pub fn new() -> GrpcNodeRpc {
+        GrpcNodeRpc::default()
+    }
+
+    /// The client for `node`, creating its channel on first use.
+    fn client(&self, node: &NodeAddr) -> crate::Result<ReplicationClient<Channel>> {
+        let key = (node.id.clone(), node.replication_addr.clone());
+        let mut channels = self.channels.lock();
+        if let Some(ch) = channels.get(&key) {
+            return Ok(ReplicationClient::new(ch.clone()));
+        }
+        // Drop a stale channel of the same node on another address.
+        channels.retain(|(id, _), _| id != &node.id);
+        let uri = format!("http://{}", node.replication_addr);
+        let ch = Endpoint::from_shared(uri)
+            .map_err(|e| {
+                Error::InvalidInput(format!(
+                    "node {} has an invalid replication address {:?}: {e}",
+                    node.id, node.replication_addr
+                ))
+            })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(CALL_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(key, ch.clone());
+        Ok(ReplicationClient::new(ch))
+    }
+}
+
+/// Bounds `call` by [`CALL_TIMEOUT`], naming `what` and the node.
+async fn bounded<T>(
+    node: &NodeAddr,
+    what: &str,
+    call: impl Future<Output = Result<T, tonic::Status>>,
+) -> crate::Result<T> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(status)) => Err(Error::from(status)),
+        Err(_) => Err(Error::Timeout(format!(
+            "{what} to node {} at {} took more than {} ms",
+            node.id,
+            node.replication_addr,
+            CALL_TIMEOUT.as_millis()
+        ))),
+    }
+}
+
+/// The wire form of a partition state.
+fn to_pb(s: LeaderAndIsr) -> pb::PartitionState {
+    pb::PartitionState {
+        partition: s.partition,
+        leader: s.leader.unwrap_or_default(),
+        leader_epoch: s.leader_epoch,
+        replicas: s.replicas,
+        isr: s.isr,
+        zk_version: s.zk_version,
+    }
+}
+
+impl NodeRpc for GrpcNodeRpc {
+    fn log_end_offsets(
+        &self,
+        node: NodeAddr,
+        controller_epoch: u64,
+        partitions: Vec<u32>,
+    ) -> BoxFuture<'static, crate::Result<Vec<ReplicaOffsets>>> {
+        let client = self.client(&node);
+        Box::pin(async move {
+            let mut client = client?;
+            let req = pb::LogEndOffsetsRequest {
+                controller_epoch,
+                partitions,
+            };
+            let resp = bounded(&node, "LogEndOffsets", client.log_end_offsets(req)).await?;
+            Ok(resp
+                .into_inner()
+                .partitions
+                .into_iter()
+                .map(|o| ReplicaOffsets {
+                    partition: o.partition,
+                    log_end_offset: o.log_end_offset,
+                    last_epoch: o.last_epoch,
+                    high_watermark: o.high_watermark,
+                })
+                .collect())
+        })
+    }
+
+    fn leader_and_isr(
+        &self,
+        node: NodeAddr,
+        controller_epoch: u64,
+        states: Vec<LeaderAndIsr>,
+        nodes: Vec<NodeAddr>,
+    ) -> BoxFuture<'static, crate::Result<()>> {
+        let client = self.client(&node);
+        Box::pin(async move {
+            let mut client = client?;
+            let req = pb::LeaderAndIsrRequest {
+                controller_epoch,
+                partitions: states.into_iter().map(to_pb).collect(),
+                nodes: nodes
+                    .into_iter()
+                    .map(|n| pb::NodeAddress {
+                        id: n.id,
+                        client_addr: n.client_addr,
+                        replication_addr: n.replication_addr,
+                    })
+                    .collect(),
+            };
+            bounded(&node, "LeaderAndIsr", client.leader_and_isr(req)).await?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,790 @@
+//! Controller election and the controller itself.
+//!
+//! Election: every node runs [`candidacy`]. A node wins by a multi that
+//! creates the ephemeral `/controller` and bumps `/controller_epoch` with
+//! compare-and-set on its version; the losers watch `/controller` and try
+//! again when it vanishes. The winner keeps the version of
+//! `/controller_epoch` it wrote: every later controller write is a multi
+//! starting with a check of that version, so a deposed controller (one
+//! whose epoch was bumped by a newer controller) cannot write anything.
+//!
+//! The controller reconciles on election, on every change of `/nodes`
+//! (one-shot watch, re-armed on each read) and every [`TICK`]:
+//! 1. reads every partition's state (pipelined gets; the ISR is written by
+//!    leaders, so state is always read fresh, never cached; `replicas`
+//!    never change and are cached);
+//! 2. creates the partitions `0..partition_count` that are missing once
+//!    `replication_factor` nodes are live;
+//! 3. elects leaders where the leader is not live (log end offsets asked
+//!    with one `log_end_offsets` call per node, concurrently) and removes
+//!    dead followers from ISRs;
+//! 4. moves leadership back to preferred replicas (when enabled);
+//! 5. writes the new states with compare-and-set on each znode version, in
+//!    multis of up to [`BATCH`] partitions, all multis in flight at once;
+//!    a partition whose write conflicts is read again and decided again;
+//! 6. sends one `leader_and_isr` per live node carrying every changed
+//!    state and the live nodes; the full state of every partition goes to
+//!    every node after an election and to a node that joined.
+//!
+//! Notices to one node may overlap and arrive out of order; the receiver
+//! ignores states older than the ones it knows.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use zookeeper_client as zk;
+
+use super::decide::{self, Decision, Offsets, Reason};
+use super::znode::{self, ControllerZnode, StateZnode, decode, encode, zk_error};
+use super::{Shared, session_over};
+use crate::cluster::{LeaderAndIsr, NodeAddr};
+use crate::error::Error;
+
+/// Partitions per ZooKeeper multi.
+pub(crate) const BATCH: usize = 100;
+
+/// How often the controller re-reads every state (preferred leaders, and
+/// anything a missed event left behind).
+pub(crate) const TICK: Duration = Duration::from_secs(3);
+
+/// How long a node may take to report its log end offsets.
+const OFFSETS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a node may take to accept a `leader_and_isr` notice.
+const NOTICE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Attempts of one `leader_and_isr` notice.
+const NOTICE_ATTEMPTS: usize = 3;
+
+/// Rounds of decide-write-reread for partitions whose write conflicts,
+/// per reconciliation.
+const ROUNDS: usize = 5;
+
+/// Why a controller stopped.
+#[derive(Debug)]
+enum Exit {
+    /// The session is over; the supervisor starts a new one.
+    Session(zk::Error),
+    /// Another controller took over (epoch bumped, `/controller` gone).
+    Deposed(String),
+    /// Anything else; this node resigns and runs for election again.
+    Failed(Error),
+}
+
+impl Exit {
+    /// Classifies a ZooKeeper error met while doing `what`.
+    fn zk(what: &str, e: zk::Error) -> Exit {
+        if session_over(&e) {
+            Exit::Session(e)
+        } else {
+            Exit::Failed(zk_error(what, e))
+        }
+    }
+}
+
+impl From<Error> for Exit {
+    fn from(e: Error) -> Exit {
+        Exit::Failed(e)
+    }
+}
+
+/// A won election.
+#[derive(Clone, Copy, Debug)]
+struct Won {
+    /// The controller epoch this node was elected at.
+    epoch: u64,
+    /// The version of `/controller_epoch` holding `epoch`.
+    epoch_version: i32,
+}
+
+/// Runs for controller for as long as `client`'s session lives: campaigns,
+/// controls when elected, follows the controller otherwise.
+pub(crate) async fn candidacy(shared: Arc<Shared>, client: zk::Client) {
+    loop {
+        match campaign(&shared, &client).await {
+            Ok(Some(won)) => {
+                *shared.controller.write() = Some(shared.me.id.clone());
+                tracing::info!("elected controller at controller epoch {}", won.epoch);
+                let exit = Controller::new(shared.clone(), client.clone(), won)
+                    .run()
+                    .await;
+                *shared.controller.write() = None;
+                match exit {
+                    Exit::Session(e) => {
+                        tracing::warn!("controller stopped: ZooKeeper session over ({e})");
+                        return;
+                    }
+                    Exit::Deposed(why) => {
+                        tracing::warn!("deposed as controller (epoch {}): {why}", won.epoch);
+                        resign(&shared, &client).await;
+                    }
+                    Exit::Failed(e) => {
+                        tracing::error!("controller failed: {e}; resigning");
+                        resign(&shared, &client).await;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            Ok(None) => {
+                if !follow(&shared, &client).await {
+                    return;
+                }
+            }
+            Err(Exit::Session(_)) => return,
+            Err(e) => {
+                tracing::warn!("controller election: {e:?}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// One attempt at `/controller`: `Some` when this node won, `None` when
+/// another node holds it.
+async fn campaign(shared: &Shared, client: &zk::Client) -> Result<Option<Won>, Exit> {
+    let paths = &shared.paths;
+    let epoch_path = paths.controller_epoch();
+    let ctrl_path = paths.controller();
+    loop {
+        let (data, stat) = znode::retry_loss(|| client.get_data(&epoch_path))
+            .await
+            .map_err(|e| Exit::zk(&format!("read {epoch_path}"), e))?;
+        let epoch: u64 = decode(&epoch_path, &data)?;
+        let next = epoch + 1;
+        let me = ControllerZnode {
+            node_id: shared.me.id.clone(),
+            controller_epoch: next,
+        };
+        let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+        let mut w = client.new_multi_writer();
+        w.add_create(&ctrl_path, &encode(&me), &ephemeral)
+            .map_err(|e| Exit::zk("build the election multi", e))?;
+        w.add_set_data(&epoch_path, &encode(&next), Some(stat.version))
+            .map_err(|e| Exit::zk("build the election multi", e))?;
+        match w.commit().await {
+            Ok(results) => {
+                let epoch_version = match results.get(1) {
+                    Some(zk::MultiWriteResult::SetData { stat }) => stat.version,
+                    _ => stat.version + 1,
+                };
+                return Ok(Some(Won {
+                    epoch: next,
+                    epoch_version,
+                }));
+            }
+            Err(zk::MultiWriteError::OperationFailed {
+                index: 0,
+                source: zk::Error::NodeExists,
+            }) => return Ok(None),
+            // Another node bumped the epoch meanwhile: try again.
+            Err(zk::MultiWriteError::OperationFailed {
+                source: zk::Error::BadVersion,
+                ..
+            }) => continue,
+            Err(zk::MultiWriteError::RequestFailed {
+                source: zk::Error::ConnectionLoss,
+            }) => {
+                // Outcome unknown: won if /controller is ours at `next`.
+                if let Some(won) = check_won(client, paths, next).await? {
+                    return Ok(Some(won));
+                }
+            }
+            Err(e) => return Err(Exit::zk("controller election", e.into())),
+        }
+    }
+}
+
+/// After an election multi with unknown outcome: whether `/controller` is
+/// this session's at `epoch`, and the version of `/controller_epoch`.
+async fn check_won(
+    client: &zk::Client,
+    paths: &super::Paths,
+    epoch: u64,
+) -> Result<Option<Won>, Exit> {
+    let ctrl_path = paths.controller();
+    let (data, stat) = match znode::retry_loss(|| client.get_data(&ctrl_path)).await {
+        Ok(x) => x,
+        Err(zk::Error::NoNode) => return Ok(None),
+        Err(e) => return Err(Exit::zk(&format!("read {ctrl_path}"), e)),
+    };
+    let holder: ControllerZnode = decode(&ctrl_path, &data)?;
+    if stat.ephemeral_owner != client.session_id().0 || holder.controller_epoch != epoch {
+        return Ok(None);
+    }
+    let epoch_path = paths.controller_epoch();
+    let (data, stat) = znode::retry_loss(|| client.get_data(&epoch_path))
+        .await
+        .map_err(|e| Exit::zk(&format!("read {epoch_path}"), e))?;
+    let current: u64 = decode(&epoch_path, &data)?;
+    if current != epoch {
+        return Ok(None);
+    }
+    Ok(Some(Won {
+        epoch,
+        epoch_version: stat.version,
+    }))
+}
+
+/// Notes the current controller and waits until `/controller` changes.
+/// False when the session is over.
+async fn follow(shared: &Shared, client: &zk::Client) -> bool {
+    let ctrl_path = shared.paths.controller();
+    match client.get_and_watch_data(&ctrl_path).await {
+        Ok((_, stat, _)) if stat.ephemeral_owner == client.session_id().0 => {
+            // Ours without a controller running (an election answer lost
+            // in a way `check_won` did not recognise): hand it back.
+            tracing::warn!("{ctrl_path} is held by this session without a controller; resigning");
+            resign(shared, client).await;
+            true
+        }
+        Ok((data, _, watcher)) => {
+            let holder = decode::<ControllerZnode>(&ctrl_path, &data)
+                .map(|c| c.node_id)
+                .map_err(|e| tracing::warn!("{e}"))
+                .ok();
+            *shared.controller.write() = holder;
+            let event = watcher.changed().await;
+            !event.session_state.is_terminated()
+        }
+        Err(zk::Error::NoNode) => {
+            *shared.controller.write() = None;
+            true
+        }
+        Err(e) if session_over(&e) => false,
+        Err(e) => {
+            tracing::debug!("cannot watch {ctrl_path}: {e}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            true
+        }
+    }
+}
+
+/// Deletes `/controller` if this session holds it, so that a new election
+/// takes place.
+async fn resign(shared: &Shared, client: &zk::Client) {
+    let path = shared.paths.controller();
+    if let Ok(Some(stat)) = znode::retry_loss(|| client.check_stat(&path)).await
+        && stat.ephemeral_owner == client.session_id().0
+    {
+        match znode::retry_loss(|| client.delete(&path, Some(stat.version))).await {
+            Ok(()) | Err(zk::Error::NoNode) => {}
+            Err(e) => tracing::warn!("cannot resign as controller: {e}"),
+        }
+    }
+}
+
+/// Who gets the full state of every partition in a notice.
+enum FullTo {
+    /// Every live node (after an election).
+    All,
+    /// These nodes (they just joined).
+    Nodes(BTreeSet<String>),
+}
+
+/// The elected controller.
+struct Controller {
+    /// Shared node state.
+    shared: Arc<Shared>,
+    /// The session the controller was elected in.
+    client: zk::Client,
+    /// The epoch it was elected at and the version of `/controller_epoch`.
+    won: Won,
+    /// Assigned replicas per partition (they never change).
+    replicas: BTreeMap<u32, Vec<String>>,
+    /// Live nodes by id.
+    live: BTreeMap<String, NodeAddr>,
+    /// Live node count last reported as too few for the initial
+    /// assignment (to log that once per change).
+    waiting_logged: Option<usize>,
+    /// `leader_and_isr` notices in flight.
+    notices: JoinSet<()>,
+}
+
+impl Controller {
+    fn new(shared: Arc<Shared>, client: zk::Client, won: Won) -> Controller {
+        Controller {
+            shared,
+            client,
+            won,
+            replicas: BTreeMap::new(),
+            live: BTreeMap::new(),
+            waiting_logged: None,
+            notices: JoinSet::new(),
+        }
+    }
+
+    /// Controls until deposed, failed or the session ends.
+    async fn run(mut self) -> Exit {
+        match self.control().await {
+            Ok(never) => match never {},
+            Err(e) => e,
+        }
+    }
+
+    async fn control(&mut self) -> Result<std::convert::Infallible, Exit> {
+        let paths = self.shared.paths.clone();
+        let ctrl_path = paths.controller();
+        let (data, stat, ctrl_watch) = self
+            .client
+            .get_and_watch_data(&ctrl_path)
+            .await
+            .map_err(|e| Exit::zk(&format!("read {ctrl_path}"), e))?;
+        let holder: ControllerZnode = decode(&ctrl_path, &data)?;
+        if stat.ephemeral_owner != self.client.session_id().0
+            || holder.controller_epoch != self.won.epoch
+        {
+            return Err(Exit::Deposed(format!(
+                "{ctrl_path} is held by {} at epoch {}",
+                holder.node_id, holder.controller_epoch
+            )));
+        }
+        let ctrl_changed = ctrl_watch.changed();
+        tokio::pin!(ctrl_changed);
+
+        let nodes_path = paths.nodes();
+        let (ids, _, watcher) = self
+            .client
+            .get_and_watch_children(&nodes_path)
+            .await
+            .map_err(|e| Exit::zk(&format!("watch {nodes_path}"), e))?;
+        let mut nodes_changed = Box::pin(watcher.changed());
+        self.set_live(znode::read_nodes(&self.client, &paths, &ids).await?);
+        tracing::info!(
+            "controller epoch {}: live nodes [{}]",
+            self.won.epoch,
+            self.live_ids().into_iter().collect::<Vec<_>>().join(", ")
+        );
+        self.reconcile(FullTo::All).await?;
+
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                event = &mut ctrl_changed => {
+                    if event.session_state.is_terminated() {
+                        return Err(Exit::Session(zk::Error::SessionExpired));
+                    }
+                    return Err(Exit::Deposed(format!("{ctrl_path} changed ({:?})", event.event_type)));
+                }
+                event = &mut nodes_changed => {
+                    if event.session_state.is_terminated() {
+                        return Err(Exit::Session(zk::Error::SessionExpired));
+                    }
+                    let (ids, _, watcher) = znode::retry_loss(|| self.client.get_and_watch_children(&nodes_path))
+                        .await
+                        .map_err(|e| Exit::zk(&format!("watch {nodes_path}"), e))?;
+                    nodes_changed = Box::pin(watcher.changed());
+                    let before = self.live_ids();
+                    self.set_live(znode::read_nodes(&self.client, &paths, &ids).await?);
+                    let after = self.live_ids();
+                    let joined: BTreeSet<String> = after.difference(&before).cloned().collect();
+                    let left: Vec<String> = before.difference(&after).cloned().collect();
+                    if joined.is_empty() && left.is_empty() {
+                        continue;
+                    }
+                    tracing::info!(
+                        "nodes joined [{}], left [{}]; live [{}]",
+                        joined.iter().cloned().collect::<Vec<_>>().join(", "),
+                        left.join(", "),
+                        after.iter().cloned().collect::<Vec<_>>().join(", ")
+                    );
+                    self.reconcile(FullTo::Nodes(joined)).await?;
+                }
+                _ = tick.tick() => {
+                    self.reconcile(FullTo::Nodes(BTreeSet::new())).await?;
+                }
+            }
+        }
+    }
+
+    fn set_live(&mut self, nodes: Vec<NodeAddr>) {
+        self.live = nodes.into_iter().map(|n| (n.id.clone(), n)).collect();
+    }
+
+    fn live_ids(&self) -> BTreeSet<String> {
+        self.live.keys().cloned().collect()
+    }
+
+    /// One reconciliation (see the module doc): read, create, elect,
+    /// rebalance, write, notify.
+    async fn reconcile(&mut self, full_to: FullTo) -> Result<(), Exit> {
+        let paths = self.shared.paths.clone();
+        let ids = znode::list_partitions(&self.client, &paths).await?;
+        let unknown: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|p| !self.replicas.contains_key(p))
+            .collect();
+        if !unknown.is_empty() {
+            let read = znode::read_replicas(&self.client, &paths, &unknown).await?;
+            self.replicas.extend(read);
+        }
+        let mut states = znode::read_states(&self.client, &paths, &self.replicas, &ids).await?;
+        let mut changed = BTreeSet::new();
+
+        let missing: Vec<u32> = (0..self.shared.partition_count)
+            .filter(|p| !states.contains_key(p))
+            .collect();
+        if !missing.is_empty() {
+            let created = self.create_partitions(&missing).await?;
+            changed.extend(created.keys().copied());
+            states.extend(created);
+        }
+
+        changed.extend(self.decide_and_write(&mut states, false).await?);
+        if self.shared.opts.preferred_leader_rebalance {
+            changed.extend(self.decide_and_write(&mut states, true).await?);
+        }
+        self.notify(&states, &changed, full_to);
+        Ok(())
+    }
+
+    /// Creates partitions `ids` (replicas, state) over the live nodes, if
+    /// enough are live. Returns the states created.
+    async fn create_partitions(
+        &mut self,
+        ids: &[u32],
+    ) -> Result<BTreeMap<u32, LeaderAndIsr>, Exit> {
+        let rf = self.shared.opts.replication_factor as usize;
+        let nodes: Vec<String> = self.live_ids().into_iter().collect();
+        if nodes.len() < rf {
+            if self.waiting_logged != Some(nodes.len()) {
+                self.waiting_logged = Some(nodes.len());
+                tracing::info!(
+                    "waiting for {rf} live nodes (replication factor) to assign {} partitions; \
+                     {} live: [{}]",
+                    ids.len(),
+                    nodes.len(),
+                    nodes.join(", ")
+                );
+            }
+            return Ok(BTreeMap::new());
+        }
+        self.waiting_logged = None;
+        let paths = self.shared.paths.clone();
+        let epoch_path = paths.controller_epoch();
+        let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+        let planned: Vec<LeaderAndIsr> = ids
+            .iter()
+            .map(|&p| {
+                let replicas = decide::assign(&nodes, p, rf);
+                LeaderAndIsr {
+                    partition: p,
+                    leader: replicas.first().cloned(),
+                    leader_epoch: 1,
+                    isr: replicas.clone(),
+                    replicas,
+                    controller_epoch: self.won.epoch,
+                    zk_version: 0,
+                }
+            })
+            .collect();
+        let mut pending = Vec::new();
+        for chunk in planned.chunks(BATCH) {
+            let mut w = self.client.new_multi_writer();
+            let build = |w: &mut zk::MultiWriter<'_>| -> Result<(), zk::Error> {
+                w.add_check_version(&epoch_path, self.won.epoch_version)?;
+                for s in chunk {
+                    let p = s.partition;
+                    w.add_create(&paths.partition(p), &[], &persistent)?;
+                    w.add_create(&paths.replicas(p), &encode(&s.replicas), &persistent)?;
+                    w.add_create(&paths.state(p), &encode(&StateZnode::of(s)), &persistent)?;
+                }
+                Ok(())
+            };
+            build(&mut w).map_err(|e| Exit::zk("build a multi", e))?;
+            pending.push((chunk, w.commit()));
+        }
+        let mut created = BTreeMap::new();
+        let mut unsure = Vec::new();
+        for (chunk, fut) in pending {
+            match fut.await {
+                Ok(_) => {
+                    for s in chunk {
+                        tracing::debug!(
+                            "partition {}: replicas [{}], leader {}, epoch 1",
+                            s.partition,
+                            s.replicas.join(", "),
+                            s.replicas.first().map(String::as_str).unwrap_or("none")
+                        );
+                        self.replicas.insert(s.partition, s.replicas.clone());
+                        created.insert(s.partition, s.clone());
+                    }
+                }
+                Err(zk::MultiWriteError::OperationFailed { index: 0, source }) => {
+                    return Err(Exit::Deposed(format!(
+                        "{epoch_path} moved past version {} ({source})",
+                        self.won.epoch_version
+                    )));
+                }
+                Err(zk::MultiWriteError::OperationFailed {
+                    source: zk::Error::NodeExists,
+                    ..
+                })
+                | Err(zk::MultiWriteError::RequestFailed {
+                    source: zk::Error::ConnectionLoss,
+                }) => unsure.extend(chunk.iter().map(|s| s.partition)),
+                Err(e) => return Err(Exit::zk("create partitions", e.into())),
+            }
+        }
+        if !unsure.is_empty() {
+            // Created by a lost answer or by someone else: take what is there.
+            let read = znode::read_replicas(&self.client, &paths, &unsure).await?;
+            self.replicas.extend(read);
+            created
+                .extend(znode::read_states(&self.client, &paths, &self.replicas, &unsure).await?);
+        }
+        if !created.is_empty() {
+            tracing::info!(
+                "assigned {} partitions over [{}], replication factor {rf}",
+                created.len(),
+                nodes.join(", ")
+            );
+        }
+        Ok(created)
+    }
+
+    /// Decides (failover, or preferred-leader moves when `preferred`) for
+    /// every partition in `states`, writes the decisions, and re-reads and
+    /// decides again where a write conflicted. Updates `states`; returns
+    /// the partitions changed.
+    async fn decide_and_write(
+        &mut self,
+        states: &mut BTreeMap<u32, LeaderAndIsr>,
+        preferred: bool,
+    ) -> Result<BTreeSet<u32>, Exit> {
+        let unclean = self.shared.opts.unclean_leader_election;
+        let live = self.live_ids();
+        let mut changed = BTreeSet::new();
+        let mut todo: Vec<u32> = states.keys().copied().collect();
+        for _ in 0..ROUNDS {
+            let offsets = if preferred {
+                Offsets::new()
+            } else {
+                let mut asks: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+                for p in &todo {
+                    for n in decide::wants_offsets(&states[p], &live, unclean) {
+                        asks.entry(n).or_default().push(*p);
+                    }
+                }
+                self.ask_offsets(asks).await
+            };
+            let decisions: Vec<Decision> = todo
+                .iter()
+                .filter_map(|p| {
+                    if preferred {
+                        decide::preferred(&states[p], &live, self.won.epoch)
+                    } else {
+                        decide::failover(&states[p], &live, &offsets, unclean, self.won.epoch)
+                    }
+                })
+                .collect();
+            if decisions.is_empty() {
+                return Ok(changed);
+            }
+            let (written, unsure) = self.write(decisions).await?;
+            log_decisions(&written);
+            for d in written {
+                changed.insert(d.state.partition);
+                states.insert(d.state.partition, d.state);
+            }
+            if unsure.is_empty() {
+                return Ok(changed);
+            }
+            let ids: Vec<u32> = unsure.iter().map(|d| d.state.partition).collect();
+            let fresh =
+                znode::read_states(&self.client, &self.shared.paths, &self.replicas, &ids).await?;
+            todo.clear();
+            for d in unsure {
+                let p = d.state.partition;
+                let Some(now) = fresh.get(&p) else { continue };
+                if now.zk_version > d.state.zk_version && znode::same_content(now, &d.state) {
+                    // The write landed; only its answer was lost.
+                    let mut d = d;
+                    d.state.zk_version = now.zk_version;
+                    log_decisions(std::slice::from_ref(&d));
+                    changed.insert(p);
+                    states.insert(p, d.state);
+                } else {
+                    states.insert(p, now.clone());
+                    todo.push(p);
+                }
+            }
+            if todo.is_empty() {
+                return Ok(changed);
+            }
+        }
+        tracing::warn!(
+            "partitions {todo:?} still conflict after {ROUNDS} rounds; retrying in {} s",
+            TICK.as_secs()
+        );
+        Ok(changed)
+    }
+
+    /// Writes `decisions` with compare-and-set, [`BATCH`] per multi, every
+    /// multi in flight at once. Returns the decisions written (with their
+    /// new `zk_version`) and those whose write conflicted or whose outcome
+    /// is unknown.
+    async fn write(
+        &self,
+        decisions: Vec<Decision>,
+    ) -> Result<(Vec<Decision>, Vec<Decision>), Exit> {
+        let paths = &self.shared.paths;
+        let epoch_path = paths.controller_epoch();
+        let mut pending = Vec::new();
+        for chunk in decisions.chunks(BATCH) {
+            let mut w = self.client.new_multi_writer();
+            let build = |w: &mut zk::MultiWriter<'_>| -> Result<(), zk::Error> {
+                w.add_check_version(&epoch_path, self.won.epoch_version)?;
+                for d in chunk {
+                    let s = &d.state;
+                    let data = encode(&StateZnode::of(s));
+                    w.add_set_data(&paths.state(s.partition), &data, Some(s.zk_version))?;
+                }
+                Ok(())
+            };
+            build(&mut w).map_err(|e| Exit::zk("build a multi", e))?;
+            pending.push((chunk, w.commit()));
+        }
+        let mut written = Vec::new();
+        let mut unsure = Vec::new();
+        for (chunk, fut) in pending {
+            match fut.await {
+                Ok(results) => {
+                    for (d, r) in chunk.iter().zip(results.iter().skip(1)) {
+                        let mut d = d.clone();
+                        match r {
+                            zk::MultiWriteResult::SetData { stat } => {
+                                d.state.zk_version = stat.version;
+                                written.push(d);
+                            }
+                            _ => unsure.push(d),
+                        }
+                    }
+                }
+                Err(zk::MultiWriteError::OperationFailed { index: 0, source }) => {
+                    return Err(Exit::Deposed(format!(
+                        "{epoch_path} moved past version {} ({source}); state writes refused",
+                        self.won.epoch_version
+                    )));
+                }
+                Err(zk::MultiWriteError::OperationFailed {
+                    source: zk::Error::BadVersion | zk::Error::NoNode,
+                    ..
+                })
+                | Err(zk::MultiWriteError::RequestFailed {
+                    source: zk::Error::ConnectionLoss,
+                }) => unsure.extend(chunk.iter().cloned()),
+                Err(e) => return Err(Exit::zk("write partition states", e.into())),
+            }
+        }
+        Ok((written, unsure))
+    }
+
+    /// Asks every node in `asks` (one call per node, all at once) for the
+    /// log end offsets of its partitions. Nodes that fail or time out are
+    /// logged and left out.
+    async fn ask_offsets(&self, asks: BTreeMap<String, Vec<u32>>) -> Offsets {
+        let mut calls = JoinSet::new();
+        for (node, partitions) in asks {
+            let Some(addr) = self.live.get(&node) else {
+                continue;
+            };
+            let call = self
+                .shared
+                .rpc
+                .log_end_offsets(addr.clone(), self.won.epoch, partitions);
+            calls.spawn(async move { (node, tokio::time::timeout(OFFSETS_TIMEOUT, call).await) });
+        }
+        let mut offsets = Offsets::new();
+        while let Some(done) = calls.join_next().await {
+            match done {
+                Ok((node, Ok(Ok(list)))) => {
+                    for o in list {
+                        offsets.insert((o.partition, node.clone()), o.log_end_offset);
+                    }
+                }
+                Ok((node, Ok(Err(e)))) => {
+                    tracing::warn!("node {node} did not report its log end offsets: {e}")
+                }
+                Ok((node, Err(_))) => tracing::warn!(
+                    "node {node} did not report its log end offsets within {} ms",
+                    OFFSETS_TIMEOUT.as_millis()
+                ),
+                Err(e) => tracing::warn!("log end offset query failed: {e}"),
+            }
+        }
+        offsets
+    }
+
+    /// Sends one `leader_and_isr` per live node: the changed states, or
+    /// every state to the nodes in `full_to`. Sent in the background.
+    fn notify(
+        &mut self,
+        states: &BTreeMap<u32, LeaderAndIsr>,
+        changed: &BTreeSet<u32>,
+        full_to: FullTo,
+    ) {
+        while self.notices.try_join_next().is_some() {}
+        let nodes: Vec<NodeAddr> = self.live.values().cloned().collect();
+        let all: Vec<LeaderAndIsr> = states.values().cloned().collect();
+        let some: Vec<LeaderAndIsr> = changed
+            .iter()
+            .filter_map(|p| states.get(p).cloned())
+            .collect();
+        for node in &nodes {
+            let full = match &full_to {
+                FullTo::All => true,
+                FullTo::Nodes(set) => set.contains(&node.id),
+            };
+            let payload = if full { all.clone() } else { some.clone() };
+            if payload.is_empty() {
+                continue;
+            }
+            let rpc = self.shared.rpc.clone();
+            let (node, nodes, epoch) = (node.clone(), nodes.clone(), self.won.epoch);
+            self.notices.spawn(async move {
+                for attempt in 1..=NOTICE_ATTEMPTS {
+                    let call = rpc.leader_and_isr(node.clone(), epoch, payload.clone(), nodes.clone());
+                    match tokio::time::timeout(NOTICE_TIMEOUT, call).await {
+                        Ok(Ok(())) => return,
+                        Ok(Err(e)) => tracing::warn!(
+                            "leader_and_isr to {} failed (attempt {attempt}/{NOTICE_ATTEMPTS}): {e}",
+                            node.id
+                        ),
+                        Err(_) => tracing::warn!(
+                            "leader_and_isr to {} timed out (attempt {attempt}/{NOTICE_ATTEMPTS})",
+                            node.id
+                        ),
+                    }
+                    tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+                }
+            });
+        }
+    }
+}
+
+/// Logs written decisions: elections and preferred-leader moves one line
+/// each at info, unclean elections at error, offline partitions at warn;
+/// ISR shrinks one line each at debug and one summary at info (a node
+/// loss shrinks the ISR of most partitions).
+fn log_decisions(written: &[Decision]) {
+    let mut shrunk = 0;
+    for d in written {
+        match d.reason {
+            Reason::Unclean { .. } => tracing::error!("{d}"),
+            Reason::Offline => tracing::warn!("{d}"),
+            Reason::IsrShrink { .. } => {
+                shrunk += 1;
+                tracing::debug!("{d}");
+            }
+            Reason::Elected { .. } | Reason::Preferred { .. } => tracing::info!("{d}"),
+        }
+    }
+    if shrunk > 0 {
+        tracing::info!("removed nodes that are not live from the ISR of {shrunk} partitions");
+    }
+}

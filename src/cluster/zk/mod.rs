@@ -1,0 +1,565 @@
+//! The ZooKeeper coordination of a cluster node: session, membership,
+//! controller election, partition state. [`ZkCluster`] is the entry point.
+//!
+//! ZooKeeper layout under the cluster root (`ClusterOptions::root()`,
+//! default `/caskade/<name>`), all data UTF-8 JSON (details and examples in
+//! `znode.rs`):
+//!
+//! ```text
+//! /nodes/<id>               ephemeral   {"id","client_addr","replication_addr"}
+//! /controller               ephemeral   {"node_id","controller_epoch"}
+//! /controller_epoch         persistent  a JSON number, bumped on every election
+//! /partitions/<p>/replicas  persistent  ["node-1","node-2",...] (first = preferred leader)
+//! /partitions/<p>/state     persistent  {"leader":id|null,"leader_epoch","isr":[...],"controller_epoch"}
+//! ```
+//!
+//! What runs where:
+//! - every node: one session (`session.rs`), registered at `/nodes/<id>`;
+//!   a heartbeat feeding the lease ([`ZkCluster::lease_valid`]); a
+//!   watchdog that fences this node's leaderships when the lease lapses; a
+//!   watch of `/nodes` (the [`ZkCluster::nodes`] cache); a controller
+//!   candidacy;
+//! - the node holding `/controller`: the controller (`controller.rs`),
+//!   which assigns replicas, elects leaders and tells every node.
+//!
+//! Session handling:
+//! - connection loss (`ConnectionLoss`, state `Disconnected`): the session
+//!   may still live. Reads are repeated; after a write whose outcome is
+//!   unknown the znode is read back. The lease keeps running down on this
+//!   node's clock and fences leadership if no answer comes in time.
+//! - session expiry: ephemerals are gone, so are controllership and every
+//!   leadership. The listener is fenced at once, then a new session is
+//!   created, `/nodes/<id>` registered again, the partition states read
+//!   again and handed to the listener, and the controller candidacy
+//!   entered again.
+//!
+//! Invariants:
+//! - every controller write is a multi that starts with a version check of
+//!   `/controller_epoch`: a deposed controller cannot write.
+//! - every write of a partition state is a compare-and-set on its znode
+//!   version (controller and leaders alike).
+//! - [`StateListener::fence`] is called before any other node can have
+//!   been given this node's leaderships (lease lapse, session expiry,
+//!   shutdown). It may be called more than once for one loss; leadership
+//!   comes back only through a later [`StateListener::apply`].
+
+mod controller;
+mod decide;
+mod session;
+mod znode;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use zookeeper_client as zk;
+
+use self::session::Lease;
+use self::znode::{Paths, StateZnode, encode, zk_error};
+use crate::cluster::{LeaderAndIsr, NodeAddr, NodeRpc, StateListener};
+use crate::config::ClusterOptions;
+use crate::error::Error;
+
+/// Result of [`ZkCluster::update_isr`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IsrUpdate {
+    /// The state was written; the state znode is now at `zk_version`.
+    Updated {
+        /// The new version of `/partitions/<p>/state`.
+        zk_version: i32,
+    },
+    /// The state changed since it was read (a controller decision or
+    /// another write): nothing was written. This is the current state.
+    Conflict(LeaderAndIsr),
+}
+
+/// State shared by the [`ZkCluster`] handle and its background tasks.
+pub(crate) struct Shared {
+    /// The cluster options this node started with.
+    opts: ClusterOptions,
+    /// Znode paths under the cluster root.
+    paths: Paths,
+    /// This node's addresses (`/nodes/<id>`).
+    me: NodeAddr,
+    /// Partitions the cluster is created with (the controller assigns
+    /// `0..partition_count`).
+    partition_count: u32,
+    /// This node's replicas.
+    listener: Arc<dyn StateListener>,
+    /// How the controller reaches nodes.
+    rpc: Arc<dyn NodeRpc>,
+    /// Whether this node may act as a leader.
+    lease: Lease,
+    /// The current session's client; `None` between sessions and after
+    /// shutdown. A parking_lot mutex: held only to clone or swap, never
+    /// across an await.
+    client: Mutex<Option<zk::Client>>,
+    /// Live nodes, sorted by id, as last read from `/nodes`.
+    nodes: RwLock<Vec<NodeAddr>>,
+    /// Id of the controller, as last read from `/controller`.
+    controller: RwLock<Option<String>>,
+    /// Set by [`ZkCluster::shutdown`].
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    /// The negotiated (or, between sessions, configured) session timeout.
+    fn session_timeout(&self) -> Duration {
+        self.client
+            .lock()
+            .as_ref()
+            .map(|c| c.session_timeout())
+            .unwrap_or(Duration::from_millis(self.opts.session_timeout_ms))
+    }
+
+    /// The current session's client.
+    fn client(&self) -> crate::Result<zk::Client> {
+        self.client.lock().clone().ok_or_else(|| {
+            Error::Unavailable(format!(
+                "no ZooKeeper session (connect string {})",
+                self.opts.zk_connect
+            ))
+        })
+    }
+
+    /// Fences this node's leaderships, unless shutting down already did.
+    fn fence(&self, why: &str) {
+        if !self.stopping.load(Ordering::SeqCst) {
+            tracing::warn!("fencing: {why}");
+            self.listener.fence(why);
+        }
+    }
+}
+
+/// Whether a ZooKeeper error means the session is over.
+fn session_over(e: &zk::Error) -> bool {
+    matches!(
+        e,
+        zk::Error::SessionExpired
+            | zk::Error::ClientClosed
+            | zk::Error::AuthFailed
+            | zk::Error::NoHosts
+    )
+}
+
+/// This node's membership in a ZooKeeper-coordinated cluster.
+pub struct ZkCluster {
+    /// State shared with the background tasks.
+    shared: Arc<Shared>,
+    /// Tells the background tasks to stop.
+    stop: watch::Sender<bool>,
+    /// The session supervisor and the lease watchdog.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for ZkCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZkCluster")
+            .field("root", &self.shared.paths.root)
+            .field("node", &self.shared.me.id)
+            .finish()
+    }
+}
+
+impl ZkCluster {
+    /// Connects, creates the cluster root paths if missing, registers
+    /// `/nodes/<id>` (ephemeral, JSON [`NodeAddr`]), reads every
+    /// `/partitions/<p>/state` this node is a replica of and hands them to
+    /// `listener.apply`, then runs the controller candidacy in the
+    /// background.
+    ///
+    /// Fails with [`Error::Unavailable`] naming the connect string when
+    /// ZooKeeper cannot be reached within about the session timeout, and
+    /// when another live node is registered with the same id (after
+    /// waiting one session timeout for a previous incarnation's session
+    /// to expire).
+    pub async fn start(
+        opts: &ClusterOptions,
+        me: NodeAddr,
+        partition_count: u32,
+        listener: Arc<dyn StateListener>,
+        rpc: Arc<dyn NodeRpc>,
+    ) -> crate::Result<Arc<ZkCluster>> {
+        let shared = Arc::new(Shared {
+            opts: opts.clone(),
+            paths: Paths { root: opts.root() },
+            me,
+            partition_count,
+            listener,
+            rpc,
+            lease: Lease::new(),
+            client: Mutex::new(None),
+            nodes: RwLock::new(Vec::new()),
+            controller: RwLock::new(None),
+            stopping: AtomicBool::new(false),
+        });
+        let timeout = Duration::from_millis(opts.session_timeout_ms);
+        let bound = timeout * 3 + Duration::from_secs(5);
+        let client = match tokio::time::timeout(bound, establish(&shared)).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => {
+                shared.client.lock().take();
+                return Err(e);
+            }
+            Err(_) => {
+                shared.client.lock().take();
+                return Err(Error::Unavailable(format!(
+                    "ZooKeeper at {} did not complete registration within {} ms",
+                    opts.zk_connect,
+                    bound.as_millis()
+                )));
+            }
+        };
+        tracing::info!(
+            "registered as {} in ZooKeeper {} under {} (session {:#x}, timeout {} ms)",
+            shared.me.id,
+            opts.zk_connect,
+            shared.paths.root,
+            client.session_id().0,
+            client.session_timeout().as_millis()
+        );
+        let (stop, stop_rx) = watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(supervise(shared.clone(), client, stop_rx.clone())),
+            tokio::spawn(watchdog(shared.clone(), stop_rx)),
+        ];
+        Ok(Arc::new(ZkCluster {
+            shared,
+            stop,
+            tasks: Mutex::new(tasks),
+        }))
+    }
+
+    /// True while this node may act as a partition leader: a session is
+    /// established and this node heard from ZooKeeper within the last
+    /// 2/3 of the session timeout, on its own monotonic clock. Two atomic
+    /// loads and a clock read.
+    pub fn lease_valid(&self) -> bool {
+        self.shared.lease.valid()
+    }
+
+    /// The live nodes (registered in `/nodes`), sorted by id, as last seen
+    /// by this node's watch.
+    pub fn nodes(&self) -> Vec<NodeAddr> {
+        self.shared.nodes.read().clone()
+    }
+
+    /// Id of the current controller, as last seen by this node.
+    pub fn controller(&self) -> Option<String> {
+        self.shared.controller.read().clone()
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.shared.me.id
+    }
+
+    /// The leader's ISR change: compare-and-set of `/partitions/<p>/state`
+    /// at `proposed.zk_version`, writing `proposed`'s leader, leader epoch,
+    /// ISR and controller epoch.
+    ///
+    /// `Conflict` carries the current state when the version moved on.
+    /// After a connection loss the state is read back: if it holds what was
+    /// proposed the update counts as done. An `Err` (no session, timeout)
+    /// means the outcome is unknown: the write may still land, and the
+    /// next compare-and-set finds out.
+    pub async fn update_isr(&self, proposed: LeaderAndIsr) -> crate::Result<IsrUpdate> {
+        if proposed.leader.as_deref() != Some(self.shared.me.id.as_str()) {
+            return Err(Error::Internal(format!(
+                "update_isr of partition {} by {} which is not its leader ({:?})",
+                proposed.partition, self.shared.me.id, proposed.leader
+            )));
+        }
+        let client = self.shared.client()?;
+        let timeout = client.session_timeout();
+        match tokio::time::timeout(timeout, update_isr(&self.shared, &client, &proposed)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Unavailable(format!(
+                "ZooKeeper did not answer the ISR update of partition {} within {} ms",
+                proposed.partition,
+                timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// Closes the session (this node's ephemerals vanish at once) and stops
+    /// the background tasks. The listener is fenced first.
+    pub async fn shutdown(&self) {
+        if self.shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        self.shared.listener.fence("shutting down");
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.lease.end();
+        let _ = self.stop.send(true);
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.tasks.lock());
+        for t in tasks {
+            if tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a ZooKeeper task did not stop within 5 s");
+            }
+        }
+        *self.shared.controller.write() = None;
+        // The session closes when the last client handle is dropped.
+        let client = self.shared.client.lock().take();
+        if let Some(client) = client {
+            let mut states = client.state_watcher();
+            drop(client);
+            let closed = async {
+                while !states.peek_state().is_terminated() {
+                    states.changed().await;
+                }
+            };
+            if tokio::time::timeout(Duration::from_secs(3), closed)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the ZooKeeper session did not close within 3 s");
+            }
+        }
+        tracing::info!("left the cluster (ZooKeeper session closed)");
+    }
+}
+
+impl Drop for ZkCluster {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks.lock().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// Opens a session, creates the cluster's paths, registers this node,
+/// reads the live nodes and this node's partition states and hands them to
+/// the listener. Stores the client in `shared` and returns it.
+async fn establish(shared: &Shared) -> crate::Result<zk::Client> {
+    let timeout = Duration::from_millis(shared.opts.session_timeout_ms);
+    let client = session::connect(&shared.opts.zk_connect, timeout).await?;
+    *shared.client.lock() = Some(client.clone());
+    let paths = &shared.paths;
+    let ensure = async {
+        znode::mkdir(&client, &paths.nodes()).await?;
+        znode::mkdir(&client, &paths.partitions()).await?;
+        znode::create_if_missing(&client, &paths.controller_epoch(), &encode(&0u64)).await
+    };
+    ensure
+        .await
+        .map_err(|e| zk_error(&format!("create {}", paths.root), e))?;
+    session::register(&client, paths, &shared.me).await?;
+    let sent = Instant::now();
+    let nodes = znode::live_nodes(&client, paths).await?;
+    *shared.nodes.write() = nodes.clone();
+    let states = znode::states_of_replica(&client, paths, &shared.me.id).await?;
+    // Registered and read: leadership may start now (not earlier, so a
+    // wait in `register` cannot lapse a lease nobody renews yet).
+    shared.lease.begin(client.session_timeout(), sent);
+    shared.listener.apply(states, nodes);
+    Ok(client)
+}
+
+/// The ISR update itself (see [`ZkCluster::update_isr`]).
+async fn update_isr(
+    shared: &Shared,
+    client: &zk::Client,
+    proposed: &LeaderAndIsr,
+) -> crate::Result<IsrUpdate> {
+    let p = proposed.partition;
+    let path = shared.paths.state(p);
+    let data = encode(&StateZnode::of(proposed));
+    let unknown = match client
+        .set_data(&path, &data, Some(proposed.zk_version))
+        .await
+    {
+        Ok(stat) => {
+            return Ok(IsrUpdate::Updated {
+                zk_version: stat.version,
+            });
+        }
+        Err(zk::Error::BadVersion) => false,
+        Err(zk::Error::ConnectionLoss) => true,
+        Err(zk::Error::NoNode) => {
+            return Err(Error::InvalidInput(format!(
+                "partition {p} has no state in ZooKeeper ({path})"
+            )));
+        }
+        Err(e) => return Err(zk_error(&format!("write {path}"), e)),
+    };
+    let replicas = znode::read_replicas(client, &shared.paths, &[p]).await?;
+    let current = znode::read_states(client, &shared.paths, &replicas, &[p])
+        .await?
+        .remove(&p)
+        .ok_or_else(|| Error::InvalidInput(format!("partition {p} has no state in ZooKeeper")))?;
+    if unknown
+        && current.zk_version > proposed.zk_version
+        && znode::same_content(&current, proposed)
+    {
+        return Ok(IsrUpdate::Updated {
+            zk_version: current.zk_version,
+        });
+    }
+    Ok(IsrUpdate::Conflict(current))
+}
+
+/// Runs one session after another until shutdown: the per-session tasks
+/// (heartbeat, `/nodes` watch, controller candidacy) while the session
+/// lives; on expiry, fences the listener and establishes a new session.
+async fn supervise(shared: Arc<Shared>, mut client: zk::Client, mut stop: watch::Receiver<bool>) {
+    loop {
+        let mut tasks = JoinSet::new();
+        tasks.spawn(heartbeat(shared.clone(), client.clone()));
+        tasks.spawn(watch_nodes(shared.clone(), client.clone()));
+        tasks.spawn(controller::candidacy(shared.clone(), client.clone()));
+        let mut states = client.state_watcher();
+        let mut state = client.state();
+        while !state.is_terminated() {
+            tokio::select! {
+                s = states.changed() => {
+                    state = s;
+                    match s {
+                        zk::SessionState::Disconnected => tracing::warn!(
+                            "lost the connection to ZooKeeper; the session may still live"
+                        ),
+                        zk::SessionState::SyncConnected => {
+                            tracing::info!("reconnected to ZooKeeper")
+                        }
+                        _ => {}
+                    }
+                }
+                _ = stop.changed() => {
+                    tasks.shutdown().await;
+                    return;
+                }
+            }
+        }
+        tasks.shutdown().await;
+        shared.lease.end();
+        *shared.controller.write() = None;
+        shared.client.lock().take();
+        drop(client);
+        shared.fence(match state {
+            zk::SessionState::AuthFailed => "ZooKeeper authentication failed",
+            zk::SessionState::Closed => "ZooKeeper session closed",
+            _ => "ZooKeeper session expired",
+        });
+        client = loop {
+            if *stop.borrow() {
+                return;
+            }
+            let attempt = tokio::select! {
+                r = establish(&shared) => r,
+                _ = stop.changed() => return,
+            };
+            match attempt {
+                Ok(c) => break c,
+                Err(e) => {
+                    shared.lease.end();
+                    shared.client.lock().take();
+                    tracing::warn!("cannot rejoin the cluster: {e}; retrying in 1 s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+            }
+        };
+        tracing::info!(
+            "rejoined the cluster with session {:#x}",
+            client.session_id().0
+        );
+    }
+}
+
+/// Renews the lease every session timeout / 4 with an `exists` on the
+/// cluster root. After a lapse, hands the current states to the listener
+/// again (it was fenced).
+async fn heartbeat(shared: Arc<Shared>, client: zk::Client) {
+    let period = client.session_timeout() / 4;
+    let root = shared.paths.root.clone();
+    loop {
+        let sent = Instant::now();
+        match tokio::time::timeout(period, client.check_stat(&root)).await {
+            Ok(Ok(_)) => {
+                if shared.lease.renew(sent) {
+                    tracing::info!("ZooKeeper answers again: lease renewed, re-reading states");
+                    reapply(&shared, &client).await;
+                }
+            }
+            Ok(Err(e)) if session_over(&e) => return,
+            Ok(Err(e)) => tracing::debug!("heartbeat failed: {e}"),
+            Err(_) => tracing::debug!("heartbeat unanswered for {} ms", period.as_millis()),
+        }
+        tokio::time::sleep_until((sent + period).into()).await;
+    }
+}
+
+/// Reads this node's partition states and the live nodes again and hands
+/// them to the listener.
+async fn reapply(shared: &Shared, client: &zk::Client) {
+    let read = async {
+        let nodes = znode::live_nodes(client, &shared.paths).await?;
+        let states = znode::states_of_replica(client, &shared.paths, &shared.me.id).await?;
+        Ok::<_, Error>((states, nodes))
+    };
+    match read.await {
+        Ok((states, nodes)) => shared.listener.apply(states, nodes),
+        Err(e) => tracing::warn!("cannot re-read partition states: {e}"),
+    }
+}
+
+/// Fences the listener when the lease lapses (once per lapse). Runs for
+/// the life of the [`ZkCluster`], across sessions.
+async fn watchdog(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let wait = match shared.lease.deadline() {
+            Some(d) if Instant::now() < d => tokio::time::sleep_until(d.into()),
+            // No session: the supervisor fenced when it ended.
+            None => tokio::time::sleep(Duration::from_millis(20)),
+            Some(_) => {
+                if shared.lease.mark_lapsed() {
+                    shared.fence(&format!(
+                        "no answer from ZooKeeper within {} ms (2/3 of the session timeout)",
+                        (shared.session_timeout() * 2 / 3).as_millis()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(20))
+            }
+        };
+        tokio::select! {
+            _ = wait => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Keeps [`Shared::nodes`] up to date from a watch on `/nodes` (one-shot:
+/// re-armed on every read).
+async fn watch_nodes(shared: Arc<Shared>, client: zk::Client) {
+    let path = shared.paths.nodes();
+    loop {
+        let watcher = match client.get_and_watch_children(&path).await {
+            Ok((ids, _, watcher)) => {
+                match znode::read_nodes(&client, &shared.paths, &ids).await {
+                    Ok(nodes) => *shared.nodes.write() = nodes,
+                    Err(e) => tracing::warn!("cannot read the live nodes: {e}"),
+                }
+                watcher
+            }
+            Err(e) if session_over(&e) => return,
+            Err(e) => {
+                tracing::debug!("cannot watch {path}: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let event = watcher.changed().await;
+        if event.session_state.is_terminated() {
+            return;
+        }
+    }
+}

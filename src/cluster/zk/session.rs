@@ -1,0 +1,183 @@
+//! One ZooKeeper session of this node: connecting, registering
+//! `/nodes/<id>`, and the lease that says whether this node may still act
+//! as a partition leader.
+//!
+//! The lease ([`Lease`]) runs on this node's monotonic clock. It is renewed
+//! by every successful heartbeat (an `exists` on the cluster root every
+//! session timeout / 4) with the time the heartbeat was *sent*, and lasts
+//! 2/3 of the negotiated session timeout from there. ZooKeeper cannot
+//! expire the session before a full session timeout has passed since it
+//! last heard from this node, which is after that send time, so while the
+//! lease is valid the session (and with it this node's leaderships) is
+//! still alive; the remaining third absorbs clock-rate differences and
+//! scheduling delays.
+//!
+//! Invariants:
+//! - [`Lease::valid`] is false whenever no session is established, and
+//!   becomes false on its own (no task needs to run) once the lease time
+//!   has passed: a process frozen by SIGSTOP past its lease sees it
+//!   invalid on the first check after SIGCONT.
+//! - `/nodes/<id>` is ephemeral and owned by the current session; a node
+//!   id registered by another live session is refused (after waiting one
+//!   session timeout for a previous incarnation's session to expire).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use zookeeper_client as zk;
+
+use super::znode::{Paths, encode, zk_error};
+use crate::cluster::NodeAddr;
+use crate::error::Error;
+
+/// Whether this node may act as a leader, on its own clock.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    /// Origin of the stored instants.
+    base: Instant,
+    /// Send time (ns after `base`, plus one so 0 means never) of the latest
+    /// ZooKeeper round trip that succeeded in the current session.
+    heard: AtomicU64,
+    /// Length of the lease in ns (2/3 of the negotiated session timeout).
+    length: AtomicU64,
+    /// A session is established (not expired, not closed).
+    alive: AtomicBool,
+    /// The lease lapsed and the listener was fenced; cleared on renewal.
+    lapsed: AtomicBool,
+}
+
+impl Lease {
+    /// A lease that is not valid until a session begins.
+    pub fn new() -> Lease {
+        Lease {
+            base: Instant::now(),
+            heard: AtomicU64::new(0),
+            length: AtomicU64::new(0),
+            alive: AtomicBool::new(false),
+            lapsed: AtomicBool::new(false),
+        }
+    }
+
+    fn nanos(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_nanos() as u64 + 1
+    }
+
+    /// A session with `session_timeout` was established by a request sent
+    /// at `sent`.
+    pub fn begin(&self, session_timeout: Duration, sent: Instant) {
+        let length = session_timeout.as_nanos() as u64 * 2 / 3;
+        self.length.store(length, Ordering::SeqCst);
+        self.heard.store(self.nanos(sent), Ordering::SeqCst);
+        self.lapsed.store(false, Ordering::SeqCst);
+        self.alive.store(true, Ordering::SeqCst);
+    }
+
+    /// The session is gone (expired, closed).
+    pub fn end(&self) {
+        self.alive.store(false, Ordering::SeqCst);
+        self.heard.store(0, Ordering::SeqCst);
+    }
+
+    /// A request sent at `sent` was answered. Returns true when this ends a
+    /// lapse (the listener was fenced and should get the states again).
+    pub fn renew(&self, sent: Instant) -> bool {
+        self.heard.fetch_max(self.nanos(sent), Ordering::SeqCst);
+        self.valid() && self.lapsed.swap(false, Ordering::SeqCst)
+    }
+
+    /// When the lease runs out, if a session is established.
+    pub fn deadline(&self) -> Option<Instant> {
+        let heard = self.heard.load(Ordering::SeqCst);
+        if !self.alive.load(Ordering::SeqCst) || heard == 0 {
+            return None;
+        }
+        Some(self.base + Duration::from_nanos(heard - 1 + self.length.load(Ordering::SeqCst)))
+    }
+
+    /// True while a session is established and the lease has not run out.
+    pub fn valid(&self) -> bool {
+        self.deadline().is_some_and(|d| Instant::now() < d)
+    }
+
+    /// Marks the lease as lapsed; true the first time for this lapse.
+    pub fn mark_lapsed(&self) -> bool {
+        !self.lapsed.swap(true, Ordering::SeqCst)
+    }
+}
+
+/// Opens a session to `connect` with `session_timeout`, failing after
+/// about the session timeout when ZooKeeper cannot be reached.
+pub(crate) async fn connect(connect: &str, session_timeout: Duration) -> crate::Result<zk::Client> {
+    let bound = session_timeout + Duration::from_millis(500);
+    let attempt = zk::Client::connector()
+        .with_session_timeout(session_timeout)
+        .connect(connect);
+    match tokio::time::timeout(bound, attempt).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(Error::Unavailable(format!(
+            "cannot reach ZooKeeper at {connect}: {e} (within {} ms)",
+            session_timeout.as_millis()
+        ))),
+        Err(_) => Err(Error::Unavailable(format!(
+            "cannot reach ZooKeeper at {connect}: no session within {} ms",
+            bound.as_millis()
+        ))),
+    }
+}
+
+/// Creates `/nodes/<me.id>` (ephemeral, JSON [`NodeAddr`]) in the session
+/// of `client`.
+///
+/// If the znode exists and belongs to another session, waits up to one
+/// session timeout for it to vanish (a restarted node's previous session
+/// expiring), then refuses with [`Error::Unavailable`].
+pub(crate) async fn register(
+    client: &zk::Client,
+    paths: &Paths,
+    me: &NodeAddr,
+) -> crate::Result<()> {
+    let path = paths.node(&me.id);
+    let data = encode(me);
+    let opts = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+    let deadline = Instant::now() + client.session_timeout() + Duration::from_millis(500);
+    let mut told = false;
+    loop {
+        match client.create(&path, &data, &opts).await {
+            Ok(_) => return Ok(()),
+            // Outcome unknown: the next attempt finds out (NodeExists with
+            // our own session as owner means it was created).
+            Err(zk::Error::ConnectionLoss) => {
+                tokio::time::sleep(super::znode::LOSS_BACKOFF).await;
+                continue;
+            }
+            Err(zk::Error::NodeExists) => {}
+            Err(e) => return Err(zk_error(&format!("register {path}"), e)),
+        }
+        let (stat, watcher) = match client.check_and_watch_stat(&path).await {
+            Ok((Some(stat), w)) => (stat, w),
+            Ok((None, _)) => continue,
+            Err(zk::Error::ConnectionLoss) => continue,
+            Err(e) => return Err(zk_error(&format!("read {path}"), e)),
+        };
+        if stat.ephemeral_owner == client.session_id().0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Error::Unavailable(format!(
+                "node id {:?} is already registered in ZooKeeper ({path}, session {:#x}) by another \
+                 live node; is another caskade-server running with this node_id?",
+                me.id, stat.ephemeral_owner
+            )));
+        }
+        if !told {
+            told = true;
+            tracing::warn!(
+                "{path} exists (session {:#x}); waiting up to {} ms for it to expire",
+                stat.ephemeral_owner,
+                (deadline - now).as_millis()
+            );
+        }
+        let _ = tokio::time::timeout(deadline - now, watcher.changed()).await;
+    }
+}

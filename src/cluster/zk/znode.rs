@@ -1,0 +1,356 @@
+//! ZooKeeper paths of a cluster, the JSON stored in each znode, and the
+//! reads every part of the ZooKeeper layer shares.
+//!
+//! Formats (UTF-8 JSON, field order as written; unknown fields are
+//! ignored on read so newer writers stay readable):
+//!
+//! ```text
+//! <root>/nodes/<id>              {"id":"node-1","client_addr":"127.0.0.1:7379","replication_addr":"127.0.0.1:7380"}
+//! <root>/controller              {"node_id":"node-1","controller_epoch":3}
+//! <root>/controller_epoch        3
+//! <root>/partitions/<p>/replicas ["node-1","node-2","node-3"]
+//! <root>/partitions/<p>/state    {"leader":"node-1","leader_epoch":1,"isr":["node-1","node-2"],"controller_epoch":3}
+//! ```
+//!
+//! `leader` is `null` while a partition is offline. `<p>` is the partition
+//! id in decimal.
+//!
+//! Invariants:
+//! - `/partitions/<p>`, its `replicas` and its `state` are created together
+//!   in one multi, so a partition either has all three or none.
+//! - `replicas` never changes after creation; `state` changes only by
+//!   compare-and-set on its znode version.
+//! - Reads of many znodes are pipelined: every request is sent before the
+//!   first answer is awaited (the client sends a request when the call is
+//!   made), so reading N partitions costs about one round trip.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use zookeeper_client as zk;
+
+use crate::cluster::LeaderAndIsr;
+use crate::error::Error;
+
+/// Attempts of an operation that failed with `ConnectionLoss` before the
+/// error is returned (reads are repeated; a write's outcome is checked).
+pub(crate) const LOSS_RETRIES: usize = 20;
+
+/// Pause between two attempts after a `ConnectionLoss`.
+pub(crate) const LOSS_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The znode paths of one cluster.
+#[derive(Clone, Debug)]
+pub(crate) struct Paths {
+    /// The cluster root, e.g. `/caskade/default`, without a trailing `/`.
+    pub root: String,
+}
+
+impl Paths {
+    /// `<root>/nodes`.
+    pub fn nodes(&self) -> String {
+        format!("{}/nodes", self.root)
+    }
+
+    /// `<root>/nodes/<id>`.
+    pub fn node(&self, id: &str) -> String {
+        format!("{}/nodes/{id}", self.root)
+    }
+
+    /// `<root>/controller`.
+    pub fn controller(&self) -> String {
+        format!("{}/controller", self.root)
+    }
+
+    /// `<root>/controller_epoch`.
+    pub fn controller_epoch(&self) -> String {
+        format!("{}/controller_epoch", self.root)
+    }
+
+    /// `<root>/partitions`.
+    pub fn partitions(&self) -> String {
+        format!("{}/partitions", self.root)
+    }
+
+    /// `<root>/partitions/<p>`.
+    pub fn partition(&self, p: u32) -> String {
+        format!("{}/partitions/{p}", self.root)
+    }
+
+    /// `<root>/partitions/<p>/replicas`.
+    pub fn replicas(&self, p: u32) -> String {
+        format!("{}/partitions/{p}/replicas", self.root)
+    }
+
+    /// `<root>/partitions/<p>/state`.
+    pub fn state(&self, p: u32) -> String {
+        format!("{}/partitions/{p}/state", self.root)
+    }
+}
+
+/// Data of `/controller`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ControllerZnode {
+    /// Id of the controller node.
+    pub node_id: String,
+    /// The epoch it was elected at.
+    pub controller_epoch: u64,
+}
+
+/// Data of `/partitions/<p>/state`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StateZnode {
+    /// Leader node id; `None` (`null`) while offline.
+    pub leader: Option<String>,
+    /// Bumped on every leader change.
+    pub leader_epoch: u32,
+    /// In-sync replicas, the leader included.
+    pub isr: Vec<String>,
+    /// Epoch of the controller that wrote the state (or whose state the
+    /// leader updated).
+    pub controller_epoch: u64,
+}
+
+impl StateZnode {
+    /// The znode content of `s`.
+    pub fn of(s: &LeaderAndIsr) -> StateZnode {
+        StateZnode {
+            leader: s.leader.clone(),
+            leader_epoch: s.leader_epoch,
+            isr: s.isr.clone(),
+            controller_epoch: s.controller_epoch,
+        }
+    }
+
+    /// The full state of partition `p` from this content.
+    pub fn into_state(self, p: u32, replicas: Vec<String>, zk_version: i32) -> LeaderAndIsr {
+        LeaderAndIsr {
+            partition: p,
+            leader: self.leader,
+            leader_epoch: self.leader_epoch,
+            replicas,
+            isr: self.isr,
+            controller_epoch: self.controller_epoch,
+            zk_version,
+        }
+    }
+}
+
+/// Whether two states carry the same znode content (versions aside).
+pub(crate) fn same_content(a: &LeaderAndIsr, b: &LeaderAndIsr) -> bool {
+    StateZnode::of(a) == StateZnode::of(b)
+}
+
+/// JSON bytes of `value`.
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing these plain structs (strings, numbers, lists) cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// Parses the JSON of znode `path`.
+pub(crate) fn decode<T: DeserializeOwned>(path: &str, data: &[u8]) -> crate::Result<T> {
+    serde_json::from_slice(data).map_err(|e| {
+        Error::Unavailable(format!(
+            "ZooKeeper znode {path} holds malformed data ({e}): {:?}",
+            String::from_utf8_lossy(data)
+        ))
+    })
+}
+
+/// The crate error for a ZooKeeper failure while doing `what`.
+pub(crate) fn zk_error(what: &str, e: zk::Error) -> Error {
+    Error::Unavailable(format!("ZooKeeper: {what}: {e}"))
+}
+
+/// Runs `op` again (up to [`LOSS_RETRIES`] times) while it fails with
+/// `ConnectionLoss`. For reads, and for writes whose repetition is
+/// harmless (creating a node that may exist, ...).
+pub(crate) async fn retry_loss<T, F, Fut>(mut op: F) -> Result<T, zk::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, zk::Error>>,
+{
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Err(zk::Error::ConnectionLoss) if attempt < LOSS_RETRIES => {
+                attempt += 1;
+                tokio::time::sleep(LOSS_BACKOFF).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Creates `path` (persistent, empty) and its missing ancestors.
+pub(crate) async fn mkdir(client: &zk::Client, path: &str) -> Result<(), zk::Error> {
+    let opts = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    retry_loss(|| client.mkdir(path, &opts)).await
+}
+
+/// Creates `path` holding `data` unless it exists.
+pub(crate) async fn create_if_missing(
+    client: &zk::Client,
+    path: &str,
+    data: &[u8],
+) -> Result<(), zk::Error> {
+    let opts = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    match retry_loss(|| client.create(path, data, &opts)).await {
+        Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The partition ids present under `/partitions`, ascending. Children
+/// whose name is not a number are ignored.
+pub(crate) async fn list_partitions(client: &zk::Client, paths: &Paths) -> crate::Result<Vec<u32>> {
+    let path = paths.partitions();
+    let children = retry_loss(|| client.list_children(&path))
+        .await
+        .map_err(|e| zk_error(&format!("list {path}"), e))?;
+    let mut ids: Vec<u32> = children.iter().filter_map(|c| c.parse().ok()).collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Reads `replicas` of partitions `ids` (pipelined). Partitions without the
+/// znode are left out.
+pub(crate) async fn read_replicas(
+    client: &zk::Client,
+    paths: &Paths,
+    ids: &[u32],
+) -> crate::Result<BTreeMap<u32, Vec<String>>> {
+    let mut attempt = 0;
+    'again: loop {
+        let pending: Vec<_> = ids
+            .iter()
+            .map(|&p| (p, client.get_data(&paths.replicas(p))))
+            .collect();
+        let mut out = BTreeMap::new();
+        for (p, fut) in pending {
+            match fut.await {
+                Ok((data, _)) => {
+                    out.insert(p, decode(&paths.replicas(p), &data)?);
+                }
+                Err(zk::Error::NoNode) => {}
+                Err(zk::Error::ConnectionLoss) if attempt < LOSS_RETRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(LOSS_BACKOFF).await;
+                    continue 'again;
+                }
+                Err(e) => return Err(zk_error(&format!("read {}", paths.replicas(p)), e)),
+            }
+        }
+        return Ok(out);
+    }
+}
+
+/// Reads the state of partitions `ids` (pipelined), given their replicas.
+/// Partitions without a state znode, or missing from `replicas`, are left
+/// out.
+pub(crate) async fn read_states(
+    client: &zk::Client,
+    paths: &Paths,
+    replicas: &BTreeMap<u32, Vec<String>>,
+    ids: &[u32],
+) -> crate::Result<BTreeMap<u32, LeaderAndIsr>> {
+    let ids: Vec<u32> = ids
+        .iter()
+        .copied()
+        .filter(|p| replicas.contains_key(p))
+        .collect();
+    let mut attempt = 0;
+    'again: loop {
+        let pending: Vec<_> = ids
+            .iter()
+            .map(|&p| (p, client.get_data(&paths.state(p))))
+            .collect();
+        let mut out = BTreeMap::new();
+        for (p, fut) in pending {
+            match fut.await {
+                Ok((data, stat)) => {
+                    let z: StateZnode = decode(&paths.state(p), &data)?;
+                    let r = replicas.get(&p).cloned().unwrap_or_default();
+                    out.insert(p, z.into_state(p, r, stat.version));
+                }
+                Err(zk::Error::NoNode) => {}
+                Err(zk::Error::ConnectionLoss) if attempt < LOSS_RETRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(LOSS_BACKOFF).await;
+                    continue 'again;
+                }
+                Err(e) => return Err(zk_error(&format!("read {}", paths.state(p)), e)),
+            }
+        }
+        return Ok(out);
+    }
+}
+
+/// The registered nodes (`/nodes/*`), sorted by id; malformed entries are
+/// skipped with a warning.
+pub(crate) async fn read_nodes(
+    client: &zk::Client,
+    paths: &Paths,
+    ids: &[String],
+) -> crate::Result<Vec<crate::cluster::NodeAddr>> {
+    let mut attempt = 0;
+    'again: loop {
+        let pending: Vec<_> = ids
+            .iter()
+            .map(|id| (id, client.get_data(&paths.node(id))))
+            .collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, fut) in pending {
+            match fut.await {
+                Ok((data, _)) => match decode::<crate::cluster::NodeAddr>(&paths.node(id), &data) {
+                    Ok(n) if &n.id == id => out.push(n),
+                    Ok(n) => {
+                        tracing::warn!("ignoring {}: it names node {:?}", paths.node(id), n.id)
+                    }
+                    Err(e) => tracing::warn!("ignoring node {id}: {e}"),
+                },
+                // Gone between the listing and the read.
+                Err(zk::Error::NoNode) => {}
+                Err(zk::Error::ConnectionLoss) if attempt < LOSS_RETRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(LOSS_BACKOFF).await;
+                    continue 'again;
+                }
+                Err(e) => return Err(zk_error(&format!("read {}", paths.node(id)), e)),
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        return Ok(out);
+    }
+}
+
+/// Lists `/nodes` and reads every entry.
+pub(crate) async fn live_nodes(
+    client: &zk::Client,
+    paths: &Paths,
+) -> crate::Result<Vec<crate::cluster::NodeAddr>> {
+    let path = paths.nodes();
+    let ids = retry_loss(|| client.list_children(&path))
+        .await
+        .map_err(|e| zk_error(&format!("list {path}"), e))?;
+    read_nodes(client, paths, &ids).await
+}
+
+/// The states of every partition listing `me` as a replica.
+pub(crate) async fn states_of_replica(
+    client: &zk::Client,
+    paths: &Paths,
+    me: &str,
+) -> crate::Result<Vec<LeaderAndIsr>> {
+    let ids = list_partitions(client, paths).await?;
+    let mut replicas = read_replicas(client, paths, &ids).await?;
+    replicas.retain(|_, r| r.iter().any(|n| n == me));
+    let mine: Vec<u32> = replicas.keys().copied().collect();
+    Ok(read_states(client, paths, &replicas, &mine)
+        .await?
+        .into_values()
+        .collect())
+}
