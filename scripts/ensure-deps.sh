@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what `make test` needs and the machine lacks: ZooKeeper and
-# netcat from Debian's packages. Runs `apt-get update` only when something
+# Installs what `make test` and the cluster scripts need and the machine
+# lacks: ZooKeeper, netcat and jq (the failover demo reads the cluster
+# table as JSON) from Debian's packages. Runs `apt-get update` only when something
 # must be installed. Idempotent and quiet when everything is present.
 set -euo pipefail
 
@@ -8,6 +9,7 @@ missing=()
 [ -f /usr/share/java/zookeeper.jar ] || missing+=(zookeeper)
 command -v nc >/dev/null 2>&1 || missing+=(netcat-openbsd)
 command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
+command -v jq >/dev/null 2>&1 || missing+=(jq)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

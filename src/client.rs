@@ -8,15 +8,24 @@
 //!   rebuilt from their `caskade-reason` (src/error.rs); a failure to connect
 //!   becomes [`Error::Unreachable`] with the address and the cause; a
 //!   client-side deadline becomes [`Error::Timeout`].
-//! - Routing hook: every keyed call goes through `Client::route`. Today it
-//!   returns the one connection; the cluster client will fetch `Metadata`,
-//!   route by [`crate::cluster::partition_for`] and refresh on `NOT_LEADER`
-//!   there, without changing the call sites.
+//! - Routing: every keyed call goes through `Client::keyed`. The client
+//!   learns the partition map from `Metadata` on first use (from the first
+//!   seed address that answers), sends each key straight to its
+//!   partition's leader ([`crate::cluster::partition_for`]), and on
+//!   `NOT_LEADER` or an unreachable leader refreshes the map and retries
+//!   (at most [`ATTEMPTS`] times). Both errors mean nothing was written, so
+//!   a retried write is never applied twice. A standalone server's map
+//!   names itself for every partition, so the same path serves both.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use parking_lot::RwLock;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::cluster::partition_for;
 
 use crate::config::ClientConfig;
 use crate::error::{Error, Result};
@@ -47,13 +56,35 @@ pub enum KeyTtl {
     Ms(u64),
 }
 
-/// A connection to a caskade server (standalone) or cluster (later).
+/// How many times a keyed call is tried when the leader moved or is down.
+pub const ATTEMPTS: usize = 4;
+
+/// The partition map as the client last learned it.
+#[derive(Default)]
+struct Routes {
+    /// Partition count; 0 until the map is known.
+    partitions: u32,
+    /// Client address of each partition's leader (`None` while offline).
+    leaders: Vec<Option<String>>,
+    /// Every node's client address, for metadata refreshes.
+    nodes: Vec<String>,
+    /// Connections by address.
+    conns: HashMap<String, KvClient<Channel>>,
+}
+
+/// A connection to a caskade server (standalone) or cluster.
 #[derive(Clone)]
 pub struct Client {
-    /// The address connected to.
+    /// The seed address connected to first.
     addr: String,
-    /// The gRPC stub; cloning it shares the HTTP/2 connection.
+    /// Seed addresses, in order.
+    seeds: Vec<String>,
+    /// The gRPC stub of the first seed; cloning it shares the connection.
     kv: KvClient<Channel>,
+    /// Endpoint settings for further connections.
+    connect_timeout: Duration,
+    /// The partition map and connections to leaders.
+    routes: Arc<RwLock<Routes>>,
     /// Per-request deadline, for error messages.
     timeout: Duration,
     /// Default write acknowledgement.
@@ -72,19 +103,16 @@ impl Client {
             .ok_or_else(|| Error::InvalidInput("no server address given".into()))?
             .clone();
         let timeout = Duration::from_millis(config.timeout_ms.max(1));
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Error::InvalidInput(format!("invalid server address '{addr}': {e}")))?
-            .connect_timeout(Duration::from_millis(config.connect_timeout_ms.max(1)))
-            .timeout(timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(false);
-        let kv = KvClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
+        let connect_timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
+        let kv = connect(&addr, connect_timeout, timeout)?;
+        let mut routes = Routes::default();
+        routes.conns.insert(addr.clone(), kv.clone());
         Ok(Client {
             addr,
+            seeds: config.addrs.clone(),
             kv,
+            connect_timeout,
+            routes: Arc::new(RwLock::new(routes)),
             timeout,
             acks: config.acks,
             consistency: config.consistency,
@@ -104,9 +132,111 @@ impl Client {
         &self.addr
     }
 
-    /// The connection serving `key`: the routing hook (see the module doc).
-    fn route(&self, _key: &[u8]) -> KvClient<Channel> {
-        self.kv.clone()
+    /// A connection to `addr`, made lazily and shared.
+    fn conn(&self, addr: &str) -> Result<KvClient<Channel>> {
+        if let Some(c) = self.routes.read().conns.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = connect(addr, self.connect_timeout, self.timeout)?;
+        self.routes
+            .write()
+            .conns
+            .insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// The address of the leader of `key`'s partition, as last learned.
+    fn route(&self, key: &[u8]) -> Option<String> {
+        let r = self.routes.read();
+        if r.partitions == 0 {
+            return None;
+        }
+        r.leaders
+            .get(partition_for(key, r.partitions) as usize)
+            .cloned()
+            .flatten()
+    }
+
+    /// Re-learns the partition map from the first node that answers
+    /// (seeds first, then every node known).
+    async fn refresh(&self) -> Result<()> {
+        let mut candidates = self.seeds.clone();
+        candidates.extend(self.routes.read().nodes.iter().cloned());
+        let mut last = None;
+        for addr in candidates {
+            let mut c = self.conn(&addr)?;
+            match c.metadata(proto::MetadataRequest {}).await {
+                Ok(reply) => {
+                    self.learn(&reply.into_inner());
+                    return Ok(());
+                }
+                Err(status) => last = Some(map_status(&addr, self.timeout, status)),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::InvalidInput("no server address given".into())))
+    }
+
+    /// Stores the partition map of a `Metadata` answer.
+    fn learn(&self, m: &proto::MetadataResponse) {
+        let addr_of: HashMap<&str, &str> = m
+            .nodes
+            .iter()
+            .map(|n| (n.id.as_str(), n.client_addr.as_str()))
+            .collect();
+        let mut leaders = vec![None; m.partition_count as usize];
+        for p in &m.partitions {
+            if let Some(slot) = leaders.get_mut(p.id as usize) {
+                *slot = addr_of.get(p.leader.as_str()).map(|a| a.to_string());
+            }
+        }
+        let mut r = self.routes.write();
+        r.partitions = m.partition_count;
+        r.leaders = leaders;
+        r.nodes = m.nodes.iter().map(|n| n.client_addr.clone()).collect();
+    }
+
+    /// Runs a keyed call on the leader of `key`'s partition, refreshing the
+    /// map and retrying when the leader moved or cannot be reached.
+    async fn keyed<Q, A, F, Fut>(&self, key: &[u8], request: Q, call: F) -> Result<A>
+    where
+        Q: Clone,
+        F: Fn(KvClient<Channel>, Q) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<A>, tonic::Status>>,
+    {
+        if self.routes.read().partitions == 0 {
+            // Unknown map: the seed answers (and forwards) meanwhile.
+            let _ = self.refresh().await;
+        }
+        let mut hint: Option<String> = None;
+        let mut last = None;
+        for attempt in 0..ATTEMPTS {
+            let addr = hint
+                .take()
+                .or_else(|| self.route(key))
+                .unwrap_or_else(|| self.addr.clone());
+            let err = match call(self.conn(&addr)?, request.clone()).await {
+                Ok(reply) => return Ok(reply.into_inner()),
+                Err(status) => map_status(&addr, self.timeout, status),
+            };
+            let retry = match &err {
+                Error::NotLeader { leader, .. } => {
+                    hint = leader.clone();
+                    true
+                }
+                // Another node may lead soon: only worth a wait in a cluster.
+                Error::Unreachable { .. } if self.routes.read().nodes.len() > 1 => {
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                    true
+                }
+                _ => false,
+            };
+            if !retry {
+                return Err(err);
+            }
+            last = Some(err);
+            let _ = self.refresh().await;
+        }
+        Err(last.unwrap_or_else(|| Error::Internal("no attempt made".into())))
     }
 
     /// A connection for calls not tied to a key.
@@ -149,11 +279,9 @@ impl Client {
             key: key.clone(),
         };
         let reply = self
-            .route(&key)
-            .set(request)
-            .await
-            .map_err(|s| self.error(s))?;
-        Ok(reply.into_inner().written)
+            .keyed(&key, request, |mut c, q| async move { c.set(q).await })
+            .await?;
+        Ok(reply.written)
     }
 
     /// The value of `key`, `None` if absent.
@@ -164,11 +292,9 @@ impl Client {
             consistency: consistency(self.consistency).into(),
         };
         let reply = self
-            .route(&key)
-            .get(request)
-            .await
-            .map_err(|s| self.error(s))?;
-        Ok(reply.into_inner().value)
+            .keyed(&key, request, |mut c, q| async move { c.get(q).await })
+            .await?;
+        Ok(reply.value)
     }
 
     /// Deletes `keys`; how many existed.
@@ -179,11 +305,9 @@ impl Client {
             acks: acks(self.acks).into(),
         };
         let reply = self
-            .route(&first)
-            .del(request)
-            .await
-            .map_err(|s| self.error(s))?;
-        Ok(reply.into_inner().deleted)
+            .keyed(&first, request, |mut c, q| async move { c.del(q).await })
+            .await?;
+        Ok(reply.deleted)
     }
 
     /// Makes `key` expire in `ttl_ms` (0 deletes it); whether it existed.
@@ -195,11 +319,9 @@ impl Client {
             acks: acks(self.acks).into(),
         };
         let reply = self
-            .route(&key)
-            .expire(request)
-            .await
-            .map_err(|s| self.error(s))?;
-        Ok(reply.into_inner().existed)
+            .keyed(&key, request, |mut c, q| async move { c.expire(q).await })
+            .await?;
+        Ok(reply.existed)
     }
 
     /// The time to live of `key`.
@@ -210,11 +332,9 @@ impl Client {
             consistency: consistency(self.consistency).into(),
         };
         let reply = self
-            .route(&key)
-            .ttl(request)
-            .await
-            .map_err(|s| self.error(s))?;
-        Ok(match reply.into_inner().ttl_ms {
+            .keyed(&key, request, |mut c, q| async move { c.ttl(q).await })
+            .await?;
+        Ok(match reply.ttl_ms {
             -2 => KeyTtl::Missing,
             -1 => KeyTtl::Persistent,
             ms => {
@@ -233,11 +353,9 @@ impl Client {
             consistency: consistency(self.consistency).into(),
         };
         let reply = self
-            .route(&first)
-            .exists(request)
-            .await
-            .map_err(|s| self.error(s))?;
-        Ok(reply.into_inner().count)
+            .keyed(&first, request, |mut c, q| async move { c.exists(q).await })
+            .await?;
+        Ok(reply.count)
     }
 
     /// The partition map.
@@ -249,6 +367,20 @@ impl Client {
             .map_err(|s| self.error(s))?;
         Ok(reply.into_inner())
     }
+}
+
+/// A lazy connection to `addr`.
+fn connect(addr: &str, connect_timeout: Duration, timeout: Duration) -> Result<KvClient<Channel>> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| Error::InvalidInput(format!("invalid server address '{addr}': {e}")))?
+        .connect_timeout(connect_timeout)
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(false);
+    Ok(KvClient::new(endpoint.connect_lazy())
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX))
 }
 
 /// The wire form of [`Acks`].

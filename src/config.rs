@@ -286,7 +286,10 @@ impl Config {
         let env = env
             .into_iter()
             .filter(|(k, _)| !k.starts_with(ClientConfig::ENV_PREFIX));
-        let (config, warnings) = load_layered::<Config>(file, Self::ENV_PREFIX, env)?;
+        let cluster = serde_yaml_ng::to_value(ClusterOptions::default())
+            .map_err(|e| ConfigError::Invalid(format!("cannot serialize config: {e}")))?;
+        let (config, warnings) =
+            load_layered::<Config>(file, Self::ENV_PREFIX, env, &[("cluster", cluster)])?;
         config.validate()?;
         Ok((config, warnings))
     }
@@ -377,7 +380,7 @@ impl ClientConfig {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(ClientConfig, Vec<String>), ConfigError> {
-        let (config, warnings) = load_layered::<ClientConfig>(file, Self::ENV_PREFIX, env)?;
+        let (config, warnings) = load_layered::<ClientConfig>(file, Self::ENV_PREFIX, env, &[])?;
         if config.addrs.is_empty() {
             return Err(ConfigError::Invalid("addrs must not be empty".into()));
         }
@@ -387,10 +390,16 @@ impl ClientConfig {
 
 /// Defaults -> YAML file -> environment, for any config struct whose
 /// `Default` is the documented defaults.
+///
+/// `optional` names sections that are absent (`null`) by default, with the
+/// value they take when an environment variable sets one of their keys
+/// (`CASKADE_CLUSTER_ZK_CONNECT` turns an absent `cluster:` into the default
+/// cluster settings with that key changed).
 fn load_layered<T>(
     file: Option<&Path>,
     prefix: &str,
     env: impl IntoIterator<Item = (String, String)>,
+    optional: &[(&str, Value)],
 ) -> Result<(T, Vec<String>), ConfigError>
 where
     T: Serialize + DeserializeOwned + Default,
@@ -415,6 +424,15 @@ where
         .filter(|(k, _)| k.starts_with(prefix))
         .collect();
     vars.sort();
+    for (name, default) in optional {
+        let section = format!("{prefix}{}_", name.to_ascii_uppercase());
+        if vars.iter().any(|(k, _)| k.starts_with(&section))
+            && let Some(map) = tree.as_mapping_mut()
+            && map.get(*name).is_none_or(Value::is_null)
+        {
+            map.insert(Value::from(*name), default.clone());
+        }
+    }
     let mut warnings = Vec::new();
     for (var, value) in vars {
         let path = var[prefix.len()..].to_ascii_lowercase();
@@ -623,6 +641,25 @@ mod tests {
     /// The three node files of `make cluster` parse, differ exactly in id,
     /// addresses and data directory, and hold the cluster settings the
     /// README and the failover demo rely on.
+    #[test]
+    fn cluster_keys_from_the_environment_create_the_section() {
+        let (c, w) = Config::load(
+            None,
+            env(&[
+                ("CASKADE_CLUSTER_ZK_CONNECT", "10.0.0.1:2181"),
+                ("CASKADE_CLUSTER_MIN_INSYNC", "1"),
+            ]),
+        )
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.zk_connect, "10.0.0.1:2181");
+        assert_eq!(cluster.min_insync, 1);
+        assert_eq!(cluster.replication_factor, 3);
+        let (c, _) = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.cluster, None);
+    }
+
     #[test]
     fn shipped_cluster_configs_parse() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -74,6 +74,17 @@ pub enum Error {
     /// Any other failure inside the node.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Node to node: the caller's leader epoch is older than the one this
+    /// node knows; the caller is a deposed leader or a stale follower.
+    #[error("fenced: {0}")]
+    FencedEpoch(String),
+    /// Node to node: the caller's leader epoch is newer than the one this
+    /// node knows; it has not learned of the change yet. Retry.
+    #[error("unknown leader epoch: {0}")]
+    UnknownEpoch(String),
+    /// Node to node: a controller notice from a deposed controller.
+    #[error("stale controller: {0}")]
+    StaleController(String),
 }
 
 /// Display text of [`Error::NotLeader`].
@@ -96,6 +107,9 @@ impl Error {
             Error::Corrupt(_) => "CORRUPT",
             Error::Unavailable(_) => "UNAVAILABLE",
             Error::Internal(_) => "INTERNAL",
+            Error::FencedEpoch(_) => "FENCED_LEADER_EPOCH",
+            Error::UnknownEpoch(_) => "UNKNOWN_LEADER_EPOCH",
+            Error::StaleController(_) => "STALE_CONTROLLER_EPOCH",
         }
     }
 
@@ -110,6 +124,8 @@ impl Error {
             Error::Corrupt(_) => Code::DataLoss,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Internal(_) => Code::Internal,
+            Error::FencedEpoch(_) | Error::StaleController(_) => Code::FailedPrecondition,
+            Error::UnknownEpoch(_) => Code::Unavailable,
         }
     }
 
@@ -123,7 +139,10 @@ impl Error {
             | Error::Timeout(m)
             | Error::Corrupt(m)
             | Error::Unavailable(m)
-            | Error::Internal(m) => m.clone(),
+            | Error::Internal(m)
+            | Error::FencedEpoch(m)
+            | Error::UnknownEpoch(m)
+            | Error::StaleController(m) => m.clone(),
             Error::Unreachable { reason, .. } => reason.clone(),
             e @ (Error::NotLeader { .. } | Error::NotEnoughReplicas { .. }) => e.to_string(),
         }
@@ -223,6 +242,9 @@ impl From<Status> for Error {
             Some("CORRUPT") => Error::Corrupt(msg),
             Some("UNAVAILABLE") => Error::Unavailable(msg),
             Some("INTERNAL") => Error::Internal(msg),
+            Some("FENCED_LEADER_EPOCH") => Error::FencedEpoch(msg),
+            Some("UNKNOWN_LEADER_EPOCH") => Error::UnknownEpoch(msg),
+            Some("STALE_CONTROLLER_EPOCH") => Error::StaleController(msg),
             // Not from a caskade handler: tonic, hyper or the network.
             _ => match status.code() {
                 Code::InvalidArgument | Code::OutOfRange => Error::InvalidInput(msg),
@@ -267,6 +289,9 @@ mod tests {
             Error::Corrupt("bad crc".into()),
             Error::Unavailable("disk full".into()),
             Error::Internal("boom".into()),
+            Error::FencedEpoch("partition 1: epoch 3 < 4".into()),
+            Error::UnknownEpoch("partition 1: epoch 5 > 4".into()),
+            Error::StaleController("controller epoch 2 < 3".into()),
         ];
         for err in cases {
             let status = Status::from(err.clone());

@@ -24,6 +24,7 @@ pub mod config;
 pub mod error;
 pub mod node;
 pub mod proto;
+pub mod replication;
 pub mod server;
 pub mod storage;
 

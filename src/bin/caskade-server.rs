@@ -83,14 +83,21 @@ async fn serve(config: Config) -> Result<(), String> {
     } else {
         config.advertise.clone()
     };
-    let node = {
+    let clock = Arc::new(SystemClock);
+    let (node, replication, zk) = if config.cluster.is_some() {
+        let started = caskade::server::cluster::start(&config, advertise, clock)
+            .await
+            .map_err(|e| e.message())?;
+        let replication = Some((started.replication_listener, started.manager));
+        (started.node, replication, Some(started.zk))
+    } else {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || {
-            Node::open_standalone(&config, advertise, Arc::new(SystemClock))
-        })
-        .await
-        .map_err(|e| format!("startup failed: {e}"))?
-        .map_err(|e| e.message())?
+        let node =
+            tokio::task::spawn_blocking(move || Node::open_standalone(&config, advertise, clock))
+                .await
+                .map_err(|e| format!("startup failed: {e}"))?
+                .map_err(|e| e.message())?;
+        (Arc::new(node), None, None)
     };
     tracing::info!(
         listen = %local,
@@ -98,6 +105,7 @@ async fn serve(config: Config) -> Result<(), String> {
         partitions = config.partitions,
         engine = ?config.engine,
         fsync = ?config.storage.fsync,
+        mode = node.mode(),
         "caskade-server ready"
     );
     // Tests and scripts wait for this exact line on stdout.
@@ -108,8 +116,13 @@ async fn serve(config: Config) -> Result<(), String> {
             _ = sigterm.recv() => tracing::info!("SIGTERM received"),
             _ = sigint.recv() => tracing::info!("SIGINT received"),
         }
+        // Leave ZooKeeper first: the controller moves leadership away at
+        // once instead of after the session timeout.
+        if let Some(zk) = zk {
+            zk.shutdown().await;
+        }
     };
-    caskade::server::run(listener, Arc::new(node), &config, shutdown)
+    caskade::server::run(listener, node, &config, replication, shutdown)
         .await
         .map_err(|e| e.to_string())
 }

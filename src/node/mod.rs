@@ -33,9 +33,12 @@ use bytes::Bytes;
 use fs4::FileExt;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{Coordinator, NodeInfo, PARTITIONER, PartitionState, Role, partition_for};
+use crate::cluster::{
+    Coordinator, NodeAddr, NodeInfo, PARTITIONER, PartitionState, Role, partition_for,
+};
 use crate::config::{Config, EngineKind};
 use crate::error::{Error, Result};
+use crate::replication::{Op, ReplicaLog, ReplicaManager};
 use crate::storage::{self, Clock, Condition, Engine, Limits, SetOptions, Ttl};
 
 /// How many replicas must have a write before it is acknowledged.
@@ -105,6 +108,8 @@ pub struct Node {
     clock: Arc<dyn Clock>,
     /// The data directory.
     data_dir: PathBuf,
+    /// Cluster mode: the replication of every partition (`None` standalone).
+    replication: Option<Arc<ReplicaManager>>,
     /// Holds the directory lock for the node's lifetime.
     _lock: File,
 }
@@ -137,6 +142,69 @@ impl Node {
         coordinator: Arc<dyn Coordinator>,
         clock: Arc<dyn Clock>,
     ) -> Result<Node> {
+        let (lock, replicas) = Self::open_partitions(config, |pdir| {
+            open_engine(config.engine, pdir, &config.storage, clock.clone())
+        })?;
+        Ok(Node {
+            info,
+            partition_count: config.partitions,
+            replicas,
+            coordinator,
+            limits: config.storage.limits,
+            clock,
+            data_dir: config.data_dir.clone(),
+            replication: None,
+            _lock: lock,
+        })
+    }
+
+    /// Opens a cluster node: every partition's engine in replica mode
+    /// (records visible once committed), led and followed as the
+    /// [`ReplicaManager`] decides. `me` carries the advertised addresses.
+    /// Nothing leads until the ZooKeeper layer is attached to the manager.
+    pub fn open_cluster(
+        config: &Config,
+        me: NodeAddr,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Node, Arc<ReplicaManager>)> {
+        let cluster = config.cluster.clone().ok_or_else(|| {
+            Error::InvalidInput("cluster mode needs a `cluster:` configuration section".into())
+        })?;
+        let mut logs: Vec<Arc<dyn ReplicaLog>> = Vec::new();
+        let (lock, replicas) = Self::open_partitions(config, |pdir| {
+            let engine = Arc::new(storage::Bitcask::open_replica(
+                pdir,
+                config.storage.clone(),
+                clock.clone(),
+            )?);
+            logs.push(engine.clone());
+            Ok(engine)
+        })?;
+        let wait = std::time::Duration::from_millis(config.server.request_timeout_ms);
+        let manager = ReplicaManager::new(me.clone(), cluster, logs, wait);
+        let node = Node {
+            info: NodeInfo {
+                id: me.id,
+                client_addr: me.client_addr,
+            },
+            partition_count: config.partitions,
+            replicas,
+            coordinator: manager.clone(),
+            limits: config.storage.limits,
+            clock,
+            data_dir: config.data_dir.clone(),
+            replication: Some(manager.clone()),
+            _lock: lock,
+        };
+        Ok((node, manager))
+    }
+
+    /// Locks the data directory, checks its layout and opens each
+    /// partition's engine with `open`.
+    fn open_partitions(
+        config: &Config,
+        mut open: impl FnMut(&Path) -> storage::Result<Arc<dyn Engine>>,
+    ) -> Result<(File, Vec<Replica>)> {
         let dir = &config.data_dir;
         fs::create_dir_all(dir).map_err(|e| {
             Error::Unavailable(format!(
@@ -155,28 +223,18 @@ impl Node {
                     pdir.display()
                 ))
             })?;
-            let engine = open_engine(config.engine, &pdir, &config.storage, clock.clone())
-                .map_err(|e| {
-                    Error::Unavailable(format!(
-                        "cannot open partition {p} in {}: {e}",
-                        pdir.display()
-                    ))
-                })?;
+            let engine = open(&pdir).map_err(|e| {
+                Error::Unavailable(format!(
+                    "cannot open partition {p} in {}: {e}",
+                    pdir.display()
+                ))
+            })?;
             replicas.push(Replica {
                 partition: p,
                 engine,
             });
         }
-        Ok(Node {
-            info,
-            partition_count: config.partitions,
-            replicas,
-            coordinator,
-            limits: config.storage.limits,
-            clock,
-            data_dir: dir.clone(),
-            _lock: lock,
-        })
+        Ok((lock, replicas))
     }
 
     /// This node's id and client address.
@@ -223,11 +281,15 @@ impl Node {
             Some(0) => return Err(Error::InvalidInput("TTL must be at least 1 ms".into())),
             Some(ttl) => Some(self.expire_at(ttl)?),
         };
-        let engine = self.writable(&key, args.acks)?;
         let opts = SetOptions {
             expire_at_ms,
             condition: args.condition,
         };
+        if let Some(r) = &self.replication {
+            let p = partition_for(&key, self.partition_count);
+            return r.write(p, key, Op::Set(value, opts), args.acks).await;
+        }
+        let engine = self.writable(&key, args.acks)?;
         blocking(move || engine.set(&key, value, opts)).await
     }
 
@@ -235,11 +297,23 @@ impl Node {
     pub async fn get(&self, key: Bytes, consistency: Consistency) -> Result<Option<Bytes>> {
         self.limits.check_key(&key)?;
         let engine = self.readable(&key, consistency)?;
+        self.barrier(&key, consistency).await?;
         blocking(move || engine.get(&key)).await
     }
 
     /// Deletes `keys`; returns how many existed.
     pub async fn del(&self, keys: Vec<Bytes>, acks: Acks) -> Result<u64> {
+        if let Some(r) = &self.replication {
+            // Validate every key first, so a bad one fails the request as a
+            // whole before anything is written.
+            let targets = self.many(keys, |key| self.writable(key, acks))?;
+            let mut deleted = 0;
+            for (_, key) in targets {
+                let p = partition_for(&key, self.partition_count);
+                deleted += u64::from(r.write(p, key, Op::Delete, acks).await?);
+            }
+            return Ok(deleted);
+        }
         let targets = self.many(keys, |key| self.writable(key, acks))?;
         blocking(move || {
             let mut deleted = 0;
@@ -260,6 +334,10 @@ impl Node {
         } else {
             self.expire_at(ttl_ms)?
         };
+        if let Some(r) = &self.replication {
+            let p = partition_for(&key, self.partition_count);
+            return r.write(p, key, Op::Expire(at), acks).await;
+        }
         let engine = self.writable(&key, acks)?;
         blocking(move || engine.expire(&key, at)).await
     }
@@ -268,12 +346,16 @@ impl Node {
     pub async fn ttl(&self, key: Bytes, consistency: Consistency) -> Result<Ttl> {
         self.limits.check_key(&key)?;
         let engine = self.readable(&key, consistency)?;
+        self.barrier(&key, consistency).await?;
         blocking(move || engine.ttl(&key)).await
     }
 
     /// How many of `keys` exist (a repeated key counts each time).
     pub async fn exists(&self, keys: Vec<Bytes>, consistency: Consistency) -> Result<u64> {
         let targets = self.many(keys, |key| self.readable(key, consistency))?;
+        for (_, key) in &targets {
+            self.barrier(key, consistency).await?;
+        }
         blocking(move || {
             let mut count = 0;
             for (engine, key) in targets {
@@ -300,6 +382,18 @@ impl Node {
     pub async fn status(&self) -> Result<Vec<storage::Status>> {
         let engines: Vec<_> = self.replicas.iter().map(|r| r.engine.clone()).collect();
         blocking(move || engines.iter().map(|e| e.status()).collect()).await
+    }
+
+    /// In a cluster, a leader read waits until the leader has committed the
+    /// log it took over with (see [`ReplicaManager::read_barrier`]).
+    async fn barrier(&self, key: &[u8], consistency: Consistency) -> Result<()> {
+        match (&self.replication, consistency) {
+            (Some(r), Consistency::Leader) => {
+                r.read_barrier(partition_for(key, self.partition_count))
+                    .await
+            }
+            _ => Ok(()),
+        }
     }
 
     /// `now + ttl_ms`, refused when it does not fit a signed 64-bit count of

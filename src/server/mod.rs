@@ -15,6 +15,7 @@
 //!   before [`run`] returns. A request that was acknowledged is durable
 //!   once `run` returns, whatever the fsync policy.
 
+pub mod cluster;
 mod service;
 
 use std::io;
@@ -34,10 +35,47 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::proto::kv_server::KvServer;
+use crate::replication::ReplicaManager;
+use crate::replication::service::ReplicationService;
 
 /// Serves `node` on `listener` until `shutdown` completes, then drains and
-/// flushes. Returns once every engine is flushed.
+/// flushes. Returns once every engine is flushed. In cluster mode,
+/// `replication` is the node-to-node listener and the replicas it serves;
+/// it keeps serving while client requests drain.
 pub async fn run(
+    listener: TcpListener,
+    node: Arc<Node>,
+    config: &Config,
+    replication: Option<(TcpListener, Arc<ReplicaManager>)>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let stop_replication = tokio::sync::watch::Sender::new(false);
+    if let Some((listener, manager)) = replication {
+        let mut stopped = stop_replication.subscribe();
+        let server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(1)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+            .add_service(ReplicationService::server(manager))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            );
+        tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!("replication server failed: {e}");
+            }
+        });
+    }
+    let result = serve_clients(listener, node, config, shutdown).await;
+    stop_replication.send_replace(true);
+    result
+}
+
+/// The client-facing half of [`run`].
+async fn serve_clients(
     listener: TcpListener,
     node: Arc<Node>,
     config: &Config,

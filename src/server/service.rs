@@ -6,17 +6,25 @@
 //!   a waiting request holds no engine resources);
 //! - every error leaves through `impl From<Error> for Status` (src/error.rs),
 //!   so clients always get a `caskade-reason`;
-//! - handlers never block: the node runs engine calls on the blocking pool.
+//! - handlers never block: the node runs engine calls on the blocking pool;
+//! - a request for a partition led by another node is forwarded to that
+//!   leader once (marked `caskade-forwarded`); a forwarded request is never
+//!   forwarded again, so a moving leadership cannot make it loop.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::sync::Semaphore;
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::error::Error;
 use crate::node::{Acks, Consistency, Node, SetArgs};
 use crate::proto;
+use crate::proto::kv_client::KvClient;
 use crate::proto::kv_server::Kv;
 use crate::storage::{Condition, Ttl};
 
@@ -31,6 +39,27 @@ pub struct KvService {
     default_acks: Acks,
     /// `consistency` applied when a request leaves it unspecified.
     default_consistency: Consistency,
+    /// Clients of the other nodes, for forwarding, by address.
+    peers: Arc<Mutex<HashMap<String, KvClient<Channel>>>>,
+}
+
+/// Metadata key marking a request forwarded by another node: it is served
+/// here or refused, never forwarded again (no loops while leadership moves).
+const FORWARDED: &str = "caskade-forwarded";
+
+/// Whether `request` was forwarded by another node.
+fn forwarded<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key(FORWARDED)
+}
+
+/// The leader address of a `NOT_LEADER` error, when forwarding applies.
+fn leader_of<T>(result: &crate::Result<T>) -> Option<String> {
+    match result {
+        Err(Error::NotLeader {
+            leader: Some(addr), ..
+        }) => Some(addr.clone()),
+        _ => None,
+    }
 }
 
 impl KvService {
@@ -46,6 +75,45 @@ impl KvService {
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             default_acks,
             default_consistency,
+            peers: Arc::default(),
+        }
+    }
+
+    /// A client of the node at `addr` (connections are made lazily and
+    /// shared).
+    fn peer(&self, addr: &str) -> crate::Result<KvClient<Channel>> {
+        let mut peers = self.peers.lock();
+        if let Some(c) = peers.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Error::Internal(format!("bad leader address {addr}: {e}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let client = KvClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        peers.insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Sends `message` to the leader at `addr` with `call`, marked as
+    /// forwarded.
+    async fn forward<Q, A, F, Fut>(&self, addr: &str, message: Q, call: F) -> crate::Result<A>
+    where
+        F: FnOnce(KvClient<Channel>, Request<Q>) -> Fut,
+        Fut: Future<Output = Result<Response<A>, Status>>,
+    {
+        let client = self.peer(addr)?;
+        let mut request = Request::new(message);
+        request
+            .metadata_mut()
+            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        tracing::debug!("forwarding to the leader at {addr}");
+        match call(client, request).await {
+            Ok(reply) => Ok(reply.into_inner()),
+            Err(status) => Err(Error::from(status)),
         }
     }
 
@@ -112,6 +180,7 @@ impl Kv for KvService {
         &self,
         request: Request<proto::SetRequest>,
     ) -> Result<Response<proto::SetResponse>, Status> {
+        let again = !forwarded(&request);
         let r = request.into_inner();
         let span = tracing::Span::current();
         span.record("key_len", r.key.len());
@@ -122,8 +191,13 @@ impl Kv for KvService {
                 condition: condition(r.condition)?,
                 acks: self.acks(r.acks),
             };
-            let written = self.node.set(r.key, r.value, args).await?;
-            Ok(proto::SetResponse { written })
+            let result = self.node.set(r.key.clone(), r.value.clone(), args).await;
+            if let Some(addr) = leader_of(&result).filter(|_| again) {
+                return self
+                    .forward(&addr, r, |mut c, q| async move { c.set(q).await })
+                    .await;
+            }
+            Ok(proto::SetResponse { written: result? })
         })
         .await
     }
@@ -133,14 +207,20 @@ impl Kv for KvService {
         &self,
         request: Request<proto::GetRequest>,
     ) -> Result<Response<proto::GetResponse>, Status> {
+        let again = !forwarded(&request);
         let r = request.into_inner();
         tracing::Span::current().record("key_len", r.key.len());
         self.run(async {
-            let value = self
+            let result = self
                 .node
-                .get(r.key, self.consistency(r.consistency))
-                .await?;
-            Ok(proto::GetResponse { value })
+                .get(r.key.clone(), self.consistency(r.consistency))
+                .await;
+            if let Some(addr) = leader_of(&result).filter(|_| again) {
+                return self
+                    .forward(&addr, r, |mut c, q| async move { c.get(q).await })
+                    .await;
+            }
+            Ok(proto::GetResponse { value: result? })
         })
         .await
     }
@@ -150,10 +230,33 @@ impl Kv for KvService {
         &self,
         request: Request<proto::DelRequest>,
     ) -> Result<Response<proto::DelResponse>, Status> {
+        let again = !forwarded(&request);
         let r = request.into_inner();
         tracing::Span::current().record("keys", r.keys.len());
         self.run(async {
-            let deleted = self.node.del(r.keys, self.acks(r.acks)).await?;
+            let acks = self.acks(r.acks);
+            let result = self.node.del(r.keys.clone(), acks).await;
+            if leader_of(&result).is_none() || !again {
+                return Ok(proto::DelResponse { deleted: result? });
+            }
+            // Keys of partitions led elsewhere: one key at a time, each
+            // where its partition is led.
+            let mut deleted = 0;
+            for key in r.keys {
+                let one = self.node.del(vec![key.clone()], acks).await;
+                deleted += match leader_of(&one) {
+                    Some(addr) => {
+                        let q = proto::DelRequest {
+                            keys: vec![key],
+                            acks: r.acks,
+                        };
+                        self.forward(&addr, q, |mut c, q| async move { c.del(q).await })
+                            .await?
+                            .deleted
+                    }
+                    None => one?,
+                };
+            }
             Ok(proto::DelResponse { deleted })
         })
         .await
@@ -164,13 +267,22 @@ impl Kv for KvService {
         &self,
         request: Request<proto::ExpireRequest>,
     ) -> Result<Response<proto::ExpireResponse>, Status> {
+        let again = !forwarded(&request);
         let r = request.into_inner();
         let span = tracing::Span::current();
         span.record("key_len", r.key.len());
         span.record("ttl_ms", r.ttl_ms);
         self.run(async {
-            let existed = self.node.expire(r.key, r.ttl_ms, self.acks(r.acks)).await?;
-            Ok(proto::ExpireResponse { existed })
+            let result = self
+                .node
+                .expire(r.key.clone(), r.ttl_ms, self.acks(r.acks))
+                .await;
+            if let Some(addr) = leader_of(&result).filter(|_| again) {
+                return self
+                    .forward(&addr, r, |mut c, q| async move { c.expire(q).await })
+                    .await;
+            }
+            Ok(proto::ExpireResponse { existed: result? })
         })
         .await
     }
@@ -180,14 +292,20 @@ impl Kv for KvService {
         &self,
         request: Request<proto::TtlRequest>,
     ) -> Result<Response<proto::TtlResponse>, Status> {
+        let again = !forwarded(&request);
         let r = request.into_inner();
         tracing::Span::current().record("key_len", r.key.len());
         self.run(async {
-            let ttl = self
+            let result = self
                 .node
-                .ttl(r.key, self.consistency(r.consistency))
-                .await?;
-            let ttl_ms = match ttl {
+                .ttl(r.key.clone(), self.consistency(r.consistency))
+                .await;
+            if let Some(addr) = leader_of(&result).filter(|_| again) {
+                return self
+                    .forward(&addr, r, |mut c, q| async move { c.ttl(q).await })
+                    .await;
+            }
+            let ttl_ms = match result? {
                 Ttl::Missing => -2,
                 Ttl::Persistent => -1,
                 Ttl::ExpiresInMs(ms) => i64::try_from(ms).unwrap_or(i64::MAX),
@@ -202,13 +320,31 @@ impl Kv for KvService {
         &self,
         request: Request<proto::ExistsRequest>,
     ) -> Result<Response<proto::ExistsResponse>, Status> {
+        let again = !forwarded(&request);
         let r = request.into_inner();
         tracing::Span::current().record("keys", r.keys.len());
         self.run(async {
-            let count = self
-                .node
-                .exists(r.keys, self.consistency(r.consistency))
-                .await?;
+            let consistency = self.consistency(r.consistency);
+            let result = self.node.exists(r.keys.clone(), consistency).await;
+            if leader_of(&result).is_none() || !again {
+                return Ok(proto::ExistsResponse { count: result? });
+            }
+            let mut count = 0;
+            for key in r.keys {
+                let one = self.node.exists(vec![key.clone()], consistency).await;
+                count += match leader_of(&one) {
+                    Some(addr) => {
+                        let q = proto::ExistsRequest {
+                            keys: vec![key],
+                            consistency: r.consistency,
+                        };
+                        self.forward(&addr, q, |mut c, q| async move { c.exists(q).await })
+                            .await?
+                            .count
+                    }
+                    None => one?,
+                };
+            }
             Ok(proto::ExistsResponse { count })
         })
         .await

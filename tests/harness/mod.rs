@@ -8,6 +8,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod cluster;
 pub mod zk;
 
 use std::io::{BufRead, BufReader, Write};
@@ -97,6 +98,12 @@ impl ServerOpts {
     /// Listens on a given address.
     pub fn listen(mut self, addr: &str) -> Self {
         self.listen = Some(addr.into());
+        self
+    }
+
+    /// Adds a command-line argument.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.into());
         self
     }
 }

@@ -1,0 +1,159 @@
+//! The storage seam of replication: what a partition replica needs from its
+//! engine, beyond the [`Engine`] reads every node serves.
+//!
+//! [`ReplicaLog`] is implemented by [`Bitcask`] opened in replica mode
+//! (records become visible only when committed). Every method may block on
+//! disk I/O; the replication layer calls them on tokio's blocking pool.
+//!
+//! Invariants the implementation keeps (see `docs/STORAGE.md`):
+//! - `written_end` only moves forward, except through `truncate*`;
+//! - records below `committed` are applied to the keydir, the others are
+//!   not; `committed` never moves backwards and survives a restart;
+//! - `append` keeps each record's offset and epoch and checks its CRC.
+
+use bytes::Bytes;
+
+use crate::storage::{self, Bitcask, Engine, SetOptions};
+
+/// A write operation, decided by the leader on the newest state.
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// `SET key value` with its options.
+    Set(Bytes, SetOptions),
+    /// `DEL key`.
+    Delete,
+    /// `EXPIRE` to this absolute instant in ms.
+    Expire(u64),
+}
+
+/// The result of a leader write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// The answer to report (set happened, key existed).
+    pub done: bool,
+    /// The answer is final once the high watermark reaches this offset.
+    pub until: u64,
+}
+
+/// A partition replica's log, as replication drives it.
+pub trait ReplicaLog: Engine {
+    /// Stamps records written from now on with `epoch`.
+    fn set_epoch(&self, epoch: u32) -> storage::Result<()>;
+    /// Decides and writes `op` on `key` (leader).
+    fn write_op(&self, key: &[u8], op: Op) -> storage::Result<Written>;
+    /// Appends records in the storage format, fetched from the leader
+    /// (follower). Returns how many were appended.
+    fn append(&self, records: &[u8]) -> storage::Result<usize>;
+    /// Applies records below `hw`; returns the commit point.
+    fn commit(&self, hw: u64) -> storage::Result<u64>;
+    /// The commit point.
+    fn committed(&self) -> u64;
+    /// End of the records written (and fsynced under `always`).
+    fn written_end(&self) -> u64;
+    /// Raw records from `from`, about `max_bytes` of them, concatenated.
+    fn read_raw(&self, from: u64, max_bytes: usize) -> storage::Result<(Bytes, u32)>;
+    /// Removes records `>= offset`; refused below the commit point.
+    fn truncate_to(&self, offset: u64) -> storage::Result<()>;
+    /// Removes records `>= offset` even below the commit point (unclean).
+    fn truncate_unclean_to(&self, offset: u64) -> storage::Result<()>;
+    /// `(epoch, first offset)` of every leader epoch in the log, ascending.
+    fn epoch_starts(&self) -> storage::Result<Vec<(u32, u64)>>;
+    /// Tombstones at or above `offset` must survive merges.
+    fn retain_from(&self, offset: u64);
+}
+
+impl ReplicaLog for Bitcask {
+    fn set_epoch(&self, epoch: u32) -> storage::Result<()> {
+        Bitcask::set_epoch(self, epoch)
+    }
+
+    fn write_op(&self, key: &[u8], op: Op) -> storage::Result<Written> {
+        let op = match op {
+            Op::Set(v, o) => storage::WriteOp::Set(v, o),
+            Op::Delete => storage::WriteOp::Delete,
+            Op::Expire(at) => storage::WriteOp::Expire(at),
+        };
+        let w = Bitcask::write(self, key, op)?;
+        Ok(Written {
+            done: w.done,
+            until: w.until,
+        })
+    }
+
+    fn append(&self, records: &[u8]) -> storage::Result<usize> {
+        self.append_replicated(records)
+    }
+
+    fn commit(&self, hw: u64) -> storage::Result<u64> {
+        Bitcask::commit(self, hw)
+    }
+
+    fn committed(&self) -> u64 {
+        Bitcask::committed(self)
+    }
+
+    fn written_end(&self) -> u64 {
+        Bitcask::written_end(self)
+    }
+
+    fn read_raw(&self, from: u64, max_bytes: usize) -> storage::Result<(Bytes, u32)> {
+        let records = self.read_log(from, max_bytes)?;
+        let count = records.len() as u32;
+        if records.len() == 1 {
+            return Ok((records[0].raw.clone(), 1));
+        }
+        let mut buf = Vec::with_capacity(records.iter().map(|r| r.raw.len()).sum());
+        for r in &records {
+            buf.extend_from_slice(&r.raw);
+        }
+        Ok((Bytes::from(buf), count))
+    }
+
+    fn truncate_to(&self, offset: u64) -> storage::Result<()> {
+        self.truncate(offset)
+    }
+
+    fn truncate_unclean_to(&self, offset: u64) -> storage::Result<()> {
+        self.truncate_unclean(offset)
+    }
+
+    fn epoch_starts(&self) -> storage::Result<Vec<(u32, u64)>> {
+        self.epochs()
+    }
+
+    fn retain_from(&self, offset: u64) {
+        self.set_retain_from(offset)
+    }
+}
+
+/// The end offset of `epoch` in a log with `starts` (ascending
+/// `(epoch, first offset)`) and log end `end`: where the next higher epoch
+/// starts, or `end` for the last one. With the largest epoch `<= epoch`
+/// actually present; `None` when there is none.
+pub fn epoch_end(starts: &[(u32, u64)], epoch: u32, end: u64) -> Option<(u32, u64)> {
+    let i = starts.partition_point(|&(e, _)| e <= epoch);
+    if i == 0 {
+        return None;
+    }
+    let found = starts[i - 1].0;
+    let end = starts.get(i).map_or(end, |&(_, start)| start);
+    Some((found, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::epoch_end;
+
+    #[test]
+    fn epoch_end_offsets() {
+        let starts = [(1, 0), (2, 2), (5, 4)];
+        assert_eq!(epoch_end(&starts, 0, 9), None);
+        assert_eq!(epoch_end(&starts, 1, 9), Some((1, 2)));
+        assert_eq!(epoch_end(&starts, 2, 9), Some((2, 4)));
+        assert_eq!(epoch_end(&starts, 3, 9), Some((2, 4)));
+        assert_eq!(epoch_end(&starts, 4, 9), Some((2, 4)));
+        assert_eq!(epoch_end(&starts, 5, 9), Some((5, 9)));
+        assert_eq!(epoch_end(&starts, 7, 9), Some((5, 9)));
+        assert_eq!(epoch_end(&[], 7, 9), None);
+    }
+}

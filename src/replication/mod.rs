@@ -1,0 +1,744 @@
+//! Replication: Kafka-style leader/follower log replication of every
+//! partition hosted here, driven by the partition states the controller
+//! hands out through ZooKeeper.
+//!
+//! [`ReplicaManager`] is the cluster-mode [`Coordinator`] of the request
+//! path and the [`StateListener`] of the ZooKeeper layer. For each
+//! partition it keeps a [`partition::Partition`]:
+//!
+//! - as leader it stamps its epoch on writes, serves followers' long-poll
+//!   fetches ([`service`]), tracks each follower's log end, moves the high
+//!   watermark (`min` log end over the ISR, at least `min_insync` members),
+//!   shrinks and expands the ISR through ZooKeeper compare-and-set, and
+//!   answers `acks: all` writes once the high watermark covers them;
+//! - as follower it runs a fetcher ([`fetcher`]) that first truncates its
+//!   log where it diverges from the leader's (KIP-101/279 epoch lookups),
+//!   then appends what it fetches and commits up to the leader's high
+//!   watermark.
+//!
+//! Invariants:
+//! - a node acts as leader only while its ZooKeeper lease is valid
+//!   ([`ClusterHandle::lease_valid`]) and it was not fenced since the last
+//!   state it learned; both are checked on every request;
+//! - a write refused with `NOT_ENOUGH_REPLICAS` was refused before anything
+//!   was written; an `acks: all` write that cannot be confirmed after it
+//!   was written fails with `TIMEOUT` or `UNAVAILABLE`, whose outcome is
+//!   documented as unknown (docs/REPLICATION.md);
+//! - controller notices older than the newest controller epoch seen are
+//!   refused (`STALE_CONTROLLER_EPOCH`).
+
+mod fetcher;
+mod log;
+mod partition;
+pub mod service;
+
+pub use log::{Op, ReplicaLog, Written, epoch_end};
+pub use partition::Progress;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+
+use self::partition::{Partition, RoleState, check_epoch};
+use crate::cluster::{
+    BoxFuture, Coordinator, LeaderAndIsr, NodeAddr, NodeInfo, PartitionState, ReplicaOffsets, Role,
+    StateListener,
+};
+use crate::config::ClusterOptions;
+use crate::error::{Error, Result};
+use crate::node::Acks;
+
+/// The outcome of an ISR compare-and-set in ZooKeeper.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IsrOutcome {
+    /// Written at this znode version.
+    Updated {
+        /// The new version.
+        zk_version: i32,
+    },
+    /// Someone else wrote first; the current state.
+    Conflict(LeaderAndIsr),
+}
+
+/// What replication needs from the ZooKeeper layer.
+pub trait ClusterHandle: Send + Sync + 'static {
+    /// Whether this node may act as a leader now.
+    fn lease_valid(&self) -> bool;
+    /// The live nodes.
+    fn nodes(&self) -> Vec<NodeAddr>;
+    /// The controller's node id.
+    fn controller(&self) -> Option<String>;
+    /// Compare-and-set of a partition's ISR.
+    fn update_isr(&self, proposed: LeaderAndIsr) -> BoxFuture<'static, Result<IsrOutcome>>;
+}
+
+/// Every partition replica of this node, and the cluster around them.
+pub struct ReplicaManager {
+    /// This node.
+    me: NodeAddr,
+    /// Cluster settings.
+    opts: ClusterOptions,
+    /// Replicas by partition id.
+    partitions: Vec<Arc<Partition>>,
+    /// The nodes last announced, by id.
+    nodes: RwLock<HashMap<String, NodeAddr>>,
+    /// The ZooKeeper layer, once started.
+    cluster: OnceLock<Arc<dyn ClusterHandle>>,
+    /// Newest controller epoch seen in a notice.
+    controller_epoch: AtomicU64,
+    /// How long an `acks: all` write and a new leader's first read wait.
+    wait: Duration,
+    /// gRPC channels to other nodes' replication services.
+    channels: fetcher::Channels,
+}
+
+impl ReplicaManager {
+    /// A manager for `logs` (one per partition, by id). Nothing leads until
+    /// states arrive. `wait` bounds acks and read-barrier waits.
+    pub fn new(
+        me: NodeAddr,
+        opts: ClusterOptions,
+        logs: Vec<Arc<dyn ReplicaLog>>,
+        wait: Duration,
+    ) -> Arc<ReplicaManager> {
+        let partitions = logs
+            .into_iter()
+            .enumerate()
+            .map(|(p, log)| Arc::new(Partition::new(p as u32, log)))
+            .collect();
+        let mut nodes = HashMap::new();
+        nodes.insert(me.id.clone(), me.clone());
+        Arc::new(ReplicaManager {
+            me,
+            opts,
+            partitions,
+            nodes: RwLock::new(nodes),
+            cluster: OnceLock::new(),
+            controller_epoch: AtomicU64::new(0),
+            wait,
+            channels: fetcher::Channels::default(),
+        })
+    }
+
+    /// Attaches the ZooKeeper layer and starts the ISR maintenance task.
+    pub fn attach(self: &Arc<Self>, cluster: Arc<dyn ClusterHandle>) {
+        if self.cluster.set(cluster).is_err() {
+            return;
+        }
+        let me = Arc::downgrade(self);
+        let tick = Duration::from_millis((self.opts.replica_lag_ms / 4).clamp(50, 1000));
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(tick);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                let Some(m) = me.upgrade() else { return };
+                m.maintain();
+            }
+        });
+    }
+
+    /// This node.
+    pub fn me(&self) -> &NodeAddr {
+        &self.me
+    }
+
+    /// The cluster settings.
+    pub fn options(&self) -> &ClusterOptions {
+        &self.opts
+    }
+
+    /// Whether the ZooKeeper lease allows leading.
+    fn lease(&self) -> bool {
+        self.cluster.get().is_some_and(|c| c.lease_valid())
+    }
+
+    /// The partition `p`, or an error naming it.
+    fn partition(&self, p: u32) -> Result<&Arc<Partition>> {
+        self.partitions
+            .get(p as usize)
+            .ok_or_else(|| Error::InvalidInput(format!("no partition {p}")))
+    }
+
+    /// The client address of node `id`.
+    fn client_addr(&self, id: &str) -> Option<String> {
+        if let Some(n) = self.nodes.read().get(id) {
+            return Some(n.client_addr.clone());
+        }
+        self.cluster
+            .get()?
+            .nodes()
+            .into_iter()
+            .find(|n| n.id == id)
+            .map(|n| n.client_addr)
+    }
+
+    /// The node `id`'s addresses.
+    fn node(&self, id: &str) -> Option<NodeAddr> {
+        if let Some(n) = self.nodes.read().get(id) {
+            return Some(n.clone());
+        }
+        self.cluster.get()?.nodes().into_iter().find(|n| n.id == id)
+    }
+
+    /// `NOT_LEADER` for partition `p`, naming the leader when known.
+    fn not_leader(&self, p: &Partition) -> Error {
+        let leader = p
+            .state
+            .lock()
+            .known
+            .as_ref()
+            .and_then(|k| k.leader.clone())
+            .filter(|l| *l != self.me.id);
+        Error::NotLeader {
+            partition: p.id,
+            leader: leader.and_then(|l| self.client_addr(&l)),
+        }
+    }
+
+    /// The leader epoch of `p` if this node may lead it right now.
+    fn leading(&self, p: &Partition) -> Result<u32> {
+        match p.leading_epoch() {
+            Some(epoch) if self.lease() => Ok(epoch),
+            Some(_) => {
+                if p.fence() {
+                    tracing::warn!(
+                        partition = p.id,
+                        "ZooKeeper lease lapsed: no longer acting as leader"
+                    );
+                }
+                Err(self.not_leader(p))
+            }
+            None => Err(self.not_leader(p)),
+        }
+    }
+
+    /// Writes `op` on `key` in partition `p` and waits as `acks` asks.
+    pub async fn write(&self, p: u32, key: Bytes, op: Op, acks: Acks) -> Result<bool> {
+        let part = self.partition(p)?;
+        let epoch = self.leading(part)?;
+        if acks == Acks::All {
+            let isr = match &part.state.lock().role {
+                RoleState::Leader(l) => l.isr.len() as u32,
+                _ => 0,
+            };
+            if isr < self.opts.min_insync {
+                return Err(Error::NotEnoughReplicas {
+                    partition: p,
+                    isr,
+                    min_insync: self.opts.min_insync,
+                });
+            }
+        }
+        let log = part.log.clone();
+        let written = blocking(move || log.write_op(&key, op)).await?;
+        part.publish_log_end();
+        self.advance_hw(part).await;
+        if acks == Acks::Leader {
+            return Ok(written.done);
+        }
+        let mut rx = part.progress.subscribe();
+        let waited = tokio::time::timeout(
+            self.wait,
+            rx.wait_for(|pr| pr.hw >= written.until || pr.leading != Some(epoch)),
+        )
+        .await;
+        match waited {
+            Ok(Ok(pr)) if pr.hw >= written.until => Ok(written.done),
+            Ok(_) => Err(Error::Unavailable(format!(
+                "leadership of partition {p} changed before the in-sync replicas confirmed \
+                 the write; it may or may not be applied"
+            ))),
+            Err(_) => Err(Error::Timeout(format!(
+                "the in-sync replicas of partition {p} did not confirm the write within {} ms; \
+                 it may or may not be applied",
+                self.wait.as_millis()
+            ))),
+        }
+    }
+
+    /// Waits until this leader may serve reads of `p` (its high watermark
+    /// reached the log end it took over with).
+    pub async fn read_barrier(&self, p: u32) -> Result<()> {
+        let part = self.partition(p)?;
+        let epoch = self.leading(part)?;
+        let start = match &part.state.lock().role {
+            RoleState::Leader(l) => l.epoch_start,
+            _ => return Err(self.not_leader(part)),
+        };
+        let mut rx = part.progress.subscribe();
+        let waited = tokio::time::timeout(
+            self.wait,
+            rx.wait_for(|pr| pr.hw >= start || pr.leading != Some(epoch)),
+        )
+        .await;
+        match waited {
+            Ok(Ok(pr)) if pr.hw >= start => Ok(()),
+            Ok(_) => Err(self.not_leader(part)),
+            Err(_) => Err(Error::Timeout(format!(
+                "partition {p}: the new leader has not committed its log yet (high watermark \
+                 {} of {start})",
+                part.progress.borrow().hw
+            ))),
+        }
+    }
+
+    /// Moves the high watermark of `part` if the ISR allows it, commits it
+    /// in the engine, then publishes it.
+    async fn advance_hw(&self, part: &Arc<Partition>) {
+        let Some(hw) = part.hw_candidate(&self.me.id, self.opts.min_insync) else {
+            return;
+        };
+        self.commit(part, hw).await;
+    }
+
+    /// Commits `hw` in the engine and publishes what was committed.
+    async fn commit(&self, part: &Arc<Partition>, hw: u64) {
+        let log = part.log.clone();
+        match blocking(move || log.commit(hw)).await {
+            Ok(done) => part.publish_hw(done),
+            Err(e) => tracing::error!(partition = part.id, "committing offset {hw} failed: {e}"),
+        }
+    }
+
+    /// One round of ISR maintenance: shrink lagging followers, and lower
+    /// the merge horizon to the slowest replica.
+    fn maintain(self: &Arc<Self>) {
+        let lag = Duration::from_millis(self.opts.replica_lag_ms);
+        for part in &self.partitions {
+            if let RoleState::Leader(l) = &part.state.lock().role {
+                let slowest = l
+                    .replicas
+                    .iter()
+                    .filter(|r| **r != self.me.id)
+                    .map(|r| l.followers.get(r).map_or(0, |f| f.leo))
+                    .min()
+                    .unwrap_or(u64::MAX);
+                part.log.retain_from(slowest.min(part.progress.borrow().hw));
+            }
+            if let Some(isr) = part.shrink_candidate(&self.me.id, lag) {
+                self.spawn_isr_change(part.clone(), isr, "lagging");
+            }
+        }
+    }
+
+    /// Proposes `isr` for `part` to ZooKeeper; it counts once written.
+    fn spawn_isr_change(self: &Arc<Self>, part: Arc<Partition>, isr: Vec<String>, why: &str) {
+        let Some(cluster) = self.cluster.get().cloned() else {
+            part.isr_change_failed();
+            return;
+        };
+        let Some(proposal) = part.isr_proposal(isr.clone(), &self.me.id) else {
+            part.isr_change_failed();
+            return;
+        };
+        let me = self.clone();
+        let why = why.to_string();
+        tokio::spawn(async move {
+            let epoch = proposal.leader_epoch;
+            let old_version = proposal.zk_version;
+            match cluster.update_isr(proposal).await {
+                Ok(IsrOutcome::Updated { zk_version }) => {
+                    tracing::info!(
+                        partition = part.id,
+                        "ISR is now [{}] ({why}; epoch {epoch}, state version {old_version} -> {zk_version})",
+                        isr.join(",")
+                    );
+                    part.adopt_isr(epoch, isr, zk_version);
+                    me.advance_hw(&part).await;
+                }
+                Ok(IsrOutcome::Conflict(current)) => {
+                    tracing::info!(
+                        partition = part.id,
+                        "ISR change lost a compare-and-set race; adopting the current state"
+                    );
+                    part.isr_change_failed();
+                    if current.leader_epoch == epoch
+                        && current.leader.as_deref() == Some(me.me.id.as_str())
+                    {
+                        part.adopt_isr(epoch, current.isr.clone(), current.zk_version);
+                    }
+                    me.apply_states(vec![current]);
+                }
+                Err(e) => {
+                    part.isr_change_failed();
+                    tracing::warn!(partition = part.id, "ISR change failed: {e}");
+                }
+            }
+        });
+    }
+
+    /// Learns `states` and reconciles the roles they change.
+    fn apply_states(self: &Arc<Self>, states: Vec<LeaderAndIsr>) {
+        for state in states {
+            let Some(part) = self.partitions.get(state.partition as usize).cloned() else {
+                continue;
+            };
+            if part.learn(state) {
+                let me = self.clone();
+                tokio::spawn(async move { me.reconcile(&part).await });
+            }
+        }
+    }
+
+    /// Makes the role of `part` match the newest state known.
+    async fn reconcile(self: &Arc<Self>, part: &Arc<Partition>) {
+        let _t = part.transition.lock().await;
+        let Some(target) = part.state.lock().known.clone() else {
+            return;
+        };
+        let mine = target.replicas.iter().any(|r| *r == self.me.id);
+        match target.leader.as_deref() {
+            Some(l) if l == self.me.id && mine => self.become_leader(part, &target).await,
+            Some(l) if mine => self.become_follower(part, l, target.leader_epoch).await,
+            _ => {
+                self.stop_role(part).await;
+            }
+        }
+    }
+
+    /// Ends the current role: fails leader waiters, stops the fetcher and
+    /// waits for an append in progress.
+    async fn stop_role(&self, part: &Arc<Partition>) {
+        let old = std::mem::replace(&mut part.state.lock().role, RoleState::Idle);
+        match old {
+            RoleState::Leader(l) => {
+                part.progress.send_modify(|p| p.leading = None);
+                tracing::info!(partition = part.id, "no longer leader (epoch {})", l.epoch);
+            }
+            RoleState::Follower { stop, .. } => {
+                let _ = stop.send(true);
+                let _ = part.append.lock().await;
+            }
+            RoleState::Idle => {}
+        }
+    }
+
+    /// Takes leadership of `part` at `target.leader_epoch`.
+    async fn become_leader(self: &Arc<Self>, part: &Arc<Partition>, target: &LeaderAndIsr) {
+        let already = {
+            let mut s = part.state.lock();
+            match &mut s.role {
+                RoleState::Leader(l) if l.epoch == target.leader_epoch => {
+                    if target.zk_version > l.zk_version {
+                        l.isr = target.isr.clone();
+                        l.zk_version = target.zk_version;
+                        l.controller_epoch = target.controller_epoch;
+                    }
+                    true
+                }
+                _ => false,
+            }
+        };
+        if already {
+            part.progress
+                .send_modify(|p| p.leading = Some(target.leader_epoch));
+            self.advance_hw(part).await;
+            return;
+        }
+        self.stop_role(part).await;
+        let log = part.log.clone();
+        let epoch = target.leader_epoch;
+        if let Err(e) = blocking(move || log.set_epoch(epoch).map_err(Error::from)).await {
+            tracing::error!(partition = part.id, "cannot lead at epoch {epoch}: {e}");
+            return;
+        }
+        let start = part.log.written_end();
+        let hw = part.log.committed();
+        let now = Instant::now();
+        let followers = target
+            .replicas
+            .iter()
+            .filter(|r| **r != self.me.id)
+            .map(|r| {
+                (
+                    r.clone(),
+                    partition::FollowerProgress {
+                        leo: 0,
+                        caught_up_at: now,
+                        last_fetch: None,
+                    },
+                )
+            })
+            .collect();
+        part.state.lock().role = RoleState::Leader(partition::LeaderState {
+            epoch,
+            isr: target.isr.clone(),
+            zk_version: target.zk_version,
+            controller_epoch: target.controller_epoch,
+            replicas: target.replicas.clone(),
+            epoch_start: start,
+            followers,
+            isr_change_in_flight: false,
+        });
+        part.publish_hw(hw);
+        part.progress.send_modify(|p| p.leading = Some(epoch));
+        part.publish_log_end();
+        tracing::info!(
+            partition = part.id,
+            "leading at epoch {epoch} from log end {start} (high watermark {hw}), ISR [{}]",
+            target.isr.join(",")
+        );
+        self.advance_hw(part).await;
+    }
+
+    /// Follows `leader` at `epoch`.
+    async fn become_follower(self: &Arc<Self>, part: &Arc<Partition>, leader: &str, epoch: u32) {
+        let same = matches!(
+            &part.state.lock().role,
+            RoleState::Follower { leader: l, epoch: e, .. } if l == leader && *e == epoch
+        );
+        if same {
+            return;
+        }
+        self.stop_role(part).await;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        part.state.lock().role = RoleState::Follower {
+            leader: leader.to_string(),
+            epoch,
+            stop,
+        };
+        tracing::info!(
+            partition = part.id,
+            "following {leader} at epoch {epoch} from log end {}",
+            part.log.written_end()
+        );
+        let me = self.clone();
+        let part = part.clone();
+        let leader = leader.to_string();
+        tokio::spawn(async move { fetcher::run(me, part, leader, epoch, stopped).await });
+    }
+
+    /// Answers one fetch on the leader (long poll).
+    pub async fn fetch(
+        self: &Arc<Self>,
+        req: crate::proto::replication::FetchRequest,
+    ) -> Result<crate::proto::replication::FetchResponse> {
+        let part = self.partition(req.partition)?.clone();
+        if !self.lease() {
+            return Err(self.not_leader(&part));
+        }
+        let note = part.note_fetch(
+            &self.me.id,
+            &req.follower_id,
+            req.offset,
+            req.leader_epoch,
+            self.opts.min_insync,
+        )?;
+        if let Some(hw) = note.commit {
+            self.commit(&part, hw).await;
+        }
+        if let Some(isr) = note.isr_change {
+            self.spawn_isr_change(part.clone(), isr, &format!("{} caught up", req.follower_id));
+        }
+        let wait = Duration::from_millis(u64::from(req.max_wait_ms).min(10_000));
+        let mut end = part.log_end.subscribe();
+        let offset = req.offset;
+        if *end.borrow() <= offset {
+            let mut leading = part.progress.subscribe();
+            tokio::select! {
+                _ = tokio::time::timeout(wait, end.wait_for(|e| *e > offset)) => {}
+                _ = leading.wait_for(|p| p.leading != Some(req.leader_epoch)) => {}
+            }
+        }
+        let max = (req.max_bytes as usize).clamp(1, self.opts.fetch_max_bytes.max(1));
+        let log = part.log.clone();
+        let (records, count) = if log.written_end() > offset {
+            blocking(move || log.read_raw(offset, max).map_err(Error::from)).await?
+        } else {
+            (Bytes::new(), 0)
+        };
+        Ok(crate::proto::replication::FetchResponse {
+            partition: part.id,
+            high_watermark: part.progress.borrow().hw,
+            log_end_offset: part.log.written_end(),
+            records,
+            record_count: count,
+        })
+    }
+
+    /// KIP-101: the end offset of `epoch` in this leader's log.
+    pub fn epoch_end_offset(
+        &self,
+        req: crate::proto::replication::EpochEndOffsetRequest,
+    ) -> Result<crate::proto::replication::EpochEndOffsetResponse> {
+        let part = self.partition(req.partition)?;
+        let mine = self.leading(part)?;
+        check_epoch(part.id, req.current_leader_epoch, mine)?;
+        let end = part.log.written_end();
+        let mut starts = part.log.epoch_starts()?;
+        if starts.last().is_none_or(|&(e, _)| e < mine) {
+            starts.push((mine, end));
+        }
+        let found = epoch_end(&starts, req.leader_epoch, end);
+        Ok(crate::proto::replication::EpochEndOffsetResponse {
+            found: found.is_some(),
+            leader_epoch: found.map_or(0, |f| f.0),
+            end_offset: found.map_or(0, |f| f.1),
+        })
+    }
+
+    /// Log end offsets of `partitions` hosted here.
+    pub fn log_end_offsets(&self, partitions: &[u32]) -> Vec<ReplicaOffsets> {
+        partitions
+            .iter()
+            .filter_map(|&p| self.partitions.get(p as usize))
+            .map(|part| ReplicaOffsets {
+                partition: part.id,
+                log_end_offset: part.log.written_end(),
+                last_epoch: part
+                    .log
+                    .epoch_starts()
+                    .ok()
+                    .and_then(|s| s.last().map(|&(e, _)| e))
+                    .unwrap_or(0),
+                high_watermark: part.log.committed(),
+            })
+            .collect()
+    }
+
+    /// A controller notice: refuses a deposed controller, then applies.
+    pub fn leader_and_isr(
+        self: &Arc<Self>,
+        controller_epoch: u64,
+        states: Vec<LeaderAndIsr>,
+        nodes: Vec<NodeAddr>,
+    ) -> Result<()> {
+        let seen = self
+            .controller_epoch
+            .fetch_max(controller_epoch, Ordering::SeqCst);
+        if controller_epoch < seen {
+            return Err(Error::StaleController(format!(
+                "notice from controller epoch {controller_epoch}, but epoch {seen} was seen"
+            )));
+        }
+        self.learn_nodes(nodes);
+        self.apply_states(states);
+        Ok(())
+    }
+
+    /// Remembers the addresses of `nodes`.
+    fn learn_nodes(&self, nodes: Vec<NodeAddr>) {
+        if nodes.is_empty() {
+            return;
+        }
+        let mut map = self.nodes.write();
+        for n in nodes {
+            map.insert(n.id.clone(), n);
+        }
+    }
+
+    /// The shared channel cache, for the fetcher.
+    fn channels(&self) -> &fetcher::Channels {
+        &self.channels
+    }
+}
+
+/// The [`StateListener`] the ZooKeeper layer is given: the manager behind
+/// an `Arc`, so it can spawn role transitions.
+pub struct Listener(pub Arc<ReplicaManager>);
+
+impl StateListener for Listener {
+    fn apply(&self, states: Vec<LeaderAndIsr>, nodes: Vec<NodeAddr>) {
+        self.0.learn_nodes(nodes);
+        self.0.apply_states(states);
+    }
+
+    fn fence(&self, why: &str) {
+        let mut fenced = 0;
+        for part in &self.0.partitions {
+            if part.fence() {
+                fenced += 1;
+            }
+        }
+        tracing::warn!("fenced: {why}; stopped leading {fenced} partition(s)");
+    }
+}
+
+impl Coordinator for ReplicaManager {
+    fn mode(&self) -> &'static str {
+        "cluster"
+    }
+
+    fn role(&self, partition: u32) -> Role {
+        let Some(part) = self.partitions.get(partition as usize) else {
+            return Role::NotLeader { leader: None };
+        };
+        match self.leading(part) {
+            Ok(epoch) => {
+                let isr = match &part.state.lock().role {
+                    RoleState::Leader(l) => l.isr.len() as u32,
+                    _ => 0,
+                };
+                Role::Leader {
+                    epoch,
+                    isr,
+                    min_insync: self.opts.min_insync,
+                }
+            }
+            Err(Error::NotLeader { leader, .. }) => Role::NotLeader { leader },
+            Err(_) => Role::NotLeader { leader: None },
+        }
+    }
+
+    fn nodes(&self) -> Vec<NodeInfo> {
+        let live = match self.cluster.get() {
+            Some(c) => c.nodes(),
+            None => self.nodes.read().values().cloned().collect(),
+        };
+        let mut out: Vec<NodeInfo> = live
+            .into_iter()
+            .map(|n| NodeInfo {
+                id: n.id,
+                client_addr: n.client_addr,
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    fn partitions(&self) -> Vec<PartitionState> {
+        self.partitions
+            .iter()
+            .map(|part| {
+                let known = part.state.lock().known.clone();
+                let (leader, leader_epoch, replicas, mut isr) = match known {
+                    Some(k) => (k.leader, k.leader_epoch, k.replicas, k.isr),
+                    None => (None, 0, Vec::new(), Vec::new()),
+                };
+                if let RoleState::Leader(l) = &part.state.lock().role {
+                    isr = l.isr.clone();
+                }
+                PartitionState {
+                    id: part.id,
+                    leader,
+                    leader_epoch,
+                    replicas,
+                    isr,
+                    high_watermark: part.progress.borrow().hw,
+                    offsets: part.offsets(&self.me.id),
+                }
+            })
+            .collect()
+    }
+
+    fn controller(&self) -> Option<String> {
+        self.cluster.get().and_then(|c| c.controller())
+    }
+}
+
+/// Runs blocking engine work off the runtime.
+async fn blocking<T, E>(f: impl FnOnce() -> std::result::Result<T, E> + Send + 'static) -> Result<T>
+where
+    T: Send + 'static,
+    E: Into<Error> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(move || f().map_err(Into::into)).await {
+        Ok(r) => r,
+        Err(e) => Err(Error::Internal(format!("engine task failed: {e}"))),
+    }
+}

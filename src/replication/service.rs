@@ -1,0 +1,168 @@
+//! The `caskade.replication.v1.Replication` gRPC service: followers'
+//! fetches and epoch lookups, the controller's offset queries and notices.
+//! Every error leaves through `impl From<Error> for Status`, so callers get
+//! a `caskade-reason` (`FENCED_LEADER_EPOCH`, `NOT_LEADER`, ...).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::ReplicaManager;
+use crate::cluster::{LeaderAndIsr, NodeAddr};
+use crate::proto::replication as pb;
+use crate::proto::replication::replication_server::Replication;
+
+/// The service over a node's [`ReplicaManager`].
+#[derive(Clone)]
+pub struct ReplicationService {
+    /// The replicas.
+    manager: Arc<ReplicaManager>,
+}
+
+impl ReplicationService {
+    /// A service for `manager`.
+    pub fn new(manager: Arc<ReplicaManager>) -> Self {
+        ReplicationService { manager }
+    }
+
+    /// The tonic server wrapper, with message limits for fetched batches.
+    pub fn server(
+        manager: Arc<ReplicaManager>,
+    ) -> pb::replication_server::ReplicationServer<ReplicationService> {
+        let limit = manager.options().fetch_max_bytes.saturating_mul(2) + (2 << 20);
+        pb::replication_server::ReplicationServer::new(Self::new(manager))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit)
+    }
+}
+
+/// Partition state from its wire form.
+pub fn state_from_wire(p: pb::PartitionState, controller_epoch: u64) -> LeaderAndIsr {
+    LeaderAndIsr {
+        partition: p.partition,
+        leader: (!p.leader.is_empty()).then_some(p.leader),
+        leader_epoch: p.leader_epoch,
+        replicas: p.replicas,
+        isr: p.isr,
+        controller_epoch,
+        zk_version: p.zk_version,
+    }
+}
+
+/// Partition state in its wire form.
+pub fn state_to_wire(s: LeaderAndIsr) -> pb::PartitionState {
+    pb::PartitionState {
+        partition: s.partition,
+        leader: s.leader.unwrap_or_default(),
+        leader_epoch: s.leader_epoch,
+        replicas: s.replicas,
+        isr: s.isr,
+        zk_version: s.zk_version,
+    }
+}
+
+/// A node address from its wire form.
+pub fn node_from_wire(n: pb::NodeAddress) -> NodeAddr {
+    NodeAddr {
+        id: n.id,
+        client_addr: n.client_addr,
+        replication_addr: n.replication_addr,
+    }
+}
+
+/// A node address in its wire form.
+pub fn node_to_wire(n: NodeAddr) -> pb::NodeAddress {
+    pb::NodeAddress {
+        id: n.id,
+        client_addr: n.client_addr,
+        replication_addr: n.replication_addr,
+    }
+}
+
+/// The stream of fetch answers.
+type FetchStream = Pin<Box<dyn Stream<Item = Result<pb::FetchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Replication for ReplicationService {
+    type FetchStream = FetchStream;
+
+    async fn fetch(
+        &self,
+        request: Request<Streaming<pb::FetchRequest>>,
+    ) -> Result<Response<Self::FetchStream>, Status> {
+        let mut requests = request.into_inner();
+        let (tx, rx) = mpsc::channel(2);
+        let manager = self.manager.clone();
+        tokio::spawn(async move {
+            loop {
+                let req = match requests.message().await {
+                    Ok(Some(req)) => req,
+                    Ok(None) => return,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let answer = tokio::select! {
+                    a = manager.fetch(req) => a.map_err(Status::from),
+                    () = tx.closed() => return,
+                };
+                let failed = answer.is_err();
+                if tx.send(answer).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn epoch_end_offset(
+        &self,
+        request: Request<pb::EpochEndOffsetRequest>,
+    ) -> Result<Response<pb::EpochEndOffsetResponse>, Status> {
+        let answer = self.manager.epoch_end_offset(request.into_inner())?;
+        Ok(Response::new(answer))
+    }
+
+    async fn log_end_offsets(
+        &self,
+        request: Request<pb::LogEndOffsetsRequest>,
+    ) -> Result<Response<pb::LogEndOffsetsResponse>, Status> {
+        let r = request.into_inner();
+        let partitions = self
+            .manager
+            .log_end_offsets(&r.partitions)
+            .into_iter()
+            .map(|o| pb::PartitionOffsets {
+                partition: o.partition,
+                log_end_offset: o.log_end_offset,
+                last_epoch: o.last_epoch,
+                high_watermark: o.high_watermark,
+            })
+            .collect();
+        Ok(Response::new(pb::LogEndOffsetsResponse {
+            node_id: self.manager.me().id.clone(),
+            partitions,
+        }))
+    }
+
+    async fn leader_and_isr(
+        &self,
+        request: Request<pb::LeaderAndIsrRequest>,
+    ) -> Result<Response<pb::LeaderAndIsrResponse>, Status> {
+        let r = request.into_inner();
+        let epoch = r.controller_epoch;
+        let states = r
+            .partitions
+            .into_iter()
+            .map(|p| state_from_wire(p, epoch))
+            .collect();
+        let nodes = r.nodes.into_iter().map(node_from_wire).collect();
+        self.manager.leader_and_isr(epoch, states, nodes)?;
+        Ok(Response::new(pb::LeaderAndIsrResponse {}))
+    }
+}

@@ -1,0 +1,315 @@
+//! A real cluster for tests: a throwaway ZooKeeper ([`Zk`]) and N
+//! `caskade-server` processes on fixed free ports of 127.0.0.1, each with
+//! its own config file and data directory under one temporary directory.
+//! Nodes can be killed (SIGKILL), stopped (SIGSTOP/SIGCONT), restarted on
+//! the same ports and data. Everything is killed on drop.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use caskade::client::Client;
+use caskade::config::ClientConfig;
+use caskade::proto::MetadataResponse;
+
+use super::zk::Zk;
+use super::{Server, ServerOpts, free_port};
+
+/// Cluster settings a test may change.
+#[derive(Clone, Debug)]
+pub struct ClusterOpts {
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Partitions.
+    pub partitions: u32,
+    /// Replication factor.
+    pub replication_factor: u32,
+    /// `min_insync`.
+    pub min_insync: u32,
+    /// ZooKeeper session timeout.
+    pub session_timeout_ms: u64,
+    /// `replica_lag_ms`.
+    pub replica_lag_ms: u64,
+    /// `unclean_leader_election`.
+    pub unclean: bool,
+    /// `preferred_leader_rebalance`.
+    pub rebalance: bool,
+    /// `storage.fsync`, as YAML.
+    pub fsync: &'static str,
+    /// `server.request_timeout_ms` (bounds acks waits).
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ClusterOpts {
+    fn default() -> Self {
+        ClusterOpts {
+            nodes: 3,
+            partitions: 4,
+            replication_factor: 3,
+            min_insync: 2,
+            session_timeout_ms: 2000,
+            replica_lag_ms: 1500,
+            unclean: false,
+            rebalance: false,
+            fsync: "never",
+            request_timeout_ms: 5000,
+        }
+    }
+}
+
+/// One node's fixed identity.
+pub struct NodeSpec {
+    /// `node-<i+1>`.
+    pub id: String,
+    /// Client address.
+    pub addr: String,
+    /// Its config file.
+    pub config: PathBuf,
+    /// Its data directory.
+    pub data: PathBuf,
+}
+
+/// A running test cluster.
+pub struct TestCluster {
+    /// Settings.
+    pub opts: ClusterOpts,
+    /// Nodes by index.
+    pub specs: Vec<NodeSpec>,
+    /// Running processes by index.
+    pub servers: Vec<Option<Server>>,
+    /// ZooKeeper (dropped after the servers).
+    pub zk: Zk,
+    /// Holds every file.
+    _dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Starts ZooKeeper and every node, and waits until each partition has
+    /// a leader known to every node.
+    pub fn start(opts: ClusterOpts) -> TestCluster {
+        let zk = Zk::standalone();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let specs = (0..opts.nodes)
+            .map(|i| {
+                let id = format!("node-{}", i + 1);
+                let addr = format!("127.0.0.1:{}", free_port());
+                let repl = format!("127.0.0.1:{}", free_port());
+                let data = dir.path().join(&id);
+                let config = dir.path().join(format!("{id}.yaml"));
+                let yaml = format!(
+                    "node_id: {id}\nlisten: {addr}\ndata_dir: {data}\npartitions: {p}\n\
+                     default_acks: all\nserver:\n  request_timeout_ms: {rt}\n\
+                     storage:\n  fsync: {fsync}\ncluster:\n  name: test\n  zk_connect: {zk}\n\
+                     \x20 session_timeout_ms: {st}\n  replication_listen: {repl}\n\
+                     \x20 replication_factor: {rf}\n  min_insync: {mi}\n  replica_lag_ms: {lag}\n\
+                     \x20 unclean_leader_election: {unclean}\n  preferred_leader_rebalance: {rb}\n\
+                     \x20 fetch_max_wait_ms: 200\n",
+                    data = data.display(),
+                    p = opts.partitions,
+                    rt = opts.request_timeout_ms,
+                    fsync = opts.fsync,
+                    zk = zk.connect_string(),
+                    st = opts.session_timeout_ms,
+                    rf = opts.replication_factor,
+                    mi = opts.min_insync,
+                    lag = opts.replica_lag_ms,
+                    unclean = opts.unclean,
+                    rb = opts.rebalance,
+                );
+                std::fs::write(&config, yaml).expect("write node config");
+                NodeSpec {
+                    id,
+                    addr,
+                    config,
+                    data,
+                }
+            })
+            .collect::<Vec<_>>();
+        let mut cluster = TestCluster {
+            servers: specs.iter().map(|_| None).collect(),
+            opts,
+            specs,
+            zk,
+            _dir: dir,
+        };
+        for i in 0..cluster.specs.len() {
+            cluster.start_node(i);
+        }
+        cluster.wait_until("every partition has a leader with a full ISR", |c| {
+            c.all_led() && c.full_isr()
+        });
+        cluster
+    }
+
+    /// Starts node `i` (again), on its ports and data.
+    pub fn start_node(&mut self, i: usize) {
+        let spec = &self.specs[i];
+        let server = Server::start(
+            &spec.data,
+            ServerOpts::default()
+                .listen(&spec.addr)
+                .arg("--config")
+                .arg(spec.config.to_str().expect("utf-8 path")),
+        );
+        self.servers[i] = Some(server);
+    }
+
+    /// SIGKILLs node `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut s) = self.servers[i].take() {
+            s.kill9();
+        }
+    }
+
+    /// Sends `signal` to node `i` without waiting.
+    pub fn signal(&self, i: usize, signal: i32) {
+        let pid = self.servers[i].as_ref().expect("node running").pid();
+        // SAFETY: plain kill(2) on a child we started.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+
+    /// The log of node `i`.
+    pub fn log(&self, i: usize) -> String {
+        self.servers[i]
+            .as_ref()
+            .map(|s| s.log())
+            .unwrap_or_default()
+    }
+
+    /// Index of node `id`.
+    pub fn index(&self, id: &str) -> usize {
+        self.specs
+            .iter()
+            .position(|s| s.id == id)
+            .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// A client seeded with every node, bound to `rt`.
+    pub fn client(&self, rt: &tokio::runtime::Runtime) -> Client {
+        let _in = rt.enter();
+        Client::new(&ClientConfig {
+            addrs: self.specs.iter().map(|s| s.addr.clone()).collect(),
+            timeout_ms: 8000,
+            ..ClientConfig::default()
+        })
+        .expect("client")
+    }
+
+    /// A client of node `i` alone (it forwards what it does not lead),
+    /// bound to `rt`.
+    pub fn client_of(&self, i: usize, rt: &tokio::runtime::Runtime) -> Client {
+        let _in = rt.enter();
+        Client::new(&ClientConfig {
+            addrs: vec![self.specs[i].addr.clone()],
+            timeout_ms: 8000,
+            ..ClientConfig::default()
+        })
+        .expect("client")
+    }
+
+    /// Metadata as node `i` sees it, `None` when it does not answer.
+    pub fn metadata(&self, i: usize) -> Option<MetadataResponse> {
+        self.servers[i].as_ref()?;
+        let addr = self.specs[i].addr.clone();
+        super::runtime().block_on(async move {
+            let c = Client::new(&ClientConfig {
+                addrs: vec![addr],
+                timeout_ms: 1000,
+                ..ClientConfig::default()
+            })
+            .ok()?;
+            c.metadata().await.ok()
+        })
+    }
+
+    /// Indexes of the running nodes.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.specs.len())
+            .filter(|&i| self.servers[i].is_some())
+            .collect()
+    }
+
+    /// Whether every running node knows a leader for every partition and
+    /// they agree, and that leader is running.
+    pub fn all_led(&self) -> bool {
+        (0..self.opts.partitions).all(|p| self.leader(p).is_some())
+    }
+
+    /// Whether every partition's ISR holds all its replicas (per its leader).
+    pub fn full_isr(&self) -> bool {
+        (0..self.opts.partitions).all(|p| {
+            self.leader(p).is_some_and(|l| {
+                self.metadata(l).is_some_and(|m| {
+                    let part = &m.partitions[p as usize];
+                    part.isr.len() == part.replicas.len() && !part.replicas.is_empty()
+                })
+            })
+        })
+    }
+
+    /// The index of the running node every running node names as leader of
+    /// `p`, when they agree and it is running.
+    pub fn leader(&self, p: u32) -> Option<usize> {
+        let mut seen: Option<String> = None;
+        for i in self.running() {
+            let m = self.metadata(i)?;
+            let leader = m.partitions.get(p as usize)?.leader.clone();
+            if leader.is_empty() {
+                return None;
+            }
+            match &seen {
+                Some(s) if *s != leader => return None,
+                _ => seen = Some(leader),
+            }
+        }
+        let i = self.index(&seen?);
+        self.servers[i].is_some().then_some(i)
+    }
+
+    /// Partition `p` as its leader reports it.
+    pub fn partition(&self, p: u32) -> Option<caskade::proto::PartitionInfo> {
+        let l = self.leader(p)?;
+        self.metadata(l)?.partitions.get(p as usize).cloned()
+    }
+
+    /// Polls `cond` every 100 ms for up to 30 s; panics naming `what` and
+    /// showing the logs when it never holds.
+    pub fn wait_until(&self, what: &str, cond: impl Fn(&TestCluster) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if cond(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let logs: String = (0..self.specs.len())
+            .map(|i| format!("--- {} ---\n{}\n", self.specs[i].id, tail(&self.log(i), 40)))
+            .collect();
+        panic!("timed out waiting until {what}\n{logs}");
+    }
+
+    /// A key of partition `p`, distinct per `n`.
+    pub fn key_in(&self, p: u32, n: usize) -> String {
+        (0..)
+            .map(|i| format!("k{p}-{n}-{i}"))
+            .find(|k| caskade::cluster::partition_for(k.as_bytes(), self.opts.partitions) == p)
+            .expect("some key hashes to p")
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for s in &mut self.servers {
+            if let Some(mut s) = s.take() {
+                s.kill9();
+            }
+        }
+    }
+}
