@@ -252,8 +252,11 @@ impl TestCluster {
     /// `p`, when they agree and it is running.
     pub fn leader(&self, p: u32) -> Option<usize> {
         let mut seen: Option<String> = None;
+        // Nodes that do not answer (paused, starting) have no say.
         for i in self.running() {
-            let m = self.metadata(i)?;
+            let Some(m) = self.metadata(i) else {
+                continue;
+            };
             let leader = m.partitions.get(p as usize)?.leader.clone();
             if leader.is_empty() {
                 return None;
