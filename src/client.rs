@@ -410,6 +410,12 @@ pub fn map_status(addr: &str, timeout: Duration, status: tonic::Status) -> Error
                 reason,
             };
         }
+        if status.code() == tonic::Code::Unknown && status.message().contains("transport error") {
+            return Error::Unavailable(format!(
+                "connection to {addr} lost mid-request; the request may or may not have been \
+                 applied"
+            ));
+        }
         if status.code() == tonic::Code::Cancelled && status.message().contains("Timeout expired") {
             return Error::Timeout(format!(
                 "no reply from {addr} within {} ms",

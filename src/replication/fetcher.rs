@@ -213,6 +213,11 @@ async fn truncate_to_leader(
         }
     }
     if target >= my_end {
+        tracing::info!(
+            partition = id,
+            "log agrees with the leader's up to its end {my_end} (epoch {epoch}): nothing to \
+             truncate; catching up from there"
+        );
         return Ok(());
     }
     tracing::warn!(
