@@ -9,15 +9,17 @@ mod harness;
 
 use harness::{Server, ServerOpts, cli, cli_at, cli_script, free_port};
 
-/// The table a fresh standalone node at `addr` with 8 partitions shows.
+/// The table a standalone node at `addr` with 8 partitions shows after one
+/// write of `hello` (partition 3): its log end and high watermark are 1.
 fn standalone_table(addr: &str) -> String {
     let mut out = format!(
         "controller: none (standalone)   nodes: node-1 {addr} (up)\n\
          PARTITION  LEADER  EPOCH  REPLICAS  ISR     LOG END OFFSETS  HW\n"
     );
     for p in 0..8 {
+        let n = u32::from(p == 3);
         out.push_str(&format!(
-            "{p}          node-1  1      node-1    node-1  node-1=?         0\n"
+            "{p}          node-1  1      node-1    node-1  node-1={n}         {n}\n"
         ));
     }
     out
@@ -28,6 +30,7 @@ fn cluster_table_and_json_of_a_standalone_node() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), ServerOpts::default());
     let a = server.addr.as_str();
+    assert_eq!(cli_at(a, &["set", "hello", "world"]).0, 0);
 
     let (code, out, err) = cli_at(a, &["cluster"]);
     assert_eq!((code, err.as_str()), (0, ""));
@@ -45,8 +48,8 @@ fn cluster_table_and_json_of_a_standalone_node() {
                 "epoch": 1,
                 "replicas": ["node-1"],
                 "isr": ["node-1"],
-                "log_end_offsets": [{"node_id": "node-1", "log_end_offset": null}],
-                "high_watermark": 0,
+                "log_end_offsets": [{"node_id": "node-1", "log_end_offset": u32::from(p == 3)}],
+                "high_watermark": u32::from(p == 3),
             })
         })
         .collect();
@@ -79,6 +82,7 @@ fn cluster_table_and_json_of_a_standalone_node() {
 fn cluster_falls_back_to_the_next_seed() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), ServerOpts::default());
+    assert_eq!(cli_at(&server.addr, &["set", "hello", "world"]).0, 0);
     let dead = format!("127.0.0.1:{}", free_port());
     let conf = dir.path().join("cli.yaml");
     std::fs::write(&conf, format!("addrs: [{dead}, {}]\n", server.addr)).unwrap();
@@ -106,6 +110,7 @@ fn cluster_fails_when_no_node_answers() {
 fn cluster_in_the_repl() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), ServerOpts::default());
+    assert_eq!(cli_at(&server.addr, &["set", "hello", "world"]).0, 0);
     let out = cli_script(
         &["--addr", &server.addr, "--history-file", ""],
         b"help cluster\ncluster\ncluster --json extra\n",

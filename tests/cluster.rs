@@ -688,3 +688,47 @@ fn divergent_log_is_truncated_by_leader_epoch() {
         }
     });
 }
+
+/// A client that does no routing (a plain gRPC stub on one node) is served
+/// for every partition: the node forwards what it does not lead.
+#[test]
+fn any_node_forwards_to_the_partition_leader() {
+    use caskade::proto::kv_client::KvClient;
+    use caskade::proto::{GetRequest, SetRequest};
+
+    let _s = serial();
+    let c = TestCluster::start(ClusterOpts::default());
+    let rt = runtime();
+    for p in 0..c.opts.partitions {
+        let leader = c.leader(p).unwrap();
+        let other = (leader + 1) % 3;
+        let key = c.key_in(p, 0);
+        rt.block_on(async {
+            let mut kv = KvClient::connect(format!("http://{}", c.specs[other].addr))
+                .await
+                .unwrap();
+            let set = SetRequest {
+                key: Bytes::from(key.clone()),
+                value: Bytes::from(format!("via-{other}")),
+                ttl_ms: None,
+                condition: 0,
+                acks: caskade::proto::Acks::All.into(),
+            };
+            assert!(kv.set(set).await.unwrap().into_inner().written);
+            let get = GetRequest {
+                key: Bytes::from(key.clone()),
+                consistency: caskade::proto::Consistency::Leader.into(),
+            };
+            let value = kv.get(get).await.unwrap().into_inner().value;
+            assert_eq!(
+                value,
+                Some(Bytes::from(format!("via-{other}"))),
+                "partition {p}"
+            );
+        });
+        assert!(
+            c.metadata(other).unwrap().partitions[p as usize].leader != c.specs[other].id,
+            "node {other} does not lead partition {p}"
+        );
+    }
+}

@@ -269,7 +269,22 @@ impl Node {
 
     /// The nodes and the state of every partition, for `Metadata`.
     pub fn metadata(&self) -> (Vec<NodeInfo>, Vec<PartitionState>) {
-        (self.coordinator.nodes(), self.coordinator.partitions())
+        let mut partitions = self.coordinator.partitions();
+        if self.replication.is_none() {
+            // Standalone: every write is committed once written, so the
+            // high watermark is the log end.
+            for p in &mut partitions {
+                let end = self
+                    .replicas
+                    .get(p.id as usize)
+                    .and_then(|r| r.engine.log_end());
+                if let Some(end) = end {
+                    p.high_watermark = end;
+                    p.offsets = vec![(self.info.id.clone(), end)];
+                }
+            }
+        }
+        (self.coordinator.nodes(), partitions)
     }
 
     /// Writes `key = value`. Returns false when the condition did not hold.

@@ -182,4 +182,10 @@ pub trait Engine: Send + Sync + 'static {
 
     /// A summary of the engine's state.
     fn status(&self) -> Result<Status>;
+
+    /// The offset the next record will get, for engines with a log (`None`
+    /// for the in-memory engine). Cheap: no I/O.
+    fn log_end(&self) -> Option<u64> {
+        None
+    }
 }

@@ -995,6 +995,10 @@ impl Engine for Bitcask {
         self.inner.get(key)
     }
 
+    fn log_end(&self) -> Option<u64> {
+        Some(self.next_offset())
+    }
+
     fn set(&self, key: &[u8], value: Bytes, opts: SetOptions) -> Result<bool> {
         self.inner
             .write(key, WriteOp::Set(value, opts))
