@@ -83,18 +83,6 @@ async fn bounded<T>(
     }
 }
 
-/// The wire form of a partition state.
-fn to_pb(s: LeaderAndIsr) -> pb::PartitionState {
-    pb::PartitionState {
-        partition: s.partition,
-        leader: s.leader.unwrap_or_default(),
-        leader_epoch: s.leader_epoch,
-        replicas: s.replicas,
-        isr: s.isr,
-        zk_version: s.zk_version,
-    }
-}
-
 impl NodeRpc for GrpcNodeRpc {
     fn log_end_offsets(
         &self,
@@ -136,7 +124,10 @@ impl NodeRpc for GrpcNodeRpc {
             let mut client = client?;
             let req = pb::LeaderAndIsrRequest {
                 controller_epoch,
-                partitions: states.into_iter().map(to_pb).collect(),
+                partitions: states
+                    .into_iter()
+                    .map(crate::replication::service::state_to_wire)
+                    .collect(),
                 nodes: nodes
                     .into_iter()
                     .map(|n| pb::NodeAddress {

@@ -38,8 +38,8 @@ use crate::cluster::{
 };
 use crate::config::{Config, EngineKind};
 use crate::error::{Error, Result};
-use crate::replication::{Op, ReplicaLog, ReplicaManager};
-use crate::storage::{self, Clock, Condition, Engine, Limits, SetOptions, Ttl};
+use crate::replication::{ReplicaLog, ReplicaManager};
+use crate::storage::{self, Clock, Condition, Engine, Limits, SetOptions, Ttl, WriteOp};
 
 /// How many replicas must have a write before it is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -302,7 +302,7 @@ impl Node {
         };
         if let Some(r) = &self.replication {
             let p = partition_for(&key, self.partition_count);
-            return r.write(p, key, Op::Set(value, opts), args.acks).await;
+            return r.write(p, key, WriteOp::Set(value, opts), args.acks).await;
         }
         let engine = self.writable(&key, args.acks)?;
         blocking(move || engine.set(&key, value, opts)).await
@@ -325,7 +325,7 @@ impl Node {
             let mut deleted = 0;
             for (_, key) in targets {
                 let p = partition_for(&key, self.partition_count);
-                deleted += u64::from(r.write(p, key, Op::Delete, acks).await?);
+                deleted += u64::from(r.write(p, key, WriteOp::Delete, acks).await?);
             }
             return Ok(deleted);
         }
@@ -351,7 +351,7 @@ impl Node {
         };
         if let Some(r) = &self.replication {
             let p = partition_for(&key, self.partition_count);
-            return r.write(p, key, Op::Expire(at), acks).await;
+            return r.write(p, key, WriteOp::Expire(at), acks).await;
         }
         let engine = self.writable(&key, acks)?;
         blocking(move || engine.expire(&key, at)).await

@@ -13,34 +13,14 @@
 
 use bytes::Bytes;
 
-use crate::storage::{self, Bitcask, Engine, SetOptions};
-
-/// A write operation, decided by the leader on the newest state.
-#[derive(Clone, Debug)]
-pub enum Op {
-    /// `SET key value` with its options.
-    Set(Bytes, SetOptions),
-    /// `DEL key`.
-    Delete,
-    /// `EXPIRE` to this absolute instant in ms.
-    Expire(u64),
-}
-
-/// The result of a leader write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Written {
-    /// The answer to report (set happened, key existed).
-    pub done: bool,
-    /// The answer is final once the high watermark reaches this offset.
-    pub until: u64,
-}
+use crate::storage::{self, Bitcask, Engine, WriteOp, Written};
 
 /// A partition replica's log, as replication drives it.
 pub trait ReplicaLog: Engine {
     /// Stamps records written from now on with `epoch`.
     fn set_epoch(&self, epoch: u32) -> storage::Result<()>;
     /// Decides and writes `op` on `key` (leader).
-    fn write_op(&self, key: &[u8], op: Op) -> storage::Result<Written>;
+    fn write_op(&self, key: &[u8], op: WriteOp) -> storage::Result<Written>;
     /// Appends records in the storage format, fetched from the leader
     /// (follower). Returns how many were appended.
     fn append(&self, records: &[u8]) -> storage::Result<usize>;
@@ -67,17 +47,8 @@ impl ReplicaLog for Bitcask {
         Bitcask::set_epoch(self, epoch)
     }
 
-    fn write_op(&self, key: &[u8], op: Op) -> storage::Result<Written> {
-        let op = match op {
-            Op::Set(v, o) => storage::WriteOp::Set(v, o),
-            Op::Delete => storage::WriteOp::Delete,
-            Op::Expire(at) => storage::WriteOp::Expire(at),
-        };
-        let w = Bitcask::write(self, key, op)?;
-        Ok(Written {
-            done: w.done,
-            until: w.until,
-        })
+    fn write_op(&self, key: &[u8], op: WriteOp) -> storage::Result<Written> {
+        Bitcask::write(self, key, op)
     }
 
     fn append(&self, records: &[u8]) -> storage::Result<usize> {

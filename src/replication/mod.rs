@@ -32,7 +32,7 @@ mod log;
 mod partition;
 pub mod service;
 
-pub use log::{Op, ReplicaLog, Written, epoch_end};
+pub use log::{ReplicaLog, epoch_end};
 pub use partition::Progress;
 
 use std::collections::HashMap;
@@ -51,6 +51,7 @@ use crate::cluster::{
 use crate::config::ClusterOptions;
 use crate::error::{Error, Result};
 use crate::node::Acks;
+use crate::storage::WriteOp;
 
 /// The outcome of an ISR compare-and-set in ZooKeeper.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -218,7 +219,7 @@ impl ReplicaManager {
     }
 
     /// Writes `op` on `key` in partition `p` and waits as `acks` asks.
-    pub async fn write(&self, p: u32, key: Bytes, op: Op, acks: Acks) -> Result<bool> {
+    pub async fn write(&self, p: u32, key: Bytes, op: WriteOp, acks: Acks) -> Result<bool> {
         let part = self.partition(p)?;
         let epoch = self.leading(part)?;
         if acks == Acks::All {
