@@ -70,7 +70,7 @@ bench-standalone: ## Load the running standalone node: ping, set, get; 1 and 50 
 	done; done
 
 .PHONY: bench-cluster
-bench-cluster: ## Standalone vs 3-node cluster (set acks leader/all, get; 50 clients) and failover time; ~15 min
+bench-cluster: ## Standalone vs 3-node cluster (set acks leader/all, get; 50 clients) and failover time; ~7 min
 	@scripts/bench-cluster.sh
 
 bench-engine: ## Storage-engine benchmarks vs fjall/sled/redb (ARGS=--quick for a smoke test)

@@ -30,7 +30,7 @@
 # Output: progress on stderr; raw JSON lines and the node logs under the
 # work directory (kept with KEEP=1); summary tables (markdown) on stdout.
 #
-# Env: N (requests per bench, default 100000), CLIENTS (50), ROUNDS (2),
+# Env: N (requests per bench, default 200000), CLIENTS (50), ROUNDS (3),
 #      POLICIES ("every_ms always": every_ms means {every_ms: 1000}),
 #      PARTITIONS (8), TRIALS (5), CLIENT_TRIALS (3), FAILOVER_FSYNC
 #      (every_ms), SESSION_TIMEOUT_MS (2000), SKIP_BUILD=1, KEEP=1,
@@ -39,9 +39,9 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-readonly N=${N:-100000}
+readonly N=${N:-200000}
 readonly CLIENTS=${CLIENTS:-50}
-readonly ROUNDS=${ROUNDS:-2}
+readonly ROUNDS=${ROUNDS:-3}
 readonly POLICIES=${POLICIES:-"every_ms always"}
 readonly PARTITIONS=${PARTITIONS:-8}
 readonly TRIALS=${TRIALS:-5}
