@@ -69,6 +69,10 @@ bench-standalone: ## Load the running standalone node: ping, set, get; 1 and 50 
 	  ./target/release/caskade-cli --addr $(BENCH_ADDR) bench --op $$op --clients $$c --requests $$n --value-size 100 --keyspace 100000 || exit 1; \
 	done; done
 
+.PHONY: bench-cluster
+bench-cluster: ## Standalone vs 3-node cluster (set acks leader/all, get; 50 clients) and failover time; ~7 min
+	@scripts/bench-cluster.sh
+
 bench-engine: ## Storage-engine benchmarks vs fjall/sled/redb (ARGS=--quick for a smoke test)
 	cd benches/engine && $(CARGO) run --release -- $(ARGS) all
 

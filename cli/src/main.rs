@@ -7,7 +7,9 @@
 //! - `caskade-cli load ...` / `caskade-cli verify ...` write keys recording
 //!   the acknowledged writes, and check them all back (src/load.rs);
 //! - `caskade-cli cluster [--json]` shows the cluster (src/cluster.rs), as
-//!   in the REPL.
+//!   in the REPL;
+//! - `caskade-cli probe ...` writes one key in a loop and times how long
+//!   writes are unavailable, e.g. across a leader kill (src/probe.rs).
 //!
 //! Settings are layered: defaults -> `-c FILE` (conf/client/cli.yaml) ->
 //! `CASKADE_CLI_*` environment -> flags. Exit codes: 0 success, 1 an error
@@ -17,6 +19,7 @@ mod bench;
 mod cluster;
 mod command;
 mod load;
+mod probe;
 mod repl;
 mod split;
 
@@ -35,7 +38,7 @@ use crate::command::{Command, Reply};
 #[command(
     name = "caskade-cli",
     version,
-    about = "caskade client: REPL, one-shot commands (caskade-cli set k v), load generator (caskade-cli bench --help), write-and-verify (caskade-cli load --help, caskade-cli verify --help)"
+    about = "caskade client: REPL, one-shot commands (caskade-cli set k v), load generator (caskade-cli bench --help), write-and-verify (caskade-cli load --help, caskade-cli verify --help), failover probe (caskade-cli probe --help)"
 )]
 struct Args {
     /// Client config file (see conf/client/cli.yaml).
@@ -137,6 +140,12 @@ fn main() -> ExitCode {
                 Err(code) => code,
             };
         }
+        Some("probe") => {
+            return match tool_args::<probe::ProbeArgs>(&args.command) {
+                Ok(a) => ExitCode::from(probe::run(&runtime, &config, &a) as u8),
+                Err(code) => code,
+            };
+        }
         _ => {}
     }
     let client = match Client::new(&config) {
@@ -158,7 +167,7 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Parses the flags of `bench`, `load` or `verify` (`words[0]` is its
+/// Parses the flags of `bench`, `load`, `verify` or `probe` (`words[0]` is its
 /// name). On `--help` or a usage error, prints clap's text and returns the
 /// exit code (0 for help, 2 for an error).
 fn tool_args<T: Parser>(words: &[String]) -> Result<T, ExitCode> {
