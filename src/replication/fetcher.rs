@@ -37,6 +37,9 @@ use crate::proto::replication::{EpochEndOffsetRequest, FetchRequest};
 /// Pause between fetch rounds after an error.
 const RETRY: Duration = Duration::from_millis(100);
 
+/// Pause when the leader only has not caught up with its election yet.
+const SOON: Duration = Duration::from_millis(10);
+
 /// gRPC channels to other nodes' replication services, by address.
 #[derive(Default)]
 pub struct Channels(Mutex<HashMap<String, Channel>>);
@@ -77,6 +80,12 @@ pub async fn run(
             r = round(&m, &part, &leader, epoch) => r,
             _ = stop.wait_for(|s| *s) => return,
         };
+        // A leader that has not yet learned of its election answers
+        // NOT_LEADER or UNKNOWN_LEADER_EPOCH for a moment: retry soon.
+        let pause = match &result {
+            Err(Error::NotLeader { .. } | Error::UnknownEpoch(_)) => SOON,
+            _ => RETRY,
+        };
         if let Err(e) = result {
             let text = e.to_string();
             if text != last_error {
@@ -88,7 +97,7 @@ pub async fn run(
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(RETRY) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }

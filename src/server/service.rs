@@ -43,6 +43,10 @@ pub struct KvService {
     peers: Arc<Mutex<HashMap<String, KvClient<Channel>>>>,
 }
 
+/// Deadline of a forwarded request (for error messages; the caller's own
+/// deadline applies as well).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Metadata key marking a request forwarded by another node: it is served
 /// here or refused, never forwarded again (no loops while leadership moves).
 const FORWARDED: &str = "caskade-forwarded";
@@ -113,7 +117,9 @@ impl KvService {
         tracing::debug!("forwarding to the leader at {addr}");
         match call(client, request).await {
             Ok(reply) => Ok(reply.into_inner()),
-            Err(status) => Err(Error::from(status)),
+            // The client's mapping: a refused connection means nothing was
+            // sent, a connection lost mid-request an unknown outcome.
+            Err(status) => Err(crate::client::map_status(addr, FORWARD_TIMEOUT, status)),
         }
     }
 
