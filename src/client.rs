@@ -221,6 +221,10 @@ impl Client {
             let retry = match &err {
                 Error::NotLeader { leader, .. } => {
                     hint = leader.clone();
+                    if hint.is_none() {
+                        // An election is under way: give it a moment.
+                        tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                    }
                     true
                 }
                 // Another node may lead soon: only worth a wait in a cluster.

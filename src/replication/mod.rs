@@ -707,10 +707,17 @@ impl Coordinator for ReplicaManager {
             .iter()
             .map(|part| {
                 let known = part.state.lock().known.clone();
-                let (leader, leader_epoch, replicas, mut isr) = match known {
+                let (mut leader, leader_epoch, replicas, mut isr) = match known {
                     Some(k) => (k.leader, k.leader_epoch, k.replicas, k.isr),
                     None => (None, 0, Vec::new(), Vec::new()),
                 };
+                // A fenced node does not advertise its own leadership: it
+                // knows it may be stale.
+                if leader.as_deref() == Some(self.me.id.as_str())
+                    && (part.leading_epoch().is_none() || !self.lease())
+                {
+                    leader = None;
+                }
                 if let RoleState::Leader(l) = &part.state.lock().role {
                     isr = l.isr.clone();
                 }
