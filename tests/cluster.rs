@@ -731,4 +731,28 @@ fn any_node_forwards_to_the_partition_leader() {
             "node {other} does not lead partition {p}"
         );
     }
+    // Multi-key requests span every partition: each key is served where it
+    // is led.
+    let keys: Vec<Bytes> = (0..c.opts.partitions)
+        .map(|p| Bytes::from(c.key_in(p, 0)))
+        .collect();
+    rt.block_on(async {
+        let mut kv = KvClient::connect(format!("http://{}", c.specs[0].addr))
+            .await
+            .unwrap();
+        let exists = caskade::proto::ExistsRequest {
+            keys: keys.clone(),
+            consistency: caskade::proto::Consistency::Leader.into(),
+        };
+        assert_eq!(
+            kv.exists(exists.clone()).await.unwrap().into_inner().count,
+            4
+        );
+        let del = caskade::proto::DelRequest {
+            keys: keys.clone(),
+            acks: caskade::proto::Acks::All.into(),
+        };
+        assert_eq!(kv.del(del).await.unwrap().into_inner().deleted, 4);
+        assert_eq!(kv.exists(exists).await.unwrap().into_inner().count, 0);
+    });
 }

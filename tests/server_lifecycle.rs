@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use caskade::client::{Client, KeyTtl, SetOptions};
 use caskade::config::ClientConfig;
-use harness::{Server, ServerOpts, b, bounded, runtime};
+use harness::{Server, ServerOpts, b, bounded, free_port, runtime};
 use parking_lot::Mutex;
 
 #[test]
@@ -298,4 +298,26 @@ fn bad_configuration_fails_clearly() {
         "{}",
         failure.stderr
     );
+}
+
+/// A cluster node whose ZooKeeper cannot be reached exits with one line
+/// naming the connect string, within its session timeout.
+#[test]
+fn cluster_node_with_unreachable_zookeeper_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = format!("127.0.0.1:{}", free_port());
+    let started = std::time::Instant::now();
+    let failure = Server::try_start(
+        &dir.path().join("data"),
+        ServerOpts::default()
+            .env("CASKADE_CLUSTER_ZK_CONNECT", &dead)
+            .env("CASKADE_CLUSTER_SESSION_TIMEOUT_MS", "1000")
+            .env("CASKADE_CLUSTER_REPLICATION_LISTEN", "127.0.0.1:0"),
+    )
+    .err()
+    .unwrap();
+    failure.assert_exits_with_line(&format!(
+        "caskade-server: cannot reach ZooKeeper at {dead}: timeout (within 1000 ms)"
+    ));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }

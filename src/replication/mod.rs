@@ -167,15 +167,7 @@ impl ReplicaManager {
 
     /// The client address of node `id`.
     fn client_addr(&self, id: &str) -> Option<String> {
-        if let Some(n) = self.nodes.read().get(id) {
-            return Some(n.client_addr.clone());
-        }
-        self.cluster
-            .get()?
-            .nodes()
-            .into_iter()
-            .find(|n| n.id == id)
-            .map(|n| n.client_addr)
+        self.node(id).map(|n| n.client_addr)
     }
 
     /// The node `id`'s addresses.

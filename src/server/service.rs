@@ -102,6 +102,32 @@ impl KvService {
         Ok(client)
     }
 
+    /// A multi-key count (`DEL`, `EXISTS`) whose keys are led by several
+    /// nodes: one key at a time, `local` where this node leads the key's
+    /// partition, `remote(leader, key)` elsewhere.
+    async fn per_key<L, LF, R, RF>(
+        &self,
+        keys: Vec<bytes::Bytes>,
+        local: L,
+        remote: R,
+    ) -> crate::Result<u64>
+    where
+        L: Fn(bytes::Bytes) -> LF,
+        LF: Future<Output = crate::Result<u64>>,
+        R: Fn(String, bytes::Bytes) -> RF,
+        RF: Future<Output = crate::Result<u64>>,
+    {
+        let mut total = 0;
+        for key in keys {
+            let one = local(key.clone()).await;
+            total += match leader_of(&one) {
+                Some(addr) => remote(addr, key).await?,
+                None => one?,
+            };
+        }
+        Ok(total)
+    }
+
     /// Sends `message` to the leader at `addr` with `call`, marked as
     /// forwarded.
     async fn forward<Q, A, F, Fut>(&self, addr: &str, message: Q, call: F) -> crate::Result<A>
@@ -245,24 +271,22 @@ impl Kv for KvService {
             if leader_of(&result).is_none() || !again {
                 return Ok(proto::DelResponse { deleted: result? });
             }
-            // Keys of partitions led elsewhere: one key at a time, each
-            // where its partition is led.
-            let mut deleted = 0;
-            for key in r.keys {
-                let one = self.node.del(vec![key.clone()], acks).await;
-                deleted += match leader_of(&one) {
-                    Some(addr) => {
+            let deleted = self
+                .per_key(
+                    r.keys,
+                    |key| self.node.del(vec![key], acks),
+                    |addr, key| async move {
                         let q = proto::DelRequest {
                             keys: vec![key],
                             acks: r.acks,
                         };
-                        self.forward(&addr, q, |mut c, q| async move { c.del(q).await })
-                            .await?
-                            .deleted
-                    }
-                    None => one?,
-                };
-            }
+                        let reply = self
+                            .forward(&addr, q, |mut c, q| async move { c.del(q).await })
+                            .await?;
+                        Ok(reply.deleted)
+                    },
+                )
+                .await?;
             Ok(proto::DelResponse { deleted })
         })
         .await
@@ -335,22 +359,22 @@ impl Kv for KvService {
             if leader_of(&result).is_none() || !again {
                 return Ok(proto::ExistsResponse { count: result? });
             }
-            let mut count = 0;
-            for key in r.keys {
-                let one = self.node.exists(vec![key.clone()], consistency).await;
-                count += match leader_of(&one) {
-                    Some(addr) => {
+            let count = self
+                .per_key(
+                    r.keys,
+                    |key| self.node.exists(vec![key], consistency),
+                    |addr, key| async move {
                         let q = proto::ExistsRequest {
                             keys: vec![key],
                             consistency: r.consistency,
                         };
-                        self.forward(&addr, q, |mut c, q| async move { c.exists(q).await })
-                            .await?
-                            .count
-                    }
-                    None => one?,
-                };
-            }
+                        let reply = self
+                            .forward(&addr, q, |mut c, q| async move { c.exists(q).await })
+                            .await?;
+                        Ok(reply.count)
+                    },
+                )
+                .await?;
             Ok(proto::ExistsResponse { count })
         })
         .await
