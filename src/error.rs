@@ -192,6 +192,19 @@ fn get_u32(md: &MetadataMap, key: &str) -> u32 {
     get(md, key).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
+impl Error {
+    /// Rebuilds an error carried as a `(reason, message)` pair inside a
+    /// message rather than as a status (a partition's entry in a fetch
+    /// answer): the same variant a status with that `caskade-reason` would
+    /// give, with `partition` for the variants that name one.
+    pub fn from_reason(reason: &str, message: String, partition: u32) -> Error {
+        let mut md = MetadataMap::new();
+        put(&mut md, key::REASON, reason);
+        put(&mut md, key::PARTITION, &partition.to_string());
+        Error::from(Status::with_metadata(Code::Unknown, message, md))
+    }
+}
+
 impl From<Error> for Status {
     fn from(err: Error) -> Status {
         let mut md = MetadataMap::new();

@@ -428,8 +428,8 @@ fn controller_kill_and_reelection() {
 /// rejected by the new leader, and it rejoins as a follower.
 #[test]
 fn paused_leader_is_fenced_after_resume() {
-    use caskade::proto::replication::FetchRequest;
     use caskade::proto::replication::replication_client::ReplicationClient;
+    use caskade::proto::replication::{FetchRequest, PartitionFetch};
 
     let _s = serial();
     let c = TestCluster::start(ClusterOpts::default());
@@ -491,12 +491,14 @@ fn paused_leader_is_fenced_after_resume() {
             .await
             .unwrap();
         let req = FetchRequest {
-            partition: 0,
             follower_id: c.specs[old].id.clone(),
-            offset: 0,
-            leader_epoch: old_epoch,
             max_bytes: 1024,
             max_wait_ms: 0,
+            partitions: vec![PartitionFetch {
+                partition: 0,
+                offset: 0,
+                leader_epoch: old_epoch,
+            }],
         };
         let mut stream = r
             .fetch(tokio_stream::iter(vec![req]))
@@ -505,7 +507,15 @@ fn paused_leader_is_fenced_after_resume() {
             .into_inner();
         stream.message().await
     });
-    let err = Error::from(fetch.expect_err("stale epoch fetch is rejected"));
+    let answer = fetch
+        .expect("a fetch answer")
+        .expect("one answer on the stream");
+    assert_eq!(answer.partitions.len(), 1, "{answer:?}");
+    let refused = &answer.partitions[0];
+    assert_eq!(refused.partition, 0);
+    assert_eq!(refused.error_reason, "FENCED_LEADER_EPOCH", "{refused:?}");
+    assert!(refused.records.is_empty(), "{refused:?}");
+    let err = Error::from_reason(&refused.error_reason, refused.error_message.clone(), 0);
     assert!(matches!(err, Error::FencedEpoch(_)), "{err:?}");
     // It rejoins as a follower with the data written meanwhile.
     rt.block_on(

@@ -1,29 +1,43 @@
-//! The follower side: one fetcher task per followed partition.
+//! The follower side: one fetch session per leader node this node follows,
+//! carrying every partition it follows there (as Kafka's fetch sessions),
+//! so one round trip moves the records of all of them.
 //!
-//! A round: connect to the leader's replication service; find where this
-//! log diverges from the leader's and truncate there (KIP-101, with the
-//! KIP-279 loop: ask for the end offset of our last epoch; if the leader
-//! answers with an older epoch, continue from our own last offset of that
-//! epoch, until both agree); then keep one long-poll fetch outstanding on a
-//! stream, appending what arrives (CRC-checked by the engine) and committing
-//! up to the leader's high watermark. Any error ends the round; the next
-//! starts after a short pause, with truncation again, so a follower never
-//! appends after a point where it might disagree with the leader.
+//! A session round: connect to the leader's replication service; for each
+//! member partition that is not fetching yet, find where its log diverges
+//! from the leader's and truncate there (KIP-101, with the KIP-279 loop: ask
+//! for the end offset of our last epoch; if the leader answers with an older
+//! epoch, continue from our own last offset of that epoch, until both
+//! agree); then keep one long-poll fetch outstanding on a stream for the
+//! members that are fetching, appending what arrives (CRC-checked by the
+//! engine) and committing up to the leader's high watermark, every
+//! partition of an answer in one blocking-pool hop.
+//!
+//! A partition the leader refuses, or whose append fails, leaves the fetch
+//! set and rejoins after a short pause, truncating again first; an error of
+//! the stream itself sends every member back to truncation. A member added
+//! or removed restarts the stream at once, so a new follower does not wait
+//! out a long poll.
 //!
 //! Invariants:
-//! - appends happen under the partition's `append` lock, which a role
-//!   transition takes after stopping the task, so no append lands after the
-//!   replica stopped following;
+//! - appends and truncations happen under the partition's `append` lock,
+//!   and only while the replica still follows the session's leader at the
+//!   member's epoch (checked under the lock); a role transition changes the
+//!   role first, then takes the lock, so nothing lands after the replica
+//!   stopped following;
+//! - a partition is fetched only after it was truncated to the leader's log
+//!   since it joined or last failed, so a follower never appends after a
+//!   point where it might disagree with the leader;
 //! - truncation never goes below the commit point, except when the leader's
 //!   log is shorter than it (an unclean election): that is logged as data
 //!   loss with the offsets lost.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, OwnedMutexGuard, mpsc};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
@@ -32,9 +46,11 @@ use super::log::epoch_end;
 use super::partition::Partition;
 use crate::error::{Error, Result};
 use crate::proto::replication::replication_client::ReplicationClient;
-use crate::proto::replication::{EpochEndOffsetRequest, FetchRequest};
+use crate::proto::replication::{
+    EpochEndOffsetRequest, FetchRequest, FetchResponse, PartitionFetch,
+};
 
-/// Pause between fetch rounds after an error.
+/// Pause before a partition (or a whole session) that failed tries again.
 const RETRY: Duration = Duration::from_millis(100);
 
 /// Pause when the leader only has not caught up with its election yet.
@@ -63,98 +79,337 @@ impl Channels {
     }
 }
 
-/// Follows `leader` for `part` at `epoch` until `stop` turns true.
-pub async fn run(
-    m: Arc<ReplicaManager>,
+/// One partition of a session.
+struct Member {
+    /// The replica.
     part: Arc<Partition>,
-    leader: String,
+    /// The leader epoch it follows at.
     epoch: u32,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut last_error = String::new();
-    loop {
-        if *stop.borrow() {
-            return;
+    /// Truncated to the leader's log, so fetched.
+    fetching: bool,
+    /// After a failure: not tried again before this instant.
+    retry_at: Option<Instant>,
+    /// The last failure logged (a repeated one is logged once).
+    last_error: String,
+}
+
+/// A follower's fetch session with one leader node.
+pub struct Session {
+    /// The leader's node id.
+    leader: String,
+    /// The partitions followed on it, by id.
+    members: Mutex<BTreeMap<u32, Member>>,
+    /// Membership changed (one stored permit): the stream restarts.
+    changed: Notify,
+}
+
+/// The partitions a stream fetches: `(replica, epoch)` by partition id.
+type FetchSet = BTreeMap<u32, (Arc<Partition>, u32)>;
+
+impl Session {
+    /// `partition` at `epoch` was truncated to the leader's log: fetch it.
+    fn start_fetching(&self, partition: u32, epoch: u32) {
+        if let Some(m) = self.members.lock().get_mut(&partition)
+            && m.epoch == epoch
+        {
+            m.fetching = true;
+            m.retry_at = None;
         }
-        let result = tokio::select! {
-            r = round(&m, &part, &leader, epoch) => r,
-            _ = stop.wait_for(|s| *s) => return,
-        };
+    }
+
+    /// `partition` at `epoch` failed with `e`: it leaves the fetch set and
+    /// is truncated and fetched again after a pause.
+    fn fail(&self, partition: u32, epoch: u32, e: &Error) {
         // A leader that has not yet learned of its election answers
         // NOT_LEADER or UNKNOWN_LEADER_EPOCH for a moment: retry soon.
-        let pause = match &result {
-            Err(Error::NotLeader { .. } | Error::UnknownEpoch(_)) => SOON,
+        let pause = match e {
+            Error::NotLeader { .. } | Error::UnknownEpoch(_) => SOON,
             _ => RETRY,
         };
-        if let Err(e) = result {
-            let text = e.to_string();
-            if text != last_error {
-                tracing::info!(
-                    partition = part.id,
-                    "fetching from {leader} (epoch {epoch}): {e}"
-                );
-                last_error = text;
-            }
+        let mut members = self.members.lock();
+        let Some(m) = members.get_mut(&partition) else {
+            return;
+        };
+        if m.epoch != epoch {
+            return;
         }
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = stop.wait_for(|s| *s) => return,
+        m.fetching = false;
+        m.retry_at = Some(Instant::now() + pause);
+        let text = e.to_string();
+        if text != m.last_error {
+            tracing::info!(
+                partition,
+                "fetching from {} (epoch {epoch}): {e}",
+                self.leader
+            );
+            m.last_error = text;
+        }
+    }
+
+    /// The session itself failed with `e`: every member starts over.
+    fn fail_all(&self, e: &Error) {
+        let members: Vec<(u32, u32)> = self
+            .members
+            .lock()
+            .iter()
+            .map(|(&p, m)| (p, m.epoch))
+            .collect();
+        for (p, epoch) in members {
+            self.fail(p, epoch, e);
+        }
+    }
+
+    /// When the earliest member waiting to (re)join is due; `None` when
+    /// every member is fetching.
+    fn next_due(&self) -> Option<Instant> {
+        let now = Instant::now();
+        self.members
+            .lock()
+            .values()
+            .filter(|m| !m.fetching)
+            .map(|m| m.retry_at.unwrap_or(now))
+            .min()
+    }
+}
+
+/// Every fetch session of this node, by leader node id.
+#[derive(Default)]
+pub struct Sessions(Mutex<HashMap<String, Arc<Session>>>);
+
+impl Sessions {
+    /// Adds `part`, following `leader` at `epoch`, to the session with
+    /// `leader`, starting the session if there is none.
+    pub fn follow(&self, m: &Arc<ReplicaManager>, part: Arc<Partition>, leader: &str, epoch: u32) {
+        let mut map = self.0.lock();
+        let session = map.entry(leader.to_string()).or_insert_with(|| {
+            let s = Arc::new(Session {
+                leader: leader.to_string(),
+                members: Mutex::default(),
+                changed: Notify::new(),
+            });
+            tokio::spawn(run(m.clone(), s.clone()));
+            s
+        });
+        session.members.lock().insert(
+            part.id,
+            Member {
+                part,
+                epoch,
+                fetching: false,
+                retry_at: None,
+                last_error: String::new(),
+            },
+        );
+        session.changed.notify_one();
+    }
+
+    /// Removes `partition` from the session with `leader`.
+    pub fn unfollow(&self, leader: &str, partition: u32) {
+        if let Some(s) = self.0.lock().get(leader) {
+            s.members.lock().remove(&partition);
+            s.changed.notify_one();
+        }
+    }
+
+    /// Ends `session` if it has no member left; returns whether it did.
+    fn retire(&self, session: &Arc<Session>) -> bool {
+        let mut map = self.0.lock();
+        if !session.members.lock().is_empty() {
+            return false;
+        }
+        if map
+            .get(&session.leader)
+            .is_some_and(|s| Arc::ptr_eq(s, session))
+        {
+            map.remove(&session.leader);
+        }
+        true
+    }
+}
+
+/// Runs `session` until it has no member left.
+async fn run(m: Arc<ReplicaManager>, session: Arc<Session>) {
+    loop {
+        if m.sessions().retire(&session) {
+            return;
+        }
+        if let Err(e) = round(&m, &session).await {
+            session.fail_all(&e);
+            tokio::select! {
+                _ = session.changed.notified() => {}
+                _ = tokio::time::sleep(RETRY) => {}
+            }
         }
     }
 }
 
-/// One connection's worth of fetching.
-async fn round(m: &ReplicaManager, part: &Arc<Partition>, leader: &str, epoch: u32) -> Result<()> {
+/// Sleeps until `at`, forever when `None`.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One stream's worth of fetching. Returns `Ok` when the membership
+/// changed or a member is due to rejoin, `Err` when the session failed.
+async fn round(m: &Arc<ReplicaManager>, s: &Session) -> Result<()> {
     let node = m
-        .node(leader)
-        .ok_or_else(|| Error::Unavailable(format!("address of {leader} unknown")))?;
+        .node(&s.leader)
+        .ok_or_else(|| Error::Unavailable(format!("address of {} unknown", s.leader)))?;
     let channel = m.channels().get(&node.replication_addr)?;
     let mut client = ReplicationClient::new(channel);
-    truncate_to_leader(&mut client, part, epoch).await?;
+
+    let now = Instant::now();
+    let due: Vec<(Arc<Partition>, u32)> = s
+        .members
+        .lock()
+        .values()
+        .filter(|mb| !mb.fetching && mb.retry_at.is_none_or(|t| t <= now))
+        .map(|mb| (mb.part.clone(), mb.epoch))
+        .collect();
+    for (part, epoch) in due {
+        match truncate_to_leader(&mut client, &part, &s.leader, epoch).await {
+            Ok(()) => s.start_fetching(part.id, epoch),
+            // The leader is unreachable: the whole session waits.
+            Err(e @ Error::Unavailable(_)) => return Err(e),
+            Err(e) => s.fail(part.id, epoch, &e),
+        }
+    }
+
+    let mut fetch: FetchSet = s
+        .members
+        .lock()
+        .iter()
+        .filter(|(_, mb)| mb.fetching)
+        .map(|(&p, mb)| (p, (mb.part.clone(), mb.epoch)))
+        .collect();
+    if fetch.is_empty() {
+        tokio::select! {
+            _ = s.changed.notified() => {}
+            _ = until(s.next_due()) => {}
+        }
+        return Ok(());
+    }
 
     let (tx, rx) = mpsc::channel(2);
-    let request = |offset: u64| FetchRequest {
-        partition: part.id,
-        follower_id: m.me().id.clone(),
-        offset,
-        leader_epoch: epoch,
-        max_bytes: m.options().fetch_max_bytes as u32,
-        max_wait_ms: m.options().fetch_max_wait_ms as u32,
-    };
-    tx.send(request(part.log.written_end()))
-        .await
-        .map_err(|_| Error::Internal("fetch stream closed".into()))?;
+    let closed = || Error::Internal("fetch stream closed".into());
+    tx.send(request(m, &fetch)).await.map_err(|_| closed())?;
     let mut stream = client
         .fetch(ReceiverStream::new(rx))
         .await
         .map_err(Error::from)?
         .into_inner();
     loop {
-        let resp = stream
-            .message()
-            .await
-            .map_err(Error::from)?
-            .ok_or_else(|| Error::Unavailable(format!("{leader} closed the fetch stream")))?;
-        let guard = part.append.clone().lock_owned().await;
-        let log = part.log.clone();
-        let hw = resp.high_watermark;
-        let records = resp.records;
-        let end = super::blocking(move || {
-            let _guard = guard;
-            if !records.is_empty() {
-                log.append(&records)?;
-            }
-            let end = log.written_end();
-            log.commit(hw.min(end))?;
-            Ok::<_, Error>(end)
-        })
-        .await?;
-        part.publish_log_end();
-        part.publish_hw(part.log.committed());
-        tx.send(request(end))
-            .await
-            .map_err(|_| Error::Internal("fetch stream closed".into()))?;
+        let due = s.next_due();
+        let resp = tokio::select! {
+            r = stream.message() => r
+                .map_err(Error::from)?
+                .ok_or_else(|| Error::Unavailable(format!("{} closed the fetch stream", s.leader)))?,
+            _ = s.changed.notified() => return Ok(()),
+            _ = until(due) => return Ok(()),
+        };
+        apply(s, &mut fetch, resp).await?;
+        if fetch.is_empty() {
+            return Ok(());
+        }
+        tx.send(request(m, &fetch)).await.map_err(|_| closed())?;
     }
+}
+
+/// The next fetch of `fetch`, each partition from its log end.
+fn request(m: &ReplicaManager, fetch: &FetchSet) -> FetchRequest {
+    FetchRequest {
+        follower_id: m.me().id.clone(),
+        max_bytes: m.options().fetch_max_bytes as u32,
+        max_wait_ms: m.options().fetch_max_wait_ms as u32,
+        partitions: fetch
+            .iter()
+            .map(|(&partition, (part, epoch))| PartitionFetch {
+                partition,
+                offset: part.log.written_end(),
+                leader_epoch: *epoch,
+            })
+            .collect(),
+    }
+}
+
+/// One partition's share of an answer, ready to append.
+struct Work {
+    /// The replica.
+    part: Arc<Partition>,
+    /// Its member epoch.
+    epoch: u32,
+    /// Held until the append and commit are done.
+    guard: OwnedMutexGuard<()>,
+    /// Records to append (possibly none).
+    records: bytes::Bytes,
+    /// The leader's high watermark.
+    hw: u64,
+}
+
+/// Appends and commits what `resp` carries; refused partitions leave
+/// `fetch`. Fails only when the blocking pool does.
+async fn apply(s: &Session, fetch: &mut FetchSet, resp: FetchResponse) -> Result<()> {
+    let mut work = Vec::with_capacity(resp.partitions.len());
+    for d in resp.partitions {
+        let Some((part, epoch)) = fetch.get(&d.partition).cloned() else {
+            continue;
+        };
+        if !d.error_reason.is_empty() {
+            let e = Error::from_reason(&d.error_reason, d.error_message, d.partition);
+            fetch.remove(&d.partition);
+            s.fail(d.partition, epoch, &e);
+            continue;
+        }
+        let guard = part.append.clone().lock_owned().await;
+        if !part.follows(&s.leader, epoch) {
+            // It left the session; the change restarts the stream.
+            fetch.remove(&d.partition);
+            continue;
+        }
+        work.push(Work {
+            part,
+            epoch,
+            guard,
+            records: d.records,
+            hw: d.high_watermark,
+        });
+    }
+    let step = |w: Work| {
+        let r = (|| {
+            if !w.records.is_empty() {
+                w.part.log.append(&w.records)?;
+            }
+            let end = w.part.log.written_end();
+            w.part.log.commit(w.hw.min(end))
+        })();
+        drop(w.guard);
+        (w.part, w.epoch, r)
+    };
+    // Nothing to write and a memory-only commit: no blocking-pool hop.
+    let inline = work
+        .iter()
+        .all(|w| w.records.is_empty() && w.part.log.commit_in_memory());
+    let done = if inline {
+        work.into_iter().map(step).collect()
+    } else {
+        super::blocking(move || Ok::<_, Error>(work.into_iter().map(step).collect::<Vec<_>>()))
+            .await?
+    };
+    for (part, epoch, r) in done {
+        match r {
+            Ok(committed) => {
+                part.publish_log_end();
+                part.publish_hw(committed);
+            }
+            Err(e) => {
+                fetch.remove(&part.id);
+                s.fail(part.id, epoch, &e.into());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Truncates `part`'s log to the last offset where it agrees with the
@@ -162,6 +417,7 @@ async fn round(m: &ReplicaManager, part: &Arc<Partition>, leader: &str, epoch: u
 async fn truncate_to_leader(
     client: &mut ReplicationClient<Channel>,
     part: &Arc<Partition>,
+    leader: &str,
     current_epoch: u32,
 ) -> Result<()> {
     let starts = part.log.epoch_starts()?;
@@ -215,8 +471,15 @@ async fn truncate_to_leader(
                  committed offset {committed}; dropping offsets {target}..{my_end} (unclean \
                  leader election)"
             );
+            let Some(guard) = still_following(part, leader, current_epoch).await else {
+                return Ok(());
+            };
             let log = part.log.clone();
-            super::blocking(move || log.truncate_unclean_to(target)).await?;
+            super::blocking(move || {
+                let _guard = guard;
+                log.truncate_unclean_to(target)
+            })
+            .await?;
             part.publish_log_end();
             return Ok(());
         }
@@ -234,8 +497,25 @@ async fn truncate_to_leader(
         "truncating the log from {my_end} to {target}, where it diverges from the leader's \
          (epoch {current_epoch})"
     );
+    let Some(guard) = still_following(part, leader, current_epoch).await else {
+        return Ok(());
+    };
     let log = part.log.clone();
-    super::blocking(move || log.truncate_to(target)).await?;
+    super::blocking(move || {
+        let _guard = guard;
+        log.truncate_to(target)
+    })
+    .await?;
     part.publish_log_end();
     Ok(())
+}
+
+/// The `append` lock of `part`, if it still follows `leader` at `epoch`.
+async fn still_following(
+    part: &Arc<Partition>,
+    leader: &str,
+    epoch: u32,
+) -> Option<OwnedMutexGuard<()>> {
+    let guard = part.append.clone().lock_owned().await;
+    part.follows(leader, epoch).then_some(guard)
 }

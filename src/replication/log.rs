@@ -3,7 +3,9 @@
 //!
 //! [`ReplicaLog`] is implemented by [`Bitcask`] opened in replica mode
 //! (records become visible only when committed). Every method may block on
-//! disk I/O; the replication layer calls them on tokio's blocking pool.
+//! disk I/O, and the replication layer calls them on tokio's blocking pool,
+//! except the cheap reads (`committed`, `written_end`) and `commit` when
+//! `commit_in_memory` says it does no I/O.
 //!
 //! Invariants the implementation keeps (see `docs/STORAGE.md`):
 //! - `written_end` only moves forward, except through `truncate*`;
@@ -26,6 +28,9 @@ pub trait ReplicaLog: Engine {
     fn append(&self, records: &[u8]) -> storage::Result<usize>;
     /// Applies records below `hw`; returns the commit point.
     fn commit(&self, hw: u64) -> storage::Result<u64>;
+    /// Whether `commit` stays in memory (no file I/O), so it may run on the
+    /// async runtime.
+    fn commit_in_memory(&self) -> bool;
     /// The commit point.
     fn committed(&self) -> u64;
     /// End of the records written (and fsynced under `always`).
@@ -57,6 +62,10 @@ impl ReplicaLog for Bitcask {
 
     fn commit(&self, hw: u64) -> storage::Result<u64> {
         Bitcask::commit(self, hw)
+    }
+
+    fn commit_in_memory(&self) -> bool {
+        Bitcask::commit_in_memory(self)
     }
 
     fn committed(&self) -> u64 {

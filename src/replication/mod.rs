@@ -51,6 +51,7 @@ use crate::cluster::{
 use crate::config::ClusterOptions;
 use crate::error::{Error, Result};
 use crate::node::Acks;
+use crate::proto::replication as pb;
 use crate::storage::WriteOp;
 
 /// The outcome of an ISR compare-and-set in ZooKeeper.
@@ -95,6 +96,8 @@ pub struct ReplicaManager {
     wait: Duration,
     /// gRPC channels to other nodes' replication services.
     channels: fetcher::Channels,
+    /// This node's fetch sessions, one per leader node it follows.
+    sessions: fetcher::Sessions,
 }
 
 impl ReplicaManager {
@@ -122,6 +125,7 @@ impl ReplicaManager {
             controller_epoch: AtomicU64::new(0),
             wait,
             channels: fetcher::Channels::default(),
+            sessions: fetcher::Sessions::default(),
         })
     }
 
@@ -291,10 +295,47 @@ impl ReplicaManager {
 
     /// Commits `hw` in the engine and publishes what was committed.
     async fn commit(&self, part: &Arc<Partition>, hw: u64) {
-        let log = part.log.clone();
-        match blocking(move || log.commit(hw)).await {
-            Ok(done) => part.publish_hw(done),
-            Err(e) => tracing::error!(partition = part.id, "committing offset {hw} failed: {e}"),
+        self.commit_all(vec![(part.clone(), hw)]).await;
+    }
+
+    /// Commits each `(partition, hw)` in its engine and publishes what was
+    /// committed: in place when the commit is memory-only, otherwise in one
+    /// blocking-pool hop for all of them.
+    async fn commit_all(&self, commits: Vec<(Arc<Partition>, u64)>) {
+        let (inline, io): (Vec<_>, Vec<_>) = commits
+            .into_iter()
+            .partition(|(part, _)| part.log.commit_in_memory());
+        let mut done: Vec<_> = inline
+            .into_iter()
+            .map(|(part, hw)| {
+                let r = part.log.commit(hw).map_err(Error::from);
+                (part, hw, r)
+            })
+            .collect();
+        if !io.is_empty() {
+            let committed = blocking(move || {
+                Ok::<_, Error>(
+                    io.into_iter()
+                        .map(|(part, hw)| {
+                            let r = part.log.commit(hw).map_err(Error::from);
+                            (part, hw, r)
+                        })
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .await;
+            match committed {
+                Ok(c) => done.extend(c),
+                Err(e) => tracing::error!("committing failed: {e}"),
+            }
+        }
+        for (part, hw, r) in done {
+            match r {
+                Ok(c) => part.publish_hw(c),
+                Err(e) => {
+                    tracing::error!(partition = part.id, "committing offset {hw} failed: {e}")
+                }
+            }
         }
     }
 
@@ -403,8 +444,10 @@ impl ReplicaManager {
                 part.progress.send_modify(|p| p.leading = None);
                 tracing::info!(partition = part.id, "no longer leader (epoch {})", l.epoch);
             }
-            RoleState::Follower { stop, .. } => {
-                let _ = stop.send(true);
+            RoleState::Follower { leader, .. } => {
+                self.sessions.unfollow(&leader, part.id);
+                // An append or truncation in progress finishes first; any
+                // later one sees the role changed and does nothing.
                 let _ = part.append.lock().await;
             }
             RoleState::Idle => {}
@@ -489,76 +532,126 @@ impl ReplicaManager {
             return;
         }
         self.stop_role(part).await;
-        let (stop, stopped) = tokio::sync::watch::channel(false);
         part.state.lock().role = RoleState::Follower {
             leader: leader.to_string(),
             epoch,
-            stop,
         };
         tracing::info!(
             partition = part.id,
             "following {leader} at epoch {epoch} from log end {}",
             part.log.written_end()
         );
-        let me = self.clone();
-        let part = part.clone();
-        let leader = leader.to_string();
-        tokio::spawn(async move { fetcher::run(me, part, leader, epoch, stopped).await });
+        self.sessions.follow(self, part.clone(), leader, epoch);
     }
 
-    /// Answers one fetch on the leader (long poll).
-    pub async fn fetch(
-        self: &Arc<Self>,
-        req: crate::proto::replication::FetchRequest,
-    ) -> Result<crate::proto::replication::FetchResponse> {
-        let part = self.partition(req.partition)?.clone();
-        if !self.lease() {
-            return Err(self.not_leader(&part));
+    /// Answers one fetch of a session on the leader (long poll). Each
+    /// partition of the request is served or refused on its own; the answer
+    /// goes out as soon as one of them has records past its offset (or was
+    /// refused, or lost this node's leadership), else after `max_wait_ms`.
+    pub async fn fetch(self: &Arc<Self>, req: pb::FetchRequest) -> Result<pb::FetchResponse> {
+        let lease = self.lease();
+        let mut slots = Vec::with_capacity(req.partitions.len());
+        let mut commits = Vec::new();
+        for pf in &req.partitions {
+            let noted = self.partition(pf.partition).and_then(|part| {
+                if !lease {
+                    return Err(self.not_leader(part));
+                }
+                let note = part.note_fetch(
+                    &self.me.id,
+                    &req.follower_id,
+                    pf.offset,
+                    pf.leader_epoch,
+                    self.opts.min_insync,
+                )?;
+                Ok((part.clone(), note))
+            });
+            match noted {
+                Ok((part, note)) => {
+                    if let Some(hw) = note.commit {
+                        commits.push((part.clone(), hw));
+                    }
+                    if let Some(isr) = note.isr_change {
+                        let why = format!("{} caught up", req.follower_id);
+                        self.spawn_isr_change(part.clone(), isr, &why);
+                    }
+                    slots.push(Ok((part, pf.offset, pf.leader_epoch)));
+                }
+                Err(e) => slots.push(Err((pf.partition, e))),
+            }
         }
-        let note = part.note_fetch(
-            &self.me.id,
-            &req.follower_id,
-            req.offset,
-            req.leader_epoch,
-            self.opts.min_insync,
-        )?;
-        if let Some(hw) = note.commit {
-            self.commit(&part, hw).await;
+        self.commit_all(commits).await;
+
+        let served: Vec<_> = slots.iter().filter_map(|s| s.as_ref().ok()).collect();
+        let ready = |(part, offset, epoch): &&(Arc<Partition>, u64, u32)| {
+            part.log.written_end() > *offset || part.leading_epoch() != Some(*epoch)
+        };
+        let refused = served.len() < slots.len();
+        if !refused && !served.is_empty() && !served.iter().any(ready) {
+            let wait = Duration::from_millis(u64::from(req.max_wait_ms).min(10_000));
+            let waits = served
+                .iter()
+                .map(|(part, offset, epoch)| Box::pin(part.wait_for_records(*offset, *epoch)));
+            let _ = tokio::time::timeout(wait, futures_util::future::select_all(waits)).await;
         }
-        if let Some(isr) = note.isr_change {
-            self.spawn_isr_change(part.clone(), isr, &format!("{} caught up", req.follower_id));
-        }
-        let wait = Duration::from_millis(u64::from(req.max_wait_ms).min(10_000));
-        let mut end = part.log_end.subscribe();
-        let offset = req.offset;
-        if *end.borrow() <= offset {
-            let mut leading = part.progress.subscribe();
-            tokio::select! {
-                _ = tokio::time::timeout(wait, end.wait_for(|e| *e > offset)) => {}
-                _ = leading.wait_for(|p| p.leading != Some(req.leader_epoch)) => {}
+
+        // Leadership may have moved during the wait: refuse what is no
+        // longer ours, read the rest in one blocking-pool hop.
+        let mut reads = Vec::new();
+        for slot in &mut slots {
+            let Ok((part, offset, epoch)) = slot else {
+                continue;
+            };
+            let mine = self
+                .leading(part)
+                .and_then(|mine| check_epoch(part.id, *epoch, mine));
+            if let Err(e) = mine {
+                *slot = Err((part.id, e));
+            } else if part.log.written_end() > *offset {
+                reads.push((part.id, part.log.clone(), *offset));
             }
         }
         let max = (req.max_bytes as usize).clamp(1, self.opts.fetch_max_bytes.max(1));
-        let log = part.log.clone();
-        let (records, count) = if log.written_end() > offset {
-            blocking(move || log.read_raw(offset, max).map_err(Error::from)).await?
-        } else {
-            (Bytes::new(), 0)
-        };
-        Ok(crate::proto::replication::FetchResponse {
-            partition: part.id,
-            high_watermark: part.progress.borrow().hw,
-            log_end_offset: part.log.written_end(),
-            records,
-            record_count: count,
+        let share = (max / reads.len().max(1)).max(1);
+        let mut read = blocking(move || {
+            Ok::<_, Error>(
+                reads
+                    .into_iter()
+                    .map(|(p, log, offset)| (p, log.read_raw(offset, share).map_err(Error::from)))
+                    .collect::<HashMap<_, _>>(),
+            )
         })
+        .await?;
+
+        let partitions = slots
+            .into_iter()
+            .map(|slot| match slot {
+                Ok((part, _, _)) => {
+                    let end = part.log.written_end();
+                    let hw = part.progress.borrow().hw;
+                    match read.remove(&part.id).unwrap_or(Ok((Bytes::new(), 0))) {
+                        Ok((records, record_count)) => pb::PartitionData {
+                            partition: part.id,
+                            high_watermark: hw,
+                            log_end_offset: end,
+                            records,
+                            record_count,
+                            ..Default::default()
+                        },
+                        Err(e) => refusal(part.id, &e),
+                    }
+                }
+                Err((p, e)) => refusal(p, &e),
+            })
+            .collect();
+        Ok(pb::FetchResponse { partitions })
     }
 
     /// KIP-101: the end offset of `epoch` in this leader's log.
     pub fn epoch_end_offset(
         &self,
-        req: crate::proto::replication::EpochEndOffsetRequest,
-    ) -> Result<crate::proto::replication::EpochEndOffsetResponse> {
+        req: pb::EpochEndOffsetRequest,
+    ) -> Result<pb::EpochEndOffsetResponse> {
         let part = self.partition(req.partition)?;
         let mine = self.leading(part)?;
         check_epoch(part.id, req.current_leader_epoch, mine)?;
@@ -568,7 +661,7 @@ impl ReplicaManager {
             starts.push((mine, end));
         }
         let found = epoch_end(&starts, req.leader_epoch, end);
-        Ok(crate::proto::replication::EpochEndOffsetResponse {
+        Ok(pb::EpochEndOffsetResponse {
             found: found.is_some(),
             leader_epoch: found.map_or(0, |f| f.0),
             end_offset: found.map_or(0, |f| f.1),
@@ -628,6 +721,11 @@ impl ReplicaManager {
     /// The shared channel cache, for the fetcher.
     fn channels(&self) -> &fetcher::Channels {
         &self.channels
+    }
+
+    /// The fetch sessions, for the fetcher.
+    fn sessions(&self) -> &fetcher::Sessions {
+        &self.sessions
     }
 }
 
@@ -728,6 +826,16 @@ impl Coordinator for ReplicaManager {
 
     fn controller(&self) -> Option<String> {
         self.cluster.get().and_then(|c| c.controller())
+    }
+}
+
+/// A partition's entry in a fetch answer that refuses it with `e`.
+fn refusal(partition: u32, e: &Error) -> pb::PartitionData {
+    pb::PartitionData {
+        partition,
+        error_reason: e.reason().to_string(),
+        error_message: e.message(),
+        ..Default::default()
     }
 }
 

@@ -77,14 +77,12 @@ pub enum RoleState {
     Idle,
     /// Leading.
     Leader(LeaderState),
-    /// Following `leader` at `epoch`; the fetcher task runs.
+    /// Following `leader` at `epoch`, in this node's fetch session with it.
     Follower {
         /// Leader node id.
         leader: String,
         /// Leader epoch.
         epoch: u32,
-        /// Stops the fetcher.
-        stop: watch::Sender<bool>,
     },
 }
 
@@ -199,6 +197,26 @@ impl Partition {
                 false
             }
         });
+    }
+
+    /// Waits until the log ends past `offset`, or this replica no longer
+    /// leads at `epoch` (a long-polling fetch).
+    pub async fn wait_for_records(&self, offset: u64, epoch: u32) {
+        let mut end = self.log_end.subscribe();
+        let mut leading = self.progress.subscribe();
+        tokio::select! {
+            _ = end.wait_for(|e| *e > offset) => {}
+            _ = leading.wait_for(|p| p.leading != Some(epoch)) => {}
+        }
+    }
+
+    /// Whether this replica follows `leader` at `epoch` (checked under the
+    /// `append` lock before anything is appended or truncated).
+    pub fn follows(&self, leader: &str, epoch: u32) -> bool {
+        matches!(
+            &self.state.lock().role,
+            RoleState::Follower { leader: l, epoch: e } if l == leader && *e == epoch
+        )
     }
 
     /// Publishes a committed high watermark.

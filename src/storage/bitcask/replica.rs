@@ -552,8 +552,19 @@ impl Inner {
             }
             rep.committed.store(target, Ordering::Release);
         }
-        self.persist_commit(rep, self.opts.fsync == Durability::Always)?;
+        match self.opts.fsync {
+            Durability::Always => self.persist_commit(rep, true)?,
+            // The fsync thread persists it with the records it covers.
+            Durability::EveryMs(_) => {}
+            Durability::Never => self.persist_commit(rep, false)?,
+        }
         Ok(rep.committed.load(Ordering::Acquire))
+    }
+
+    /// Whether [`Inner::commit_to`] stays in memory (no file I/O): under
+    /// `every_ms`, where the fsync thread persists the commit point.
+    pub(super) fn commit_in_memory(&self) -> bool {
+        self.replica.is_some() && matches!(self.opts.fsync, Durability::EveryMs(_))
     }
 
     /// Writes the current commit point to `COMMITTED`, fsynced if `sync`.
@@ -564,10 +575,13 @@ impl Inner {
         file.store(value, sync)
     }
 
-    /// fsyncs `COMMITTED` if it was written since its last fsync.
+    /// Writes the commit point to `COMMITTED` if it moved, and fsyncs the
+    /// file if it was written since its last fsync. Called after the log
+    /// itself was fsynced, so the persisted commit point never covers a
+    /// record that is not durable.
     pub(super) fn sync_commit(&self) -> Result<()> {
         match &self.replica {
-            Some(rep) => rep.file.lock().sync(),
+            Some(rep) => self.persist_commit(rep, true),
             None => Ok(()),
         }
     }
