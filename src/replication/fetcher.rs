@@ -10,7 +10,10 @@
 //! agree); then keep one long-poll fetch outstanding on a stream for the
 //! members that are fetching, appending what arrives (CRC-checked by the
 //! engine) and committing up to the leader's high watermark, every
-//! partition of an answer in one blocking-pool hop.
+//! partition of an answer in one step run in place
+//! (`tokio::task::block_in_place`: the worker hands its other tasks to
+//! another thread first, so the runtime is not blocked and the round trip
+//! has no hand-off to the blocking pool and back).
 //!
 //! A partition the leader refuses, or whose append fails, leaves the fetch
 //! set and rejoins after a short pause, truncating again first; an error of
@@ -349,7 +352,7 @@ struct Work {
 }
 
 /// Appends and commits what `resp` carries; refused partitions leave
-/// `fetch`. Fails only when the blocking pool does.
+/// `fetch`. Fails only when running the step itself fails (a panic).
 async fn apply(s: &Session, fetch: &mut FetchSet, resp: FetchResponse) -> Result<()> {
     let mut work = Vec::with_capacity(resp.partitions.len());
     for d in resp.partitions {
@@ -387,14 +390,12 @@ async fn apply(s: &Session, fetch: &mut FetchSet, resp: FetchResponse) -> Result
         drop(w.guard);
         (w.part, w.epoch, r)
     };
-    // Nothing to write and a memory-only commit: no blocking-pool hop.
-    let inline = work
-        .iter()
-        .all(|w| w.records.is_empty() && w.part.log.commit_in_memory());
+    // Nothing to append (commits do no I/O): nothing that may block.
+    let inline = work.iter().all(|w| w.records.is_empty());
     let done = if inline {
         work.into_iter().map(step).collect()
     } else {
-        super::blocking(move || Ok::<_, Error>(work.into_iter().map(step).collect::<Vec<_>>()))
+        super::in_place(move || Ok::<_, Error>(work.into_iter().map(step).collect::<Vec<_>>()))
             .await?
     };
     for (part, epoch, r) in done {

@@ -2,10 +2,11 @@
 //! engine, beyond the [`Engine`] reads every node serves.
 //!
 //! [`ReplicaLog`] is implemented by [`Bitcask`] opened in replica mode
-//! (records become visible only when committed). Every method may block on
-//! disk I/O, and the replication layer calls them on tokio's blocking pool,
-//! except the cheap reads (`committed`, `written_end`) and `commit` when
-//! `commit_in_memory` says it does no I/O.
+//! (records become visible only when committed). The methods that touch
+//! files may block on disk I/O, and the replication layer calls them off
+//! the async runtime's workers (the blocking pool, or `block_in_place`);
+//! `commit`, `committed` and `written_end` do no I/O and are called
+//! directly.
 //!
 //! Invariants the implementation keeps (see `docs/STORAGE.md`):
 //! - `written_end` only moves forward, except through `truncate*`;
@@ -26,11 +27,9 @@ pub trait ReplicaLog: Engine {
     /// Appends records in the storage format, fetched from the leader
     /// (follower). Returns how many were appended.
     fn append(&self, records: &[u8]) -> storage::Result<usize>;
-    /// Applies records below `hw`; returns the commit point.
+    /// Applies records below `hw`; returns the commit point. No I/O (the
+    /// engine checkpoints the commit point in the background).
     fn commit(&self, hw: u64) -> storage::Result<u64>;
-    /// Whether `commit` stays in memory (no file I/O), so it may run on the
-    /// async runtime.
-    fn commit_in_memory(&self) -> bool;
     /// The commit point.
     fn committed(&self) -> u64;
     /// End of the records written (and fsynced under `always`).
@@ -62,10 +61,6 @@ impl ReplicaLog for Bitcask {
 
     fn commit(&self, hw: u64) -> storage::Result<u64> {
         Bitcask::commit(self, hw)
-    }
-
-    fn commit_in_memory(&self) -> bool {
-        Bitcask::commit_in_memory(self)
     }
 
     fn committed(&self) -> u64 {

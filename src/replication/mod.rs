@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::RwLock;
 
-use self::partition::{Partition, RoleState, check_epoch};
+use self::partition::{Ack, Partition, RoleState, check_epoch};
 use crate::cluster::{
     BoxFuture, Coordinator, LeaderAndIsr, NodeAddr, NodeInfo, PartitionState, ReplicaOffsets, Role,
     StateListener,
@@ -234,19 +234,20 @@ impl ReplicaManager {
         let log = part.log.clone();
         let written = blocking(move || log.write_op(&key, op)).await?;
         part.publish_log_end();
-        self.advance_hw(part).await;
+        self.advance_hw(part);
         if acks == Acks::Leader {
             return Ok(written.done);
         }
-        let mut rx = part.progress.subscribe();
-        let waited = tokio::time::timeout(
-            self.wait,
-            rx.wait_for(|pr| pr.hw >= written.until || pr.leading != Some(epoch)),
-        )
-        .await;
-        match waited {
-            Ok(Ok(pr)) if pr.hw >= written.until => Ok(written.done),
-            Ok(_) => Err(Error::Unavailable(format!(
+        let covered = match part.wait_ack(epoch, written.until) {
+            Ack::Covered => Ok(true),
+            Ack::LeadershipLost => Ok(false),
+            Ack::Wait(rx) => tokio::time::timeout(self.wait, rx)
+                .await
+                .map(|r| r.unwrap_or(false)),
+        };
+        match covered {
+            Ok(true) => Ok(written.done),
+            Ok(false) => Err(Error::Unavailable(format!(
                 "leadership of partition {p} changed before the in-sync replicas confirmed \
                  the write; it may or may not be applied"
             ))),
@@ -286,56 +287,19 @@ impl ReplicaManager {
 
     /// Moves the high watermark of `part` if the ISR allows it, commits it
     /// in the engine, then publishes it.
-    async fn advance_hw(&self, part: &Arc<Partition>) {
+    fn advance_hw(&self, part: &Arc<Partition>) {
         let Some(hw) = part.hw_candidate(&self.me.id, self.opts.min_insync) else {
             return;
         };
-        self.commit(part, hw).await;
+        self.commit(part, hw);
     }
 
-    /// Commits `hw` in the engine and publishes what was committed.
-    async fn commit(&self, part: &Arc<Partition>, hw: u64) {
-        self.commit_all(vec![(part.clone(), hw)]).await;
-    }
-
-    /// Commits each `(partition, hw)` in its engine and publishes what was
-    /// committed: in place when the commit is memory-only, otherwise in one
-    /// blocking-pool hop for all of them.
-    async fn commit_all(&self, commits: Vec<(Arc<Partition>, u64)>) {
-        let (inline, io): (Vec<_>, Vec<_>) = commits
-            .into_iter()
-            .partition(|(part, _)| part.log.commit_in_memory());
-        let mut done: Vec<_> = inline
-            .into_iter()
-            .map(|(part, hw)| {
-                let r = part.log.commit(hw).map_err(Error::from);
-                (part, hw, r)
-            })
-            .collect();
-        if !io.is_empty() {
-            let committed = blocking(move || {
-                Ok::<_, Error>(
-                    io.into_iter()
-                        .map(|(part, hw)| {
-                            let r = part.log.commit(hw).map_err(Error::from);
-                            (part, hw, r)
-                        })
-                        .collect::<Vec<_>>(),
-                )
-            })
-            .await;
-            match committed {
-                Ok(c) => done.extend(c),
-                Err(e) => tracing::error!("committing failed: {e}"),
-            }
-        }
-        for (part, hw, r) in done {
-            match r {
-                Ok(c) => part.publish_hw(c),
-                Err(e) => {
-                    tracing::error!(partition = part.id, "committing offset {hw} failed: {e}")
-                }
-            }
+    /// Commits `hw` in the engine (memory only) and publishes what was
+    /// committed.
+    fn commit(&self, part: &Partition, hw: u64) {
+        match part.log.commit(hw) {
+            Ok(c) => part.publish_hw(c),
+            Err(e) => tracing::error!(partition = part.id, "committing offset {hw} failed: {e}"),
         }
     }
 
@@ -383,7 +347,7 @@ impl ReplicaManager {
                         isr.join(",")
                     );
                     part.adopt_isr(epoch, isr, zk_version);
-                    me.advance_hw(&part).await;
+                    me.advance_hw(&part);
                 }
                 Ok(IsrOutcome::Conflict(current)) => {
                     tracing::info!(
@@ -441,7 +405,7 @@ impl ReplicaManager {
         let old = std::mem::replace(&mut part.state.lock().role, RoleState::Idle);
         match old {
             RoleState::Leader(l) => {
-                part.progress.send_modify(|p| p.leading = None);
+                part.stop_leading();
                 tracing::info!(partition = part.id, "no longer leader (epoch {})", l.epoch);
             }
             RoleState::Follower { leader, .. } => {
@@ -473,7 +437,7 @@ impl ReplicaManager {
         if already {
             part.progress
                 .send_modify(|p| p.leading = Some(target.leader_epoch));
-            self.advance_hw(part).await;
+            self.advance_hw(part);
             return;
         }
         self.stop_role(part).await;
@@ -519,7 +483,7 @@ impl ReplicaManager {
             "leading at epoch {epoch} from log end {start} (high watermark {hw}), ISR [{}]",
             target.isr.join(",")
         );
-        self.advance_hw(part).await;
+        self.advance_hw(part);
     }
 
     /// Follows `leader` at `epoch`.
@@ -580,7 +544,9 @@ impl ReplicaManager {
                 Err(e) => slots.push(Err((pf.partition, e))),
             }
         }
-        self.commit_all(commits).await;
+        for (part, hw) in commits {
+            self.commit(&part, hw);
+        }
 
         let served: Vec<_> = slots.iter().filter_map(|s| s.as_ref().ok()).collect();
         let ready = |(part, offset, epoch): &&(Arc<Partition>, u64, u32)| {
@@ -596,7 +562,9 @@ impl ReplicaManager {
         }
 
         // Leadership may have moved during the wait: refuse what is no
-        // longer ours, read the rest in one blocking-pool hop.
+        // longer ours, read the rest in place (the records were just
+        // written, so they are in the page cache, but a read may still
+        // touch the disk: see `in_place`).
         let mut reads = Vec::new();
         for slot in &mut slots {
             let Ok((part, offset, epoch)) = slot else {
@@ -613,7 +581,7 @@ impl ReplicaManager {
         }
         let max = (req.max_bytes as usize).clamp(1, self.opts.fetch_max_bytes.max(1));
         let share = (max / reads.len().max(1)).max(1);
-        let mut read = blocking(move || {
+        let mut read = in_place(move || {
             Ok::<_, Error>(
                 reads
                     .into_iter()
@@ -836,6 +804,25 @@ fn refusal(partition: u32, e: &Error) -> pb::PartitionData {
         error_reason: e.reason().to_string(),
         error_message: e.message(),
         ..Default::default()
+    }
+}
+
+/// Runs blocking engine work on the current thread with
+/// [`tokio::task::block_in_place`]: the worker first hands its other tasks
+/// to another thread, so the runtime is not blocked, and the caller goes on
+/// without a hand-off to the blocking pool and back (two thread wake-ups on
+/// the replication round trip). On a current-thread runtime, where that is
+/// not possible, it uses the blocking pool.
+async fn in_place<T, E>(f: impl FnOnce() -> std::result::Result<T, E> + Send + 'static) -> Result<T>
+where
+    T: Send + 'static,
+    E: Into<Error> + Send + 'static,
+{
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(move || f().map_err(Into::into))
+        }
+        _ => blocking(f).await,
     }
 }
 

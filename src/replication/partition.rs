@@ -18,12 +18,13 @@
 //!   when it took over (`epoch_start`): before that, a committed write of the
 //!   previous leader may not be applied here yet.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::log::ReplicaLog;
 use crate::cluster::LeaderAndIsr;
@@ -113,6 +114,78 @@ pub struct Partition {
     pub log_end: watch::Sender<u64>,
     /// Serialises follower appends with role transitions.
     pub append: Arc<tokio::sync::Mutex<()>>,
+    /// `acks: all` writes waiting for the high watermark.
+    acks: Mutex<AckWaiters>,
+}
+
+/// `acks: all` writes waiting for the high watermark to cover them, the
+/// lowest `until` first, so a high-watermark move wakes exactly the writes
+/// it covers (not every waiter, as a watch channel would).
+#[derive(Default)]
+pub struct AckWaiters {
+    /// `(until, sequence)` of each waiter, with its wake-up.
+    waiting: BinaryHeap<Reverse<AckWaiter>>,
+    /// Tie-breaker so equal offsets keep their order.
+    seq: u64,
+}
+
+/// One waiting `acks: all` write.
+struct AckWaiter {
+    /// The offset the high watermark must reach.
+    until: u64,
+    /// Arrival order.
+    seq: u64,
+    /// `true` once covered, `false` when leadership ended first.
+    done: oneshot::Sender<bool>,
+}
+
+impl PartialEq for AckWaiter {
+    fn eq(&self, other: &Self) -> bool {
+        (self.until, self.seq) == (other.until, other.seq)
+    }
+}
+
+impl Eq for AckWaiter {}
+
+impl PartialOrd for AckWaiter {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for AckWaiter {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.until, self.seq).cmp(&(other.until, other.seq))
+    }
+}
+
+impl AckWaiters {
+    /// Wakes every waiter with `until <= hw`.
+    fn release(&mut self, hw: u64) {
+        while self.waiting.peek().is_some_and(|w| w.0.until <= hw) {
+            if let Some(Reverse(w)) = self.waiting.pop() {
+                let _ = w.done.send(true);
+            }
+        }
+    }
+
+    /// Fails every waiter (leadership ended).
+    fn fail_all(&mut self) {
+        for Reverse(w) in self.waiting.drain() {
+            let _ = w.done.send(false);
+        }
+    }
+}
+
+/// What an `acks: all` write gets back from [`Partition::wait_ack`].
+pub enum Ack {
+    /// The high watermark already covers it.
+    Covered,
+    /// This replica no longer leads at the write's epoch.
+    LeadershipLost,
+    /// Resolves to `true` once covered, `false` (or closed) when
+    /// leadership ended first.
+    Wait(oneshot::Receiver<bool>),
 }
 
 /// The outcome of recording a follower's fetch.
@@ -140,6 +213,7 @@ impl Partition {
             progress: watch::Sender::new(Progress { hw, leading: None }),
             log_end: watch::Sender::new(end),
             append: Arc::new(tokio::sync::Mutex::new(())),
+            acks: Mutex::new(AckWaiters::default()),
         }
     }
 
@@ -181,9 +255,40 @@ impl Partition {
         s.fenced = true;
         drop(s);
         if was_leading {
-            self.progress.send_modify(|p| p.leading = None);
+            self.stop_leading();
         }
         was_leading
+    }
+
+    /// Publishes that this replica no longer leads, and fails the writes
+    /// waiting for their acknowledgement.
+    pub fn stop_leading(&self) {
+        self.progress.send_modify(|p| p.leading = None);
+        self.acks.lock().fail_all();
+    }
+
+    /// Registers an `acks: all` write at `epoch` that is covered once the
+    /// high watermark reaches `until`.
+    pub fn wait_ack(&self, epoch: u32, until: u64) -> Ack {
+        let mut acks = self.acks.lock();
+        // Read under the lock: `publish_hw` and `stop_leading` update
+        // `progress` before they take it, so no wake-up is missed.
+        let p = *self.progress.borrow();
+        if p.leading != Some(epoch) {
+            return Ack::LeadershipLost;
+        }
+        if p.hw >= until {
+            return Ack::Covered;
+        }
+        if acks.waiting.len() >= 1024 && acks.waiting.len().is_power_of_two() {
+            // Writes that timed out leave closed senders behind.
+            acks.waiting.retain(|w| !w.0.done.is_closed());
+        }
+        let (done, rx) = oneshot::channel();
+        acks.seq += 1;
+        let seq = acks.seq;
+        acks.waiting.push(Reverse(AckWaiter { until, seq, done }));
+        Ack::Wait(rx)
     }
 
     /// Publishes the log's current end (wakes long-polling fetches).
@@ -219,9 +324,9 @@ impl Partition {
         )
     }
 
-    /// Publishes a committed high watermark.
+    /// Publishes a committed high watermark and wakes the writes it covers.
     pub fn publish_hw(&self, hw: u64) {
-        self.progress.send_if_modified(|p| {
+        let moved = self.progress.send_if_modified(|p| {
             if hw > p.hw {
                 p.hw = hw;
                 true
@@ -229,6 +334,9 @@ impl Partition {
                 false
             }
         });
+        if moved {
+            self.acks.lock().release(hw);
+        }
     }
 
     /// The high watermark the leader may move to now, if higher than the

@@ -75,6 +75,13 @@ impl Inner {
                 self.sweep_expired();
                 last_sweep = Instant::now();
             }
+            // Under `every_ms` the fsync thread checkpoints the commit
+            // point right after the log's fsync; otherwise it is done here.
+            if !matches!(self.opts.fsync, Durability::EveryMs(_))
+                && let Err(e) = self.sync_commit()
+            {
+                tracing::error!(dir = %self.dir.display(), "checkpoint of the commit point failed: {e}");
+            }
             if let Err(e) = self.write_missing_hints() {
                 tracing::warn!(dir = %self.dir.display(), "writing hint files: {e}");
             }

@@ -10,7 +10,9 @@
 //! Replica mode narrows both choices:
 //! - inputs are the longest prefix of sealed segments whose records are all
 //!   below the commit point (a segment's records are below the next one's
-//!   base), so merge never reads or moves an uncommitted record;
+//!   base), so merge never reads or moves an uncommitted record; that
+//!   commit point is checkpointed to disk before merge starts (`commit`
+//!   itself does no I/O), so a crash never recovers a lower one;
 //! - the horizon is `min(retain_from, commit point)`. At or above it, merge
 //!   keeps tombstones and also expired records that are still their key's
 //!   newest version: a replica that has not fetched them yet holds an older
@@ -136,6 +138,13 @@ impl Inner {
             .replica
             .as_ref()
             .map(|rep| rep.committed.load(Ordering::Acquire));
+        if committed.is_some() {
+            // Checkpoint the commit point first (after the records it
+            // covers): merge only rewrites records below it, so a crash can
+            // never bring back a commit point below what merge consumed.
+            self.sync()?;
+            self.sync_commit()?;
+        }
         let inputs: Vec<Arc<Segment>> = {
             let segments = self.segments.read();
             let sealed = segments.ordered.len().saturating_sub(1);

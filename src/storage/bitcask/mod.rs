@@ -372,22 +372,17 @@ impl Bitcask {
     }
 
     /// Applies every written record with offset `< hw` to the keydir, in
-    /// offset order, and persists the commit point: written and fsynced
-    /// before returning under `always`; under `every_ms` only in memory here,
-    /// written and fsynced by the fsync thread after the log's own fsync (or
-    /// by `flush` / close); under `never` written (not fsynced) at once. Never moves backwards (a lower `hw` is ignored) and never past
+    /// offset order. No I/O: it takes the writer mutex (never held across
+    /// I/O) and the keydir's, so it may run on an async runtime. The commit
+    /// point is checkpointed to `COMMITTED` in the background: by the fsync
+    /// thread after the log's fsync under `every_ms`, by the janitor (at
+    /// most a second later) otherwise, and by `flush` and close; a crash
+    /// loses at most the latest checkpoint interval of commit progress,
+    /// never a record (the records stay in the log, uncommitted). Never moves backwards (a lower `hw` is ignored) and never past
     /// [`Bitcask::written_end`]. Returns the commit point. In standalone mode
     /// it does nothing and returns `next_offset`.
     pub fn commit(&self, hw: u64) -> Result<u64> {
         self.inner.commit_to(hw)
-    }
-
-    /// Whether [`Bitcask::commit`] is memory-only (replica mode under
-    /// `every_ms`: the fsync thread persists the commit point after the
-    /// records it covers), so a caller may run it without a blocking-pool
-    /// hop. It still takes the writer mutex, which is never held across I/O.
-    pub fn commit_in_memory(&self) -> bool {
-        self.inner.commit_in_memory()
     }
 
     /// The commit point: records below it are visible (replica mode). In

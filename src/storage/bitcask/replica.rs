@@ -552,19 +552,10 @@ impl Inner {
             }
             rep.committed.store(target, Ordering::Release);
         }
-        match self.opts.fsync {
-            Durability::Always => self.persist_commit(rep, true)?,
-            // The fsync thread persists it with the records it covers.
-            Durability::EveryMs(_) => {}
-            Durability::Never => self.persist_commit(rep, false)?,
-        }
+        // No I/O here: the commit point is checkpointed to `COMMITTED` in
+        // the background (`sync_commit`), as Kafka checkpoints its high
+        // watermark.
         Ok(rep.committed.load(Ordering::Acquire))
-    }
-
-    /// Whether [`Inner::commit_to`] stays in memory (no file I/O): under
-    /// `every_ms`, where the fsync thread persists the commit point.
-    pub(super) fn commit_in_memory(&self) -> bool {
-        self.replica.is_some() && matches!(self.opts.fsync, Durability::EveryMs(_))
     }
 
     /// Writes the current commit point to `COMMITTED`, fsynced if `sync`.
@@ -575,13 +566,15 @@ impl Inner {
         file.store(value, sync)
     }
 
-    /// Writes the commit point to `COMMITTED` if it moved, and fsyncs the
-    /// file if it was written since its last fsync. Called after the log
-    /// itself was fsynced, so the persisted commit point never covers a
-    /// record that is not durable.
+    /// Checkpoints the commit point: writes it to `COMMITTED` if it moved,
+    /// and fsyncs the file if it was written since its last fsync (except
+    /// under `never`). Under `every_ms` it runs after the log's own fsync;
+    /// under `always` every record below `written_end` is already fsynced;
+    /// so the persisted commit point never covers a record that is not
+    /// durable.
     pub(super) fn sync_commit(&self) -> Result<()> {
         match &self.replica {
-            Some(rep) => self.persist_commit(rep, true),
+            Some(rep) => self.persist_commit(rep, self.opts.fsync != Durability::Never),
             None => Ok(()),
         }
     }
