@@ -1061,12 +1061,15 @@ mod model {
         Bytes::from(format!("value-{v}-{}", "x".repeat(v as usize % 50)))
     }
 
+    /// The committed state: value and expiry (0 = none) by key.
+    type State = BTreeMap<Vec<u8>, (Bytes, u64)>;
+
     struct Harness {
         dir: TempDir,
         clock: Arc<ManualClock>,
         opts: Options,
         engine: Option<Bitcask>,
-        committed: BTreeMap<Vec<u8>, (Bytes, u64)>,
+        committed: State,
         commit_point: u64,
         pending: Vec<(u64, Vec<u8>, Rec)>,
         next: u64,
@@ -1074,7 +1077,7 @@ mod model {
         /// the last checkpoint known to be on disk (close, merge), that one
         /// first: a crash recovers one of them (the engine checkpoints in
         /// the background too).
-        history: Vec<(u64, BTreeMap<Vec<u8>, (Bytes, u64)>)>,
+        history: Vec<(u64, State)>,
         /// Records applied since that checkpoint, in offset order.
         applied: Vec<(u64, Vec<u8>, Rec)>,
     }
