@@ -99,12 +99,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# A TCP port nothing listens on and that this run has not handed out.
+# A TCP port nothing listens on and that this run has not handed out, below
+# the kernel's ephemeral range (ip_local_port_range), so no outgoing
+# connection can take it between this check and the server's bind.
 declare -A USED_PORTS=()
+EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+readonly EPHEMERAL_LOW
 free_port() {
   local p
   while :; do
-    p=$((20000 + RANDOM % 40000))
+    p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
     [ -z "${USED_PORTS[$p]:-}" ] || continue
     nc -z 127.0.0.1 "$p" >/dev/null 2>&1 && continue
     USED_PORTS[$p]=1

@@ -172,7 +172,8 @@ pub struct ClusterOptions {
     /// How long a follower's fetch waits on the leader for new records
     /// before an empty answer (long poll). Default 500.
     pub fetch_max_wait_ms: u64,
-    /// Upper bound of the record bytes in one fetch answer. Default 1 MiB.
+    /// Upper bound of the record bytes in one fetch answer, shared by every
+    /// partition of the fetch session. Default 1 MiB.
     pub fetch_max_bytes: usize,
 }
 

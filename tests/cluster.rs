@@ -766,3 +766,99 @@ fn any_node_forwards_to_the_partition_leader() {
         assert_eq!(kv.exists(exists).await.unwrap().into_inner().count, 0);
     });
 }
+
+/// One fetch session carries several partitions: each is served or refused
+/// on its own, and a refusal neither fails the stream nor the others.
+#[test]
+fn a_fetch_session_serves_and_refuses_partitions_independently() {
+    use caskade::proto::replication::replication_client::ReplicationClient;
+    use caskade::proto::replication::{FetchRequest, PartitionFetch};
+
+    let _s = serial();
+    let c = TestCluster::start(ClusterOpts::default());
+    let rt = runtime();
+    let node = 0;
+    let id = c.specs[node].id.clone();
+    let led = |p: u32| c.partition(p).is_some_and(|i| i.leader == id);
+    let mine = (0..c.opts.partitions)
+        .find(|&p| led(p))
+        .expect("node-1 leads a partition");
+    let theirs = (0..c.opts.partitions)
+        .find(|&p| !led(p))
+        .expect("another node leads one");
+    let client = c.client(&rt);
+    for n in 0..3 {
+        rt.block_on(client.set(c.key_in(mine, n), "v", SetOptions::default()))
+            .unwrap();
+    }
+    let epoch = c.partition(mine).unwrap().leader_epoch as u32;
+    let follower = c
+        .partition(mine)
+        .unwrap()
+        .replicas
+        .into_iter()
+        .find(|r| *r != id)
+        .unwrap();
+    let repl_addr = std::fs::read_to_string(&c.specs[node].config)
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("replication_listen: ")
+                .map(str::to_string)
+        })
+        .unwrap();
+    let fetch = |partition, leader_epoch| PartitionFetch {
+        partition,
+        offset: 0,
+        leader_epoch,
+    };
+    let request = |partitions| FetchRequest {
+        follower_id: follower.clone(),
+        max_bytes: 1 << 20,
+        max_wait_ms: 0,
+        partitions,
+    };
+    let (first, second) = rt.block_on(async {
+        let mut r = ReplicationClient::connect(format!("http://{repl_addr}"))
+            .await
+            .unwrap();
+        let requests = vec![
+            request(vec![fetch(mine, epoch), fetch(theirs, 1), fetch(99, 1)]),
+            request(vec![fetch(mine, epoch + 1)]),
+        ];
+        let mut stream = r
+            .fetch(tokio_stream::iter(requests))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        let second = stream.message().await.unwrap().unwrap();
+        (first, second)
+    });
+    let got: Vec<_> = first
+        .partitions
+        .iter()
+        .map(|d| (d.partition, d.error_reason.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(mine, ""), (theirs, "NOT_LEADER"), (99, "INVALID_ARGUMENT")],
+        "{first:?}"
+    );
+    let served = &first.partitions[0];
+    assert_eq!(
+        (
+            served.record_count,
+            served.log_end_offset,
+            served.high_watermark
+        ),
+        (3, 3, 3),
+        "{served:?}"
+    );
+    assert!(first.partitions[1].records.is_empty());
+    // The stream goes on after refusals; a newer epoch than the leader's is
+    // refused as not known yet (the follower retries it soon).
+    assert_eq!(second.partitions.len(), 1, "{second:?}");
+    assert_eq!(second.partitions[0].error_reason, "UNKNOWN_LEADER_EPOCH");
+}
