@@ -233,7 +233,7 @@ impl Sessions {
 /// Runs `session` until it has no member left.
 async fn run(m: Arc<ReplicaManager>, session: Arc<Session>) {
     loop {
-        if m.sessions().retire(&session) {
+        if m.sessions.retire(&session) {
             return;
         }
         if let Err(e) = round(&m, &session).await {
@@ -260,7 +260,7 @@ async fn round(m: &Arc<ReplicaManager>, s: &Session) -> Result<()> {
     let node = m
         .node(&s.leader)
         .ok_or_else(|| Error::Unavailable(format!("address of {} unknown", s.leader)))?;
-    let channel = m.channels().get(&node.replication_addr)?;
+    let channel = m.channels.get(&node.replication_addr)?;
     let mut client = ReplicationClient::new(channel);
 
     let now = Instant::now();

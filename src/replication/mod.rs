@@ -549,9 +549,10 @@ impl ReplicaManager {
         }
 
         let served: Vec<_> = slots.iter().filter_map(|s| s.as_ref().ok()).collect();
-        let ready = |(part, offset, epoch): &&(Arc<Partition>, u64, u32)| {
-            part.log.written_end() > *offset || part.leading_epoch() != Some(*epoch)
-        };
+        // (A leadership change during the wait ends it too: see
+        // `wait_for_records`.)
+        let ready =
+            |(part, offset, _): &&(Arc<Partition>, u64, u32)| part.log.written_end() > *offset;
         let refused = served.len() < slots.len();
         if !refused && !served.is_empty() && !served.iter().any(ready) {
             let wait = Duration::from_millis(u64::from(req.max_wait_ms).min(10_000));
@@ -684,16 +685,6 @@ impl ReplicaManager {
         for n in nodes {
             map.insert(n.id.clone(), n);
         }
-    }
-
-    /// The shared channel cache, for the fetcher.
-    fn channels(&self) -> &fetcher::Channels {
-        &self.channels
-    }
-
-    /// The fetch sessions, for the fetcher.
-    fn sessions(&self) -> &fetcher::Sessions {
-        &self.sessions
     }
 }
 

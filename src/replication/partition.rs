@@ -18,8 +18,7 @@
 //!   when it took over (`epoch_start`): before that, a committed write of the
 //!   previous leader may not be applied here yet.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -118,61 +117,33 @@ pub struct Partition {
     acks: Mutex<AckWaiters>,
 }
 
-/// `acks: all` writes waiting for the high watermark to cover them, the
-/// lowest `until` first, so a high-watermark move wakes exactly the writes
-/// it covers (not every waiter, as a watch channel would).
+/// `acks: all` writes waiting for the high watermark to cover them, by
+/// `(until, arrival)`, so a high-watermark move wakes exactly the writes it
+/// covers (not every waiter, as a watch channel would).
 #[derive(Default)]
 pub struct AckWaiters {
-    /// `(until, sequence)` of each waiter, with its wake-up.
-    waiting: BinaryHeap<Reverse<AckWaiter>>,
-    /// Tie-breaker so equal offsets keep their order.
+    /// Each waiter's wake-up: `true` once covered, `false` when leadership
+    /// ended first.
+    waiting: BTreeMap<(u64, u64), oneshot::Sender<bool>>,
+    /// Arrival counter, so equal offsets keep distinct entries.
     seq: u64,
-}
-
-/// One waiting `acks: all` write.
-struct AckWaiter {
-    /// The offset the high watermark must reach.
-    until: u64,
-    /// Arrival order.
-    seq: u64,
-    /// `true` once covered, `false` when leadership ended first.
-    done: oneshot::Sender<bool>,
-}
-
-impl PartialEq for AckWaiter {
-    fn eq(&self, other: &Self) -> bool {
-        (self.until, self.seq) == (other.until, other.seq)
-    }
-}
-
-impl Eq for AckWaiter {}
-
-impl PartialOrd for AckWaiter {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for AckWaiter {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.until, self.seq).cmp(&(other.until, other.seq))
-    }
 }
 
 impl AckWaiters {
     /// Wakes every waiter with `until <= hw`.
     fn release(&mut self, hw: u64) {
-        while self.waiting.peek().is_some_and(|w| w.0.until <= hw) {
-            if let Some(Reverse(w)) = self.waiting.pop() {
-                let _ = w.done.send(true);
+        while let Some(entry) = self.waiting.first_entry() {
+            if entry.key().0 > hw {
+                break;
             }
+            let _ = entry.remove().send(true);
         }
     }
 
     /// Fails every waiter (leadership ended).
     fn fail_all(&mut self) {
-        for Reverse(w) in self.waiting.drain() {
-            let _ = w.done.send(false);
+        for (_, done) in std::mem::take(&mut self.waiting) {
+            let _ = done.send(false);
         }
     }
 }
@@ -282,12 +253,12 @@ impl Partition {
         }
         if acks.waiting.len() >= 1024 && acks.waiting.len().is_power_of_two() {
             // Writes that timed out leave closed senders behind.
-            acks.waiting.retain(|w| !w.0.done.is_closed());
+            acks.waiting.retain(|_, done| !done.is_closed());
         }
         let (done, rx) = oneshot::channel();
         acks.seq += 1;
         let seq = acks.seq;
-        acks.waiting.push(Reverse(AckWaiter { until, seq, done }));
+        acks.waiting.insert((until, seq), done);
         Ack::Wait(rx)
     }
 

@@ -479,8 +479,14 @@ mod tests {
     /// A segment file in `dir` holding `n` records with `value_len`-byte values.
     fn segment_with(dir: &Path, n: u64, value_len: usize) -> Segment {
         let seg = Segment::create(dir, 0, 0).unwrap();
+        append_puts(&seg, 0..n, value_len);
+        seg
+    }
+
+    /// Appends puts of keys `k{i}` at offsets `2 i` for each `i` in `range`.
+    fn append_puts(seg: &Segment, range: std::ops::Range<u64>, value_len: usize) {
         let mut buf = Vec::new();
-        for i in 0..n {
+        for i in range {
             encode(
                 &mut buf,
                 i * 2,
@@ -492,8 +498,7 @@ mod tests {
             );
         }
         std::io::Write::write_all(&mut seg.file(), &buf).unwrap();
-        seg.set_len(buf.len() as u64);
-        seg
+        seg.set_len(seg.len() + buf.len() as u64);
     }
 
     /// The position of the first record with offset >= `from`, by a plain walk.
@@ -557,20 +562,7 @@ mod tests {
         let seg = segment_with(dir.path(), 100, 300);
         check_seeks(&seg, 200);
         let before = seg.index_points();
-        let mut buf = Vec::new();
-        for i in 100..200u64 {
-            encode(
-                &mut buf,
-                i * 2,
-                1,
-                None,
-                Kind::Put,
-                format!("k{i}").as_bytes(),
-                &[b'v'; 300],
-            );
-        }
-        std::io::Write::write_all(&mut seg.file(), &buf).unwrap();
-        seg.set_len(seg.len() + buf.len() as u64);
+        append_puts(&seg, 100..200, 300);
         check_seeks(&seg, 402);
         assert!(
             seg.index_points() >= 2 * before - 1,
