@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use caskade::storage::{
-    Bitcask, Condition, Durability, Engine, Error, ManualClock, Options, SetOptions, Ttl,
+    Bitcask, Condition, Durability, Engine, Error, ManualClock, Options, SetOptions, Submitted,
+    Ttl, WriteOp,
 };
 use tempfile::TempDir;
 
@@ -407,4 +408,56 @@ fn merge_starts_on_its_own_past_the_dead_ratio() {
             Some(format!("29-{}", "v".repeat(40)))
         );
     }
+}
+
+/// `submit` queues writes only under `always`; a close writes what is
+/// queued before it returns, so every completion succeeds and every value
+/// is there after a reopen.
+#[test]
+fn submit_queues_only_under_always_and_close_writes_the_queue() {
+    let dir = TempDir::new().unwrap();
+    let set = |v: &'static [u8]| WriteOp::Set(Bytes::from_static(v), SetOptions::default());
+    {
+        let e = Bitcask::open(
+            dir.path(),
+            Options {
+                fsync: Durability::EveryMs(1000),
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        assert!(
+            matches!(e.submit(b"k", &set(b"v")).unwrap(), Submitted::Blocking),
+            "under every_ms a blocking thread writes"
+        );
+        assert_eq!(e.next_offset(), 0, "and submit wrote nothing");
+    }
+    let always = || Options {
+        fsync: Durability::Always,
+        ..Options::default()
+    };
+    let e = Bitcask::open(dir.path(), always()).unwrap();
+    let mut queued = Vec::new();
+    for i in 0..100u32 {
+        match e.submit(&i.to_be_bytes(), &set(b"v")).unwrap() {
+            Submitted::Queued(c) => queued.push(c),
+            other => panic!("key {i}: {other:?}"),
+        }
+    }
+    e.close().unwrap();
+    let err = e.submit(b"late", &set(b"v")).unwrap_err();
+    assert!(matches!(err, Error::Closed), "{err}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    for (i, c) in queued.into_iter().enumerate() {
+        assert_eq!(rt.block_on(c.wait()).unwrap().until, i as u64 + 1);
+    }
+    drop(e);
+    let e = Bitcask::open(dir.path(), always()).unwrap();
+    assert_eq!(e.status().unwrap().keys, 100);
+    assert_eq!(
+        e.get(&99u32.to_be_bytes()).unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
 }

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use caskade::storage::{
-    Bitcask, Clock, Durability, Engine, Error, ManualClock, Options, SetOptions,
+    Bitcask, Clock, Condition, Durability, Engine, Error, ManualClock, Options, SetOptions,
+    Submitted, WriteOp,
 };
 use fail::FailScenario;
 use parking_lot::Mutex;
@@ -256,5 +257,140 @@ fn disk_full_on_write_fails_cleanly_and_writes_resume() {
     let e = open(dir.path(), &clock, Durability::Always);
     assert_eq!(e.get(b"k0").unwrap().as_deref(), Some(&b"new"[..]));
     assert_eq!(e.get(b"k1").unwrap().as_deref(), Some(&b"v1"[..]));
+    scenario.teardown();
+}
+
+/// Polls `cond` every millisecond for up to 5 s.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Submitted writes (`Bitcask::submit`, the async path the server uses
+/// under `always`) wait as tasks, not threads: the 63 submitted while the
+/// committer's first fsync is held up all go into its next group commit,
+/// and each answer carries its exact offset.
+#[test]
+fn submitted_writes_share_the_next_group_commit() {
+    let _serial = SERIAL.lock();
+    let scenario = FailScenario::setup();
+    let dir = TempDir::new().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    // One segment for all of it: a roll would add an fsync of its own.
+    let one_segment = || Options {
+        segment_bytes: 1 << 20,
+        ..opts(Durability::Always)
+    };
+    let e = Bitcask::open_with_clock(dir.path(), one_segment(), clock.clone()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let before = e.status().unwrap();
+    fail::cfg("bitcask::fsync", "sleep(300)").unwrap();
+    let set = |k: &str, opts: SetOptions| WriteOp::Set(Bytes::from(format!("v-{k}")), opts);
+    let Submitted::Queued(first) = e.submit(b"k0", &set("k0", SetOptions::default())).unwrap()
+    else {
+        panic!("an unconditional set under always is queued");
+    };
+    wait_until("the committer's first fsync", || {
+        e.status().unwrap().fsyncs == before.fsyncs + 1
+    });
+    let mut queued = vec![first];
+    for i in 1..64 {
+        let k = format!("k{i}");
+        match e
+            .submit(k.as_bytes(), &set(&k, SetOptions::default()))
+            .unwrap()
+        {
+            Submitted::Queued(c) => queued.push(c),
+            other => panic!("set {k}: {other:?}"),
+        }
+    }
+    // Decisions without a record are answered at once; one that rests on a
+    // record still being written, and an expire (its record carries the
+    // value), go to the blocking path.
+    let nx = SetOptions {
+        condition: Condition::IfAbsent,
+        ..SetOptions::default()
+    };
+    let xx = SetOptions {
+        condition: Condition::IfPresent,
+        ..SetOptions::default()
+    };
+    assert!(matches!(
+        e.submit(b"k5", &set("k5", nx)).unwrap(),
+        Submitted::Blocking
+    ));
+    match e.submit(b"absent", &set("absent", xx)).unwrap() {
+        Submitted::Done(w) => assert!(!w.done, "XX on an absent key does nothing"),
+        other => panic!("XX on an absent key: {other:?}"),
+    }
+    match e.submit(b"absent", &WriteOp::Delete).unwrap() {
+        Submitted::Done(w) => assert!(!w.done, "deleting an absent key does nothing"),
+        other => panic!("delete of an absent key: {other:?}"),
+    }
+    assert!(matches!(
+        e.submit(b"k1", &WriteOp::Expire(T0 + 10_000)).unwrap(),
+        Submitted::Blocking
+    ));
+    for (i, c) in queued.into_iter().enumerate() {
+        let w = rt.block_on(c.wait()).unwrap();
+        assert!(w.done);
+        assert_eq!(w.until, i as u64 + 1, "k{i} was written at offset {i}");
+    }
+    let after = e.status().unwrap();
+    assert_eq!(after.records_written - before.records_written, 64);
+    assert_eq!(
+        after.fsyncs - before.fsyncs,
+        2,
+        "one fsync for k0, one for the other 63"
+    );
+    assert_eq!(after.segments, 1);
+    fail::remove("bitcask::fsync");
+    drop(e);
+    let e = Bitcask::open_with_clock(dir.path(), one_segment(), clock.clone()).unwrap();
+    for i in 0..64 {
+        let k = format!("k{i}");
+        assert_eq!(
+            e.get(k.as_bytes()).unwrap(),
+            Some(Bytes::from(format!("v-{k}")))
+        );
+    }
+    assert_eq!(e.get(b"absent").unwrap(), None);
+    scenario.teardown();
+}
+
+/// A submitted write whose fsync fails gets the error through its
+/// completion, is never visible, and never reappears.
+#[test]
+fn submitted_write_with_a_failed_fsync_is_not_acknowledged() {
+    let _serial = SERIAL.lock();
+    let scenario = FailScenario::setup();
+    let dir = TempDir::new().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let e = open(dir.path(), &clock, Durability::Always);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    fail::cfg("bitcask::fsync", "return").unwrap();
+    let op = WriteOp::Set(Bytes::from_static(b"v"), SetOptions::default());
+    let Submitted::Queued(c) = e.submit(b"lost", &op).unwrap() else {
+        panic!("an unconditional set under always is queued");
+    };
+    let err = rt.block_on(c.wait()).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    assert!(
+        err.to_string().ends_with(": injected fsync failure"),
+        "{err}"
+    );
+    assert_eq!(e.get(b"lost").unwrap(), None);
+    fail::remove("bitcask::fsync");
+    assert_eq!(e.next_offset(), 0, "the failed record gave its offset back");
+    drop(e);
+    let e = open(dir.path(), &clock, Durability::Always);
+    assert_eq!(e.get(b"lost").unwrap(), None, "and never reappears");
     scenario.teardown();
 }

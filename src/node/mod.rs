@@ -5,9 +5,11 @@
 //! validate at the edge (key and value limits, TTL range) -> hash the key to
 //! its partition ([`crate::cluster::partition_for`]) -> ask the
 //! [`Coordinator`] for this node's role (`NOT_LEADER` otherwise; for
-//! `acks: all`, `NOT_ENOUGH_REPLICAS` when the ISR is too small) -> run the
-//! engine call on tokio's blocking pool (engines block on disk I/O; a
-//! runtime worker never does).
+//! `acks: all`, `NOT_ENOUGH_REPLICAS` when the ISR is too small) -> offer
+//! a write to the engine's group commit and await it ([`Engine::submit`]:
+//! no I/O on the caller's thread; Bitcask takes it under `fsync: always`),
+//! or else run the engine call on tokio's blocking pool (reads too); a
+//! runtime worker never does disk I/O.
 //!
 //! Data directory layout:
 //!
@@ -39,7 +41,7 @@ use crate::cluster::{
 use crate::config::{Config, EngineKind};
 use crate::error::{Error, Result};
 use crate::replication::{ReplicaLog, ReplicaManager};
-use crate::storage::{self, Clock, Condition, Engine, Limits, SetOptions, Ttl, WriteOp};
+use crate::storage::{self, Clock, Condition, Engine, Limits, SetOptions, Submitted, Ttl, WriteOp};
 
 /// How many replicas must have a write before it is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -305,7 +307,7 @@ impl Node {
             return r.write(p, key, WriteOp::Set(value, opts), args.acks).await;
         }
         let engine = self.writable(&key, args.acks)?;
-        blocking(move || engine.set(&key, value, opts)).await
+        write(engine, key, WriteOp::Set(value, opts)).await
     }
 
     /// Reads `key`.
@@ -330,14 +332,17 @@ impl Node {
             return Ok(deleted);
         }
         let targets = self.many(keys, |key| self.writable(key, acks))?;
-        blocking(move || {
-            let mut deleted = 0;
-            for (engine, key) in targets {
-                deleted += u64::from(engine.delete(&key)?);
-            }
-            Ok(deleted)
-        })
-        .await
+        // Submit every delete before awaiting any, so they share group
+        // commits; the answers are summed in order.
+        let mut answers = Vec::with_capacity(targets.len());
+        for (engine, key) in targets {
+            answers.push(start_write(engine, key, WriteOp::Delete).await?);
+        }
+        let mut deleted = 0;
+        for answer in answers {
+            deleted += u64::from(answer.finish().await?);
+        }
+        Ok(deleted)
     }
 
     /// Makes `key` expire `ttl_ms` from now (0: delete it now). Returns
@@ -354,7 +359,7 @@ impl Node {
             return r.write(p, key, WriteOp::Expire(at), acks).await;
         }
         let engine = self.writable(&key, acks)?;
-        blocking(move || engine.expire(&key, at)).await
+        write(engine, key, WriteOp::Expire(at)).await
     }
 
     /// The time to live of `key`.
@@ -484,6 +489,47 @@ impl Node {
             .map(|r| r.engine.clone())
             .ok_or_else(|| Error::Internal(format!("partition {p} is not hosted on this node")))
     }
+}
+
+/// A write started by [`start_write`].
+enum Started {
+    /// Answered already.
+    Answer(bool),
+    /// Queued in the engine's group commit.
+    Queued(storage::Completion),
+}
+
+impl Started {
+    /// The write's answer, once it is durable per the fsync policy.
+    async fn finish(self) -> Result<bool> {
+        match self {
+            Started::Answer(done) => Ok(done),
+            Started::Queued(c) => Ok(c.wait().await?.done),
+        }
+    }
+}
+
+/// Starts a write: submitted to the engine when that needs no I/O (no
+/// thread hand-off; the completion is awaited), otherwise run on the
+/// blocking pool to its end.
+async fn start_write(engine: Arc<dyn Engine>, key: Bytes, op: WriteOp) -> Result<Started> {
+    Ok(match engine.submit(&key, &op)? {
+        Submitted::Done(w) => Started::Answer(w.done),
+        Submitted::Queued(c) => Started::Queued(c),
+        Submitted::Blocking => Started::Answer(
+            blocking(move || match op {
+                WriteOp::Set(value, opts) => engine.set(&key, value, opts),
+                WriteOp::Delete => engine.delete(&key),
+                WriteOp::Expire(at) => engine.expire(&key, at),
+            })
+            .await?,
+        ),
+    })
+}
+
+/// Performs one write (see [`start_write`]); returns its answer.
+async fn write(engine: Arc<dyn Engine>, key: Bytes, op: WriteOp) -> Result<bool> {
+    start_write(engine, key, op).await?.finish().await
 }
 
 /// Runs blocking engine work on tokio's blocking pool and maps its error.

@@ -52,7 +52,7 @@ use crate::config::ClusterOptions;
 use crate::error::{Error, Result};
 use crate::node::Acks;
 use crate::proto::replication as pb;
-use crate::storage::WriteOp;
+use crate::storage::{Submitted, WriteOp};
 
 /// The outcome of an ISR compare-and-set in ZooKeeper.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -232,7 +232,11 @@ impl ReplicaManager {
             }
         }
         let log = part.log.clone();
-        let written = blocking(move || log.write_op(&key, op)).await?;
+        let written = match log.submit(&key, &op)? {
+            Submitted::Done(w) => w,
+            Submitted::Queued(c) => c.wait().await?,
+            Submitted::Blocking => blocking(move || log.write_op(&key, op)).await?,
+        };
         part.publish_log_end();
         self.advance_hw(part);
         if acks == Acks::Leader {

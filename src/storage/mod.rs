@@ -22,7 +22,8 @@ mod error;
 mod memory;
 
 pub use bitcask::{
-    Bitcask, Header, Kind, MergeOptions, MergeReport, Options, Record, WriteOp, Written,
+    Bitcask, Completion, Header, Kind, MergeOptions, MergeReport, Options, Record, Submitted,
+    WriteOp, Written,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
@@ -149,7 +150,8 @@ pub struct Status {
 /// A key-value store for one partition replica.
 ///
 /// Every method is safe to call from many threads. Methods may block on disk
-/// I/O: async callers run them on a blocking thread.
+/// I/O: async callers run them on a blocking thread, except `submit`, which
+/// never does I/O and whose completion is awaited.
 pub trait Engine: Send + Sync + 'static {
     /// The value of `key`, or `None` if it is absent or expired.
     fn get(&self, key: &[u8]) -> Result<Option<Bytes>>;
@@ -187,5 +189,14 @@ pub trait Engine: Send + Sync + 'static {
     /// for the in-memory engine). Cheap: no I/O.
     fn log_end(&self) -> Option<u64> {
         None
+    }
+
+    /// Starts a write without blocking the calling thread on I/O (see
+    /// [`Bitcask::submit`]); for callers on an async runtime. The default,
+    /// for engines without such a path, is [`Submitted::Blocking`]: call
+    /// the blocking method on a blocking thread.
+    fn submit(&self, key: &[u8], op: &WriteOp) -> Result<Submitted> {
+        let _ = (key, op);
+        Ok(Submitted::Blocking)
     }
 }

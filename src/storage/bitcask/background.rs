@@ -1,6 +1,7 @@
-//! Background work of an engine: the periodic fsync under `every_ms`, and
-//! the janitor, which sweeps expired keys, writes hint files for sealed
-//! segments, and starts a merge when enough of the log is dead.
+//! Background work of an engine: the periodic fsync under `every_ms`; the
+//! janitor, which sweeps expired keys, writes hint files for sealed
+//! segments, and starts a merge when enough of the log is dead; and the
+//! committer, which leads the group commits of submitted writes.
 //!
 //! Threads are plain OS threads, not tokio tasks: all of their work is
 //! blocking disk I/O. They stop when the engine closes.
@@ -51,6 +52,16 @@ pub(super) fn start(inner: &Arc<Inner>) -> Result<Vec<JoinHandle<()>>> {
             .ctx(|| "start the janitor thread".into())?,
     );
     Ok(threads)
+}
+
+/// Starts the committer thread, which writes submitted records in group
+/// commits (see [`super::Bitcask::submit`]).
+pub(super) fn start_committer(inner: &Arc<Inner>) -> Result<JoinHandle<()>> {
+    let inner = inner.clone();
+    std::thread::Builder::new()
+        .name("caskade-commit".into())
+        .spawn(move || inner.committer())
+        .ctx(|| "start the committer thread".into())
 }
 
 impl Inner {

@@ -145,6 +145,9 @@ struct Inner {
     batch_done: Condvar,
     /// Signalled when a record joins the batch being built.
     enqueued: Condvar,
+    /// Wakes the committer thread: a record was submitted, a batch ended
+    /// with records queued behind it, or the engine closed.
+    submitted: Condvar,
     /// Writers inside `write` (queued or about to be).
     in_flight: AtomicUsize,
     /// Serialises merge and truncation.
@@ -163,6 +166,10 @@ pub struct Bitcask {
     inner: Arc<Inner>,
     /// Background threads (flusher, janitor), joined on close.
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The committer thread (leads the group commits of submitted writes;
+    /// under `always` only), joined on close once it has written everything
+    /// queued.
+    committer: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// The state of a key that a write decides on.
@@ -195,6 +202,38 @@ pub struct Written {
     /// one written, or the one the decision read) is below it. In replica
     /// mode the answer may be given once the commit point reaches it.
     pub until: u64,
+}
+
+/// What [`Bitcask::submit`] did with a write.
+#[derive(Debug)]
+pub enum Submitted {
+    /// Decided with nothing to write: the answer.
+    Done(Written),
+    /// Queued: the answer once its group commit finishes.
+    Queued(Completion),
+    /// Not started: deciding it may need I/O; use the blocking write.
+    Blocking,
+}
+
+/// A submitted write waiting for its group commit (see [`Bitcask::submit`]).
+#[derive(Debug)]
+#[must_use = "a submitted write is only acknowledged once its completion is awaited"]
+pub struct Completion {
+    /// The group commit the record is in.
+    batch: Arc<Batch>,
+    /// The record's index in it.
+    index: usize,
+    /// The answer, valid once the batch wrote the record.
+    written: Written,
+}
+
+impl Completion {
+    /// Waits for the group commit: the answer once the record is written
+    /// (and fsynced under `always`), or the error that failed it.
+    pub async fn wait(self) -> Result<Written> {
+        self.batch.finished().await;
+        self.batch.result_for(self.index).map(|()| self.written)
+    }
 }
 
 impl Bitcask {
@@ -284,6 +323,7 @@ impl Bitcask {
             writer: Mutex::new(writer),
             batch_done: Condvar::new(),
             enqueued: Condvar::new(),
+            submitted: Condvar::new(),
             in_flight: AtomicUsize::new(0),
             maintenance: Mutex::new(()),
             stats,
@@ -291,9 +331,15 @@ impl Bitcask {
             replica,
         });
         let threads = background::start(&inner)?;
+        // Only `always` submits (see `submit`).
+        let committer = match inner.opts.fsync {
+            Durability::Always => Some(background::start_committer(&inner)?),
+            _ => None,
+        };
         Ok(Bitcask {
             inner,
             threads: Mutex::new(threads),
+            committer: Mutex::new(committer),
         })
     }
 
@@ -352,6 +398,25 @@ impl Bitcask {
         self.inner
             .write(key, op)
             .map(|(done, until)| Written { done, until })
+    }
+
+    /// [`Bitcask::write`] without blocking the calling thread, for callers
+    /// on an async runtime: decides `op` under the writer mutex (memory
+    /// only, never held across I/O) and, when there is a record to write,
+    /// queues it for the committer thread's next group commit and returns a
+    /// [`Completion`] to await. A waiting write then costs a task, not a
+    /// thread parked until its fsync.
+    ///
+    /// Returns [`Submitted::Blocking`] (the caller then runs
+    /// [`Bitcask::write`] on a blocking thread) when the decision itself
+    /// may need I/O (an `expire`, whose record carries the value, or an
+    /// answer resting on a record still being written), and under `every_ms`
+    /// and `never`. There the write is one `write(2)` of about a
+    /// microsecond with nothing to share, and a blocking-pool thread that
+    /// is usually awake already does it for less than waking the committer
+    /// (measured: docs/BENCHMARKS.md, "Cluster", run 3).
+    pub fn submit(&self, key: &[u8], op: &WriteOp) -> Result<Submitted> {
+        self.inner.submit(key, op)
     }
 
     /// Follower side (replica mode): appends records fetched from the leader
@@ -440,6 +505,12 @@ impl Bitcask {
     /// Flushes, stops the background threads and refuses further writes.
     /// Idempotent; `Drop` calls it.
     pub fn close(&self) -> Result<()> {
+        // Refuse new writes, then let the committer write what is queued.
+        self.inner.writer.lock().closed = true;
+        self.inner.submitted.notify_one();
+        if let Some(t) = self.committer.lock().take() {
+            let _ = t.join();
+        }
         {
             let mut stop = self.inner.stop.0.lock();
             *stop = true;
@@ -448,9 +519,7 @@ impl Bitcask {
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
         }
-        let result = self.inner.sync().and(self.inner.sync_commit());
-        self.inner.writer.lock().closed = true;
-        result
+        self.inner.sync().and(self.inner.sync_commit())
     }
 }
 
@@ -597,6 +666,76 @@ impl Inner {
         Ok((Some(Current { value }), None))
     }
 
+    /// See [`Bitcask::submit`].
+    fn submit(&self, key: &[u8], op: &WriteOp) -> Result<Submitted> {
+        self.opts.limits.check_key(key)?;
+        if let WriteOp::Set(v, _) = op {
+            self.opts.limits.check_value(v)?;
+        }
+        if self.opts.fsync != Durability::Always || matches!(op, WriteOp::Expire(_)) {
+            return Ok(Submitted::Blocking);
+        }
+        let mut w = self.writer.lock();
+        w.check_writable()?;
+        let now = self.clock.now_ms();
+        let (cur, dep) = match op {
+            // An unconditional set that does not expire at once decides
+            // nothing on the current state (as in `write_inner`).
+            WriteOp::Set(_, opts)
+                if opts.condition == Condition::Always
+                    && opts.expire_at_ms.is_none_or(|at| at > now) =>
+            {
+                (None, None)
+            }
+            _ => self.current(&w, key, now, false)?,
+        };
+        match decide(op, cur, now) {
+            (None, answer) => Ok(match dep {
+                Some((batch, _)) if !batch.is_done() => Submitted::Blocking,
+                Some((_, offset)) => Submitted::Done(Written {
+                    done: answer,
+                    until: offset + 1,
+                }),
+                None => Submitted::Done(Written {
+                    done: answer,
+                    until: self.applied_end(&w),
+                }),
+            }),
+            (Some((kind, value, expire_at)), answer) => {
+                let (batch, index, offset) = w.enqueue(key, kind, value, expire_at);
+                drop(w);
+                // Free unless the committer sleeps: parking_lot's notify is
+                // one atomic load when no thread waits.
+                self.submitted.notify_one();
+                Ok(Submitted::Queued(Completion {
+                    batch,
+                    index,
+                    written: Written {
+                        done: answer,
+                        until: offset + 1,
+                    },
+                }))
+            }
+        }
+    }
+
+    /// The committer thread: leads a group commit whenever records are
+    /// queued and no one else is writing; once the engine is closed, writes
+    /// what is still queued and exits.
+    fn committer(&self) {
+        let mut w = self.writer.lock();
+        loop {
+            if !w.flushing && !w.queue.is_empty() {
+                self.lead(&mut w);
+                continue;
+            }
+            if w.closed && !w.flushing {
+                return;
+            }
+            self.submitted.wait(&mut w);
+        }
+    }
+
     /// Decides and performs a write. Returns the answer the caller reports
     /// (whether the set happened, whether the key existed) and the offset
     /// below which every record the answer rests on is (see [`Written`]).
@@ -684,11 +823,10 @@ impl Inner {
     /// Leads one group commit: writes the batch being built, applies it,
     /// wakes its writers.
     ///
-    /// Under `always` the leader gathers the writers on their way, then does
-    /// the I/O without the mutex, so the next batch forms during the fsync.
-    /// Under the other policies there is no fsync to share: the I/O is one
-    /// `write(2)` of a microsecond or so, done under the mutex, because
-    /// handing records to another thread and waking it costs more than that.
+    /// The I/O runs without the mutex, so the next batch forms meanwhile
+    /// and the mutex is never held across I/O (async submitters take it on
+    /// runtime threads). Under `always` the leader first gathers the
+    /// blocking writers on their way, so they share the fsync.
     fn lead(&self, w: &mut MutexGuard<'_, Writer>) {
         let sync = self.opts.fsync == Durability::Always;
         w.flushing = true;
@@ -702,15 +840,11 @@ impl Inner {
         if queue.is_empty() {
             batch.finish(Ok(()));
             w.recycle(buf, queue);
-            w.flushing = false;
+            self.end_flush(w);
             return;
         }
         let active = w.active.clone();
-        let written = if sync {
-            MutexGuard::unlocked(w, || self.write_out(active, &buf, &queue, sync))
-        } else {
-            self.write_out(active, &buf, &queue, sync)
-        };
+        let written = MutexGuard::unlocked(w, || self.write_out(active, &buf, &queue, sync));
         if let Some(seg) = written.new_active {
             w.active = seg;
         }
@@ -744,8 +878,20 @@ impl Inner {
             }
         }
         w.recycle(buf, queue);
+        self.end_flush(w);
+    }
+
+    /// Ends the I/O that set `flushing`: wakes the blocking writers waiting
+    /// for it and, when records were queued meanwhile, the committer (which
+    /// leads them unless a blocking writer does first), or after a close
+    /// (it exits). Every path that sets `flushing` ends through here, so no
+    /// queued record is stranded.
+    fn end_flush(&self, w: &mut Writer) {
         w.flushing = false;
         self.batch_done.notify_all();
+        if !w.queue.is_empty() || w.closed {
+            self.submitted.notify_one();
+        }
     }
 
     /// Applies written records to the keydir.
@@ -789,8 +935,7 @@ impl Inner {
                 "fsync failed ({e}); writes acknowledged since the previous fsync may not be durable; restart the node"
             ));
         }
-        w.flushing = false;
-        self.batch_done.notify_all();
+        self.end_flush(&mut w);
         result
     }
 }
@@ -997,6 +1142,10 @@ fn sync_dir(dir: &Path) -> Result<()> {
 impl Engine for Bitcask {
     fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         self.inner.get(key)
+    }
+
+    fn submit(&self, key: &[u8], op: &WriteOp) -> Result<Submitted> {
+        Bitcask::submit(self, key, op)
     }
 
     fn log_end(&self) -> Option<u64> {

@@ -476,11 +476,7 @@ impl Inner {
         w.flushing = true;
         w.next_offset = last + 1;
         let active = w.active.clone();
-        let written = if sync {
-            MutexGuard::unlocked(&mut w, || self.write_out(active, bytes, &queue, sync))
-        } else {
-            self.write_out(active, bytes, &queue, sync)
-        };
+        let written = MutexGuard::unlocked(&mut w, || self.write_out(active, bytes, &queue, sync));
         if let Some(seg) = written.new_active {
             w.active = seg;
         }
@@ -518,8 +514,7 @@ impl Inner {
                 Err(err)
             }
         };
-        w.flushing = false;
-        self.batch_done.notify_all();
+        self.end_flush(&mut w);
         result
     }
 

@@ -84,10 +84,15 @@ pub(super) struct Location {
 }
 
 /// The outcome of one group commit, shared by every writer in it.
+///
+/// Blocking writers wait for it on the engine's `batch_done` condvar;
+/// submitted (async) writers on `done`, which `finish` wakes.
 #[derive(Debug, Default)]
-pub(super) struct Batch {
+pub(crate) struct Batch {
     /// `Ok` or the index of the first record that failed with the error.
     outcome: OnceLock<std::result::Result<(), (usize, Error)>>,
+    /// Wakes the async waiters once `outcome` is set.
+    done: tokio::sync::Notify,
 }
 
 impl Batch {
@@ -96,9 +101,21 @@ impl Batch {
         self.outcome.get().is_some()
     }
 
-    /// Finishes the batch.
+    /// Finishes the batch and wakes its async waiters.
     pub fn finish(&self, outcome: std::result::Result<(), (usize, Error)>) {
         let _ = self.outcome.set(outcome);
+        self.done.notify_waiters();
+    }
+
+    /// Waits, without blocking a thread, until the batch has finished.
+    pub async fn finished(&self) {
+        let notified = self.done.notified();
+        let mut notified = std::pin::pin!(notified);
+        // Registered before the check, so a `finish` in between still wakes us.
+        notified.as_mut().enable();
+        if !self.is_done() {
+            notified.await;
+        }
     }
 
     /// The result for the record at `index` in the batch; the batch is done.
