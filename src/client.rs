@@ -12,9 +12,11 @@
 //!   learns the partition map from `Metadata` on first use (from the first
 //!   seed address that answers), sends each key straight to its
 //!   partition's leader ([`crate::cluster::partition_for`]), and on
-//!   `NOT_LEADER` or an unreachable leader refreshes the map and retries
-//!   (at most [`ATTEMPTS`] times). Both errors mean nothing was written, so
-//!   a retried write is never applied twice. A standalone server's map
+//!   `NOT_LEADER` or an unreachable leader refreshes the map and retries,
+//!   backing off from [`FIRST_BACKOFF`] to at most [`MAX_BACKOFF`], for as
+//!   long as the call's timeout allows: a failover shorter than the timeout
+//!   is hidden from the caller. Both errors mean nothing was written, so a
+//!   retried write is never applied twice. A standalone server's map
 //!   names itself for every partition, so the same path serves both.
 
 use std::collections::HashMap;
@@ -56,8 +58,13 @@ pub enum KeyTtl {
     Ms(u64),
 }
 
-/// How many times a keyed call is tried when the leader moved or is down.
-pub const ATTEMPTS: usize = 4;
+/// First pause before a keyed call is retried because its leader moved or is
+/// down; it doubles on each retry up to [`MAX_BACKOFF`].
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Longest pause between two attempts of a keyed call, so a new leader is
+/// found within this much of the cluster electing it.
+pub const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
 /// The partition map as the client last learned it.
 #[derive(Default)]
@@ -207,9 +214,11 @@ impl Client {
             // Unknown map: the seed answers (and forwards) meanwhile.
             let _ = self.refresh().await;
         }
+        let started = tokio::time::Instant::now();
         let mut hint: Option<String> = None;
-        let mut last = None;
-        for attempt in 0..ATTEMPTS {
+        let mut backoff = FIRST_BACKOFF;
+        let mut first = true;
+        loop {
             let addr = hint
                 .take()
                 .or_else(|| self.route(key))
@@ -218,29 +227,36 @@ impl Client {
                 Ok(reply) => return Ok(reply.into_inner()),
                 Err(status) => map_status(&addr, self.timeout, status),
             };
-            let retry = match &err {
-                Error::NotLeader { leader, .. } => {
-                    hint = leader.clone();
-                    if hint.is_none() {
-                        // An election is under way: give it a moment.
-                        tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                    }
-                    true
+            let pause = match &err {
+                // The first redirect to a named leader goes at once; later
+                // ones (leadership moving under us) back off.
+                Error::NotLeader {
+                    leader: Some(leader),
+                    ..
+                } => {
+                    hint = Some(leader.clone());
+                    if first { Duration::ZERO } else { backoff }
                 }
+                // An election is under way.
+                Error::NotLeader { leader: None, .. } => backoff,
                 // Another node may lead soon: only worth a wait in a cluster.
-                Error::Unreachable { .. } if self.routes.read().nodes.len() > 1 => {
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                    true
-                }
-                _ => false,
+                Error::Unreachable { .. } if self.routes.read().nodes.len() > 1 => backoff,
+                _ => return Err(err),
             };
-            if !retry {
+            // Retry only within the call's timeout, and never sleep just to
+            // give up afterwards.
+            if started.elapsed() + pause >= self.timeout {
                 return Err(err);
             }
-            last = Some(err);
-            let _ = self.refresh().await;
+            first = false;
+            tokio::time::sleep(pause).await;
+            if !pause.is_zero() {
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            if hint.is_none() {
+                let _ = self.refresh().await;
+            }
         }
-        Err(last.unwrap_or_else(|| Error::Internal("no attempt made".into())))
     }
 
     /// A connection for calls not tied to a key.
