@@ -394,3 +394,47 @@ fn submitted_write_with_a_failed_fsync_is_not_acknowledged() {
     assert_eq!(e.get(b"lost").unwrap(), None, "and never reappears");
     scenario.teardown();
 }
+
+/// Under `every_ms`, writers do not wait for a running fsync: a write made
+/// while a flush's fsync is held up returns before that flush does, and the
+/// flush started meanwhile fsyncs it.
+#[test]
+fn writes_go_on_during_an_fsync() {
+    let _serial = SERIAL.lock();
+    let scenario = FailScenario::setup();
+    let dir = TempDir::new().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    // A long interval: only the explicit flushes below fsync.
+    let e = Arc::new(open(dir.path(), &clock, Durability::EveryMs(3_600_000)));
+    e.set(b"a", Bytes::from_static(b"1"), SetOptions::default())
+        .unwrap();
+    let before = e.status().unwrap().fsyncs;
+    fail::cfg("bitcask::fsync", "sleep(500)").unwrap();
+    let first = std::thread::spawn({
+        let e = e.clone();
+        move || e.flush()
+    });
+    wait_until("the first flush's fsync", || {
+        e.status().unwrap().fsyncs == before + 1
+    });
+    e.set(b"b", Bytes::from_static(b"2"), SetOptions::default())
+        .unwrap();
+    assert!(
+        !first.is_finished(),
+        "the write returned while the fsync was still running"
+    );
+    let second = std::thread::spawn({
+        let e = e.clone();
+        move || e.flush()
+    });
+    first.join().unwrap().unwrap();
+    second.join().unwrap().unwrap();
+    fail::remove("bitcask::fsync");
+    assert_eq!(
+        e.status().unwrap().fsyncs,
+        before + 2,
+        "the second flush fsynced the write made during the first"
+    );
+    assert_eq!(e.get(b"b").unwrap().as_deref(), Some(&b"2"[..]));
+    scenario.teardown();
+}

@@ -34,8 +34,8 @@ pub(super) fn start(inner: &Arc<Inner>) -> Result<Vec<JoinHandle<()>>> {
                     while !inner.pause(Duration::from_millis(ms)) {
                         // A failure is logged and turns writes off inside sync().
                         // The commit point goes after the records it covers.
-                        if inner.sync().is_ok()
-                            && let Err(e) = inner.sync_commit()
+                        if let Ok(durable) = inner.sync()
+                            && let Err(e) = inner.sync_commit(durable)
                         {
                             tracing::error!(dir = %inner.dir.display(), "fsync of the commit point failed: {e}");
                         }
@@ -87,9 +87,11 @@ impl Inner {
                 last_sweep = Instant::now();
             }
             // Under `every_ms` the fsync thread checkpoints the commit
-            // point right after the log's fsync; otherwise it is done here.
+            // point right after the log's fsync; otherwise it is done here
+            // (under `always` every written record is durable; under
+            // `never` nothing is promised).
             if !matches!(self.opts.fsync, Durability::EveryMs(_))
-                && let Err(e) = self.sync_commit()
+                && let Err(e) = self.sync_commit(u64::MAX)
             {
                 tracing::error!(dir = %self.dir.display(), "checkpoint of the commit point failed: {e}");
             }

@@ -113,7 +113,7 @@ impl Inner {
                 // Lower the commit point durably first: a crash after it
                 // leaves those records uncommitted, never committed twice.
                 rep.committed.store(offset, Ordering::Release);
-                self.persist_commit(rep, true)?;
+                self.persist_commit(rep, true, u64::MAX)?;
             }
         }
         if offset >= w.next_offset {

@@ -142,8 +142,8 @@ impl Inner {
             // Checkpoint the commit point first (after the records it
             // covers): merge only rewrites records below it, so a crash can
             // never bring back a commit point below what merge consumed.
-            self.sync()?;
-            self.sync_commit()?;
+            let durable = self.sync()?;
+            self.sync_commit(durable)?;
         }
         let inputs: Vec<Arc<Segment>> = {
             let segments = self.segments.read();

@@ -519,7 +519,7 @@ impl Bitcask {
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
         }
-        self.inner.sync().and(self.inner.sync_commit())
+        self.inner.sync().and_then(|d| self.inner.sync_commit(d))
     }
 }
 
@@ -911,22 +911,31 @@ impl Inner {
     }
 
     /// fsyncs the active segment if anything was written since the last
-    /// fsync. Waits for any group commit in flight first.
-    fn sync(&self) -> Result<()> {
+    /// fsync; returns the log end below which every written record is
+    /// durable. Writers go on meanwhile: the fsync covers the batches
+    /// finished before it started (`written_end` then), and a batch written
+    /// during it leaves the segment dirty for the next one. (Making writers
+    /// wait added the fsync's duration, up to tens of ms on a busy disk, to
+    /// every write arriving during it.) Concurrent
+    /// syncs wait for each other, so none reports data the other has not
+    /// made durable yet.
+    fn sync(&self) -> Result<u64> {
         let mut w = self.writer.lock();
-        while w.flushing {
+        while w.syncing {
             self.batch_done.wait(&mut w);
         }
+        let covered = w.written_end;
         if !w.dirty {
-            return Ok(());
+            return Ok(covered);
         }
-        w.flushing = true;
+        w.syncing = true;
         w.dirty = false;
         let active = w.active.clone();
         let result = MutexGuard::unlocked(&mut w, || {
             self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
             fsync(active.file()).ctx(|| format!("fsync {}", active.path.display()))
         });
+        w.syncing = false;
         if let Err(e) = &result {
             // Acknowledged writes since the last fsync may not be durable and
             // the page cache may have dropped them: never pretend otherwise.
@@ -935,8 +944,8 @@ impl Inner {
                 "fsync failed ({e}); writes acknowledged since the previous fsync may not be durable; restart the node"
             ));
         }
-        self.end_flush(&mut w);
-        result
+        self.batch_done.notify_all();
+        result.map(|()| covered)
     }
 }
 
@@ -1195,8 +1204,8 @@ impl Engine for Bitcask {
     }
 
     fn flush(&self) -> Result<()> {
-        self.inner.sync()?;
-        self.inner.sync_commit()
+        let durable = self.inner.sync()?;
+        self.inner.sync_commit(durable)
     }
 
     fn status(&self) -> Result<Status> {

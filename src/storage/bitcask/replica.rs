@@ -554,22 +554,23 @@ impl Inner {
     }
 
     /// Writes the current commit point to `COMMITTED`, fsynced if `sync`.
-    pub(super) fn persist_commit(&self, rep: &Replica, sync: bool) -> Result<()> {
+    pub(super) fn persist_commit(&self, rep: &Replica, sync: bool, durable: u64) -> Result<()> {
         let mut file = rep.file.lock();
         // Read under the file's mutex: concurrent commits write in order.
-        let value = rep.committed.load(Ordering::Acquire);
+        // Never past the durable log end.
+        let value = rep.committed.load(Ordering::Acquire).min(durable);
         file.store(value, sync)
     }
 
-    /// Checkpoints the commit point: writes it to `COMMITTED` if it moved,
-    /// and fsyncs the file if it was written since its last fsync (except
-    /// under `never`). Under `every_ms` it runs after the log's own fsync;
-    /// under `always` every record below `written_end` is already fsynced;
-    /// so the persisted commit point never covers a record that is not
-    /// durable.
-    pub(super) fn sync_commit(&self) -> Result<()> {
+    /// Checkpoints the commit point, capped at `durable` (the log end
+    /// below which records are known durable, from [`Inner::sync`]; under
+    /// `always` every written record is, so callers pass `u64::MAX`): writes
+    /// it to `COMMITTED` if it moved, and fsyncs the file if it was written
+    /// since its last fsync (except under `never`). So the persisted commit
+    /// point never covers a record that is not durable.
+    pub(super) fn sync_commit(&self, durable: u64) -> Result<()> {
         match &self.replica {
-            Some(rep) => self.persist_commit(rep, self.opts.fsync != Durability::Never),
+            Some(rep) => self.persist_commit(rep, self.opts.fsync != Durability::Never, durable),
             None => Ok(()),
         }
     }

@@ -186,6 +186,8 @@ pub(super) struct Writer {
     pub batch: Arc<Batch>,
     /// A leader is doing I/O.
     pub flushing: bool,
+    /// A background or explicit fsync is running (writers go on).
+    pub syncing: bool,
     /// Newest unapplied state per key.
     pub unapplied: HashMap<Key, Unapplied>,
     /// Set after an I/O failure that could not be undone: writes are refused.
@@ -215,6 +217,7 @@ impl Writer {
             spare: (Vec::new(), Vec::new()),
             batch: Arc::new(Batch::default()),
             flushing: false,
+            syncing: false,
             unapplied: HashMap::new(),
             refused: None,
             dirty: false,
