@@ -461,3 +461,46 @@ fn submit_queues_only_under_always_and_close_writes_the_queue() {
         Some(&b"v"[..])
     );
 }
+
+/// The no-I/O reads answer only what memory knows: a missing or expired key
+/// (absent), a cached value, and every TTL; a value that is only on disk is
+/// declined (`None`) until a `get` has read it into the cache.
+#[test]
+fn cached_reads_answer_from_memory_or_decline() {
+    let dir = TempDir::new().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    {
+        let e = open(&dir, &clock);
+        set(&e, "plain", "v1");
+        e.set(
+            b"short",
+            Bytes::from_static(b"v2"),
+            SetOptions {
+                expire_at_ms: Some(T0 + 1_000),
+                ..SetOptions::default()
+            },
+        )
+        .unwrap();
+    }
+    // Reopened: the keydir is rebuilt, the value cache is empty.
+    let e = open(&dir, &clock);
+    assert_eq!(e.get_cached(b"missing").unwrap(), Some(None));
+    assert_eq!(e.get_cached(b"plain").unwrap(), None, "only on disk");
+    assert_eq!(e.ttl_cached(b"plain").unwrap(), Some(Ttl::Persistent));
+    assert_eq!(
+        e.ttl_cached(b"short").unwrap(),
+        Some(Ttl::ExpiresInMs(1_000))
+    );
+    assert_eq!(e.ttl_cached(b"missing").unwrap(), Some(Ttl::Missing));
+    assert_eq!(get(&e, "plain").as_deref(), Some("v1"));
+    assert_eq!(
+        e.get_cached(b"plain").unwrap(),
+        Some(Some(Bytes::from_static(b"v1"))),
+        "cached by the get"
+    );
+    clock.advance(1_000);
+    assert_eq!(e.get_cached(b"short").unwrap(), Some(None), "expired");
+    assert_eq!(e.ttl_cached(b"short").unwrap(), Some(Ttl::Missing));
+    let err = e.get_cached(b"").unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+}

@@ -8,8 +8,9 @@
 //! `acks: all`, `NOT_ENOUGH_REPLICAS` when the ISR is too small) -> offer
 //! a write to the engine's group commit and await it ([`Engine::submit`]:
 //! no I/O on the caller's thread; Bitcask takes it under `fsync: always`),
-//! or else run the engine call on tokio's blocking pool (reads too); a
-//! runtime worker never does disk I/O.
+//! answer a read from memory when memory knows the answer
+//! ([`Engine::get_cached`], [`Engine::ttl_cached`]), or else run the engine
+//! call on tokio's blocking pool; a runtime worker never does disk I/O.
 //!
 //! Data directory layout:
 //!
@@ -315,6 +316,9 @@ impl Node {
         self.limits.check_key(&key)?;
         let engine = self.readable(&key, consistency)?;
         self.barrier(&key, consistency).await?;
+        if let Some(answer) = engine.get_cached(&key)? {
+            return Ok(answer);
+        }
         blocking(move || engine.get(&key)).await
     }
 
@@ -367,6 +371,9 @@ impl Node {
         self.limits.check_key(&key)?;
         let engine = self.readable(&key, consistency)?;
         self.barrier(&key, consistency).await?;
+        if let Some(ttl) = engine.ttl_cached(&key)? {
+            return Ok(ttl);
+        }
         blocking(move || engine.ttl(&key)).await
     }
 
@@ -376,9 +383,19 @@ impl Node {
         for (_, key) in &targets {
             self.barrier(key, consistency).await?;
         }
+        let mut count = 0;
+        let mut uncached = Vec::new();
+        for (engine, key) in targets {
+            match engine.ttl_cached(&key)? {
+                Some(ttl) => count += u64::from(ttl != Ttl::Missing),
+                None => uncached.push((engine, key)),
+            }
+        }
+        if uncached.is_empty() {
+            return Ok(count);
+        }
         blocking(move || {
-            let mut count = 0;
-            for (engine, key) in targets {
+            for (engine, key) in uncached {
                 count += u64::from(engine.exists(&key)?);
             }
             Ok(count)

@@ -112,6 +112,14 @@ impl Engine for Memory {
         Ok(true)
     }
 
+    fn get_cached(&self, key: &[u8]) -> Result<Option<Option<Bytes>>> {
+        self.get(key).map(Some)
+    }
+
+    fn ttl_cached(&self, key: &[u8]) -> Result<Option<Ttl>> {
+        self.ttl(key).map(Some)
+    }
+
     fn ttl(&self, key: &[u8]) -> Result<Ttl> {
         self.limits.check_key(key)?;
         let now = self.clock.now_ms();

@@ -150,8 +150,9 @@ pub struct Status {
 /// A key-value store for one partition replica.
 ///
 /// Every method is safe to call from many threads. Methods may block on disk
-/// I/O: async callers run them on a blocking thread, except `submit`, which
-/// never does I/O and whose completion is awaited.
+/// I/O: async callers run them on a blocking thread, except `submit`,
+/// `get_cached` and `ttl_cached`, which never do I/O (they decline what
+/// would need it).
 pub trait Engine: Send + Sync + 'static {
     /// The value of `key`, or `None` if it is absent or expired.
     fn get(&self, key: &[u8]) -> Result<Option<Bytes>>;
@@ -198,5 +199,21 @@ pub trait Engine: Send + Sync + 'static {
     fn submit(&self, key: &[u8], op: &WriteOp) -> Result<Submitted> {
         let _ = (key, op);
         Ok(Submitted::Blocking)
+    }
+
+    /// [`Engine::get`] without I/O, for callers on an async runtime:
+    /// `Some(answer)` when memory alone answers it (no such key, expired,
+    /// or its value cached), `None` when the value must be read from disk
+    /// (then call `get` on a blocking thread). The default never answers.
+    fn get_cached(&self, key: &[u8]) -> Result<Option<Option<Bytes>>> {
+        let _ = key;
+        Ok(None)
+    }
+
+    /// [`Engine::ttl`] without I/O, as [`Engine::get_cached`]. The default
+    /// never answers.
+    fn ttl_cached(&self, key: &[u8]) -> Result<Option<Ttl>> {
+        let _ = key;
+        Ok(None)
     }
 }

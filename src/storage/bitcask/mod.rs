@@ -1157,6 +1157,22 @@ impl Engine for Bitcask {
         Bitcask::submit(self, key, op)
     }
 
+    fn get_cached(&self, key: &[u8]) -> Result<Option<Option<Bytes>>> {
+        self.inner.opts.limits.check_key(key)?;
+        let now = self.inner.clock.now_ms();
+        let mut shard = self.inner.keydir.shard(key);
+        Ok(match shard.get(key) {
+            None => Some(None),
+            Some(e) if e.expired(now) => Some(None),
+            Some(_) => shard.cached(key).map(Some),
+        })
+    }
+
+    fn ttl_cached(&self, key: &[u8]) -> Result<Option<Ttl>> {
+        // The keydir entry holds the expiry: no I/O.
+        self.ttl(key).map(Some)
+    }
+
     fn log_end(&self) -> Option<u64> {
         Some(self.next_offset())
     }
