@@ -336,15 +336,35 @@ impl Node {
             return Ok(deleted);
         }
         let targets = self.many(keys, |key| self.writable(key, acks))?;
-        // Submit every delete before awaiting any, so they share group
-        // commits; the answers are summed in order.
+        // Submit the deletes before awaiting any, so they share group
+        // commits. From the first one the engine declines on, the rest run
+        // in order in one blocking call (one hand-off, not one per key).
         let mut answers = Vec::with_capacity(targets.len());
+        let mut rest = Vec::new();
         for (engine, key) in targets {
-            answers.push(start_write(engine, key, WriteOp::Delete).await?);
+            if !rest.is_empty() {
+                rest.push((engine, key));
+                continue;
+            }
+            match engine.submit(&key, &WriteOp::Delete)? {
+                Submitted::Done(w) => answers.push(Started::Answer(w.done)),
+                Submitted::Queued(c) => answers.push(Started::Queued(c)),
+                Submitted::Blocking => rest.push((engine, key)),
+            }
         }
         let mut deleted = 0;
         for answer in answers {
             deleted += u64::from(answer.finish().await?);
+        }
+        if !rest.is_empty() {
+            deleted += blocking(move || {
+                let mut n = 0;
+                for (engine, key) in rest {
+                    n += u64::from(engine.delete(&key)?);
+                }
+                Ok(n)
+            })
+            .await?;
         }
         Ok(deleted)
     }
