@@ -437,6 +437,27 @@ fn submit_queues_only_under_always_and_close_writes_the_queue() {
         ..Options::default()
     };
     let e = Bitcask::open(dir.path(), always()).unwrap();
+    // Bad input is refused before anything is queued.
+    let err = e.submit(b"", &set(b"v")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        Error::InvalidInput("empty key".into()).to_string()
+    );
+    let big = WriteOp::Set(
+        Bytes::from(vec![0u8; Options::default().limits.max_value_bytes + 1]),
+        SetOptions::default(),
+    );
+    let err = e.submit(b"k", &big).unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+    assert!(
+        err.to_string().contains(&format!(
+            "value is {} bytes, the limit is {}",
+            Options::default().limits.max_value_bytes + 1,
+            Options::default().limits.max_value_bytes
+        )),
+        "{err}"
+    );
+    assert_eq!(e.next_offset(), 0);
     let mut queued = Vec::new();
     for i in 0..100u32 {
         match e.submit(&i.to_be_bytes(), &set(b"v")).unwrap() {
