@@ -339,7 +339,8 @@ impl Node {
         // Submit the deletes before awaiting any, so they share group
         // commits. From the first one the engine declines on, the rest run
         // in order in one blocking call (one hand-off, not one per key).
-        let mut answers = Vec::with_capacity(targets.len());
+        let mut deleted = 0;
+        let mut queued = Vec::with_capacity(targets.len());
         let mut rest = Vec::new();
         for (engine, key) in targets {
             if !rest.is_empty() {
@@ -347,14 +348,13 @@ impl Node {
                 continue;
             }
             match engine.submit(&key, &WriteOp::Delete)? {
-                Submitted::Done(w) => answers.push(Started::Answer(w.done)),
-                Submitted::Queued(c) => answers.push(Started::Queued(c)),
+                Submitted::Done(w) => deleted += u64::from(w.done),
+                Submitted::Queued(c) => queued.push(c),
                 Submitted::Blocking => rest.push((engine, key)),
             }
         }
-        let mut deleted = 0;
-        for answer in answers {
-            deleted += u64::from(answer.finish().await?);
+        for c in queued {
+            deleted += u64::from(c.wait().await?.done);
         }
         if !rest.is_empty() {
             deleted += blocking(move || {
@@ -528,45 +528,22 @@ impl Node {
     }
 }
 
-/// A write started by [`start_write`].
-enum Started {
-    /// Answered already.
-    Answer(bool),
-    /// Queued in the engine's group commit.
-    Queued(storage::Completion),
-}
-
-impl Started {
-    /// The write's answer, once it is durable per the fsync policy.
-    async fn finish(self) -> Result<bool> {
-        match self {
-            Started::Answer(done) => Ok(done),
-            Started::Queued(c) => Ok(c.wait().await?.done),
-        }
-    }
-}
-
-/// Starts a write: submitted to the engine when that needs no I/O (no
-/// thread hand-off; the completion is awaited), otherwise run on the
-/// blocking pool to its end.
-async fn start_write(engine: Arc<dyn Engine>, key: Bytes, op: WriteOp) -> Result<Started> {
-    Ok(match engine.submit(&key, &op)? {
-        Submitted::Done(w) => Started::Answer(w.done),
-        Submitted::Queued(c) => Started::Queued(c),
-        Submitted::Blocking => Started::Answer(
+/// Performs one write: submitted to the engine's group commit when it
+/// takes it (no thread hand-off; the completion is awaited), otherwise run
+/// on the blocking pool. Returns the write's answer.
+async fn write(engine: Arc<dyn Engine>, key: Bytes, op: WriteOp) -> Result<bool> {
+    match engine.submit(&key, &op)? {
+        Submitted::Done(w) => Ok(w.done),
+        Submitted::Queued(c) => Ok(c.wait().await?.done),
+        Submitted::Blocking => {
             blocking(move || match op {
                 WriteOp::Set(value, opts) => engine.set(&key, value, opts),
                 WriteOp::Delete => engine.delete(&key),
                 WriteOp::Expire(at) => engine.expire(&key, at),
             })
-            .await?,
-        ),
-    })
-}
-
-/// Performs one write (see [`start_write`]); returns its answer.
-async fn write(engine: Arc<dyn Engine>, key: Bytes, op: WriteOp) -> Result<bool> {
-    start_write(engine, key, op).await?.finish().await
+            .await
+        }
+    }
 }
 
 /// Runs blocking engine work on tokio's blocking pool and maps its error.

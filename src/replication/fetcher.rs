@@ -472,17 +472,7 @@ async fn truncate_to_leader(
                  committed offset {committed}; dropping offsets {target}..{my_end} (unclean \
                  leader election)"
             );
-            let Some(guard) = still_following(part, leader, current_epoch).await else {
-                return Ok(());
-            };
-            let log = part.log.clone();
-            super::blocking(move || {
-                let _guard = guard;
-                log.truncate_unclean_to(target)
-            })
-            .await?;
-            part.publish_log_end();
-            return Ok(());
+            return truncate_following(part, leader, current_epoch, target, true).await;
         }
     }
     if target >= my_end {
@@ -498,13 +488,29 @@ async fn truncate_to_leader(
         "truncating the log from {my_end} to {target}, where it diverges from the leader's \
          (epoch {current_epoch})"
     );
-    let Some(guard) = still_following(part, leader, current_epoch).await else {
+    truncate_following(part, leader, current_epoch, target, false).await
+}
+
+/// Truncates `part`'s log to `target` (below the commit point only if
+/// `unclean`) under its `append` lock, if it still follows `leader` at
+/// `epoch`; otherwise does nothing (a newer role owns the log).
+async fn truncate_following(
+    part: &Arc<Partition>,
+    leader: &str,
+    epoch: u32,
+    target: u64,
+    unclean: bool,
+) -> Result<()> {
+    let Some(guard) = still_following(part, leader, epoch).await else {
         return Ok(());
     };
     let log = part.log.clone();
     super::blocking(move || {
         let _guard = guard;
-        log.truncate_to(target)
+        match unclean {
+            true => log.truncate_unclean_to(target),
+            false => log.truncate_to(target),
+        }
     })
     .await?;
     part.publish_log_end();

@@ -181,6 +181,13 @@ struct Current {
 /// The unapplied record a decision rests on: its batch and its offset.
 type Dependency = (Arc<Batch>, u64);
 
+/// The record a write decided to append: kind, value, expiry (0 = never).
+type Action = (Kind, Bytes, u64);
+
+/// A decided write: the record to append (if any), the caller's answer, and
+/// the unapplied record the answer rests on.
+type Decision = (Option<Action>, bool, Option<Dependency>);
+
 /// A write request before it is decided (see [`Bitcask::write`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteOp {
@@ -666,6 +673,29 @@ impl Inner {
         Ok((Some(Current { value }), None))
     }
 
+    /// Decides `op` on `key` now, under the writer mutex: the record to
+    /// write (if any), the answer, and the unapplied record the answer rests
+    /// on. Reads the current value from disk only for an `expire`.
+    fn decide_now(&self, w: &Writer, key: &[u8], op: &WriteOp) -> Result<Decision> {
+        let now = self.clock.now_ms();
+        match op {
+            // An unconditional set that does not expire at once needs no
+            // look at the current state: the fast path.
+            WriteOp::Set(v, opts)
+                if opts.condition == Condition::Always
+                    && opts.expire_at_ms.is_none_or(|at| at > now) =>
+            {
+                let put = (Kind::Put, v.clone(), opts.expire_at_ms.unwrap_or(0));
+                Ok((Some(put), true, None))
+            }
+            _ => {
+                let (cur, dep) = self.current(w, key, now, matches!(op, WriteOp::Expire(_)))?;
+                let (action, answer) = decide(op, cur, now);
+                Ok((action, answer, dep))
+            }
+        }
+    }
+
     /// See [`Bitcask::submit`].
     fn submit(&self, key: &[u8], op: &WriteOp) -> Result<Submitted> {
         self.opts.limits.check_key(key)?;
@@ -677,20 +707,8 @@ impl Inner {
         }
         let mut w = self.writer.lock();
         w.check_writable()?;
-        let now = self.clock.now_ms();
-        let (cur, dep) = match op {
-            // An unconditional set that does not expire at once decides
-            // nothing on the current state (as in `write_inner`).
-            WriteOp::Set(_, opts)
-                if opts.condition == Condition::Always
-                    && opts.expire_at_ms.is_none_or(|at| at > now) =>
-            {
-                (None, None)
-            }
-            _ => self.current(&w, key, now, false)?,
-        };
-        match decide(op, cur, now) {
-            (None, answer) => Ok(match dep {
+        match self.decide_now(&w, key, op)? {
+            (None, answer, dep) => Ok(match dep {
                 Some((batch, _)) if !batch.is_done() => Submitted::Blocking,
                 Some((_, offset)) => Submitted::Done(Written {
                     done: answer,
@@ -701,7 +719,7 @@ impl Inner {
                     until: self.applied_end(&w),
                 }),
             }),
-            (Some((kind, value, expire_at)), answer) => {
+            (Some((kind, value, expire_at)), answer, _) => {
                 let (batch, index, offset) = w.enqueue(key, kind, value, expire_at);
                 drop(w);
                 // Free unless the committer sleeps: parking_lot's notify is
@@ -755,28 +773,7 @@ impl Inner {
         let mut w = self.writer.lock();
         loop {
             w.check_writable()?;
-            let now = self.clock.now_ms();
-            // An unconditional set that does not expire at once needs no look
-            // at the current state: the fast path.
-            let decision = match &op {
-                WriteOp::Set(v, opts)
-                    if opts.condition == Condition::Always
-                        && opts.expire_at_ms.is_none_or(|at| at > now) =>
-                {
-                    (
-                        Some((Kind::Put, v.clone(), opts.expire_at_ms.unwrap_or(0))),
-                        true,
-                        None,
-                    )
-                }
-                _ => {
-                    let (cur, dep) =
-                        self.current(&w, key, now, matches!(op, WriteOp::Expire(_)))?;
-                    let (action, answer) = decide(&op, cur, now);
-                    (action, answer, dep)
-                }
-            };
-            match decision {
+            match self.decide_now(&w, key, &op)? {
                 (None, answer, dep) => {
                     // Nothing to write, but the answer may rest on a record
                     // that is not written yet: wait for it, then decide again.
@@ -1070,7 +1067,7 @@ impl Inner {
 
 /// Decides what a non-trivial write does given the key's current state:
 /// the record to write (if any) and the answer for the caller.
-fn decide(op: &WriteOp, cur: Option<Current>, now: u64) -> (Option<(Kind, Bytes, u64)>, bool) {
+fn decide(op: &WriteOp, cur: Option<Current>, now: u64) -> (Option<Action>, bool) {
     let exists = cur.is_some();
     match op {
         WriteOp::Set(value, opts) => {
