@@ -49,12 +49,12 @@ pub use log::{ReplicaLog, epoch_end};
 pub use partition::Progress;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use self::partition::{Ack, Partition, RoleState, check_epoch};
 use crate::cluster::{
@@ -109,8 +109,11 @@ pub struct ReplicaManager {
     /// Newest controller epoch seen in a notice.
     controller_epoch: AtomicU64,
     /// Node epoch of this node's current registration (0 before the
-    /// first): notices for another one are refused.
-    node_epoch: AtomicI64,
+    /// first): notices for another one are refused. Held while a notice is
+    /// checked and applied, and while a new registration voids the grants,
+    /// so no grant of an old registration survives a new one. A
+    /// parking_lot mutex: never held across an await.
+    node_epoch: Mutex<i64>,
     /// How long an `acks: all` write and a new leader's first read wait.
     wait: Duration,
     /// gRPC channels to other nodes' replication services.
@@ -142,7 +145,7 @@ impl ReplicaManager {
             nodes: RwLock::new(nodes),
             cluster: OnceLock::new(),
             controller_epoch: AtomicU64::new(0),
-            node_epoch: AtomicI64::new(0),
+            node_epoch: Mutex::new(0),
             wait,
             channels: fetcher::Channels::default(),
             sessions: fetcher::Sessions::default(),
@@ -714,7 +717,8 @@ impl ReplicaManager {
         fail::fail_point!("replication::leader_and_isr", |_| Err(Error::Unavailable(
             "failpoint replication::leader_and_isr: notice dropped".into()
         )));
-        let mine = self.node_epoch.load(Ordering::SeqCst);
+        let registration = self.node_epoch.lock();
+        let mine = *registration;
         if node_epoch != mine {
             return Err(Error::StaleController(format!(
                 "notice for node epoch {node_epoch}, but this node is registered at node epoch \
@@ -731,13 +735,15 @@ impl ReplicaManager {
         }
         self.learn_nodes(nodes);
         self.apply_states(states, true);
+        drop(registration);
         Ok(())
     }
 
     /// A new registration of this node at `node_epoch`: grants of earlier
     /// registrations are void.
     fn registered(&self, node_epoch: i64) {
-        self.node_epoch.store(node_epoch, Ordering::SeqCst);
+        let mut registration = self.node_epoch.lock();
+        *registration = node_epoch;
         for part in &self.partitions {
             part.state.lock().granted = None;
         }

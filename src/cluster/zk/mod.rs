@@ -10,7 +10,7 @@
 //! /controller               ephemeral   {"node_id","controller_epoch"}
 //! /controller_epoch         persistent  a JSON number, bumped on every election
 //! /partitions/<p>/replicas  persistent  ["node-1","node-2",...] (first = preferred leader)
-//! /partitions/<p>/state     persistent  {"leader":id|null,"leader_epoch","isr":[...],"controller_epoch"}
+//! /partitions/<p>/state     persistent  {"leader":id|null,"leader_epoch","isr":[...],"controller_epoch","leader_node_epoch"}
 //! ```
 //!
 //! What runs where:
