@@ -52,6 +52,8 @@ struct Recorder {
 }
 
 impl StateListener for Recorder {
+    fn registered(&self, _node_epoch: i64) {}
+
     fn apply(&self, states: Vec<LeaderAndIsr>, nodes: Vec<NodeAddr>) {
         let ids = nodes.into_iter().map(|n| n.id).collect();
         self.events.lock().unwrap().push(Event::Apply(states, ids));
@@ -168,6 +170,7 @@ impl NodeRpc for FakeRpc {
         &self,
         node: NodeAddr,
         controller_epoch: u64,
+        _node_epoch: i64,
         states: Vec<LeaderAndIsr>,
         nodes: Vec<NodeAddr>,
     ) -> BoxFuture<'static, Result<()>> {
@@ -316,11 +319,39 @@ async fn read_json(c: &zookeeper_client::Client, path: &str) -> Option<Value> {
     }
 }
 
-/// The state znode of partition `p` as JSON.
+/// The state znode of partition `p` as JSON, without its
+/// `leader_node_epoch` (checked here: the node epoch of the leader's
+/// registration, 0 without a leader).
 async fn state_json(c: &zookeeper_client::Client, root: &str, p: u32) -> Value {
-    read_json(c, &format!("{root}/partitions/{p}/state"))
+    let v = read_json(c, &format!("{root}/partitions/{p}/state"))
         .await
-        .unwrap_or_else(|| panic!("partition {p} has no state"))
+        .unwrap_or_else(|| panic!("partition {p} has no state"));
+    strip_node_epoch(v)
+}
+
+/// A state's JSON without `leader_node_epoch`, after checking it is
+/// present, and set exactly when there is a leader.
+fn strip_node_epoch(mut v: Value) -> Value {
+    let e = v
+        .as_object_mut()
+        .and_then(|o| o.remove("leader_node_epoch"))
+        .and_then(|e| e.as_i64())
+        .unwrap_or_else(|| panic!("state without leader_node_epoch: {v}"));
+    assert_eq!(
+        v["leader"].is_null(),
+        e == 0,
+        "leader_node_epoch {e} in {v}"
+    );
+    v
+}
+
+/// The node epoch (czxid of `/nodes/<id>`) of `id`'s registration.
+async fn node_epoch(c: &zookeeper_client::Client, root: &str, id: &str) -> i64 {
+    let (_, stat) = c
+        .get_data(&format!("{root}/nodes/{id}"))
+        .await
+        .expect("registered");
+    stat.czxid
 }
 
 /// Polls the state znode of `p` until `cond` holds (bounded).
@@ -334,9 +365,9 @@ async fn wait_state(
     let deadline = Instant::now() + within;
     loop {
         if let Some(v) = read_json(c, &format!("{root}/partitions/{p}/state")).await
-            && cond(&v)
+            && cond(&strip_node_epoch(v.clone()))
         {
-            return v;
+            return strip_node_epoch(v);
         }
         assert!(
             Instant::now() < deadline,
@@ -539,6 +570,10 @@ fn initial_assignment_of_8_partitions_over_3_nodes() {
             rpc.notices().len() == 3
         })
         .await;
+        let mut epochs = HashMap::new();
+        for id in ["as-n1", "as-n2", "as-n3"] {
+            epochs.insert(id.to_string(), node_epoch(&c, "/t-assign", id).await);
+        }
         let mut notices = rpc.notices();
         notices.sort_by(|a, b| a.0.cmp(&b.0));
         for (i, (node, epoch, states, nodes)) in notices.into_iter().enumerate() {
@@ -550,6 +585,7 @@ fn initial_assignment_of_8_partitions_over_3_nodes() {
                     let r = ids(&rotations[p as usize % 3]);
                     LeaderAndIsr {
                         partition: p,
+                        leader_node_epoch: epochs[&r[0]],
                         leader: Some(r[0].clone()),
                         leader_epoch: 1,
                         replicas: r.clone(),
@@ -690,6 +726,7 @@ async fn lose_the_only_isr_member(root: &str, prefix: &str, unclean: bool) -> Va
         isr: vec![r[0].clone()],
         controller_epoch: 1,
         zk_version: 0,
+        leader_node_epoch: n1.zk.node_epoch(),
     };
     assert_eq!(
         n1.zk.update_isr(shrunk).await.unwrap(),
@@ -762,6 +799,7 @@ fn update_isr_conflict_returns_the_current_state() {
             isr: ids(&["cas-n1", "cas-n2"]),
             controller_epoch: 1,
             zk_version: 0,
+            leader_node_epoch: nodes[0].zk.node_epoch(),
         };
         assert_eq!(
             nodes[0].zk.update_isr(base.clone()).await.unwrap(),
@@ -894,6 +932,7 @@ fn preferred_leader_is_restored() {
             isr: ids(&["pl-n2", "pl-n3", "pl-n1"]),
             controller_epoch: 2,
             zk_version: 1,
+            leader_node_epoch: n2.zk.node_epoch(),
         };
         assert_eq!(
             n2.zk.update_isr(back).await.unwrap(),
@@ -995,6 +1034,8 @@ fn zookeeper_outage_fences_then_rejoins_with_a_new_session() {
                 isr: replicas.clone(),
                 controller_epoch: 1,
                 zk_version: 0,
+                // Elected under the first registration: this one follows.
+                leader_node_epoch: old.czxid,
             })
             .collect();
         assert_eq!(after, vec![Event::Apply(expected, ids(&["out-1"]))]);
@@ -1100,6 +1141,7 @@ fn child_process_of_the_frozen_node_test() {
     };
     struct Printer;
     impl StateListener for Printer {
+        fn registered(&self, _node_epoch: i64) {}
         fn apply(&self, states: Vec<LeaderAndIsr>, nodes: Vec<NodeAddr>) {
             println!("CHILD apply {} states, {} nodes", states.len(), nodes.len());
         }
@@ -1425,6 +1467,7 @@ fn grpc_node_rpc_speaks_replication_proto() {
                 isr: ids(&["grpc-1"]),
                 controller_epoch: 7,
                 zk_version: 9,
+                leader_node_epoch: 12,
             },
             LeaderAndIsr {
                 partition: 5,
@@ -1434,9 +1477,10 @@ fn grpc_node_rpc_speaks_replication_proto() {
                 isr: ids(&["grpc-2"]),
                 controller_epoch: 7,
                 zk_version: 3,
+                leader_node_epoch: 0,
             },
         ];
-        rpc.leader_and_isr(node.clone(), 7, states, vec![node.clone()])
+        rpc.leader_and_isr(node.clone(), 7, 5, states, vec![node.clone()])
             .await
             .unwrap();
         assert_eq!(
@@ -1451,6 +1495,7 @@ fn grpc_node_rpc_speaks_replication_proto() {
                         replicas: ids(&["grpc-1", "grpc-2"]),
                         isr: ids(&["grpc-1"]),
                         zk_version: 9,
+                        leader_node_epoch: 12,
                     },
                     pb::PartitionState {
                         partition: 5,
@@ -1459,6 +1504,7 @@ fn grpc_node_rpc_speaks_replication_proto() {
                         replicas: ids(&["grpc-2", "grpc-1"]),
                         isr: ids(&["grpc-2"]),
                         zk_version: 3,
+                        leader_node_epoch: 0,
                     },
                 ],
                 nodes: vec![pb::NodeAddress {
@@ -1466,6 +1512,7 @@ fn grpc_node_rpc_speaks_replication_proto() {
                     client_addr: "127.0.0.1:1".into(),
                     replication_addr: local.to_string(),
                 }],
+                node_epoch: 5,
             }]
         );
         server.abort();

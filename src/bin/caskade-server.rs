@@ -56,6 +56,11 @@ fn run(args: Args) -> Result<(), String> {
         config.log_level = level;
     }
     init_logging(&config.log_level)?;
+    // Test builds only: failpoints named in `FAILPOINTS` (the `fail` crate's
+    // syntax, e.g. `replication::leader_and_isr=3*return`) are armed for
+    // the life of the process.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     for w in warnings {
         tracing::warn!("{w}");
     }

@@ -114,6 +114,12 @@ pub struct LeaderAndIsr {
     pub controller_epoch: u64,
     /// Version of the state znode; compare-and-set starts from it.
     pub zk_version: i32,
+    /// Node epoch (czxid of `/nodes/<leader>`, KIP-380) of the leader's
+    /// registration this leadership was given to; 0 when there is no
+    /// leader (or the state predates node epochs). A leader whose current
+    /// registration has another node epoch bounced: the controller elects
+    /// again.
+    pub leader_node_epoch: i64,
 }
 
 /// Log position of one partition replica, as the controller asks for it.
@@ -132,10 +138,18 @@ pub struct ReplicaOffsets {
 /// What the ZooKeeper layer tells this node's replicas. Implemented by the
 /// replication manager.
 pub trait StateListener: Send + Sync + 'static {
-    /// New partition states, from a controller notice or read from
-    /// ZooKeeper when a session starts. A state older than the one known
-    /// (lower `leader_epoch`, or same epoch and lower `zk_version`) is
-    /// ignored. `nodes` are the live nodes.
+    /// This node registered anew (a new session) at `node_epoch`, the
+    /// czxid of its `/nodes/<id>`: leaderships given to earlier
+    /// registrations are void. Called before the states of the new
+    /// session are applied.
+    fn registered(&self, node_epoch: i64);
+
+    /// Partition states read from ZooKeeper (a session starts, the lease
+    /// is renewed, a follower asks again). A state older than the one
+    /// known (lower `leader_epoch`, or same epoch and lower `zk_version`)
+    /// is ignored. These states may make this node follow, never lead: a
+    /// node leads only at an epoch a controller notice for its current
+    /// registration gave it. `nodes` are the live nodes.
     fn apply(&self, states: Vec<LeaderAndIsr>, nodes: Vec<NodeAddr>);
 
     /// The session is gone (expired, or silent past its timeout on this
@@ -156,11 +170,13 @@ pub trait NodeRpc: Send + Sync + 'static {
         partitions: Vec<u32>,
     ) -> BoxFuture<'static, crate::Result<Vec<ReplicaOffsets>>>;
 
-    /// Tells `node` the new state of `states` (one call per node).
+    /// Tells `node`, registered at `node_epoch`, the new state of
+    /// `states` (one call per node).
     fn leader_and_isr(
         &self,
         node: NodeAddr,
         controller_epoch: u64,
+        node_epoch: i64,
         states: Vec<LeaderAndIsr>,
         nodes: Vec<NodeAddr>,
     ) -> BoxFuture<'static, crate::Result<()>>;

@@ -116,6 +116,7 @@ impl NodeRpc for GrpcNodeRpc {
         &self,
         node: NodeAddr,
         controller_epoch: u64,
+        node_epoch: i64,
         states: Vec<LeaderAndIsr>,
         nodes: Vec<NodeAddr>,
     ) -> BoxFuture<'static, crate::Result<()>> {
@@ -136,6 +137,7 @@ impl NodeRpc for GrpcNodeRpc {
                         replication_addr: n.replication_addr,
                     })
                     .collect(),
+                node_epoch,
             };
             bounded(&node, "LeaderAndIsr", client.leader_and_isr(req)).await?;
             Ok(())

@@ -32,7 +32,11 @@
 //!   point where it might disagree with the leader;
 //! - truncation never goes below the commit point, except when the leader's
 //!   log is shorter than it (an unclean election): that is logged as data
-//!   loss with the offsets lost.
+//!   loss with the offsets lost;
+//! - a member the leader keeps refusing with FENCED_LEADER_EPOCH or
+//!   NOT_LEADER for [`REREAD_AFTER`] has its state re-read from ZooKeeper
+//!   (again every [`REREAD_AFTER`] while it lasts): a missed notice does
+//!   not leave it following a stale leader or epoch.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -58,6 +62,10 @@ const RETRY: Duration = Duration::from_millis(100);
 
 /// Pause when the leader only has not caught up with its election yet.
 const SOON: Duration = Duration::from_millis(10);
+
+/// How long a leader may keep refusing a member's epoch (or leadership)
+/// before the member's state is re-read from ZooKeeper.
+const REREAD_AFTER: Duration = Duration::from_secs(1);
 
 /// gRPC channels to other nodes' replication services, by address.
 #[derive(Default)]
@@ -94,6 +102,9 @@ struct Member {
     retry_at: Option<Instant>,
     /// The last failure logged (a repeated one is logged once).
     last_error: String,
+    /// Since when the leader has refused it without a break with
+    /// FENCED_LEADER_EPOCH or NOT_LEADER (reset at each re-read).
+    refused_since: Option<Instant>,
 }
 
 /// A follower's fetch session with one leader node.
@@ -104,6 +115,8 @@ pub struct Session {
     members: Mutex<BTreeMap<u32, Member>>,
     /// Membership changed (one stored permit): the stream restarts.
     changed: Notify,
+    /// Members whose state is to be re-read from ZooKeeper.
+    reread: Mutex<Vec<u32>>,
 }
 
 /// The partitions a stream fetches: `(replica, epoch)` by partition id.
@@ -117,6 +130,7 @@ impl Session {
         {
             m.fetching = true;
             m.retry_at = None;
+            m.refused_since = None;
         }
     }
 
@@ -137,7 +151,17 @@ impl Session {
             return;
         }
         m.fetching = false;
-        m.retry_at = Some(Instant::now() + pause);
+        let now = Instant::now();
+        m.retry_at = Some(now + pause);
+        if matches!(e, Error::FencedEpoch(_) | Error::NotLeader { .. }) {
+            let since = *m.refused_since.get_or_insert(now);
+            if now.duration_since(since) >= REREAD_AFTER {
+                m.refused_since = Some(now);
+                self.reread.lock().push(partition);
+            }
+        } else {
+            m.refused_since = None;
+        }
         let text = e.to_string();
         if text != m.last_error {
             tracing::info!(
@@ -189,6 +213,7 @@ impl Sessions {
                 leader: leader.to_string(),
                 members: Mutex::default(),
                 changed: Notify::new(),
+                reread: Mutex::default(),
             });
             tokio::spawn(run(m.clone(), s.clone()));
             s
@@ -201,6 +226,7 @@ impl Sessions {
                 fetching: false,
                 retry_at: None,
                 last_error: String::new(),
+                refused_since: None,
             },
         );
         session.changed.notify_one();
@@ -236,8 +262,15 @@ async fn run(m: Arc<ReplicaManager>, session: Arc<Session>) {
         if m.sessions.retire(&session) {
             return;
         }
-        if let Err(e) = round(&m, &session).await {
-            session.fail_all(&e);
+        let result = round(&m, &session).await;
+        if let Err(e) = &result {
+            session.fail_all(e);
+        }
+        let reread = std::mem::take(&mut *session.reread.lock());
+        if !reread.is_empty() {
+            m.reread(reread);
+        }
+        if result.is_err() {
             tokio::select! {
                 _ = session.changed.notified() => {}
                 _ = tokio::time::sleep(RETRY) => {}

@@ -25,7 +25,20 @@
 //!   was written fails with `TIMEOUT` or `UNAVAILABLE`, whose outcome is
 //!   documented as unknown (docs/REPLICATION.md);
 //! - controller notices older than the newest controller epoch seen are
-//!   refused (`STALE_CONTROLLER_EPOCH`).
+//!   refused (`STALE_CONTROLLER_EPOCH`), and so are notices issued for
+//!   another registration of this node (their node epoch is not this
+//!   node's current one);
+//! - a node never takes leadership from what it reads in ZooKeeper after a
+//!   new session; only from a notice issued after its registration (node
+//!   epoch). A notice for the current registration naming this node leader
+//!   at epoch `e` is a *grant* of `e`; a new registration voids every
+//!   grant. States read from ZooKeeper make this node follow, or resume a
+//!   leadership it holds a grant for at that very epoch (after a lease
+//!   lapse within one session); naming it leader otherwise, they leave the
+//!   replica idle until the controller's notice arrives (notices are
+//!   retried until acknowledged);
+//! - a follower whose leader keeps answering FENCED_LEADER_EPOCH or
+//!   NOT_LEADER re-reads the partition's state from ZooKeeper.
 
 mod fetcher;
 mod log;
@@ -41,7 +54,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use self::partition::{Ack, Partition, RoleState, check_epoch};
 use crate::cluster::{
@@ -76,6 +89,9 @@ pub trait ClusterHandle: Send + Sync + 'static {
     fn controller(&self) -> Option<String>;
     /// Compare-and-set of a partition's ISR.
     fn update_isr(&self, proposed: LeaderAndIsr) -> BoxFuture<'static, Result<IsrOutcome>>;
+    /// The current states of `partitions` (those hosted here), read from
+    /// ZooKeeper.
+    fn read_states(&self, partitions: Vec<u32>) -> BoxFuture<'static, Result<Vec<LeaderAndIsr>>>;
 }
 
 /// Every partition replica of this node, and the cluster around them.
@@ -92,6 +108,12 @@ pub struct ReplicaManager {
     cluster: OnceLock<Arc<dyn ClusterHandle>>,
     /// Newest controller epoch seen in a notice.
     controller_epoch: AtomicU64,
+    /// Node epoch of this node's current registration (0 before the
+    /// first): notices for another one are refused. Held while a notice is
+    /// checked and applied, and while a new registration voids the grants,
+    /// so no grant of an old registration survives a new one. A
+    /// parking_lot mutex: never held across an await.
+    node_epoch: Mutex<i64>,
     /// How long an `acks: all` write and a new leader's first read wait.
     wait: Duration,
     /// gRPC channels to other nodes' replication services.
@@ -123,6 +145,7 @@ impl ReplicaManager {
             nodes: RwLock::new(nodes),
             cluster: OnceLock::new(),
             controller_epoch: AtomicU64::new(0),
+            node_epoch: Mutex::new(0),
             wait,
             channels: fetcher::Channels::default(),
             sessions: fetcher::Sessions::default(),
@@ -364,7 +387,7 @@ impl ReplicaManager {
                     {
                         part.adopt_isr(epoch, current.isr.clone(), current.zk_version);
                     }
-                    me.apply_states(vec![current]);
+                    me.apply_states(vec![current], false);
                 }
                 Err(e) => {
                     part.isr_change_failed();
@@ -374,13 +397,19 @@ impl ReplicaManager {
         });
     }
 
-    /// Learns `states` and reconciles the roles they change.
-    fn apply_states(self: &Arc<Self>, states: Vec<LeaderAndIsr>) {
+    /// Learns `states` and reconciles the roles they change. `notice`:
+    /// they come from a controller notice for this node's current
+    /// registration, so those naming this node leader grant it their
+    /// epoch; otherwise (read from ZooKeeper) they grant nothing.
+    fn apply_states(self: &Arc<Self>, states: Vec<LeaderAndIsr>, notice: bool) {
         for state in states {
             let Some(part) = self.partitions.get(state.partition as usize).cloned() else {
                 continue;
             };
-            if part.learn(state) {
+            let granted = notice
+                && state.leader.as_deref() == Some(self.me.id.as_str())
+                && part.grant(state.leader_epoch);
+            if part.learn(state) || granted {
                 let me = self.clone();
                 tokio::spawn(async move { me.reconcile(&part).await });
             }
@@ -394,8 +423,22 @@ impl ReplicaManager {
             return;
         };
         let mine = target.replicas.iter().any(|r| *r == self.me.id);
+        let granted = part.state.lock().granted;
         match target.leader.as_deref() {
-            Some(l) if l == self.me.id && mine => self.become_leader(part, &target).await,
+            Some(l) if l == self.me.id && mine && granted == Some(target.leader_epoch) => {
+                self.become_leader(part, &target).await
+            }
+            Some(l) if l == self.me.id => {
+                // Named leader by a ZooKeeper read, not by a notice for this
+                // registration: wait for the controller's notice.
+                self.stop_role(part).await;
+                tracing::info!(
+                    partition = part.id,
+                    "ZooKeeper names this node leader at epoch {} without a notice for this \
+                     registration; waiting for the controller",
+                    target.leader_epoch
+                );
+            }
             Some(l) if mine => self.become_follower(part, l, target.leader_epoch).await,
             _ => {
                 self.stop_role(part).await;
@@ -471,6 +514,7 @@ impl ReplicaManager {
             .collect();
         part.state.lock().role = RoleState::Leader(partition::LeaderState {
             epoch,
+            node_epoch: target.leader_node_epoch,
             isr: target.isr.clone(),
             zk_version: target.zk_version,
             controller_epoch: target.controller_epoch,
@@ -660,13 +704,27 @@ impl ReplicaManager {
             .collect()
     }
 
-    /// A controller notice: refuses a deposed controller, then applies.
+    /// A controller notice for this node's registration at `node_epoch`:
+    /// refuses a deposed controller and another registration's notice,
+    /// then applies (granting the leaderships it names).
     pub fn leader_and_isr(
         self: &Arc<Self>,
         controller_epoch: u64,
+        node_epoch: i64,
         states: Vec<LeaderAndIsr>,
         nodes: Vec<NodeAddr>,
     ) -> Result<()> {
+        fail::fail_point!("replication::leader_and_isr", |_| Err(Error::Unavailable(
+            "failpoint replication::leader_and_isr: notice dropped".into()
+        )));
+        let registration = self.node_epoch.lock();
+        let mine = *registration;
+        if node_epoch != mine {
+            return Err(Error::StaleController(format!(
+                "notice for node epoch {node_epoch}, but this node is registered at node epoch \
+                 {mine}"
+            )));
+        }
         let seen = self
             .controller_epoch
             .fetch_max(controller_epoch, Ordering::SeqCst);
@@ -676,8 +734,38 @@ impl ReplicaManager {
             )));
         }
         self.learn_nodes(nodes);
-        self.apply_states(states);
+        self.apply_states(states, true);
+        drop(registration);
         Ok(())
+    }
+
+    /// A new registration of this node at `node_epoch`: grants of earlier
+    /// registrations are void.
+    fn registered(&self, node_epoch: i64) {
+        let mut registration = self.node_epoch.lock();
+        *registration = node_epoch;
+        for part in &self.partitions {
+            part.state.lock().granted = None;
+        }
+    }
+
+    /// Re-reads the states of `partitions` from ZooKeeper (their leaders
+    /// keep refusing this follower) and applies them, in the background.
+    fn reread(self: &Arc<Self>, partitions: Vec<u32>) {
+        let Some(cluster) = self.cluster.get().cloned() else {
+            return;
+        };
+        tracing::info!(
+            "partitions {partitions:?}: the leader keeps refusing this follower's epoch; \
+             re-reading their state from ZooKeeper"
+        );
+        let me = self.clone();
+        tokio::spawn(async move {
+            match cluster.read_states(partitions).await {
+                Ok(states) => me.apply_states(states, false),
+                Err(e) => tracing::warn!("cannot re-read partition states: {e}"),
+            }
+        });
     }
 
     /// Remembers the addresses of `nodes`.
@@ -697,9 +785,13 @@ impl ReplicaManager {
 pub struct Listener(pub Arc<ReplicaManager>);
 
 impl StateListener for Listener {
+    fn registered(&self, node_epoch: i64) {
+        self.0.registered(node_epoch);
+    }
+
     fn apply(&self, states: Vec<LeaderAndIsr>, nodes: Vec<NodeAddr>) {
         self.0.learn_nodes(nodes);
-        self.0.apply_states(states);
+        self.0.apply_states(states, false);
     }
 
     fn fence(&self, why: &str) {

@@ -54,6 +54,8 @@ pub struct FollowerProgress {
 pub struct LeaderState {
     /// Leader epoch.
     pub epoch: u32,
+    /// Node epoch of the registration the leadership was given to.
+    pub node_epoch: i64,
     /// In-sync replicas as ZooKeeper holds them, this node included.
     pub isr: Vec<String>,
     /// Version of the state znode `isr` was written at.
@@ -95,6 +97,10 @@ pub struct State {
     pub role: RoleState,
     /// Set by `fence`: leadership suspended until a new state arrives.
     pub fenced: bool,
+    /// The highest leader epoch a controller notice for this node's
+    /// current registration made it leader at; the replica leads only at
+    /// this epoch (cleared by a new registration).
+    pub granted: Option<u32>,
 }
 
 /// One partition replica on this node.
@@ -179,6 +185,7 @@ impl Partition {
                 known: None,
                 role: RoleState::Idle,
                 fenced: false,
+                granted: None,
             }),
             transition: tokio::sync::Mutex::new(()),
             progress: watch::Sender::new(Progress { hw, leading: None }),
@@ -189,8 +196,9 @@ impl Partition {
     }
 
     /// Records `state` if it is newer than the one known, or the same one
-    /// re-read after this replica was fenced (a new ZooKeeper session hands
-    /// back leadership that no one else took). Returns whether it did.
+    /// re-read after this replica was fenced (its role is reconciled
+    /// again: it leads only if it holds a grant of that epoch). Returns
+    /// whether it did.
     pub fn learn(&self, state: LeaderAndIsr) -> bool {
         let mut s = self.state.lock();
         let newer = match &s.known {
@@ -208,6 +216,17 @@ impl Partition {
             s.fenced = false;
         }
         newer
+    }
+
+    /// Records a notice's grant of leadership at `epoch`; true when it is
+    /// new (higher than any grant held).
+    pub fn grant(&self, epoch: u32) -> bool {
+        let mut s = self.state.lock();
+        if s.granted.is_some_and(|g| g >= epoch) {
+            return false;
+        }
+        s.granted = Some(epoch);
+        true
     }
 
     /// The leader epoch while leading and not fenced.
@@ -453,6 +472,7 @@ impl Partition {
             isr,
             controller_epoch: l.controller_epoch,
             zk_version: l.zk_version,
+            leader_node_epoch: l.node_epoch,
         })
     }
 

@@ -50,6 +50,7 @@ pub fn state_from_wire(p: pb::PartitionState, controller_epoch: u64) -> LeaderAn
         isr: p.isr,
         controller_epoch,
         zk_version: p.zk_version,
+        leader_node_epoch: p.leader_node_epoch,
     }
 }
 
@@ -62,6 +63,7 @@ pub fn state_to_wire(s: LeaderAndIsr) -> pb::PartitionState {
         replicas: s.replicas,
         isr: s.isr,
         zk_version: s.zk_version,
+        leader_node_epoch: s.leader_node_epoch,
     }
 }
 
@@ -162,7 +164,8 @@ impl Replication for ReplicationService {
             .map(|p| state_from_wire(p, epoch))
             .collect();
         let nodes = r.nodes.into_iter().map(node_from_wire).collect();
-        self.manager.leader_and_isr(epoch, states, nodes)?;
+        self.manager
+            .leader_and_isr(epoch, r.node_epoch, states, nodes)?;
         Ok(Response::new(pb::LeaderAndIsrResponse {}))
     }
 }

@@ -42,6 +42,11 @@ impl ClusterHandle for ZkHandle {
             })
         })
     }
+
+    fn read_states(&self, partitions: Vec<u32>) -> BoxFuture<'static, Result<Vec<LeaderAndIsr>>> {
+        let zk = self.0.clone();
+        Box::pin(async move { zk.read_states(&partitions).await })
+    }
 }
 
 /// A started cluster node.

@@ -37,6 +37,8 @@ pub struct ClusterOpts {
     pub fsync: &'static str,
     /// `server.request_timeout_ms` (bounds acks waits).
     pub request_timeout_ms: u64,
+    /// Extra environment of every node (e.g. `FAILPOINTS`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ClusterOpts {
@@ -52,6 +54,7 @@ impl Default for ClusterOpts {
             rebalance: false,
             fsync: "never",
             request_timeout_ms: 5000,
+            env: Vec::new(),
         }
     }
 }
@@ -142,14 +145,23 @@ impl TestCluster {
 
     /// Starts node `i` (again), on its ports and data.
     pub fn start_node(&mut self, i: usize) {
+        self.start_node_with(i, &[]);
+    }
+
+    /// Starts node `i` (again) with `env` added to the cluster's.
+    pub fn start_node_with(&mut self, i: usize, env: &[(&str, &str)]) {
         let spec = &self.specs[i];
-        let server = Server::start(
-            &spec.data,
-            ServerOpts::default()
-                .listen(&spec.addr)
-                .arg("--config")
-                .arg(spec.config.to_str().expect("utf-8 path")),
-        );
+        let mut opts = ServerOpts::default()
+            .listen(&spec.addr)
+            .arg("--config")
+            .arg(spec.config.to_str().expect("utf-8 path"));
+        for (k, v) in &self.opts.env {
+            opts = opts.env(k, v);
+        }
+        for (k, v) in env {
+            opts = opts.env(k, v);
+        }
+        let server = Server::start(&spec.data, opts);
         self.servers[i] = Some(server);
     }
 

@@ -22,12 +22,26 @@
 //! 5. writes the new states with compare-and-set on each znode version, in
 //!    multis of up to [`BATCH`] partitions, all multis in flight at once;
 //!    a partition whose write conflicts is read again and decided again;
-//! 6. sends one `leader_and_isr` per live node carrying every changed
-//!    state and the live nodes; the full state of every partition goes to
-//!    every node after an election and to a node that joined.
+//! 6. queues for each live node the changed states it hosts, and the live
+//!    nodes; the full state of every partition goes to every node after an
+//!    election and to a node that joined. Each node's queue is delivered in
+//!    one `leader_and_isr` at a time, retried with backoff until the node
+//!    acknowledges it or leaves (`notify.rs`).
 //!
-//! Notices to one node may overlap and arrive out of order; the receiver
-//! ignores states older than the ones it knows.
+//! Node epochs (KIP-380): the controller knows each live node's node
+//! epoch (the czxid of `/nodes/<id>`). A node seen again under a new node
+//! epoch bounced (restart, expired session): it is handled as a node that
+//! left (a reconciliation without it: new leaders where it led, out of the
+//! ISRs) and then joined (full state to its new registration). Leaderships
+//! are stamped with the leader's node epoch, so a bounce the controller
+//! did not see (it was elected later) is caught from the state itself
+//! (`decide.rs`).
+//!
+//! Invariants:
+//! - Controller notices are retried until the node acknowledges them or
+//!   leaves; every notice names the node epoch it was issued for.
+//! - A node never keeps, through the controller, a leadership given to an
+//!   earlier registration of it: it gets a new leader epoch or none.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -36,7 +50,8 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use zookeeper_client as zk;
 
-use super::decide::{self, Decision, Offsets, Reason};
+use super::decide::{self, Decision, Live, Offsets, Reason};
+use super::notify::Notifier;
 use super::znode::{self, ControllerZnode, StateZnode, decode, encode, zk_error};
 use super::{Shared, session_over};
 use crate::cluster::{LeaderAndIsr, NodeAddr};
@@ -51,12 +66,6 @@ pub(crate) const TICK: Duration = Duration::from_secs(3);
 
 /// How long a node may take to report its log end offsets.
 const OFFSETS_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// How long a node may take to accept a `leader_and_isr` notice.
-const NOTICE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Attempts of one `leader_and_isr` notice.
-const NOTICE_ATTEMPTS: usize = 3;
 
 /// Rounds of decide-write-reread for partitions whose write conflicts,
 /// per reconciliation.
@@ -295,23 +304,31 @@ struct Controller {
     replicas: BTreeMap<u32, Vec<String>>,
     /// Live nodes by id.
     live: BTreeMap<String, NodeAddr>,
+    /// Node epoch of each live node's registration.
+    epochs: Live,
+    /// Nodes that bounced, left out of the reconciliation in progress (it
+    /// handles them as gone).
+    leaving: BTreeSet<String>,
     /// Live node count last reported as too few for the initial
     /// assignment (to log that once per change).
     waiting_logged: Option<usize>,
-    /// `leader_and_isr` notices in flight.
-    notices: JoinSet<()>,
+    /// `leader_and_isr` notices not acknowledged yet, per node.
+    notices: Notifier,
 }
 
 impl Controller {
     fn new(shared: Arc<Shared>, client: zk::Client, won: Won) -> Controller {
+        let notices = Notifier::new(shared.rpc.clone(), won.epoch);
         Controller {
             shared,
             client,
             won,
+            notices,
             replicas: BTreeMap::new(),
             live: BTreeMap::new(),
+            epochs: Live::new(),
+            leaving: BTreeSet::new(),
             waiting_logged: None,
-            notices: JoinSet::new(),
         }
     }
 
@@ -350,7 +367,7 @@ impl Controller {
             .await
             .map_err(|e| Exit::zk(&format!("watch {nodes_path}"), e))?;
         let mut nodes_changed = Box::pin(watcher.changed());
-        self.set_live(znode::read_nodes(&self.client, &paths, &ids).await?);
+        self.set_live(znode::read_registrations(&self.client, &paths, &ids).await?);
         tracing::info!(
             "controller epoch {}: live nodes [{}]",
             self.won.epoch,
@@ -377,20 +394,31 @@ impl Controller {
                         .await
                         .map_err(|e| Exit::zk(&format!("watch {nodes_path}"), e))?;
                     nodes_changed = Box::pin(watcher.changed());
+                    let before_epochs = self.epochs.clone();
                     let before = self.live_ids();
-                    self.set_live(znode::read_nodes(&self.client, &paths, &ids).await?);
+                    self.set_live(znode::read_registrations(&self.client, &paths, &ids).await?);
                     let after = self.live_ids();
-                    let joined: BTreeSet<String> = after.difference(&before).cloned().collect();
+                    let bounced = decide::bounced(&before_epochs, &self.epochs);
+                    let mut joined: BTreeSet<String> = after.difference(&before).cloned().collect();
+                    joined.extend(bounced.iter().cloned());
                     let left: Vec<String> = before.difference(&after).cloned().collect();
                     if joined.is_empty() && left.is_empty() {
                         continue;
                     }
                     tracing::info!(
-                        "nodes joined [{}], left [{}]; live [{}]",
+                        "nodes joined [{}], left [{}], bounced (new node epoch) [{}]; live [{}]",
                         joined.iter().cloned().collect::<Vec<_>>().join(", "),
                         left.join(", "),
+                        bounced.iter().cloned().collect::<Vec<_>>().join(", "),
                         after.iter().cloned().collect::<Vec<_>>().join(", ")
                     );
+                    if !bounced.is_empty() {
+                        // Leave, then join: first as if they were gone.
+                        self.leaving = bounced;
+                        let left = self.reconcile(FullTo::Nodes(BTreeSet::new())).await;
+                        self.leaving.clear();
+                        left?;
+                    }
                     self.reconcile(FullTo::Nodes(joined)).await?;
                 }
                 _ = tick.tick() => {
@@ -400,12 +428,24 @@ impl Controller {
         }
     }
 
-    fn set_live(&mut self, nodes: Vec<NodeAddr>) {
-        self.live = nodes.into_iter().map(|n| (n.id.clone(), n)).collect();
+    /// Records the live nodes and their node epochs; drops the notices
+    /// of registrations that are gone.
+    fn set_live(&mut self, nodes: Vec<(NodeAddr, i64)>) {
+        self.epochs = nodes.iter().map(|(n, e)| (n.id.clone(), *e)).collect();
+        self.live = nodes.into_iter().map(|(n, _)| (n.id.clone(), n)).collect();
+        self.notices.retain(&self.epochs);
     }
 
     fn live_ids(&self) -> BTreeSet<String> {
         self.live.keys().cloned().collect()
+    }
+
+    /// The live nodes and node epochs the decisions see: without the nodes
+    /// being handled as leaving.
+    fn live_epochs(&self) -> Live {
+        let mut live = self.epochs.clone();
+        live.retain(|id, _| !self.leaving.contains(id));
+        live
     }
 
     /// One reconciliation (see the module doc): read, create, elect,
@@ -449,7 +489,8 @@ impl Controller {
         ids: &[u32],
     ) -> Result<BTreeMap<u32, LeaderAndIsr>, Exit> {
         let rf = self.shared.opts.replication_factor as usize;
-        let nodes: Vec<String> = self.live_ids().into_iter().collect();
+        let live = self.live_epochs();
+        let nodes: Vec<String> = live.keys().cloned().collect();
         if nodes.len() < rf {
             if self.waiting_logged != Some(nodes.len()) {
                 self.waiting_logged = Some(nodes.len());
@@ -471,9 +512,14 @@ impl Controller {
             .iter()
             .map(|&p| {
                 let replicas = decide::assign(&nodes, p, rf);
+                let leader = replicas.first().cloned();
                 LeaderAndIsr {
                     partition: p,
-                    leader: replicas.first().cloned(),
+                    leader_node_epoch: leader
+                        .as_ref()
+                        .and_then(|l| live.get(l).copied())
+                        .unwrap_or(0),
+                    leader,
                     leader_epoch: 1,
                     isr: replicas.clone(),
                     replicas,
@@ -557,7 +603,7 @@ impl Controller {
         preferred: bool,
     ) -> Result<BTreeSet<u32>, Exit> {
         let unclean = self.shared.opts.unclean_leader_election;
-        let live = self.live_ids();
+        let live = self.live_epochs();
         let mut changed = BTreeSet::new();
         let mut todo: Vec<u32> = states.keys().copied().collect();
         for _ in 0..ROUNDS {
@@ -584,6 +630,10 @@ impl Controller {
                 .collect();
             if decisions.is_empty() {
                 return Ok(changed);
+            }
+            // Tests widen the window between a decision and its write.
+            if let Some(pause) = failpoint_pause() {
+                tokio::time::sleep(pause).await;
             }
             let (written, unsure) = self.write(decisions).await?;
             log_decisions(&written);
@@ -720,51 +770,46 @@ impl Controller {
         offsets
     }
 
-    /// Sends one `leader_and_isr` per live node: the changed states, or
-    /// every state to the nodes in `full_to`. Sent in the background.
+    /// Queues for every live node (but those leaving) the changed states
+    /// of the partitions it hosts, or all of them for the nodes in
+    /// `full_to`; delivery retries until each node acknowledges.
     fn notify(
         &mut self,
         states: &BTreeMap<u32, LeaderAndIsr>,
         changed: &BTreeSet<u32>,
         full_to: FullTo,
     ) {
-        while self.notices.try_join_next().is_some() {}
-        let nodes: Vec<NodeAddr> = self.live.values().cloned().collect();
-        let all: Vec<LeaderAndIsr> = states.values().cloned().collect();
-        let some: Vec<LeaderAndIsr> = changed
-            .iter()
-            .filter_map(|p| states.get(p).cloned())
+        let nodes: Vec<NodeAddr> = self
+            .live
+            .values()
+            .filter(|n| !self.leaving.contains(&n.id))
+            .cloned()
             .collect();
         for node in &nodes {
+            let Some(&node_epoch) = self.epochs.get(&node.id) else {
+                continue;
+            };
             let full = match &full_to {
                 FullTo::All => true,
                 FullTo::Nodes(set) => set.contains(&node.id),
             };
-            let payload = if full { all.clone() } else { some.clone() };
-            if payload.is_empty() {
-                continue;
-            }
-            let rpc = self.shared.rpc.clone();
-            let (node, nodes, epoch) = (node.clone(), nodes.clone(), self.won.epoch);
-            self.notices.spawn(async move {
-                for attempt in 1..=NOTICE_ATTEMPTS {
-                    let call = rpc.leader_and_isr(node.clone(), epoch, payload.clone(), nodes.clone());
-                    match tokio::time::timeout(NOTICE_TIMEOUT, call).await {
-                        Ok(Ok(())) => return,
-                        Ok(Err(e)) => tracing::warn!(
-                            "leader_and_isr to {} failed (attempt {attempt}/{NOTICE_ATTEMPTS}): {e}",
-                            node.id
-                        ),
-                        Err(_) => tracing::warn!(
-                            "leader_and_isr to {} timed out (attempt {attempt}/{NOTICE_ATTEMPTS})",
-                            node.id
-                        ),
-                    }
-                    tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
-                }
-            });
+            let payload: Vec<LeaderAndIsr> = states
+                .values()
+                .filter(|s| full || changed.contains(&s.partition))
+                .cloned()
+                .collect();
+            self.notices.send(node, node_epoch, payload, nodes.clone());
         }
     }
+}
+
+/// The pause the failpoint `controller::before_state_write` asks for
+/// (`return(MS)`), if armed.
+fn failpoint_pause() -> Option<Duration> {
+    fail::fail_point!("controller::before_state_write", |ms| {
+        ms.and_then(|m| m.parse().ok()).map(Duration::from_millis)
+    });
+    None
 }
 
 /// Logs written decisions: elections and preferred-leader moves one line

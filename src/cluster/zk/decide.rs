@@ -21,17 +21,61 @@
 //! - A dead follower leaves the ISR, at the same leader epoch.
 //! - Preferred leader: when `replicas[0]` is live, in the ISR and not the
 //!   leader, leadership moves to it (`leader_epoch + 1`, ISR unchanged).
+//! - Node epochs (KIP-380): live nodes come with the node epoch of their
+//!   registration ([`Live`]), and every leadership given is stamped with
+//!   its leader's (`leader_node_epoch`). A leader registered under another
+//!   node epoch than its leadership's bounced (restart, expired session):
+//!   it counts as a node that left and joined again, so its partitions get
+//!   a new leader at `leader_epoch + 1` chosen among the other live ISR
+//!   members, and it leaves the ISR; only when no other ISR member is live
+//!   is it elected again (a new epoch, stamped with its new node epoch).
+//!   It never keeps a leadership given to an earlier registration. A state
+//!   without a stamp (0, written before node epochs) trusts any
+//!   registration of its leader.
+//! - [`bounced`]: between two reads of `/nodes`, a node whose node epoch
+//!   changed; the controller handles it as leaving, then joining.
 //!
 //! Every returned state carries the `zk_version` it was decided from: the
 //! controller writes it with compare-and-set on that version.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use crate::cluster::LeaderAndIsr;
 
 /// Log end offsets the controller learned: `(partition, node) -> offset`.
 pub(crate) type Offsets = HashMap<(u32, String), u64>;
+
+/// Live nodes: node id -> node epoch of its current registration.
+pub(crate) type Live = BTreeMap<String, i64>;
+
+/// Nodes registered in both `before` and `after` under different node
+/// epochs: they bounced (left and joined) between the two reads.
+pub(crate) fn bounced(before: &Live, after: &Live) -> BTreeSet<String> {
+    after
+        .iter()
+        .filter(|(id, e)| before.get(*id).is_some_and(|b| b != *e))
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+/// Whether the leader of `state` is live under the registration its
+/// leadership was given to.
+pub(crate) fn leader_live(state: &LeaderAndIsr, live: &Live) -> bool {
+    state.leader.as_ref().is_some_and(|l| {
+        live.get(l)
+            .is_some_and(|&e| state.leader_node_epoch == 0 || state.leader_node_epoch == e)
+    })
+}
+
+/// The leader of `state` when it is registered again under another node
+/// epoch than its leadership's (it bounced).
+fn stale_leader<'a>(state: &'a LeaderAndIsr, live: &Live) -> Option<&'a String> {
+    state
+        .leader
+        .as_ref()
+        .filter(|l| live.contains_key(*l) && !leader_live(state, live))
+}
 
 /// The replicas of partition `p` over `nodes` (sorted by id).
 pub(crate) fn assign(nodes: &[String], p: u32, replication_factor: usize) -> Vec<String> {
@@ -152,15 +196,11 @@ impl fmt::Display for Decision {
 /// The nodes whose log end offset the election of `state` needs: none
 /// when its leader is live; the live ISR members otherwise; with
 /// `unclean` and no live ISR member, the live replicas.
-pub(crate) fn wants_offsets(
-    state: &LeaderAndIsr,
-    live: &BTreeSet<String>,
-    unclean: bool,
-) -> Vec<String> {
-    if state.leader.as_ref().is_some_and(|l| live.contains(l)) {
+pub(crate) fn wants_offsets(state: &LeaderAndIsr, live: &Live, unclean: bool) -> Vec<String> {
+    if leader_live(state, live) {
         return Vec::new();
     }
-    let isr = live_isr(state, live);
+    let isr = candidates(state, live);
     if !isr.is_empty() {
         return isr;
     }
@@ -168,7 +208,7 @@ pub(crate) fn wants_offsets(
         return state
             .replicas
             .iter()
-            .filter(|r| live.contains(*r))
+            .filter(|r| live.contains_key(*r))
             .cloned()
             .collect();
     }
@@ -177,19 +217,32 @@ pub(crate) fn wants_offsets(
 
 /// Live ISR members, in `replicas` order (ISR members missing from
 /// `replicas`, which should not exist, come last).
-fn live_isr(state: &LeaderAndIsr, live: &BTreeSet<String>) -> Vec<String> {
+fn live_isr(state: &LeaderAndIsr, live: &Live) -> Vec<String> {
     let mut out: Vec<String> = state
         .replicas
         .iter()
-        .filter(|r| live.contains(*r) && state.isr.contains(r))
+        .filter(|r| live.contains_key(*r) && state.isr.contains(r))
         .cloned()
         .collect();
     for m in &state.isr {
-        if live.contains(m) && !out.contains(m) {
+        if live.contains_key(m) && !out.contains(m) {
             out.push(m.clone());
         }
     }
     out
+}
+
+/// The election candidates of `state` (its leader is not live): the live
+/// ISR members but a bounced leader, or that leader alone when no other
+/// member is live.
+fn candidates(state: &LeaderAndIsr, live: &Live) -> Vec<String> {
+    let isr = live_isr(state, live);
+    match stale_leader(state, live) {
+        Some(stale) if isr.iter().any(|m| m != stale) => {
+            isr.into_iter().filter(|m| m != stale).collect()
+        }
+        _ => isr,
+    }
 }
 
 /// Picks the candidate with the highest known offset (first wins a tie).
@@ -213,38 +266,40 @@ fn pick(p: u32, candidates: &[String], offsets: &Offsets) -> (usize, Vec<(String
 /// are not live. `controller_epoch` is stamped on the new state.
 pub(crate) fn failover(
     state: &LeaderAndIsr,
-    live: &BTreeSet<String>,
+    live: &Live,
     offsets: &Offsets,
     unclean: bool,
     controller_epoch: u64,
 ) -> Option<Decision> {
     let p = state.partition;
-    let leader_live = state.leader.as_ref().is_some_and(|l| live.contains(l));
     let mut next = state.clone();
     next.controller_epoch = controller_epoch;
-    if leader_live {
+    if leader_live(state, live) {
         let removed: Vec<String> = state
             .isr
             .iter()
-            .filter(|m| !live.contains(*m))
+            .filter(|m| !live.contains_key(*m))
             .cloned()
             .collect();
         if removed.is_empty() {
             return None;
         }
-        next.isr.retain(|m| live.contains(m));
+        next.isr.retain(|m| live.contains_key(m));
         return Some(Decision {
             state: next,
             reason: Reason::IsrShrink { removed },
         });
     }
-    let candidates = live_isr(state, live);
+    let candidates = candidates(state, live);
     if !candidates.is_empty() {
         let (best, mut ranked) = pick(p, &candidates, offsets);
         let chosen = ranked.remove(best);
+        let stale = stale_leader(state, live).filter(|s| **s != chosen.0);
         next.leader = Some(chosen.0.clone());
         next.leader_epoch = state.leader_epoch + 1;
-        next.isr.retain(|m| live.contains(m));
+        next.leader_node_epoch = live.get(&chosen.0).copied().unwrap_or(0);
+        next.isr
+            .retain(|m| live.contains_key(m) && Some(m) != stale);
         return Some(Decision {
             state: next,
             reason: Reason::Elected {
@@ -256,7 +311,7 @@ pub(crate) fn failover(
     let replicas: Vec<String> = state
         .replicas
         .iter()
-        .filter(|r| live.contains(*r))
+        .filter(|r| live.contains_key(*r))
         .cloned()
         .collect();
     if unclean && !replicas.is_empty() {
@@ -264,6 +319,7 @@ pub(crate) fn failover(
         let chosen = ranked.remove(best);
         next.leader = Some(chosen.0.clone());
         next.leader_epoch = state.leader_epoch + 1;
+        next.leader_node_epoch = live.get(&chosen.0).copied().unwrap_or(0);
         next.isr = vec![chosen.0.clone()];
         return Some(Decision {
             state: next,
@@ -277,6 +333,7 @@ pub(crate) fn failover(
     state.leader.as_ref()?;
     next.leader = None;
     next.leader_epoch = state.leader_epoch + 1;
+    next.leader_node_epoch = 0;
     Some(Decision {
         state: next,
         reason: Reason::Offline,
@@ -287,16 +344,18 @@ pub(crate) fn failover(
 /// is live, in the ISR and not the leader.
 pub(crate) fn preferred(
     state: &LeaderAndIsr,
-    live: &BTreeSet<String>,
+    live: &Live,
     controller_epoch: u64,
 ) -> Option<Decision> {
     let first = state.replicas.first()?;
-    if state.leader.as_ref() == Some(first) || !live.contains(first) || !state.isr.contains(first) {
+    let node_epoch = *live.get(first)?;
+    if state.leader.as_ref() == Some(first) || !state.isr.contains(first) {
         return None;
     }
     let mut next = state.clone();
     next.leader = Some(first.clone());
     next.leader_epoch = state.leader_epoch + 1;
+    next.leader_node_epoch = node_epoch;
     next.controller_epoch = controller_epoch;
     Some(Decision {
         state: next,
@@ -314,8 +373,14 @@ mod tests {
         v.iter().map(|x| x.to_string()).collect()
     }
 
-    fn live(v: &[&str]) -> BTreeSet<String> {
-        v.iter().map(|x| x.to_string()).collect()
+    /// Live nodes, each registered at node epoch 100 + its index in `v`.
+    fn live(v: &[&str]) -> Live {
+        v.iter().map(|x| (x.to_string(), node_epoch(x))).collect()
+    }
+
+    /// The node epoch `live` gives `id`: 100 + the digits of its name.
+    fn node_epoch(id: &str) -> i64 {
+        100 + id.trim_start_matches('n').parse::<i64>().unwrap_or(0)
     }
 
     fn state(leader: Option<&str>, epoch: u32, replicas: &[&str], isr: &[&str]) -> LeaderAndIsr {
@@ -327,6 +392,7 @@ mod tests {
             isr: s(isr),
             controller_epoch: 1,
             zk_version: 7,
+            leader_node_epoch: leader.map_or(0, node_epoch),
         }
     }
 
@@ -450,5 +516,95 @@ mod tests {
         );
         let led = state(Some("n1"), 5, &["n1", "n2"], &["n1", "n2"]);
         assert_eq!(preferred(&led, &live(&["n1", "n2"]), 1), None);
+    }
+
+    /// KIP-380: a leader registered again under a new node epoch (a
+    /// restart, or a zombie whose session expired) is a node that left
+    /// and joined. It never keeps the leadership of its old registration:
+    /// the other live ISR members elect a new leader at a new epoch, and
+    /// it leaves the ISR.
+    #[test]
+    fn bounced_leader_is_replaced_at_a_new_epoch() {
+        let st = state(Some("n1"), 3, &["n1", "n2", "n3"], &["n1", "n2", "n3"]);
+        assert_eq!(st.leader_node_epoch, 101);
+        let same = live(&["n1", "n2", "n3"]);
+        assert!(leader_live(&st, &same));
+        assert_eq!(failover(&st, &same, &Offsets::new(), false, 9), None);
+
+        let mut l = live(&["n1", "n2", "n3"]);
+        l.insert("n1".into(), 201);
+        assert!(!leader_live(&st, &l));
+        assert_eq!(wants_offsets(&st, &l, false), s(&["n2", "n3"]));
+        // Even with the highest offset, the bounced node is not a candidate.
+        let o = offsets(&[("n1", 50), ("n2", 40), ("n3", 42)]);
+        let d = failover(&st, &l, &o, false, 9).unwrap();
+        assert_eq!(d.state.leader.as_deref(), Some("n3"));
+        assert_eq!(d.state.leader_epoch, 4);
+        assert_eq!(d.state.leader_node_epoch, 103);
+        assert_eq!(d.state.isr, s(&["n2", "n3"]));
+        assert_eq!(
+            d.to_string(),
+            "partition 3: leader n3 (log end 42) chosen over n2 (log end 40), epoch 4"
+        );
+        // The new state is stable: no second election.
+        assert_eq!(failover(&d.state, &l, &o, false, 9), None);
+    }
+
+    /// A bounced leader that is the only live ISR member is elected again,
+    /// at a new epoch stamped with its new node epoch, never at the old.
+    #[test]
+    fn bounced_sole_isr_member_is_elected_again_at_a_new_epoch() {
+        let st = state(Some("n1"), 5, &["n1", "n2", "n3"], &["n1"]);
+        let mut l = live(&["n1", "n2", "n3"]);
+        l.insert("n1".into(), 301);
+        assert_eq!(wants_offsets(&st, &l, false), s(&["n1"]));
+        let d = failover(&st, &l, &offsets(&[("n1", 7)]), false, 2).unwrap();
+        assert_eq!(d.state.leader.as_deref(), Some("n1"));
+        assert_eq!(d.state.leader_epoch, 6);
+        assert_eq!(d.state.leader_node_epoch, 301);
+        assert_eq!(d.state.isr, s(&["n1"]));
+        assert!(leader_live(&d.state, &l));
+    }
+
+    /// Every leadership given is stamped with its leader's node epoch;
+    /// offline states carry none; an unstamped (pre node epoch) state
+    /// trusts any registration of its leader.
+    #[test]
+    fn leaderships_carry_the_node_epoch_they_were_given_to() {
+        let st = state(Some("n1"), 1, &["n1", "n2", "n3"], &["n1", "n2", "n3"]);
+        let d = failover(&st, &live(&["n2", "n3"]), &Offsets::new(), false, 1).unwrap();
+        assert_eq!(d.state.leader_node_epoch, 102);
+        let off = failover(
+            &state(Some("n1"), 1, &["n1", "n2"], &["n1"]),
+            &live(&["n2"]),
+            &Offsets::new(),
+            false,
+            1,
+        )
+        .unwrap();
+        assert_eq!((off.state.leader, off.state.leader_node_epoch), (None, 0));
+        let back = preferred(&d.state, &live(&["n1", "n2", "n3"]), 1);
+        assert_eq!(back, None, "n1 left the ISR");
+        let mut isr = d.state.clone();
+        isr.isr = s(&["n2", "n3", "n1"]);
+        let mut l = live(&["n1", "n2", "n3"]);
+        l.insert("n1".into(), 401);
+        let back = preferred(&isr, &l, 1).unwrap();
+        assert_eq!(back.state.leader_node_epoch, 401);
+
+        let mut legacy = st.clone();
+        legacy.leader_node_epoch = 0;
+        let mut l = live(&["n1", "n2"]);
+        l.insert("n1".into(), 999);
+        assert!(leader_live(&legacy, &l));
+    }
+
+    #[test]
+    fn bounced_nodes_are_those_with_a_new_node_epoch() {
+        let before = live(&["n1", "n2", "n3"]);
+        let mut after = live(&["n1", "n2", "n4"]);
+        after.insert("n2".into(), 502);
+        assert_eq!(bounced(&before, &after), ["n2".to_string()].into());
+        assert_eq!(bounced(&before, &before), BTreeSet::new());
     }
 }

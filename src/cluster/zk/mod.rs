@@ -10,7 +10,7 @@
 //! /controller               ephemeral   {"node_id","controller_epoch"}
 //! /controller_epoch         persistent  a JSON number, bumped on every election
 //! /partitions/<p>/replicas  persistent  ["node-1","node-2",...] (first = preferred leader)
-//! /partitions/<p>/state     persistent  {"leader":id|null,"leader_epoch","isr":[...],"controller_epoch"}
+//! /partitions/<p>/state     persistent  {"leader":id|null,"leader_epoch","isr":[...],"controller_epoch","leader_node_epoch"}
 //! ```
 //!
 //! What runs where:
@@ -29,8 +29,9 @@
 //!   node's clock and fences leadership if no answer comes in time.
 //! - session expiry: ephemerals are gone, so are controllership and every
 //!   leadership. The listener is fenced at once, then a new session is
-//!   created, `/nodes/<id>` registered again, the partition states read
-//!   again and handed to the listener, and the controller candidacy
+//!   created, `/nodes/<id>` registered again (a new node epoch, told to
+//!   the listener first), the partition states read again and handed to
+//!   the listener (to follow, never to lead), and the controller candidacy
 //!   entered again.
 //!
 //! Invariants:
@@ -40,16 +41,29 @@
 //!   version (controller and leaders alike).
 //! - [`StateListener::fence`] is called before any other node can have
 //!   been given this node's leaderships (lease lapse, session expiry,
-//!   shutdown). It may be called more than once for one loss; leadership
-//!   comes back only through a later [`StateListener::apply`].
+//!   shutdown). It may be called more than once for one loss.
+//! - A node never takes leadership from what it reads in ZooKeeper after a
+//!   new session; only from a notice issued after its registration (node
+//!   epoch). Each registration has a node epoch (the czxid of
+//!   `/nodes/<id>`, KIP-380); notices carry the node epoch they were issued
+//!   for, states carry the node epoch their leader was elected under, and
+//!   the controller treats a node whose node epoch changed as one that left
+//!   and joined (`controller.rs`). States read from ZooKeeper only let a
+//!   node follow, or resume a leadership a notice gave to the same
+//!   registration at the same epoch (after a lease lapse in one session).
+//! - Controller notices are retried until the node acknowledges them or
+//!   leaves (`notify.rs`).
+//! - An ISR update is written only by the registration the leadership was
+//!   given to (`leader_node_epoch` equals this node's node epoch).
 
 mod controller;
 mod decide;
+mod notify;
 mod session;
 mod znode;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
@@ -103,6 +117,9 @@ pub(crate) struct Shared {
     controller: RwLock<Option<String>>,
     /// Set by [`ZkCluster::shutdown`].
     stopping: AtomicBool,
+    /// Node epoch (czxid of `/nodes/<id>`) of the current registration; 0
+    /// before the first one.
+    node_epoch: AtomicI64,
 }
 
 impl Shared {
@@ -195,6 +212,7 @@ impl ZkCluster {
             nodes: RwLock::new(Vec::new()),
             controller: RwLock::new(None),
             stopping: AtomicBool::new(false),
+            node_epoch: AtomicI64::new(0),
         });
         let timeout = Duration::from_millis(opts.session_timeout_ms);
         let bound = timeout * 3 + Duration::from_secs(5);
@@ -257,6 +275,28 @@ impl ZkCluster {
         &self.shared.me.id
     }
 
+    /// The node epoch of this node's current registration (the czxid of
+    /// `/nodes/<id>`); 0 before the first.
+    pub fn node_epoch(&self) -> i64 {
+        self.shared.node_epoch.load(Ordering::SeqCst)
+    }
+
+    /// Reads the states of `partitions` (those this node is a replica of)
+    /// from ZooKeeper, for a follower whose leader keeps refusing its epoch.
+    /// The caller hands them to its replicas like any ZooKeeper read: to
+    /// follow, never to lead.
+    pub async fn read_states(&self, partitions: &[u32]) -> crate::Result<Vec<LeaderAndIsr>> {
+        let client = self.shared.client()?;
+        let paths = &self.shared.paths;
+        let mut replicas = znode::read_replicas(&client, paths, partitions).await?;
+        replicas.retain(|_, r| r.iter().any(|n| *n == self.shared.me.id));
+        let mine: Vec<u32> = replicas.keys().copied().collect();
+        Ok(znode::read_states(&client, paths, &replicas, &mine)
+            .await?
+            .into_values()
+            .collect())
+    }
+
     /// The leader's ISR change: compare-and-set of `/partitions/<p>/state`
     /// at `proposed.zk_version`, writing `proposed`'s leader, leader epoch,
     /// ISR and controller epoch.
@@ -271,6 +311,14 @@ impl ZkCluster {
             return Err(Error::Internal(format!(
                 "update_isr of partition {} by {} which is not its leader ({:?})",
                 proposed.partition, self.shared.me.id, proposed.leader
+            )));
+        }
+        let node_epoch = self.node_epoch();
+        if proposed.leader_node_epoch != node_epoch {
+            return Err(Error::Unavailable(format!(
+                "update_isr of partition {}: the leadership was given to node epoch {}, this \
+                 node is registered at node epoch {node_epoch}",
+                proposed.partition, proposed.leader_node_epoch
             )));
         }
         let client = self.shared.client()?;
@@ -351,13 +399,17 @@ async fn establish(shared: &Shared) -> crate::Result<zk::Client> {
     ensure
         .await
         .map_err(|e| zk_error(&format!("create {}", paths.root), e))?;
-    session::register(&client, paths, &shared.me).await?;
+    let node_epoch = session::register(&client, paths, &shared.me).await?;
+    shared.node_epoch.store(node_epoch, Ordering::SeqCst);
+    shared.listener.registered(node_epoch);
     let sent = Instant::now();
     let nodes = znode::live_nodes(&client, paths).await?;
     *shared.nodes.write() = nodes.clone();
     let states = znode::states_of_replica(&client, paths, &shared.me.id).await?;
-    // Registered and read: leadership may start now (not earlier, so a
-    // wait in `register` cannot lapse a lease nobody renews yet).
+    // Registered and read: the lease may start now (not earlier, so a
+    // wait in `register` cannot lapse a lease nobody renews yet). The
+    // states make this node follow; it leads only once a notice for this
+    // registration says so.
     shared.lease.begin(client.session_timeout(), sent);
     shared.listener.apply(states, nodes);
     Ok(client)

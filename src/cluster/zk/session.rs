@@ -20,6 +20,8 @@
 //! - `/nodes/<id>` is ephemeral and owned by the current session; a node
 //!   id registered by another live session is refused (after waiting one
 //!   session timeout for a previous incarnation's session to expire).
+//! - Each registration has a node epoch, the czxid of its `/nodes/<id>`:
+//!   a new session's registration always has a higher one (KIP-380).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -126,7 +128,7 @@ pub(crate) async fn connect(connect: &str, session_timeout: Duration) -> crate::
 }
 
 /// Creates `/nodes/<me.id>` (ephemeral, JSON [`NodeAddr`]) in the session
-/// of `client`.
+/// of `client`; returns the registration's node epoch (the znode's czxid).
 ///
 /// If the znode exists and belongs to another session, waits up to one
 /// session timeout for it to vanish (a restarted node's previous session
@@ -135,7 +137,7 @@ pub(crate) async fn register(
     client: &zk::Client,
     paths: &Paths,
     me: &NodeAddr,
-) -> crate::Result<()> {
+) -> crate::Result<i64> {
     let path = paths.node(&me.id);
     let data = encode(me);
     let opts = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
@@ -143,7 +145,7 @@ pub(crate) async fn register(
     let mut told = false;
     loop {
         match client.create(&path, &data, &opts).await {
-            Ok(_) => return Ok(()),
+            Ok((stat, _)) => return Ok(stat.czxid),
             // Outcome unknown: the next attempt finds out (NodeExists with
             // our own session as owner means it was created).
             Err(zk::Error::ConnectionLoss) => {
@@ -160,7 +162,7 @@ pub(crate) async fn register(
             Err(e) => return Err(zk_error(&format!("read {path}"), e)),
         };
         if stat.ephemeral_owner == client.session_id().0 {
-            return Ok(());
+            return Ok(stat.czxid);
         }
         let now = Instant::now();
         if now >= deadline {

@@ -9,11 +9,16 @@
 //! <root>/controller              {"node_id":"node-1","controller_epoch":3}
 //! <root>/controller_epoch        3
 //! <root>/partitions/<p>/replicas ["node-1","node-2","node-3"]
-//! <root>/partitions/<p>/state    {"leader":"node-1","leader_epoch":1,"isr":["node-1","node-2"],"controller_epoch":3}
+//! <root>/partitions/<p>/state    {"leader":"node-1","leader_epoch":1,"isr":["node-1","node-2"],"controller_epoch":3,"leader_node_epoch":4294967301}
 //! ```
 //!
 //! `leader` is `null` while a partition is offline. `<p>` is the partition
-//! id in decimal.
+//! id in decimal. The *node epoch* of a registration is the czxid of its
+//! `/nodes/<id>` (KIP-380's broker epoch): a node that restarts, or whose
+//! session expired, registers again and gets a higher one.
+//! `leader_node_epoch` is the node epoch of the leader's registration the
+//! leadership was given to (0, or absent in states written before node
+//! epochs existed, when there is no leader).
 //!
 //! Invariants:
 //! - `/partitions/<p>`, its `replicas` and its `state` are created together
@@ -112,6 +117,10 @@ pub(crate) struct StateZnode {
     /// Epoch of the controller that wrote the state (or whose state the
     /// leader updated).
     pub controller_epoch: u64,
+    /// Node epoch of the leader's registration the leadership was given
+    /// to; 0 without a leader (and in states older than node epochs).
+    #[serde(default)]
+    pub leader_node_epoch: i64,
 }
 
 impl StateZnode {
@@ -122,6 +131,7 @@ impl StateZnode {
             leader_epoch: s.leader_epoch,
             isr: s.isr.clone(),
             controller_epoch: s.controller_epoch,
+            leader_node_epoch: s.leader_node_epoch,
         }
     }
 
@@ -135,6 +145,7 @@ impl StateZnode {
             isr: self.isr,
             controller_epoch: self.controller_epoch,
             zk_version,
+            leader_node_epoch: self.leader_node_epoch,
         }
     }
 }
@@ -296,6 +307,20 @@ pub(crate) async fn read_nodes(
     paths: &Paths,
     ids: &[String],
 ) -> crate::Result<Vec<crate::cluster::NodeAddr>> {
+    Ok(read_registrations(client, paths, ids)
+        .await?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect())
+}
+
+/// The registered nodes (`/nodes/*`) with their node epochs (czxid),
+/// sorted by id; malformed entries are skipped with a warning.
+pub(crate) async fn read_registrations(
+    client: &zk::Client,
+    paths: &Paths,
+    ids: &[String],
+) -> crate::Result<Vec<(crate::cluster::NodeAddr, i64)>> {
     let mut attempt = 0;
     'again: loop {
         let pending: Vec<_> = ids
@@ -305,13 +330,15 @@ pub(crate) async fn read_nodes(
         let mut out = Vec::with_capacity(ids.len());
         for (id, fut) in pending {
             match fut.await {
-                Ok((data, _)) => match decode::<crate::cluster::NodeAddr>(&paths.node(id), &data) {
-                    Ok(n) if &n.id == id => out.push(n),
-                    Ok(n) => {
-                        tracing::warn!("ignoring {}: it names node {:?}", paths.node(id), n.id)
+                Ok((data, stat)) => {
+                    match decode::<crate::cluster::NodeAddr>(&paths.node(id), &data) {
+                        Ok(n) if &n.id == id => out.push((n, stat.czxid)),
+                        Ok(n) => {
+                            tracing::warn!("ignoring {}: it names node {:?}", paths.node(id), n.id)
+                        }
+                        Err(e) => tracing::warn!("ignoring node {id}: {e}"),
                     }
-                    Err(e) => tracing::warn!("ignoring node {id}: {e}"),
-                },
+                }
                 // Gone between the listing and the read.
                 Err(zk::Error::NoNode) => {}
                 Err(zk::Error::ConnectionLoss) if attempt < LOSS_RETRIES => {
@@ -322,7 +349,7 @@ pub(crate) async fn read_nodes(
                 Err(e) => return Err(zk_error(&format!("read {}", paths.node(id)), e)),
             }
         }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out.sort_by(|a, b| a.0.id.cmp(&b.0.id));
         return Ok(out);
     }
 }
