@@ -12,24 +12,37 @@
 //! - `written_end` only moves forward, except through `truncate*`;
 //! - records below `committed` are applied to the keydir, the others are
 //!   not; `committed` never moves backwards and survives a restart;
-//! - `append` keeps each record's offset and epoch and checks its CRC.
+//! - `append` keeps each record's offset and epoch and checks its CRC;
+//! - a leader's writes and commits carry its epoch and are refused once the
+//!   log left that role (`step_down`, or a newer `set_epoch`).
 
 use bytes::Bytes;
 
-use crate::storage::{self, Bitcask, Engine, WriteOp, Written};
+use crate::storage::{self, Bitcask, Engine, Submitted, WriteOp, Written};
 
 /// A partition replica's log, as replication drives it.
 pub trait ReplicaLog: Engine {
-    /// Stamps records written from now on with `epoch`.
+    /// Leads at `epoch`: stamps records written from now on with it, and
+    /// accepts writes and commits stamped with it.
     fn set_epoch(&self, epoch: u32) -> storage::Result<()>;
-    /// Decides and writes `op` on `key` (leader).
-    fn write_op(&self, key: &[u8], op: WriteOp) -> storage::Result<Written>;
+    /// Leaves the leader role: writes the local writes already admitted,
+    /// then refuses every stamped write and commit (blocking).
+    fn step_down(&self) -> storage::Result<()>;
+    /// Decides and writes `op` on `key` as the leader at `epoch` (refused
+    /// unless the engine leads at `epoch`).
+    fn write_op(&self, key: &[u8], op: WriteOp, epoch: u32) -> storage::Result<Written>;
+    /// [`Engine::submit`] as the leader at `epoch` (refused unless the
+    /// engine leads at `epoch`).
+    fn submit_at(&self, key: &[u8], op: &WriteOp, epoch: u32) -> storage::Result<Submitted>;
     /// Appends records in the storage format, fetched from the leader
     /// (follower). Returns how many were appended.
     fn append(&self, records: &[u8]) -> storage::Result<usize>;
     /// Applies records below `hw`; returns the commit point. No I/O (the
-    /// engine checkpoints the commit point in the background).
+    /// engine checkpoints the commit point in the background). Follower.
     fn commit(&self, hw: u64) -> storage::Result<u64>;
+    /// [`ReplicaLog::commit`] by the leader at `epoch` (refused unless the
+    /// engine leads at `epoch`).
+    fn commit_at(&self, hw: u64, epoch: u32) -> storage::Result<u64>;
     /// The commit point.
     fn committed(&self) -> u64;
     /// End of the records written (and fsynced under `always`).
@@ -51,8 +64,16 @@ impl ReplicaLog for Bitcask {
         Bitcask::set_epoch(self, epoch)
     }
 
-    fn write_op(&self, key: &[u8], op: WriteOp) -> storage::Result<Written> {
-        Bitcask::write(self, key, op)
+    fn step_down(&self) -> storage::Result<()> {
+        Bitcask::step_down(self)
+    }
+
+    fn write_op(&self, key: &[u8], op: WriteOp, epoch: u32) -> storage::Result<Written> {
+        Bitcask::write_at(self, key, op, epoch)
+    }
+
+    fn submit_at(&self, key: &[u8], op: &WriteOp, epoch: u32) -> storage::Result<Submitted> {
+        Bitcask::submit_at(self, key, op, epoch)
     }
 
     fn append(&self, records: &[u8]) -> storage::Result<usize> {
@@ -61,6 +82,10 @@ impl ReplicaLog for Bitcask {
 
     fn commit(&self, hw: u64) -> storage::Result<u64> {
         Bitcask::commit(self, hw)
+    }
+
+    fn commit_at(&self, hw: u64, epoch: u32) -> storage::Result<u64> {
+        Bitcask::commit_at(self, hw, epoch)
     }
 
     fn committed(&self) -> u64 {

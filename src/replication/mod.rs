@@ -25,7 +25,13 @@
 //!   was written fails with `TIMEOUT` or `UNAVAILABLE`, whose outcome is
 //!   documented as unknown (docs/REPLICATION.md);
 //! - controller notices older than the newest controller epoch seen are
-//!   refused (`STALE_CONTROLLER_EPOCH`).
+//!   refused (`STALE_CONTROLLER_EPOCH`);
+//! - a leader's appends and commits carry its leader epoch and are refused
+//!   by the engine once the replica left that role (`NOT_LEADER`, nothing
+//!   written); a role change steps the engine down before anything else
+//!   (the follower's truncation included), and the step-down first writes
+//!   the appends already admitted, so no write of the old role lands after
+//!   it, whenever its task resumes.
 
 mod fetcher;
 mod log;
@@ -231,11 +237,25 @@ impl ReplicaManager {
                 });
             }
         }
+        // A test pauses here to demote the replica between the leadership
+        // check and the engine write: the engine refuses the stamped write.
+        fail::fail_point!("replication::write_after_check");
         let log = part.log.clone();
-        let written = match log.submit(&key, &op)? {
+        let refused = |e: crate::storage::Error| match e {
+            crate::storage::Error::NotLeader(why) => {
+                tracing::debug!(partition = p, "write refused by the engine: {why}");
+                self.not_leader(part)
+            }
+            e => Error::from(e),
+        };
+        let written = match log.submit_at(&key, &op, epoch).map_err(refused)? {
             Submitted::Done(w) => w,
-            Submitted::Queued(c) => c.wait().await?,
-            Submitted::Blocking => blocking(move || log.write_op(&key, op)).await?,
+            Submitted::Queued(c) => c.wait().await.map_err(refused)?,
+            Submitted::Blocking => {
+                blocking(move || Ok::<_, Error>(log.write_op(&key, op, epoch)))
+                    .await?
+                    .map_err(refused)?
+            }
         };
         part.publish_log_end();
         self.advance_hw(part);
@@ -292,17 +312,21 @@ impl ReplicaManager {
     /// Moves the high watermark of `part` if the ISR allows it, commits it
     /// in the engine, then publishes it.
     fn advance_hw(&self, part: &Arc<Partition>) {
-        let Some(hw) = part.hw_candidate(&self.me.id, self.opts.min_insync) else {
+        let Some((hw, epoch)) = part.hw_candidate(&self.me.id, self.opts.min_insync) else {
             return;
         };
-        self.commit(part, hw);
+        self.commit(part, hw, epoch);
     }
 
-    /// Commits `hw` in the engine (memory only) and publishes what was
-    /// committed.
-    fn commit(&self, part: &Partition, hw: u64) {
-        match part.log.commit(hw) {
+    /// Commits `hw` in the engine (memory only) as the leader at `epoch`
+    /// and publishes what was committed. The engine refuses it once the
+    /// replica left that role.
+    fn commit(&self, part: &Partition, hw: u64, epoch: u32) {
+        match part.log.commit_at(hw, epoch) {
             Ok(c) => part.publish_hw(c),
+            Err(crate::storage::Error::NotLeader(why)) => {
+                tracing::debug!(partition = part.id, "commit of {hw} refused: {why}");
+            }
             Err(e) => tracing::error!(partition = part.id, "committing offset {hw} failed: {e}"),
         }
     }
@@ -403,8 +427,9 @@ impl ReplicaManager {
         }
     }
 
-    /// Ends the current role: fails leader waiters, stops the fetcher and
-    /// waits for an append in progress.
+    /// Ends the current role: fails leader waiters and steps the engine
+    /// down (the leader writes it admitted are written first, later ones are
+    /// refused), or stops the fetcher and waits for an append in progress.
     async fn stop_role(&self, part: &Arc<Partition>) {
         let old = std::mem::replace(&mut part.state.lock().role, RoleState::Idle);
         match old {
@@ -419,6 +444,12 @@ impl ReplicaManager {
                 let _ = part.append.lock().await;
             }
             RoleState::Idle => {}
+        }
+        // Whatever the old role, the engine accepts no leader write from
+        // here on (a no-op unless it led: nothing is queued).
+        let log = part.log.clone();
+        if let Err(e) = blocking(move || log.step_down()).await {
+            tracing::error!(partition = part.id, "stepping the engine down: {e}");
         }
     }
 
@@ -536,8 +567,8 @@ impl ReplicaManager {
             });
             match noted {
                 Ok((part, note)) => {
-                    if let Some(hw) = note.commit {
-                        commits.push((part.clone(), hw));
+                    if let Some((hw, epoch)) = note.commit {
+                        commits.push((part.clone(), hw, epoch));
                     }
                     if let Some(isr) = note.isr_change {
                         let why = format!("{} caught up", req.follower_id);
@@ -548,8 +579,8 @@ impl ReplicaManager {
                 Err(e) => slots.push(Err((pf.partition, e))),
             }
         }
-        for (part, hw) in commits {
-            self.commit(&part, hw);
+        for (part, hw, epoch) in commits {
+            self.commit(&part, hw, epoch);
         }
 
         let served: Vec<_> = slots.iter().filter_map(|s| s.as_ref().ok()).collect();
@@ -832,3 +863,6 @@ where
         Err(e) => Err(Error::Internal(format!("engine task failed: {e}"))),
     }
 }
+
+#[cfg(test)]
+mod tests;

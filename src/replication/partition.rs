@@ -161,8 +161,9 @@ pub enum Ack {
 
 /// The outcome of recording a follower's fetch.
 pub struct FetchNote {
-    /// A higher high watermark to commit, if any.
-    pub commit: Option<u64>,
+    /// A higher high watermark to commit, if any, and the leader epoch to
+    /// commit it at.
+    pub commit: Option<(u64, u32)>,
     /// An ISR change to propose (the new ISR), if any.
     pub isr_change: Option<Vec<String>>,
 }
@@ -312,8 +313,8 @@ impl Partition {
 
     /// The high watermark the leader may move to now, if higher than the
     /// published one: `min` log end over the ISR, with at least
-    /// `min_insync` members.
-    pub fn hw_candidate(&self, me: &str, min_insync: u32) -> Option<u64> {
+    /// `min_insync` members; with the leader epoch it is computed at.
+    pub fn hw_candidate(&self, me: &str, min_insync: u32) -> Option<(u64, u32)> {
         let s = self.state.lock();
         let RoleState::Leader(l) = &s.role else {
             return None;
@@ -328,7 +329,7 @@ impl Partition {
             }
             hw = hw.min(l.followers.get(id).map_or(0, |f| f.leo));
         }
-        (hw > self.progress.borrow().hw).then_some(hw)
+        (hw > self.progress.borrow().hw).then_some((hw, l.epoch))
     }
 
     /// Records a fetch of `follower` at `offset` (its log end) on the

@@ -38,7 +38,18 @@
 //!   is rebuilt from the record headers at open (the file is a cache, the log
 //!   is the truth);
 //! - a follower never writes records of its own: appended records keep their
-//!   offset and epoch, byte for byte.
+//!   offset and epoch, byte for byte;
+//! - a leader's writes and commits carry its leader epoch
+//!   ([`super::Bitcask::write_at`], [`super::Bitcask::submit_at`],
+//!   [`super::Bitcask::commit_at`]) and are refused (`NotLeader`, nothing
+//!   written or committed) unless the engine leads at that epoch;
+//!   [`super::Bitcask::step_down`] first writes every local write already
+//!   queued, then leaves the leader role under the writer mutex, so no
+//!   leader write lands after it (in particular not after a follower's
+//!   truncation);
+//! - appended records follow the log without a gap at or above the leader's
+//!   dense point (gaps exist only where the leader merged committed records
+//!   away), and offsets never reach `u64::MAX`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -75,8 +86,21 @@ const EPOCHS_MAGIC: &[u8; 4] = b"CSKE";
 /// Version of the `EPOCHS` format.
 const EPOCHS_VERSION: u8 = 1;
 
+/// [`Replica::role`]: the engine has not been told its role (opened, not
+/// yet led or followed): local writes without a stamp are accepted.
+pub(super) const ROLE_UNSET: u64 = u64::MAX;
+/// [`Replica::role`]: following (stepped down): no local write or leader
+/// commit is accepted.
+pub(super) const ROLE_FOLLOWER: u64 = u64::MAX - 1;
+
 /// Replica-mode state shared by the engine's threads.
 pub(super) struct Replica {
+    /// The role the replication layer gave the engine: a leader epoch (the
+    /// engine leads at it), [`ROLE_FOLLOWER`] or [`ROLE_UNSET`]. Changed
+    /// only under the writer mutex, and checked under it before a local
+    /// write is queued, so a write admitted under one role is written (or
+    /// fails) before the role changes.
+    pub role: AtomicU64,
     /// The commit point: records below it are applied.
     pub committed: AtomicU64,
     /// Tombstones and expired records at or above this offset survive merge.
@@ -169,6 +193,54 @@ impl CommitFile {
             self.dirty = false;
         }
         Ok(())
+    }
+}
+
+/// The engine's role, for messages.
+fn describe_role(role: u64) -> String {
+    match role {
+        ROLE_UNSET => "the replica has no role yet".into(),
+        ROLE_FOLLOWER => "the replica follows".into(),
+        e => format!("the replica leads at epoch {e}"),
+    }
+}
+
+impl super::Bitcask {
+    /// A leader's [`super::Bitcask::write`], stamped with its leader
+    /// `epoch`: refused with [`Error::NotLeader`] (nothing written) unless
+    /// the engine leads at `epoch` ([`super::Bitcask::set_epoch`], and no
+    /// [`super::Bitcask::step_down`] since).
+    pub fn write_at(&self, key: &[u8], op: super::WriteOp, epoch: u32) -> Result<super::Written> {
+        self.inner
+            .write(key, op, Some(epoch))
+            .map(|(done, until)| super::Written { done, until })
+    }
+
+    /// A leader's [`super::Bitcask::submit`], stamped with its leader
+    /// `epoch`, refused as [`super::Bitcask::write_at`] is.
+    pub fn submit_at(
+        &self,
+        key: &[u8],
+        op: &super::WriteOp,
+        epoch: u32,
+    ) -> Result<super::Submitted> {
+        self.inner.submit(key, op, Some(epoch))
+    }
+
+    /// A leader's [`super::Bitcask::commit`], stamped with its leader
+    /// `epoch`: refused with [`Error::NotLeader`] (nothing committed)
+    /// unless the engine leads at `epoch`.
+    pub fn commit_at(&self, hw: u64, epoch: u32) -> Result<u64> {
+        self.inner.commit_as(hw, Some(epoch))
+    }
+
+    /// Leaves the leader role (replica mode): writes the local writes
+    /// already queued (their writers get their answers), then refuses every
+    /// stamped write and commit, and unstamped local writes, until the next
+    /// [`super::Bitcask::set_epoch`]. Blocks while a group commit runs: call
+    /// it off the async runtime.
+    pub fn step_down(&self) -> Result<()> {
+        self.inner.step_down()
     }
 }
 
@@ -425,7 +497,7 @@ impl Inner {
 
     /// See [`super::Bitcask::set_epoch`].
     pub(super) fn set_epoch(&self, epoch: u32) -> Result<()> {
-        self.replica("set_epoch")?;
+        let rep = self.replica("set_epoch")?;
         let mut w = self.writer.lock();
         let floor = w.epoch.max(w.epochs.last().map_or(0, |e| e.0));
         if epoch < floor {
@@ -434,6 +506,48 @@ impl Inner {
             )));
         }
         w.epoch = epoch;
+        rep.role.store(u64::from(epoch), Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether a local write stamped `leader` may be queued now (called
+    /// under the writer mutex). A stamped write needs the engine to lead at
+    /// that epoch; an unstamped one (standalone, tools, tests) is refused
+    /// only once the engine follows. Standalone mode accepts everything.
+    pub(super) fn check_role(&self, leader: Option<u32>) -> Result<()> {
+        let Some(rep) = &self.replica else {
+            return Ok(());
+        };
+        let role = rep.role.load(Ordering::Acquire);
+        match leader {
+            Some(epoch) if role == u64::from(epoch) => Ok(()),
+            None if role != ROLE_FOLLOWER => Ok(()),
+            _ => Err(Error::NotLeader(format!(
+                "{}: {} (the write was stamped {}); nothing written",
+                self.dir.display(),
+                describe_role(role),
+                leader.map_or("with no epoch".to_string(), |e| format!("with epoch {e}"))
+            ))),
+        }
+    }
+
+    /// See [`super::Bitcask::step_down`].
+    pub(super) fn step_down(&self) -> Result<()> {
+        let rep = self.replica("step_down")?;
+        let mut w = self.writer.lock();
+        // Writes admitted under the old role go first (they may fail: then
+        // their writers are told so). The role changes under the mutex, so
+        // none is admitted after this loop.
+        loop {
+            if w.flushing {
+                self.batch_done.wait(&mut w);
+            } else if !w.queue.is_empty() && w.check_writable().is_ok() {
+                self.lead(&mut w);
+            } else {
+                break;
+            }
+        }
+        rep.role.store(ROLE_FOLLOWER, Ordering::Release);
         Ok(())
     }
 
@@ -520,11 +634,28 @@ impl Inner {
 
     /// See [`super::Bitcask::commit`].
     pub(super) fn commit_to(&self, hw: u64) -> Result<u64> {
+        self.commit_as(hw, None)
+    }
+
+    /// [`Inner::commit_to`]; with `leader`, only while the engine leads at
+    /// that epoch (checked under the writer mutex, as the step-down changes
+    /// the role under it).
+    pub(super) fn commit_as(&self, hw: u64, leader: Option<u32>) -> Result<u64> {
         let Some(rep) = &self.replica else {
             return Ok(self.writer.lock().next_offset);
         };
         {
             let mut w = self.writer.lock();
+            if let Some(epoch) = leader {
+                let role = rep.role.load(Ordering::Acquire);
+                if role != u64::from(epoch) {
+                    return Err(Error::NotLeader(format!(
+                        "{}: {}; a commit of offset {hw} stamped with epoch {epoch} is refused",
+                        self.dir.display(),
+                        describe_role(role)
+                    )));
+                }
+            }
             let target = hw.min(w.written_end);
             let current = rep.committed.load(Ordering::Acquire);
             if target <= current {

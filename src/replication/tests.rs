@@ -1,0 +1,238 @@
+//! Replication driven without a network: a [`ReplicaManager`] over real
+//! engines in temporary directories, a fake ZooKeeper layer, and states
+//! handed in as the controller's notices would be.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tempfile::TempDir;
+
+use super::partition::{FollowerProgress, LeaderState, Partition, RoleState};
+use super::{ClusterHandle, IsrOutcome, ReplicaLog, ReplicaManager};
+use crate::cluster::{BoxFuture, Coordinator, LeaderAndIsr, NodeAddr, Role};
+use crate::config::ClusterOptions;
+use crate::error::Result;
+use crate::storage::{Bitcask, Durability, Options, SetOptions, SystemClock, WriteOp};
+
+/// A ZooKeeper layer whose lease is always valid and whose ISR writes
+/// always succeed.
+struct FakeCluster;
+
+impl ClusterHandle for FakeCluster {
+    fn lease_valid(&self) -> bool {
+        true
+    }
+    fn nodes(&self) -> Vec<NodeAddr> {
+        vec![node("a"), node("b")]
+    }
+    fn controller(&self) -> Option<String> {
+        None
+    }
+    fn update_isr(&self, proposed: LeaderAndIsr) -> BoxFuture<'static, Result<IsrOutcome>> {
+        Box::pin(async move {
+            Ok(IsrOutcome::Updated {
+                zk_version: proposed.zk_version + 1,
+            })
+        })
+    }
+}
+
+/// Node `id`, at an address nothing listens on (port 1): a fetcher
+/// following it fails to connect and retries, touching nothing.
+fn node(id: &str) -> NodeAddr {
+    NodeAddr {
+        id: id.into(),
+        client_addr: "127.0.0.1:1".into(),
+        replication_addr: "127.0.0.1:1".into(),
+    }
+}
+
+/// A replica-mode engine in a new temporary directory.
+fn engine(fsync: Durability) -> (TempDir, Arc<Bitcask>) {
+    let dir = TempDir::new().unwrap();
+    let opts = Options {
+        fsync,
+        ..Options::default()
+    };
+    let e = Bitcask::open_replica(dir.path(), opts, Arc::new(SystemClock)).unwrap();
+    (dir, Arc::new(e))
+}
+
+/// Partition 0's state: `leader` at `epoch`, replicas a and b.
+fn state(leader: &str, epoch: u32, isr: &[&str]) -> LeaderAndIsr {
+    LeaderAndIsr {
+        partition: 0,
+        leader: Some(leader.into()),
+        leader_epoch: epoch,
+        replicas: vec!["a".into(), "b".into()],
+        isr: isr.iter().map(|s| s.to_string()).collect(),
+        controller_epoch: 1,
+        zk_version: epoch as i32,
+    }
+}
+
+/// Polls `cond` every millisecond for up to 10 s.
+async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// `(offset, epoch, key)` of every record in `e`'s log.
+fn log_of(e: &Bitcask) -> Vec<(u64, u32, String)> {
+    e.read_log(0, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r.header.offset,
+                r.header.epoch,
+                String::from_utf8_lossy(r.key()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn set(v: &str) -> WriteOp {
+    WriteOp::Set(Bytes::from(v.to_string()), SetOptions::default())
+}
+
+/// Bug 9 of issue 10, under both write paths (`always`: queued for the
+/// committer; `every_ms`: the blocking write): a leader write paused after
+/// its leadership check while the replica is demoted, truncated to the new
+/// leader's log and given the new leader's record at the same offset. Once
+/// released it must fail with `NOT_LEADER` and leave the follower log as
+/// the new leader's.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_demoted_leaders_paused_write_is_refused_and_not_in_the_follower_log() {
+    for fsync in [Durability::Always, Durability::EveryMs(1000)] {
+        demoted_write(fsync);
+    }
+}
+
+#[cfg(feature = "failpoints")]
+fn demoted_write(fsync: Durability) {
+    use std::sync::mpsc;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_dir, e) = engine(fsync);
+    let opts = ClusterOptions {
+        min_insync: 2,
+        ..ClusterOptions::default()
+    };
+    let log: Arc<dyn ReplicaLog> = e.clone();
+    let m = {
+        let _in = rt.enter();
+        ReplicaManager::new(node("a"), opts, vec![log], Duration::from_secs(2))
+    };
+    rt.block_on(async {
+        m.attach(Arc::new(FakeCluster));
+        m.leader_and_isr(1, vec![state("a", 1, &["a", "b"])], vec![node("b")])
+            .unwrap();
+        wait_until("a leads", || matches!(m.role(0), Role::Leader { .. })).await;
+        // Offset 0, epoch 1: not committed (b never fetched).
+        let acks = crate::node::Acks::Leader;
+        assert!(m.write(0, Bytes::from("k0"), set("old"), acks).await.unwrap());
+    });
+
+    // The next write stops right after its leadership check.
+    let (reached_tx, reached) = mpsc::channel::<()>();
+    let (release, released) = mpsc::channel::<()>();
+    let reached_tx = std::sync::Mutex::new(reached_tx);
+    let released = std::sync::Mutex::new(released);
+    fail::cfg_callback("replication::write_after_check", move || {
+        let _ = reached_tx.lock().unwrap().send(());
+        let _ = released.lock().unwrap().recv();
+    })
+    .unwrap();
+    let paused = {
+        let m = m.clone();
+        rt.spawn(async move {
+            m.write(0, Bytes::from("k1"), set("zombie"), crate::node::Acks::Leader)
+                .await
+        })
+    };
+    reached.recv_timeout(Duration::from_secs(10)).unwrap();
+    fail::remove("replication::write_after_check");
+
+    // Meanwhile: b leads at epoch 2; a follows and truncates to b's log
+    // (which lacks offset 0), then appends b's record at offset 0.
+    let (_bdir, b) = engine(Durability::Never);
+    b.set_epoch(2).unwrap();
+    b.write(b"k9", set("new")).unwrap();
+    let b_records: Vec<u8> = b
+        .read_log(0, usize::MAX)
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.raw.to_vec())
+        .collect();
+    rt.block_on(async {
+        m.leader_and_isr(1, vec![state("b", 2, &["b", "a"])], vec![node("b")])
+            .unwrap();
+        let part = m.partition(0).unwrap().clone();
+        wait_until("a follows b", || part.follows("b", 2)).await;
+    });
+    e.truncate(0).unwrap();
+    assert_eq!(e.append_replicated(&b_records).unwrap(), 1);
+
+    release.send(()).unwrap();
+    let answer = rt.block_on(paused).unwrap();
+    assert!(
+        matches!(answer, Err(crate::Error::NotLeader { partition: 0, .. })),
+        "{fsync:?}: {answer:?}"
+    );
+    // Let anything still queued reach the disk before looking.
+    crate::storage::Engine::flush(&*e).unwrap();
+    assert_eq!(log_of(&e), vec![(0, 2, "k9".to_string())], "{fsync:?}");
+    assert_eq!(e.written_end(), 1, "{fsync:?}");
+    // A commit stamped with the old epoch is refused as well.
+    assert!(matches!(
+        e.commit_at(1, 1),
+        Err(crate::storage::Error::NotLeader(_))
+    ));
+    assert_eq!(e.committed(), 0);
+    drop(rt);
+}
+
+/// A partition over a fresh engine, leading at epoch 1 with `isr`, every
+/// other replica of `replicas` known at log end 0.
+fn leader_partition(isr: &[&str], replicas: &[&str]) -> (TempDir, Arc<Bitcask>, Partition) {
+    let (dir, e) = engine(Durability::Never);
+    e.set_epoch(1).unwrap();
+    let log: Arc<dyn ReplicaLog> = e.clone();
+    let part = Partition::new(0, log);
+    let now = Instant::now();
+    part.state.lock().role = RoleState::Leader(LeaderState {
+        epoch: 1,
+        isr: isr.iter().map(|s| s.to_string()).collect(),
+        zk_version: 1,
+        controller_epoch: 1,
+        replicas: replicas.iter().map(|s| s.to_string()).collect(),
+        epoch_start: 0,
+        followers: replicas
+            .iter()
+            .filter(|r| **r != "a")
+            .map(|r| {
+                (
+                    r.to_string(),
+                    FollowerProgress {
+                        leo: 0,
+                        caught_up_at: now,
+                        last_fetch: None,
+                    },
+                )
+            })
+            .collect(),
+        isr_change_in_flight: false,
+    });
+    part.progress.send_modify(|p| p.leading = Some(1));
+    (dir, e, part)
+}
