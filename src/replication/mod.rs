@@ -509,6 +509,7 @@ impl ReplicaManager {
             epoch_start: start,
             followers,
             isr_change_in_flight: false,
+            joining: None,
         });
         part.publish_hw(hw);
         part.progress.send_modify(|p| p.leading = Some(epoch));

@@ -9,7 +9,10 @@
 //!   transition at a time (the `transition` lock);
 //! - the ISR used for the high watermark is the one ZooKeeper holds: a
 //!   change counts only after its compare-and-set succeeded;
-//! - the high watermark is `min(log end)` over the ISR, moves only forward,
+//! - the high watermark is `min(log end)` over the ISR and the follower
+//!   whose addition to the ISR is in flight (KIP-497: once proposed it may
+//!   be in sync in ZooKeeper, and a controller may elect it), moves only
+//!   forward,
 //!   and only while the ISR has at least `min_insync` members, so committed
 //!   data is always on `min_insync` replicas; it is published (`progress`)
 //!   only after the engine applied and persisted it, so an acknowledged
@@ -68,6 +71,11 @@ pub struct LeaderState {
     pub followers: HashMap<String, FollowerProgress>,
     /// An ISR change is on its way to ZooKeeper.
     pub isr_change_in_flight: bool,
+    /// The follower that change adds, if it is an addition: the high
+    /// watermark counts it from the moment it is proposed (KIP-497's
+    /// maximal ISR), so the high watermark never advances past a replica
+    /// that ZooKeeper may already list as in sync.
+    pub joining: Option<String>,
 }
 
 /// The role of the replica.
@@ -323,7 +331,7 @@ impl Partition {
             return None;
         }
         let mut hw = self.log.written_end();
-        for id in &l.isr {
+        for id in l.isr.iter().chain(&l.joining) {
             if id == me {
                 continue;
             }
@@ -393,6 +401,7 @@ impl Partition {
                 && !l.isr_change_in_flight;
             if joins {
                 l.isr_change_in_flight = true;
+                l.joining = Some(follower.to_string());
                 let mut isr = l.isr.clone();
                 isr.push(follower.to_string());
                 Some(isr)
@@ -469,6 +478,7 @@ impl Partition {
             return false;
         }
         l.isr_change_in_flight = false;
+        l.joining = None;
         if zk_version <= l.zk_version {
             return true;
         }
@@ -488,6 +498,7 @@ impl Partition {
     pub fn isr_change_failed(&self) {
         if let RoleState::Leader(l) = &mut self.state.lock().role {
             l.isr_change_in_flight = false;
+            l.joining = None;
         }
     }
 

@@ -232,7 +232,46 @@ fn leader_partition(isr: &[&str], replicas: &[&str]) -> (TempDir, Arc<Bitcask>, 
             })
             .collect(),
         isr_change_in_flight: false,
+        joining: None,
     });
     part.progress.send_modify(|p| p.leading = Some(1));
     (dir, e, part)
+}
+
+/// Bug 11 of issue 10 (KIP-497): while the compare-and-set adding a
+/// follower to the ISR is in flight, the high watermark counts it, so it
+/// does not advance past that follower on the old ISR alone.
+#[test]
+fn the_high_watermark_counts_a_pending_isr_addition() {
+    let (_dir, e, part) = leader_partition(&["a", "b"], &["a", "b", "c"]);
+    for k in ["k0", "k1"] {
+        e.write_at(k.as_bytes(), set("v"), 1).unwrap();
+    }
+    // c catches up to 2: its addition goes to ZooKeeper.
+    let note = part.note_fetch("a", "c", 2, 1, 1).unwrap();
+    assert_eq!(note.isr_change, Some(vec!["a".into(), "b".into(), "c".into()]));
+    assert_eq!(note.commit, None, "b is still at 0");
+    for k in ["k2", "k3"] {
+        e.write_at(k.as_bytes(), set("v"), 1).unwrap();
+    }
+    // b reaches 4 while the addition is pending: c (at 2) holds it back.
+    let note = part.note_fetch("a", "b", 4, 1, 1).unwrap();
+    assert_eq!(note.isr_change, None);
+    assert_eq!(note.commit, Some((2, 1)));
+    part.publish_hw(2);
+    // Written: c is a member; it reaching 4 moves the high watermark.
+    assert!(part.adopt_isr(1, vec!["a".into(), "b".into(), "c".into()], 2));
+    assert_eq!(part.hw_candidate("a", 1), None);
+    let note = part.note_fetch("a", "c", 4, 1, 1).unwrap();
+    assert_eq!(note.commit, Some((4, 1)));
+
+    // A failed addition stops counting the follower.
+    let (_dir, e, part) = leader_partition(&["a", "b"], &["a", "b", "c"]);
+    e.write_at(b"k0", set("v"), 1).unwrap();
+    let note = part.note_fetch("a", "c", 1, 1, 1).unwrap();
+    assert!(note.isr_change.is_some());
+    e.write_at(b"k1", set("v"), 1).unwrap();
+    assert_eq!(part.note_fetch("a", "b", 2, 1, 1).unwrap().commit, Some((1, 1)));
+    part.isr_change_failed();
+    assert_eq!(part.hw_candidate("a", 1), Some((2, 1)));
 }
