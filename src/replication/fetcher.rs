@@ -261,7 +261,12 @@ async fn round(m: &Arc<ReplicaManager>, s: &Session) -> Result<()> {
         .node(&s.leader)
         .ok_or_else(|| Error::Unavailable(format!("address of {} unknown", s.leader)))?;
     let channel = m.channels.get(&node.replication_addr)?;
-    let mut client = ReplicationClient::new(channel);
+    // Answers fit the leader's message limit, which is this node's too
+    // (the same storage limits across the cluster).
+    let limit = m.message_limit();
+    let mut client = ReplicationClient::new(channel)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
 
     let now = Instant::now();
     let due: Vec<(Arc<Partition>, u32)> = s

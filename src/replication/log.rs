@@ -47,8 +47,9 @@ pub trait ReplicaLog: Engine {
     fn committed(&self) -> u64;
     /// End of the records written (and fsynced under `always`).
     fn written_end(&self) -> u64;
-    /// Raw records from `from`, about `max_bytes` of them, concatenated.
-    fn read_raw(&self, from: u64, max_bytes: usize) -> storage::Result<(Bytes, u32)>;
+    /// Raw records from `from`, concatenated, as many as `budget` allows
+    /// (see [`ReadBudget::keep`]), and how many.
+    fn read_raw(&self, from: u64, budget: ReadBudget) -> storage::Result<(Bytes, u32)>;
     /// Removes records `>= offset`; refused below the commit point.
     fn truncate_to(&self, offset: u64) -> storage::Result<()>;
     /// Removes records `>= offset` even below the commit point (unclean).
@@ -96,8 +97,14 @@ impl ReplicaLog for Bitcask {
         Bitcask::written_end(self)
     }
 
-    fn read_raw(&self, from: u64, max_bytes: usize) -> storage::Result<(Bytes, u32)> {
-        let records = self.read_log(from, max_bytes)?;
+    fn read_raw(&self, from: u64, budget: ReadBudget) -> storage::Result<(Bytes, u32)> {
+        if budget.room == 0 && !budget.first {
+            return Ok((Bytes::new(), 0));
+        }
+        // `read_log` returns at least one record and may pass its bound by
+        // one record: read up to the bound, keep what the budget allows.
+        let mut records = self.read_log(from, budget.want.min(budget.room).max(1))?;
+        records.truncate(budget.keep(records.iter().map(|r| r.raw.len())));
         let count = records.len() as u32;
         if records.len() == 1 {
             return Ok((records[0].raw.clone(), 1));
@@ -126,6 +133,44 @@ impl ReplicaLog for Bitcask {
     }
 }
 
+/// What one partition's share of a fetch answer may hold.
+///
+/// An answer has a hard byte budget that fits the message limit
+/// (`room` is what is left of it) and a fair share per partition (`want`).
+/// A partition gets its records while they fit both; its first record may
+/// pass `want` (so a record larger than the share still moves) but never
+/// `room`, except the first record of the whole answer (`first`), which is
+/// always taken: the message limit leaves room for the largest record, so
+/// a follower always makes progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadBudget {
+    /// This partition's fair share of the answer, in bytes.
+    pub want: usize,
+    /// What is left of the answer's hard budget, in bytes.
+    pub room: usize,
+    /// Nothing is in the answer yet: the first record is taken whatever
+    /// its size.
+    pub first: bool,
+}
+
+impl ReadBudget {
+    /// How many of the leading records, of `sizes` bytes each, to take.
+    pub fn keep(&self, sizes: impl IntoIterator<Item = usize>) -> usize {
+        let mut taken = 0usize;
+        let mut n = 0usize;
+        for size in sizes {
+            let total = taken.saturating_add(size);
+            let fits = total <= self.room && (total <= self.want || n == 0);
+            if !(fits || (n == 0 && self.first)) {
+                break;
+            }
+            taken = total;
+            n += 1;
+        }
+        n
+    }
+}
+
 /// The end offset of `epoch` in a log with `starts` (ascending
 /// `(epoch, first offset)`) and log end `end`: where the next higher epoch
 /// starts, or `end` for the last one. With the largest epoch `<= epoch`
@@ -142,7 +187,26 @@ pub fn epoch_end(starts: &[(u32, u64)], epoch: u32, end: u64) -> Option<(u32, u6
 
 #[cfg(test)]
 mod tests {
-    use super::epoch_end;
+    use super::{ReadBudget, epoch_end};
+
+    #[test]
+    fn a_fetch_budget_takes_records_while_they_fit() {
+        let b = |want, room, first| ReadBudget { want, room, first };
+        let mib = 1 << 20;
+        // The first record of an answer is taken whatever its size.
+        assert_eq!(b(10, 0, true).keep([mib]), 1);
+        assert_eq!(b(10, 5, true).keep([mib, 1]), 1);
+        // Later partitions: only records that fit what is left.
+        assert_eq!(b(10, 5, false).keep([mib]), 0);
+        assert_eq!(b(mib, mib - 1, false).keep([mib]), 0);
+        assert_eq!(b(mib, mib, false).keep([mib]), 1);
+        // A first record may pass the fair share, not the room.
+        assert_eq!(b(10, 100, false).keep([50, 1]), 1);
+        assert_eq!(b(100, 100, false).keep([50, 50, 1]), 2);
+        assert_eq!(b(100, 1000, false).keep([50, 40, 20]), 2);
+        assert_eq!(b(100, 1000, false).keep([]), 0);
+        assert_eq!(b(10, 10, true).keep([usize::MAX, 1]), 1);
+    }
 
     #[test]
     fn epoch_end_offsets() {

@@ -24,6 +24,8 @@
 //!   was written; an `acks: all` write that cannot be confirmed after it
 //!   was written fails with `TIMEOUT` or `UNAVAILABLE`, whose outcome is
 //!   documented as unknown (docs/REPLICATION.md);
+//! - a fetch answer always fits the message limit ([`ReplicaManager::message_limit`],
+//!   which leaves room for the largest record), whatever the value sizes;
 //! - controller notices older than the newest controller epoch seen are
 //!   refused (`STALE_CONTROLLER_EPOCH`);
 //! - a leader's appends and commits carry its leader epoch and are refused
@@ -38,7 +40,7 @@ mod log;
 mod partition;
 pub mod service;
 
-pub use log::{ReplicaLog, epoch_end};
+pub use log::{ReadBudget, ReplicaLog, epoch_end};
 pub use partition::Progress;
 
 use std::collections::HashMap;
@@ -104,16 +106,26 @@ pub struct ReplicaManager {
     channels: fetcher::Channels,
     /// This node's fetch sessions, one per leader node it follows.
     sessions: fetcher::Sessions,
+    /// The largest record the engines accept (header, maximal key and
+    /// value): fetch answers and the message limit leave room for it.
+    max_record: usize,
 }
+
+/// Bytes of a fetch answer's message reserved for everything but records.
+const ENVELOPE: usize = 64 << 10;
+/// Bytes reserved per partition of a fetch answer (ids, offsets, an error).
+const PER_PARTITION: usize = 512;
 
 impl ReplicaManager {
     /// A manager for `logs` (one per partition, by id). Nothing leads until
-    /// states arrive. `wait` bounds acks and read-barrier waits.
+    /// states arrive. `wait` bounds acks and read-barrier waits;
+    /// `max_record` is the largest record the engines accept.
     pub fn new(
         me: NodeAddr,
         opts: ClusterOptions,
         logs: Vec<Arc<dyn ReplicaLog>>,
         wait: Duration,
+        max_record: usize,
     ) -> Arc<ReplicaManager> {
         let partitions = logs
             .into_iter()
@@ -132,6 +144,7 @@ impl ReplicaManager {
             wait,
             channels: fetcher::Channels::default(),
             sessions: fetcher::Sessions::default(),
+            max_record,
         })
     }
 
@@ -548,7 +561,18 @@ impl ReplicaManager {
     /// partition of the request is served or refused on its own; the answer
     /// goes out as soon as one of them has records past its offset (or was
     /// refused, or lost this node's leadership), else after `max_wait_ms`.
-    pub async fn fetch(self: &Arc<Self>, req: pb::FetchRequest) -> Result<pb::FetchResponse> {
+    /// `turn` (the stream's answer count) picks the partition read first.
+    ///
+    /// The answer fits the message limit ([`Self::message_limit`]): its
+    /// records share a byte budget of at most `fetch_max_bytes`, the first
+    /// record of the answer is always included (the limit leaves room for
+    /// the largest record), and a later partition's record only if it fits
+    /// what is left.
+    pub async fn fetch(
+        self: &Arc<Self>,
+        req: pb::FetchRequest,
+        turn: usize,
+    ) -> Result<pb::FetchResponse> {
         let lease = self.lease();
         let mut slots = Vec::with_capacity(req.partitions.len());
         let mut commits = Vec::new();
@@ -616,15 +640,33 @@ impl ReplicaManager {
                 reads.push((part.id, part.log.clone(), *offset));
             }
         }
-        let max = (req.max_bytes as usize).clamp(1, self.opts.fetch_max_bytes.max(1));
+        // The answer's hard budget: `fetch_max_bytes` (or less, as asked),
+        // never more than fits the message limit with the envelope.
+        let hard = self.answer_budget(slots.len());
+        let max = (req.max_bytes as usize).clamp(1, self.opts.fetch_max_bytes.max(1).min(hard));
         let share = (max / reads.len().max(1)).max(1);
+        // Each answer starts with another partition, so one with large
+        // records cannot keep the others out.
+        if !reads.is_empty() {
+            let first = turn % reads.len();
+            reads.rotate_left(first);
+        }
         let mut read = in_place(move || {
-            Ok::<_, Error>(
-                reads
-                    .into_iter()
-                    .map(|(p, log, offset)| (p, log.read_raw(offset, share).map_err(Error::from)))
-                    .collect::<HashMap<_, _>>(),
-            )
+            let mut used = 0usize;
+            let mut out = HashMap::with_capacity(reads.len());
+            for (p, log, offset) in reads {
+                let budget = ReadBudget {
+                    want: share,
+                    room: max.saturating_sub(used),
+                    first: used == 0,
+                };
+                let r = log.read_raw(offset, budget).map_err(Error::from);
+                if let Ok((records, _)) = &r {
+                    used = used.saturating_add(records.len());
+                }
+                out.insert(p, r);
+            }
+            Ok::<_, Error>(out)
         })
         .await?;
 
@@ -649,7 +691,54 @@ impl ReplicaManager {
                 Err((p, e)) => refusal(p, &e),
             })
             .collect();
-        Ok(pb::FetchResponse { partitions })
+        let mut answer = pb::FetchResponse { partitions };
+        self.fit(&mut answer);
+        Ok(answer)
+    }
+
+    /// The largest fetch answer (and request) on the wire: the gRPC default
+    /// of 4 MiB, or more when the largest record needs it (a record is
+    /// never split, and the first record of an answer is always sent).
+    pub fn message_limit(&self) -> usize {
+        (4usize << 20).max(self.max_record.saturating_add(ENVELOPE))
+    }
+
+    /// The record bytes an answer for `partitions` partitions may carry:
+    /// the message limit less the envelope (at least the largest record).
+    fn answer_budget(&self, partitions: usize) -> usize {
+        self.message_limit()
+            .saturating_sub(ENVELOPE)
+            .saturating_sub(partitions.saturating_mul(PER_PARTITION))
+            .max(self.max_record)
+    }
+
+    /// Makes sure `answer` fits the message limit, whatever the envelope
+    /// estimate said: drops the records of its last partitions (never the
+    /// first partition with records) until it does. Their followers fetch
+    /// them again next time.
+    fn fit(&self, answer: &mut pb::FetchResponse) {
+        use prost::Message;
+        let limit = self.message_limit();
+        let mut len = answer.encoded_len();
+        if len <= limit {
+            return;
+        }
+        let with_records: Vec<usize> = (0..answer.partitions.len())
+            .filter(|&i| !answer.partitions[i].records.is_empty())
+            .collect();
+        for &i in with_records.iter().skip(1).rev() {
+            let d = &mut answer.partitions[i];
+            tracing::warn!(
+                partition = d.partition,
+                "fetch answer of {len} bytes is over the {limit}-byte limit: records left out"
+            );
+            d.records = Bytes::new();
+            d.record_count = 0;
+            len = answer.encoded_len();
+            if len <= limit {
+                return;
+            }
+        }
     }
 
     /// KIP-101: the end offset of `epoch` in this leader's log.

@@ -131,7 +131,7 @@ fn demoted_write(fsync: Durability) {
     let log: Arc<dyn ReplicaLog> = e.clone();
     let m = {
         let _in = rt.enter();
-        ReplicaManager::new(node("a"), opts, vec![log], Duration::from_secs(2))
+        ReplicaManager::new(node("a"), opts, vec![log], Duration::from_secs(2), 2 << 20)
     };
     rt.block_on(async {
         m.attach(Arc::new(FakeCluster));
@@ -274,4 +274,80 @@ fn the_high_watermark_counts_a_pending_isr_addition() {
     assert_eq!(part.note_fetch("a", "b", 2, 1, 1).unwrap().commit, Some((1, 1)));
     part.isr_change_failed();
     assert_eq!(part.hw_candidate("a", 1), Some((2, 1)));
+}
+
+/// Bug 13 of issue 10: four partitions led here, each with 1 MiB values.
+/// Every answer fits the 4 MiB message limit; the first record of an
+/// answer always goes, a later partition's only if it fits what is left,
+/// and each answer starts with another partition.
+#[test]
+fn fetch_answers_fit_the_message_limit_with_maximal_values() {
+    use crate::proto::replication as pb;
+    use prost::Message;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut dirs = Vec::new();
+    let mut logs: Vec<Arc<dyn ReplicaLog>> = Vec::new();
+    for _ in 0..4 {
+        let (dir, e) = engine(Durability::Never);
+        dirs.push(dir);
+        logs.push(e);
+    }
+    let opts = ClusterOptions {
+        min_insync: 2,
+        fetch_max_bytes: (3 << 20) + (512 << 10),
+        ..ClusterOptions::default()
+    };
+    let max_record = 1024 + (1 << 20) + 64;
+    let m = {
+        let _in = rt.enter();
+        ReplicaManager::new(node("a"), opts, logs, Duration::from_secs(2), max_record)
+    };
+    assert_eq!(m.message_limit(), 4 << 20);
+    let value = "x".repeat(1 << 20);
+    rt.block_on(async {
+        m.attach(Arc::new(FakeCluster));
+        let states = (0..4)
+            .map(|p| LeaderAndIsr {
+                partition: p,
+                ..state("a", 1, &["a", "b"])
+            })
+            .collect();
+        m.leader_and_isr(1, states, vec![node("b")]).unwrap();
+        wait_until("a leads all", || {
+            (0..4).all(|p| matches!(m.role(p), Role::Leader { .. }))
+        })
+        .await;
+        for p in 0..4 {
+            for n in 0..2 {
+                let key = Bytes::from(format!("p{p}-{n}"));
+                let acks = crate::node::Acks::Leader;
+                m.write(p, key, set(&value), acks).await.unwrap();
+            }
+        }
+        let request = pb::FetchRequest {
+            follower_id: "b".into(),
+            max_bytes: u32::MAX,
+            max_wait_ms: 0,
+            partitions: (0..4)
+                .map(|partition| pb::PartitionFetch {
+                    partition,
+                    offset: 0,
+                    leader_epoch: 1,
+                })
+                .collect(),
+        };
+        for (turn, want) in [(0, [1, 1, 1, 0]), (1, [0, 1, 1, 1]), (3, [1, 1, 0, 1])] {
+            let answer = m.fetch(request.clone(), turn).await.unwrap();
+            let counts: Vec<u32> = answer.partitions.iter().map(|d| d.record_count).collect();
+            assert_eq!(counts, want, "turn {turn}");
+            assert!(answer.encoded_len() <= 4 << 20, "{}", answer.encoded_len());
+        }
+    });
+    drop(m);
+    drop(rt);
 }
