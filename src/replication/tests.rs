@@ -114,9 +114,14 @@ fn a_demoted_leaders_paused_write_is_refused_and_not_in_the_follower_log() {
     }
 }
 
+/// Tests that configure `replication::write_after_check` run one at a time.
+#[cfg(feature = "failpoints")]
+static FAILPOINT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[cfg(feature = "failpoints")]
 fn demoted_write(fsync: Durability) {
     use std::sync::mpsc;
+    let _one = FAILPOINT.lock().unwrap_or_else(|e| e.into_inner());
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
@@ -349,5 +354,133 @@ fn fetch_answers_fit_the_message_limit_with_maximal_values() {
         }
     });
     drop(m);
+    drop(rt);
+}
+
+/// A cluster node over two partitions in `dir`, with its manager attached
+/// to the fake ZooKeeper layer; partition 0 led here, partition 1 by
+/// `p1_leader`.
+fn cluster_node(
+    dir: &std::path::Path,
+    rt: &tokio::runtime::Runtime,
+    p1_leader: &str,
+) -> (crate::node::Node, Arc<ReplicaManager>) {
+    let config = crate::config::Config {
+        data_dir: dir.to_path_buf(),
+        partitions: 2,
+        cluster: Some(ClusterOptions {
+            min_insync: 1,
+            ..ClusterOptions::default()
+        }),
+        ..crate::config::Config::default()
+    };
+    let _in = rt.enter();
+    let (n, m) = crate::node::Node::open_cluster(&config, node("a"), Arc::new(SystemClock)).unwrap();
+    m.attach(Arc::new(FakeCluster));
+    let states = vec![
+        state("a", 1, &["a"]),
+        LeaderAndIsr {
+            partition: 1,
+            ..state(p1_leader, 1, &[p1_leader])
+        },
+    ];
+    m.leader_and_isr(1, states, vec![node("b")]).unwrap();
+    rt.block_on(wait_until("the roles", || {
+        matches!(m.role(0), Role::Leader { .. })
+            && (p1_leader != "a" || matches!(m.role(1), Role::Leader { .. }))
+    }));
+    (n, m)
+}
+
+/// A key of partition `p` (of 2).
+fn key_in(p: u32) -> Bytes {
+    (0..)
+        .map(|i| format!("key-{i}"))
+        .find(|k| crate::cluster::partition_for(k.as_bytes(), 2) == p)
+        .map(Bytes::from)
+        .unwrap()
+}
+
+/// Bug 14 (b) of issue 10: `DEL a ""` with `a` led elsewhere is refused
+/// as a bad request, not NOT_LEADER for `a` (on which a router forwarded
+/// `a`, deleting it, and then failed on the empty key).
+#[test]
+fn a_multi_key_del_validates_every_key_before_leadership() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = TempDir::new().unwrap();
+    let (n, _m) = cluster_node(dir.path(), &rt, "b");
+    let r = rt.block_on(n.del(vec![key_in(1), Bytes::new()], crate::node::Acks::Leader));
+    assert!(matches!(r, Err(crate::Error::InvalidInput(_))), "{r:?}");
+    drop(rt);
+}
+
+/// Bug 14 (b) of issue 10: a multi-key DEL that loses the leadership of
+/// its second key's partition after deleting the first does not answer
+/// NOT_LEADER (which promises nothing was written).
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_partly_applied_del_is_not_answered_not_leader() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+    let _one = FAILPOINT.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = TempDir::new().unwrap();
+    let (n, m) = cluster_node(dir.path(), &rt, "a");
+    let n = Arc::new(n);
+    let acks = crate::node::Acks::Leader;
+    let args = crate::node::SetArgs {
+        ttl_ms: None,
+        condition: crate::storage::Condition::Always,
+        acks,
+    };
+    for p in 0..2 {
+        assert!(rt.block_on(n.set(key_in(p), Bytes::from("v"), args)).unwrap());
+    }
+    // The DEL's second write stops after its leadership check.
+    let (reached_tx, reached) = mpsc::channel::<()>();
+    let (release, released) = mpsc::channel::<()>();
+    let reached_tx = std::sync::Mutex::new(reached_tx);
+    let released = std::sync::Mutex::new(released);
+    let calls = AtomicUsize::new(0);
+    fail::cfg_callback("replication::write_after_check", move || {
+        if calls.fetch_add(1, Ordering::SeqCst) == 1 {
+            let _ = reached_tx.lock().unwrap().send(());
+            let _ = released.lock().unwrap().recv();
+        }
+    })
+    .unwrap();
+    let del = {
+        let n = n.clone();
+        rt.spawn(async move { n.del(vec![key_in(0), key_in(1)], acks).await })
+    };
+    reached.recv_timeout(Duration::from_secs(10)).unwrap();
+    fail::remove("replication::write_after_check");
+    rt.block_on(async {
+        let moved = LeaderAndIsr {
+            partition: 1,
+            ..state("b", 2, &["b", "a"])
+        };
+        m.leader_and_isr(1, vec![moved], vec![node("b")]).unwrap();
+        let part = m.partition(1).unwrap().clone();
+        wait_until("a follows b on partition 1", || part.follows("b", 2)).await;
+    });
+    release.send(()).unwrap();
+    let r = rt.block_on(del).unwrap();
+    match &r {
+        Err(crate::Error::Unavailable(why)) => {
+            assert!(why.starts_with("1 of 2 keys were written"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let consistency = crate::node::Consistency::Leader;
+    assert_eq!(rt.block_on(n.get(key_in(0), consistency)).unwrap(), None);
     drop(rt);
 }
