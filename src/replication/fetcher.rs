@@ -387,7 +387,7 @@ async fn apply(s: &Session, fetch: &mut FetchSet, resp: FetchResponse) -> Result
     let step = |w: Work| {
         let r = (|| {
             if !w.records.is_empty() {
-                w.part.log.append(&w.records)?;
+                w.part.log.append(&w.records, w.hw)?;
             }
             let end = w.part.log.written_end();
             w.part.log.commit(w.hw.min(end))

@@ -35,8 +35,10 @@ pub trait ReplicaLog: Engine {
     /// engine leads at `epoch`).
     fn submit_at(&self, key: &[u8], op: &WriteOp, epoch: u32) -> storage::Result<Submitted>;
     /// Appends records in the storage format, fetched from the leader
-    /// (follower). Returns how many were appended.
-    fn append(&self, records: &[u8]) -> storage::Result<usize>;
+    /// (follower); a gap in their offsets past `dense_from` (the leader's
+    /// high watermark: its log has gaps only where merge removed committed
+    /// records) is refused. Returns how many were appended.
+    fn append(&self, records: &[u8], dense_from: u64) -> storage::Result<usize>;
     /// Applies records below `hw`; returns the commit point. No I/O (the
     /// engine checkpoints the commit point in the background). Follower.
     fn commit(&self, hw: u64) -> storage::Result<u64>;
@@ -77,8 +79,8 @@ impl ReplicaLog for Bitcask {
         Bitcask::submit_at(self, key, op, epoch)
     }
 
-    fn append(&self, records: &[u8]) -> storage::Result<usize> {
-        self.append_replicated(records)
+    fn append(&self, records: &[u8], dense_from: u64) -> storage::Result<usize> {
+        self.append_replicated_dense(records, dense_from)
     }
 
     fn commit(&self, hw: u64) -> storage::Result<u64> {

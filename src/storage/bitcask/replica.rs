@@ -206,6 +206,15 @@ fn describe_role(role: u64) -> String {
 }
 
 impl super::Bitcask {
+    /// [`super::Bitcask::append_replicated`] that also refuses a gap in the
+    /// offsets (between the log end and the first record, or between two
+    /// records) that reaches past `dense_from`: a leader's log has gaps only
+    /// where merge removed committed records, so below its commit point
+    /// (the follower passes the high watermark of the leader's answer).
+    pub fn append_replicated_dense(&self, records: &[u8], dense_from: u64) -> Result<usize> {
+        self.inner.append_replicated_dense(records, dense_from)
+    }
+
     /// A leader's [`super::Bitcask::write`], stamped with its leader
     /// `epoch`: refused with [`Error::NotLeader`] (nothing written) unless
     /// the engine leads at `epoch` ([`super::Bitcask::set_epoch`], and no
@@ -553,12 +562,39 @@ impl Inner {
 
     /// See [`super::Bitcask::append_replicated`].
     pub(super) fn append_replicated(&self, bytes: &[u8]) -> Result<usize> {
+        self.append_replicated_dense(bytes, u64::MAX)
+    }
+
+    /// See [`super::Bitcask::append_replicated_dense`].
+    pub(super) fn append_replicated_dense(&self, bytes: &[u8], dense_from: u64) -> Result<usize> {
         self.replica("append_replicated")?;
         let Parsed { queue } = parse_replicated(bytes, self.opts.segment_bytes)?;
         let (Some(first), Some(last)) = (queue.first(), queue.last()) else {
             return Ok(0);
         };
         let (first, last) = (first.offset, last.offset);
+        // The log end after the append; `u64::MAX` is never an offset.
+        let Some(new_next) = last.checked_add(1).filter(|&n| n < u64::MAX) else {
+            return Err(Error::InvalidInput(format!(
+                "replicated offset {last} is past the largest log offset; nothing appended"
+            )));
+        };
+        // A gap is only where a leader merged committed records away: none
+        // may reach `dense_from`.
+        let mut prev: Option<u64> = None;
+        for q in &queue {
+            if let Some(p) = prev
+                && q.offset > p + 1
+                && q.offset > dense_from
+            {
+                return Err(Error::InvalidInput(format!(
+                    "replicated offsets jump from {p} to {} at or above the leader's dense \
+                     point {dense_from}; nothing appended",
+                    q.offset
+                )));
+            }
+            prev = Some(q.offset);
+        }
         let mut w = self.writer.lock();
         // Local writes queued before us go first (a follower has none).
         loop {
@@ -577,6 +613,13 @@ impl Inner {
                 w.next_offset
             )));
         }
+        if first > w.next_offset && first > dense_from {
+            return Err(Error::InvalidInput(format!(
+                "replicated offset {first} leaves a gap after the log end {} at or above the \
+                 leader's dense point {dense_from}; nothing appended",
+                w.next_offset
+            )));
+        }
         if let (Some(&(e, _)), Some(q)) = (w.epochs.last(), queue.first())
             && q.epoch < e
         {
@@ -588,7 +631,7 @@ impl Inner {
         let sync = self.opts.fsync == Durability::Always;
         let old_next = w.next_offset;
         w.flushing = true;
-        w.next_offset = last + 1;
+        w.next_offset = new_next;
         let active = w.active.clone();
         let written = MutexGuard::unlocked(&mut w, || self.write_out(active, bytes, &queue, sync));
         if let Some(seg) = written.new_active {
@@ -748,6 +791,41 @@ mod tests {
         }
         assert_eq!(decode_epochs(&encode_epochs(&[(2, 5), (1, 6)])), None);
         assert_eq!(decode_epochs(&encode_epochs(&[])), Some(vec![]));
+    }
+
+    /// Bug 14 (c) of issue 10: gaps above the leader's dense point and an
+    /// offset of `u64::MAX` (whose `last + 1` overflowed) are refused.
+    #[test]
+    fn appends_refuse_gaps_past_the_dense_point_and_offset_overflow() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let e = super::super::Bitcask::open_replica(
+            dir.path(),
+            crate::storage::Options::default(),
+            Arc::new(crate::storage::SystemClock),
+        )
+        .unwrap();
+        let recs = |offsets: &[u64]| {
+            let mut buf = Vec::new();
+            for &o in offsets {
+                record::encode(&mut buf, o, 1, None, record::Kind::Put, b"k", b"v");
+            }
+            buf
+        };
+        let refused = |r: Result<usize>| matches!(r, Err(Error::InvalidInput(_)));
+        // A gap inside the batch, ending above the dense point.
+        assert!(refused(e.append_replicated_dense(&recs(&[0, 5]), 3)));
+        // A gap after the log end, past the dense point.
+        assert!(refused(e.append_replicated_dense(&recs(&[4]), 3)));
+        assert_eq!(e.next_offset(), 0);
+        // Gaps below the dense point (a merged leader log) are fine.
+        assert_eq!(e.append_replicated_dense(&recs(&[0, 2, 3]), 3).unwrap(), 3);
+        assert_eq!(e.append_replicated_dense(&recs(&[4, 5]), 3).unwrap(), 2);
+        assert_eq!(e.next_offset(), 6);
+        // u64::MAX as an offset would overflow the log end.
+        let top = recs(&[u64::MAX - 1, u64::MAX]);
+        assert!(refused(e.append_replicated(&top)));
+        assert!(refused(e.append_replicated(&recs(&[u64::MAX]))));
+        assert_eq!(e.next_offset(), 6);
     }
 
     #[test]
