@@ -32,7 +32,10 @@
 //!   point where it might disagree with the leader;
 //! - truncation never goes below the commit point, except when the leader's
 //!   log is shorter than it (an unclean election): that is logged as data
-//!   loss with the offsets lost.
+//!   loss with the offsets lost; a divergence point below the commit point
+//!   with a leader log that covers it keeps the committed records but is
+//!   logged as an error with the offsets (it means two replicas committed
+//!   different records).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -468,6 +471,18 @@ async fn truncate_to_leader(
             .into_inner()
             .end_offset;
         if leader_end >= committed {
+            // The epoch lookup says our log diverges from the leader's at
+            // `target`, below records we committed: committed records are
+            // on every ISR member, so they should agree. Keep them (a
+            // committed record is never dropped in a clean election), but
+            // say so loudly: this is a replica divergence to investigate.
+            tracing::error!(
+                partition = id,
+                "REPLICA DIVERGENCE: the leader's epoch history says this log diverges at \
+                 offset {target}, below its committed offset {committed} (log end {my_end}, \
+                 leader's log end {leader_end}, epoch {epoch}); keeping the committed \
+                 records {target}..{committed} unchecked and truncating to {committed}"
+            );
             target = committed;
         } else {
             target = target.min(leader_end);
