@@ -185,9 +185,8 @@ impl Node {
         })?;
         let wait = std::time::Duration::from_millis(config.server.request_timeout_ms);
         // Header (33 bytes) plus a maximal key and value, rounded up.
-        let max_record = config.storage.limits.max_key_bytes
-            + config.storage.limits.max_value_bytes
-            + 64;
+        let max_record =
+            config.storage.limits.max_key_bytes + config.storage.limits.max_value_bytes + 64;
         let manager = ReplicaManager::new(me.clone(), cluster, logs, wait, max_record);
         let node = Node {
             info: NodeInfo {

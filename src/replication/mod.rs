@@ -264,11 +264,9 @@ impl ReplicaManager {
         let written = match log.submit_at(&key, &op, epoch).map_err(refused)? {
             Submitted::Done(w) => w,
             Submitted::Queued(c) => c.wait().await.map_err(refused)?,
-            Submitted::Blocking => {
-                blocking(move || Ok::<_, Error>(log.write_op(&key, op, epoch)))
-                    .await?
-                    .map_err(refused)?
-            }
+            Submitted::Blocking => blocking(move || Ok::<_, Error>(log.write_op(&key, op, epoch)))
+                .await?
+                .map_err(refused)?,
         };
         part.publish_log_end();
         self.advance_hw(part);

@@ -145,7 +145,11 @@ fn demoted_write(fsync: Durability) {
         wait_until("a leads", || matches!(m.role(0), Role::Leader { .. })).await;
         // Offset 0, epoch 1: not committed (b never fetched).
         let acks = crate::node::Acks::Leader;
-        assert!(m.write(0, Bytes::from("k0"), set("old"), acks).await.unwrap());
+        assert!(
+            m.write(0, Bytes::from("k0"), set("old"), acks)
+                .await
+                .unwrap()
+        );
     });
 
     // The next write stops right after its leadership check.
@@ -161,8 +165,13 @@ fn demoted_write(fsync: Durability) {
     let paused = {
         let m = m.clone();
         rt.spawn(async move {
-            m.write(0, Bytes::from("k1"), set("zombie"), crate::node::Acks::Leader)
-                .await
+            m.write(
+                0,
+                Bytes::from("k1"),
+                set("zombie"),
+                crate::node::Acks::Leader,
+            )
+            .await
         })
     };
     reached.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -254,7 +263,10 @@ fn the_high_watermark_counts_a_pending_isr_addition() {
     }
     // c catches up to 2: its addition goes to ZooKeeper.
     let note = part.note_fetch("a", "c", 2, 1, 1).unwrap();
-    assert_eq!(note.isr_change, Some(vec!["a".into(), "b".into(), "c".into()]));
+    assert_eq!(
+        note.isr_change,
+        Some(vec!["a".into(), "b".into(), "c".into()])
+    );
     assert_eq!(note.commit, None, "b is still at 0");
     for k in ["k2", "k3"] {
         e.write_at(k.as_bytes(), set("v"), 1).unwrap();
@@ -276,7 +288,10 @@ fn the_high_watermark_counts_a_pending_isr_addition() {
     let note = part.note_fetch("a", "c", 1, 1, 1).unwrap();
     assert!(note.isr_change.is_some());
     e.write_at(b"k1", set("v"), 1).unwrap();
-    assert_eq!(part.note_fetch("a", "b", 2, 1, 1).unwrap().commit, Some((1, 1)));
+    assert_eq!(
+        part.note_fetch("a", "b", 2, 1, 1).unwrap().commit,
+        Some((1, 1))
+    );
     part.isr_change_failed();
     assert_eq!(part.hw_candidate("a", 1), Some((2, 1)));
 }
@@ -375,7 +390,8 @@ fn cluster_node(
         ..crate::config::Config::default()
     };
     let _in = rt.enter();
-    let (n, m) = crate::node::Node::open_cluster(&config, node("a"), Arc::new(SystemClock)).unwrap();
+    let (n, m) =
+        crate::node::Node::open_cluster(&config, node("a"), Arc::new(SystemClock)).unwrap();
     m.attach(Arc::new(FakeCluster));
     let states = vec![
         state("a", 1, &["a"]),
@@ -442,7 +458,10 @@ fn a_partly_applied_del_is_not_answered_not_leader() {
         acks,
     };
     for p in 0..2 {
-        assert!(rt.block_on(n.set(key_in(p), Bytes::from("v"), args)).unwrap());
+        assert!(
+            rt.block_on(n.set(key_in(p), Bytes::from("v"), args))
+                .unwrap()
+        );
     }
     // The DEL's second write stops after its leadership check.
     let (reached_tx, reached) = mpsc::channel::<()>();
