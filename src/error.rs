@@ -157,6 +157,9 @@ impl From<storage::Error> for Error {
             e @ (storage::Error::DiskFull(_)
             | storage::Error::WritesRefused(_)
             | storage::Error::Closed) => Error::Unavailable(e.to_string()),
+            // The replication layer answers NOT_LEADER with the partition
+            // and leader it knows; here neither is known.
+            storage::Error::NotLeader(msg) => Error::Unavailable(msg),
             e @ (storage::Error::Locked(_) | storage::Error::Io { .. }) => {
                 Error::Internal(e.to_string())
             }

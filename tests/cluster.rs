@@ -862,3 +862,98 @@ fn a_fetch_session_serves_and_refuses_partitions_independently() {
     assert_eq!(second.partitions.len(), 1, "{second:?}");
     assert_eq!(second.partitions[0].error_reason, "UNKNOWN_LEADER_EPOCH");
 }
+
+/// Issue 10, bug 13: 1 MiB values (the maximum) in four partitions led by
+/// one node, written while both followers are stopped, so their first
+/// fetch after SIGCONT finds records in all four at once. Every fetch
+/// answer must fit the 4 MiB message limit: the followers catch up, the
+/// `acks: all` writes that follow are all acknowledged, and each follower
+/// ends with every value.
+#[test]
+fn maximal_values_in_four_partitions_replicate_under_acks_all() {
+    let _s = serial();
+    let c = TestCluster::start(ClusterOpts {
+        partitions: 12,
+        ..ClusterOpts::default()
+    });
+    let rt = runtime();
+    let leader = 0;
+    let led: Vec<u32> = (0..c.opts.partitions)
+        .filter(|&p| c.leader(p) == Some(leader))
+        .take(4)
+        .collect();
+    assert_eq!(led.len(), 4, "node-1 leads four partitions");
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let client = c.client(&rt);
+    // Exactly the maximal value size, distinct per key.
+    let value = |p: u32, n: usize| {
+        let mut v = format!("{p}-{n}-{}", "v".repeat(1 << 20));
+        v.truncate(1 << 20);
+        v
+    };
+    let mut want = BTreeMap::new();
+    for &f in &followers {
+        c.signal(f, libc::SIGSTOP);
+    }
+    rt.block_on(async {
+        let opts = SetOptions {
+            acks: Some(Acks::Leader),
+            ..SetOptions::default()
+        };
+        // Two each: the fetch a follower had outstanding when stopped is
+        // answered with the first record alone.
+        for n in 0..2 {
+            for &p in &led {
+                let key = c.key_in(p, n);
+                assert!(
+                    client
+                        .set(key.clone(), value(p, n), opts)
+                        .await
+                        .unwrap()
+                );
+                want.insert(key, value(p, n));
+            }
+        }
+    });
+    for &f in &followers {
+        c.signal(f, libc::SIGCONT);
+    }
+    for &f in &followers {
+        wait_replicated(&c, f);
+    }
+    let acked = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for &p in &led {
+            for n in 2..4 {
+                let client = client.clone();
+                let key = c.key_in(p, n);
+                let v = value(p, n);
+                tasks.push(tokio::spawn(async move {
+                    let opts = SetOptions {
+                        acks: Some(Acks::All),
+                        ..SetOptions::default()
+                    };
+                    let r = client.set(key.clone(), v.clone(), opts).await;
+                    (key, v, r)
+                }));
+            }
+        }
+        let mut acked = 0;
+        for t in tasks {
+            let (key, v, r) = t.await.unwrap();
+            assert!(matches!(r, Ok(true)), "{key}: {r:?}");
+            want.insert(key, v);
+            acked += 1;
+        }
+        acked
+    });
+    assert_eq!(acked, 8);
+    for &f in &followers {
+        wait_replicated(&c, f);
+        let reader = local_reader(&c, f, &rt);
+        for (k, v) in &want {
+            let got = rt.block_on(reader.get(k.clone())).unwrap();
+            assert_eq!(got.as_deref(), Some(v.as_bytes()), "{k} on node {f}");
+        }
+    }
+}

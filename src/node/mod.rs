@@ -184,7 +184,10 @@ impl Node {
             Ok(engine)
         })?;
         let wait = std::time::Duration::from_millis(config.server.request_timeout_ms);
-        let manager = ReplicaManager::new(me.clone(), cluster, logs, wait);
+        // Header (33 bytes) plus a maximal key and value, rounded up.
+        let max_record =
+            config.storage.limits.max_key_bytes + config.storage.limits.max_value_bytes + 64;
+        let manager = ReplicaManager::new(me.clone(), cluster, logs, wait, max_record);
         let node = Node {
             info: NodeInfo {
                 id: me.id,
@@ -327,11 +330,17 @@ impl Node {
         if let Some(r) = &self.replication {
             // Validate every key first, so a bad one fails the request as a
             // whole before anything is written.
+            // and leadership of every key's partition is checked before
+            // anything is written.
             let targets = self.many(keys, |key| self.writable(key, acks))?;
+            let total = targets.len();
             let mut deleted = 0;
-            for (_, key) in targets {
+            for (done, (_, key)) in targets.into_iter().enumerate() {
                 let p = partition_for(&key, self.partition_count);
-                deleted += u64::from(r.write(p, key, WriteOp::Delete, acks).await?);
+                match r.write(p, key, WriteOp::Delete, acks).await {
+                    Ok(existed) => deleted += u64::from(existed),
+                    Err(e) => return Err(partly_applied(done, total, e)),
+                }
             }
             return Ok(deleted);
         }
@@ -473,11 +482,14 @@ impl Node {
         if keys.is_empty() {
             return Err(Error::InvalidInput("at least one key is required".into()));
         }
+        // Every key is valid before any is resolved: a bad key fails the
+        // request as INVALID_ARGUMENT, never as NOT_LEADER for an earlier
+        // key (which would make a router write that key elsewhere first).
+        for key in &keys {
+            self.limits.check_key(key)?;
+        }
         keys.into_iter()
-            .map(|key| {
-                self.limits.check_key(&key)?;
-                Ok((resolve(&key)?, key))
-            })
+            .map(|key| Ok((resolve(&key)?, key)))
             .collect()
     }
 
@@ -655,6 +667,20 @@ fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         File::open(parent)?.sync_all()?;
     }
     Ok(())
+}
+
+/// The error of a multi-key write that failed with `e` after `done` of its
+/// `total` keys were written: `NOT_LEADER` and `NOT_ENOUGH_REPLICAS` promise
+/// that nothing was written, so they become `UNAVAILABLE` (outcome unknown).
+pub(crate) fn partly_applied(done: usize, total: usize, e: Error) -> Error {
+    match e {
+        Error::NotLeader { .. } | Error::NotEnoughReplicas { .. } if done > 0 => {
+            Error::Unavailable(format!(
+                "{done} of {total} keys were written before this failed: {e}; retry the rest"
+            ))
+        }
+        e => e,
+    }
 }
 
 #[cfg(test)]

@@ -32,7 +32,10 @@
 //!   point where it might disagree with the leader;
 //! - truncation never goes below the commit point, except when the leader's
 //!   log is shorter than it (an unclean election): that is logged as data
-//!   loss with the offsets lost;
+//!   loss with the offsets lost; a divergence point below the commit point
+//!   with a leader log that covers it keeps the committed records but is
+//!   logged as an error with the offsets (it means two replicas committed
+//!   different records);
 //! - a member the leader keeps refusing with FENCED_LEADER_EPOCH or
 //!   NOT_LEADER for [`REREAD_AFTER`] has its state re-read from ZooKeeper
 //!   (again every [`REREAD_AFTER`] while it lasts): a missed notice does
@@ -294,7 +297,12 @@ async fn round(m: &Arc<ReplicaManager>, s: &Session) -> Result<()> {
         .node(&s.leader)
         .ok_or_else(|| Error::Unavailable(format!("address of {} unknown", s.leader)))?;
     let channel = m.channels.get(&node.replication_addr)?;
-    let mut client = ReplicationClient::new(channel);
+    // Answers fit the leader's message limit, which is this node's too
+    // (the same storage limits across the cluster).
+    let limit = m.message_limit();
+    let mut client = ReplicationClient::new(channel)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
 
     let now = Instant::now();
     let due: Vec<(Arc<Partition>, u32)> = s
@@ -415,7 +423,7 @@ async fn apply(s: &Session, fetch: &mut FetchSet, resp: FetchResponse) -> Result
     let step = |w: Work| {
         let r = (|| {
             if !w.records.is_empty() {
-                w.part.log.append(&w.records)?;
+                w.part.log.append(&w.records, w.hw)?;
             }
             let end = w.part.log.written_end();
             w.part.log.commit(w.hw.min(end))
@@ -496,6 +504,18 @@ async fn truncate_to_leader(
             .into_inner()
             .end_offset;
         if leader_end >= committed {
+            // The epoch lookup says our log diverges from the leader's at
+            // `target`, below records we committed: committed records are
+            // on every ISR member, so they should agree. Keep them (a
+            // committed record is never dropped in a clean election), but
+            // say so loudly: this is a replica divergence to investigate.
+            tracing::error!(
+                partition = id,
+                "REPLICA DIVERGENCE: the leader's epoch history says this log diverges at \
+                 offset {target}, below its committed offset {committed} (log end {my_end}, \
+                 leader's log end {leader_end}, epoch {epoch}); keeping the committed \
+                 records {target}..{committed} unchecked and truncating to {committed}"
+            );
             target = committed;
         } else {
             target = target.min(leader_end);

@@ -12,30 +12,46 @@
 //! - `written_end` only moves forward, except through `truncate*`;
 //! - records below `committed` are applied to the keydir, the others are
 //!   not; `committed` never moves backwards and survives a restart;
-//! - `append` keeps each record's offset and epoch and checks its CRC.
+//! - `append` keeps each record's offset and epoch and checks its CRC;
+//! - a leader's writes and commits carry its epoch and are refused once the
+//!   log left that role (`step_down`, or a newer `set_epoch`).
 
 use bytes::Bytes;
 
-use crate::storage::{self, Bitcask, Engine, WriteOp, Written};
+use crate::storage::{self, Bitcask, Engine, Submitted, WriteOp, Written};
 
 /// A partition replica's log, as replication drives it.
 pub trait ReplicaLog: Engine {
-    /// Stamps records written from now on with `epoch`.
+    /// Leads at `epoch`: stamps records written from now on with it, and
+    /// accepts writes and commits stamped with it.
     fn set_epoch(&self, epoch: u32) -> storage::Result<()>;
-    /// Decides and writes `op` on `key` (leader).
-    fn write_op(&self, key: &[u8], op: WriteOp) -> storage::Result<Written>;
+    /// Leaves the leader role: writes the local writes already admitted,
+    /// then refuses every stamped write and commit (blocking).
+    fn step_down(&self) -> storage::Result<()>;
+    /// Decides and writes `op` on `key` as the leader at `epoch` (refused
+    /// unless the engine leads at `epoch`).
+    fn write_op(&self, key: &[u8], op: WriteOp, epoch: u32) -> storage::Result<Written>;
+    /// [`Engine::submit`] as the leader at `epoch` (refused unless the
+    /// engine leads at `epoch`).
+    fn submit_at(&self, key: &[u8], op: &WriteOp, epoch: u32) -> storage::Result<Submitted>;
     /// Appends records in the storage format, fetched from the leader
-    /// (follower). Returns how many were appended.
-    fn append(&self, records: &[u8]) -> storage::Result<usize>;
+    /// (follower); a gap in their offsets past `dense_from` (the leader's
+    /// high watermark: its log has gaps only where merge removed committed
+    /// records) is refused. Returns how many were appended.
+    fn append(&self, records: &[u8], dense_from: u64) -> storage::Result<usize>;
     /// Applies records below `hw`; returns the commit point. No I/O (the
-    /// engine checkpoints the commit point in the background).
+    /// engine checkpoints the commit point in the background). Follower.
     fn commit(&self, hw: u64) -> storage::Result<u64>;
+    /// [`ReplicaLog::commit`] by the leader at `epoch` (refused unless the
+    /// engine leads at `epoch`).
+    fn commit_at(&self, hw: u64, epoch: u32) -> storage::Result<u64>;
     /// The commit point.
     fn committed(&self) -> u64;
     /// End of the records written (and fsynced under `always`).
     fn written_end(&self) -> u64;
-    /// Raw records from `from`, about `max_bytes` of them, concatenated.
-    fn read_raw(&self, from: u64, max_bytes: usize) -> storage::Result<(Bytes, u32)>;
+    /// Raw records from `from`, concatenated, as many as `budget` allows
+    /// (see [`ReadBudget::keep`]), and how many.
+    fn read_raw(&self, from: u64, budget: ReadBudget) -> storage::Result<(Bytes, u32)>;
     /// Removes records `>= offset`; refused below the commit point.
     fn truncate_to(&self, offset: u64) -> storage::Result<()>;
     /// Removes records `>= offset` even below the commit point (unclean).
@@ -51,16 +67,28 @@ impl ReplicaLog for Bitcask {
         Bitcask::set_epoch(self, epoch)
     }
 
-    fn write_op(&self, key: &[u8], op: WriteOp) -> storage::Result<Written> {
-        Bitcask::write(self, key, op)
+    fn step_down(&self) -> storage::Result<()> {
+        Bitcask::step_down(self)
     }
 
-    fn append(&self, records: &[u8]) -> storage::Result<usize> {
-        self.append_replicated(records)
+    fn write_op(&self, key: &[u8], op: WriteOp, epoch: u32) -> storage::Result<Written> {
+        Bitcask::write_at(self, key, op, epoch)
+    }
+
+    fn submit_at(&self, key: &[u8], op: &WriteOp, epoch: u32) -> storage::Result<Submitted> {
+        Bitcask::submit_at(self, key, op, epoch)
+    }
+
+    fn append(&self, records: &[u8], dense_from: u64) -> storage::Result<usize> {
+        self.append_replicated_dense(records, dense_from)
     }
 
     fn commit(&self, hw: u64) -> storage::Result<u64> {
         Bitcask::commit(self, hw)
+    }
+
+    fn commit_at(&self, hw: u64, epoch: u32) -> storage::Result<u64> {
+        Bitcask::commit_at(self, hw, epoch)
     }
 
     fn committed(&self) -> u64 {
@@ -71,8 +99,14 @@ impl ReplicaLog for Bitcask {
         Bitcask::written_end(self)
     }
 
-    fn read_raw(&self, from: u64, max_bytes: usize) -> storage::Result<(Bytes, u32)> {
-        let records = self.read_log(from, max_bytes)?;
+    fn read_raw(&self, from: u64, budget: ReadBudget) -> storage::Result<(Bytes, u32)> {
+        if budget.room == 0 && !budget.first {
+            return Ok((Bytes::new(), 0));
+        }
+        // `read_log` returns at least one record and may pass its bound by
+        // one record: read up to the bound, keep what the budget allows.
+        let mut records = self.read_log(from, budget.want.min(budget.room).max(1))?;
+        records.truncate(budget.keep(records.iter().map(|r| r.raw.len())));
         let count = records.len() as u32;
         if records.len() == 1 {
             return Ok((records[0].raw.clone(), 1));
@@ -101,6 +135,44 @@ impl ReplicaLog for Bitcask {
     }
 }
 
+/// What one partition's share of a fetch answer may hold.
+///
+/// An answer has a hard byte budget that fits the message limit
+/// (`room` is what is left of it) and a fair share per partition (`want`).
+/// A partition gets its records while they fit both; its first record may
+/// pass `want` (so a record larger than the share still moves) but never
+/// `room`, except the first record of the whole answer (`first`), which is
+/// always taken: the message limit leaves room for the largest record, so
+/// a follower always makes progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadBudget {
+    /// This partition's fair share of the answer, in bytes.
+    pub want: usize,
+    /// What is left of the answer's hard budget, in bytes.
+    pub room: usize,
+    /// Nothing is in the answer yet: the first record is taken whatever
+    /// its size.
+    pub first: bool,
+}
+
+impl ReadBudget {
+    /// How many of the leading records, of `sizes` bytes each, to take.
+    pub fn keep(&self, sizes: impl IntoIterator<Item = usize>) -> usize {
+        let mut taken = 0usize;
+        let mut n = 0usize;
+        for size in sizes {
+            let total = taken.saturating_add(size);
+            let fits = total <= self.room && (total <= self.want || n == 0);
+            if !(fits || (n == 0 && self.first)) {
+                break;
+            }
+            taken = total;
+            n += 1;
+        }
+        n
+    }
+}
+
 /// The end offset of `epoch` in a log with `starts` (ascending
 /// `(epoch, first offset)`) and log end `end`: where the next higher epoch
 /// starts, or `end` for the last one. With the largest epoch `<= epoch`
@@ -117,7 +189,26 @@ pub fn epoch_end(starts: &[(u32, u64)], epoch: u32, end: u64) -> Option<(u32, u6
 
 #[cfg(test)]
 mod tests {
-    use super::epoch_end;
+    use super::{ReadBudget, epoch_end};
+
+    #[test]
+    fn a_fetch_budget_takes_records_while_they_fit() {
+        let b = |want, room, first| ReadBudget { want, room, first };
+        let mib = 1 << 20;
+        // The first record of an answer is taken whatever its size.
+        assert_eq!(b(10, 0, true).keep([mib]), 1);
+        assert_eq!(b(10, 5, true).keep([mib, 1]), 1);
+        // Later partitions: only records that fit what is left.
+        assert_eq!(b(10, 5, false).keep([mib]), 0);
+        assert_eq!(b(mib, mib - 1, false).keep([mib]), 0);
+        assert_eq!(b(mib, mib, false).keep([mib]), 1);
+        // A first record may pass the fair share, not the room.
+        assert_eq!(b(10, 100, false).keep([50, 1]), 1);
+        assert_eq!(b(100, 100, false).keep([50, 50, 1]), 2);
+        assert_eq!(b(100, 1000, false).keep([50, 40, 20]), 2);
+        assert_eq!(b(100, 1000, false).keep([]), 0);
+        assert_eq!(b(10, 10, true).keep([usize::MAX, 1]), 1);
+    }
 
     #[test]
     fn epoch_end_offsets() {

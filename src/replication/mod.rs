@@ -24,6 +24,8 @@
 //!   was written; an `acks: all` write that cannot be confirmed after it
 //!   was written fails with `TIMEOUT` or `UNAVAILABLE`, whose outcome is
 //!   documented as unknown (docs/REPLICATION.md);
+//! - a fetch answer always fits the message limit ([`ReplicaManager::message_limit`],
+//!   which leaves room for the largest record), whatever the value sizes;
 //! - controller notices older than the newest controller epoch seen are
 //!   refused (`STALE_CONTROLLER_EPOCH`), and so are notices issued for
 //!   another registration of this node (their node epoch is not this
@@ -38,14 +40,20 @@
 //!   replica idle until the controller's notice arrives (notices are
 //!   retried until acknowledged);
 //! - a follower whose leader keeps answering FENCED_LEADER_EPOCH or
-//!   NOT_LEADER re-reads the partition's state from ZooKeeper.
+//!   NOT_LEADER re-reads the partition's state from ZooKeeper;
+//! - a leader's appends and commits carry its leader epoch and are refused
+//!   by the engine once the replica left that role (`NOT_LEADER`, nothing
+//!   written); a role change steps the engine down before anything else
+//!   (the follower's truncation included), and the step-down first writes
+//!   the appends already admitted, so no write of the old role lands after
+//!   it, whenever its task resumes.
 
 mod fetcher;
 mod log;
 mod partition;
 pub mod service;
 
-pub use log::{ReplicaLog, epoch_end};
+pub use log::{ReadBudget, ReplicaLog, epoch_end};
 pub use partition::Progress;
 
 use std::collections::HashMap;
@@ -120,16 +128,26 @@ pub struct ReplicaManager {
     channels: fetcher::Channels,
     /// This node's fetch sessions, one per leader node it follows.
     sessions: fetcher::Sessions,
+    /// The largest record the engines accept (header, maximal key and
+    /// value): fetch answers and the message limit leave room for it.
+    max_record: usize,
 }
+
+/// Bytes of a fetch answer's message reserved for everything but records.
+const ENVELOPE: usize = 64 << 10;
+/// Bytes reserved per partition of a fetch answer (ids, offsets, an error).
+const PER_PARTITION: usize = 512;
 
 impl ReplicaManager {
     /// A manager for `logs` (one per partition, by id). Nothing leads until
-    /// states arrive. `wait` bounds acks and read-barrier waits.
+    /// states arrive. `wait` bounds acks and read-barrier waits;
+    /// `max_record` is the largest record the engines accept.
     pub fn new(
         me: NodeAddr,
         opts: ClusterOptions,
         logs: Vec<Arc<dyn ReplicaLog>>,
         wait: Duration,
+        max_record: usize,
     ) -> Arc<ReplicaManager> {
         let partitions = logs
             .into_iter()
@@ -149,6 +167,7 @@ impl ReplicaManager {
             wait,
             channels: fetcher::Channels::default(),
             sessions: fetcher::Sessions::default(),
+            max_record,
         })
     }
 
@@ -254,11 +273,23 @@ impl ReplicaManager {
                 });
             }
         }
+        // A test pauses here to demote the replica between the leadership
+        // check and the engine write: the engine refuses the stamped write.
+        fail::fail_point!("replication::write_after_check");
         let log = part.log.clone();
-        let written = match log.submit(&key, &op)? {
+        let refused = |e: crate::storage::Error| match e {
+            crate::storage::Error::NotLeader(why) => {
+                tracing::debug!(partition = p, "write refused by the engine: {why}");
+                self.not_leader(part)
+            }
+            e => Error::from(e),
+        };
+        let written = match log.submit_at(&key, &op, epoch).map_err(refused)? {
             Submitted::Done(w) => w,
-            Submitted::Queued(c) => c.wait().await?,
-            Submitted::Blocking => blocking(move || log.write_op(&key, op)).await?,
+            Submitted::Queued(c) => c.wait().await.map_err(refused)?,
+            Submitted::Blocking => blocking(move || Ok::<_, Error>(log.write_op(&key, op, epoch)))
+                .await?
+                .map_err(refused)?,
         };
         part.publish_log_end();
         self.advance_hw(part);
@@ -315,17 +346,21 @@ impl ReplicaManager {
     /// Moves the high watermark of `part` if the ISR allows it, commits it
     /// in the engine, then publishes it.
     fn advance_hw(&self, part: &Arc<Partition>) {
-        let Some(hw) = part.hw_candidate(&self.me.id, self.opts.min_insync) else {
+        let Some((hw, epoch)) = part.hw_candidate(&self.me.id, self.opts.min_insync) else {
             return;
         };
-        self.commit(part, hw);
+        self.commit(part, hw, epoch);
     }
 
-    /// Commits `hw` in the engine (memory only) and publishes what was
-    /// committed.
-    fn commit(&self, part: &Partition, hw: u64) {
-        match part.log.commit(hw) {
+    /// Commits `hw` in the engine (memory only) as the leader at `epoch`
+    /// and publishes what was committed. The engine refuses it once the
+    /// replica left that role.
+    fn commit(&self, part: &Partition, hw: u64, epoch: u32) {
+        match part.log.commit_at(hw, epoch) {
             Ok(c) => part.publish_hw(c),
+            Err(crate::storage::Error::NotLeader(why)) => {
+                tracing::debug!(partition = part.id, "commit of {hw} refused: {why}");
+            }
             Err(e) => tracing::error!(partition = part.id, "committing offset {hw} failed: {e}"),
         }
     }
@@ -446,8 +481,9 @@ impl ReplicaManager {
         }
     }
 
-    /// Ends the current role: fails leader waiters, stops the fetcher and
-    /// waits for an append in progress.
+    /// Ends the current role: fails leader waiters and steps the engine
+    /// down (the leader writes it admitted are written first, later ones are
+    /// refused), or stops the fetcher and waits for an append in progress.
     async fn stop_role(&self, part: &Arc<Partition>) {
         let old = std::mem::replace(&mut part.state.lock().role, RoleState::Idle);
         match old {
@@ -462,6 +498,12 @@ impl ReplicaManager {
                 let _ = part.append.lock().await;
             }
             RoleState::Idle => {}
+        }
+        // Whatever the old role, the engine accepts no leader write from
+        // here on (a no-op unless it led: nothing is queued).
+        let log = part.log.clone();
+        if let Err(e) = blocking(move || log.step_down()).await {
+            tracing::error!(partition = part.id, "stepping the engine down: {e}");
         }
     }
 
@@ -522,6 +564,7 @@ impl ReplicaManager {
             epoch_start: start,
             followers,
             isr_change_in_flight: false,
+            joining: None,
         });
         part.publish_hw(hw);
         part.progress.send_modify(|p| p.leading = Some(epoch));
@@ -560,7 +603,18 @@ impl ReplicaManager {
     /// partition of the request is served or refused on its own; the answer
     /// goes out as soon as one of them has records past its offset (or was
     /// refused, or lost this node's leadership), else after `max_wait_ms`.
-    pub async fn fetch(self: &Arc<Self>, req: pb::FetchRequest) -> Result<pb::FetchResponse> {
+    /// `turn` (the stream's answer count) picks the partition read first.
+    ///
+    /// The answer fits the message limit ([`Self::message_limit`]): its
+    /// records share a byte budget of at most `fetch_max_bytes`, the first
+    /// record of the answer is always included (the limit leaves room for
+    /// the largest record), and a later partition's record only if it fits
+    /// what is left.
+    pub async fn fetch(
+        self: &Arc<Self>,
+        req: pb::FetchRequest,
+        turn: usize,
+    ) -> Result<pb::FetchResponse> {
         let lease = self.lease();
         let mut slots = Vec::with_capacity(req.partitions.len());
         let mut commits = Vec::new();
@@ -580,8 +634,8 @@ impl ReplicaManager {
             });
             match noted {
                 Ok((part, note)) => {
-                    if let Some(hw) = note.commit {
-                        commits.push((part.clone(), hw));
+                    if let Some((hw, epoch)) = note.commit {
+                        commits.push((part.clone(), hw, epoch));
                     }
                     if let Some(isr) = note.isr_change {
                         let why = format!("{} caught up", req.follower_id);
@@ -592,8 +646,8 @@ impl ReplicaManager {
                 Err(e) => slots.push(Err((pf.partition, e))),
             }
         }
-        for (part, hw) in commits {
-            self.commit(&part, hw);
+        for (part, hw, epoch) in commits {
+            self.commit(&part, hw, epoch);
         }
 
         let served: Vec<_> = slots.iter().filter_map(|s| s.as_ref().ok()).collect();
@@ -628,15 +682,33 @@ impl ReplicaManager {
                 reads.push((part.id, part.log.clone(), *offset));
             }
         }
-        let max = (req.max_bytes as usize).clamp(1, self.opts.fetch_max_bytes.max(1));
+        // The answer's hard budget: `fetch_max_bytes` (or less, as asked),
+        // never more than fits the message limit with the envelope.
+        let hard = self.answer_budget(slots.len());
+        let max = (req.max_bytes as usize).clamp(1, self.opts.fetch_max_bytes.max(1).min(hard));
         let share = (max / reads.len().max(1)).max(1);
+        // Each answer starts with another partition, so one with large
+        // records cannot keep the others out.
+        if !reads.is_empty() {
+            let first = turn % reads.len();
+            reads.rotate_left(first);
+        }
         let mut read = in_place(move || {
-            Ok::<_, Error>(
-                reads
-                    .into_iter()
-                    .map(|(p, log, offset)| (p, log.read_raw(offset, share).map_err(Error::from)))
-                    .collect::<HashMap<_, _>>(),
-            )
+            let mut used = 0usize;
+            let mut out = HashMap::with_capacity(reads.len());
+            for (p, log, offset) in reads {
+                let budget = ReadBudget {
+                    want: share,
+                    room: max.saturating_sub(used),
+                    first: used == 0,
+                };
+                let r = log.read_raw(offset, budget).map_err(Error::from);
+                if let Ok((records, _)) = &r {
+                    used = used.saturating_add(records.len());
+                }
+                out.insert(p, r);
+            }
+            Ok::<_, Error>(out)
         })
         .await?;
 
@@ -661,7 +733,54 @@ impl ReplicaManager {
                 Err((p, e)) => refusal(p, &e),
             })
             .collect();
-        Ok(pb::FetchResponse { partitions })
+        let mut answer = pb::FetchResponse { partitions };
+        self.fit(&mut answer);
+        Ok(answer)
+    }
+
+    /// The largest fetch answer (and request) on the wire: the gRPC default
+    /// of 4 MiB, or more when the largest record needs it (a record is
+    /// never split, and the first record of an answer is always sent).
+    pub fn message_limit(&self) -> usize {
+        (4usize << 20).max(self.max_record.saturating_add(ENVELOPE))
+    }
+
+    /// The record bytes an answer for `partitions` partitions may carry:
+    /// the message limit less the envelope (at least the largest record).
+    fn answer_budget(&self, partitions: usize) -> usize {
+        self.message_limit()
+            .saturating_sub(ENVELOPE)
+            .saturating_sub(partitions.saturating_mul(PER_PARTITION))
+            .max(self.max_record)
+    }
+
+    /// Makes sure `answer` fits the message limit, whatever the envelope
+    /// estimate said: drops the records of its last partitions (never the
+    /// first partition with records) until it does. Their followers fetch
+    /// them again next time.
+    fn fit(&self, answer: &mut pb::FetchResponse) {
+        use prost::Message;
+        let limit = self.message_limit();
+        let mut len = answer.encoded_len();
+        if len <= limit {
+            return;
+        }
+        let with_records: Vec<usize> = (0..answer.partitions.len())
+            .filter(|&i| !answer.partitions[i].records.is_empty())
+            .collect();
+        for &i in with_records.iter().skip(1).rev() {
+            let d = &mut answer.partitions[i];
+            tracing::warn!(
+                partition = d.partition,
+                "fetch answer of {len} bytes is over the {limit}-byte limit: records left out"
+            );
+            d.records = Bytes::new();
+            d.record_count = 0;
+            len = answer.encoded_len();
+            if len <= limit {
+                return;
+            }
+        }
     }
 
     /// KIP-101: the end offset of `epoch` in this leader's log.
@@ -924,3 +1043,6 @@ where
         Err(e) => Err(Error::Internal(format!("engine task failed: {e}"))),
     }
 }
+
+#[cfg(test)]
+mod tests;

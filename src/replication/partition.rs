@@ -9,7 +9,10 @@
 //!   transition at a time (the `transition` lock);
 //! - the ISR used for the high watermark is the one ZooKeeper holds: a
 //!   change counts only after its compare-and-set succeeded;
-//! - the high watermark is `min(log end)` over the ISR, moves only forward,
+//! - the high watermark is `min(log end)` over the ISR and the follower
+//!   whose addition to the ISR is in flight (KIP-497: once proposed it may
+//!   be in sync in ZooKeeper, and a controller may elect it), moves only
+//!   forward,
 //!   and only while the ISR has at least `min_insync` members, so committed
 //!   data is always on `min_insync` replicas; it is published (`progress`)
 //!   only after the engine applied and persisted it, so an acknowledged
@@ -70,6 +73,11 @@ pub struct LeaderState {
     pub followers: HashMap<String, FollowerProgress>,
     /// An ISR change is on its way to ZooKeeper.
     pub isr_change_in_flight: bool,
+    /// The follower that change adds, if it is an addition: the high
+    /// watermark counts it from the moment it is proposed (KIP-497's
+    /// maximal ISR), so the high watermark never advances past a replica
+    /// that ZooKeeper may already list as in sync.
+    pub joining: Option<String>,
 }
 
 /// The role of the replica.
@@ -167,8 +175,9 @@ pub enum Ack {
 
 /// The outcome of recording a follower's fetch.
 pub struct FetchNote {
-    /// A higher high watermark to commit, if any.
-    pub commit: Option<u64>,
+    /// A higher high watermark to commit, if any, and the leader epoch to
+    /// commit it at.
+    pub commit: Option<(u64, u32)>,
     /// An ISR change to propose (the new ISR), if any.
     pub isr_change: Option<Vec<String>>,
 }
@@ -331,8 +340,8 @@ impl Partition {
 
     /// The high watermark the leader may move to now, if higher than the
     /// published one: `min` log end over the ISR, with at least
-    /// `min_insync` members.
-    pub fn hw_candidate(&self, me: &str, min_insync: u32) -> Option<u64> {
+    /// `min_insync` members; with the leader epoch it is computed at.
+    pub fn hw_candidate(&self, me: &str, min_insync: u32) -> Option<(u64, u32)> {
         let s = self.state.lock();
         let RoleState::Leader(l) = &s.role else {
             return None;
@@ -341,13 +350,13 @@ impl Partition {
             return None;
         }
         let mut hw = self.log.written_end();
-        for id in &l.isr {
+        for id in l.isr.iter().chain(&l.joining) {
             if id == me {
                 continue;
             }
             hw = hw.min(l.followers.get(id).map_or(0, |f| f.leo));
         }
-        (hw > self.progress.borrow().hw).then_some(hw)
+        (hw > self.progress.borrow().hw).then_some((hw, l.epoch))
     }
 
     /// Records a fetch of `follower` at `offset` (its log end) on the
@@ -411,6 +420,7 @@ impl Partition {
                 && !l.isr_change_in_flight;
             if joins {
                 l.isr_change_in_flight = true;
+                l.joining = Some(follower.to_string());
                 let mut isr = l.isr.clone();
                 isr.push(follower.to_string());
                 Some(isr)
@@ -488,6 +498,7 @@ impl Partition {
             return false;
         }
         l.isr_change_in_flight = false;
+        l.joining = None;
         if zk_version <= l.zk_version {
             return true;
         }
@@ -507,6 +518,7 @@ impl Partition {
     pub fn isr_change_failed(&self) {
         if let RoleState::Leader(l) = &mut self.state.lock().role {
             l.isr_change_in_flight = false;
+            l.joining = None;
         }
     }
 

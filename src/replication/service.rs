@@ -33,7 +33,7 @@ impl ReplicationService {
     pub fn server(
         manager: Arc<ReplicaManager>,
     ) -> pb::replication_server::ReplicationServer<ReplicationService> {
-        let limit = manager.options().fetch_max_bytes.saturating_mul(2) + (2 << 20);
+        let limit = manager.message_limit();
         pb::replication_server::ReplicationServer::new(Self::new(manager))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit)
@@ -100,6 +100,7 @@ impl Replication for ReplicationService {
         let (tx, rx) = mpsc::channel(2);
         let manager = self.manager.clone();
         tokio::spawn(async move {
+            let mut turn = 0usize;
             loop {
                 let req = match requests.message().await {
                     Ok(Some(req)) => req,
@@ -110,9 +111,10 @@ impl Replication for ReplicationService {
                     }
                 };
                 let answer = tokio::select! {
-                    a = manager.fetch(req) => a.map_err(Status::from),
+                    a = manager.fetch(req, turn) => a.map_err(Status::from),
                     () = tx.closed() => return,
                 };
+                turn = turn.wrapping_add(1);
                 let failed = answer.is_err();
                 if tx.send(answer).await.is_err() || failed {
                     return;

@@ -118,12 +118,15 @@ impl KvService {
         RF: Future<Output = crate::Result<u64>>,
     {
         let mut total = 0;
-        for key in keys {
+        let count = keys.len();
+        for (done, key) in keys.into_iter().enumerate() {
             let one = local(key.clone()).await;
-            total += match leader_of(&one) {
-                Some(addr) => remote(addr, key).await?,
-                None => one?,
+            let r = match leader_of(&one) {
+                Some(addr) => remote(addr, key).await,
+                None => one,
             };
+            // Keys already done: NOT_LEADER would claim nothing was.
+            total += r.map_err(|e| crate::node::partly_applied(done, count, e))?;
         }
         Ok(total)
     }

@@ -33,6 +33,11 @@ pub enum Error {
     /// The engine has been shut down.
     #[error("storage engine is closed")]
     Closed,
+    /// Replica mode: a leader's write or commit stamped with a leader epoch
+    /// the engine no longer leads at (it stepped down or moved to another
+    /// epoch); nothing was written or committed.
+    #[error("{0}")]
+    NotLeader(String),
     /// An I/O error, with what was being done.
     #[error("{context}: {source}")]
     Io {
@@ -79,6 +84,7 @@ impl Error {
             Error::DiskFull(m) => Error::DiskFull(m.clone()),
             Error::WritesRefused(m) => Error::WritesRefused(m.clone()),
             Error::Closed => Error::Closed,
+            Error::NotLeader(m) => Error::NotLeader(m.clone()),
             Error::Io { context, source } => Error::Io {
                 context: context.clone(),
                 source: io::Error::new(source.kind(), source.to_string()),

@@ -402,7 +402,7 @@ async fn establish(shared: &Shared) -> crate::Result<zk::Client> {
     let node_epoch = session::register(&client, paths, &shared.me).await?;
     shared.node_epoch.store(node_epoch, Ordering::SeqCst);
     shared.listener.registered(node_epoch);
-    let sent = Instant::now();
+    let sent = session::BootInstant::now();
     let nodes = znode::live_nodes(&client, paths).await?;
     *shared.nodes.write() = nodes.clone();
     let states = znode::states_of_replica(&client, paths, &shared.me.id).await?;
@@ -535,9 +535,10 @@ async fn heartbeat(shared: Arc<Shared>, client: zk::Client) {
     let root = shared.paths.root.clone();
     loop {
         let sent = Instant::now();
+        let boot_sent = session::BootInstant::now();
         match tokio::time::timeout(period, client.check_stat(&root)).await {
             Ok(Ok(_)) => {
-                if shared.lease.renew(sent) {
+                if shared.lease.renew(boot_sent) {
                     tracing::info!("ZooKeeper answers again: lease renewed, re-reading states");
                     reapply(&shared, &client).await;
                 }

@@ -313,6 +313,7 @@ impl Bitcask {
                 writer.epochs = replica::load_epochs(&dir, &loaded.segments, loaded.next_offset)?;
                 writer.epoch = writer.epochs.last().map_or(0, |e| e.0);
                 Some(Replica {
+                    role: AtomicU64::new(replica::ROLE_UNSET),
                     committed: AtomicU64::new(committed),
                     retain_from: AtomicU64::new(0),
                     file: Mutex::new(file),
@@ -403,7 +404,7 @@ impl Bitcask {
     /// until `commit(hw)` with `hw >= until`.
     pub fn write(&self, key: &[u8], op: WriteOp) -> Result<Written> {
         self.inner
-            .write(key, op)
+            .write(key, op, None)
             .map(|(done, until)| Written { done, until })
     }
 
@@ -423,7 +424,7 @@ impl Bitcask {
     /// is usually awake already does it for less than waking the committer
     /// (measured: docs/BENCHMARKS.md, "Cluster", run 3).
     pub fn submit(&self, key: &[u8], op: &WriteOp) -> Result<Submitted> {
-        self.inner.submit(key, op)
+        self.inner.submit(key, op, None)
     }
 
     /// Follower side (replica mode): appends records fetched from the leader
@@ -697,7 +698,9 @@ impl Inner {
     }
 
     /// See [`Bitcask::submit`].
-    fn submit(&self, key: &[u8], op: &WriteOp) -> Result<Submitted> {
+    /// `leader`: the leader epoch the write is stamped with (replica mode;
+    /// see [`Inner::check_role`]).
+    fn submit(&self, key: &[u8], op: &WriteOp, leader: Option<u32>) -> Result<Submitted> {
         self.opts.limits.check_key(key)?;
         if let WriteOp::Set(v, _) = op {
             self.opts.limits.check_value(v)?;
@@ -707,6 +710,7 @@ impl Inner {
         }
         let mut w = self.writer.lock();
         w.check_writable()?;
+        self.check_role(leader)?;
         match self.decide_now(&w, key, op)? {
             (None, answer, dep) => Ok(match dep {
                 Some((batch, _)) if !batch.is_done() => Submitted::Blocking,
@@ -757,22 +761,23 @@ impl Inner {
     /// Decides and performs a write. Returns the answer the caller reports
     /// (whether the set happened, whether the key existed) and the offset
     /// below which every record the answer rests on is (see [`Written`]).
-    fn write(&self, key: &[u8], op: WriteOp) -> Result<(bool, u64)> {
+    fn write(&self, key: &[u8], op: WriteOp, leader: Option<u32>) -> Result<(bool, u64)> {
         self.opts.limits.check_key(key)?;
         if let WriteOp::Set(v, _) = &op {
             self.opts.limits.check_value(v)?;
         }
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        let result = self.write_inner(key, op);
+        let result = self.write_inner(key, op, leader);
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         result
     }
 
     /// [`Self::write`] once counted in `in_flight`.
-    fn write_inner(&self, key: &[u8], op: WriteOp) -> Result<(bool, u64)> {
+    fn write_inner(&self, key: &[u8], op: WriteOp, leader: Option<u32>) -> Result<(bool, u64)> {
         let mut w = self.writer.lock();
         loop {
             w.check_writable()?;
+            self.check_role(leader)?;
             match self.decide_now(&w, key, &op)? {
                 (None, answer, dep) => {
                     // Nothing to write, but the answer may rest on a record
@@ -1176,17 +1181,17 @@ impl Engine for Bitcask {
 
     fn set(&self, key: &[u8], value: Bytes, opts: SetOptions) -> Result<bool> {
         self.inner
-            .write(key, WriteOp::Set(value, opts))
+            .write(key, WriteOp::Set(value, opts), None)
             .map(|r| r.0)
     }
 
     fn delete(&self, key: &[u8]) -> Result<bool> {
-        self.inner.write(key, WriteOp::Delete).map(|r| r.0)
+        self.inner.write(key, WriteOp::Delete, None).map(|r| r.0)
     }
 
     fn expire(&self, key: &[u8], expire_at_ms: u64) -> Result<bool> {
         self.inner
-            .write(key, WriteOp::Expire(expire_at_ms))
+            .write(key, WriteOp::Expire(expire_at_ms), None)
             .map(|r| r.0)
     }
 

@@ -38,7 +38,18 @@
 //!   is rebuilt from the record headers at open (the file is a cache, the log
 //!   is the truth);
 //! - a follower never writes records of its own: appended records keep their
-//!   offset and epoch, byte for byte.
+//!   offset and epoch, byte for byte;
+//! - a leader's writes and commits carry its leader epoch
+//!   ([`super::Bitcask::write_at`], [`super::Bitcask::submit_at`],
+//!   [`super::Bitcask::commit_at`]) and are refused (`NotLeader`, nothing
+//!   written or committed) unless the engine leads at that epoch;
+//!   [`super::Bitcask::step_down`] first writes every local write already
+//!   queued, then leaves the leader role under the writer mutex, so no
+//!   leader write lands after it (in particular not after a follower's
+//!   truncation);
+//! - appended records follow the log without a gap at or above the leader's
+//!   dense point (gaps exist only where the leader merged committed records
+//!   away), and offsets never reach `u64::MAX`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -75,8 +86,21 @@ const EPOCHS_MAGIC: &[u8; 4] = b"CSKE";
 /// Version of the `EPOCHS` format.
 const EPOCHS_VERSION: u8 = 1;
 
+/// [`Replica::role`]: the engine has not been told its role (opened, not
+/// yet led or followed): local writes without a stamp are accepted.
+pub(super) const ROLE_UNSET: u64 = u64::MAX;
+/// [`Replica::role`]: following (stepped down): no local write or leader
+/// commit is accepted.
+pub(super) const ROLE_FOLLOWER: u64 = u64::MAX - 1;
+
 /// Replica-mode state shared by the engine's threads.
 pub(super) struct Replica {
+    /// The role the replication layer gave the engine: a leader epoch (the
+    /// engine leads at it), [`ROLE_FOLLOWER`] or [`ROLE_UNSET`]. Changed
+    /// only under the writer mutex, and checked under it before a local
+    /// write is queued, so a write admitted under one role is written (or
+    /// fails) before the role changes.
+    pub role: AtomicU64,
     /// The commit point: records below it are applied.
     pub committed: AtomicU64,
     /// Tombstones and expired records at or above this offset survive merge.
@@ -169,6 +193,63 @@ impl CommitFile {
             self.dirty = false;
         }
         Ok(())
+    }
+}
+
+/// The engine's role, for messages.
+fn describe_role(role: u64) -> String {
+    match role {
+        ROLE_UNSET => "the replica has no role yet".into(),
+        ROLE_FOLLOWER => "the replica follows".into(),
+        e => format!("the replica leads at epoch {e}"),
+    }
+}
+
+impl super::Bitcask {
+    /// [`super::Bitcask::append_replicated`] that also refuses a gap in the
+    /// offsets (between the log end and the first record, or between two
+    /// records) that reaches past `dense_from`: a leader's log has gaps only
+    /// where merge removed committed records, so below its commit point
+    /// (the follower passes the high watermark of the leader's answer).
+    pub fn append_replicated_dense(&self, records: &[u8], dense_from: u64) -> Result<usize> {
+        self.inner.append_replicated_dense(records, dense_from)
+    }
+
+    /// A leader's [`super::Bitcask::write`], stamped with its leader
+    /// `epoch`: refused with [`Error::NotLeader`] (nothing written) unless
+    /// the engine leads at `epoch` ([`super::Bitcask::set_epoch`], and no
+    /// [`super::Bitcask::step_down`] since).
+    pub fn write_at(&self, key: &[u8], op: super::WriteOp, epoch: u32) -> Result<super::Written> {
+        self.inner
+            .write(key, op, Some(epoch))
+            .map(|(done, until)| super::Written { done, until })
+    }
+
+    /// A leader's [`super::Bitcask::submit`], stamped with its leader
+    /// `epoch`, refused as [`super::Bitcask::write_at`] is.
+    pub fn submit_at(
+        &self,
+        key: &[u8],
+        op: &super::WriteOp,
+        epoch: u32,
+    ) -> Result<super::Submitted> {
+        self.inner.submit(key, op, Some(epoch))
+    }
+
+    /// A leader's [`super::Bitcask::commit`], stamped with its leader
+    /// `epoch`: refused with [`Error::NotLeader`] (nothing committed)
+    /// unless the engine leads at `epoch`.
+    pub fn commit_at(&self, hw: u64, epoch: u32) -> Result<u64> {
+        self.inner.commit_as(hw, Some(epoch))
+    }
+
+    /// Leaves the leader role (replica mode): writes the local writes
+    /// already queued (their writers get their answers), then refuses every
+    /// stamped write and commit, and unstamped local writes, until the next
+    /// [`super::Bitcask::set_epoch`]. Blocks while a group commit runs: call
+    /// it off the async runtime.
+    pub fn step_down(&self) -> Result<()> {
+        self.inner.step_down()
     }
 }
 
@@ -425,7 +506,7 @@ impl Inner {
 
     /// See [`super::Bitcask::set_epoch`].
     pub(super) fn set_epoch(&self, epoch: u32) -> Result<()> {
-        self.replica("set_epoch")?;
+        let rep = self.replica("set_epoch")?;
         let mut w = self.writer.lock();
         let floor = w.epoch.max(w.epochs.last().map_or(0, |e| e.0));
         if epoch < floor {
@@ -434,17 +515,86 @@ impl Inner {
             )));
         }
         w.epoch = epoch;
+        rep.role.store(u64::from(epoch), Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether a local write stamped `leader` may be queued now (called
+    /// under the writer mutex). A stamped write needs the engine to lead at
+    /// that epoch; an unstamped one (standalone, tools, tests) is refused
+    /// only once the engine follows. Standalone mode accepts everything.
+    pub(super) fn check_role(&self, leader: Option<u32>) -> Result<()> {
+        let Some(rep) = &self.replica else {
+            return Ok(());
+        };
+        let role = rep.role.load(Ordering::Acquire);
+        match leader {
+            Some(epoch) if role == u64::from(epoch) => Ok(()),
+            None if role != ROLE_FOLLOWER => Ok(()),
+            _ => Err(Error::NotLeader(format!(
+                "{}: {} (the write was stamped {}); nothing written",
+                self.dir.display(),
+                describe_role(role),
+                leader.map_or("with no epoch".to_string(), |e| format!("with epoch {e}"))
+            ))),
+        }
+    }
+
+    /// See [`super::Bitcask::step_down`].
+    pub(super) fn step_down(&self) -> Result<()> {
+        let rep = self.replica("step_down")?;
+        let mut w = self.writer.lock();
+        // Writes admitted under the old role go first (they may fail: then
+        // their writers are told so). The role changes under the mutex, so
+        // none is admitted after this loop.
+        loop {
+            if w.flushing {
+                self.batch_done.wait(&mut w);
+            } else if !w.queue.is_empty() && w.check_writable().is_ok() {
+                self.lead(&mut w);
+            } else {
+                break;
+            }
+        }
+        rep.role.store(ROLE_FOLLOWER, Ordering::Release);
         Ok(())
     }
 
     /// See [`super::Bitcask::append_replicated`].
     pub(super) fn append_replicated(&self, bytes: &[u8]) -> Result<usize> {
+        self.append_replicated_dense(bytes, u64::MAX)
+    }
+
+    /// See [`super::Bitcask::append_replicated_dense`].
+    pub(super) fn append_replicated_dense(&self, bytes: &[u8], dense_from: u64) -> Result<usize> {
         self.replica("append_replicated")?;
         let Parsed { queue } = parse_replicated(bytes, self.opts.segment_bytes)?;
         let (Some(first), Some(last)) = (queue.first(), queue.last()) else {
             return Ok(0);
         };
         let (first, last) = (first.offset, last.offset);
+        // The log end after the append; `u64::MAX` is never an offset.
+        let Some(new_next) = last.checked_add(1).filter(|&n| n < u64::MAX) else {
+            return Err(Error::InvalidInput(format!(
+                "replicated offset {last} is past the largest log offset; nothing appended"
+            )));
+        };
+        // A gap is only where a leader merged committed records away: none
+        // may reach `dense_from`.
+        let mut prev: Option<u64> = None;
+        for q in &queue {
+            if let Some(p) = prev
+                && q.offset > p + 1
+                && q.offset > dense_from
+            {
+                return Err(Error::InvalidInput(format!(
+                    "replicated offsets jump from {p} to {} at or above the leader's dense \
+                     point {dense_from}; nothing appended",
+                    q.offset
+                )));
+            }
+            prev = Some(q.offset);
+        }
         let mut w = self.writer.lock();
         // Local writes queued before us go first (a follower has none).
         loop {
@@ -463,6 +613,13 @@ impl Inner {
                 w.next_offset
             )));
         }
+        if first > w.next_offset && first > dense_from {
+            return Err(Error::InvalidInput(format!(
+                "replicated offset {first} leaves a gap after the log end {} at or above the \
+                 leader's dense point {dense_from}; nothing appended",
+                w.next_offset
+            )));
+        }
         if let (Some(&(e, _)), Some(q)) = (w.epochs.last(), queue.first())
             && q.epoch < e
         {
@@ -474,7 +631,7 @@ impl Inner {
         let sync = self.opts.fsync == Durability::Always;
         let old_next = w.next_offset;
         w.flushing = true;
-        w.next_offset = last + 1;
+        w.next_offset = new_next;
         let active = w.active.clone();
         let written = MutexGuard::unlocked(&mut w, || self.write_out(active, bytes, &queue, sync));
         if let Some(seg) = written.new_active {
@@ -520,11 +677,28 @@ impl Inner {
 
     /// See [`super::Bitcask::commit`].
     pub(super) fn commit_to(&self, hw: u64) -> Result<u64> {
+        self.commit_as(hw, None)
+    }
+
+    /// [`Inner::commit_to`]; with `leader`, only while the engine leads at
+    /// that epoch (checked under the writer mutex, as the step-down changes
+    /// the role under it).
+    pub(super) fn commit_as(&self, hw: u64, leader: Option<u32>) -> Result<u64> {
         let Some(rep) = &self.replica else {
             return Ok(self.writer.lock().next_offset);
         };
         {
             let mut w = self.writer.lock();
+            if let Some(epoch) = leader {
+                let role = rep.role.load(Ordering::Acquire);
+                if role != u64::from(epoch) {
+                    return Err(Error::NotLeader(format!(
+                        "{}: {}; a commit of offset {hw} stamped with epoch {epoch} is refused",
+                        self.dir.display(),
+                        describe_role(role)
+                    )));
+                }
+            }
             let target = hw.min(w.written_end);
             let current = rep.committed.load(Ordering::Acquire);
             if target <= current {
@@ -617,6 +791,41 @@ mod tests {
         }
         assert_eq!(decode_epochs(&encode_epochs(&[(2, 5), (1, 6)])), None);
         assert_eq!(decode_epochs(&encode_epochs(&[])), Some(vec![]));
+    }
+
+    /// Bug 14 (c) of issue 10: gaps above the leader's dense point and an
+    /// offset of `u64::MAX` (whose `last + 1` overflowed) are refused.
+    #[test]
+    fn appends_refuse_gaps_past_the_dense_point_and_offset_overflow() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let e = super::super::Bitcask::open_replica(
+            dir.path(),
+            crate::storage::Options::default(),
+            Arc::new(crate::storage::SystemClock),
+        )
+        .unwrap();
+        let recs = |offsets: &[u64]| {
+            let mut buf = Vec::new();
+            for &o in offsets {
+                record::encode(&mut buf, o, 1, None, record::Kind::Put, b"k", b"v");
+            }
+            buf
+        };
+        let refused = |r: Result<usize>| matches!(r, Err(Error::InvalidInput(_)));
+        // A gap inside the batch, ending above the dense point.
+        assert!(refused(e.append_replicated_dense(&recs(&[0, 5]), 3)));
+        // A gap after the log end, past the dense point.
+        assert!(refused(e.append_replicated_dense(&recs(&[4]), 3)));
+        assert_eq!(e.next_offset(), 0);
+        // Gaps below the dense point (a merged leader log) are fine.
+        assert_eq!(e.append_replicated_dense(&recs(&[0, 2, 3]), 3).unwrap(), 3);
+        assert_eq!(e.append_replicated_dense(&recs(&[4, 5]), 3).unwrap(), 2);
+        assert_eq!(e.next_offset(), 6);
+        // u64::MAX as an offset would overflow the log end.
+        let top = recs(&[u64::MAX - 1, u64::MAX]);
+        assert!(refused(e.append_replicated(&top)));
+        assert!(refused(e.append_replicated(&recs(&[u64::MAX]))));
+        assert_eq!(e.next_offset(), 6);
     }
 
     #[test]
