@@ -105,7 +105,8 @@ pub struct Config {
     /// Limits and timeouts of the gRPC server.
     pub server: ServerOptions,
     /// Storage engine settings, applied to every partition (see
-    /// docs/STORAGE.md). Enums in it are written as single-key maps
+    /// docs/STORAGE.md); `cache_bytes` is a per-node budget: the node opens
+    /// one value cache of that size and all its partitions share it. Enums in it are written as single-key maps
     /// (`fsync: {every_ms: 1000}`), not YAML tags (`!every_ms 1000`).
     #[serde(with = "serde_yaml_ng::with::singleton_map_recursive")]
     pub storage: storage::Options,

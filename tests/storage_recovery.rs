@@ -1,7 +1,9 @@
 //! Recovery tests: the log cut at every byte of its last records, garbage and
 //! zero-filled tails, flipped bits in sealed and active segments, damaged
-//! hint files. Recovery must keep exactly the valid records, never serve a
-//! corrupted value, and never drop a valid record that follows a bad one.
+//! hint files, records forged inside values. Recovery must keep exactly the
+//! valid records up to the first damaged one, never serve a corrupted value,
+//! and never apply bytes that lie inside another record (after a damaged
+//! record, only the next segment's start is a trusted record boundary).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -171,8 +173,13 @@ fn find(hay: &[u8], needle: &[u8]) -> usize {
         .expect("value present")
 }
 
+/// The base offset in a segment file's name.
+fn base_of(log: &Path) -> u64 {
+    log.file_stem().unwrap().to_str().unwrap().parse().unwrap()
+}
+
 #[test]
-fn flipped_bit_in_a_sealed_segment_is_skipped_and_later_records_kept() {
+fn flipped_bit_in_a_sealed_segment_skips_the_rest_of_that_segment() {
     let dir = TempDir::new().unwrap();
     {
         let e = open(dir.path(), 600);
@@ -188,11 +195,14 @@ fn flipped_bit_in_a_sealed_segment_is_skipped_and_later_records_kept() {
     for h in hints(dir.path()) {
         fs::remove_file(h).unwrap();
     }
-    let first = logs(dir.path()).remove(0);
-    let mut bytes = fs::read(&first).unwrap();
+    let all = logs(dir.path());
+    let second_base = base_of(&all[1]);
+    assert!(second_base > 3, "{second_base}");
+    let first = &all[0];
+    let mut bytes = fs::read(first).unwrap();
     let at = find(&bytes, &value(2));
     bytes[at] ^= 0x01;
-    fs::write(&first, &bytes).unwrap();
+    fs::write(first, &bytes).unwrap();
     let e = open(dir.path(), 600);
     assert_eq!(e.status().unwrap().corrupt_ranges, 1);
     assert_eq!(
@@ -200,17 +210,24 @@ fn flipped_bit_in_a_sealed_segment_is_skipped_and_later_records_kept() {
         None,
         "the damaged record is not served"
     );
+    // After a damaged record nothing in its segment is trusted (where the
+    // next record starts is unknown); the next segment starts at a known
+    // boundary and is kept whole.
     for i in (0..60).filter(|&i| i != 2) {
-        assert_eq!(
-            e.get(format!("key{i}").as_bytes()).unwrap(),
-            Some(value(i)),
-            "key{i}"
-        );
+        let want = (i < 2 || i as u64 >= second_base).then(|| value(i));
+        assert_eq!(e.get(format!("key{i}").as_bytes()).unwrap(), want, "key{i}");
     }
+    assert_eq!(e.next_offset(), 60);
+    drop(e);
+    assert_eq!(
+        fs::read(first).unwrap(),
+        bytes,
+        "a sealed segment is not modified"
+    );
 }
 
 #[test]
-fn flipped_bit_in_the_active_segment_keeps_later_records() {
+fn flipped_bit_in_the_active_segment_cuts_the_log_there() {
     let dir = TempDir::new().unwrap();
     {
         let e = open(dir.path(), 1 << 20);
@@ -224,23 +241,31 @@ fn flipped_bit_in_the_active_segment_keeps_later_records() {
         }
     }
     let log = logs(dir.path()).pop().unwrap();
-    let before = fs::metadata(&log).unwrap().len();
     let mut bytes = fs::read(&log).unwrap();
     let at = find(&bytes, &value(4));
+    let record_at = find(&bytes, b"key4") - 33;
     bytes[at + 3] ^= 0x80;
     fs::write(&log, &bytes).unwrap();
     let e = open(dir.path(), 1 << 20);
-    assert_eq!(e.status().unwrap().corrupt_ranges, 1);
-    assert_eq!(e.get(b"key4").unwrap(), None);
-    for i in (0..10).filter(|&i| i != 4) {
-        assert_eq!(e.get(format!("key{i}").as_bytes()).unwrap(), Some(value(i)));
-    }
-    drop(e);
     assert_eq!(
-        fs::metadata(&log).unwrap().len(),
-        before,
-        "corruption in the middle is not a torn tail: nothing truncated"
+        e.status().unwrap().corrupt_ranges,
+        1,
+        "valid-looking records followed: reported as corruption, not a torn tail"
     );
+    for i in 0..10 {
+        let want = (i < 4).then(|| value(i));
+        assert_eq!(e.get(format!("key{i}").as_bytes()).unwrap(), want, "key{i}");
+    }
+    assert_eq!(e.next_offset(), 4);
+    e.set(b"after", Bytes::from_static(b"cut"), SetOptions::default())
+        .unwrap();
+    drop(e);
+    let e = open(dir.path(), 1 << 20);
+    assert_eq!(e.get(b"after").unwrap().as_deref(), Some(&b"cut"[..]));
+    assert_eq!(e.status().unwrap().corrupt_ranges, 0);
+    assert_eq!(e.next_offset(), 5);
+    drop(e);
+    assert!(fs::read(&log).unwrap().starts_with(&bytes[..record_at]));
 }
 
 #[test]
@@ -352,4 +377,143 @@ fn hints_reproduce_the_scanned_state() {
     assert_eq!(with_hints.keys, scanned.keys);
     assert_eq!(with_hints.dead_bytes, scanned.dead_bytes);
     assert_eq!(with_hints.next_offset, scanned.next_offset);
+}
+
+/// Encodes a record by the documented layout (docs/STORAGE.md): what a user
+/// can put inside a value to pose as a record.
+fn forged(offset: u64, kind: u8, key: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut b = vec![0u8; 4];
+    b.extend_from_slice(&offset.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.push(kind);
+    b.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    b.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    b.extend_from_slice(key);
+    b.extend_from_slice(value);
+    let crc = crc32fast::hash(&b[4..]);
+    b[..4].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+#[test]
+fn a_record_forged_inside_a_torn_value_is_not_applied() {
+    let dir = TempDir::new().unwrap();
+    // A tombstone for `victim` at offset 10^9, inside the value of `carrier`.
+    let fake = forged(1_000_000_000, 2, b"victim", b"");
+    let mut carrier = b"pad-pad".to_vec();
+    carrier.extend_from_slice(&fake);
+    carrier.extend_from_slice(&[b'z'; 60]);
+    {
+        let e = open(dir.path(), 1 << 20);
+        e.set(
+            b"victim",
+            Bytes::from_static(b"alive"),
+            SetOptions::default(),
+        )
+        .unwrap();
+        for i in 0..3 {
+            e.set(format!("k{i}").as_bytes(), value(i), SetOptions::default())
+                .unwrap();
+        }
+        e.set(
+            b"carrier",
+            Bytes::from(carrier.clone()),
+            SetOptions::default(),
+        )
+        .unwrap();
+    }
+    let log = logs(dir.path()).pop().unwrap();
+    let bytes = fs::read(&log).unwrap();
+    let carrier_at = find(&bytes, b"carrier") - 33;
+    let fake_end = find(&bytes, &fake) + fake.len();
+    // A torn write of the carrier: its forged record made it whole.
+    fs::write(&log, &bytes[..fake_end + 10]).unwrap();
+    let e = open(dir.path(), 1 << 20);
+    assert_eq!(
+        e.get(b"victim").unwrap().as_deref(),
+        Some(&b"alive"[..]),
+        "the forged tombstone was applied"
+    );
+    assert_eq!(e.get(b"carrier").unwrap(), None);
+    assert_eq!(
+        e.next_offset(),
+        4,
+        "next_offset jumped to the forged offset"
+    );
+    for i in 0..3 {
+        assert_eq!(e.get(format!("k{i}").as_bytes()).unwrap(), Some(value(i)));
+    }
+    drop(e);
+    assert_eq!(
+        fs::metadata(&log).unwrap().len(),
+        carrier_at as u64,
+        "the torn carrier is cut off"
+    );
+}
+
+#[test]
+fn a_record_forged_inside_a_damaged_sealed_record_is_not_applied() {
+    let dir = TempDir::new().unwrap();
+    // `victim` is offset 0, `carrier` offset 1: the forged tombstone claims
+    // exactly the carrier's offset and ends exactly where the carrier ends,
+    // so it chains with the records after it. Only the carrier's header is
+    // damaged.
+    let fake = forged(1, 2, b"victim", b"");
+    let mut carrier = b"pad".to_vec();
+    carrier.extend_from_slice(&fake);
+    {
+        let e = open(dir.path(), 600);
+        e.set(
+            b"victim",
+            Bytes::from_static(b"alive"),
+            SetOptions::default(),
+        )
+        .unwrap();
+        e.set(
+            b"carrier",
+            Bytes::from(carrier.clone()),
+            SetOptions::default(),
+        )
+        .unwrap();
+        for i in 0..40 {
+            e.set(
+                format!("key{i}").as_bytes(),
+                value(i),
+                SetOptions::default(),
+            )
+            .unwrap();
+        }
+    }
+    for h in hints(dir.path()) {
+        fs::remove_file(h).unwrap();
+    }
+    let all = logs(dir.path());
+    assert!(all.len() >= 3, "{} segments", all.len());
+    let first = &all[0];
+    let mut bytes = fs::read(first).unwrap();
+    let carrier_at = find(&bytes, b"carrier") - 33;
+    bytes[carrier_at] ^= 0x01; // the carrier's CRC
+    fs::write(first, &bytes).unwrap();
+    let e = open(dir.path(), 600);
+    assert_eq!(
+        e.get(b"victim").unwrap().as_deref(),
+        Some(&b"alive"[..]),
+        "the forged tombstone was applied"
+    );
+    assert_eq!(e.get(b"carrier").unwrap(), None);
+    assert_eq!(e.status().unwrap().corrupt_ranges, 1);
+    assert_eq!(e.next_offset(), 42);
+    // The rest of the damaged segment is not trusted; the next segments are.
+    let second_base: u64 = all[1]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    for i in 0..40u64 {
+        let want = (i + 2 >= second_base).then(|| value(i as usize));
+        assert_eq!(e.get(format!("key{i}").as_bytes()).unwrap(), want, "key{i}");
+    }
 }

@@ -145,8 +145,10 @@ impl Node {
         coordinator: Arc<dyn Coordinator>,
         clock: Arc<dyn Clock>,
     ) -> Result<Node> {
+        // One value cache for the node: `cache_bytes` is a per-node budget.
+        let storage = config.storage.with_shared_cache();
         let (lock, replicas) = Self::open_partitions(config, |pdir| {
-            open_engine(config.engine, pdir, &config.storage, clock.clone())
+            open_engine(config.engine, pdir, &storage, clock.clone())
         })?;
         Ok(Node {
             info,
@@ -174,10 +176,12 @@ impl Node {
             Error::InvalidInput("cluster mode needs a `cluster:` configuration section".into())
         })?;
         let mut logs: Vec<Arc<dyn ReplicaLog>> = Vec::new();
+        // One value cache for the node: `cache_bytes` is a per-node budget.
+        let storage = config.storage.with_shared_cache();
         let (lock, replicas) = Self::open_partitions(config, |pdir| {
             let engine = Arc::new(storage::Bitcask::open_replica(
                 pdir,
-                config.storage.clone(),
+                storage.clone(),
                 clock.clone(),
             )?);
             logs.push(engine.clone());

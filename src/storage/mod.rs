@@ -23,7 +23,7 @@ mod memory;
 
 pub use bitcask::{
     Bitcask, Completion, Header, Kind, MergeOptions, MergeReport, Options, Record, Submitted,
-    WriteOp, Written,
+    ValueCache, WriteOp, Written,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};

@@ -1,12 +1,14 @@
 //! The keydir: where the live (applied) version of every key is on disk, and
-//! the LRU cache of hot values.
+//! the engine's handle on the value cache ([`ValueCache`], shared by every
+//! engine of a node).
 //!
-//! Both are split into [`SHARDS`] shards by a hash of the key; one mutex per
-//! shard guards the shard's map *and* its cache, so that "update the entry
-//! and invalidate the cached value" is atomic with respect to readers. A
-//! reader that misses the cache reads the disk without any lock, then
-//! re-checks that the entry did not move before it fills the cache, so a
-//! stale value can never be cached.
+//! The keydir is split into [`SHARDS`] shards by a hash of the key, one
+//! mutex each. A cached value is tagged with the location of the record it
+//! was read from and served only while the key's entry (read under the
+//! shard mutex) still points there, so updating an entry needs no cache
+//! invalidation and a stale value can never be served. A reader that misses
+//! the cache reads the disk without any lock, then re-checks under the shard
+//! mutex that the entry did not move before it fills the cache.
 //!
 //! The lock is a `parking_lot::Mutex`, not a tokio one: critical sections
 //! are a hash lookup or two and never await or do I/O.
@@ -24,10 +26,10 @@ use allocator_api2::vec::Vec as AVec;
 use bytes::Bytes;
 use foldhash::fast::FixedState;
 use hashbrown::HashTable;
-use lru::LruCache;
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 
+use super::cache::{self, ValueCache};
 use super::pagealloc::PageAlloc;
 
 /// Number of shards; a power of two.
@@ -79,12 +81,8 @@ pub struct Shard {
     free: Vec<u32>,
     /// Hashes keys for `index` (seeded apart from the shard choice).
     hasher: FixedState,
-    /// Hot values, keyed like the map; `None` when caching is off.
-    cache: Option<LruCache<Key, Bytes>>,
-    /// Bytes of values (plus keys) in the cache.
-    cache_used: usize,
-    /// The cache's budget for this shard.
-    cache_budget: usize,
+    /// The value cache and this engine's id in it; `None` when caching is off.
+    cache: Option<(ValueCache, u64)>,
     /// Entries with an expiry, so the sweep can skip shards without any.
     pub with_ttl: usize,
 }
@@ -93,16 +91,14 @@ pub struct Shard {
 const TABLE_SEED: u64 = 0x6b65_7964_6972_0001;
 
 impl Shard {
-    /// An empty shard with a cache budget of `cache_budget` bytes.
-    fn new(cache_budget: usize, cached: bool) -> Shard {
+    /// An empty shard using `cache`.
+    fn new(cache: Option<(ValueCache, u64)>) -> Shard {
         Shard {
             index: HashTable::new_in(PageAlloc),
             slots: AVec::new_in(PageAlloc),
             free: Vec::new(),
             hasher: FixedState::with_seed(TABLE_SEED),
-            cache: cached.then(LruCache::unbounded),
-            cache_used: 0,
-            cache_budget,
+            cache,
             with_ttl: 0,
         }
     }
@@ -144,10 +140,9 @@ impl Shard {
         })
     }
 
-    /// Inserts or replaces the entry for `key`, invalidating any cached value.
-    /// Returns the entry it replaced.
+    /// Inserts or replaces the entry for `key` (a value cached for the old
+    /// entry's location is no longer served). Returns the entry it replaced.
     pub fn insert(&mut self, key: &[u8], entry: Entry) -> Option<Entry> {
-        self.uncache(key);
         if entry.expire_at != 0 {
             self.with_ttl += 1;
         }
@@ -187,9 +182,8 @@ impl Shard {
         old
     }
 
-    /// Removes `key`, invalidating any cached value. Returns its entry.
+    /// Removes `key` (its cached value is no longer served). Returns its entry.
     pub fn remove(&mut self, key: &[u8]) -> Option<Entry> {
-        self.uncache(key);
         let h = Self::hash(&self.hasher, key);
         let slots = &self.slots;
         let found = self
@@ -207,38 +201,22 @@ impl Shard {
         Some(old)
     }
 
-    /// Drops the cached value of `key`, if any.
-    fn uncache(&mut self, key: &[u8]) {
-        if let Some(cache) = &mut self.cache
-            && let Some(v) = cache.pop(key)
-        {
-            self.cache_used -= v.len() + key.len();
-        }
-    }
-
-    /// The cached value of `key`, marking it recently used.
+    /// The cached value of `key`'s live record, marking it recently used.
     pub fn cached(&mut self, key: &[u8]) -> Option<Bytes> {
-        self.cache.as_mut()?.get(key).cloned()
+        let (cache, engine) = self.cache.as_ref()?;
+        let e = self.get(key)?;
+        cache.get(*engine, key, e.seg, e.pos)
     }
 
-    /// Caches `value` for `key`, evicting least recently used values to stay
-    /// within the budget. Values larger than an eighth of the budget are not
-    /// cached, so one large value cannot flush the whole shard.
+    /// Caches `value` as the value of `key`'s live record (a copy of it: the
+    /// cache never pins the caller's read buffer). The caller has checked,
+    /// under this shard's mutex, that the entry is the one it read.
     pub fn cache(&mut self, key: &[u8], value: &Bytes) {
-        let cost = value.len() + key.len();
-        let Some(cache) = &mut self.cache else { return };
-        if cost > self.cache_budget / 8 {
+        let Some((cache, engine)) = &self.cache else {
             return;
-        }
-        if let Some(old) = cache.put(Key::from_slice(key), value.clone()) {
-            self.cache_used -= old.len() + key.len();
-        }
-        self.cache_used += cost;
-        while self.cache_used > self.cache_budget {
-            match cache.pop_lru() {
-                Some((k, v)) => self.cache_used -= v.len() + k.len(),
-                None => break,
-            }
+        };
+        if let Some(e) = self.get(key) {
+            cache.put(*engine, key, e.seg, e.pos, value);
         }
     }
 
@@ -265,18 +243,26 @@ pub struct KeyDir {
     shards: Vec<Mutex<Shard>>,
     /// Hash used to pick a shard (seeded apart from the shards' tables).
     hasher: FixedState,
+    /// The value cache and this engine's id in it (dropped from it with us).
+    cache: Option<(ValueCache, u64)>,
 }
 
 impl KeyDir {
-    /// An empty keydir with a cache of `cache_bytes` in total (0 = no cache).
+    /// An empty keydir with its own cache of `cache_bytes` (0 = no cache).
     pub fn new(cache_bytes: u64) -> KeyDir {
-        let budget = (cache_bytes as usize) / SHARDS;
+        KeyDir::with_cache((cache_bytes > 0).then(|| ValueCache::new(cache_bytes)))
+    }
+
+    /// An empty keydir using `cache` (possibly shared with other engines).
+    pub fn with_cache(cache: Option<ValueCache>) -> KeyDir {
+        let engine = cache::engine_id();
         let shards = (0..SHARDS)
-            .map(|_| Mutex::new(Shard::new(budget, cache_bytes > 0)))
+            .map(|_| Mutex::new(Shard::new(cache.clone().map(|c| (c, engine)))))
             .collect();
         KeyDir {
             shards,
             hasher: FixedState::with_seed(0x0063_6173_6b61_6465),
+            cache: cache.map(|c| (c, engine)),
         }
     }
 
@@ -303,20 +289,29 @@ impl KeyDir {
         self.shards.iter().map(|s| s.lock().len()).sum()
     }
 
-    /// Replaces every shard's entries with `fresh`'s, shard by shard, and
-    /// empties the cache. Each key switches atomically.
-    pub fn replace_with(&self, fresh: KeyDir) {
-        for (mine, theirs) in self.shards.iter().zip(fresh.shards) {
+    /// Replaces every shard's entries with `fresh`'s, shard by shard, then
+    /// drops this engine's cached values. Each key switches atomically.
+    pub fn replace_with(&self, mut fresh: KeyDir) {
+        for (mine, theirs) in self.shards.iter().zip(std::mem::take(&mut fresh.shards)) {
             let theirs = theirs.into_inner();
             let mut s = mine.lock();
             s.index = theirs.index;
             s.slots = theirs.slots;
             s.free = theirs.free;
             s.with_ttl = theirs.with_ttl;
-            if let Some(c) = &mut s.cache {
-                c.clear();
-            }
-            s.cache_used = 0;
+        }
+        // The fresh entries point at fresh segment ids, so no old value is
+        // served; this only gives the memory back at once.
+        if let Some((cache, engine)) = &self.cache {
+            cache.purge(*engine);
+        }
+    }
+}
+
+impl Drop for KeyDir {
+    fn drop(&mut self) {
+        if let Some((cache, engine)) = &self.cache {
+            cache.purge(*engine);
         }
     }
 }
@@ -363,7 +358,7 @@ mod tests {
     }
 
     #[test]
-    fn insert_invalidates_cache() {
+    fn a_new_entry_hides_the_cached_value() {
         let kd = KeyDir::new(1 << 20);
         let mut s = kd.shard(b"k");
         s.insert(b"k", entry(1, 0));
@@ -371,17 +366,28 @@ mod tests {
         assert_eq!(s.cached(b"k"), Some(Bytes::from_static(b"old")));
         s.insert(b"k", entry(2, 0));
         assert_eq!(s.cached(b"k"), None);
+        s.remove(b"k");
+        s.cache(b"k", &Bytes::from_static(b"gone"));
+        assert_eq!(s.cached(b"k"), None, "no entry, nothing cached");
     }
 
     #[test]
-    fn cache_stays_within_budget() {
-        let kd = KeyDir::new((SHARDS * 1000) as u64);
-        let mut s = kd.shard(b"x");
-        for i in 0..100u32 {
-            s.cache(&i.to_le_bytes(), &Bytes::from(vec![0u8; 96]));
+    fn engines_share_one_cache_and_drop_their_values() {
+        let cache = ValueCache::new(1 << 20);
+        let a = KeyDir::with_cache(Some(cache.clone()));
+        let b = KeyDir::with_cache(Some(cache.clone()));
+        for kd in [&a, &b] {
+            let mut s = kd.shard(b"k");
+            s.insert(b"k", entry(1, 0));
         }
-        assert!(s.cache_used <= 1000, "used {}", s.cache_used);
-        assert_eq!(s.cache_used, 10 * 100);
+        a.shard(b"k").cache(b"k", &Bytes::from_static(b"from a"));
+        assert_eq!(b.shard(b"k").cached(b"k"), None, "same key, other engine");
+        b.shard(b"k").cache(b"k", &Bytes::from_static(b"from b"));
+        assert_eq!(cache.len(), 2);
+        assert_eq!(a.shard(b"k").cached(b"k").as_deref(), Some(&b"from a"[..]));
+        drop(a);
+        assert_eq!(cache.len(), 1);
+        assert_eq!(b.shard(b"k").cached(b"k").as_deref(), Some(&b"from b"[..]));
     }
 
     #[test]

@@ -33,6 +33,7 @@
 //! holds one keeps its file and map alive across a merge.
 
 mod background;
+mod cache;
 mod hint;
 mod keydir;
 mod log;
@@ -45,6 +46,7 @@ mod replica;
 mod segment;
 mod writer;
 
+pub use cache::ValueCache;
 pub use log::LogRecord;
 pub use merge::MergeReport;
 pub use options::{MergeOptions, Options};
@@ -281,7 +283,7 @@ impl Bitcask {
         let dir = dir.to_path_buf();
         let lock = recovery::lock_dir(&dir)?;
         let commit_file = replica.then(|| CommitFile::open(&dir)).transpose()?;
-        let keydir = KeyDir::new(opts.cache_bytes);
+        let keydir = KeyDir::with_cache(opts.value_cache());
         let next_segment_id = AtomicU32::new(0);
         let commit = commit_file.as_ref().map(CommitFile::value);
         let loaded = recovery::load(&dir, &keydir, &next_segment_id, commit)?;

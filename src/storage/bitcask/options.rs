@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::cache::ValueCache;
 use crate::storage::{Durability, Limits};
 
 /// Options of a [`super::Bitcask`] engine.
@@ -15,7 +16,10 @@ pub struct Options {
     /// A segment file is sealed and a new one started once it reaches this
     /// size. Default 128 MiB; at most 2 GiB (positions are 32-bit).
     pub segment_bytes: u64,
-    /// Bytes of hot values kept in the LRU cache; 0 disables it. Default 64 MiB.
+    /// Bytes the LRU value cache may use, per node (all partitions share
+    /// one cache; see [`Options::with_shared_cache`]), counting what the
+    /// process really pays: values, keys, allocator and per-entry overhead.
+    /// 0 disables it. Default 64 MiB.
     pub cache_bytes: u64,
     /// Key and value size limits.
     pub limits: Limits,
@@ -23,6 +27,12 @@ pub struct Options {
     pub merge: MergeOptions,
     /// How often the background sweep looks for expired keys, in ms. Default 1000.
     pub sweep_interval_ms: u64,
+    /// The value cache to use, shared with the node's other engines; when
+    /// `None` the engine makes its own of `cache_bytes`. Not configuration
+    /// (never read from or written to YAML): set by whoever opens the
+    /// engines, through [`Options::with_shared_cache`].
+    #[serde(skip)]
+    pub shared_cache: Option<ValueCache>,
 }
 
 impl Default for Options {
@@ -34,6 +44,28 @@ impl Default for Options {
             limits: Limits::default(),
             merge: MergeOptions::default(),
             sweep_interval_ms: 1000,
+            shared_cache: None,
+        }
+    }
+}
+
+impl Options {
+    /// These options with one value cache of `cache_bytes` that every engine
+    /// opened with them (or clones of them) shares: a per-node budget. Keeps
+    /// a cache already set; none when `cache_bytes` is 0.
+    pub fn with_shared_cache(&self) -> Options {
+        let mut o = self.clone();
+        if o.shared_cache.is_none() && o.cache_bytes > 0 {
+            o.shared_cache = Some(ValueCache::new(o.cache_bytes));
+        }
+        o
+    }
+
+    /// The cache an engine opened with these options uses.
+    pub(super) fn value_cache(&self) -> Option<ValueCache> {
+        match &self.shared_cache {
+            Some(c) => Some(c.clone()),
+            None => (self.cache_bytes > 0).then(|| ValueCache::new(self.cache_bytes)),
         }
     }
 }

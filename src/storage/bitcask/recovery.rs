@@ -6,15 +6,33 @@
 //!   in file order), so the newest record of a key wins;
 //! - a hint is used only when it is intact and matches its segment's length;
 //!   otherwise the segment is scanned and every record's CRC checked;
-//! - a checksum failure followed by valid records is corruption in the
-//!   middle: reported and skipped, never truncated (later records are kept);
-//! - a bad tail of the *last* segment, with nothing valid after it, is a torn
-//!   write: the file is cut back to the last valid record and the cut fsynced;
+//! - recovery never applies bytes that lie inside another record's extent.
+//!   The only trusted record boundaries are the start of a segment file, the
+//!   end of a valid record, and the positions an intact hint lists. A
+//!   damaged record's lengths are covered by the checksum that failed, so
+//!   nothing after it in its segment is trusted: the scan stops there and
+//!   never searches for the "next valid record" (a value can hold a
+//!   well-formed record, with any offset, which such a search would apply);
+//! - standalone, *last* segment: everything from the first damaged record on
+//!   is cut off and the cut fsynced (a torn write; if valid-looking records
+//!   follow, it is reported as corruption, `corrupt_ranges`, and logged as
+//!   an error, since acknowledged records may be among them);
+//! - standalone, *sealed* segment: the bytes from the first damaged record to
+//!   the end of that segment are skipped and reported (`corrupt_ranges`),
+//!   never modified; the next segment starts at a trusted boundary;
+//! - replica mode (a commit point is given): the log is cut at the first
+//!   damaged record, wherever it is, as Kafka does: later segments are
+//!   deleted (last first, so a crash leaves a prefix and the next open
+//!   redoes the cut), then the damaged segment is cut and the cut fsynced.
+//!   The log end becomes the damaged record's offset (the last good record's
+//!   plus one), so the follower fetches everything from there again from the
+//!   leader. A commit point above it is lowered to it at open and logged as
+//!   committed data that must be refetched;
 //! - a merge that reached its `COMMIT` marker is rolled forward, any other
 //!   merge output is deleted;
-//! - in replica mode (a commit point is given) only records below the commit
-//!   point are applied; the others are returned as pending, in offset order,
-//!   and hints are used only for segments entirely below the commit point.
+//! - in replica mode only records below the commit point are applied; the
+//!   others are returned as pending, in offset order, and hints are used
+//!   only for segments entirely below the commit point.
 
 use std::fs::{self, File, OpenOptions};
 use std::path::Path;
@@ -121,30 +139,15 @@ pub(super) fn load(
         } else {
             hint::read(&segment::file_path(dir, base, HINT_SUFFIX), seg.len())?
         };
+        let mut cut_log = false;
         let last_offset = match hinted {
             Some(entries) => apply_hints(keydir, &seg, &entries, &mut dead),
             None => {
                 let scan = scan_segment(keydir, &seg, commit, &mut pending, &mut dead)?;
-                corrupt_ranges += scan.corrupt;
-                if let Some(torn) = scan.torn_at {
-                    if last {
-                        tracing::warn!(
-                            segment = %seg.path.display(),
-                            "cutting a torn tail of {} bytes at position {torn}",
-                            seg.len() - torn
-                        );
-                        seg.file()
-                            .set_len(torn)
-                            .and_then(|()| seg.file().sync_data())
-                            .ctx(|| format!("truncate torn tail of {}", seg.path.display()))?;
-                        seg.set_len(torn);
-                    } else {
-                        corrupt_ranges += 1;
-                        tracing::error!(
-                            segment = %seg.path.display(),
-                            "bytes from position {torn} to the end are corrupt; they are skipped"
-                        );
-                    }
+                if let Some(damage) = scan.damaged {
+                    let end = scan.last_offset.map_or(base, |o| o + 1);
+                    corrupt_ranges += handle_damage(dir, &bases[i..], &seg, damage, end, commit)?;
+                    cut_log = commit.is_some();
                 }
                 scan.last_offset
             }
@@ -154,6 +157,10 @@ pub(super) fn load(
         }
         next_offset = next_offset.max(base);
         segments.push(seg);
+        if cut_log {
+            // Replica mode: the segments after the damage were deleted.
+            break;
+        }
     }
     if segments.is_empty() {
         let id = next_id.fetch_add(1, Ordering::Relaxed);
@@ -201,14 +208,22 @@ fn apply_hints(
 struct ScanResult {
     /// Offset of the last valid record.
     last_offset: Option<u64>,
-    /// Corrupt ranges followed by valid records.
-    corrupt: u64,
-    /// Position where a torn tail starts, if any.
-    torn_at: Option<u64>,
+    /// The first damaged record: nothing from it on was applied.
+    damaged: Option<Damage>,
+}
+
+/// Where a scan stopped on a damaged record.
+#[derive(Clone, Copy, Debug)]
+struct Damage {
+    /// Position of the damaged record.
+    start: u64,
+    /// Valid-looking records follow it (corruption rather than a torn tail).
+    records_follow: bool,
 }
 
 /// Scans a segment, applying every valid record below `commit` (all of
-/// them without one) and pushing the others to `pending`.
+/// them without one) and pushing the others to `pending`, up to the first
+/// damaged record.
 fn scan_segment(
     keydir: &KeyDir,
     seg: &Segment,
@@ -218,8 +233,7 @@ fn scan_segment(
 ) -> Result<ScanResult> {
     let mut result = ScanResult {
         last_offset: None,
-        corrupt: 0,
-        torn_at: None,
+        damaged: None,
     };
     let mut scanner = seg.scanner()?;
     while let Some(step) = scanner.next() {
@@ -245,17 +259,113 @@ fn scan_segment(
                 }
                 result.last_offset = Some(header.offset);
             }
-            Scanned::Corrupt { start, end } => {
-                tracing::error!(
-                    segment = %seg.path.display(),
-                    "checksum failure: bytes {start}..{end} skipped, later records kept"
-                );
-                result.corrupt += 1;
+            Scanned::Damaged {
+                start,
+                records_follow,
+            } => {
+                result.damaged = Some(Damage {
+                    start,
+                    records_follow,
+                });
             }
-            Scanned::TornTail { start } => result.torn_at = Some(start),
         }
     }
     Ok(result)
+}
+
+/// Deals with a scan that stopped on a damaged record of `bases[0]`'s
+/// segment `seg` (`bases[1..]` are the segments after it), as the module
+/// invariants say. `end` is the offset after the last good record. Returns
+/// the corrupt ranges to report.
+fn handle_damage(
+    dir: &Path,
+    bases: &[u64],
+    seg: &Segment,
+    damage: Damage,
+    end: u64,
+    commit: Option<u64>,
+) -> Result<u64> {
+    let Damage {
+        start,
+        records_follow,
+    } = damage;
+    let last = bases.len() == 1;
+    let bytes = seg.len() - start;
+    let corrupt = u64::from(records_follow || !last);
+    match commit {
+        Some(commit) => {
+            tracing::error!(
+                segment = %seg.path.display(),
+                "damaged record at position {start}: the replica log is cut at offset {end} \
+                 ({bytes} bytes of this segment and {} later segment(s) dropped); \
+                 the follower fetches them again from the leader",
+                bases.len() - 1
+            );
+            if commit > end {
+                tracing::error!(
+                    dir = %dir.display(),
+                    "committed records at offsets {end}..{commit} were lost to the damage: \
+                     this replica serves them again only once refetched from the leader"
+                );
+            }
+            cut_after(dir, bases)?;
+            cut_segment(seg, start)?;
+        }
+        None if last => {
+            if records_follow {
+                tracing::error!(
+                    segment = %seg.path.display(),
+                    "damaged record at position {start} with valid-looking records after it: \
+                     the log is cut there ({bytes} bytes dropped, acknowledged writes may be among them)"
+                );
+            } else {
+                tracing::warn!(
+                    segment = %seg.path.display(),
+                    "cutting a torn tail of {bytes} bytes at position {start}"
+                );
+            }
+            cut_segment(seg, start)?;
+        }
+        None => tracing::error!(
+            segment = %seg.path.display(),
+            "damaged record at position {start}: the {bytes} bytes from it to the end of \
+             this sealed segment are skipped (where the next record starts is not known)"
+        ),
+    }
+    Ok(corrupt)
+}
+
+/// Deletes the segments (and hints) of `bases[1..]`, the last first, and
+/// the hint of `bases[0]`, then fsyncs `dir`.
+fn cut_after(dir: &Path, bases: &[u64]) -> Result<()> {
+    for &base in bases[1..].iter().rev() {
+        remove_if_present(&segment::file_path(dir, base, HINT_SUFFIX))?;
+        remove_if_present(&segment::file_path(dir, base, LOG_SUFFIX))?;
+    }
+    if let Some(&base) = bases.first() {
+        remove_if_present(&segment::file_path(dir, base, HINT_SUFFIX))?;
+    }
+    sync_dir(dir)
+}
+
+/// Removes a file; a missing one is fine.
+fn remove_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::io(format!("remove {}", path.display()), e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Cuts `seg` (not yet mapped) back to `len` bytes and fsyncs the cut.
+fn cut_segment(seg: &Segment, len: u64) -> Result<()> {
+    seg.file()
+        .set_len(len)
+        .and_then(|()| seg.file().sync_data())
+        .ctx(|| format!("cut damaged tail of {}", seg.path.display()))?;
+    seg.set_len(len);
+    Ok(())
 }
 
 /// Builds the hint entries of a segment by scanning it.

@@ -343,32 +343,34 @@ pub enum Scanned {
         /// The header.
         header: Header,
     },
-    /// Bytes `[start, end)` are corrupt and a valid record follows at `end`.
-    Corrupt {
-        /// First bad byte.
+    /// The record at `start` is damaged, incomplete, or out of offset order,
+    /// and nothing from `start` to the end of the data is trusted: the
+    /// lengths that would say where the next record starts are covered by
+    /// the checksum that failed, and a search for the next valid-looking
+    /// record can land inside a value that holds a well-formed record. This
+    /// is the last step of a scan.
+    Damaged {
+        /// First untrusted byte.
         start: u64,
-        /// Position of the next valid record.
-        end: u64,
-    },
-    /// Bytes from `start` to the end of the data are not valid records, and
-    /// no valid record follows: a torn tail.
-    TornTail {
-        /// First bad byte.
-        start: u64,
+        /// Whether some later position decodes as a valid record with a
+        /// larger offset than the last trusted one. For reporting only (it
+        /// tells corruption from a plain torn tail); such records are never
+        /// applied.
+        records_follow: bool,
     },
 }
 
-/// Walks the records of a segment, telling corruption in the middle (a valid
-/// record follows) from a torn tail (nothing valid follows).
+/// Walks the records of a segment from its start, record by record, and
+/// stops at the first one that is not valid ([`Scanned::Damaged`]).
 pub struct Scanner<'a> {
     /// The segment's bytes.
     data: Contents<'a>,
     /// Next position to decode.
     pos: usize,
-    /// Offset of the last valid record, to reject resynchronisation on stale
-    /// bytes that happen to decode.
+    /// Offset of the last valid record: a record whose offset does not
+    /// exceed it is stale bytes that happen to decode, not a record.
     last_offset: Option<u64>,
-    /// Set once the tail has been reported.
+    /// Set once the end or the damage has been reported.
     done: bool,
 }
 
@@ -399,11 +401,12 @@ impl<'a> Scanner<'a> {
         &self.data
     }
 
-    /// Finds the next position after `from` where a valid record with a
-    /// larger offset than the last one starts.
-    fn resync(&self, from: usize) -> Option<usize> {
+    /// Whether some position from `from` on decodes as a valid record with a
+    /// larger offset than the last trusted one. Only for reporting: the
+    /// position may lie inside another record's value.
+    fn valid_looking_after(&self, from: usize) -> bool {
         let data: &[u8] = &self.data;
-        (from..data.len().saturating_sub(HEADER_LEN - 1)).find(|&p| {
+        (from..data.len().saturating_sub(HEADER_LEN - 1)).any(|p| {
             record::decode(&data[p..])
                 .is_ok_and(|h| self.last_offset.is_none_or(|last| h.offset > last))
         })
@@ -422,8 +425,7 @@ impl Iterator for Scanner<'_> {
             self.done = true;
             return None;
         }
-        let decoded = record::decode(&data[self.pos..]);
-        match decoded {
+        match record::decode(&data[self.pos..]) {
             Ok(header) if self.last_offset.is_none_or(|last| header.offset > last) => {
                 let pos = self.pos;
                 self.pos += header.record_len();
@@ -434,22 +436,11 @@ impl Iterator for Scanner<'_> {
                 })
             }
             Ok(_) | Err(DecodeError::Invalid) | Err(DecodeError::Incomplete) => {
-                let start = self.pos;
-                match self.resync(start + 1) {
-                    Some(next) => {
-                        self.pos = next;
-                        Some(Scanned::Corrupt {
-                            start: start as u64,
-                            end: next as u64,
-                        })
-                    }
-                    None => {
-                        self.done = true;
-                        Some(Scanned::TornTail {
-                            start: start as u64,
-                        })
-                    }
-                }
+                self.done = true;
+                Some(Scanned::Damaged {
+                    start: self.pos as u64,
+                    records_follow: self.valid_looking_after(self.pos + 1),
+                })
             }
         }
     }
@@ -603,7 +594,7 @@ mod tests {
     }
 
     #[test]
-    fn middle_corruption_is_skipped_not_truncated() {
+    fn scan_stops_at_damage_in_the_middle() {
         let data = records(5);
         let rec_len = data.len() / 5;
         let mut bad = data.clone();
@@ -616,11 +607,38 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(offsets, vec![0, 1, 3, 4]);
-        assert!(got.contains(&Scanned::Corrupt {
-            start: (rec_len * 2) as u64,
-            end: (rec_len * 3) as u64
-        }));
+        assert_eq!(offsets, vec![0, 1]);
+        assert_eq!(
+            got.last(),
+            Some(&Scanned::Damaged {
+                start: (rec_len * 2) as u64,
+                records_follow: true
+            })
+        );
+    }
+
+    #[test]
+    fn a_record_inside_a_value_is_never_a_record() {
+        // A value holding a whole record with a later offset, after a
+        // damaged header: the scan stops; it does not resynchronise on it.
+        let mut inner = Vec::new();
+        encode(&mut inner, 1_000_000_000, 1, None, Kind::Delete, b"x", b"");
+        let mut data = records(2);
+        let carrier_at = data.len();
+        encode(&mut data, 2, 1, None, Kind::Put, b"carrier", &inner);
+        for i in 3..5 {
+            encode(&mut data, i, 1, None, Kind::Put, b"after", b"v");
+        }
+        data[carrier_at] ^= 1;
+        let got: Vec<_> = Scanner::over(data).collect();
+        assert_eq!(got.len(), 3);
+        assert_eq!(
+            got[2],
+            Scanned::Damaged {
+                start: carrier_at as u64,
+                records_follow: true
+            }
+        );
     }
 
     #[test]
@@ -631,8 +649,9 @@ mod tests {
         assert_eq!(got.len(), 4);
         assert_eq!(
             got[3],
-            Scanned::TornTail {
-                start: (data.len() - 100) as u64
+            Scanned::Damaged {
+                start: (data.len() - 100) as u64,
+                records_follow: false
             }
         );
     }

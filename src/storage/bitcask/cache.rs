@@ -1,0 +1,385 @@
+//! The value cache: hot values in memory, one byte budget per node, shared
+//! by every partition's engine.
+//!
+//! A node creates one [`ValueCache`] from `storage.cache_bytes` and hands it
+//! to each engine in [`super::Options::shared_cache`]; an engine opened
+//! without one (tests, tools) makes its own. The cache is split into
+//! [`SHARDS`] LRU shards by a hash of (engine, key), each with its own mutex
+//! and an equal part of the budget.
+//!
+//! Invariants:
+//! - the bytes charged are what the process pays for the cache, not the
+//!   payload: each entry is charged its value's and key's heap blocks as the
+//!   allocator rounds them, plus [`ENTRY_OVERHEAD`] (the LRU node and the
+//!   `Bytes` header, measured), and each shard is charged its hash table at
+//!   its high-water size (the table never shrinks). A shard evicts least
+//!   recently used values until its charge is within its part of the budget,
+//!   so the whole cache stays within `cache_bytes` (test
+//!   `tests/storage_cache_memory.rs` measures the allocations);
+//! - a cached value owns an exactly sized copy of its bytes: it never pins
+//!   the read buffer it came from (record header, key, neighbours);
+//! - a cached value is tagged with the location (segment id, position) of
+//!   the record it was read from, and served only while the key's keydir
+//!   entry still points there. Segment ids are never reused within an engine
+//!   instance and each engine instance has its own id ([`engine_id`]), so a
+//!   stale value can never be served; stale values are dropped when found,
+//!   replaced when the key is cached again, or evicted as they age;
+//! - values larger than an eighth of a shard's budget are not cached, so one
+//!   value cannot flush a shard.
+
+use std::borrow::Borrow;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use foldhash::fast::FixedState;
+use lru::LruCache;
+use parking_lot::Mutex;
+
+use super::keydir::Key;
+
+/// Number of shards; a power of two.
+pub const SHARDS: usize = 64;
+
+/// Bytes the allocator takes per entry besides the value's and key's own
+/// blocks: the LRU node (key, value, two list pointers: 88 bytes, a 96-byte
+/// block) and the `Bytes` shared header made on the first clone (24 bytes, a
+/// 32-byte block). Checked by `tests/storage_cache_memory.rs`.
+pub const ENTRY_OVERHEAD: usize = 128;
+
+/// Bytes of one hash-table bucket in an LRU shard: a key pointer and a node
+/// pointer, plus one control byte.
+const BUCKET_BYTES: usize = 2 * std::mem::size_of::<usize>() + 1;
+
+/// Next engine instance id (see [`engine_id`]).
+static NEXT_ENGINE: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh id for an engine instance: its entries in a shared cache are
+/// keyed by it.
+pub fn engine_id() -> u64 {
+    NEXT_ENGINE.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Bytes the allocator (glibc malloc) uses for a block of `n` bytes: an
+/// 8-byte header, rounded up to 16, at least 32; nothing for `n == 0`.
+fn block(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        ((n + 8 + 15) & !15).max(32)
+    }
+}
+
+/// What caching `value` for a key of `key_len` bytes costs.
+pub fn entry_charge(key_len: usize, value_len: usize) -> usize {
+    // Keys up to 16 bytes live inline in the node.
+    let key_heap = if key_len > 16 { block(key_len) } else { 0 };
+    ENTRY_OVERHEAD + key_heap + block(value_len)
+}
+
+/// Bytes of an LRU shard's hash table after it held `n` entries at once
+/// (hashbrown: buckets a power of two, at most 7/8 full, plus one group of
+/// control bytes).
+fn table_charge(n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    let buckets = if n < 4 {
+        4
+    } else if n < 8 {
+        8
+    } else {
+        (n * 8).div_ceil(7).next_power_of_two()
+    };
+    buckets * BUCKET_BYTES + 16
+}
+
+/// A cache key: the engine instance and the key.
+#[derive(PartialEq, Eq)]
+struct CacheKey {
+    /// The engine instance ([`engine_id`]).
+    engine: u64,
+    /// The key.
+    key: Key,
+}
+
+/// The borrowed form of a cache key, so a lookup builds no [`Key`].
+trait Lookup {
+    /// The engine instance.
+    fn engine(&self) -> u64;
+    /// The key bytes.
+    fn bytes(&self) -> &[u8];
+}
+
+impl Lookup for CacheKey {
+    fn engine(&self) -> u64 {
+        self.engine
+    }
+    fn bytes(&self) -> &[u8] {
+        &self.key
+    }
+}
+
+impl Lookup for (u64, &[u8]) {
+    fn engine(&self) -> u64 {
+        self.0
+    }
+    fn bytes(&self) -> &[u8] {
+        self.1
+    }
+}
+
+impl Hash for dyn Lookup + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.engine().hash(state);
+        self.bytes().hash(state);
+    }
+}
+
+impl PartialEq for dyn Lookup + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.engine() == other.engine() && self.bytes() == other.bytes()
+    }
+}
+
+impl Eq for dyn Lookup + '_ {}
+
+impl Hash for CacheKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self as &dyn Lookup).hash(state);
+    }
+}
+
+impl<'a> Borrow<dyn Lookup + 'a> for CacheKey {
+    fn borrow(&self) -> &(dyn Lookup + 'a) {
+        self
+    }
+}
+
+/// A cached value and where it was read from.
+struct Cached {
+    /// The value, in its own exactly sized block.
+    value: Bytes,
+    /// Segment id of the record it was read from.
+    seg: u32,
+    /// Position of that record.
+    pos: u32,
+}
+
+/// One LRU shard.
+struct Shard {
+    /// The values, least recently used first out.
+    lru: LruCache<CacheKey, Cached, FixedState>,
+    /// Bytes charged for the entries (not the table).
+    entries: usize,
+    /// Most entries the shard has held at once: its table's size.
+    high_water: usize,
+    /// This shard's part of the budget.
+    budget: usize,
+}
+
+impl Shard {
+    /// Bytes charged in all.
+    fn charged(&self) -> usize {
+        self.entries + table_charge(self.high_water)
+    }
+
+    /// Drops `key`'s entry, if any.
+    fn pop(&mut self, engine: u64, key: &[u8]) {
+        let lookup: &dyn Lookup = &(engine, key);
+        if let Some(old) = self.lru.pop(lookup) {
+            self.entries -= entry_charge(key.len(), old.value.len());
+        }
+    }
+}
+
+/// The shared part of a [`ValueCache`].
+struct Shared {
+    /// The shards.
+    shards: Vec<Mutex<Shard>>,
+    /// Picks a shard.
+    hasher: FixedState,
+    /// The whole budget in bytes.
+    budget: u64,
+}
+
+/// A value cache with one byte budget, shared by the engines it is given to
+/// (cloning the handle shares it).
+#[derive(Clone)]
+pub struct ValueCache(Arc<Shared>);
+
+impl ValueCache {
+    /// A cache of `budget` bytes in all.
+    pub fn new(budget: u64) -> ValueCache {
+        let part = (budget as usize) / SHARDS;
+        let shards = (0..SHARDS)
+            .map(|_| {
+                Mutex::new(Shard {
+                    lru: LruCache::unbounded_with_hasher(FixedState::with_seed(0x7661_6c75_6573)),
+                    entries: 0,
+                    high_water: 0,
+                    budget: part,
+                })
+            })
+            .collect();
+        ValueCache(Arc::new(Shared {
+            shards,
+            hasher: FixedState::with_seed(0x0063_6163_6865),
+            budget,
+        }))
+    }
+
+    /// The budget in bytes.
+    pub fn budget(&self) -> u64 {
+        self.0.budget
+    }
+
+    /// Bytes charged now, over all shards (at most the budget).
+    pub fn charged(&self) -> u64 {
+        self.0
+            .shards
+            .iter()
+            .map(|s| s.lock().charged() as u64)
+            .sum()
+    }
+
+    /// Values cached now.
+    pub fn len(&self) -> usize {
+        self.0.shards.iter().map(|s| s.lock().lru.len()).sum()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The shard of (engine, key).
+    fn shard(&self, engine: u64, key: &[u8]) -> parking_lot::MutexGuard<'_, Shard> {
+        let mut h = self.0.hasher.build_hasher();
+        engine.hash(&mut h);
+        key.hash(&mut h);
+        self.0.shards[h.finish() as usize & (SHARDS - 1)].lock()
+    }
+
+    /// The value cached for `key` of `engine` if it was read from the record
+    /// at (`seg`, `pos`), marking it recently used. A value from another
+    /// location is stale: it is dropped.
+    pub(super) fn get(&self, engine: u64, key: &[u8], seg: u32, pos: u32) -> Option<Bytes> {
+        let mut shard = self.shard(engine, key);
+        let lookup: &dyn Lookup = &(engine, key);
+        let c = shard.lru.get(lookup)?;
+        if c.seg == seg && c.pos == pos {
+            return Some(c.value.clone());
+        }
+        shard.pop(engine, key);
+        None
+    }
+
+    /// Caches a copy of `value` for `key` of `engine`, read from the record
+    /// at (`seg`, `pos`), evicting least recently used values to stay within
+    /// the shard's budget.
+    pub(super) fn put(&self, engine: u64, key: &[u8], seg: u32, pos: u32, value: &[u8]) {
+        let cost = entry_charge(key.len(), value.len());
+        let mut shard = self.shard(engine, key);
+        if cost > shard.budget / 8 {
+            return;
+        }
+        shard.pop(engine, key);
+        let cached = Cached {
+            // An exactly sized block: never the read buffer it came from.
+            value: Bytes::copy_from_slice(value),
+            seg,
+            pos,
+        };
+        let k = CacheKey {
+            engine,
+            key: Key::from_slice(key),
+        };
+        shard.lru.put(k, cached);
+        shard.entries += cost;
+        shard.high_water = shard.high_water.max(shard.lru.len());
+        while shard.charged() > shard.budget {
+            match shard.lru.pop_lru() {
+                Some((k, v)) => shard.entries -= entry_charge(k.key.len(), v.value.len()),
+                None => break,
+            }
+        }
+    }
+
+    /// Drops every value of `engine` (it closed or rebuilt its keydir).
+    pub(super) fn purge(&self, engine: u64) {
+        for s in &self.0.shards {
+            let mut s = s.lock();
+            let mut freed = 0;
+            s.lru.retain(|k, v| {
+                let keep = k.engine != engine;
+                if !keep {
+                    freed += entry_charge(k.key.len(), v.value.len());
+                }
+                keep
+            });
+            s.entries -= freed;
+        }
+    }
+}
+
+impl std::fmt::Debug for ValueCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValueCache")
+            .field("budget", &self.budget())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Two handles are equal when they share one cache.
+impl PartialEq for ValueCache {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stays_within_budget_and_serves_only_the_tagged_location() {
+        let c = ValueCache::new((SHARDS * 8192) as u64);
+        for i in 0..10_000u32 {
+            c.put(1, &i.to_le_bytes(), 0, i, &[7u8; 100]);
+        }
+        assert!(
+            c.charged() <= c.budget(),
+            "{} > {}",
+            c.charged(),
+            c.budget()
+        );
+        assert!(c.len() > 1000, "{}", c.len());
+        c.put(2, b"k", 3, 40, b"value");
+        assert_eq!(c.get(2, b"k", 3, 40).as_deref(), Some(&b"value"[..]));
+        assert_eq!(c.get(1, b"k", 3, 40), None, "another engine's key");
+        assert_eq!(c.get(2, b"k", 3, 41), None, "another location");
+        assert_eq!(c.get(2, b"k", 3, 40), None, "the stale value was dropped");
+        let before = c.len();
+        c.purge(1);
+        assert_eq!(c.len(), 0);
+        assert!(before > 0);
+        assert_eq!(
+            c.charged(),
+            c.0.shards
+                .iter()
+                .map(|s| table_charge(s.lock().high_water) as u64)
+                .sum::<u64>()
+        );
+    }
+
+    #[test]
+    fn large_values_are_not_cached() {
+        let c = ValueCache::new((SHARDS * 8192) as u64);
+        c.put(1, b"big", 0, 0, &[0u8; 1024]);
+        assert_eq!(c.get(1, b"big", 0, 0), None);
+        c.put(1, b"small", 0, 0, &[0u8; 800]);
+        assert!(c.get(1, b"small", 0, 0).is_some());
+    }
+}
