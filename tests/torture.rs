@@ -19,3 +19,110 @@ mod linear;
 #[path = "torture/linear_tests.rs"]
 #[cfg(test)]
 mod linear_tests;
+#[path = "torture/nemesis.rs"]
+mod nemesis;
+#[path = "torture/runner.rs"]
+mod runner;
+
+use std::sync::Mutex;
+
+use runner::Scenario;
+
+/// Scenarios run one at a time (their timing matters), even when the test
+/// harness runs tests in parallel.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn run(s: Scenario) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    runner::run(s);
+}
+
+#[test]
+fn leader_kill() {
+    run(Scenario::new("leader-kill", nemesis::leader_kill));
+}
+
+#[test]
+fn follower_kill() {
+    run(Scenario::new("follower-kill", nemesis::follower_kill));
+}
+
+#[test]
+fn controller_kill() {
+    run(Scenario::new("controller-kill", nemesis::controller_kill));
+}
+
+#[test]
+fn instant_restart() {
+    run(Scenario::new("instant-restart", nemesis::instant_restart));
+}
+
+#[test]
+fn zombie_leader() {
+    run(Scenario::new("zombie-leader", nemesis::zombie_leader));
+}
+
+#[test]
+fn zombie_controller() {
+    run(Scenario::new("zombie-controller", nemesis::zombie_controller));
+}
+
+#[test]
+fn pause_short() {
+    run(Scenario::new("pause-short", nemesis::pause_short));
+}
+
+#[test]
+fn isr_shrink_then_kill_leader() {
+    run(Scenario::new(
+        "isr-shrink-then-kill-leader",
+        nemesis::isr_shrink_then_kill_leader,
+    ));
+}
+
+#[test]
+fn double_failover() {
+    run(Scenario::new("double-failover", nemesis::double_failover));
+}
+
+#[test]
+fn all_isr_dead() {
+    run(Scenario::new("all-isr-dead", nemesis::all_isr_dead));
+}
+
+#[test]
+fn large_values() {
+    let mut s = Scenario::new("large-values", nemesis::one_leader_kill);
+    s.large = true;
+    s.clients = 4;
+    s.keys = 8;
+    run(s);
+}
+
+#[test]
+fn zk_leader_kill() {
+    let mut s = Scenario::new("zk-leader-kill", nemesis::zk_leader_kill);
+    s.ensemble = true;
+    run(s);
+}
+
+#[test]
+fn leader_move() {
+    // Preferred-leader rebalance moves leadership back under load after
+    // each restart.
+    let mut s = Scenario::new("leader-move", nemesis::leader_kill);
+    s.opts.rebalance = true;
+    run(s);
+}
+
+#[test]
+fn fsync_always_mixed() {
+    let mut s = Scenario::new("fsync-always-mixed", nemesis::mixed);
+    s.opts.fsync = "always";
+    run(s);
+}
+
+#[test]
+fn mixed() {
+    run(Scenario::new("mixed", nemesis::mixed));
+}

@@ -86,7 +86,11 @@ impl TestCluster {
     /// Starts ZooKeeper and every node, and waits until each partition has
     /// a leader known to every node.
     pub fn start(opts: ClusterOpts) -> TestCluster {
-        let zk = Zk::standalone();
+        TestCluster::start_on(opts, Zk::standalone())
+    }
+
+    /// As [`TestCluster::start`], on a given ZooKeeper (e.g. an ensemble).
+    pub fn start_on(opts: ClusterOpts, zk: Zk) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let specs = (0..opts.nodes)
             .map(|i| {
@@ -158,6 +162,23 @@ impl TestCluster {
         if let Some(mut s) = self.servers[i].take() {
             s.kill9();
         }
+    }
+
+    /// Stops node `i` cleanly (SIGTERM: it checkpoints and fsyncs), bounded.
+    pub fn stop_node(&mut self, i: usize) {
+        if let Some(mut s) = self.servers[i].take() {
+            // SAFETY: kill(2) on a child we started; a paused node must run
+            // to handle SIGTERM.
+            unsafe {
+                libc::kill(s.pid(), libc::SIGCONT);
+            }
+            s.stop();
+        }
+    }
+
+    /// The process id of node `i`, when it runs.
+    pub fn pid(&self, i: usize) -> Option<i32> {
+        self.servers[i].as_ref().map(|s| s.pid())
     }
 
     /// Sends `signal` to node `i` without waiting.
