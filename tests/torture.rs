@@ -21,6 +21,8 @@ mod linear;
 mod linear_tests;
 #[path = "torture/nemesis.rs"]
 mod nemesis;
+#[path = "torture/netpart.rs"]
+mod netpart;
 #[path = "torture/runner.rs"]
 mod runner;
 
@@ -100,6 +102,17 @@ fn large_values() {
 }
 
 #[test]
+fn large_values_one_leader() {
+    // Every partition led by one node, 1 MiB values in each: one fetch
+    // answer must still fit the message limit (bug 13).
+    let mut s = Scenario::new("large-values-one-leader", nemesis::concentrate_leaders);
+    s.large = true;
+    s.clients = 4;
+    s.keys = 8;
+    run(s);
+}
+
+#[test]
 fn zk_leader_kill() {
     let mut s = Scenario::new("zk-leader-kill", nemesis::zk_leader_kill);
     s.ensemble = true;
@@ -125,4 +138,41 @@ fn fsync_always_mixed() {
 #[test]
 fn mixed() {
     run(Scenario::new("mixed", nemesis::mixed));
+}
+
+/// Runs a network scenario inside its own network namespace (`test` is
+/// the test function's name, re-run there).
+fn net(test: &str, mut s: Scenario) {
+    if !netpart::inside() {
+        let bound = std::time::Duration::from_secs_f64(runner::secs() + 300.0);
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        netpart::in_netns(test, bound);
+        return;
+    }
+    s.network = true;
+    runner::run(s);
+}
+
+#[test]
+fn partition_leader() {
+    let s = Scenario::new("partition-leader", nemesis::partition_leader);
+    net("partition_leader", s);
+}
+
+#[test]
+fn partition_zk() {
+    let s = Scenario::new("partition-zk", nemesis::partition_zk);
+    net("partition_zk", s);
+}
+
+#[test]
+fn partition_controller() {
+    let s = Scenario::new("partition-controller", nemesis::partition_controller);
+    net("partition_controller", s);
+}
+
+#[test]
+fn leader_mute() {
+    let s = Scenario::new("leader-mute", nemesis::leader_mute);
+    net("leader_mute", s);
 }

@@ -62,6 +62,8 @@ pub struct NodeSpec {
     pub id: String,
     /// Client address.
     pub addr: String,
+    /// Replication (node-to-node) address.
+    pub repl_addr: String,
     /// Its config file.
     pub config: PathBuf,
     /// Its data directory.
@@ -78,6 +80,8 @@ pub struct TestCluster {
     pub servers: Vec<Option<Server>>,
     /// ZooKeeper (dropped after the servers).
     pub zk: Zk,
+    /// Group id each node runs as (`None`: the test's own).
+    pub gids: Vec<Option<u32>>,
     /// Holds every file.
     _dir: tempfile::TempDir,
 }
@@ -91,6 +95,12 @@ impl TestCluster {
 
     /// As [`TestCluster::start`], on a given ZooKeeper (e.g. an ensemble).
     pub fn start_on(opts: ClusterOpts, zk: Zk) -> TestCluster {
+        let gids = vec![None; opts.nodes];
+        TestCluster::start_as(opts, zk, gids)
+    }
+
+    /// As [`TestCluster::start_on`], node `i` running as group `gids[i]`.
+    pub fn start_as(opts: ClusterOpts, zk: Zk, gids: Vec<Option<u32>>) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let specs = (0..opts.nodes)
             .map(|i| {
@@ -123,6 +133,7 @@ impl TestCluster {
                 NodeSpec {
                     id,
                     addr,
+                    repl_addr: repl,
                     config,
                     data,
                 }
@@ -133,6 +144,7 @@ impl TestCluster {
             opts,
             specs,
             zk,
+            gids,
             _dir: dir,
         };
         for i in 0..cluster.specs.len() {
@@ -147,13 +159,12 @@ impl TestCluster {
     /// Starts node `i` (again), on its ports and data.
     pub fn start_node(&mut self, i: usize) {
         let spec = &self.specs[i];
-        let server = Server::start(
-            &spec.data,
-            ServerOpts::default()
-                .listen(&spec.addr)
-                .arg("--config")
-                .arg(spec.config.to_str().expect("utf-8 path")),
-        );
+        let mut opts = ServerOpts::default()
+            .listen(&spec.addr)
+            .arg("--config")
+            .arg(spec.config.to_str().expect("utf-8 path"));
+        opts.gid = self.gids.get(i).copied().flatten();
+        let server = Server::start(&spec.data, opts);
         self.servers[i] = Some(server);
     }
 

@@ -79,6 +79,9 @@ pub enum Ret {
     Value(Option<String>),
     /// Del / Expire: whether the key existed.
     Existed(bool),
+    /// Happened, but the result for this key is not known (one key of a
+    /// multi-key `DEL` that deleted some but not all of its keys).
+    Done,
 }
 
 /// How an operation ended.

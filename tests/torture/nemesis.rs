@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::harness::cluster::TestCluster;
+use super::netpart::{self, Firewall};
 use super::runner::Rng;
 
 /// What a nemesis works with.
@@ -29,6 +30,8 @@ pub struct Ctx<'a> {
     paused: Vec<bool>,
     /// Killed ZooKeeper members.
     zk_down: Vec<bool>,
+    /// Network rules, when the scenario runs in its own namespace.
+    pub firewall: Option<Firewall>,
     /// What was done, when.
     pub log: Vec<String>,
 }
@@ -52,6 +55,7 @@ impl<'a> Ctx<'a> {
             start,
             paused: vec![false; n],
             zk_down: vec![false; z],
+            firewall: None,
             log: Vec::new(),
         }
     }
@@ -176,9 +180,82 @@ impl<'a> Ctx<'a> {
         self.note(format!("start ZooKeeper member {i}"));
     }
 
+    /// The firewall; panics when the scenario has none.
+    fn fw(&mut self) -> &mut Firewall {
+        self.firewall
+            .as_mut()
+            .expect("a partition scenario runs with a firewall")
+    }
+
+    /// The group id node `i` runs as.
+    fn gid(&self, i: usize) -> u32 {
+        self.cluster.gids[i].expect("partition scenarios run nodes as their own group")
+    }
+
+    /// Client and replication ports of node `i`.
+    fn ports(&self, i: usize) -> [u16; 2] {
+        let s = &self.cluster.specs[i];
+        [netpart::port(&s.addr), netpart::port(&s.repl_addr)]
+    }
+
+    /// ZooKeeper's client ports.
+    fn zk_ports(&self) -> Vec<u16> {
+        self.cluster
+            .zk
+            .connect_string()
+            .split(',')
+            .map(netpart::port)
+            .collect()
+    }
+
+    /// Nodes `a` and `b` cannot reach each other (both directions).
+    pub fn isolate(&mut self, a: usize, b: usize) {
+        let (ga, gb) = (self.gid(a), self.gid(b));
+        let (pa, pb) = (self.ports(a), self.ports(b));
+        for p in pb {
+            self.fw().drop_to(ga, p).expect("iptables rule");
+        }
+        for p in pa {
+            self.fw().drop_to(gb, p).expect("iptables rule");
+        }
+        let (ia, ib) = (self.id(a), self.id(b));
+        self.note(format!("partition {ia} <-/-> {ib}"));
+    }
+
+    /// Node `a` cannot reach ZooKeeper (everything else works).
+    pub fn cut_from_zk(&mut self, a: usize) {
+        let g = self.gid(a);
+        for p in self.zk_ports() {
+            self.fw().drop_to(g, p).expect("iptables rule");
+        }
+        let id = self.id(a);
+        self.note(format!("partition {id} -/-> ZooKeeper"));
+    }
+
+    /// Node `a` sends nothing but to ZooKeeper (one way: it still
+    /// receives, and keeps its session).
+    pub fn mute(&mut self, a: usize) {
+        let g = self.gid(a);
+        let zk = self.zk_ports()[0];
+        self.fw().mute_except(g, zk).expect("iptables rule");
+        let id = self.id(a);
+        self.note(format!("{id} muted: sends only to ZooKeeper"));
+    }
+
+    /// Removes every network rule.
+    pub fn heal_network(&mut self) {
+        if let Some(fw) = self.firewall.as_mut() {
+            if !fw.rules.is_empty() {
+                fw.heal().expect("flush iptables rules");
+                self.note("network healed".into());
+            }
+        }
+    }
+
     /// Undoes every fault, then waits until every partition has a leader
     /// with a full ISR and every replica's log ends at the high watermark.
     pub fn heal_and_quiesce(&mut self) -> Result<(), String> {
+        self.heal_network();
         for i in 0..self.zk_down.len() {
             self.zk_start(i);
         }
@@ -465,6 +542,28 @@ pub fn one_leader_kill(ctx: &mut Ctx) {
     std::thread::sleep(rest);
 }
 
+/// Moves the leadership of every partition to one node: each other node
+/// in turn is killed until its partitions have new leaders, then
+/// restarted as a follower. With 1 MiB values, one fetch answer then
+/// carries a record of every partition.
+pub fn concentrate_leaders(ctx: &mut Ctx) {
+    let n = ctx.cluster.specs.len();
+    let keep = ctx.rng.below(n as u64) as usize;
+    ctx.pause_ms(300, 800);
+    for i in (0..n).filter(|&i| i != keep) {
+        ctx.kill(i);
+        let until = Instant::now() + Duration::from_secs(20);
+        while !ctx.cluster.all_led() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ctx.start(i);
+    }
+    let id = ctx.cluster.specs[keep].id.clone();
+    ctx.note(format!("{id} should lead every partition"));
+    let rest = ctx.deadline.saturating_duration_since(Instant::now());
+    std::thread::sleep(rest.max(Duration::from_secs(3)));
+}
+
 /// The ZooKeeper ensemble's leader: SIGKILL, down 1-3 s, restart.
 pub fn zk_leader_kill(ctx: &mut Ctx) {
     cycles(ctx, |ctx| {
@@ -476,6 +575,69 @@ pub fn zk_leader_kill(ctx: &mut Ctx) {
         ctx.zk_kill(z);
         ctx.pause_ms(1000, 3000);
         ctx.zk_start(z);
+    });
+}
+
+/// The leader of a random partition cut off from every other node while
+/// it keeps ZooKeeper, past the session timeout.
+pub fn partition_leader(ctx: &mut Ctx) {
+    cycles(ctx, |ctx| {
+        ctx.pause_ms(300, 1000);
+        let p = ctx.partition();
+        if let Some(l) = ctx.leader(p, Duration::from_secs(10)) {
+            for o in (0..ctx.cluster.specs.len()).filter(|&o| o != l) {
+                ctx.isolate(l, o);
+            }
+            let st = ctx.cluster.opts.session_timeout_ms;
+            ctx.pause_ms(st, st + 3000);
+            ctx.heal_network();
+            ctx.pause_ms(1000, 2000);
+        }
+    });
+}
+
+/// A leader cut off from ZooKeeper only, past its session timeout: it must
+/// stop acting as leader while clients still reach it.
+pub fn partition_zk(ctx: &mut Ctx) {
+    cycles(ctx, |ctx| {
+        ctx.pause_ms(300, 1000);
+        let p = ctx.partition();
+        if let Some(l) = ctx.leader(p, Duration::from_secs(10)) {
+            ctx.cut_from_zk(l);
+            let st = ctx.cluster.opts.session_timeout_ms;
+            ctx.pause_ms(st + 500, st + 3000);
+            ctx.heal_network();
+            ctx.pause_ms(1000, 2000);
+        }
+    });
+}
+
+/// The controller cut off from one other node.
+pub fn partition_controller(ctx: &mut Ctx) {
+    cycles(ctx, |ctx| {
+        ctx.pause_ms(300, 1000);
+        if let Some(c) = ctx.controller() {
+            let n = ctx.cluster.specs.len();
+            let o = (c + 1 + ctx.rng.below(n as u64 - 1) as usize) % n;
+            ctx.isolate(c, o);
+            ctx.pause_ms(2000, 4000);
+            ctx.heal_network();
+            ctx.pause_ms(1000, 2000);
+        }
+    });
+}
+
+/// One-way: a leader that receives but sends nothing except to ZooKeeper.
+pub fn leader_mute(ctx: &mut Ctx) {
+    cycles(ctx, |ctx| {
+        ctx.pause_ms(300, 1000);
+        let p = ctx.partition();
+        if let Some(l) = ctx.leader(p, Duration::from_secs(10)) {
+            ctx.mute(l);
+            ctx.pause_ms(2000, 4000);
+            ctx.heal_network();
+            ctx.pause_ms(1000, 2000);
+        }
     });
 }
 

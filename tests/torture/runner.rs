@@ -43,6 +43,9 @@ pub struct Scenario {
     pub large: bool,
     /// The faults, run until the context's deadline.
     pub nemesis: fn(&mut Ctx),
+    /// Network faults: nodes run as their own groups, with a firewall
+    /// (only inside the scenario's network namespace).
+    pub network: bool,
 }
 
 impl Scenario {
@@ -59,6 +62,7 @@ impl Scenario {
             keys: 12,
             large: false,
             nemesis,
+            network: false,
         }
     }
 }
@@ -205,13 +209,45 @@ async fn run_op(client: &Client, key: &str, f: &Func, large: bool) -> Outcome {
     }
 }
 
+/// A multi-key `DEL` of `a` and `b` (one partition) as one operation per
+/// key: not atomic across keys, but each happened or not as the answer
+/// says (`NOT_LEADER` means neither was deleted).
+async fn del_two(client: &Client, a: &str, b: &str) -> (Outcome, Outcome) {
+    let keys = vec![
+        Bytes::copy_from_slice(a.as_bytes()),
+        Bytes::copy_from_slice(b.as_bytes()),
+    ];
+    match client.del(keys).await {
+        Ok(0) => (
+            Outcome::Ok(Ret::Existed(false)),
+            Outcome::Ok(Ret::Existed(false)),
+        ),
+        Ok(2) => (
+            Outcome::Ok(Ret::Existed(true)),
+            Outcome::Ok(Ret::Existed(true)),
+        ),
+        Ok(1) => (Outcome::Ok(Ret::Done), Outcome::Ok(Ret::Done)),
+        Ok(n) => {
+            let e = format!("DEL of two keys answered {n}");
+            (Outcome::Ok(Ret::Value(Some(e.clone()))), Outcome::Fail(e))
+        }
+        Err(e) if definite(&e) => (Outcome::Fail(e.to_string()), Outcome::Fail(e.to_string())),
+        Err(e) => (Outcome::Info(e.to_string()), Outcome::Info(e.to_string())),
+    }
+}
+
+/// Process ids of the second key of multi-key operations.
+static SECOND: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 40);
+
 /// One client: random operations on random keys until `stop`.
+/// `partner[i]` is a key of the same partition as key `i`.
 #[allow(clippy::too_many_arguments)]
 async fn client_loop(
     id: usize,
     clients: usize,
     client: Client,
     keys: Arc<Vec<String>>,
+    partner: Arc<Vec<usize>>,
     stop: Arc<AtomicBool>,
     rec: Arc<Recorder>,
     seed: u64,
@@ -221,8 +257,35 @@ async fn client_loop(
     let mut process = id as u64;
     let mut seq = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let key = keys[rng.below(keys.len() as u64) as usize].clone();
+        let k = rng.below(keys.len() as u64) as usize;
+        let key = keys[k].clone();
         seq += 1;
+        if rng.below(100) < 4 && partner[k] != k {
+            let other = keys[partner[k]].clone();
+            let invoke = rec.now();
+            let (o1, o2) = del_two(&client, &key, &other).await;
+            let complete = rec.now();
+            let unknown = matches!(o1, Outcome::Info(_));
+            let second = SECOND.fetch_add(1, Ordering::Relaxed);
+            let mut h = rec.history.lock().unwrap_or_else(|e| e.into_inner());
+            for (key, process, outcome) in [(key, process, o1), (other, second, o2)] {
+                h.push(Op {
+                    id: 0,
+                    client: id,
+                    process,
+                    key,
+                    f: Func::Del,
+                    invoke,
+                    complete,
+                    outcome,
+                });
+            }
+            drop(h);
+            if unknown {
+                process += clients as u64;
+            }
+            continue;
+        }
         let value = format!("{id}-{seq}");
         let f = match rng.below(100) {
             0..40 => Func::Get,
@@ -248,6 +311,7 @@ async fn client_loop(
         let outcome = run_op(&client, &key, &f, large).await;
         let complete = rec.now();
         let unknown = matches!(outcome, Outcome::Info(_));
+        let failed = matches!(outcome, Outcome::Fail(_));
         rec.history
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -264,6 +328,10 @@ async fn client_loop(
         if unknown {
             // The old process may still be in flight.
             process += clients as u64;
+        }
+        if failed {
+            // Refused at once (no leader, ISR too small): do not spin.
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
@@ -338,7 +406,14 @@ pub fn run(s: Scenario) {
     } else {
         Zk::standalone()
     };
-    let mut cluster = TestCluster::start_on(s.opts.clone(), zk);
+    let gids = (0..s.opts.nodes)
+        .map(|i| s.network.then_some(super::netpart::GIDS[i]))
+        .collect();
+    let mut cluster = TestCluster::start_as(s.opts.clone(), zk, gids);
+    let firewall = match s.network {
+        true => Some(super::netpart::Firewall::new().expect("iptables chain in the namespace")),
+        false => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -352,6 +427,19 @@ pub fn run(s: Scenario) {
     let keys: Arc<Vec<String>> = Arc::new(
         (0..s.keys)
             .map(|n| cluster.key_in(n as u32 % s.opts.partitions, n))
+            .collect(),
+    );
+    // Key n is in partition n % partitions: its partner is the next key of
+    // that partition (itself when alone).
+    let parts = s.opts.partitions as usize;
+    let partner: Arc<Vec<usize>> = Arc::new(
+        (0..s.keys)
+            .map(|n| {
+                (1..s.keys)
+                    .map(|d| (n + d) % s.keys)
+                    .find(|m| m % parts == n % parts)
+                    .unwrap_or(n)
+            })
             .collect(),
     );
     let stop = Arc::new(AtomicBool::new(false));
@@ -375,6 +463,7 @@ pub fn run(s: Scenario) {
                 s.clients,
                 make_client(&a),
                 keys.clone(),
+                partner.clone(),
                 stop.clone(),
                 rec.clone(),
                 seed,
@@ -404,6 +493,7 @@ pub fn run(s: Scenario) {
         pids.clone(),
         rec.start,
     );
+    ctx.firewall = firewall;
     (s.nemesis)(&mut ctx);
     // Clients stop; whatever is in flight ends as `info` within their
     // timeout.
