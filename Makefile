@@ -79,7 +79,7 @@ bench-cluster: ## Standalone vs 3-node cluster (set acks leader/all, get; 50 cli
 TORTURE_SECS ?= 10
 .PHONY: torture
 torture: deps ## Every fault scenario for TORTURE_SECS (10) s each, with history checkers; ~6 min
-	TORTURE_SECS=$(TORTURE_SECS) $(CARGO) test --release --features caskade/failpoints --test torture -- --nocapture --test-threads=1
+	TORTURE_SECS=$(TORTURE_SECS) $(CARGO) test --release --features caskade/failpoints --test torture -- --nocapture --test-threads=1 --include-ignored
 
 bench-engine: ## Storage-engine benchmarks vs fjall/sled/redb (ARGS=--quick for a smoke test)
 	cd benches/engine && $(CARGO) run --release -- $(ARGS) all

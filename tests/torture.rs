@@ -66,7 +66,10 @@ fn zombie_leader() {
 
 #[test]
 fn zombie_controller() {
-    run(Scenario::new("zombie-controller", nemesis::zombie_controller));
+    run(Scenario::new(
+        "zombie-controller",
+        nemesis::zombie_controller,
+    ));
 }
 
 #[test]
@@ -102,6 +105,7 @@ fn large_values() {
 }
 
 #[test]
+#[ignore = "fails until bug 13 of issue 10 is fixed (a fetch answer exceeds the 4 MiB message limit)"]
 fn large_values_one_leader() {
     // Every partition led by one node, 1 MiB values in each: one fetch
     // answer must still fit the message limit (bug 13).
@@ -137,7 +141,22 @@ fn fsync_always_mixed() {
 
 #[test]
 fn mixed() {
-    run(Scenario::new("mixed", nemesis::mixed));
+    let mut s = Scenario::new("mixed", nemesis::mixed);
+    s.opts.fsync = "never";
+    run(s);
+}
+
+#[test]
+fn pause_near_expiry() {
+    run(Scenario::new(
+        "pause-near-expiry",
+        nemesis::pause_near_expiry,
+    ));
+}
+
+#[test]
+fn notice_missed() {
+    run(Scenario::new("notice-missed", nemesis::notice_missed));
 }
 
 /// Runs a network scenario inside its own network namespace (`test` is

@@ -39,8 +39,10 @@ pub fn lost_writes(h: &History, final_reads: &[(String, Option<String>)]) -> Vec
     let mut lost = Vec::new();
     for (key, fin) in final_reads {
         let ops = by_key.get(key.as_str()).cloned().unwrap_or_default();
-        let writes: Vec<(&Op, Option<&str>)> =
-            ops.iter().filter_map(|o| effect(o).map(|e| (*o, e))).collect();
+        let writes: Vec<(&Op, Option<&str>)> = ops
+            .iter()
+            .filter_map(|o| effect(o).map(|e| (*o, e)))
+            .collect();
         let acked: Vec<&Op> = writes
             .iter()
             .filter(|(o, _)| matches!(o.outcome, Outcome::Ok(_)))
@@ -85,17 +87,17 @@ pub fn failed_visible(h: &History, final_reads: &[(String, Option<String>)]) -> 
         .collect();
     let mut out = Vec::new();
     for op in &h.ops {
-        if let Outcome::Ok(Ret::Value(Some(v))) = &op.outcome {
-            if failed.contains(v.as_str()) {
-                out.push(format!("read of a failed write: {}", op.describe()));
-            }
+        if let Outcome::Ok(Ret::Value(Some(v))) = &op.outcome
+            && failed.contains(v.as_str())
+        {
+            out.push(format!("read of a failed write: {}", op.describe()));
         }
     }
     for (key, v) in final_reads {
-        if let Some(v) = v {
-            if failed.contains(v.as_str()) {
-                out.push(format!("final value of {key} is a failed write: {v}"));
-            }
+        if let Some(v) = v
+            && failed.contains(v.as_str())
+        {
+            out.push(format!("final value of {key} is a failed write: {v}"));
         }
     }
     out
@@ -132,19 +134,19 @@ pub fn hw_violations(samples: &[HwSample]) -> Vec<String> {
     sorted.sort_by_key(|s| s.sent);
     for s in &sorted {
         let k = (s.node.as_str(), s.pid, s.partition);
-        if let Some(prev) = last.get(&k) {
-            if s.hw < prev.hw {
-                out.push(format!(
-                    "partition {}: {} (pid {}) reported high watermark {} at {:.3}s after {} at {:.3}s",
-                    s.partition,
-                    s.node,
-                    s.pid,
-                    s.hw,
-                    s.sent as f64 / 1e9,
-                    prev.hw,
-                    prev.sent as f64 / 1e9
-                ));
-            }
+        if let Some(prev) = last.get(&k)
+            && s.hw < prev.hw
+        {
+            out.push(format!(
+                "partition {}: {} (pid {}) reported high watermark {} at {:.3}s after {} at {:.3}s",
+                s.partition,
+                s.node,
+                s.pid,
+                s.hw,
+                s.sent as f64 / 1e9,
+                prev.hw,
+                prev.sent as f64 / 1e9
+            ));
         }
         last.insert(k, s);
     }
@@ -158,22 +160,22 @@ pub fn hw_violations(samples: &[HwSample]) -> Vec<String> {
                     && t.leader_epoch <= s.leader_epoch
             })
             .max_by_key(|t| t.hw);
-        if let Some(t) = committed {
-            if s.log_end < t.hw {
-                out.push(format!(
-                    "partition {}: leader {} at epoch {} has log end {} at {:.3}s, below the \
+        if let Some(t) = committed
+            && s.log_end < t.hw
+        {
+            out.push(format!(
+                "partition {}: leader {} at epoch {} has log end {} at {:.3}s, below the \
                      high watermark {} that {} reported at epoch {} at {:.3}s",
-                    s.partition,
-                    s.node,
-                    s.leader_epoch,
-                    s.log_end,
-                    s.sent as f64 / 1e9,
-                    t.hw,
-                    t.node,
-                    t.leader_epoch,
-                    t.received as f64 / 1e9
-                ));
-            }
+                s.partition,
+                s.node,
+                s.leader_epoch,
+                s.log_end,
+                s.sent as f64 / 1e9,
+                t.hw,
+                t.node,
+                t.leader_epoch,
+                t.received as f64 / 1e9
+            ));
         }
     }
     out
@@ -243,15 +245,15 @@ pub fn compare_logs(partition: u32, logs: &[ReplicaLog]) -> Vec<String> {
             ));
         }
         for (off, ra) in &a {
-            if let Some(rb) = b.get(off) {
-                if ra != rb {
-                    out.push(format!(
-                        "partition {partition} offset {off}: {} has {ra:?}, {} has {rb:?}",
-                        first.node, other.node
-                    ));
-                    if out.len() > 20 {
-                        return out;
-                    }
+            if let Some(rb) = b.get(off)
+                && ra != rb
+            {
+                out.push(format!(
+                    "partition {partition} offset {off}: {} has {ra:?}, {} has {rb:?}",
+                    first.node, other.node
+                ));
+                if out.len() > 20 {
+                    return out;
                 }
             }
         }

@@ -271,7 +271,7 @@ fn search(calls: &[Call], times: &[(u64, u64)]) -> Verdict {
         }
         let e = node - 1;
         let i = e / 2;
-        if e % 2 == 0 {
+        if e.is_multiple_of(2) {
             if let Some(s) = step(state, &calls[i]) {
                 let mut lin = linearized.clone();
                 lin[i / 64] |= 1 << (i % 64);

@@ -69,7 +69,12 @@ fn fail() -> Outcome {
 #[test]
 fn accepts_sequential_and_concurrent_histories() {
     assert!(H::default().accepted());
-    assert!(H::default().set(0, (0, 1), "a", ok()).get(1, (2, 3), Some("a")).accepted());
+    assert!(
+        H::default()
+            .set(0, (0, 1), "a", ok())
+            .get(1, (2, 3), Some("a"))
+            .accepted()
+    );
     // A read concurrent with a write may see either side.
     let mut h = H::default();
     h.set(0, (0, 10), "a", ok())
@@ -86,7 +91,9 @@ fn accepts_sequential_and_concurrent_histories() {
     assert!(h.accepted());
     // Delete and expire report existence.
     let mut h = H::default();
-    h.del(0, (0, 1), false).set(0, (2, 3), "a", ok()).del(1, (4, 5), true);
+    h.del(0, (0, 1), false)
+        .set(0, (2, 3), "a", ok())
+        .del(1, (4, 5), true);
     h.op(
         1,
         (6, 7),
@@ -197,7 +204,8 @@ fn rejects_two_nx_winners_and_a_wrong_existence() {
     h.del(0, (0, 1), true).set(1, (2, 3), "a", ok());
     assert!(h.rejected());
     let mut h = H::default();
-    h.set(1, (0, 1), "a", ok()).cset(0, (2, 3), "b", Cond::Xx, false);
+    h.set(1, (0, 1), "a", ok())
+        .cset(0, (2, 3), "b", Cond::Xx, false);
     assert!(h.rejected());
 }
 

@@ -154,10 +154,10 @@ impl<'a> Ctx<'a> {
             if self.paused[i] {
                 continue;
             }
-            if let Some(m) = self.cluster.metadata(i) {
-                if !m.controller.is_empty() {
-                    return self.cluster.specs.iter().position(|s| s.id == m.controller);
-                }
+            if let Some(m) = self.cluster.metadata(i)
+                && !m.controller.is_empty()
+            {
+                return self.cluster.specs.iter().position(|s| s.id == m.controller);
             }
         }
         None
@@ -244,11 +244,11 @@ impl<'a> Ctx<'a> {
 
     /// Removes every network rule.
     pub fn heal_network(&mut self) {
-        if let Some(fw) = self.firewall.as_mut() {
-            if !fw.rules.is_empty() {
-                fw.heal().expect("flush iptables rules");
-                self.note("network healed".into());
-            }
+        if let Some(fw) = self.firewall.as_mut()
+            && !fw.rules.is_empty()
+        {
+            fw.heal().expect("flush iptables rules");
+            self.note("network healed".into());
         }
     }
 
@@ -267,9 +267,11 @@ impl<'a> Ctx<'a> {
         let until = Instant::now() + Duration::from_secs(60);
         while !(self.cluster.all_led() && self.cluster.full_isr()) {
             if Instant::now() > until {
-                return Err("60 s after healing, some partition has no leader or a partial ISR \
+                return Err(
+                    "60 s after healing, some partition has no leader or a partial ISR \
                             (the cluster did not recover)"
-                    .into());
+                        .into(),
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -281,7 +283,8 @@ impl<'a> Ctx<'a> {
                     let ends: Vec<u64> = part.offsets.iter().map(|o| o.log_end_offset).collect();
                     let quiet = ends.len() == part.replicas.len()
                         && ends.iter().all(|&e| e == part.high_watermark);
-                    (!quiet).then(|| format!("partition {p}: hw {} ends {ends:?}", part.high_watermark))
+                    (!quiet)
+                        .then(|| format!("partition {p}: hw {} ends {ends:?}", part.high_watermark))
                 })
                 .collect();
             if lagging.is_empty() {
@@ -406,6 +409,46 @@ pub fn zombie_leader(ctx: &mut Ctx) {
             ctx.thaw(l);
             ctx.pause_ms(500, 1500);
         }
+    });
+}
+
+/// A leader frozen until about when its session expires (between its
+/// lease, two thirds of the session timeout, and a little past the
+/// timeout): the window where a resumed node may still believe it leads.
+pub fn pause_near_expiry(ctx: &mut Ctx) {
+    cycles(ctx, |ctx| {
+        ctx.pause_ms(300, 1000);
+        let p = ctx.partition();
+        if let Some(l) = ctx.leader(p, Duration::from_secs(10)) {
+            ctx.freeze(l);
+            let st = ctx.cluster.opts.session_timeout_ms;
+            ctx.pause_ms(st * 2 / 3, st + 500);
+            ctx.thaw(l);
+            ctx.pause_ms(500, 1500);
+        }
+    });
+}
+
+/// The leader of a partition is killed while one follower is frozen (for
+/// less than its session timeout): the controller may elect the frozen
+/// follower, whose notices then fail until it thaws. It must still learn
+/// that it leads.
+pub fn notice_missed(ctx: &mut Ctx) {
+    cycles(ctx, |ctx| {
+        ctx.pause_ms(300, 1000);
+        let p = ctx.partition();
+        let Some(l) = ctx.leader(p, Duration::from_secs(10)) else {
+            return;
+        };
+        let n = ctx.cluster.specs.len();
+        let f = (l + 1 + ctx.rng.below(n as u64 - 1) as usize) % n;
+        ctx.freeze(f);
+        ctx.kill(l);
+        let st = ctx.cluster.opts.session_timeout_ms;
+        ctx.pause_ms(st / 2, st * 3 / 4);
+        ctx.thaw(f);
+        ctx.start(l);
+        ctx.leader(p, Duration::from_secs(15));
     });
 }
 

@@ -66,8 +66,16 @@ pub fn in_netns(name: &str, bound: Duration) -> bool {
         eprintln!("scenario {name} skipped: cannot create a network namespace: {e}");
         return false;
     }
-    let ready = sh("ip", &["netns", "exec", &ns.0, "ip", "link", "set", "lo", "up"])
-        .and_then(|_| sh("ip", &["netns", "exec", &ns.0, "iptables", "-n", "-L", "OUTPUT"]));
+    let ready = sh(
+        "ip",
+        &["netns", "exec", &ns.0, "ip", "link", "set", "lo", "up"],
+    )
+    .and_then(|_| {
+        sh(
+            "ip",
+            &["netns", "exec", &ns.0, "iptables", "-n", "-L", "OUTPUT"],
+        )
+    });
     if let Err(e) = ready {
         eprintln!("scenario {name} skipped: {e}");
         return false;
@@ -121,8 +129,20 @@ impl Firewall {
         sh(
             "iptables",
             &[
-                "-A", "TORTURE", "-o", "lo", "-p", "tcp", "-m", "owner", "--gid-owner", &g,
-                "--dport", &p, "-j", "DROP",
+                "-A",
+                "TORTURE",
+                "-o",
+                "lo",
+                "-p",
+                "tcp",
+                "-m",
+                "owner",
+                "--gid-owner",
+                &g,
+                "--dport",
+                &p,
+                "-j",
+                "DROP",
             ],
         )?;
         self.rules.push(format!("gid {gid} -> port {port}: drop"));
@@ -135,11 +155,25 @@ impl Firewall {
         sh(
             "iptables",
             &[
-                "-A", "TORTURE", "-o", "lo", "-p", "tcp", "-m", "owner", "--gid-owner", &g,
-                "!", "--dport", &k, "-j", "DROP",
+                "-A",
+                "TORTURE",
+                "-o",
+                "lo",
+                "-p",
+                "tcp",
+                "-m",
+                "owner",
+                "--gid-owner",
+                &g,
+                "!",
+                "--dport",
+                &k,
+                "-j",
+                "DROP",
             ],
         )?;
-        self.rules.push(format!("gid {gid} -> all but port {keep}: drop"));
+        self.rules
+            .push(format!("gid {gid} -> all but port {keep}: drop"));
         Ok(())
     }
 

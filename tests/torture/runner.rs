@@ -54,7 +54,8 @@ impl Scenario {
         Scenario {
             name,
             opts: ClusterOpts {
-                fsync: "never",
+                // The server's default durability.
+                fsync: "{every_ms: 1000}",
                 ..ClusterOpts::default()
             },
             ensemble: false,
@@ -303,9 +304,7 @@ async fn client_loop(
             },
             81..89 => Func::Del,
             89..93 => Func::Expire { ttl_ms: 0 },
-            _ => Func::Expire {
-                ttl_ms: 3_600_000,
-            },
+            _ => Func::Expire { ttl_ms: 3_600_000 },
         };
         let invoke = rec.now();
         let outcome = run_op(&client, &key, &f, large).await;
@@ -482,7 +481,12 @@ pub fn run(s: Scenario) {
     let poll_stop = Arc::new(AtomicBool::new(false));
     let poller = {
         let _in = rt.enter();
-        rt.spawn(hw_poller(nodes, pids.clone(), poll_stop.clone(), rec.clone()))
+        rt.spawn(hw_poller(
+            nodes,
+            pids.clone(),
+            poll_stop.clone(),
+            rec.clone(),
+        ))
     };
 
     // The faults.
