@@ -195,3 +195,25 @@ fn leader_mute() {
     let s = Scenario::new("leader-mute", nemesis::leader_mute);
     net("leader_mute", s);
 }
+
+/// Checks a saved history: `TORTURE_CHECK=path cargo test --release
+/// --test torture -- --nocapture check_saved_history` (does nothing
+/// without the variable).
+#[test]
+fn check_saved_history() {
+    let Some(path) = std::env::var_os("TORTURE_CHECK") else {
+        return;
+    };
+    let h = history::History::load(std::path::Path::new(&path)).expect("load the history");
+    let report = linear::check(&h);
+    for (_, text) in &report.violations {
+        println!("{text}");
+    }
+    println!(
+        "{} operations, {} keys, linearizable={}",
+        h.ops.len(),
+        report.keys,
+        report.word()
+    );
+    assert_eq!(report.word(), "yes");
+}

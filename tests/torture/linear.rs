@@ -105,8 +105,8 @@ fn excerpt(h: &History, ops: &[&Op], stuck: usize, prefix: &[usize]) -> String {
     for id in prefix.iter().rev().take(12).rev() {
         out.push_str(&format!("  {}\n", h.ops[*id].describe()));
     }
-    out.push_str("operations on the key around it (by invocation):\n");
-    let from = s.invoke.saturating_sub(2_000_000_000);
+    out.push_str("operations on the key concurrent with it (by invocation):\n");
+    let from = s.invoke.saturating_sub(20_000_000);
     for op in ops
         .iter()
         .filter(|o| o.complete >= from && o.invoke <= s.complete)
