@@ -155,6 +155,11 @@ fn pause_near_expiry() {
 }
 
 #[test]
+fn stale_takeover() {
+    run(Scenario::new("stale-takeover", nemesis::stale_takeover));
+}
+
+#[test]
 fn notice_missed() {
     run(Scenario::new("notice-missed", nemesis::notice_missed));
 }

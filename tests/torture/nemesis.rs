@@ -452,6 +452,32 @@ pub fn notice_missed(ctx: &mut Ctx) {
     });
 }
 
+/// A leader frozen past its session timeout while one follower is frozen
+/// for less than its own, from shortly before the election to after it:
+/// the other follower takes over and its high watermark cannot reach its
+/// log end until the frozen follower fetches again. Operations on the
+/// partition meanwhile meet a leader whose keydir lags its log.
+pub fn stale_takeover(ctx: &mut Ctx) {
+    cycles(ctx, |ctx| {
+        ctx.pause_ms(500, 1500);
+        let p = ctx.partition();
+        let Some(l) = ctx.leader(p, Duration::from_secs(10)) else {
+            return;
+        };
+        let n = ctx.cluster.specs.len();
+        let f = (l + 1 + ctx.rng.below(n as u64 - 1) as usize) % n;
+        let st = ctx.cluster.opts.session_timeout_ms;
+        ctx.freeze(l);
+        ctx.pause_ms(st / 2, st * 3 / 5);
+        ctx.freeze(f);
+        ctx.pause_ms(st * 3 / 5, st * 3 / 4);
+        ctx.thaw(f);
+        ctx.pause_ms(100, 300);
+        ctx.thaw(l);
+        ctx.pause_ms(500, 1500);
+    });
+}
+
 /// The controller frozen past its session timeout, then thawed.
 pub fn zombie_controller(ctx: &mut Ctx) {
     cycles(ctx, |ctx| {
