@@ -7,6 +7,16 @@
 //! - `torture/checks.rs`: lost acknowledged writes, visible failed writes,
 //!   high watermark monotonicity, replica logs identical.
 //! - `torture/linear_tests.rs`: the checkers' own tests.
+//! - `torture/runner.rs`: one scenario end to end (cluster, clients,
+//!   high-watermark poller, nemesis, heal, final reads, replica logs,
+//!   checks, the `scenario=...` line).
+//! - `torture/nemesis.rs`: the seeded faults.
+//! - `torture/netpart.rs`: network partitions inside a namespace of their
+//!   own.
+//!
+//! Each scenario is one test; `TORTURE_SECS` (default 4, `make torture`
+//! 10) sets its fault period, `TORTURE_SEED` replays a schedule. Scenarios
+//! run one at a time even when tests run in parallel.
 
 mod harness;
 
