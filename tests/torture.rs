@@ -10,7 +10,8 @@
 //! - `torture/runner.rs`: one scenario end to end (cluster, clients,
 //!   high-watermark poller, nemesis, heal, final reads, replica logs,
 //!   checks, the `scenario=...` line).
-//! - `torture/nemesis.rs`: the seeded faults.
+//! - `torture/nemesis.rs`: the nemesis context (kill, freeze, partition,
+//!   heal); `torture/faults.rs`: each scenario's seeded faults.
 //! - `torture/netpart.rs`: network partitions inside a namespace of their
 //!   own.
 //!
@@ -22,6 +23,8 @@ mod harness;
 
 #[path = "torture/checks.rs"]
 mod checks;
+#[path = "torture/faults.rs"]
+mod faults;
 #[path = "torture/history.rs"]
 mod history;
 #[path = "torture/linear.rs"]
@@ -51,63 +54,63 @@ fn run(s: Scenario) {
 
 #[test]
 fn leader_kill() {
-    run(Scenario::new("leader-kill", nemesis::leader_kill));
+    run(Scenario::new("leader-kill", faults::leader_kill));
 }
 
 #[test]
 fn follower_kill() {
-    run(Scenario::new("follower-kill", nemesis::follower_kill));
+    run(Scenario::new("follower-kill", faults::follower_kill));
 }
 
 #[test]
 fn controller_kill() {
-    run(Scenario::new("controller-kill", nemesis::controller_kill));
+    run(Scenario::new("controller-kill", faults::controller_kill));
 }
 
 #[test]
 fn instant_restart() {
-    run(Scenario::new("instant-restart", nemesis::instant_restart));
+    run(Scenario::new("instant-restart", faults::instant_restart));
 }
 
 #[test]
 fn zombie_leader() {
-    run(Scenario::new("zombie-leader", nemesis::zombie_leader));
+    run(Scenario::new("zombie-leader", faults::zombie_leader));
 }
 
 #[test]
 fn zombie_controller() {
     run(Scenario::new(
         "zombie-controller",
-        nemesis::zombie_controller,
+        faults::zombie_controller,
     ));
 }
 
 #[test]
 fn pause_short() {
-    run(Scenario::new("pause-short", nemesis::pause_short));
+    run(Scenario::new("pause-short", faults::pause_short));
 }
 
 #[test]
 fn isr_shrink_then_kill_leader() {
     run(Scenario::new(
         "isr-shrink-then-kill-leader",
-        nemesis::isr_shrink_then_kill_leader,
+        faults::isr_shrink_then_kill_leader,
     ));
 }
 
 #[test]
 fn double_failover() {
-    run(Scenario::new("double-failover", nemesis::double_failover));
+    run(Scenario::new("double-failover", faults::double_failover));
 }
 
 #[test]
 fn all_isr_dead() {
-    run(Scenario::new("all-isr-dead", nemesis::all_isr_dead));
+    run(Scenario::new("all-isr-dead", faults::all_isr_dead));
 }
 
 #[test]
 fn large_values() {
-    let mut s = Scenario::new("large-values", nemesis::one_leader_kill);
+    let mut s = Scenario::new("large-values", faults::one_leader_kill);
     s.large = true;
     s.clients = 4;
     s.keys = 8;
@@ -119,7 +122,7 @@ fn large_values() {
 fn large_values_one_leader() {
     // Every partition led by one node, 1 MiB values in each: one fetch
     // answer must still fit the message limit (bug 13).
-    let mut s = Scenario::new("large-values-one-leader", nemesis::concentrate_leaders);
+    let mut s = Scenario::new("large-values-one-leader", faults::concentrate_leaders);
     s.large = true;
     s.clients = 4;
     s.keys = 8;
@@ -128,7 +131,7 @@ fn large_values_one_leader() {
 
 #[test]
 fn zk_leader_kill() {
-    let mut s = Scenario::new("zk-leader-kill", nemesis::zk_leader_kill);
+    let mut s = Scenario::new("zk-leader-kill", faults::zk_leader_kill);
     s.ensemble = true;
     run(s);
 }
@@ -137,21 +140,21 @@ fn zk_leader_kill() {
 fn leader_move() {
     // Preferred-leader rebalance moves leadership back under load after
     // each restart.
-    let mut s = Scenario::new("leader-move", nemesis::leader_kill);
+    let mut s = Scenario::new("leader-move", faults::leader_kill);
     s.opts.rebalance = true;
     run(s);
 }
 
 #[test]
 fn fsync_always_mixed() {
-    let mut s = Scenario::new("fsync-always-mixed", nemesis::mixed);
+    let mut s = Scenario::new("fsync-always-mixed", faults::mixed);
     s.opts.fsync = "always";
     run(s);
 }
 
 #[test]
 fn mixed() {
-    let mut s = Scenario::new("mixed", nemesis::mixed);
+    let mut s = Scenario::new("mixed", faults::mixed);
     s.opts.fsync = "never";
     run(s);
 }
@@ -160,18 +163,18 @@ fn mixed() {
 fn pause_near_expiry() {
     run(Scenario::new(
         "pause-near-expiry",
-        nemesis::pause_near_expiry,
+        faults::pause_near_expiry,
     ));
 }
 
 #[test]
 fn stale_takeover() {
-    run(Scenario::new("stale-takeover", nemesis::stale_takeover));
+    run(Scenario::new("stale-takeover", faults::stale_takeover));
 }
 
 #[test]
 fn notice_missed() {
-    run(Scenario::new("notice-missed", nemesis::notice_missed));
+    run(Scenario::new("notice-missed", faults::notice_missed));
 }
 
 /// Runs a network scenario inside its own network namespace (`test` is
@@ -189,25 +192,25 @@ fn net(test: &str, mut s: Scenario) {
 
 #[test]
 fn partition_leader() {
-    let s = Scenario::new("partition-leader", nemesis::partition_leader);
+    let s = Scenario::new("partition-leader", faults::partition_leader);
     net("partition_leader", s);
 }
 
 #[test]
 fn partition_zk() {
-    let s = Scenario::new("partition-zk", nemesis::partition_zk);
+    let s = Scenario::new("partition-zk", faults::partition_zk);
     net("partition_zk", s);
 }
 
 #[test]
 fn partition_controller() {
-    let s = Scenario::new("partition-controller", nemesis::partition_controller);
+    let s = Scenario::new("partition-controller", faults::partition_controller);
     net("partition_controller", s);
 }
 
 #[test]
 fn leader_mute() {
-    let s = Scenario::new("leader-mute", nemesis::leader_mute);
+    let s = Scenario::new("leader-mute", faults::leader_mute);
     net("leader_mute", s);
 }
 
