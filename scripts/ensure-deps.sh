@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what `make test` and the cluster scripts need and the machine
-# lacks: ZooKeeper, netcat and jq (the failover demo reads the cluster
-# table as JSON) from Debian's packages. Runs `apt-get update` only when something
-# must be installed. Idempotent and quiet when everything is present.
+# lacks: ZooKeeper, netcat, jq (the failover demo reads the cluster
+# table as JSON), iproute2 and iptables (the torture scenarios' network
+# partitions) from Debian's packages. Runs `apt-get update` only when
+# something must be installed. Idempotent and quiet when everything is present.
 set -euo pipefail
 
 missing=()
@@ -10,6 +11,9 @@ missing=()
 command -v nc >/dev/null 2>&1 || missing+=(netcat-openbsd)
 command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
 command -v jq >/dev/null 2>&1 || missing+=(jq)
+# The torture scenarios' network partitions: namespaces, veth pairs, iptables.
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -65,6 +65,8 @@ pub struct NodeSpec {
     pub id: String,
     /// Client address.
     pub addr: String,
+    /// Replication (node-to-node) address.
+    pub repl_addr: String,
     /// Its config file.
     pub config: PathBuf,
     /// Its data directory.
@@ -81,6 +83,8 @@ pub struct TestCluster {
     pub servers: Vec<Option<Server>>,
     /// ZooKeeper (dropped after the servers).
     pub zk: Zk,
+    /// Group id each node runs as (`None`: the test's own).
+    pub gids: Vec<Option<u32>>,
     /// Holds every file.
     _dir: tempfile::TempDir,
 }
@@ -89,7 +93,17 @@ impl TestCluster {
     /// Starts ZooKeeper and every node, and waits until each partition has
     /// a leader known to every node.
     pub fn start(opts: ClusterOpts) -> TestCluster {
-        let zk = Zk::standalone();
+        TestCluster::start_on(opts, Zk::standalone())
+    }
+
+    /// As [`TestCluster::start`], on a given ZooKeeper (e.g. an ensemble).
+    pub fn start_on(opts: ClusterOpts, zk: Zk) -> TestCluster {
+        let gids = vec![None; opts.nodes];
+        TestCluster::start_as(opts, zk, gids)
+    }
+
+    /// As [`TestCluster::start_on`], node `i` running as group `gids[i]`.
+    pub fn start_as(opts: ClusterOpts, zk: Zk, gids: Vec<Option<u32>>) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let specs = (0..opts.nodes)
             .map(|i| {
@@ -122,6 +136,7 @@ impl TestCluster {
                 NodeSpec {
                     id,
                     addr,
+                    repl_addr: repl,
                     config,
                     data,
                 }
@@ -132,6 +147,7 @@ impl TestCluster {
             opts,
             specs,
             zk,
+            gids,
             _dir: dir,
         };
         for i in 0..cluster.specs.len() {
@@ -161,6 +177,7 @@ impl TestCluster {
         for (k, v) in env {
             opts = opts.env(k, v);
         }
+        opts.gid = self.gids.get(i).copied().flatten();
         let server = Server::start(&spec.data, opts);
         self.servers[i] = Some(server);
     }
@@ -170,6 +187,23 @@ impl TestCluster {
         if let Some(mut s) = self.servers[i].take() {
             s.kill9();
         }
+    }
+
+    /// Stops node `i` cleanly (SIGTERM: it checkpoints and fsyncs), bounded.
+    pub fn stop_node(&mut self, i: usize) {
+        if let Some(mut s) = self.servers[i].take() {
+            // SAFETY: kill(2) on a child we started; a paused node must run
+            // to handle SIGTERM.
+            unsafe {
+                libc::kill(s.pid(), libc::SIGCONT);
+            }
+            s.stop();
+        }
+    }
+
+    /// The process id of node `i`, when it runs.
+    pub fn pid(&self, i: usize) -> Option<i32> {
+        self.servers[i].as_ref().map(|s| s.pid())
     }
 
     /// Sends `signal` to node `i` without waiting.

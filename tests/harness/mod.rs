@@ -86,6 +86,9 @@ pub struct ServerOpts {
     pub env: Vec<(String, String)>,
     /// Extra arguments.
     pub args: Vec<String>,
+    /// Group id to run the process as (root only): lets iptables' owner
+    /// match tell nodes apart on one loopback (tests/torture partitions).
+    pub gid: Option<u32>,
 }
 
 impl ServerOpts {
@@ -174,6 +177,10 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);
+        if let Some(gid) = opts.gid {
+            use std::os::unix::process::CommandExt;
+            cmd.gid(gid);
+        }
         let mut child = cmd.spawn().expect("spawn caskade-server");
         let stdout = child.stdout.take().expect("piped stdout");
         let lines = read_lines(stdout);

@@ -251,6 +251,29 @@ impl Zk {
         assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
     }
 
+    /// Number of members.
+    pub fn members(&self) -> usize {
+        self.client_ports.len()
+    }
+
+    /// The member that reports `Mode: leader` (or `standalone`) to the
+    /// `srvr` four-letter command, if one does (each asked for at most 1 s).
+    pub fn leader(&self) -> Option<usize> {
+        use std::io::{Read, Write};
+        (0..self.client_ports.len()).find(|&i| {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.client_ports[i]));
+            let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+            else {
+                return false;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            let mut out = String::new();
+            s.write_all(b"srvr").is_ok()
+                && s.read_to_string(&mut out).is_ok()
+                && (out.contains("Mode: leader") || out.contains("Mode: standalone"))
+        })
+    }
+
     /// The log of member `i`.
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(self.member_dir(i).join("zk.log")).unwrap_or_default()
