@@ -1162,6 +1162,9 @@ fn child_process_of_the_frozen_node_test() {
         )
         .await
         .expect("child node starts");
+        // Printed before the probe thread starts, so it always comes before
+        // the probe's first `lease` line (printed after it, the two raced).
+        println!("CHILD ready");
         let probe = zk.clone();
         std::thread::spawn(move || {
             let mut last = None;
@@ -1180,7 +1183,6 @@ fn child_process_of_the_frozen_node_test() {
                 std::thread::sleep(Duration::from_millis(1));
             }
         });
-        println!("CHILD ready");
         // The parent kills this process; the bound is a safety net.
         tokio::time::sleep(TEST_BOUND).await;
     });
