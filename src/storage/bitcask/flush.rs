@@ -13,7 +13,22 @@
 //!   policy;
 //! - a failed batch leaves no partial record on disk: the file is cut back
 //!   (and the cut fsynced after a failed fsync), and if that cut fails the
-//!   engine refuses writes.
+//!   engine refuses writes;
+//! - the fsyncgate rule: any failed fsync of a segment file, of the data
+//!   directory or of `COMMITTED` (here, in truncation, in merge's install,
+//!   in the checkpoint) means acknowledged writes may not be durable — the
+//!   kernel may have dropped the dirty pages and a retried fsync would
+//!   report success. The engine then refuses writes ([`Inner::refuse`])
+//!   and `flush` fails, under every policy, until it is reopened (recovery
+//!   then trusts only what is on disk). Reads go on. Hint and `EPOCHS`
+//!   files are caches rebuilt from the log: a failure there is logged;
+//! - a failed directory fsync after a roll created the next segment is an
+//!   fsync failure like any other: writes stop until reopen (the new, empty
+//!   file stays and is the active segment after reopen), rather than every
+//!   later roll failing on the leftover file;
+//! - a roll publishes the full segment as sealed before the batch that
+//!   rolled is applied; merge therefore bounds its inputs by the applied
+//!   end (see `merge.rs`), not by what is sealed.
 
 use std::fs::File;
 use std::path::Path;
@@ -81,10 +96,8 @@ impl Inner {
             None => batch.finish(Ok(())),
             Some(err) => {
                 tracing::error!(dir = %self.dir.display(), "write failed: {err}");
-                if written.refuse {
-                    w.refused = Some(format!(
-                        "an I/O error could not be undone ({err}); restart the node"
-                    ));
+                if let Some(why) = written.refuse {
+                    self.refuse(w, why);
                 }
                 w.fail_pending(queue[ok].offset, &err);
                 if self.replica.is_some() {
@@ -140,6 +153,11 @@ impl Inner {
         while w.syncing {
             self.batch_done.wait(&mut w);
         }
+        if let Some(why) = &w.refused {
+            // After a failed fsync nothing may be reported durable again,
+            // not even by an fsync that now succeeds.
+            return Err(Error::WritesRefused(why.clone()));
+        }
         let covered = w.written_end;
         if !w.dirty {
             return Ok(covered);
@@ -155,15 +173,48 @@ impl Inner {
         if let Err(e) = &result {
             // Acknowledged writes since the last fsync may not be durable and
             // the page cache may have dropped them: never pretend otherwise.
-            tracing::error!(dir = %self.dir.display(), "fsync failed, refusing writes: {e}");
-            w.refused = Some(format!(
-                "fsync failed ({e}); writes acknowledged since the previous fsync may not be durable; restart the node"
-            ));
+            self.refuse(&mut w, fsync_failed(e));
         }
         self.batch_done.notify_all();
         result.map(|()| covered)
     }
+
+    /// Puts the engine in the refuse-writes state until it is reopened
+    /// (the first reason is kept). Callers hold the writer mutex.
+    pub(super) fn refuse(&self, w: &mut Writer, why: String) {
+        tracing::error!(dir = %self.dir.display(), "refusing writes until reopened: {why}");
+        if w.refused.is_none() {
+            w.refused = Some(why);
+        }
+    }
+
+    /// [`Inner::refuse`] for callers without the writer mutex.
+    pub(super) fn refuse_unlocked(&self, why: String) {
+        let mut w = self.writer.lock();
+        self.refuse(&mut w, why);
+    }
+
+    /// fsyncs the data directory; a failure refuses writes (fsyncgate).
+    /// Not under the writer mutex.
+    pub(super) fn sync_data_dir(&self) -> Result<()> {
+        let result = sync_dir(&self.dir);
+        if let Err(e) = &result {
+            self.refuse_unlocked(fsync_failed(e));
+        }
+        result
+    }
 }
+
+/// The refusal reason after a failed fsync.
+pub(super) fn fsync_failed(e: &dyn std::fmt::Display) -> String {
+    format!(
+        "fsync failed ({e}); writes acknowledged since the previous fsync may not be durable; reopen the engine (restart the node)"
+    )
+}
+
+/// A failed step of the leader's I/O: the error, and the reason to refuse
+/// writes from now on if the failure calls for it.
+type Failed = (Error, Option<String>);
 
 /// What the leader's I/O achieved.
 pub(super) struct WriteOut {
@@ -173,8 +224,9 @@ pub(super) struct WriteOut {
     pub(super) new_active: Option<Arc<Segment>>,
     /// Why the rest of the batch failed.
     pub(super) error: Option<Error>,
-    /// The failure could not be cleaned up: refuse writes from now on.
-    pub(super) refuse: bool,
+    /// Why writes must be refused from now on: an fsync failed, or a
+    /// failure could not be cleaned up.
+    pub(super) refuse: Option<String>,
 }
 
 impl Inner {
@@ -191,7 +243,7 @@ impl Inner {
             locations: Vec::with_capacity(queue.len()),
             new_active: None,
             error: None,
-            refuse: false,
+            refuse: None,
         };
         let mut seg = active;
         // Bytes [chunk_start, at) of buf go to `seg` in one write; `pending`
@@ -213,9 +265,12 @@ impl Inner {
                     Ok(next) => {
                         seg = next.clone();
                         out.new_active = Some(next);
+                        // Tests open the window between a roll and the
+                        // apply of the batch that rolled.
+                        fail::fail_point!("bitcask::after_roll");
                     }
                     Err(e) => {
-                        out.error = Some(e);
+                        (out.error, out.refuse) = (Some(e.0), e.1);
                         return out;
                     }
                 }
@@ -237,26 +292,35 @@ impl Inner {
 
     /// Appends `bytes` to `seg`, fsyncs them if `sync`, and publishes them to
     /// readers. On failure the file is cut back to where it was (durably
-    /// after a failed fsync, so the records can never reappear); the flag
-    /// says whether that cut failed too.
+    /// after a failed fsync, so the records can never reappear). The error
+    /// comes with the reason to refuse writes from now on, if there is one:
+    /// any failed fsync (fsyncgate; the cut does not make earlier
+    /// acknowledged, unsynced writes durable), or a cut that failed.
     fn write_chunk(
         &self,
         seg: &Segment,
         bytes: &[u8],
         sync: bool,
-    ) -> std::result::Result<(), (Error, bool)> {
+    ) -> std::result::Result<(), Failed> {
         let before = seg.len();
         if !bytes.is_empty()
             && let Err(e) = write_all(seg.file(), bytes)
         {
             let err = Error::io(format!("write {}", seg.path.display()), e);
-            return Err((err, seg.file().set_len(before).is_err()));
+            let refuse = seg.file().set_len(before).err().map(|cut_err| {
+                format!("an I/O error could not be undone ({err}, then {cut_err}); reopen the engine (restart the node)")
+            });
+            return Err((err, refuse));
         }
         if sync {
             self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = fsync(seg.file()) {
                 let err = Error::io(format!("fsync {}", seg.path.display()), e);
-                return Err((err, cut(seg, before).is_err()));
+                if let Err(cut_err) = cut(seg, before) {
+                    tracing::error!(dir = %self.dir.display(), "cutting {} after a failed fsync: {cut_err}", seg.path.display());
+                }
+                let why = fsync_failed(&err);
+                return Err((err, Some(why)));
             }
         }
         seg.set_len(before + bytes.len() as u64);
@@ -264,11 +328,17 @@ impl Inner {
     }
 
     /// Creates the next active segment, whose base is `base`, then seals the
-    /// full one (already fsynced). The full one stays active if creation fails.
-    fn roll(&self, seg: &Arc<Segment>, base: u64) -> Result<Arc<Segment>> {
+    /// full one (already fsynced). The full one stays active if creation
+    /// fails. A failed fsync of the directory (the new file's entry may not
+    /// be durable) refuses writes until reopen; the new, empty file stays
+    /// and is the active segment after reopen.
+    fn roll(&self, seg: &Arc<Segment>, base: u64) -> std::result::Result<Arc<Segment>, Failed> {
         let id = self.next_segment_id.fetch_add(1, Ordering::Relaxed);
-        let next = Arc::new(Segment::create(&self.dir, id, base)?);
-        sync_dir(&self.dir)?;
+        let next = Arc::new(Segment::create(&self.dir, id, base).map_err(|e| (e, None))?);
+        if let Err(e) = sync_dir(&self.dir) {
+            let why = fsync_failed(&e);
+            return Err((e, Some(why)));
+        }
         if let Err(e) = seg.seal() {
             // Reads fall back to pread; nothing is lost.
             tracing::warn!("could not map sealed segment: {e}");
@@ -286,9 +356,10 @@ impl Inner {
 
 /// `fdatasync`, with a failpoint for tests.
 pub(super) fn fsync(file: &File) -> std::io::Result<()> {
-    fail::fail_point!("bitcask::fsync", |_| Err(std::io::Error::other(
-        "injected fsync failure"
-    )));
+    // EIO, as a failed writeback reports it.
+    fail::fail_point!("bitcask::fsync", |_| Err(
+        std::io::Error::from_raw_os_error(libc::EIO)
+    ));
     file.sync_data()
 }
 
@@ -308,7 +379,34 @@ fn cut(seg: &Segment, len: u64) -> std::io::Result<()> {
 
 /// fsyncs a directory, making renames and creations in it durable.
 pub(super) fn sync_dir(dir: &Path) -> Result<()> {
+    // `return(SUFFIX)` fails (EIO) only directories whose path ends with
+    // SUFFIX; plain `return` fails all.
+    fail::fail_point!("bitcask::sync_dir", |only: Option<String>| {
+        match only {
+            Some(s) if !dir.ends_with(&s) => Ok(()),
+            _ => Err(std::io::Error::from_raw_os_error(libc::EIO)),
+        }
+        .ctx(|| format!("fsync directory {}", dir.display()))
+    });
     File::open(dir)
         .and_then(|d| d.sync_all())
         .ctx(|| format!("fsync directory {}", dir.display()))
+}
+
+/// Creates `dir` and its missing parents, fsyncing the parent of each one
+/// created, so the new directory's entry is durable before anything in it.
+pub(super) fn create_dir_durably(dir: &Path) -> Result<()> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).ctx(|| format!("create data directory {}", dir.display()))?;
+    for created in missing.iter().rev() {
+        let parent = match created.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        sync_dir(parent)?;
+    }
+    Ok(())
 }

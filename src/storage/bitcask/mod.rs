@@ -146,7 +146,7 @@ struct Inner {
     /// Writers inside `write` (queued or about to be).
     in_flight: AtomicUsize,
     /// Serialises merge and truncation.
-    maintenance: Mutex<()>,
+    maintenance: Mutex<merge::Maintenance>,
     /// Counters.
     stats: Stats,
     /// Tells background threads to stop (true) and wakes them.
@@ -327,7 +327,7 @@ impl Bitcask {
             enqueued: Condvar::new(),
             submitted: Condvar::new(),
             in_flight: AtomicUsize::new(0),
-            maintenance: Mutex::new(()),
+            maintenance: Mutex::new(merge::Maintenance::default()),
             stats,
             stop: (Mutex::new(false), Condvar::new()),
             replica,
@@ -702,6 +702,10 @@ impl Inner {
         }
         let mut w = self.writer.lock();
         w.check_writable()?;
+        if w.truncating {
+            // Waiting for the truncation needs a blocking thread.
+            return Ok(Submitted::Blocking);
+        }
         match self.decide_now(&w, key, op)? {
             (None, answer, dep) => Ok(match dep {
                 Some((batch, _)) if !batch.is_done() => Submitted::Blocking,
@@ -767,6 +771,9 @@ impl Inner {
     fn write_inner(&self, key: &[u8], op: WriteOp) -> Result<(bool, u64)> {
         let mut w = self.writer.lock();
         loop {
+            while w.truncating {
+                self.batch_done.wait(&mut w);
+            }
             w.check_writable()?;
             match self.decide_now(&w, key, &op)? {
                 (None, answer, dep) => {
