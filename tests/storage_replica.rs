@@ -663,6 +663,54 @@ fn a_commit_point_past_the_log_end_is_lowered() {
     assert_eq!(get(&e, "n4"), None);
 }
 
+/// Bug 8 of issue 10: a crash during the very first write of `COMMITTED`
+/// (a fresh replica directory) must not make the replica refuse to open.
+/// The first write can only have held commit point 0; a `COMMITTED` whose
+/// first slot was never written and whose second is torn is that write.
+/// A later damage (a slot written after the first) still refuses to open.
+#[test]
+fn a_torn_first_write_of_the_commit_point_opens_at_zero() {
+    let _g = GATE.read();
+    let clock = clock();
+    let dir = TempDir::new().unwrap();
+    {
+        let e = open(dir.path(), &clock);
+        for i in 0..3 {
+            set(&e, &format!("k{i}"), "v");
+        }
+    }
+    let path = dir.path().join("COMMITTED");
+    let intact = std::fs::read(&path).unwrap();
+    // The first write goes to the slot at 512: torn after 10 of its bytes
+    // (a sparse file: the first slot reads as zeros), or left all zeros.
+    for torn in [
+        [&[0u8; 512][..], &intact[512..522]].concat(),
+        vec![0u8; 536],
+        vec![0u8; 100],
+    ] {
+        std::fs::write(&path, &torn).unwrap();
+        let e = open(dir.path(), &clock);
+        assert_eq!((e.committed(), e.next_offset()), (0, 3));
+        assert_eq!(get(&e, "k0"), None, "uncommitted");
+        e.commit(2).unwrap();
+        assert_eq!(get(&e, "k1").as_deref(), Some("v"));
+        drop(e);
+        assert_eq!(open(dir.path(), &clock).committed(), 2, "and it works");
+    }
+    // A temporary file left by a crash while creating it is ignored.
+    std::fs::write(dir.path().join("COMMITTED.tmp"), [1u8; 7]).unwrap();
+    assert_eq!(open(dir.path(), &clock).committed(), 2);
+    // Both slots written and then damaged: not a first write, refuse.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[13] ^= 1;
+    bytes[512 + 13] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Bitcask::open_replica(dir.path(), opts(Durability::Never, 1024), clock.clone())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("is damaged"), "{err}");
+}
+
 #[test]
 fn merge_keeps_uncommitted_segments_and_retained_tombstones() {
     let _g = GATE.read();

@@ -144,7 +144,10 @@ impl Inner {
     pub(super) fn write_missing_hints(&self) -> Result<usize> {
         // Merge replaces and deletes segments: never race it (a hint written
         // for a segment a merge just deleted could describe its successor).
-        let _maintenance = self.maintenance.lock();
+        let mut maintenance = self.maintenance.lock();
+        // A merge that failed after its commit goes forward first: until
+        // then the segment table still lists its inputs.
+        self.finish_merge(&mut maintenance)?;
         let sealed: Vec<_> = {
             let segments = self.segments.read();
             let n = segments.ordered.len().saturating_sub(1);

@@ -11,6 +11,16 @@
 //! - `truncate(o)` removes every record with offset `>= o` durably (rewritten
 //!   segment renamed over, directory fsynced) before the keydir is rebuilt,
 //!   and never modifies a file in place that a reader may have mapped;
+//! - it copies the kept prefix (fsynced) before deleting anything: a failure
+//!   there (ENOSPC) changes nothing. A failure after the first deletion, or
+//!   any failed fsync, refuses writes until reopen (the in-memory state may
+//!   name deleted files; reads go on through the open segments); segments
+//!   are deleted newest first, so a crash leaves a shorter log, not a hole;
+//! - the file work and the keydir reload run without the writer mutex
+//!   (`commit`, `submit`, `read_log` answer meanwhile); `flushing` and
+//!   `truncating` keep batches and new records out, `written_end` is
+//!   lowered to `o` first, and commits made meanwhile are applied when the
+//!   reload is published;
 //! - in replica mode it never goes below the commit point, except as an
 //!   unclean truncation, which lowers the commit point durably first and
 //!   logs the committed offsets lost; it trims the epoch cache and rebuilds
@@ -21,11 +31,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
+use parking_lot::MutexGuard;
 
 use super::keydir::KeyDir;
 use super::record::{self, Record};
 use super::segment::{self, HINT_SUFFIX, LOG_SUFFIX, Segment};
-use super::{Inner, Segments, recovery, replica, sync_dir};
+use super::writer::Writer;
+use super::{Inner, Segments, fsync, recovery, replica, sync_dir};
 use crate::storage::error::IoContext;
 use crate::storage::{Error, Result};
 
@@ -91,13 +103,23 @@ impl Inner {
     }
 
     /// See [`super::Bitcask::truncate`].
+    ///
+    /// The writer mutex is held only to start and to publish: the file work
+    /// and the reload of the keydir run without it (with `flushing` and
+    /// `truncating` set, so no batch is written and no record is queued
+    /// meanwhile), because `commit` and `submit` take that mutex on
+    /// runtime threads.
     pub(super) fn truncate(&self, offset: u64, unclean: bool) -> Result<()> {
-        let _maintenance = self.maintenance.lock();
+        let mut maintenance = self.maintenance.lock();
+        // A merge past its commit goes forward first (the reload below
+        // would roll its files forward behind its back).
+        self.finish_merge(&mut maintenance)?;
         let mut w = self.writer.lock();
         while w.flushing {
             self.batch_done.wait(&mut w);
         }
         w.check_writable()?;
+        let mut lowered = false;
         if let Some(rep) = &self.replica {
             let committed = rep.committed.load(Ordering::Acquire);
             if offset < committed {
@@ -110,10 +132,10 @@ impl Inner {
                     dir = %self.dir.display(),
                     "DATA LOSS: unclean truncation to offset {offset} discards committed records at offsets {offset}..{committed}"
                 );
-                // Lower the commit point durably first: a crash after it
-                // leaves those records uncommitted, never committed twice.
+                // Lowered durably first (below): a crash after it leaves
+                // those records uncommitted, never committed twice.
                 rep.committed.store(offset, Ordering::Release);
-                self.persist_commit(rep, true, u64::MAX)?;
+                lowered = true;
             }
         }
         if offset >= w.next_offset {
@@ -129,65 +151,153 @@ impl Inner {
             "truncating the log from offset {offset} (log end was {})",
             w.next_offset
         );
+        let (written_end, next_offset) = (w.written_end, w.next_offset);
+        w.flushing = true;
+        w.truncating = true;
+        // Nothing at or above `offset` is served or committed from now on.
+        w.written_end = written_end.min(offset);
+        let epochs: Vec<(u32, u64)> = w.epochs.iter().copied().filter(|e| e.1 < offset).collect();
+        let epochs_changed = epochs.len() != w.epochs.len();
         let segs: Vec<Arc<Segment>> = self.segments.read().ordered.clone();
-        for seg in segs.iter().filter(|s| s.base >= offset) {
-            remove_segment_files(seg)?;
-        }
-        let keep = segs.iter().rev().find(|s| s.base < offset);
-        let kept_end = match keep {
-            Some(seg) => cut_segment(seg, offset)?,
-            None => None,
+        let fresh = KeyDir::new(0);
+        let result = MutexGuard::unlocked(&mut w, || {
+            if lowered && let Some(rep) = &self.replica {
+                self.persist_commit(rep, true, u64::MAX)
+                    .map_err(|e| (e, true))?;
+            }
+            self.truncate_files(offset, &segs)?;
+            fail::fail_point!("log::before_reload");
+            let commit = self
+                .replica
+                .as_ref()
+                .map(|rep| rep.committed.load(Ordering::Acquire));
+            let loaded = recovery::load(&self.dir, &fresh, &self.next_segment_id, commit)
+                .map_err(|e| (e, true))?;
+            if epochs_changed && let Err(e) = replica::save_epochs(&self.dir, &epochs) {
+                // A stale file is trimmed or rebuilt at open.
+                tracing::warn!(dir = %self.dir.display(), "saving the epoch cache: {e}");
+            }
+            Ok(loaded)
+        });
+        w.truncating = false;
+        let outcome = match result {
+            Ok(loaded) => {
+                self.publish_truncation(&mut w, loaded, fresh, offset, next_offset, epochs)
+            }
+            Err((e, false)) => {
+                // Nothing changed on disk.
+                w.written_end = written_end;
+                Err(e)
+            }
+            Err((e, true)) => {
+                // Part of the files changed: the segment table and the
+                // keydir may point at deleted files. Reads go on (segments
+                // are reference counted); writes stop until reopen.
+                self.refuse(
+                    &mut w,
+                    format!("truncation to offset {offset} failed part-way ({e}); reopen the engine (restart the node)"),
+                );
+                Err(e)
+            }
         };
-        if kept_end.is_none_or(|end| end < offset) {
+        self.end_flush(&mut w);
+        outcome
+    }
+
+    /// Publishes a truncation's reload: segment table, keydir (shard by
+    /// shard, each key switches atomically), writer state; in replica mode
+    /// the pending records, applying those below a commit point that moved
+    /// during the reload.
+    fn publish_truncation(
+        &self,
+        w: &mut Writer,
+        loaded: recovery::Loaded,
+        fresh: KeyDir,
+        offset: u64,
+        next_offset: u64,
+        epochs: Vec<(u32, u64)>,
+    ) -> Result<()> {
+        let Some(active) = loaded.segments.last().cloned() else {
+            let e = Error::Corrupt("no active segment after truncation".into());
+            self.refuse(w, e.to_string());
+            return Err(e);
+        };
+        *self.segments.write() = Segments::new(loaded.segments);
+        self.keydir.replace_with(fresh);
+        w.active = active;
+        w.next_offset = loaded.next_offset.max(offset.min(next_offset));
+        w.written_end = w.next_offset;
+        w.unapplied.clear();
+        w.dirty = false;
+        if let Some(rep) = &self.replica {
+            w.pending = loaded.pending.into();
+            self.apply_pending(w, rep.committed.load(Ordering::Acquire));
+            w.rebuild_unapplied();
+            w.epochs = epochs;
+        }
+        Ok(())
+    }
+
+    /// The file work of a truncation. The kept prefix of the segment
+    /// holding `offset` is copied first (nothing changes on disk if that
+    /// fails, e.g. ENOSPC: the error says `false`); then segments above go,
+    /// newest first (a crash leaves a shorter log, never a hole), the copy
+    /// is renamed over, the directory fsynced. A failure from the first
+    /// destructive step on, and any failed fsync, says `true`: refuse
+    /// writes.
+    fn truncate_files(&self, offset: u64, segs: &[Arc<Segment>]) -> Step<()> {
+        let keep = segs.iter().rev().find(|s| s.base < offset);
+        let cut = match keep {
+            Some(seg) => prepare_cut(seg, offset)?,
+            None => Cut {
+                kept_end: None,
+                copy: None,
+            },
+        };
+        let destructive = |e: Error| (e, true);
+        for seg in segs.iter().rev().filter(|s| s.base >= offset) {
+            remove_segment_files(seg).map_err(destructive)?;
+        }
+        if let (Some(seg), Some(copy)) = (keep, &cut.copy) {
+            let dir = seg.path.parent().unwrap_or(std::path::Path::new("."));
+            let hint = segment::file_path(dir, seg.base, HINT_SUFFIX);
+            match fs::remove_file(&hint) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err((Error::io(format!("remove {}", hint.display()), e), true)),
+            }
+            fs::rename(copy, &seg.path)
+                .ctx(|| format!("rename {}", copy.display()))
+                .map_err(destructive)?;
+        }
+        if cut.kept_end.is_none_or(|end| end < offset) {
             // Everything goes, or the kept records end below `offset` (a
             // merge left a gap there): an empty segment based at `offset`
             // keeps the log end at `offset` across a reopen, so no offset
             // below it is ever handed out again.
-            if let Some(seg) = keep {
+            if let Some(seg) = keep.filter(|_| cut.copy.is_none()) {
                 // It stops being the active segment: make it durable first.
-                seg.file()
-                    .sync_data()
-                    .ctx(|| format!("fsync {}", seg.path.display()))?;
+                fsync(seg.file())
+                    .ctx(|| format!("fsync {}", seg.path.display()))
+                    .map_err(destructive)?;
             }
             let id = self.next_segment_id.fetch_add(1, Ordering::Relaxed);
-            Segment::create(&self.dir, id, offset)?;
+            Segment::create(&self.dir, id, offset).map_err(destructive)?;
         }
-        sync_dir(&self.dir)?;
-
-        // Rebuild the keydir and segment table from the files, then publish
-        // shard by shard (each key switches atomically).
-        let fresh = KeyDir::new(0);
-        let commit = self
-            .replica
-            .as_ref()
-            .map(|rep| rep.committed.load(Ordering::Acquire));
-        let loaded = recovery::load(&self.dir, &fresh, &self.next_segment_id, commit)?;
-        let active = loaded
-            .segments
-            .last()
-            .cloned()
-            .ok_or_else(|| Error::Corrupt("no active segment after truncation".into()))?;
-        *self.segments.write() = Segments::new(loaded.segments);
-        self.keydir.replace_with(fresh);
-        w.active = active;
-        w.next_offset = loaded.next_offset.max(offset.min(w.next_offset));
-        w.written_end = w.next_offset;
-        w.unapplied.clear();
-        w.dirty = false;
-        if self.replica.is_some() {
-            w.pending = loaded.pending.into();
-            w.rebuild_unapplied();
-            let before = w.epochs.len();
-            w.epochs.retain(|&(_, start)| start < offset);
-            if w.epochs.len() != before
-                && let Err(e) = replica::save_epochs(&self.dir, &w.epochs)
-            {
-                // A stale file is trimmed or rebuilt at open.
-                tracing::warn!(dir = %self.dir.display(), "saving the epoch cache: {e}");
-            }
-        }
-        Ok(())
+        sync_dir(&self.dir).map_err(destructive)
     }
+}
+
+/// A step of a truncation: on error, whether writes must be refused.
+type Step<T> = std::result::Result<T, (Error, bool)>;
+
+/// The kept part of the segment that holds the truncation point.
+struct Cut {
+    /// End of the kept records (last kept offset + 1), `None` if none.
+    kept_end: Option<u64>,
+    /// The fsynced copy of the kept prefix, to rename over the segment;
+    /// `None` when nothing in the segment is cut.
+    copy: Option<std::path::PathBuf>,
 }
 
 /// Deletes a segment file and its hint.
@@ -204,14 +314,13 @@ fn remove_segment_files(seg: &Segment) -> Result<()> {
     Ok(())
 }
 
-/// Rewrites `seg` without its records at `offset` and above: the kept prefix
-/// goes to a temporary file, fsynced, renamed over the segment. Returns the
-/// end of the kept records (last kept offset + 1), `None` if none is kept.
-fn cut_segment(seg: &Segment, offset: u64) -> Result<Option<u64>> {
+/// Copies the records of `seg` below `offset` to a temporary file, fsynced.
+/// Changes nothing else; the copy is removed if that fails.
+fn prepare_cut(seg: &Segment, offset: u64) -> Step<Cut> {
     let mut cut_at = None;
     let mut kept_end = None;
     // A point at or before `offset - 1`, so the last kept record is seen.
-    let start = seg.seek(offset.saturating_sub(1))?;
+    let start = seg.seek(offset.saturating_sub(1)).map_err(|e| (e, false))?;
     seg.walk_headers(start, seg.len(), |pos, header| {
         if header.offset >= offset {
             cut_at = Some(pos);
@@ -219,23 +328,40 @@ fn cut_segment(seg: &Segment, offset: u64) -> Result<Option<u64>> {
         }
         kept_end = Some(header.offset + 1);
         true
-    })?;
+    })
+    .map_err(|e| (e, false))?;
     let Some(cut_at) = cut_at else {
-        return Ok(kept_end);
+        return Ok(Cut {
+            kept_end,
+            copy: None,
+        });
     };
     let dir = seg.path.parent().unwrap_or(std::path::Path::new("."));
     let tmp = dir.join(format!("{:020}.log.truncate", seg.base));
-    let prefix = seg.read(0, cut_at as usize)?;
-    fs::write(&tmp, &prefix).ctx(|| format!("write {}", tmp.display()))?;
-    fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .ctx(|| format!("fsync {}", tmp.display()))?;
-    let hint = segment::file_path(dir, seg.base, HINT_SUFFIX);
-    match fs::remove_file(&hint) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(format!("remove {}", hint.display()), e)),
+    let copy = || -> Step<()> {
+        let prefix = seg.read(0, cut_at as usize).map_err(|e| (e, false))?;
+        fail::fail_point!("log::write_prefix", |_| Err((
+            Error::io(
+                format!("write {}", tmp.display()),
+                std::io::Error::from_raw_os_error(libc::ENOSPC)
+            ),
+            false
+        )));
+        fs::write(&tmp, &prefix)
+            .ctx(|| format!("write {}", tmp.display()))
+            .map_err(|e| (e, false))?;
+        // fsyncgate: a failed fsync refuses writes, even of this copy.
+        fs::File::open(&tmp)
+            .and_then(|f| fsync(&f))
+            .ctx(|| format!("fsync {}", tmp.display()))
+            .map_err(|e| (e, true))
+    };
+    if let Err(e) = copy() {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    fs::rename(&tmp, &seg.path).ctx(|| format!("rename {}", tmp.display()))?;
-    Ok(kept_end)
+    Ok(Cut {
+        kept_end,
+        copy: Some(tmp),
+    })
 }

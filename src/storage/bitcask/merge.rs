@@ -1,11 +1,23 @@
 //! Merge (compaction): rewrites the sealed segments keeping only live
 //! records, then swaps the new files in atomically.
 //!
-//! A merge always takes a *prefix* of the log: every sealed segment, from the
-//! oldest on. So no older version of any key survives outside the merged
+//! A merge always takes a *prefix* of the log: the sealed segments, from the
+//! oldest on, whose records are all applied to the keydir. So no older version of any key survives outside the merged
 //! range, and a tombstone inside it can be dropped — unless it is at or
 //! above the *tombstone horizon* (for replication: the lowest log end offset
 //! of the replicas; a follower behind it may still hold an older value).
+//!
+//! Invariants:
+//! - every record of an input segment is applied to the keydir (merge
+//!   judges liveness from it): an input's successor starts at or below the
+//!   applied end (`written_end` standalone, the commit point in replica
+//!   mode). Sealed is not enough: a group commit that overflows a segment
+//!   seals it before the batch is applied;
+//! - after `COMMIT` the only way is forward: a later error leaves `merge/`
+//!   and the merge's remaining steps in `Maintenance`; the next merge,
+//!   truncation or hint pass finishes them, open rolls `merge/` forward.
+//!   `merge/` with `COMMIT` is never deleted before its inputs are;
+//! - `merge/`'s own entry is fsynced into the data directory when created.
 //!
 //! Replica mode narrows both choices:
 //! - inputs are the longest prefix of sealed segments whose records are all
@@ -30,8 +42,9 @@
 //! 6. delete inputs that no output replaced, and their hints; fsync; remove
 //!    `merge/`.
 //!
-//! A crash before step 3 leaves `merge/` without `COMMIT`: recovery deletes
-//! it. A crash after step 3 is rolled forward by [`recover`]. An output may
+//! A crash or error before step 3 leaves `merge/` without `COMMIT`: it is
+//! deleted (at once, or by recovery). A crash after step 3 is rolled
+//! forward by [`recover`]; an error after it by the next maintenance pass. An output may
 //! replace an input of the same name (same base offset); the rename keeps the
 //! old inode alive for readers that still map it.
 //!
@@ -130,10 +143,41 @@ impl Throttle {
     }
 }
 
+/// A merge past its `COMMIT` marker: what its remaining steps (4 to 6)
+/// need. Kept behind the maintenance mutex while a step fails, so the next
+/// merge (or truncation, or hint pass) rolls it forward from where it
+/// stopped; it is never undone.
+pub(super) struct Committed {
+    /// The input segments (their ids name the keydir entries to move).
+    inputs: Vec<Arc<Segment>>,
+    /// Base offsets of the inputs.
+    input_names: Vec<u64>,
+    /// Base offset and length of each output.
+    outputs: Vec<(u64, u64)>,
+    /// The keydir moves of step 5.
+    moves: Vec<Move>,
+    /// Step 4 (outputs renamed into the data directory) is done.
+    installed: bool,
+    /// Step 5 (outputs opened, segment table and keydir switched) is done.
+    swapped: bool,
+    /// What the merge did, reported when it completes.
+    report: MergeReport,
+}
+
+/// State behind the maintenance mutex (which serialises merge, truncation
+/// and hint writing).
+#[derive(Default)]
+pub(super) struct Maintenance {
+    /// A merge that failed after its `COMMIT`, to roll forward first.
+    pub committed_merge: Option<Committed>,
+}
+
 impl Inner {
-    /// Merges every sealed segment. See the module docs.
+    /// Merges every sealed segment whose records are all applied. See the
+    /// module docs.
     pub(super) fn merge(&self) -> Result<MergeReport> {
-        let _maintenance = self.maintenance.lock();
+        let mut maintenance = self.maintenance.lock();
+        self.finish_merge(&mut maintenance)?;
         let committed = self
             .replica
             .as_ref()
@@ -145,15 +189,18 @@ impl Inner {
             let durable = self.sync()?;
             self.sync_commit(durable)?;
         }
+        // Every record of an input must be applied (its liveness is judged
+        // from the keydir): a sealed segment qualifies when the next one
+        // starts at or below the applied end, since its records are below
+        // that base. A batch that rolled publishes the full segment before
+        // it is applied; this bound keeps merge off it until then.
+        let applied = self.applied_end(&self.writer.lock());
         let inputs: Vec<Arc<Segment>> = {
             let segments = self.segments.read();
             let sealed = segments.ordered.len().saturating_sub(1);
-            let n = match committed {
-                None => sealed,
-                Some(c) => (0..sealed)
-                    .take_while(|&i| segments.ordered[i + 1].base <= c)
-                    .count(),
-            };
+            let n = (0..sealed)
+                .take_while(|&i| segments.ordered[i + 1].base <= applied)
+                .count();
             segments.ordered[..n].to_vec()
         };
         let mut report = MergeReport {
@@ -172,27 +219,54 @@ impl Inner {
         };
         let mdir = self.dir.join(MERGE_DIR);
         if mdir.exists() {
+            if mdir.join(COMMIT).exists() {
+                // Only a merge of this engine can leave one (open rolls any
+                // earlier one forward), and it would be in `maintenance`.
+                return Err(Error::Corrupt(format!(
+                    "{} holds a committed merge this engine does not know; reopen the engine to roll it forward",
+                    mdir.display()
+                )));
+            }
             fs::remove_dir_all(&mdir).ctx(|| format!("remove stale {}", mdir.display()))?;
         }
         fs::create_dir(&mdir).ctx(|| format!("create {}", mdir.display()))?;
-        let result = self.merge_into(&mdir, &inputs, horizon, &mut report);
-        if let Err(e) = &result {
-            // Nothing is committed: free the space now rather than at restart.
-            if !matches!(e, Error::Io { context, .. } if context == "failpoint") {
-                let _ = fs::remove_dir_all(&mdir);
+        // Its entry must be durable before anything in it counts.
+        self.sync_data_dir()?;
+        let discard = |e: Error| {
+            // Nothing is committed: free the space now.
+            if let Err(rm) = fs::remove_dir_all(&mdir) {
+                tracing::warn!(dir = %self.dir.display(), "removing {}: {rm}", mdir.display());
             }
+            e
+        };
+        let plan = self
+            .merge_outputs(&mdir, &inputs, horizon, &mut report)
+            .map_err(discard)?;
+        // Step 3: the commit point.
+        let output_names: Vec<u64> = plan.outputs.iter().map(|o| o.0).collect();
+        if let Err(e) = write_commit(&mdir, &plan.input_names, &output_names) {
+            if !mdir.join(COMMIT).exists() {
+                return Err(discard(e));
+            }
+            // Renamed into place, only its fsync failed: it may be durable,
+            // so the merge is committed and goes forward.
+            maintenance.committed_merge = Some(plan);
+            return Err(e);
         }
-        result.map(|()| report)
+        maintenance.committed_merge = Some(plan);
+        self.finish_merge(&mut maintenance)
+            .map(|done| done.unwrap_or(report))
     }
 
-    /// Steps 1 to 6 of a merge.
-    fn merge_into(
+    /// Steps 1 and 2 of a merge: the outputs and their hints. Returns what
+    /// the steps after the commit point need.
+    fn merge_outputs(
         &self,
         mdir: &Path,
         inputs: &[Arc<Segment>],
         horizon: u64,
         report: &mut MergeReport,
-    ) -> Result<()> {
+    ) -> Result<Committed> {
         let now = self.clock.now_ms();
         let mut throttle = Throttle {
             rate: self.opts.merge.bytes_per_sec,
@@ -281,35 +355,89 @@ impl Inner {
         sync_dir(mdir)?;
         fail::fail_point!("merge::after_hints", |_| Err(failpoint()));
 
-        // Step 3: the commit point.
-        let inputs_names: Vec<u64> = inputs.iter().map(|s| s.base).collect();
-        let output_names: Vec<u64> = outputs.iter().map(|o| o.base).collect();
-        write_commit(mdir, &inputs_names, &output_names)?;
-        fail::fail_point!("merge::after_commit", |_| Err(failpoint()));
+        Ok(Committed {
+            inputs: inputs.to_vec(),
+            input_names: inputs.iter().map(|s| s.base).collect(),
+            outputs: outputs.iter().map(|o| (o.base, o.len)).collect(),
+            moves,
+            installed: false,
+            swapped: false,
+            report: report.clone(),
+        })
+    }
 
-        // Step 4.
-        install(&self.dir, mdir, &output_names)?;
+    /// Steps 4 to 6 of the committed merge in `maintenance`, if there is
+    /// one, from the first step not done yet. On error the merge stays
+    /// there (and `merge/` on disk) to be rolled forward again: by the next
+    /// merge, truncation or hint pass, or by open. Returns its report once
+    /// it completes.
+    pub(super) fn finish_merge(
+        &self,
+        maintenance: &mut Maintenance,
+    ) -> Result<Option<MergeReport>> {
+        let Some(plan) = maintenance.committed_merge.as_mut() else {
+            return Ok(None);
+        };
+        let mdir = self.dir.join(MERGE_DIR);
+        let output_names: Vec<u64> = plan.outputs.iter().map(|o| o.0).collect();
+        if !plan.installed {
+            fail::fail_point!("merge::after_commit", |_| Err(failpoint()));
+            // Step 4. A failed fsync of the data directory refuses writes.
+            install(&mdir, &output_names)?;
+            self.sync_data_dir()?;
+            plan.installed = true;
+        }
         fail::fail_point!("merge::after_install", |_| Err(failpoint()));
+        if !plan.swapped {
+            self.swap(plan)?;
+            plan.swapped = true;
+        }
+        fail::fail_point!("merge::after_swap", |_| Err(failpoint()));
 
-        // Step 5: open the outputs and move keydir entries to them.
-        let mut opened = Vec::with_capacity(outputs.len());
-        for o in &outputs {
+        // Step 6. The inputs go before `COMMIT`, durably.
+        cleanup_inputs(&self.dir, &plan.input_names, &output_names)?;
+        self.sync_data_dir()?;
+        remove_merge_dir(&mdir)?;
+        let mut report = plan.report.clone();
+        report.outputs = plan.outputs.len();
+        report.bytes_after = plan.outputs.iter().map(|o| o.1).sum();
+        maintenance.committed_merge = None;
+        self.stats.merges.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            dir = %self.dir.display(),
+            "merged {} segments ({} bytes) into {} ({} bytes): {} records kept, {} dropped",
+            report.inputs, report.bytes_before, report.outputs, report.bytes_after,
+            report.records_kept, report.records_dropped
+        );
+        Ok(Some(report))
+    }
+
+    /// Step 5: opens the installed outputs (the only fallible part), then
+    /// switches the segment table and moves keydir entries to them, key by
+    /// key, unless a write moved the key meanwhile.
+    fn swap(&self, plan: &mut Committed) -> Result<()> {
+        let mut opened = Vec::with_capacity(plan.outputs.len());
+        for &(base, _) in &plan.outputs {
             let id = self.next_segment_id.fetch_add(1, Ordering::Relaxed);
-            let path = segment::file_path(&self.dir, o.base, LOG_SUFFIX);
-            let seg = Arc::new(Segment::open(path, id, o.base)?);
+            let path = segment::file_path(&self.dir, base, LOG_SUFFIX);
+            fail::fail_point!("merge::open_output", |_| Err(Error::io(
+                format!("open segment {}", path.display()),
+                std::io::Error::from_raw_os_error(libc::EMFILE)
+            )));
+            let seg = Arc::new(Segment::open(path, id, base)?);
             seg.seal()?;
             opened.push(seg);
         }
         {
             let mut segments = self.segments.write();
-            let old: BTreeSet<u32> = inputs.iter().map(|s| s.id).collect();
+            let old: BTreeSet<u32> = plan.inputs.iter().map(|s| s.id).collect();
             segments.ordered.retain(|s| !old.contains(&s.id));
             for (i, seg) in opened.iter().enumerate() {
                 segments.by_id.insert(seg.id, seg.clone());
                 segments.ordered.insert(i, seg.clone());
             }
         }
-        for m in &moves {
+        for m in &plan.moves {
             let mut shard = self.keydir.shard(&m.key);
             let still_there = shard.get(&m.key).is_some_and(|e| e.is_at(m.seg, m.pos));
             match (still_there, m.to) {
@@ -331,26 +459,10 @@ impl Inner {
                 (false, None) => {}
             }
         }
-        {
-            let mut segments = self.segments.write();
-            for s in inputs {
-                segments.by_id.remove(&s.id);
-            }
+        let mut segments = self.segments.write();
+        for s in &plan.inputs {
+            segments.by_id.remove(&s.id);
         }
-        fail::fail_point!("merge::after_swap", |_| Err(failpoint()));
-
-        // Step 6.
-        cleanup_inputs(&self.dir, &inputs_names, &output_names)?;
-        fs::remove_dir_all(mdir).ctx(|| format!("remove {}", mdir.display()))?;
-        report.outputs = outputs.len();
-        report.bytes_after = outputs.iter().map(|o| o.len).sum();
-        self.stats.merges.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(
-            dir = %self.dir.display(),
-            "merged {} segments ({} bytes) into {} ({} bytes): {} records kept, {} dropped",
-            report.inputs, report.bytes_before, report.outputs, report.bytes_after,
-            report.records_kept, report.records_dropped
-        );
         Ok(())
     }
 }
@@ -428,9 +540,11 @@ fn parse_commit(text: &str) -> Option<(Vec<u64>, Vec<u64>)> {
     ended.then_some((inputs, outputs))
 }
 
-/// Step 4: moves outputs (hint first, then log) into the data directory.
-/// Idempotent: an output already moved is skipped.
-fn install(dir: &Path, mdir: &Path, outputs: &[u64]) -> Result<()> {
+/// Step 4: moves outputs (hint first, then log) from `mdir` into its
+/// parent, the data directory; the caller fsyncs it. Idempotent: an output
+/// already moved is skipped.
+fn install(mdir: &Path, outputs: &[u64]) -> Result<()> {
+    let dir = mdir.parent().unwrap_or(Path::new("."));
     for &base in outputs {
         for suffix in [HINT_SUFFIX, LOG_SUFFIX] {
             let from = segment::file_path(mdir, base, suffix);
@@ -440,11 +554,23 @@ fn install(dir: &Path, mdir: &Path, outputs: &[u64]) -> Result<()> {
             }
         }
     }
-    sync_dir(dir)
+    Ok(())
 }
 
-/// Step 6: deletes inputs that no output replaced, with their hints.
-/// Idempotent.
+/// Removes `merge/`: its `COMMIT` marker first (the merge is complete
+/// once the inputs are gone), then the rest.
+fn remove_merge_dir(mdir: &Path) -> Result<()> {
+    let commit = mdir.join(COMMIT);
+    match fs::remove_file(&commit) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(format!("remove {}", commit.display()), e)),
+    }
+    fs::remove_dir_all(mdir).ctx(|| format!("remove {}", mdir.display()))
+}
+
+/// Step 6: deletes inputs that no output replaced, with their hints; the
+/// caller fsyncs the directory. Idempotent.
 fn cleanup_inputs(dir: &Path, inputs: &[u64], outputs: &[u64]) -> Result<()> {
     for base in inputs.iter().filter(|b| !outputs.contains(b)) {
         for suffix in [HINT_SUFFIX, LOG_SUFFIX] {
@@ -456,7 +582,7 @@ fn cleanup_inputs(dir: &Path, inputs: &[u64], outputs: &[u64]) -> Result<()> {
             }
         }
     }
-    sync_dir(dir)
+    Ok(())
 }
 
 /// At open: rolls a committed merge forward, deletes an uncommitted one.
@@ -476,14 +602,16 @@ pub(super) fn recover(dir: &Path) -> Result<()> {
                 ))
             })?;
             tracing::info!(dir = %dir.display(), "finishing a merge interrupted after its commit");
-            install(dir, &mdir, &outputs)?;
+            install(&mdir, &outputs)?;
+            sync_dir(dir)?;
             cleanup_inputs(dir, &inputs, &outputs)?;
+            sync_dir(dir)?;
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             tracing::info!(dir = %dir.display(), "discarding a merge interrupted before its commit");
         }
         Err(e) => return Err(Error::io(format!("read {}", commit.display()), e)),
     }
-    fs::remove_dir_all(&mdir).ctx(|| format!("remove {}", mdir.display()))?;
+    remove_merge_dir(&mdir)?;
     sync_dir(dir)
 }

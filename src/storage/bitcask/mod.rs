@@ -34,6 +34,7 @@
 
 mod background;
 mod cache;
+mod flush;
 mod hint;
 mod keydir;
 mod log;
@@ -57,28 +58,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hashbrown::HashMap;
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
+use self::flush::{fsync, sync_dir};
 use self::keydir::{Entry, KeyDir};
 use self::replica::{CommitFile, Replica};
 use self::segment::Segment;
-use self::writer::{Batch, Location, Queued, State, Writer};
-use super::error::IoContext;
+use self::writer::{Batch, State, Writer};
 use super::{
     Clock, Condition, Durability, Engine, Error, Result, SetOptions, Status, SystemClock, Ttl,
 };
 
 /// How many times a read retries when a merge moved its record meanwhile.
 const READ_RETRIES: usize = 8;
-
-/// Longest time a group-commit leader waits for writers that are on their
-/// way (inside `write`, not yet queued) to join its batch. Without it, N
-/// writers settle into two alternating groups of N/2 per fsync.
-const GATHER: Duration = Duration::from_micros(200);
 
 /// The segment table: every open segment by id, and in log order.
 #[derive(Default)]
@@ -153,7 +148,7 @@ struct Inner {
     /// Writers inside `write` (queued or about to be).
     in_flight: AtomicUsize,
     /// Serialises merge and truncation.
-    maintenance: Mutex<()>,
+    maintenance: Mutex<merge::Maintenance>,
     /// Counters.
     stats: Stats,
     /// Tells background threads to stop (true) and wakes them.
@@ -335,7 +330,7 @@ impl Bitcask {
             enqueued: Condvar::new(),
             submitted: Condvar::new(),
             in_flight: AtomicUsize::new(0),
-            maintenance: Mutex::new(()),
+            maintenance: Mutex::new(merge::Maintenance::default()),
             stats,
             stop: (Mutex::new(false), Condvar::new()),
             replica,
@@ -713,6 +708,10 @@ impl Inner {
         let mut w = self.writer.lock();
         w.check_writable()?;
         self.check_role(leader)?;
+        if w.truncating {
+            // Waiting for the truncation needs a blocking thread.
+            return Ok(Submitted::Blocking);
+        }
         match self.decide_now(&w, key, op)? {
             (None, answer, dep) => Ok(match dep {
                 Some((batch, _)) if !batch.is_done() => Submitted::Blocking,
@@ -778,6 +777,9 @@ impl Inner {
     fn write_inner(&self, key: &[u8], op: WriteOp, leader: Option<u32>) -> Result<(bool, u64)> {
         let mut w = self.writer.lock();
         loop {
+            while w.truncating {
+                self.batch_done.wait(&mut w);
+            }
             w.check_writable()?;
             self.check_role(leader)?;
             match self.decide_now(&w, key, &op)? {
@@ -822,253 +824,6 @@ impl Inner {
                 self.lead(w);
             }
         }
-    }
-
-    /// Leads one group commit: writes the batch being built, applies it,
-    /// wakes its writers.
-    ///
-    /// The I/O runs without the mutex, so the next batch forms meanwhile
-    /// and the mutex is never held across I/O (async submitters take it on
-    /// runtime threads). Under `always` the leader first gathers the
-    /// blocking writers on their way, so they share the fsync.
-    fn lead(&self, w: &mut MutexGuard<'_, Writer>) {
-        let sync = self.opts.fsync == Durability::Always;
-        w.flushing = true;
-        if sync {
-            let deadline = Instant::now() + GATHER;
-            while w.queue.len() < self.in_flight.load(Ordering::SeqCst)
-                && !self.enqueued.wait_until(w, deadline).timed_out()
-            {}
-        }
-        let (buf, queue, batch) = w.take_batch();
-        if queue.is_empty() {
-            batch.finish(Ok(()));
-            w.recycle(buf, queue);
-            self.end_flush(w);
-            return;
-        }
-        let active = w.active.clone();
-        let written = MutexGuard::unlocked(w, || self.write_out(active, &buf, &queue, sync));
-        if let Some(seg) = written.new_active {
-            w.active = seg;
-        }
-        let ok = written.locations.len();
-        if self.replica.is_some() {
-            // Replica mode: applied on commit; `unapplied` keeps the state.
-            self.stage(w, &queue[..ok], &written.locations);
-        } else {
-            self.apply(&queue[..ok], &written.locations);
-            w.settle(&queue);
-        }
-        if ok > 0 {
-            w.written_end = queue[ok - 1].offset + 1;
-        }
-        w.dirty |= ok > 0 && !sync;
-        self.stats.records.fetch_add(ok as u64, Ordering::Relaxed);
-        match written.error {
-            None => batch.finish(Ok(())),
-            Some(err) => {
-                tracing::error!(dir = %self.dir.display(), "write failed: {err}");
-                if written.refuse {
-                    w.refused = Some(format!(
-                        "an I/O error could not be undone ({err}); restart the node"
-                    ));
-                }
-                w.fail_pending(queue[ok].offset, &err);
-                if self.replica.is_some() {
-                    w.rebuild_unapplied();
-                }
-                batch.finish(Err((ok, err)));
-            }
-        }
-        w.recycle(buf, queue);
-        self.end_flush(w);
-    }
-
-    /// Ends the I/O that set `flushing`: wakes the blocking writers waiting
-    /// for it and, when records were queued meanwhile, the committer (which
-    /// leads them unless a blocking writer does first), or after a close
-    /// (it exits). Every path that sets `flushing` ends through here, so no
-    /// queued record is stranded.
-    fn end_flush(&self, w: &mut Writer) {
-        w.flushing = false;
-        self.batch_done.notify_all();
-        if !w.queue.is_empty() || w.closed {
-            self.submitted.notify_one();
-        }
-    }
-
-    /// Applies written records to the keydir.
-    fn apply(&self, queue: &[Queued], locations: &[Location]) {
-        let segments = self.segments.read();
-        for (q, loc) in queue.iter().zip(locations) {
-            let entry = Entry {
-                seg: loc.seg,
-                pos: loc.pos,
-                len: q.len,
-                expire_at: q.expire_at,
-            };
-            apply_one(&self.keydir, &q.key, q.kind, entry, &mut |id, bytes| {
-                segments.add_dead(id, bytes)
-            });
-        }
-    }
-
-    /// fsyncs the active segment if anything was written since the last
-    /// fsync; returns the log end below which every written record is
-    /// durable. Writers go on meanwhile: the fsync covers the batches
-    /// finished before it started (`written_end` then), and a batch written
-    /// during it leaves the segment dirty for the next one. (Making writers
-    /// wait added the fsync's duration, up to tens of ms on a busy disk, to
-    /// every write arriving during it.) Concurrent
-    /// syncs wait for each other, so none reports data the other has not
-    /// made durable yet.
-    fn sync(&self) -> Result<u64> {
-        let mut w = self.writer.lock();
-        while w.syncing {
-            self.batch_done.wait(&mut w);
-        }
-        let covered = w.written_end;
-        if !w.dirty {
-            return Ok(covered);
-        }
-        w.syncing = true;
-        w.dirty = false;
-        let active = w.active.clone();
-        let result = MutexGuard::unlocked(&mut w, || {
-            self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-            fsync(active.file()).ctx(|| format!("fsync {}", active.path.display()))
-        });
-        w.syncing = false;
-        if let Err(e) = &result {
-            // Acknowledged writes since the last fsync may not be durable and
-            // the page cache may have dropped them: never pretend otherwise.
-            tracing::error!(dir = %self.dir.display(), "fsync failed, refusing writes: {e}");
-            w.refused = Some(format!(
-                "fsync failed ({e}); writes acknowledged since the previous fsync may not be durable; restart the node"
-            ));
-        }
-        self.batch_done.notify_all();
-        result.map(|()| covered)
-    }
-}
-
-/// What the leader's I/O achieved.
-struct WriteOut {
-    /// Locations of the records written, a prefix of the batch.
-    locations: Vec<Location>,
-    /// The new active segment, if the batch rolled over.
-    new_active: Option<Arc<Segment>>,
-    /// Why the rest of the batch failed.
-    error: Option<Error>,
-    /// The failure could not be cleaned up: refuse writes from now on.
-    refuse: bool,
-}
-
-impl Inner {
-    /// Hands a batch to the OS, rolling segments as they fill, and fsyncs it
-    /// if `sync`. Runs without the writer mutex; only the leader calls it.
-    fn write_out(
-        &self,
-        active: Arc<Segment>,
-        buf: &[u8],
-        queue: &[Queued],
-        sync: bool,
-    ) -> WriteOut {
-        let mut out = WriteOut {
-            locations: Vec::with_capacity(queue.len()),
-            new_active: None,
-            error: None,
-            refuse: false,
-        };
-        let mut seg = active;
-        // Bytes [chunk_start, at) of buf go to `seg` in one write; `pending`
-        // holds their records' locations until that write succeeds.
-        let (mut chunk_start, mut at) = (0usize, 0usize);
-        let mut pending = Vec::with_capacity(queue.len());
-        for q in queue {
-            let len = q.len as usize;
-            let seg_len = seg.len() + (at - chunk_start) as u64;
-            if seg_len > 0 && seg_len + len as u64 > self.opts.segment_bytes {
-                // The segment is full: its chunk must be durable before the
-                // segment is sealed, whatever the policy.
-                if let Err(e) = self.write_chunk(&seg, &buf[chunk_start..at], true) {
-                    (out.error, out.refuse) = (Some(e.0), e.1);
-                    return out;
-                }
-                out.locations.append(&mut pending);
-                match self.roll(&seg, q.offset) {
-                    Ok(next) => {
-                        seg = next.clone();
-                        out.new_active = Some(next);
-                    }
-                    Err(e) => {
-                        out.error = Some(e);
-                        return out;
-                    }
-                }
-                chunk_start = at;
-            }
-            pending.push(Location {
-                seg: seg.id,
-                pos: (seg.len() + (at - chunk_start) as u64) as u32,
-            });
-            at += len;
-        }
-        if let Err(e) = self.write_chunk(&seg, &buf[chunk_start..at], sync) {
-            (out.error, out.refuse) = (Some(e.0), e.1);
-            return out;
-        }
-        out.locations.append(&mut pending);
-        out
-    }
-
-    /// Appends `bytes` to `seg`, fsyncs them if `sync`, and publishes them to
-    /// readers. On failure the file is cut back to where it was (durably
-    /// after a failed fsync, so the records can never reappear); the flag
-    /// says whether that cut failed too.
-    fn write_chunk(
-        &self,
-        seg: &Segment,
-        bytes: &[u8],
-        sync: bool,
-    ) -> std::result::Result<(), (Error, bool)> {
-        let before = seg.len();
-        if !bytes.is_empty()
-            && let Err(e) = write_all(seg.file(), bytes)
-        {
-            let err = Error::io(format!("write {}", seg.path.display()), e);
-            return Err((err, seg.file().set_len(before).is_err()));
-        }
-        if sync {
-            self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = fsync(seg.file()) {
-                let err = Error::io(format!("fsync {}", seg.path.display()), e);
-                return Err((err, cut(seg, before).is_err()));
-            }
-        }
-        seg.set_len(before + bytes.len() as u64);
-        Ok(())
-    }
-
-    /// Creates the next active segment, whose base is `base`, then seals the
-    /// full one (already fsynced). The full one stays active if creation fails.
-    fn roll(&self, seg: &Arc<Segment>, base: u64) -> Result<Arc<Segment>> {
-        let id = self.next_segment_id.fetch_add(1, Ordering::Relaxed);
-        let next = Arc::new(Segment::create(&self.dir, id, base)?);
-        sync_dir(&self.dir)?;
-        if let Err(e) = seg.seal() {
-            // Reads fall back to pread; nothing is lost.
-            tracing::warn!("could not map sealed segment: {e}");
-        }
-        self.segments.write().push(next.clone());
-        self.wake_background();
-        Ok(next)
-    }
-
-    /// Wakes the background threads (a segment was sealed, there may be work).
-    fn wake_background(&self) {
-        self.stop.1.notify_all();
     }
 }
 
@@ -1121,35 +876,6 @@ fn apply_one(
     if let Some(old) = old {
         dead(old.seg, old.len as u64);
     }
-}
-
-/// `fdatasync`, with a failpoint for tests.
-fn fsync(file: &File) -> std::io::Result<()> {
-    fail::fail_point!("bitcask::fsync", |_| Err(std::io::Error::other(
-        "injected fsync failure"
-    )));
-    file.sync_data()
-}
-
-/// `write_all`, with a failpoint that simulates a full disk.
-fn write_all(mut file: &File, bytes: &[u8]) -> std::io::Result<()> {
-    fail::fail_point!("bitcask::write", |_| Err(
-        std::io::Error::from_raw_os_error(28)
-    ));
-    std::io::Write::write_all(&mut file, bytes)
-}
-
-/// Cuts `seg` back to `len` bytes and fsyncs the cut.
-fn cut(seg: &Segment, len: u64) -> std::io::Result<()> {
-    seg.file().set_len(len)?;
-    seg.file().sync_data()
-}
-
-/// fsyncs a directory, making renames and creations in it durable.
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .ctx(|| format!("fsync directory {}", dir.display()))
 }
 
 impl Engine for Bitcask {

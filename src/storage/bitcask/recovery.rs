@@ -67,7 +67,7 @@ pub(super) struct Loaded {
 
 /// Creates `dir` if needed and takes its exclusive lock.
 pub(super) fn lock_dir(dir: &Path) -> Result<File> {
-    fs::create_dir_all(dir).ctx(|| format!("create data directory {}", dir.display()))?;
+    super::flush::create_dir_durably(dir)?;
     let path = dir.join(LOCK_FILE);
     let file = OpenOptions::new()
         .create(true)

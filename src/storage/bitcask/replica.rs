@@ -12,7 +12,12 @@
 //!
 //! A write goes to the slot the previous one did not use, with `seq` one
 //! higher, so a torn write can only damage the slot being written; at open
-//! the valid slot with the highest `seq` wins. It is written with `pwrite` on
+//! the valid slot with the highest `seq` wins. The file is created with its
+//! first slot through a temporary name (written, fsynced, renamed, directory
+//! fsynced); a file whose first slot is blank and second torn (the first
+//! write of an older version, in place) reads as commit point 0, the only
+//! value that write could hold. A failed fsync of `COMMITTED` refuses
+//! writes until reopen (fsyncgate). It is written with `pwrite` on
 //! every commit (it survives a process crash at once) and fsynced when the
 //! engine fsyncs: before `commit` returns under `always`, by the background
 //! flusher under `every_ms`, on `flush` and close.
@@ -61,6 +66,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::BufMut;
 use parking_lot::{Mutex, MutexGuard};
 
+use super::flush::fsync_failed;
 use super::keydir::{Entry, Key};
 use super::record::{self, DecodeError, HEADER_LEN};
 use super::segment::{Scanned, Segment};
@@ -125,40 +131,45 @@ pub(super) struct CommitFile {
 }
 
 impl CommitFile {
-    /// Opens (creating, durably, if missing) the commit point file in `dir`.
+    /// Opens the commit point file in `dir`, creating it if missing: its
+    /// first slot (commit point 0) is written to a temporary file, fsynced,
+    /// renamed into place and the directory fsynced, so `COMMITTED` never
+    /// exists half-written. A file written by the first write of an older
+    /// version (in place, so possibly torn) reads as 0: see [`read_slots`].
     pub fn open(dir: &Path) -> Result<CommitFile> {
         let path = dir.join(COMMITTED_FILE);
-        let existed = path.exists();
+        let tmp = dir.join(format!("{COMMITTED_FILE}.tmp"));
+        if !path.exists() {
+            let mut first = vec![0u8; SLOT_STRIDE as usize];
+            first.extend_from_slice(&encode_slot(1, 0));
+            fs::write(&tmp, &first)
+                .and_then(|()| File::open(&tmp).and_then(|f| fsync(&f)))
+                .ctx(|| format!("write {}", tmp.display()))?;
+            fs::rename(&tmp, &path).ctx(|| format!("rename {}", tmp.display()))?;
+            sync_dir(dir)?;
+        } else if tmp.exists() {
+            // A creation interrupted before its rename; the file is there.
+            let _ = fs::remove_file(&tmp);
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(false)
             .open(&path)
             .ctx(|| format!("open {}", path.display()))?;
         let bytes = fs::read(&path).ctx(|| format!("read {}", path.display()))?;
-        let (seq, value) = if bytes.is_empty() {
-            (0, 0)
-        } else {
-            read_slots(&bytes).ok_or_else(|| {
-                Error::Corrupt(format!(
-                    "commit point file {} is damaged; move it aside to open with commit point 0",
-                    path.display()
-                ))
-            })?
-        };
-        let mut f = CommitFile {
+        let (seq, value) = read_slots(&bytes).ok_or_else(|| {
+            Error::Corrupt(format!(
+                "commit point file {} is damaged; move it aside to open with commit point 0",
+                path.display()
+            ))
+        })?;
+        Ok(CommitFile {
             path,
             file,
             seq,
             value,
             dirty: false,
-        };
-        if !existed || bytes.is_empty() {
-            f.store(0, true)?;
-            sync_dir(dir)?;
-        }
-        Ok(f)
+        })
     }
 
     /// The commit point on file.
@@ -189,6 +200,10 @@ impl CommitFile {
     /// fsyncs the file if a write is not durable yet.
     pub fn sync(&mut self) -> Result<()> {
         if self.dirty {
+            fail::fail_point!("replica::sync_commit", |_| Err(Error::io(
+                format!("fsync {}", self.path.display()),
+                std::io::Error::from_raw_os_error(libc::EIO)
+            )));
             fsync(&self.file).ctx(|| format!("fsync {}", self.path.display()))?;
             self.dirty = false;
         }
@@ -279,12 +294,24 @@ fn decode_slot(b: &[u8]) -> Option<(u64, u64)> {
     Some((seq, value))
 }
 
-/// The newest intact slot of a `COMMITTED` file's bytes.
+/// The newest intact slot of a `COMMITTED` file's bytes: `(seq, value)`.
+///
+/// Neither slot intact while the first slot (bytes 0..24) was never
+/// written (empty, short, or zeros) is a torn *first* write: the first
+/// write (seq 1) goes to the second slot and the second write to the first,
+/// so only seq 1, commit point 0, was ever being written. That reads as
+/// `(0, 0)`. Safe: 0 is exactly the value that write held, and the commit
+/// point only bounds what is applied (reads, merge input, truncation);
+/// nothing above it is lost, it waits in the log to be committed again.
+/// Any other damage of both slots is refused (`None`): a lower commit
+/// point than the one persisted would let a clean truncation drop
+/// committed records.
 fn read_slots(bytes: &[u8]) -> Option<(u64, u64)> {
     let a = decode_slot(bytes);
     let b = bytes.get(SLOT_STRIDE as usize..).and_then(decode_slot);
     match (a, b) {
         (Some(a), Some(b)) => Some(if a.0 >= b.0 { a } else { b }),
+        (None, None) if bytes.iter().take(SLOT_LEN).all(|&x| x == 0) => Some((0, 0)),
         (a, b) => a.or(b),
     }
 }
@@ -656,10 +683,8 @@ impl Inner {
             None => Ok(ok),
             Some(err) => {
                 tracing::error!(dir = %self.dir.display(), "append of replicated records failed after {ok} of {}: {err}", queue.len());
-                if written.refuse {
-                    w.refused = Some(format!(
-                        "an I/O error could not be undone ({err}); restart the node"
-                    ));
+                if let Some(why) = written.refuse {
+                    self.refuse(&mut w, why);
                 }
                 let back = if ok == 0 {
                     old_next
@@ -673,6 +698,25 @@ impl Inner {
         };
         self.end_flush(&mut w);
         result
+    }
+
+    /// Applies the pending records below `target`, in offset order.
+    pub(super) fn apply_pending(&self, w: &mut Writer, target: u64) {
+        let segments = self.segments.read();
+        while w.pending.front().is_some_and(|p| p.offset < target) {
+            let Some(p) = w.pending.pop_front() else {
+                break;
+            };
+            apply_one(&self.keydir, &p.key, p.kind, p.entry, &mut |id, bytes| {
+                segments.add_dead(id, bytes)
+            });
+            if w.unapplied
+                .get(&p.key)
+                .is_some_and(|u| u.offset == p.offset)
+            {
+                w.unapplied.remove(&p.key);
+            }
+        }
     }
 
     /// See [`super::Bitcask::commit`].
@@ -704,21 +748,7 @@ impl Inner {
             if target <= current {
                 return Ok(current);
             }
-            let segments = self.segments.read();
-            while w.pending.front().is_some_and(|p| p.offset < target) {
-                let Some(p) = w.pending.pop_front() else {
-                    break;
-                };
-                apply_one(&self.keydir, &p.key, p.kind, p.entry, &mut |id, bytes| {
-                    segments.add_dead(id, bytes)
-                });
-                if w.unapplied
-                    .get(&p.key)
-                    .is_some_and(|u| u.offset == p.offset)
-                {
-                    w.unapplied.remove(&p.key);
-                }
-            }
+            self.apply_pending(&mut w, target);
             rep.committed.store(target, Ordering::Release);
         }
         // No I/O here: the commit point is checkpointed to `COMMITTED` in
@@ -733,7 +763,18 @@ impl Inner {
         // Read under the file's mutex: concurrent commits write in order.
         // Never past the durable log end.
         let value = rep.committed.load(Ordering::Acquire).min(durable);
-        file.store(value, sync)
+        file.store(value, false)?;
+        if !sync {
+            return Ok(());
+        }
+        let synced = file.sync();
+        drop(file);
+        if let Err(e) = &synced {
+            // fsyncgate: a retried fsync could succeed without the slot on
+            // disk. Not under the file's mutex (the writer mutex comes first).
+            self.refuse_unlocked(fsync_failed(e));
+        }
+        synced
     }
 
     /// Checkpoints the commit point, capped at `durable` (the log end

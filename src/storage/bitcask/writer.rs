@@ -188,6 +188,9 @@ pub(super) struct Writer {
     pub flushing: bool,
     /// A background or explicit fsync is running (writers go on).
     pub syncing: bool,
+    /// A truncation is rewriting the log (with `flushing` set): no record
+    /// may be queued until it ends (its offset would be stale).
+    pub truncating: bool,
     /// Newest unapplied state per key.
     pub unapplied: HashMap<Key, Unapplied>,
     /// Set after an I/O failure that could not be undone: writes are refused.
@@ -218,6 +221,7 @@ impl Writer {
             batch: Arc::new(Batch::default()),
             flushing: false,
             syncing: false,
+            truncating: false,
             unapplied: HashMap::new(),
             refused: None,
             dirty: false,
