@@ -25,7 +25,15 @@
 //! - the partition count of a data directory never changes (`layout.yaml`
 //!   is checked at open), so a key always finds its partition;
 //! - every TTL becomes an absolute instant `now + ttl` that fits in a signed
-//!   64-bit millisecond count, computed with the engines' own clock.
+//!   64-bit millisecond count, computed with the engines' own clock;
+//! - in a cluster, a leader's answers, to reads and to state-dependent
+//!   writes (`del`'s count, `set` NX/XX, `expire`'s "existed"), are decided
+//!   only on a state that includes every record of the log it took over
+//!   with. `consistency: leader` reads (`get`, `ttl`, `exists`, cached or
+//!   not) pass [`Node::barrier`] first. Writes do not need it: the engine
+//!   decides them on the newest record of the key in its whole log, applied
+//!   or not (see `ReplicaManager::write`), which is the state the barrier
+//!   waits for; waiting for it would only delay the same answer.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -455,7 +463,10 @@ impl Node {
     }
 
     /// In a cluster, a leader read waits until the leader has committed the
-    /// log it took over with (see [`ReplicaManager::read_barrier`]).
+    /// log it took over with (see [`ReplicaManager::read_barrier`]): reads
+    /// answer from the applied keydir, which lags the log until then.
+    /// Every `consistency: leader` read path calls it before it looks at
+    /// the engine, the cached fast paths included.
     async fn barrier(&self, key: &[u8], consistency: Consistency) -> Result<()> {
         match (&self.replication, consistency) {
             (Some(r), Consistency::Leader) => {

@@ -41,6 +41,16 @@
 //!   retried until acknowledged);
 //! - a follower whose leader keeps answering FENCED_LEADER_EPOCH or
 //!   NOT_LEADER re-reads the partition's state from ZooKeeper;
+//! - a leader's answers, to reads and to state-dependent writes (DEL's
+//!   count, SET NX/XX, EXPIRE's "existed"), are decided only on a state
+//!   that includes every record of the log it took over with: reads wait
+//!   for [`ReplicaManager::read_barrier`] (the high watermark reached the
+//!   log end at takeover, so the applied keydir holds that log); writes are
+//!   decided by the engine under its writer mutex on the newest record of
+//!   the key in the whole log, committed or not (its `unapplied` state
+//!   covers the records appended as a follower and those read back at
+//!   open), and an `acks: all` answer that rests on an uncommitted record
+//!   waits until the high watermark covers it ([`ReplicaManager::write`]);
 //! - a leader's appends and commits carry its leader epoch and are refused
 //!   by the engine once the replica left that role (`NOT_LEADER`, nothing
 //!   written); a role change steps the engine down before anything else
@@ -257,6 +267,11 @@ impl ReplicaManager {
     }
 
     /// Writes `op` on `key` in partition `p` and waits as `acks` asks.
+    ///
+    /// No read barrier: the engine decides a state-dependent write on the
+    /// whole log (see the module invariants), so a new leader's first
+    /// writes already answer as if the log it took over with were applied;
+    /// `written.until` covers the record the answer rests on.
     pub async fn write(&self, p: u32, key: Bytes, op: WriteOp, acks: Acks) -> Result<bool> {
         let part = self.partition(p)?;
         let epoch = self.leading(part)?;

@@ -492,7 +492,8 @@ fn a_partly_applied_del_is_not_answered_not_leader() {
             partition: 1,
             ..state("b", 2, &["b", "a"])
         };
-        m.leader_and_isr(1, 0, vec![moved], vec![node("b")]).unwrap();
+        m.leader_and_isr(1, 0, vec![moved], vec![node("b")])
+            .unwrap();
         let part = m.partition(1).unwrap().clone();
         wait_until("a follows b on partition 1", || part.follows("b", 2)).await;
     });
@@ -506,5 +507,239 @@ fn a_partly_applied_del_is_not_answered_not_leader() {
     }
     let consistency = crate::node::Consistency::Leader;
     assert_eq!(rt.block_on(n.get(key_in(0), consistency)).unwrap(), None);
+    drop(rt);
+}
+
+/// Records of `keys` (each set to `v`) written by a leader at `epoch`, as
+/// a follower fetches them.
+fn leader_records(epoch: u32, keys: &[&str]) -> Vec<u8> {
+    let (_dir, b) = engine(Durability::Never);
+    b.set_epoch(epoch).unwrap();
+    for k in keys {
+        b.write(k.as_bytes(), set("v")).unwrap();
+    }
+    b.read_log(0, usize::MAX)
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.raw.to_vec())
+        .collect()
+}
+
+/// A node `a` over partition 0 of 1 whose log holds `keys` (set by the
+/// leader b at epoch 1) above its commit point 0, then made leader at
+/// epoch 2 with `isr`; `wait` bounds the barrier.
+fn takeover_node(
+    dir: &std::path::Path,
+    rt: &tokio::runtime::Runtime,
+    keys: &[&str],
+    isr: &[&str],
+) -> (crate::node::Node, Arc<ReplicaManager>) {
+    let config = crate::config::Config {
+        data_dir: dir.to_path_buf(),
+        partitions: 1,
+        server: crate::config::ServerOptions {
+            request_timeout_ms: 300,
+            ..Default::default()
+        },
+        cluster: Some(ClusterOptions {
+            min_insync: 1,
+            ..ClusterOptions::default()
+        }),
+        ..crate::config::Config::default()
+    };
+    let _in = rt.enter();
+    let (n, m) =
+        crate::node::Node::open_cluster(&config, node("a"), Arc::new(SystemClock)).unwrap();
+    m.attach(Arc::new(FakeCluster));
+    m.leader_and_isr(1, 0, vec![state("b", 1, &["b", "a"])], vec![node("b")])
+        .unwrap();
+    let part = m.partition(0).unwrap().clone();
+    rt.block_on(wait_until("a follows b", || part.follows("b", 1)));
+    let records = leader_records(1, keys);
+    assert_eq!(part.log.append(&records, 0).unwrap(), keys.len());
+    assert_eq!(part.log.committed(), 0);
+    m.leader_and_isr(1, 0, vec![state("a", 2, isr)], vec![node("b")])
+        .unwrap();
+    rt.block_on(wait_until("a leads", || {
+        matches!(m.role(0), Role::Leader { .. })
+    }));
+    (n, m)
+}
+
+/// Torture finding (pause-near-expiry, seed 947592418): a new leader's
+/// answers to state-dependent writes (DEL's count, SET NX/XX, EXPIRE's
+/// "existed") are decided on a state that includes every record of the
+/// log it took over with, also the records it appended as a follower and
+/// has not committed yet. Here the takeover commits at once (the ISR is
+/// just this node).
+#[test]
+fn a_new_leaders_conditional_writes_see_its_uncommitted_log() {
+    use crate::node::{Acks, Consistency, SetArgs};
+    use crate::storage::Condition;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = TempDir::new().unwrap();
+    let (n, _m) = takeover_node(dir.path(), &rt, &["d", "nx", "xx", "ex"], &["a"]);
+    let args = |condition| SetArgs {
+        ttl_ms: None,
+        condition,
+        acks: Acks::All,
+    };
+    rt.block_on(async {
+        assert_eq!(n.del(vec![Bytes::from("d")], Acks::All).await.unwrap(), 1);
+        let nx = n.set(
+            Bytes::from("nx"),
+            Bytes::from("w"),
+            args(Condition::IfAbsent),
+        );
+        assert!(!nx.await.unwrap());
+        let xx = n.set(
+            Bytes::from("xx"),
+            Bytes::from("w"),
+            args(Condition::IfPresent),
+        );
+        assert!(xx.await.unwrap());
+        assert!(
+            n.expire(Bytes::from("ex"), 60_000, Acks::All)
+                .await
+                .unwrap()
+        );
+        let get = |k: &'static str| n.get(Bytes::from(k), Consistency::Leader);
+        assert_eq!(get("d").await.unwrap(), None);
+        assert_eq!(get("nx").await.unwrap(), Some(Bytes::from("v")));
+        assert_eq!(get("xx").await.unwrap(), Some(Bytes::from("w")));
+    });
+    drop(rt);
+}
+
+/// The same takeover with a follower that never fetches: the high
+/// watermark stays below the log end the leader took over with, so no
+/// answer of this leader may be given from its committed state alone.
+/// Reads wait for the barrier and time out; writes whose answer depends on
+/// the key's state are decided on the whole log (`acks: leader` answers
+/// at once, from the uncommitted records) or wait like reads.
+#[test]
+fn a_new_leader_behind_its_barrier_answers_nothing_from_the_committed_state_alone() {
+    use crate::node::{Acks, Consistency, SetArgs};
+    use crate::storage::Condition;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = TempDir::new().unwrap();
+    let (n, m) = takeover_node(dir.path(), &rt, &["d", "nx", "xx", "ex"], &["a", "b"]);
+    assert_eq!(m.partition(0).unwrap().progress.borrow().hw, 0);
+    let args = |condition| SetArgs {
+        ttl_ms: None,
+        condition,
+        acks: Acks::Leader,
+    };
+    rt.block_on(async {
+        let get = n.get(Bytes::from("d"), Consistency::Leader).await;
+        assert!(matches!(get, Err(crate::Error::Timeout(_))), "{get:?}");
+        let del = n.del(vec![Bytes::from("d")], Acks::Leader).await;
+        assert!(
+            !matches!(del, Ok(0)),
+            "DEL answered from the committed state: {del:?}"
+        );
+        let nx = n
+            .set(
+                Bytes::from("nx"),
+                Bytes::from("w"),
+                args(Condition::IfAbsent),
+            )
+            .await;
+        assert!(
+            !matches!(nx, Ok(true)),
+            "SET NX answered from the committed state: {nx:?}"
+        );
+        let xx = n
+            .set(
+                Bytes::from("xx"),
+                Bytes::from("w"),
+                args(Condition::IfPresent),
+            )
+            .await;
+        assert!(
+            !matches!(xx, Ok(false)),
+            "SET XX answered from the committed state: {xx:?}"
+        );
+        let ex = n.expire(Bytes::from("ex"), 60_000, Acks::Leader).await;
+        assert!(
+            !matches!(ex, Ok(false)),
+            "EXPIRE answered from the committed state: {ex:?}"
+        );
+    });
+    drop(rt);
+}
+
+/// The same decision after a restart: records above the commit point are
+/// read back as pending at open, and a state-dependent write of the new
+/// leader sees them.
+#[test]
+fn a_restarted_new_leaders_conditional_writes_see_its_uncommitted_log() {
+    use crate::node::Acks;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = TempDir::new().unwrap();
+    let opts = Options {
+        fsync: Durability::Never,
+        ..Options::default()
+    };
+    {
+        let e = Bitcask::open_replica(dir.path(), opts.clone(), Arc::new(SystemClock)).unwrap();
+        let records = leader_records(1, &["d", "xx"]);
+        assert_eq!(e.append_replicated(&records).unwrap(), 2);
+        crate::storage::Engine::flush(&e).unwrap();
+    }
+    let e = Arc::new(Bitcask::open_replica(dir.path(), opts, Arc::new(SystemClock)).unwrap());
+    assert_eq!((e.committed(), e.written_end()), (0, 2));
+    let log: Arc<dyn ReplicaLog> = e.clone();
+    let cluster = ClusterOptions {
+        min_insync: 1,
+        ..ClusterOptions::default()
+    };
+    let m = {
+        let _in = rt.enter();
+        ReplicaManager::new(
+            node("a"),
+            cluster,
+            vec![log],
+            Duration::from_millis(300),
+            2 << 20,
+        )
+    };
+    rt.block_on(async {
+        m.attach(Arc::new(FakeCluster));
+        m.leader_and_isr(1, 0, vec![state("a", 2, &["a", "b"])], vec![node("b")])
+            .unwrap();
+        wait_until("a leads", || matches!(m.role(0), Role::Leader { .. })).await;
+        assert_eq!(m.partition(0).unwrap().progress.borrow().hw, 0);
+        let del = m.write(0, Bytes::from("d"), WriteOp::Delete, Acks::Leader);
+        assert!(
+            del.await.unwrap(),
+            "DEL of a key set above the commit point"
+        );
+        let xx = WriteOp::Set(
+            Bytes::from("w"),
+            SetOptions {
+                condition: crate::storage::Condition::IfPresent,
+                ..SetOptions::default()
+            },
+        );
+        let xx = m.write(0, Bytes::from("xx"), xx, Acks::Leader);
+        assert!(
+            xx.await.unwrap(),
+            "SET XX of a key set above the commit point"
+        );
+    });
+    drop(m);
     drop(rt);
 }
