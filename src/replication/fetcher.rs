@@ -2,12 +2,13 @@
 //! carrying every partition it follows there (as Kafka's fetch sessions),
 //! so one round trip moves the records of all of them.
 //!
-//! A session round: connect to the leader's replication service; for each
-//! member partition that is not fetching yet, find where its log diverges
-//! from the leader's and truncate there (KIP-101, with the KIP-279 loop: ask
-//! for the end offset of our last epoch; if the leader answers with an older
-//! epoch, continue from our own last offset of that epoch, until both
-//! agree); then keep one long-poll fetch outstanding on a stream for the
+//! A session round: connect to the leader's replication service; for the
+//! member partitions that are not fetching yet, find where each log
+//! diverges from the leader's and truncate there (KIP-101 with the KIP-279
+//! loop, [`super::divergence`]), all of them together: one `EpochEndOffset`
+//! call per lookup round carries every member still looking, and the
+//! leader answers or refuses each on its own; then keep one long-poll
+//! fetch outstanding on a stream for the
 //! members that are fetching, appending what arrives (CRC-checked by the
 //! engine) and committing up to the leader's high watermark, every
 //! partition of an answer in one step run in place
@@ -22,6 +23,10 @@
 //! out a long poll.
 //!
 //! Invariants:
+//! - no failover path makes one round trip per partition: epoch lookups
+//!   go out in one call per round for the whole session (as many calls as
+//!   the longest KIP-279 loop), and members due within [`TOGETHER`] of
+//!   each other rejoin, and look up, together;
 //! - appends and truncations happen under the partition's `append` lock,
 //!   and only while the replica still follows the session's leader at the
 //!   member's epoch (checked under the lock); a role transition changes the
@@ -52,19 +57,21 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use super::ReplicaManager;
-use super::log::epoch_end;
 use super::partition::Partition;
 use crate::error::{Error, Result};
 use crate::proto::replication::replication_client::ReplicationClient;
-use crate::proto::replication::{
-    EpochEndOffsetRequest, FetchRequest, FetchResponse, PartitionFetch,
-};
+use crate::proto::replication::{FetchRequest, FetchResponse, PartitionFetch};
 
 /// Pause before a partition (or a whole session) that failed tries again.
 const RETRY: Duration = Duration::from_millis(100);
 
 /// Pause when the leader only has not caught up with its election yet.
 const SOON: Duration = Duration::from_millis(10);
+
+/// Members due to rejoin within this of each other rejoin together (one
+/// epoch lookup for all): members failed by one answer get pauses a few
+/// microseconds apart.
+const TOGETHER: Duration = Duration::from_millis(5);
 
 /// How long a leader may keep refusing a member's epoch (or leadership)
 /// before the member's state is re-read from ZooKeeper.
@@ -113,7 +120,7 @@ struct Member {
 /// A follower's fetch session with one leader node.
 pub struct Session {
     /// The leader's node id.
-    leader: String,
+    pub(super) leader: String,
     /// The partitions followed on it, by id.
     members: Mutex<BTreeMap<u32, Member>>,
     /// Membership changed (one stored permit): the stream restarts.
@@ -127,7 +134,7 @@ type FetchSet = BTreeMap<u32, (Arc<Partition>, u32)>;
 
 impl Session {
     /// `partition` at `epoch` was truncated to the leader's log: fetch it.
-    fn start_fetching(&self, partition: u32, epoch: u32) {
+    pub(super) fn start_fetching(&self, partition: u32, epoch: u32) {
         if let Some(m) = self.members.lock().get_mut(&partition)
             && m.epoch == epoch
         {
@@ -139,7 +146,7 @@ impl Session {
 
     /// `partition` at `epoch` failed with `e`: it leaves the fetch set and
     /// is truncated and fetched again after a pause.
-    fn fail(&self, partition: u32, epoch: u32, e: &Error) {
+    pub(super) fn fail(&self, partition: u32, epoch: u32, e: &Error) {
         // A leader that has not yet learned of its election answers
         // NOT_LEADER or UNKNOWN_LEADER_EPOCH for a moment: retry soon.
         let pause = match e {
@@ -243,6 +250,15 @@ impl Sessions {
         }
     }
 
+    /// How many partitions the session with `leader` has (tests).
+    #[cfg(test)]
+    pub fn members(&self, leader: &str) -> usize {
+        self.0
+            .lock()
+            .get(leader)
+            .map_or(0, |s| s.members.lock().len())
+    }
+
     /// Ends `session` if it has no member left; returns whether it did.
     fn retire(&self, session: &Arc<Session>) -> bool {
         let mut map = self.0.lock();
@@ -309,17 +325,11 @@ async fn round(m: &Arc<ReplicaManager>, s: &Session) -> Result<()> {
         .members
         .lock()
         .values()
-        .filter(|mb| !mb.fetching && mb.retry_at.is_none_or(|t| t <= now))
+        .filter(|mb| !mb.fetching && mb.retry_at.is_none_or(|t| t <= now + TOGETHER))
         .map(|mb| (mb.part.clone(), mb.epoch))
         .collect();
-    for (part, epoch) in due {
-        match truncate_to_leader(&mut client, &part, &s.leader, epoch).await {
-            Ok(()) => s.start_fetching(part.id, epoch),
-            // The leader is unreachable: the whole session waits.
-            Err(e @ Error::Unavailable(_)) => return Err(e),
-            Err(e) => s.fail(part.id, epoch, &e),
-        }
-    }
+    // The leader is unreachable: the whole session waits.
+    super::divergence::truncate_to_leader(&mut client, s, due).await?;
 
     let mut fetch: FetchSet = s
         .members
@@ -452,130 +462,4 @@ async fn apply(s: &Session, fetch: &mut FetchSet, resp: FetchResponse) -> Result
         }
     }
     Ok(())
-}
-
-/// Truncates `part`'s log to the last offset where it agrees with the
-/// leader's (leader-epoch truncation).
-async fn truncate_to_leader(
-    client: &mut ReplicationClient<Channel>,
-    part: &Arc<Partition>,
-    leader: &str,
-    current_epoch: u32,
-) -> Result<()> {
-    let starts = part.log.epoch_starts()?;
-    let my_end = part.log.written_end();
-    let Some(&(mut epoch, _)) = starts.last() else {
-        return Ok(());
-    };
-    let ask = |epoch: u32| EpochEndOffsetRequest {
-        partition: part.id,
-        current_leader_epoch: current_epoch,
-        leader_epoch: epoch,
-    };
-    let first = starts[0].1;
-    let mut target = loop {
-        let resp = client
-            .epoch_end_offset(ask(epoch))
-            .await
-            .map_err(Error::from)?
-            .into_inner();
-        if !resp.found {
-            // The leader has no epoch at or below ours: nothing of ours is
-            // in its log.
-            break first;
-        }
-        let (their_epoch, their_end) = (resp.leader_epoch, resp.end_offset);
-        match epoch_end(&starts, their_epoch, my_end) {
-            Some((e, mine)) if e == their_epoch => break mine.min(their_end),
-            // We lack their epoch: ask about our newest epoch below it.
-            Some((e, _)) => epoch = e,
-            None => break first.min(their_end),
-        }
-    };
-    let committed = part.log.committed();
-    let id = part.id;
-    if target < committed {
-        // Committed records are on every ISR member, the leader included,
-        // unless it was elected uncleanly: only its log end can tell.
-        let leader_end = client
-            .epoch_end_offset(ask(u32::MAX))
-            .await
-            .map_err(Error::from)?
-            .into_inner()
-            .end_offset;
-        if leader_end >= committed {
-            // The epoch lookup says our log diverges from the leader's at
-            // `target`, below records we committed: committed records are
-            // on every ISR member, so they should agree. Keep them (a
-            // committed record is never dropped in a clean election), but
-            // say so loudly: this is a replica divergence to investigate.
-            tracing::error!(
-                partition = id,
-                "REPLICA DIVERGENCE: the leader's epoch history says this log diverges at \
-                 offset {target}, below its committed offset {committed} (log end {my_end}, \
-                 leader's log end {leader_end}, epoch {epoch}); keeping the committed \
-                 records {target}..{committed} unchecked and truncating to {committed}"
-            );
-            target = committed;
-        } else {
-            target = target.min(leader_end);
-            tracing::error!(
-                partition = id,
-                "DATA LOSS: the leader's log ends at {leader_end}, below this replica's \
-                 committed offset {committed}; dropping offsets {target}..{my_end} (unclean \
-                 leader election)"
-            );
-            return truncate_following(part, leader, current_epoch, target, true).await;
-        }
-    }
-    if target >= my_end {
-        tracing::info!(
-            partition = id,
-            "log agrees with the leader's up to its end {my_end} (epoch {epoch}): nothing to \
-             truncate; catching up from there"
-        );
-        return Ok(());
-    }
-    tracing::warn!(
-        partition = id,
-        "truncating the log from {my_end} to {target}, where it diverges from the leader's \
-         (epoch {current_epoch})"
-    );
-    truncate_following(part, leader, current_epoch, target, false).await
-}
-
-/// Truncates `part`'s log to `target` (below the commit point only if
-/// `unclean`) under its `append` lock, if it still follows `leader` at
-/// `epoch`; otherwise does nothing (a newer role owns the log).
-async fn truncate_following(
-    part: &Arc<Partition>,
-    leader: &str,
-    epoch: u32,
-    target: u64,
-    unclean: bool,
-) -> Result<()> {
-    let Some(guard) = still_following(part, leader, epoch).await else {
-        return Ok(());
-    };
-    let log = part.log.clone();
-    super::blocking(move || {
-        let _guard = guard;
-        match unclean {
-            true => log.truncate_unclean_to(target),
-            false => log.truncate_to(target),
-        }
-    })
-    .await?;
-    part.publish_log_end();
-    Ok(())
-}
-
-/// The `append` lock of `part`, if it still follows `leader` at `epoch`.
-async fn still_following(
-    part: &Arc<Partition>,
-    leader: &str,
-    epoch: u32,
-) -> Option<OwnedMutexGuard<()>> {
-    let guard = part.append.clone().lock_owned().await;
-    part.follows(leader, epoch).then_some(guard)
 }

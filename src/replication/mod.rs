@@ -12,9 +12,10 @@
 //!   shrinks and expands the ISR through ZooKeeper compare-and-set, and
 //!   answers `acks: all` writes once the high watermark covers them;
 //! - as follower it runs a fetcher ([`fetcher`]) that first truncates its
-//!   log where it diverges from the leader's (KIP-101/279 epoch lookups),
-//!   then appends what it fetches and commits up to the leader's high
-//!   watermark.
+//!   log where it diverges from the leader's (KIP-101/279 epoch lookups,
+//!   [`divergence`], batched per leader: one call per round for every
+//!   partition looking), then appends what it fetches and commits up to
+//!   the leader's high watermark.
 //!
 //! Invariants:
 //! - a node acts as leader only while its ZooKeeper lease is valid
@@ -58,6 +59,7 @@
 //!   the appends already admitted, so no write of the old role lands after
 //!   it, whenever its task resumes.
 
+mod divergence;
 mod fetcher;
 mod log;
 mod partition;
@@ -798,25 +800,65 @@ impl ReplicaManager {
         }
     }
 
-    /// KIP-101: the end offset of `epoch` in this leader's log.
+    /// KIP-101: the end offset of an epoch in this leader's log, for every
+    /// partition of a batched request (each answered or refused in its own
+    /// entry, as fetch does), or for the single partition of an older
+    /// follower's request (refused with the call's error).
     pub fn epoch_end_offset(
         &self,
         req: pb::EpochEndOffsetRequest,
     ) -> Result<pb::EpochEndOffsetResponse> {
-        let part = self.partition(req.partition)?;
+        if req.partitions.is_empty() {
+            let (found, _) =
+                self.epoch_end_of(req.partition, req.current_leader_epoch, req.leader_epoch)?;
+            return Ok(pb::EpochEndOffsetResponse {
+                found: found.is_some(),
+                leader_epoch: found.map_or(0, |f| f.0),
+                end_offset: found.map_or(0, |f| f.1),
+                partitions: Vec::new(),
+            });
+        }
+        let partitions = req
+            .partitions
+            .into_iter()
+            .map(
+                |q| match self.epoch_end_of(q.partition, q.current_leader_epoch, q.leader_epoch) {
+                    Ok((found, log_end)) => pb::EpochEnd {
+                        partition: q.partition,
+                        found: found.is_some(),
+                        leader_epoch: found.map_or(0, |f| f.0),
+                        end_offset: found.map_or(0, |f| f.1),
+                        log_end_offset: log_end,
+                        ..Default::default()
+                    },
+                    Err(e) => pb::EpochEnd {
+                        partition: q.partition,
+                        error_reason: e.reason().to_string(),
+                        error_message: e.message(),
+                        ..Default::default()
+                    },
+                },
+            )
+            .collect();
+        Ok(pb::EpochEndOffsetResponse {
+            partitions,
+            ..Default::default()
+        })
+    }
+
+    /// The largest epoch `<= epoch` in the log of partition `p` led here
+    /// and where it ends (`None`: no such epoch), with the log end offset;
+    /// refused unless this node leads `p` at the caller's `current` epoch.
+    fn epoch_end_of(&self, p: u32, current: u32, epoch: u32) -> Result<(Option<(u32, u64)>, u64)> {
+        let part = self.partition(p)?;
         let mine = self.leading(part)?;
-        check_epoch(part.id, req.current_leader_epoch, mine)?;
+        check_epoch(part.id, current, mine)?;
         let end = part.log.written_end();
         let mut starts = part.log.epoch_starts()?;
         if starts.last().is_none_or(|&(e, _)| e < mine) {
             starts.push((mine, end));
         }
-        let found = epoch_end(&starts, req.leader_epoch, end);
-        Ok(pb::EpochEndOffsetResponse {
-            found: found.is_some(),
-            leader_epoch: found.map_or(0, |f| f.0),
-            end_offset: found.map_or(0, |f| f.1),
-        })
+        Ok((epoch_end(&starts, epoch, end), end))
     }
 
     /// Log end offsets of `partitions` hosted here.

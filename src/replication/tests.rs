@@ -2,6 +2,8 @@
 //! engines in temporary directories, a fake ZooKeeper layer, and states
 //! handed in as the controller's notices would be.
 
+mod epochs;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
