@@ -492,7 +492,8 @@ fn a_partly_applied_del_is_not_answered_not_leader() {
             partition: 1,
             ..state("b", 2, &["b", "a"])
         };
-        m.leader_and_isr(1, 0, vec![moved], vec![node("b")]).unwrap();
+        m.leader_and_isr(1, 0, vec![moved], vec![node("b")])
+            .unwrap();
         let part = m.partition(1).unwrap().clone();
         wait_until("a follows b on partition 1", || part.follows("b", 2)).await;
     });
