@@ -5,9 +5,12 @@
 //!   server is down; each call connects if needed, and a server that comes
 //!   back is reached again without building a new client.
 //! - Every failure is an [`Error`]: statuses from a caskade server are
-//!   rebuilt from their `caskade-reason` (src/error.rs); a failure to connect
-//!   becomes [`Error::Unreachable`] with the address and the cause; a
-//!   client-side deadline becomes [`Error::Timeout`].
+//!   rebuilt from their `caskade-reason` (src/error.rs); transport failures
+//!   by what they prove ([`map_status`], src/client/outcome.rs): a failure
+//!   to connect, or a server refusing the request before processing it,
+//!   becomes [`Error::Unreachable`] ("nothing sent"); a client-side deadline
+//!   [`Error::Timeout`]; anything lost after the request may have left
+//!   [`Error::Unavailable`] ("may or may not have been applied").
 //! - Routing: every keyed call goes through `Client::keyed`. The client
 //!   learns the partition map from `Metadata` on first use (from the first
 //!   seed address that answers), sends each key straight to its
@@ -16,8 +19,11 @@
 //!   backing off from [`FIRST_BACKOFF`] to at most [`MAX_BACKOFF`], for as
 //!   long as the call's timeout allows: a failover shorter than the timeout
 //!   is hidden from the caller. Both errors mean nothing was written, so a
-//!   retried write is never applied twice. A standalone server's map
-//!   names itself for every partition, so the same path serves both.
+//!   retried write is never applied twice. Invariant: a call is retried
+//!   only after an error for which [`Error::nothing_applied`] holds; an
+//!   unknown outcome (timeout, connection lost mid-request) is returned to
+//!   the caller, never re-sent. A standalone server's map names itself for
+//!   every partition, so the same path serves both.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,6 +41,10 @@ use crate::node::{Acks, Consistency};
 use crate::proto;
 use crate::proto::kv_client::KvClient;
 use crate::storage::Condition;
+
+mod outcome;
+
+pub use outcome::map_status;
 
 /// Options of a [`Client::set`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -241,8 +251,13 @@ impl Client {
                 Error::NotLeader { leader: None, .. } => backoff,
                 // Another node may lead soon: only worth a wait in a cluster.
                 Error::Unreachable { .. } if self.routes.read().nodes.len() > 1 => backoff,
+                // Anything else may have been applied (a connection lost
+                // after sending, a timeout) or is final: a write must not
+                // be sent twice, so the caller gets the error.
                 _ => return Err(err),
             };
+            // Only errors proving the request was not applied are retried.
+            debug_assert!(err.nothing_applied(), "retrying after {err:?}");
             // Retry only within the call's timeout, and never sleep just to
             // give up afterwards.
             if started.elapsed() + pause >= self.timeout {
@@ -417,62 +432,4 @@ fn consistency(c: Consistency) -> proto::Consistency {
         Consistency::Leader => proto::Consistency::Leader,
         Consistency::Any => proto::Consistency::Any,
     }
-}
-
-/// Maps the status of a failed call to `addr` to an [`Error`]: caskade's
-/// own statuses by their reason, a connection failure to
-/// [`Error::Unreachable`], the client's deadline to [`Error::Timeout`].
-pub fn map_status(addr: &str, timeout: Duration, status: tonic::Status) -> Error {
-    if status.metadata().get("caskade-reason").is_none() {
-        if let Some(reason) = connect_failure(&status) {
-            return Error::Unreachable {
-                addr: addr.to_string(),
-                reason,
-            };
-        }
-        if status.code() == tonic::Code::Unknown && status.message().contains("transport error") {
-            return Error::Unavailable(format!(
-                "connection to {addr} lost mid-request; the request may or may not have been \
-                 applied"
-            ));
-        }
-        if status.code() == tonic::Code::Cancelled && status.message().contains("Timeout expired") {
-            return Error::Timeout(format!(
-                "no reply from {addr} within {} ms",
-                timeout.as_millis()
-            ));
-        }
-    }
-    Error::from(status)
-}
-
-/// If `status` says the connection could not be made, why (lower-case, as
-/// `connection refused`).
-fn connect_failure(status: &tonic::Status) -> Option<String> {
-    if status.code() != tonic::Code::Unavailable {
-        return None;
-    }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    let mut connect = false;
-    while let Some(err) = source {
-        if err.is::<tonic::ConnectError>() {
-            connect = true;
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return Some(match io.kind() {
-                std::io::ErrorKind::Other => io.to_string(),
-                kind => kind.to_string(),
-            });
-        }
-        if connect && err.to_string().contains("timed out") {
-            return Some("connection timed out".into());
-        }
-        source = err.source();
-    }
-    // tonic reports "tcp connect error" without a typed source in some paths.
-    let msg = status.message();
-    if connect || msg.contains("tcp connect error") || msg.contains("error trying to connect") {
-        return Some(msg.to_string());
-    }
-    None
 }

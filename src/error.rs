@@ -56,7 +56,10 @@ pub enum Error {
     /// The request did not complete in time. Its effect is unknown.
     #[error("timed out: {0}")]
     Timeout(String),
-    /// The client could not reach the server at all; nothing was sent.
+    /// No server processed the request; nothing was applied. The client
+    /// could not connect, or the server refused the request before
+    /// processing it (HTTP/2 `REFUSED_STREAM`, or a `GOAWAY` below the
+    /// request's stream); see src/client/outcome.rs.
     #[error("could not connect to caskade at {addr}: {reason}")]
     Unreachable {
         /// The address tried.
@@ -68,7 +71,8 @@ pub enum Error {
     #[error("corrupt data: {0}")]
     Corrupt(String),
     /// The node cannot serve this right now (disk full, failed fsync,
-    /// shutting down, connection lost mid-request, ...).
+    /// shutting down, ...), or the connection was lost after the request
+    /// may have been sent: the effect of a write is then unknown.
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// Any other failure inside the node.
@@ -127,6 +131,36 @@ impl Error {
             Error::FencedEpoch(_) | Error::StaleController(_) => Code::FailedPrecondition,
             Error::UnknownEpoch(_) => Code::Unavailable,
         }
+    }
+
+    /// Whether this error proves the request was not applied, so a write
+    /// may be retried without being applied twice: refused before any
+    /// change (`NOT_LEADER`, `NOT_ENOUGH_REPLICAS`, `INVALID_ARGUMENT`) or
+    /// never processed by a server ([`Error::Unreachable`]). Every other
+    /// error leaves the outcome unknown. The client's retry loop and the
+    /// torture history (`tests/torture/runner.rs`) both use this.
+    pub fn nothing_applied(&self) -> bool {
+        matches!(
+            self,
+            Error::NotLeader { .. }
+                | Error::NotEnoughReplicas { .. }
+                | Error::Unreachable { .. }
+                | Error::InvalidInput(_)
+        )
+    }
+
+    /// This error as the answer to a multi-key request of which `done` of
+    /// `total` keys were already written: an error that claims nothing was
+    /// applied ([`Error::nothing_applied`]) would make the caller retry the
+    /// keys already done, so it becomes [`Error::Unavailable`] naming how
+    /// many were; other errors already leave the outcome open.
+    pub fn after_partial_write(self, done: usize, total: usize) -> Error {
+        if done == 0 || !self.nothing_applied() {
+            return self;
+        }
+        Error::Unavailable(format!(
+            "{done} of {total} keys were written before this failed: {self}; retry the rest"
+        ))
     }
 
     /// The variant's own text, without the category prefix `Display` adds
@@ -340,6 +374,27 @@ mod tests {
             status.message(),
             "not the leader of partition 5; the leader is h:1"
         );
+    }
+
+    #[test]
+    fn a_partial_write_never_claims_nothing_was_applied() {
+        let unreachable = Error::Unreachable {
+            addr: "h:1".into(),
+            reason: "connection refused".into(),
+        };
+        assert_eq!(unreachable.clone().after_partial_write(0, 2), unreachable);
+        let partial = unreachable.after_partial_write(1, 2);
+        assert_eq!(
+            partial,
+            Error::Unavailable(
+                "1 of 2 keys were written before this failed: could not connect to caskade at \
+                 h:1: connection refused; retry the rest"
+                    .into()
+            )
+        );
+        assert!(!partial.nothing_applied());
+        let timeout = Error::Timeout("late".into());
+        assert_eq!(timeout.clone().after_partial_write(1, 2), timeout);
     }
 
     #[test]

@@ -9,7 +9,12 @@
 //! - handlers never block: the node runs engine calls on the blocking pool;
 //! - a request for a partition led by another node is forwarded to that
 //!   leader once (marked `caskade-forwarded`); a forwarded request is never
-//!   forwarded again, so a moving leadership cannot make it loop.
+//!   forwarded again, so a moving leadership cannot make it loop;
+//! - a forward's failure is mapped as the client maps it
+//!   ([`crate::client::map_status`]): `UNREACHABLE` only when the leader
+//!   provably did not process it; a multi-key `DEL` that fails after some
+//!   keys were written never answers an error that claims nothing was
+//!   ([`Error::after_partial_write`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -125,8 +130,9 @@ impl KvService {
                 Some(addr) => remote(addr, key).await,
                 None => one,
             };
-            // Keys already done: NOT_LEADER would claim nothing was.
-            total += r.map_err(|e| crate::node::partly_applied(done, count, e))?;
+            // Keys already done: NOT_LEADER, or UNREACHABLE from the
+            // forward, would claim nothing was.
+            total += r.map_err(|e| e.after_partial_write(done, count))?;
         }
         Ok(total)
     }
@@ -146,8 +152,9 @@ impl KvService {
         tracing::debug!("forwarding to the leader at {addr}");
         match call(client, request).await {
             Ok(reply) => Ok(reply.into_inner()),
-            // The client's mapping: a refused connection means nothing was
-            // sent, a connection lost mid-request an unknown outcome.
+            // The client's mapping (src/client/outcome.rs): UNREACHABLE
+            // only when the leader provably did not process the request,
+            // else an unknown outcome, passed on as is.
             Err(status) => Err(crate::client::map_status(addr, FORWARD_TIMEOUT, status)),
         }
     }
@@ -190,6 +197,23 @@ impl KvService {
     }
 }
 
+/// Test builds only: the failpoint `server::after_write` (`return(MS)`)
+/// holds the reply of an applied `Set` for MS ms, so a test can kill the
+/// server after the write and before the answer (tests/client_outcome.rs).
+/// It logs one line when it starts waiting, which the test waits for.
+async fn after_write_pause() {
+    let pause = (|| {
+        fail::fail_point!("server::after_write", |ms| {
+            ms.and_then(|m| m.parse().ok()).map(Duration::from_millis)
+        });
+        None
+    })();
+    if let Some(pause) = pause {
+        tracing::info!("failpoint server::after_write: holding the reply for {pause:?}");
+        tokio::time::sleep(pause).await;
+    }
+}
+
 /// Decodes a precondition; unknown values are refused rather than ignored.
 fn condition(raw: i32) -> crate::Result<Condition> {
     match proto::Condition::try_from(raw) {
@@ -227,6 +251,9 @@ impl Kv for KvService {
                 acks: self.acks(r.acks),
             };
             let result = self.node.set(r.key.clone(), r.value.clone(), args).await;
+            if result.is_ok() {
+                after_write_pause().await;
+            }
             if let Some(addr) = leader_of(&result).filter(|_| again) {
                 return self
                     .forward(&addr, r, |mut c, q| async move { c.set(q).await })
@@ -428,5 +455,61 @@ impl Kv for KvService {
                 max_value_bytes: limits.max_value_bytes as u64,
             }),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::storage::SystemClock;
+
+    /// `DEL a b`: `a` is deleted here, `b`'s leader cannot be reached. The
+    /// answer must not be UNREACHABLE ("nothing sent"): a client would retry
+    /// the whole DEL and count `a` as absent.
+    #[tokio::test]
+    async fn del_failing_after_a_key_was_written_is_not_nothing_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        let node =
+            Node::open_standalone(&config, "127.0.0.1:1".into(), Arc::new(SystemClock)).unwrap();
+        let svc = KvService::new(Arc::new(node), 4, Acks::Leader, Consistency::Leader);
+        let keys = vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")];
+        let err = svc
+            .per_key(
+                keys,
+                |key| async move {
+                    if key == b"a"[..] {
+                        Ok(1)
+                    } else {
+                        Err(Error::NotLeader {
+                            partition: 1,
+                            leader: Some("127.0.0.1:2".into()),
+                        })
+                    }
+                },
+                |addr, _key| async move {
+                    Err(Error::Unreachable {
+                        addr,
+                        reason: "connection refused".into(),
+                    })
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(!err.nothing_applied(), "{err:?}");
+        assert_eq!(
+            err,
+            Error::Unavailable(
+                "1 of 2 keys were written before this failed: could not connect to caskade at \
+                 127.0.0.1:2: connection refused; retry the rest"
+                    .into()
+            )
+        );
     }
 }

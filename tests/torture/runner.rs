@@ -135,16 +135,12 @@ impl Recorder {
     }
 }
 
-/// Whether an error means the operation certainly did not happen (the API
-/// promises nothing was written), else it is unknown.
+/// Whether an error means the operation certainly did not happen, else it
+/// is unknown: exactly the errors the client itself treats as "not applied"
+/// when it decides to retry a write ([`Error::nothing_applied`]; a refused
+/// or unreached server, never a connection lost mid-request or a timeout).
 fn definite(e: &Error) -> bool {
-    matches!(
-        e,
-        Error::NotLeader { .. }
-            | Error::NotEnoughReplicas { .. }
-            | Error::Unreachable { .. }
-            | Error::InvalidInput(_)
-    )
+    e.nothing_applied()
 }
 
 /// The bytes of value `id`: the id itself, or for large values the id, a
