@@ -351,7 +351,7 @@ impl Node {
                 let p = partition_for(&key, self.partition_count);
                 match r.write(p, key, WriteOp::Delete, acks).await {
                     Ok(existed) => deleted += u64::from(existed),
-                    Err(e) => return Err(partly_applied(done, total, e)),
+                    Err(e) => return Err(e.after_partial_write(done, total)),
                 }
             }
             return Ok(deleted);
@@ -682,20 +682,6 @@ fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         File::open(parent)?.sync_all()?;
     }
     Ok(())
-}
-
-/// The error of a multi-key write that failed with `e` after `done` of its
-/// `total` keys were written: `NOT_LEADER` and `NOT_ENOUGH_REPLICAS` promise
-/// that nothing was written, so they become `UNAVAILABLE` (outcome unknown).
-pub(crate) fn partly_applied(done: usize, total: usize, e: Error) -> Error {
-    match e {
-        Error::NotLeader { .. } | Error::NotEnoughReplicas { .. } if done > 0 => {
-            Error::Unavailable(format!(
-                "{done} of {total} keys were written before this failed: {e}; retry the rest"
-            ))
-        }
-        e => e,
-    }
 }
 
 #[cfg(test)]

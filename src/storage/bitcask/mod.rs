@@ -955,8 +955,12 @@ impl Engine for Bitcask {
     }
 
     fn status(&self) -> Result<Status> {
-        let segments = self.inner.segments.read();
+        // The writer mutex is taken and released before the segment table's
+        // read lock: a group-commit leader takes that read lock while it
+        // holds the writer mutex, and with a merge waiting for the write
+        // lock (parking_lot is fair) the opposite order deadlocks all three.
         let next_offset = self.inner.writer.lock().next_offset;
+        let segments = self.inner.segments.read();
         Ok(Status {
             keys: self.inner.keydir.len() as u64,
             segments: segments.ordered.len() as u64,
