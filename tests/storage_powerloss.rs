@@ -347,7 +347,10 @@ fn power_loss(name: &str, fsync: Durability, torn: bool) {
     for k in 0..40 {
         let key = format!("key{k}");
         let want = model.get(key.as_bytes()).cloned();
-        let have = recovered.get(key.as_bytes()).expect("get").map(|b| b.to_vec());
+        let have = recovered
+            .get(key.as_bytes())
+            .expect("get")
+            .map(|b| b.to_vec());
         if want != have {
             problems.push(format!(
                 "{key} reads {:?}, the recovered log says {:?}",
