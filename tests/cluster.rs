@@ -905,7 +905,12 @@ fn maximal_values_in_four_partitions_replicate_under_acks_all() {
         for n in 0..2 {
             for &p in &led {
                 let key = c.key_in(p, n);
-                assert!(client.set(key.clone(), value(p, n), opts).await.unwrap());
+                assert!(
+                    client
+                        .set(key.clone(), value(p, n), opts)
+                        .await
+                        .unwrap()
+                );
                 want.insert(key, value(p, n));
             }
         }
