@@ -46,8 +46,8 @@ pub struct Scenario {
     /// Network faults: nodes run as their own groups, with a firewall
     /// (only inside the scenario's network namespace).
     pub network: bool,
-    /// The last this many keys get short TTLs (`PEXPIRE` of 1-3 s, plain
-    /// `SET`, `GET`) and are checked by `skew::ttl_violations` instead of
+    /// The last this many keys get short TTLs (`GET`; `SET NX`, then a
+    /// `PEXPIRE` of 1-3 s when it wrote) and are checked by `skew::ttl_violations` instead of
     /// the linearizability and lost-write checkers.
     pub ttl_keys: usize,
     /// Slack of the TTL check beyond the TTL (|clock skew| + margin), ms.
@@ -271,44 +271,53 @@ async fn client_loop(
         let key = keys[k].clone();
         seq += 1;
         if k >= ttl_from {
-            // A key with short TTLs: SET, GET, PEXPIRE 1-3 s.
-            let f = match rng.below(100) {
-                0..45 => Func::Get,
-                45..75 => Func::Set {
+            // A key with a short TTL: GET, or SET NX (it only writes once
+            // the previous value expired) followed at once, when it wrote,
+            // by a PEXPIRE of 1-3 s from the same client. Each value then
+            // lives about its TTL, and no other write can extend it.
+            let mut next = Some(match rng.below(100) {
+                0..85 => Func::Get,
+                _ => Func::Set {
                     value: format!("{id}-{seq}"),
-                    cond: Cond::Always,
+                    cond: Cond::Nx,
                 },
-                _ => Func::Expire {
-                    ttl_ms: 1000 + rng.below(2001),
-                },
-            };
-            let invoke = rec.now();
-            let outcome = run_op(&client, &key, &f, large).await;
-            let complete = rec.now();
-            let unknown = matches!(outcome, Outcome::Info(_));
-            let failed = matches!(outcome, Outcome::Fail(_));
-            let backoff = backs_off(&outcome);
-            rec.history
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(Op {
-                    id: 0,
-                    client: id,
-                    process,
-                    key,
-                    f,
-                    invoke,
-                    complete,
-                    outcome,
-                });
-            if unknown {
-                process += clients as u64;
-            }
-            if failed {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            if backoff {
-                tokio::time::sleep(Duration::from_millis(1000)).await;
+            });
+            while let Some(f) = next.take() {
+                let invoke = rec.now();
+                let outcome = run_op(&client, &key, &f, large).await;
+                let complete = rec.now();
+                let unknown = matches!(outcome, Outcome::Info(_));
+                let failed = matches!(outcome, Outcome::Fail(_));
+                let backoff = backs_off(&outcome);
+                if matches!(f, Func::Set { .. })
+                    && matches!(outcome, Outcome::Ok(Ret::Written(true)))
+                {
+                    next = Some(Func::Expire {
+                        ttl_ms: 1000 + rng.below(2001),
+                    });
+                }
+                rec.history
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(Op {
+                        id: 0,
+                        client: id,
+                        process,
+                        key: key.clone(),
+                        f,
+                        invoke,
+                        complete,
+                        outcome,
+                    });
+                if unknown {
+                    process += clients as u64;
+                }
+                if failed {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if backoff {
+                    tokio::time::sleep(Duration::from_millis(1000)).await;
+                }
             }
             continue;
         }

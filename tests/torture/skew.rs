@@ -11,8 +11,9 @@
 //! - keys without TTLs (most of the key space) keep every guarantee: no
 //!   acknowledged write lost, linearizable, no failed write visible, high
 //!   watermark monotonic, replicas identical;
-//! - keys with short TTLs (`PEXPIRE` of 1-3 s, plain `SET` and `GET` only)
-//!   are checked by [`ttl_violations`]: a value that a `PEXPIRE ttl`
+//! - keys with short TTLs (`GET`, and `SET NX` followed, when it wrote, by
+//!   a `PEXPIRE` of 1-3 s from the same client: each value lives about
+//!   its TTL) are checked by [`ttl_violations`]: a value that a `PEXPIRE ttl`
 //!   certainly applied to is not read later than `ttl + |skew| + margin`
 //!   after that `PEXPIRE` completed (and no failed write is visible).
 //!   Expiring early is allowed (a skewed clock ahead of the setter's).
@@ -88,7 +89,8 @@ pub fn clock_skew(ctx: &mut Ctx) {
 ///
 /// A `PEXPIRE` E certainly applied to value v (written by W) when E
 /// answered "existed", W completed before E was invoked, and no other
-/// `SET` of the key (acknowledged or unknown) may fall between them (none
+/// `SET` of the key that may have written (acknowledged as written, or
+/// unknown) may fall between them (none
 /// was invoked before E completed and completed, or may complete, after W
 /// was invoked). v then expires at most `ttl` after E's answer on the
 /// setter's clock; a later `PEXPIRE` may extend it, so the bound is the
@@ -97,6 +99,9 @@ pub fn clock_skew(ctx: &mut Ctx) {
 pub fn ttl_violations(h: &History, keys: &HashSet<String>, slack_ms: u64) -> Vec<String> {
     let by_key = h.by_key();
     let mut out = Vec::new();
+    // Reads of a value with a known expiry bound, and of those, how many
+    // came after the bound (within the slack).
+    let (mut bounded, mut late, mut latest) = (0, 0, 0u64);
     for key in keys {
         let Some(ops) = by_key.get(key.as_str()) else {
             continue;
@@ -112,6 +117,9 @@ pub fn ttl_violations(h: &History, keys: &HashSet<String>, slack_ms: u64) -> Vec
                 continue;
             };
             if let Some(bound) = expiry_bound(ops, w) {
+                bounded += 1;
+                late += usize::from(r.invoke > bound);
+                latest = latest.max(r.invoke.saturating_sub(bound));
                 let limit = bound + slack_ms * 1_000_000;
                 if r.invoke > limit {
                     out.push(format!(
@@ -124,6 +132,12 @@ pub fn ttl_violations(h: &History, keys: &HashSet<String>, slack_ms: u64) -> Vec
                 }
             }
         }
+    }
+    if !keys.is_empty() {
+        eprintln!(
+            "  TTL keys: {bounded} reads of a value with a known expiry, {late} of them after it, at most {} ms (allowed: {slack_ms} ms)",
+            latest / 1_000_000
+        );
     }
     out
 }
@@ -139,6 +153,7 @@ fn expiry_bound(ops: &[&Op], w: &Op) -> Option<u64> {
                 s.id != w.id
                     && matches!(s.f, Func::Set { .. })
                     && s.may_have_happened()
+                    && s.outcome != Outcome::Ok(Ret::Written(false))
                     && s.invoke < e.complete
                     && (matches!(s.outcome, Outcome::Info(_)) || s.complete > w.invoke)
             })
