@@ -14,6 +14,11 @@
 //!   heal); `torture/faults.rs`: each scenario's seeded faults.
 //! - `torture/netpart.rs`: network partitions inside a namespace of their
 //!   own.
+//! - `torture/diskfull.rs`: one node's data on a small tmpfs, filled.
+//! - `torture/skew.rs`: one node's wall clock skewed (libfaketime), short
+//!   TTLs and their checker.
+//! - `storage_powerloss.rs` (a test binary of its own): the power-loss
+//!   model on one engine.
 //!
 //! Each scenario is one test; `TORTURE_SECS` (default 4, `make torture`
 //! 10) sets its fault period, `TORTURE_SEED` replays a schedule. Scenarios
@@ -23,6 +28,8 @@ mod harness;
 
 #[path = "torture/checks.rs"]
 mod checks;
+#[path = "torture/diskfull.rs"]
+mod diskfull;
 #[path = "torture/faults.rs"]
 mod faults;
 #[path = "torture/history.rs"]
@@ -38,6 +45,8 @@ mod nemesis;
 mod netpart;
 #[path = "torture/runner.rs"]
 mod runner;
+#[path = "torture/skew.rs"]
+mod skew;
 
 use std::sync::Mutex;
 
@@ -174,6 +183,31 @@ fn stale_takeover() {
 #[test]
 fn notice_missed() {
     run(Scenario::new("notice-missed", faults::notice_missed));
+}
+
+#[test]
+fn disk_full() {
+    if let Err(e) = diskfull::available() {
+        println!("scenario=disk-full skipped: {e}");
+        return;
+    }
+    let mut s = Scenario::new("disk-full", diskfull::disk_full);
+    // The filled node gets its leaderships back after its restarts.
+    s.opts.rebalance = true;
+    run(s);
+}
+
+#[test]
+fn clock_skew() {
+    if let Err(e) = skew::available() {
+        println!("scenario=clock-skew skipped: {e}");
+        return;
+    }
+    let mut s = Scenario::new("clock-skew", skew::clock_skew);
+    // Keys 8..12, one per partition, get TTLs of 1-3 s.
+    s.ttl_keys = 4;
+    s.ttl_slack_ms = skew::skew_ms(runner::seed()).unsigned_abs() + skew::MARGIN_MS;
+    run(s);
 }
 
 /// Runs a network scenario inside its own network namespace (`test` is

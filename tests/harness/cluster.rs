@@ -85,6 +85,10 @@ pub struct TestCluster {
     pub zk: Zk,
     /// Group id each node runs as (`None`: the test's own).
     pub gids: Vec<Option<u32>>,
+    /// Guards a test hands over to live as long as the cluster (e.g. a
+    /// filesystem mounted on a node's data directory): dropped after every
+    /// node is killed, before the files are removed.
+    pub guards: Vec<Box<dyn std::any::Any + Send>>,
     /// Holds every file.
     _dir: tempfile::TempDir,
 }
@@ -148,6 +152,7 @@ impl TestCluster {
             specs,
             zk,
             gids,
+            guards: Vec::new(),
             _dir: dir,
         };
         for i in 0..cluster.specs.len() {

@@ -22,6 +22,8 @@ pub struct Ctx<'a> {
     pub cluster: &'a mut TestCluster,
     /// The seeded generator.
     pub rng: Rng,
+    /// The scenario's seed.
+    pub seed: u64,
     /// End of the fault period.
     pub deadline: Instant,
     /// Node pids shared with the poller (`None` while down or restarting).
@@ -36,6 +38,12 @@ pub struct Ctx<'a> {
     pub firewall: Option<Firewall>,
     /// What was done, when.
     pub log: Vec<String>,
+    /// Violations the nemesis itself saw (e.g. a full disk's error was
+    /// not clear); the scenario fails on any.
+    pub problems: Vec<String>,
+    /// Extra environment of each node's (re)starts from now on (e.g. a
+    /// faked clock).
+    pub env: Vec<Vec<(String, String)>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -52,6 +60,7 @@ impl<'a> Ctx<'a> {
         Ctx {
             cluster,
             rng: Rng::new(seed),
+            seed,
             deadline: Instant::now() + period,
             pids,
             start,
@@ -59,6 +68,8 @@ impl<'a> Ctx<'a> {
             zk_down: vec![false; z],
             firewall: None,
             log: Vec::new(),
+            problems: Vec::new(),
+            env: vec![Vec::new(); n],
         }
     }
 
@@ -73,7 +84,8 @@ impl<'a> Ctx<'a> {
         self.log.push(format!("{t:>8.3}s {what}"));
     }
 
-    fn id(&self, i: usize) -> String {
+    /// The id of node `i`.
+    pub fn id(&self, i: usize) -> String {
         self.cluster.specs[i].id.clone()
     }
 
@@ -101,7 +113,11 @@ impl<'a> Ctx<'a> {
         if self.cluster.servers[i].is_some() {
             return;
         }
-        self.cluster.start_node(i);
+        let env: Vec<(&str, &str)> = self.env[i]
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.cluster.start_node_with(i, &env);
         self.set_pid(i, self.cluster.pid(i));
         let id = self.id(i);
         self.note(format!("start {id}"));

@@ -46,6 +46,12 @@ pub struct Scenario {
     /// Network faults: nodes run as their own groups, with a firewall
     /// (only inside the scenario's network namespace).
     pub network: bool,
+    /// The last this many keys get short TTLs (`GET`; `SET NX`, then a
+    /// `PEXPIRE` of 1-3 s when it wrote) and are checked by `skew::ttl_violations` instead of
+    /// the linearizability and lost-write checkers.
+    pub ttl_keys: usize,
+    /// Slack of the TTL check beyond the TTL (|clock skew| + margin), ms.
+    pub ttl_slack_ms: u64,
 }
 
 impl Scenario {
@@ -64,6 +70,8 @@ impl Scenario {
             large: false,
             nemesis,
             network: false,
+            ttl_keys: 0,
+            ttl_slack_ms: 0,
         }
     }
 }
@@ -249,6 +257,7 @@ async fn client_loop(
     rec: Arc<Recorder>,
     seed: u64,
     large: bool,
+    ttl_from: usize,
 ) {
     let mut rng = Rng::new(seed.wrapping_mul(31).wrapping_add(id as u64 + 1));
     let mut process = id as u64;
@@ -257,7 +266,58 @@ async fn client_loop(
         let k = rng.below(keys.len() as u64) as usize;
         let key = keys[k].clone();
         seq += 1;
-        if rng.below(100) < 4 && partner[k] != k {
+        if k >= ttl_from {
+            // A key with a short TTL: GET, or SET NX (it only writes once
+            // the previous value expired) followed at once, when it wrote,
+            // by a PEXPIRE of 1-3 s from the same client. Each value then
+            // lives about its TTL, and no other write can extend it.
+            let mut next = Some(match rng.below(100) {
+                0..85 => Func::Get,
+                _ => Func::Set {
+                    value: format!("{id}-{seq}"),
+                    cond: Cond::Nx,
+                },
+            });
+            while let Some(f) = next.take() {
+                let invoke = rec.now();
+                let outcome = run_op(&client, &key, &f, large).await;
+                let complete = rec.now();
+                let unknown = matches!(outcome, Outcome::Info(_));
+                let failed = matches!(outcome, Outcome::Fail(_));
+                let backoff = backs_off(&outcome);
+                if matches!(f, Func::Set { .. })
+                    && matches!(outcome, Outcome::Ok(Ret::Written(true)))
+                {
+                    next = Some(Func::Expire {
+                        ttl_ms: 1000 + rng.below(2001),
+                    });
+                }
+                rec.history
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(Op {
+                        id: 0,
+                        client: id,
+                        process,
+                        key: key.clone(),
+                        f,
+                        invoke,
+                        complete,
+                        outcome,
+                    });
+                if unknown {
+                    process += clients as u64;
+                }
+                if failed {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if backoff {
+                    tokio::time::sleep(Duration::from_millis(1000)).await;
+                }
+            }
+            continue;
+        }
+        if rng.below(100) < 4 && partner[k] != k && partner[k] < ttl_from {
             let other = keys[partner[k]].clone();
             let invoke = rec.now();
             let (o1, o2) = del_two(&client, &key, &other).await;
@@ -307,6 +367,7 @@ async fn client_loop(
         let complete = rec.now();
         let unknown = matches!(outcome, Outcome::Info(_));
         let failed = matches!(outcome, Outcome::Fail(_));
+        let backoff = backs_off(&outcome);
         rec.history
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -328,7 +389,19 @@ async fn client_loop(
             // Refused at once (no leader, ISR too small): do not spin.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        if backoff {
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+        }
     }
+}
+
+/// Whether a client backs off (1 s) after `outcome`: a full disk's
+/// `UNAVAILABLE` comes at once and its outcome is unknown (API.md);
+/// retrying at full speed would fill the history with unknown writes
+/// (each one multiplies the linearizability search) and is not what a
+/// client does.
+fn backs_off(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Info(e) if e.contains("disk full") || e.contains("No space"))
 }
 
 /// Polls every node's `Metadata` until `stop`, recording high watermarks.
@@ -463,6 +536,7 @@ pub fn run(s: Scenario) {
                 rec.clone(),
                 seed,
                 s.large,
+                s.keys - s.ttl_keys,
             ))
         })
         .collect();
@@ -506,6 +580,7 @@ pub fn run(s: Scenario) {
         problems.push(e);
     }
     let nemesis_log = ctx.log.clone();
+    problems.append(&mut ctx.problems);
     drop(ctx);
     poll_stop.store(true, Ordering::Relaxed);
     let samples = rt.block_on(poller).unwrap_or_default();
@@ -564,9 +639,22 @@ pub fn run(s: Scenario) {
     let path = dir.join(format!("{}-{seed}.jsonl", s.name));
     let saved = history.save(&path);
 
-    let lin = linear::check(&history);
-    let lost = checks::lost_writes(&history, &final_reads);
+    // Keys with short TTLs have a checker of their own (see `skew.rs`).
+    let ttl: std::collections::HashSet<String> =
+        keys[s.keys - s.ttl_keys..].iter().cloned().collect();
+    let mut plain = History::default();
+    for op in history.ops.iter().filter(|o| !ttl.contains(&o.key)) {
+        plain.push(op.clone());
+    }
+    let plain_reads: Vec<(String, Option<String>)> = final_reads
+        .iter()
+        .filter(|(k, _)| !ttl.contains(k))
+        .cloned()
+        .collect();
+    let lin = linear::check(&plain);
+    let lost = checks::lost_writes(&plain, &plain_reads);
     problems.extend(checks::failed_visible(&history, &final_reads));
+    problems.extend(super::skew::ttl_violations(&history, &ttl, s.ttl_slack_ms));
     problems.extend(checks::hw_violations(&samples));
     let client_ops = history.ops.iter().filter(|o| o.client < s.clients).count();
     let acked = history
