@@ -113,6 +113,11 @@ fn double_failover() {
 }
 
 #[test]
+fn kip_279() {
+    run(Scenario::new("kip-279", faults::kip_279));
+}
+
+#[test]
 fn all_isr_dead() {
     run(Scenario::new("all-isr-dead", faults::all_isr_dead));
 }

@@ -243,6 +243,36 @@ pub fn double_failover(ctx: &mut Ctx) {
     });
 }
 
+/// KIP-279's shape: the old leader stays down through two leader changes
+/// (the second new leader is the last ISR member, at an epoch the old
+/// leader never saw), then comes back first and has to find where its log
+/// leaves the new leader's across epochs it does not know; the second
+/// leader comes back after it.
+pub fn kip_279(ctx: &mut Ctx) {
+    cycles(ctx, |ctx| {
+        ctx.pause_ms(300, 1000);
+        let p = ctx.partition();
+        let Some(l1) = ctx.leader(p, Duration::from_secs(10)) else {
+            return;
+        };
+        ctx.kill(l1);
+        let Some(l2) = ctx.leader(p, Duration::from_secs(15)) else {
+            ctx.start(l1);
+            return;
+        };
+        // The second leader writes at its epoch, then dies too.
+        ctx.pause_ms(300, 1000);
+        ctx.kill(l2);
+        ctx.leader(p, Duration::from_secs(15));
+        ctx.pause_ms(200, 600);
+        ctx.start(l1);
+        ctx.pause_ms(300, 1000);
+        ctx.start(l2);
+        ctx.leader(p, Duration::from_secs(15));
+        ctx.pause_ms(500, 1500);
+    });
+}
+
 /// Every node killed, then restarted in a random order.
 pub fn all_isr_dead(ctx: &mut Ctx) {
     cycles(ctx, |ctx| {
