@@ -71,30 +71,26 @@ pub fn instant_restart(ctx: &mut Ctx) {
 /// A leader frozen past its session timeout, then thawed (a zombie that
 /// must not act as leader).
 pub fn zombie_leader(ctx: &mut Ctx) {
-    cycles(ctx, |ctx| {
-        ctx.pause_ms(300, 1000);
-        let p = ctx.partition();
-        if let Some(l) = ctx.leader(p, Duration::from_secs(10)) {
-            ctx.freeze(l);
-            let st = ctx.cluster.opts.session_timeout_ms;
-            ctx.pause_ms(st + 300, st + 2000);
-            ctx.thaw(l);
-            ctx.pause_ms(500, 1500);
-        }
-    });
+    freeze_leaders(ctx, |st| (st + 300, st + 2000));
 }
 
 /// A leader frozen until about when its session expires (between its
 /// lease, two thirds of the session timeout, and a little past the
 /// timeout): the window where a resumed node may still believe it leads.
 pub fn pause_near_expiry(ctx: &mut Ctx) {
+    freeze_leaders(ctx, |st| (st * 2 / 3, st + 500));
+}
+
+/// Cycles of: a random partition's leader frozen for a time drawn from
+/// `window(session_timeout_ms)` (lowest, highest ms), then thawed.
+fn freeze_leaders(ctx: &mut Ctx, window: impl Fn(u64) -> (u64, u64)) {
     cycles(ctx, |ctx| {
         ctx.pause_ms(300, 1000);
         let p = ctx.partition();
         if let Some(l) = ctx.leader(p, Duration::from_secs(10)) {
             ctx.freeze(l);
-            let st = ctx.cluster.opts.session_timeout_ms;
-            ctx.pause_ms(st * 2 / 3, st + 500);
+            let (lo, hi) = window(ctx.cluster.opts.session_timeout_ms);
+            ctx.pause_ms(lo, hi);
             ctx.thaw(l);
             ctx.pause_ms(500, 1500);
         }
