@@ -26,9 +26,7 @@ const BOUND: Duration = Duration::from_secs(50);
 
 /// The replicas `decide::assign` gives partition `p` over `NODES` nodes.
 fn replicas(p: u32) -> Vec<u16> {
-    (0..3)
-        .map(|i| ((p as usize + i) % NODES) as u16)
-        .collect()
+    (0..3).map(|i| ((p as usize + i) % NODES) as u16).collect()
 }
 
 /// Every live node's view equals ZooKeeper's state of every partition.
@@ -69,10 +67,10 @@ async fn scenario(addr: SocketAddr) {
     let mut sim = Sim::start(cfg, addr, &holder).await;
     assert_eq!(sim.calls().notices, 0, "no controller before the release");
     sim.release(&holder).await;
-    let (_, pr) = sim
-        .wait_done(Duration::from_millis(50), Duration::from_secs(20))
+    let w = sim
+        .wait_done(1, Duration::from_millis(50), Duration::from_secs(20))
         .await;
-    assert!(pr.done(), "startup did not converge: {pr:?}");
+    assert!(w.told_ms.is_some(), "startup did not converge: {w:?}");
 
     // Initial assignment: preferred leaders, full ISRs, one notice per
     // node carrying every partition (the full state after an election).
@@ -102,10 +100,10 @@ async fn scenario(addr: SocketAddr) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_ne!(next, k);
-    let (_, pr) = sim
-        .wait_done(Duration::from_millis(50), Duration::from_secs(20))
+    let w = sim
+        .wait_done(2, Duration::from_millis(50), Duration::from_secs(20))
         .await;
-    assert!(pr.done(), "failover did not converge: {pr:?}");
+    assert!(w.told_ms.is_some(), "failover did not converge: {w:?}");
 
     // Where k led, the next replica leads at epoch 2; where it followed,
     // it left the ISR; elsewhere nothing changed.

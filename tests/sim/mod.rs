@@ -60,7 +60,9 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy on a free loopback port forwarding to `target`.
     pub async fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a proxy port");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a proxy port");
         let port = listener.local_addr().expect("proxy address").port();
         let dead = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::new(Mutex::new(Vec::new()));
@@ -287,6 +289,8 @@ struct SimRpc {
     nodes: Vec<Arc<SimNode>>,
     /// Counters.
     calls: Mutex<Calls>,
+    /// When each accepted notice arrived, and its size.
+    arrivals: Mutex<Vec<(Instant, usize)>>,
 }
 
 impl SimRpc {
@@ -342,6 +346,9 @@ impl NodeRpc for SimRpc {
                 .fetch_max(controller_epoch, Ordering::SeqCst);
             Ok(())
         });
+        if r.is_ok() {
+            self.arrivals.lock().push((Instant::now(), states.len()));
+        }
         let mut c = self.calls.lock();
         if r.is_ok() {
             c.notices += 1;
@@ -373,6 +380,19 @@ impl Progress {
     pub fn done(&self) -> bool {
         *self == Progress::default()
     }
+}
+
+/// What [`Sim::wait_done`] saw.
+#[derive(Clone, Copy, Debug)]
+pub struct Waited {
+    /// When every partition had a live leader in its ISR, granted by a
+    /// notice, and no dead node was left in an ISR (ms).
+    pub led_ms: Option<u64>,
+    /// When, in addition, every live node had a notice of the awaited
+    /// controller epoch and all agreed on every partition (ms).
+    pub told_ms: Option<u64>,
+    /// The last progress seen.
+    pub last: Progress,
 }
 
 /// Sizes and timings of a simulation.
@@ -456,8 +476,8 @@ impl Sim {
             .mkdir(&cfg.root, &persistent)
             .await
             .expect("create the cluster root");
-        let ephemeral = zookeeper_client::CreateMode::Ephemeral
-            .with_acls(zookeeper_client::Acls::anyone_all());
+        let ephemeral =
+            zookeeper_client::CreateMode::Ephemeral.with_acls(zookeeper_client::Acls::anyone_all());
         holder
             .create(
                 &format!("{}/controller", cfg.root),
@@ -472,6 +492,7 @@ impl Sim {
         let rpc = Arc::new(SimRpc {
             nodes: nodes.clone(),
             calls: Mutex::new(Calls::default()),
+            arrivals: Mutex::new(Vec::new()),
         });
         let mut proxies = Vec::new();
         for _ in 0..cfg.nodes {
@@ -522,6 +543,22 @@ impl Sim {
     /// The controller's calls so far.
     pub fn calls(&self) -> Calls {
         *self.rpc.calls.lock()
+    }
+
+    /// When the first and the last notice since `t` arrived (ms after
+    /// `t`), and how many.
+    pub fn arrivals_since(&self, t: Instant) -> (Option<u64>, Option<u64>, usize) {
+        let a = self.rpc.arrivals.lock();
+        let since: Vec<u64> = a
+            .iter()
+            .filter(|(at, _)| *at >= t)
+            .map(|(at, _)| at.duration_since(t).as_millis() as u64)
+            .collect();
+        (
+            since.iter().min().copied(),
+            since.iter().max().copied(),
+            since.len(),
+        )
     }
 
     /// The live node that says it is the controller, if any.
@@ -590,16 +627,39 @@ impl Sim {
         pr
     }
 
-    /// Polls [`Sim::progress`] every `every` until done or `within`
-    /// passes; the time it took (ms) and the last progress.
-    pub async fn wait_done(&self, every: Duration, within: Duration) -> (u64, Progress) {
+    /// Polls [`Sim::progress`] every `every` until every partition is
+    /// led and every live node accepted a notice from controller epoch
+    /// `epoch` and agrees with the others, or until `within` passes.
+    pub async fn wait_done(&self, epoch: u64, every: Duration, within: Duration) -> Waited {
         let t = Instant::now();
+        let mut led_ms = None;
         loop {
-            let pr = self.progress();
-            if pr.done() || t.elapsed() > within {
-                return (ms_since(t), pr);
+            let last = self.progress();
+            if led_ms.is_none() && last.unled == 0 && last.dead_in_isr == 0 {
+                led_ms = Some(ms_since(t));
+            }
+            let told = self
+                .nodes
+                .iter()
+                .filter(|n| n.alive())
+                .all(|n| n.last_notice_epoch.load(Ordering::SeqCst) >= epoch);
+            if (last.done() && told) || t.elapsed() > within {
+                return Waited {
+                    led_ms,
+                    told_ms: (last.done() && told).then(|| ms_since(t)),
+                    last,
+                };
             }
             tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Cuts every node's connection (sessions left to expire) and drops
+    /// the nodes: the end of a benchmark, without one election per node
+    /// leaving.
+    pub fn abandon(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
         }
     }
 
