@@ -36,81 +36,17 @@ use caskade::cluster::{
 use caskade::config::ClusterOptions;
 use caskade::{Error, Result};
 use parking_lot::Mutex;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{AbortHandle, JoinHandle, JoinSet};
+use tokio::task::JoinSet;
+
+mod proxy;
+
+pub use proxy::Proxy;
 
 /// "No node" in the compact views.
 pub const NONE: u16 = u16::MAX;
 
 /// The log end offset every replica reports (all in sync).
 const LEO: u64 = 100;
-
-/// A TCP proxy between one node and ZooKeeper.
-pub struct Proxy {
-    /// The port the node connects to.
-    pub port: u16,
-    /// Set by [`Proxy::kill`]: no new connection is forwarded.
-    dead: Arc<AtomicBool>,
-    /// The forwarding tasks.
-    conns: Arc<Mutex<Vec<AbortHandle>>>,
-    /// The accept loop.
-    accept: JoinHandle<()>,
-}
-
-impl Proxy {
-    /// A proxy on a free loopback port forwarding to `target`.
-    pub async fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind a proxy port");
-        let port = listener.local_addr().expect("proxy address").port();
-        let dead = Arc::new(AtomicBool::new(false));
-        let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::new(Mutex::new(Vec::new()));
-        let (d, c) = (dead.clone(), conns.clone());
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((mut down, _)) = listener.accept().await else {
-                    continue;
-                };
-                if d.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let _ = down.set_nodelay(true);
-                let task = tokio::spawn(async move {
-                    if let Ok(mut up) = TcpStream::connect(target).await {
-                        let _ = up.set_nodelay(true);
-                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                    }
-                });
-                let mut list = c.lock();
-                list.retain(|h| !h.is_finished());
-                list.push(task.abort_handle());
-            }
-        });
-        Proxy {
-            port,
-            dead,
-            conns,
-            accept,
-        }
-    }
-
-    /// Closes every forwarded connection (both sides) and refuses new
-    /// ones (the listening socket is closed).
-    pub fn kill(&self) {
-        self.dead.store(true, Ordering::SeqCst);
-        self.accept.abort();
-        for c in self.conns.lock().drain(..) {
-            c.abort();
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// What one node knows of every partition.
 struct View {
