@@ -23,7 +23,9 @@
 # Settings: tickTime=500 ms, so sessions may be as short as 1 s (the
 # server's minimum is 2 * tickTime) and up to 60 s; initLimit=10 and
 # syncLimit=5 ticks; the admin HTTP server is off; every four-letter
-# command (ruok, srvr, ...) is allowed.
+# command (ruok, srvr, ...) is allowed. The JVM heap is 256 MiB unless
+# CASKADE_ZK_HEAP says otherwise (e.g. 2g for the controller simulation's
+# 300,000 znodes, benches/controller_sim.rs).
 set -euo pipefail
 
 readonly JARS=/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar
@@ -104,7 +106,7 @@ launch() {
   local dir=$1
   # Not `exec`'d through a shell that could be reaped with us: the server
   # outlives this script; its pid goes to zk.pid.
-  nohup java -Xms32m -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+  nohup java -Xms32m -Xmx"${CASKADE_ZK_HEAP:-256m}" -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
     -Dzookeeper.root.logger=INFO,CONSOLE \
     -Dzookeeper.log.dir="$dir" \
     -Dzookeeper.admin.enableServer=false \
