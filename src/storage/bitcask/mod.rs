@@ -45,19 +45,20 @@ mod record;
 mod recovery;
 mod replica;
 mod segment;
+mod workers;
 mod writer;
 
 pub use cache::ValueCache;
 pub use log::LogRecord;
 pub use merge::MergeReport;
-pub use options::{MergeOptions, Options};
+pub use options::{BackgroundOptions, MergeOptions, Options};
 pub use record::{Header, Kind, Record};
+pub use workers::Workers;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use hashbrown::HashMap;
@@ -120,7 +121,7 @@ struct Stats {
     corrupt_ranges: AtomicU64,
 }
 
-/// Everything the engine's threads share.
+/// Everything the engine and its background jobs share.
 struct Inner {
     /// The data directory.
     dir: PathBuf,
@@ -142,17 +143,16 @@ struct Inner {
     batch_done: Condvar,
     /// Signalled when a record joins the batch being built.
     enqueued: Condvar,
-    /// Wakes the committer thread: a record was submitted, a batch ended
-    /// with records queued behind it, or the engine closed.
-    submitted: Condvar,
     /// Writers inside `write` (queued or about to be).
     in_flight: AtomicUsize,
     /// Serialises merge and truncation.
     maintenance: Mutex<merge::Maintenance>,
     /// Counters.
     stats: Stats,
-    /// Tells background threads to stop (true) and wakes them.
-    stop: (Mutex<bool>, Condvar),
+    /// The pool that runs the engine's background work (see [`workers`]).
+    workers: Workers,
+    /// The engine's registration with `workers`.
+    slot: Arc<workers::Slot>,
     /// Replica mode's state; `None` in standalone mode.
     replica: Option<Replica>,
 }
@@ -161,12 +161,6 @@ struct Inner {
 pub struct Bitcask {
     /// Shared state.
     inner: Arc<Inner>,
-    /// Background threads (flusher, janitor), joined on close.
-    threads: Mutex<Vec<JoinHandle<()>>>,
-    /// The committer thread (leads the group commits of submitted writes;
-    /// under `always` only), joined on close once it has written everything
-    /// queued.
-    committer: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// The state of a key that a write decides on.
@@ -317,7 +311,10 @@ impl Bitcask {
                 })
             }
         };
-        let inner = Arc::new(Inner {
+        let workers = opts.workers()?;
+        let inner = Arc::new_cyclic(|me| Inner {
+            slot: workers.register(me.clone(), &opts),
+            workers,
             dir,
             opts,
             clock,
@@ -328,24 +325,12 @@ impl Bitcask {
             writer: Mutex::new(writer),
             batch_done: Condvar::new(),
             enqueued: Condvar::new(),
-            submitted: Condvar::new(),
             in_flight: AtomicUsize::new(0),
             maintenance: Mutex::new(merge::Maintenance::default()),
             stats,
-            stop: (Mutex::new(false), Condvar::new()),
             replica,
         });
-        let threads = background::start(&inner)?;
-        // Only `always` submits (see `submit`).
-        let committer = match inner.opts.fsync {
-            Durability::Always => Some(background::start_committer(&inner)?),
-            _ => None,
-        };
-        Ok(Bitcask {
-            inner,
-            threads: Mutex::new(threads),
-            committer: Mutex::new(committer),
-        })
+        Ok(Bitcask { inner })
     }
 
     /// Runs a merge now, whatever the dead-byte ratio. Returns what it did.
@@ -507,24 +492,31 @@ impl Bitcask {
         &self.inner.dir
     }
 
-    /// Flushes, stops the background threads and refuses further writes.
-    /// Idempotent; `Drop` calls it.
+    /// Refuses further writes, writes what is queued, stops the engine's
+    /// background jobs (waiting for a running one) and flushes. Idempotent;
+    /// `Drop` calls it. Once it returns nothing runs for the engine on the
+    /// pool, which holds no reference to it.
     pub fn close(&self) -> Result<()> {
-        // Refuse new writes, then let the committer write what is queued.
-        self.inner.writer.lock().closed = true;
-        self.inner.submitted.notify_one();
-        if let Some(t) = self.committer.lock().take() {
-            let _ = t.join();
-        }
         {
-            let mut stop = self.inner.stop.0.lock();
-            *stop = true;
-            self.inner.stop.1.notify_all();
+            // Refuse new writes, then write what is queued here (a pool
+            // worker may be leading a batch: wait for it).
+            let mut w = self.inner.writer.lock();
+            w.closed = true;
+            while w.flushing || !w.queue.is_empty() {
+                if w.flushing {
+                    self.inner.batch_done.wait(&mut w);
+                } else {
+                    self.inner.lead(&mut w);
+                }
+            }
         }
-        for t in self.threads.lock().drain(..) {
-            let _ = t.join();
-        }
+        self.inner.slot.close();
         self.inner.sync().and_then(|d| self.inner.sync_commit(d))
+    }
+
+    /// The pool running this engine's background work.
+    pub fn workers(&self) -> &Workers {
+        &self.inner.workers
     }
 }
 
@@ -727,9 +719,9 @@ impl Inner {
             (Some((kind, value, expire_at)), answer, _) => {
                 let (batch, index, offset) = w.enqueue(key, kind, value, expire_at);
                 drop(w);
-                // Free unless the committer sleeps: parking_lot's notify is
-                // one atomic load when no thread waits.
-                self.submitted.notify_one();
+                // A commit worker leads it (unless a blocking writer does
+                // first); the engine is queued at most once.
+                self.schedule(workers::Job::Commit);
                 Ok(Submitted::Queued(Completion {
                     batch,
                     index,
@@ -739,23 +731,6 @@ impl Inner {
                     },
                 }))
             }
-        }
-    }
-
-    /// The committer thread: leads a group commit whenever records are
-    /// queued and no one else is writing; once the engine is closed, writes
-    /// what is still queued and exits.
-    fn committer(&self) {
-        let mut w = self.writer.lock();
-        loop {
-            if !w.flushing && !w.queue.is_empty() {
-                self.lead(&mut w);
-                continue;
-            }
-            if w.closed && !w.flushing {
-                return;
-            }
-            self.submitted.wait(&mut w);
         }
     }
 
