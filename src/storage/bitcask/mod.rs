@@ -31,6 +31,12 @@
 //! truncation exclude each other through the maintenance mutex and publish
 //! their results key by key. Segments are reference counted, so a reader that
 //! holds one keeps its file and map alive across a merge.
+//!
+//! Background work (group commits of submitted writes, periodic fsync,
+//! expiry sweep, checkpoints, hints, merge) runs on the node's pool of
+//! threads ([`Workers`], see [`workers`]), shared by all its engines; an
+//! engine opened alone gets a private pool. Closing an engine stops its
+//! jobs: once `close` returns nothing runs for it.
 
 mod background;
 mod cache;
@@ -393,7 +399,8 @@ impl Bitcask {
     /// [`Bitcask::write`] without blocking the calling thread, for callers
     /// on an async runtime: decides `op` under the writer mutex (memory
     /// only, never held across I/O) and, when there is a record to write,
-    /// queues it for the committer thread's next group commit and returns a
+    /// queues it for the next group commit, which a commit worker of the
+    /// node's pool leads, and returns a
     /// [`Completion`] to await. A waiting write then costs a task, not a
     /// thread parked until its fsync.
     ///
@@ -403,7 +410,7 @@ impl Bitcask {
     /// answer resting on a record still being written), and under `every_ms`
     /// and `never`. There the write is one `write(2)` of about a
     /// microsecond with nothing to share, and a blocking-pool thread that
-    /// is usually awake already does it for less than waking the committer
+    /// is usually awake already does it for less than waking a commit worker
     /// (measured: docs/BENCHMARKS.md, "Cluster", run 3).
     pub fn submit(&self, key: &[u8], op: &WriteOp) -> Result<Submitted> {
         self.inner.submit(key, op, None)
@@ -429,8 +436,8 @@ impl Bitcask {
     /// Applies every written record with offset `< hw` to the keydir, in
     /// offset order. No I/O: it takes the writer mutex (never held across
     /// I/O) and the keydir's, so it may run on an async runtime. The commit
-    /// point is checkpointed to `COMMITTED` in the background: by the fsync
-    /// thread after the log's fsync under `every_ms`, by the janitor (at
+    /// point is checkpointed to `COMMITTED` in the background: by the periodic
+    /// fsync after the log's fsync under `every_ms`, by the janitor (at
     /// most a second later) otherwise, and by `flush` and close; a crash
     /// loses at most the latest checkpoint interval of commit progress,
     /// never a record (the records stay in the log, uncommitted). Never moves backwards (a lower `hw` is ignored) and never past
