@@ -392,3 +392,91 @@ fn measure_a_thousand_engines() {
     );
     drop(engines);
 }
+
+/// Close writes the submitted records itself when no commit worker is free:
+/// the only one is held inside another engine's group commit (paused after
+/// a segment roll), so nothing else would lead them.
+#[cfg(feature = "failpoints")]
+#[test]
+fn close_writes_queued_records_while_every_commit_worker_is_busy() {
+    use parking_lot::Condvar;
+    /// (worker arrived at the pause, released).
+    static GATE: (Mutex<(bool, bool)>, Condvar) = (Mutex::new((false, false)), Condvar::new());
+    let _serial = SERIAL.lock();
+    *GATE.0.lock() = (false, false);
+    let root = TempDir::new().unwrap();
+    let mut o = opts(Durability::Always);
+    o.background.commit_threads = 1;
+    let o = o.with_shared_workers().unwrap();
+    let a = Bitcask::open(root.path().join("a"), o.clone()).unwrap();
+    let b = Bitcask::open(root.path().join("b"), o.clone()).unwrap();
+    fail::cfg_callback("bitcask::after_roll", || {
+        let mut g = GATE.0.lock();
+        g.0 = true;
+        GATE.1.notify_all();
+        while !g.1 {
+            GATE.1.wait(&mut g);
+        }
+    })
+    .unwrap();
+    // Engine a's submitted writes roll a segment on the commit worker.
+    let mut held = Vec::new();
+    for i in 0..200u32 {
+        match a.submit(&i.to_be_bytes(), &set(&[1u8; 1000])).unwrap() {
+            Submitted::Queued(c) => held.push(c),
+            other => panic!("{other:?}"),
+        }
+        if GATE.0.lock().0 {
+            break;
+        }
+    }
+    {
+        let mut g = GATE.0.lock();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !g.0 {
+            assert!(
+                !GATE.1.wait_until(&mut g, deadline).timed_out(),
+                "the commit worker never rolled a segment"
+            );
+        }
+    }
+    // The worker is held: b's records wait in its queue.
+    let queued: Vec<_> = (0..50u32)
+        .map(|i| match b.submit(&i.to_be_bytes(), &set(b"v")).unwrap() {
+            Submitted::Queued(c) => c,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let closer = std::thread::spawn(move || {
+        tx.send(b.close()).unwrap();
+        b
+    });
+    let closed = rx.recv_timeout(Duration::from_secs(10));
+    // Release the worker before any assertion can fail.
+    fail::remove("bitcask::after_roll");
+    {
+        let mut g = GATE.0.lock();
+        g.1 = true;
+        GATE.1.notify_all();
+    }
+    closed.expect("close hung").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    for (i, c) in queued.into_iter().enumerate() {
+        let w = rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(5), c.wait()).await })
+            .expect("a write queued before close was never answered")
+            .unwrap();
+        assert_eq!(w.until, i as u64 + 1);
+    }
+    for c in held {
+        rt.block_on(c.wait()).unwrap();
+    }
+    let b = closer.join().unwrap();
+    drop(b);
+    let b = Bitcask::open(root.path().join("b"), o.clone()).unwrap();
+    assert_eq!(b.status().unwrap().keys, 50);
+}
