@@ -250,7 +250,8 @@ impl Segment {
         })
     }
 
-    /// Whether the segment still holds an open file descriptor.
+    /// Whether the segment still holds an open file descriptor (for tests).
+    #[cfg(test)]
     pub fn has_open_file(&self) -> bool {
         self.file.read().is_some()
     }
