@@ -153,8 +153,8 @@ impl Node {
         coordinator: Arc<dyn Coordinator>,
         clock: Arc<dyn Clock>,
     ) -> Result<Node> {
-        // One value cache for the node: `cache_bytes` is a per-node budget.
-        let storage = config.storage.with_shared_cache();
+        // One value cache and one background pool for the node (per-node budgets).
+        let storage = config.storage.with_shared_cache().with_shared_workers()?;
         let (lock, replicas) = Self::open_partitions(config, |pdir| {
             open_engine(config.engine, pdir, &storage, clock.clone())
         })?;
@@ -184,8 +184,8 @@ impl Node {
             Error::InvalidInput("cluster mode needs a `cluster:` configuration section".into())
         })?;
         let mut logs: Vec<Arc<dyn ReplicaLog>> = Vec::new();
-        // One value cache for the node: `cache_bytes` is a per-node budget.
-        let storage = config.storage.with_shared_cache();
+        // One value cache and one background pool for the node (per-node budgets).
+        let storage = config.storage.with_shared_cache().with_shared_workers()?;
         let (lock, replicas) = Self::open_partitions(config, |pdir| {
             let engine = Arc::new(storage::Bitcask::open_replica(
                 pdir,

@@ -22,8 +22,8 @@ mod error;
 mod memory;
 
 pub use bitcask::{
-    Bitcask, Completion, Header, Kind, MergeOptions, MergeReport, Options, Record, Submitted,
-    ValueCache, WriteOp, Written,
+    BackgroundOptions, Bitcask, Completion, Header, Kind, MergeOptions, MergeReport, Options,
+    Record, Submitted, ValueCache, Workers, WriteOp, Written,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};

@@ -1,111 +1,86 @@
-//! Background work of an engine: the periodic fsync under `every_ms`; the
-//! janitor, which sweeps expired keys, writes hint files for sealed
-//! segments, and starts a merge when enough of the log is dead; and the
-//! committer, which leads the group commits of submitted writes.
-//!
-//! Threads are plain OS threads, not tokio tasks: all of their work is
-//! blocking disk I/O. They stop when the engine closes.
+//! Background work of an engine, as the node's pool ([`super::workers`])
+//! runs it: the periodic fsync under `every_ms`; the janitor pass, which
+//! sweeps expired keys, checkpoints the commit point, writes hint files for
+//! sealed segments and queues a merge when enough of the log is dead; the
+//! merge itself; and the group commits of submitted writes.
 //!
 //! Invariant: background work never writes a record. The expiry sweep only
 //! removes keys from the keydir (merge drops their records later), so a
 //! follower's log stays byte for byte its leader's.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::hint;
 use super::recovery::hint_entries;
 use super::segment::{self, HINT_SUFFIX};
+use super::workers::Job;
 use super::{Inner, keydir};
-use crate::storage::error::IoContext;
-use crate::storage::{Durability, Result};
-
-/// Starts the engine's background threads.
-pub(super) fn start(inner: &Arc<Inner>) -> Result<Vec<JoinHandle<()>>> {
-    let mut threads = Vec::new();
-    if let Durability::EveryMs(ms) = inner.opts.fsync {
-        let inner = inner.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("caskade-fsync".into())
-                .spawn(move || {
-                    while !inner.pause(Duration::from_millis(ms)) {
-                        // A failure is logged and turns writes off inside sync().
-                        // The commit point goes after the records it covers.
-                        if let Ok(durable) = inner.sync()
-                            && let Err(e) = inner.sync_commit(durable)
-                        {
-                            tracing::error!(dir = %inner.dir.display(), "fsync of the commit point failed: {e}");
-                        }
-                    }
-                })
-                .ctx(|| "start the fsync thread".into())?,
-        );
-    }
-    let janitor = inner.clone();
-    threads.push(
-        std::thread::Builder::new()
-            .name("caskade-janitor".into())
-            .spawn(move || janitor.janitor())
-            .ctx(|| "start the janitor thread".into())?,
-    );
-    Ok(threads)
-}
-
-/// Starts the committer thread, which writes submitted records in group
-/// commits (see [`super::Bitcask::submit`]).
-pub(super) fn start_committer(inner: &Arc<Inner>) -> Result<JoinHandle<()>> {
-    let inner = inner.clone();
-    std::thread::Builder::new()
-        .name("caskade-commit".into())
-        .spawn(move || inner.committer())
-        .ctx(|| "start the committer thread".into())
-}
+use crate::storage::Durability;
+use crate::storage::Result;
 
 impl Inner {
-    /// Sleeps up to `d` or until woken; returns whether the engine is stopping.
-    fn pause(&self, d: Duration) -> bool {
-        let (lock, cv) = &self.stop;
-        let mut stopped = lock.lock();
-        if !*stopped {
-            cv.wait_for(&mut stopped, d);
-        }
-        *stopped
-    }
-
-    /// The janitor's loop.
-    fn janitor(&self) {
-        let sweep_every = Duration::from_millis(self.opts.sweep_interval_ms.max(10));
-        let merge_every = Duration::from_millis(self.opts.merge.check_interval_ms.max(10));
-        let tick = sweep_every.min(merge_every).min(Duration::from_secs(1));
-        let (mut last_sweep, mut last_merge) = (Instant::now(), Instant::now());
-        while !self.pause(tick) {
-            if last_sweep.elapsed() >= sweep_every {
-                self.sweep_expired();
-                last_sweep = Instant::now();
+    /// Runs one job the pool took for this engine.
+    pub(super) fn run_job(&self, job: Job) {
+        match job {
+            Job::Commit => {
+                // One batch per turn: `end_flush` queues the engine again
+                // if records wait, so engines take turns on the workers.
+                let mut w = self.writer.lock();
+                if !w.flushing && !w.queue.is_empty() {
+                    self.lead(&mut w);
+                }
             }
-            // Under `every_ms` the fsync thread checkpoints the commit
-            // point right after the log's fsync; otherwise it is done here
-            // (under `always` every written record is durable; under
-            // `never` nothing is promised).
-            if !matches!(self.opts.fsync, Durability::EveryMs(_))
-                && let Err(e) = self.sync_commit(u64::MAX)
-            {
-                tracing::error!(dir = %self.dir.display(), "checkpoint of the commit point failed: {e}");
+            Job::Sync => {
+                // A failure is logged and turns writes off inside sync().
+                // The commit point goes after the records it covers.
+                if let Ok(durable) = self.sync()
+                    && let Err(e) = self.sync_commit(durable)
+                {
+                    tracing::error!(dir = %self.dir.display(), "fsync of the commit point failed: {e}");
+                }
             }
-            if let Err(e) = self.write_missing_hints() {
-                tracing::warn!(dir = %self.dir.display(), "writing hint files: {e}");
-            }
-            if last_merge.elapsed() >= merge_every {
+            Job::Janitor => self.janitor_pass(),
+            Job::Merge => {
                 if self.merge_due()
                     && let Err(e) = self.merge()
                 {
                     tracing::error!(dir = %self.dir.display(), "merge failed: {e}");
                 }
-                last_merge = Instant::now();
             }
+        }
+    }
+
+    /// Queues a job of this engine on the pool.
+    pub(super) fn schedule(&self, job: Job) {
+        self.workers.schedule(&self.slot, job);
+    }
+
+    /// One janitor pass: the sweep and the merge check when due, the
+    /// checkpoint and the hint files always.
+    fn janitor_pass(&self) {
+        let sweep_every = Duration::from_millis(self.opts.sweep_interval_ms.max(10));
+        let merge_every = Duration::from_millis(self.opts.merge.check_interval_ms.max(10));
+        let (sweep, merge) = self.slot.janitor_due(sweep_every, merge_every);
+        if sweep {
+            self.sweep_expired();
+        }
+        // Under `every_ms` the periodic fsync checkpoints the commit point
+        // right after the log's fsync; otherwise it is done here (under
+        // `always` every written record is durable; under `never` nothing
+        // is promised).
+        if !matches!(self.opts.fsync, Durability::EveryMs(_))
+            && let Err(e) = self.sync_commit(u64::MAX)
+        {
+            tracing::error!(dir = %self.dir.display(), "checkpoint of the commit point failed: {e}");
+        }
+        if let Err(e) = self.write_missing_hints() {
+            tracing::warn!(dir = %self.dir.display(), "writing hint files: {e}");
+        }
+        // Merges run on their own threads: a long one delays neither the
+        // janitor's other engines nor any commit.
+        if merge && self.merge_due() {
+            self.schedule(Job::Merge);
         }
     }
 

@@ -111,15 +111,17 @@ impl Inner {
     }
 
     /// Ends the I/O that set `flushing`: wakes the blocking writers waiting
-    /// for it and, when records were queued meanwhile, the committer (which
-    /// leads them unless a blocking writer does first), or after a close
-    /// (it exits). Every path that sets `flushing` ends through here, so no
-    /// queued record is stranded.
+    /// for it and, when records were queued meanwhile under `always`, queues
+    /// the engine for a commit worker (which leads them unless a blocking
+    /// writer or `close` does first). Every path that sets `flushing` ends
+    /// through here, so no queued record is stranded. (Under the other
+    /// policies only blocking writers queue records, and each waits on
+    /// `batch_done` and leads.)
     pub(super) fn end_flush(&self, w: &mut Writer) {
         w.flushing = false;
         self.batch_done.notify_all();
-        if !w.queue.is_empty() || w.closed {
-            self.submitted.notify_one();
+        if !w.queue.is_empty() && self.opts.fsync == Durability::Always {
+            self.schedule(super::workers::Job::Commit);
         }
     }
 
@@ -167,7 +169,10 @@ impl Inner {
         let active = w.active.clone();
         let result = MutexGuard::unlocked(&mut w, || {
             self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-            fsync(active.file()).ctx(|| format!("fsync {}", active.path.display()))
+            // A roll may seal (and close) it meanwhile, after its own fsync.
+            active
+                .sync_data()
+                .ctx(|| format!("fsync {}", active.path.display()))
         });
         w.syncing = false;
         if let Err(e) = &result {
@@ -304,17 +309,17 @@ impl Inner {
     ) -> std::result::Result<(), Failed> {
         let before = seg.len();
         if !bytes.is_empty()
-            && let Err(e) = write_all(seg.file(), bytes)
+            && let Err(e) = seg.file().and_then(|f| write_all(&f, bytes))
         {
             let err = Error::io(format!("write {}", seg.path.display()), e);
-            let refuse = seg.file().set_len(before).err().map(|cut_err| {
+            let refuse = seg.file().and_then(|f| f.set_len(before)).err().map(|cut_err| {
                 format!("an I/O error could not be undone ({err}, then {cut_err}); reopen the engine (restart the node)")
             });
             return Err((err, refuse));
         }
         if sync {
             self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = fsync(seg.file()) {
+            if let Err(e) = seg.file().and_then(|f| fsync(&f)) {
                 let err = Error::io(format!("fsync {}", seg.path.display()), e);
                 if let Err(cut_err) = cut(seg, before) {
                     tracing::error!(dir = %self.dir.display(), "cutting {} after a failed fsync: {cut_err}", seg.path.display());
@@ -348,9 +353,9 @@ impl Inner {
         Ok(next)
     }
 
-    /// Wakes the background threads (a segment was sealed, there may be work).
+    /// Queues a janitor pass (a segment was sealed: it wants a hint file).
     fn wake_background(&self) {
-        self.stop.1.notify_all();
+        self.schedule(super::workers::Job::Janitor);
     }
 }
 
@@ -373,8 +378,9 @@ fn write_all(mut file: &File, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Cuts `seg` back to `len` bytes and fsyncs the cut.
 fn cut(seg: &Segment, len: u64) -> std::io::Result<()> {
-    seg.file().set_len(len)?;
-    seg.file().sync_data()
+    let file = seg.file()?;
+    file.set_len(len)?;
+    file.sync_data()
 }
 
 /// fsyncs a directory, making renames and creations in it durable.

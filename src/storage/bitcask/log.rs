@@ -277,7 +277,7 @@ impl Inner {
             // below it is ever handed out again.
             if let Some(seg) = keep.filter(|_| cut.copy.is_none()) {
                 // It stops being the active segment: make it durable first.
-                fsync(seg.file())
+                seg.sync_data()
                     .ctx(|| format!("fsync {}", seg.path.display()))
                     .map_err(destructive)?;
             }

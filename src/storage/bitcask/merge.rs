@@ -49,7 +49,8 @@
 //! old inode alive for readers that still map it.
 //!
 //! Reads and writes go on during a merge: it holds no engine lock while it
-//! copies, and it is rate-limited (`merge.bytes_per_sec`).
+//! copies, and it is rate-limited by the node's merge budget
+//! (`merge.bytes_per_sec`, shared by the merges of all the node's engines).
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -57,7 +58,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 use super::hint::{self, HintEntry};
 use super::keydir::Key;
@@ -118,27 +118,24 @@ struct Move {
     len: u32,
 }
 
-/// Sleeps as needed to keep a byte rate.
-struct Throttle {
-    /// Bytes per second; 0 = unlimited.
-    rate: u64,
-    /// When the merge started.
-    start: Instant,
-    /// Bytes processed so far.
-    bytes: u64,
+/// Bytes a merge reads before it takes them from the node's budget.
+const PACE_CHUNK: u64 = 64 << 10;
+
+/// Paces a merge by the node's merge budget, shared by the merges of all
+/// the node's engines (`merge.bytes_per_sec` is per node).
+struct Throttle<'a> {
+    /// The pool whose budget is taken from.
+    workers: &'a super::Workers,
+    /// Bytes read and not yet taken from the budget.
+    owed: u64,
 }
 
-impl Throttle {
-    /// Accounts for `n` more bytes and sleeps if ahead of the rate.
+impl Throttle<'_> {
+    /// Accounts for `n` more bytes and sleeps if ahead of the budget.
     fn pace(&mut self, n: u64) {
-        self.bytes += n;
-        if self.rate == 0 {
-            return;
-        }
-        let due = Duration::from_secs_f64(self.bytes as f64 / self.rate as f64);
-        let elapsed = self.start.elapsed();
-        if due > elapsed + Duration::from_millis(2) {
-            std::thread::sleep(due - elapsed);
+        self.owed += n;
+        if self.owed >= PACE_CHUNK {
+            self.workers.merge_budget(std::mem::take(&mut self.owed));
         }
     }
 }
@@ -269,9 +266,8 @@ impl Inner {
     ) -> Result<Committed> {
         let now = self.clock.now_ms();
         let mut throttle = Throttle {
-            rate: self.opts.merge.bytes_per_sec,
-            start: Instant::now(),
-            bytes: 0,
+            workers: &self.workers,
+            owed: 0,
         };
         let mut outputs: Vec<Output> = Vec::new();
         let mut moves: Vec<Move> = Vec::new();

@@ -31,6 +31,12 @@
 //! truncation exclude each other through the maintenance mutex and publish
 //! their results key by key. Segments are reference counted, so a reader that
 //! holds one keeps its file and map alive across a merge.
+//!
+//! Background work (group commits of submitted writes, periodic fsync,
+//! expiry sweep, checkpoints, hints, merge) runs on the node's pool of
+//! threads ([`Workers`], see [`workers`]), shared by all its engines; an
+//! engine opened alone gets a private pool. Closing an engine stops its
+//! jobs: once `close` returns nothing runs for it.
 
 mod background;
 mod cache;
@@ -45,19 +51,20 @@ mod record;
 mod recovery;
 mod replica;
 mod segment;
+mod workers;
 mod writer;
 
 pub use cache::ValueCache;
 pub use log::LogRecord;
 pub use merge::MergeReport;
-pub use options::{MergeOptions, Options};
+pub use options::{BackgroundOptions, MergeOptions, Options};
 pub use record::{Header, Kind, Record};
+pub use workers::Workers;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use hashbrown::HashMap;
@@ -120,7 +127,7 @@ struct Stats {
     corrupt_ranges: AtomicU64,
 }
 
-/// Everything the engine's threads share.
+/// Everything the engine and its background jobs share.
 struct Inner {
     /// The data directory.
     dir: PathBuf,
@@ -142,17 +149,16 @@ struct Inner {
     batch_done: Condvar,
     /// Signalled when a record joins the batch being built.
     enqueued: Condvar,
-    /// Wakes the committer thread: a record was submitted, a batch ended
-    /// with records queued behind it, or the engine closed.
-    submitted: Condvar,
     /// Writers inside `write` (queued or about to be).
     in_flight: AtomicUsize,
     /// Serialises merge and truncation.
     maintenance: Mutex<merge::Maintenance>,
     /// Counters.
     stats: Stats,
-    /// Tells background threads to stop (true) and wakes them.
-    stop: (Mutex<bool>, Condvar),
+    /// The pool that runs the engine's background work (see [`workers`]).
+    workers: Workers,
+    /// The engine's registration with `workers`.
+    slot: Arc<workers::Slot>,
     /// Replica mode's state; `None` in standalone mode.
     replica: Option<Replica>,
 }
@@ -161,12 +167,6 @@ struct Inner {
 pub struct Bitcask {
     /// Shared state.
     inner: Arc<Inner>,
-    /// Background threads (flusher, janitor), joined on close.
-    threads: Mutex<Vec<JoinHandle<()>>>,
-    /// The committer thread (leads the group commits of submitted writes;
-    /// under `always` only), joined on close once it has written everything
-    /// queued.
-    committer: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// The state of a key that a write decides on.
@@ -317,7 +317,10 @@ impl Bitcask {
                 })
             }
         };
-        let inner = Arc::new(Inner {
+        let workers = opts.workers()?;
+        let inner = Arc::new_cyclic(|me| Inner {
+            slot: workers.register(me.clone(), &opts),
+            workers,
             dir,
             opts,
             clock,
@@ -328,24 +331,12 @@ impl Bitcask {
             writer: Mutex::new(writer),
             batch_done: Condvar::new(),
             enqueued: Condvar::new(),
-            submitted: Condvar::new(),
             in_flight: AtomicUsize::new(0),
             maintenance: Mutex::new(merge::Maintenance::default()),
             stats,
-            stop: (Mutex::new(false), Condvar::new()),
             replica,
         });
-        let threads = background::start(&inner)?;
-        // Only `always` submits (see `submit`).
-        let committer = match inner.opts.fsync {
-            Durability::Always => Some(background::start_committer(&inner)?),
-            _ => None,
-        };
-        Ok(Bitcask {
-            inner,
-            threads: Mutex::new(threads),
-            committer: Mutex::new(committer),
-        })
+        Ok(Bitcask { inner })
     }
 
     /// Runs a merge now, whatever the dead-byte ratio. Returns what it did.
@@ -408,7 +399,8 @@ impl Bitcask {
     /// [`Bitcask::write`] without blocking the calling thread, for callers
     /// on an async runtime: decides `op` under the writer mutex (memory
     /// only, never held across I/O) and, when there is a record to write,
-    /// queues it for the committer thread's next group commit and returns a
+    /// queues it for the next group commit, which a commit worker of the
+    /// node's pool leads, and returns a
     /// [`Completion`] to await. A waiting write then costs a task, not a
     /// thread parked until its fsync.
     ///
@@ -418,7 +410,7 @@ impl Bitcask {
     /// answer resting on a record still being written), and under `every_ms`
     /// and `never`. There the write is one `write(2)` of about a
     /// microsecond with nothing to share, and a blocking-pool thread that
-    /// is usually awake already does it for less than waking the committer
+    /// is usually awake already does it for less than waking a commit worker
     /// (measured: docs/BENCHMARKS.md, "Cluster", run 3).
     pub fn submit(&self, key: &[u8], op: &WriteOp) -> Result<Submitted> {
         self.inner.submit(key, op, None)
@@ -444,8 +436,8 @@ impl Bitcask {
     /// Applies every written record with offset `< hw` to the keydir, in
     /// offset order. No I/O: it takes the writer mutex (never held across
     /// I/O) and the keydir's, so it may run on an async runtime. The commit
-    /// point is checkpointed to `COMMITTED` in the background: by the fsync
-    /// thread after the log's fsync under `every_ms`, by the janitor (at
+    /// point is checkpointed to `COMMITTED` in the background: by the periodic
+    /// fsync after the log's fsync under `every_ms`, by the janitor (at
     /// most a second later) otherwise, and by `flush` and close; a crash
     /// loses at most the latest checkpoint interval of commit progress,
     /// never a record (the records stay in the log, uncommitted). Never moves backwards (a lower `hw` is ignored) and never past
@@ -507,24 +499,31 @@ impl Bitcask {
         &self.inner.dir
     }
 
-    /// Flushes, stops the background threads and refuses further writes.
-    /// Idempotent; `Drop` calls it.
+    /// Refuses further writes, writes what is queued, stops the engine's
+    /// background jobs (waiting for a running one) and flushes. Idempotent;
+    /// `Drop` calls it. Once it returns nothing runs for the engine on the
+    /// pool, which holds no reference to it.
     pub fn close(&self) -> Result<()> {
-        // Refuse new writes, then let the committer write what is queued.
-        self.inner.writer.lock().closed = true;
-        self.inner.submitted.notify_one();
-        if let Some(t) = self.committer.lock().take() {
-            let _ = t.join();
-        }
         {
-            let mut stop = self.inner.stop.0.lock();
-            *stop = true;
-            self.inner.stop.1.notify_all();
+            // Refuse new writes, then write what is queued here (a pool
+            // worker may be leading a batch: wait for it).
+            let mut w = self.inner.writer.lock();
+            w.closed = true;
+            while w.flushing || !w.queue.is_empty() {
+                if w.flushing {
+                    self.inner.batch_done.wait(&mut w);
+                } else {
+                    self.inner.lead(&mut w);
+                }
+            }
         }
-        for t in self.threads.lock().drain(..) {
-            let _ = t.join();
-        }
+        self.inner.slot.close();
         self.inner.sync().and_then(|d| self.inner.sync_commit(d))
+    }
+
+    /// The pool running this engine's background work.
+    pub fn workers(&self) -> &Workers {
+        &self.inner.workers
     }
 }
 
@@ -727,9 +726,9 @@ impl Inner {
             (Some((kind, value, expire_at)), answer, _) => {
                 let (batch, index, offset) = w.enqueue(key, kind, value, expire_at);
                 drop(w);
-                // Free unless the committer sleeps: parking_lot's notify is
-                // one atomic load when no thread waits.
-                self.submitted.notify_one();
+                // A commit worker leads it (unless a blocking writer does
+                // first); the engine is queued at most once.
+                self.schedule(workers::Job::Commit);
                 Ok(Submitted::Queued(Completion {
                     batch,
                     index,
@@ -739,23 +738,6 @@ impl Inner {
                     },
                 }))
             }
-        }
-    }
-
-    /// The committer thread: leads a group commit whenever records are
-    /// queued and no one else is writing; once the engine is closed, writes
-    /// what is still queued and exits.
-    fn committer(&self) {
-        let mut w = self.writer.lock();
-        loop {
-            if !w.flushing && !w.queue.is_empty() {
-                self.lead(&mut w);
-                continue;
-            }
-            if w.closed && !w.flushing {
-                return;
-            }
-            self.submitted.wait(&mut w);
         }
     }
 

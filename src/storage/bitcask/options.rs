@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::cache::ValueCache;
-use crate::storage::{Durability, Limits};
+use super::workers::Workers;
+use crate::storage::{Durability, Limits, Result};
 
 /// Options of a [`super::Bitcask`] engine.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -27,12 +28,19 @@ pub struct Options {
     pub merge: MergeOptions,
     /// How often the background sweep looks for expired keys, in ms. Default 1000.
     pub sweep_interval_ms: u64,
+    /// The node's background threads, shared by all its engines.
+    pub background: BackgroundOptions,
     /// The value cache to use, shared with the node's other engines; when
     /// `None` the engine makes its own of `cache_bytes`. Not configuration
     /// (never read from or written to YAML): set by whoever opens the
     /// engines, through [`Options::with_shared_cache`].
     #[serde(skip)]
     pub shared_cache: Option<ValueCache>,
+    /// The background thread pool to use, shared with the node's other
+    /// engines; when `None` the engine starts a private one (four threads).
+    /// Not configuration: set through [`Options::with_shared_workers`].
+    #[serde(skip)]
+    pub shared_workers: Option<Workers>,
 }
 
 impl Default for Options {
@@ -44,7 +52,9 @@ impl Default for Options {
             limits: Limits::default(),
             merge: MergeOptions::default(),
             sweep_interval_ms: 1000,
+            background: BackgroundOptions::default(),
             shared_cache: None,
+            shared_workers: None,
         }
     }
 }
@@ -59,6 +69,28 @@ impl Options {
             o.shared_cache = Some(ValueCache::new(o.cache_bytes));
         }
         o
+    }
+
+    /// These options with one background thread pool (sized by
+    /// `background`, with a merge budget of `merge.bytes_per_sec`) that every
+    /// engine opened with them (or clones of them) shares: a fixed number of
+    /// threads per node, whatever its number of partitions. Keeps a pool
+    /// already set. The threads stop when the last engine and the last
+    /// clone of these options are dropped.
+    pub fn with_shared_workers(&self) -> Result<Options> {
+        let mut o = self.clone();
+        if o.shared_workers.is_none() {
+            o.shared_workers = Some(Workers::new(&o)?);
+        }
+        Ok(o)
+    }
+
+    /// The pool an engine opened with these options uses.
+    pub(super) fn workers(&self) -> Result<Workers> {
+        match &self.shared_workers {
+            Some(w) => Ok(w.clone()),
+            None => Workers::private(self),
+        }
     }
 
     /// The cache an engine opened with these options uses.
@@ -94,6 +126,39 @@ impl Default for MergeOptions {
             min_dead_bytes: 64 << 20,
             bytes_per_sec: 64 << 20,
             check_interval_ms: 5000,
+        }
+    }
+}
+
+/// Sizes of the node's background thread pool (see [`Workers`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackgroundOptions {
+    /// Threads that lead the group commits of submitted writes (`always`)
+    /// and run the periodic fsync (`every_ms`) of all the node's engines.
+    /// 0 = from the number of cores, between 2 and 4. Default 0.
+    pub commit_threads: usize,
+    /// Threads that run merges (their bytes/s budget is per node). Default 1.
+    pub merge_threads: usize,
+}
+
+impl Default for BackgroundOptions {
+    fn default() -> Self {
+        BackgroundOptions {
+            commit_threads: 0,
+            merge_threads: 1,
+        }
+    }
+}
+
+impl BackgroundOptions {
+    /// The number of commit workers to start.
+    pub fn commit_threads(&self) -> usize {
+        match self.commit_threads {
+            0 => std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .clamp(2, 4),
+            n => n,
         }
     }
 }

@@ -361,8 +361,7 @@ fn remove_if_present(path: &Path) -> Result<()> {
 /// Cuts `seg` (not yet mapped) back to `len` bytes and fsyncs the cut.
 fn cut_segment(seg: &Segment, len: u64) -> Result<()> {
     seg.file()
-        .set_len(len)
-        .and_then(|()| seg.file().sync_data())
+        .and_then(|f| f.set_len(len).and_then(|()| f.sync_data()))
         .ctx(|| format!("cut damaged tail of {}", seg.path.display()))?;
     seg.set_len(len);
     Ok(())

@@ -17,7 +17,12 @@
 //! - the sparse offset index ([`OffsetIndex`]) describes only bytes below
 //!   `len`, which never change for the life of a `Segment` value, so a point
 //!   once added stays right; a merged or truncated file is a new `Segment`
-//!   value and gets a fresh, empty index.
+//!   value and gets a fresh, empty index;
+//! - a sealed segment that is mapped holds no file descriptor: sealing
+//!   closes the file once the map exists (the map keeps the inode alive), so
+//!   a node's open fds do not grow with its sealed segments. Only the active
+//!   segment (and a sealed one that could not be mapped, read with pread)
+//!   keeps its file open.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -26,7 +31,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use memmap2::Mmap;
-use parking_lot::Mutex;
+use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
 
 use super::record::{self, DecodeError, HEADER_LEN, Header};
 use crate::storage::error::IoContext;
@@ -66,8 +71,9 @@ pub struct Segment {
     pub base: u64,
     /// Path of the `.log` file.
     pub path: PathBuf,
-    /// The open file (read-write while active).
-    file: File,
+    /// The open file (read-write while active); `None` once the segment is
+    /// sealed and mapped (reads go through the map).
+    file: RwLock<Option<File>>,
     /// Bytes readable: written to the OS and fully formed records.
     len: AtomicU64,
     /// Read-only map, present once the segment is sealed.
@@ -128,7 +134,7 @@ impl Segment {
             id,
             base,
             path,
-            file,
+            file: RwLock::new(Some(file)),
             len: AtomicU64::new(len),
             map: OnceLock::new(),
             dead: AtomicU64::new(0),
@@ -233,9 +239,30 @@ impl Segment {
         self.map.get().is_some()
     }
 
-    /// The file, for the writer.
-    pub fn file(&self) -> &File {
-        &self.file
+    /// The file, for the writer. Fails once the segment is sealed and
+    /// mapped (its descriptor is closed then; nothing writes it any more).
+    pub fn file(&self) -> std::io::Result<MappedRwLockReadGuard<'_, File>> {
+        RwLockReadGuard::try_map(self.file.read(), Option::as_ref).map_err(|_| {
+            std::io::Error::other(format!(
+                "segment {} is sealed: its file is closed",
+                self.path.display()
+            ))
+        })
+    }
+
+    /// Whether the segment still holds an open file descriptor (for tests).
+    #[cfg(test)]
+    pub fn has_open_file(&self) -> bool {
+        self.file.read().is_some()
+    }
+
+    /// fdatasyncs the segment's file; a sealed segment whose descriptor was
+    /// closed is opened again for it.
+    pub fn sync_data(&self) -> std::io::Result<()> {
+        if let Ok(file) = self.file() {
+            return super::flush::fsync(&file);
+        }
+        super::flush::fsync(&File::open(&self.path)?)
     }
 
     /// Publishes bytes the writer appended: readers may now read below `len`.
@@ -252,9 +279,15 @@ impl Segment {
         // SAFETY: sealed segment files are never modified or truncated in
         // place (see the module invariants); replacements are renamed over,
         // which leaves this mapping's inode intact.
-        let map = unsafe { Mmap::map(&self.file) }
-            .ctx(|| format!("map segment {}", self.path.display()))?;
+        let mut file = self.file.write();
+        let Some(f) = file.as_ref() else {
+            return Ok(());
+        };
+        let map = unsafe { Mmap::map(f) }.ctx(|| format!("map segment {}", self.path.display()))?;
         let _ = self.map.set(map);
+        // The map keeps the inode alive: the descriptor is not needed any
+        // more (readers that found no map retry through it, see `read`).
+        *file = None;
         Ok(())
     }
 
@@ -281,9 +314,19 @@ impl Segment {
         if let Some(map) = self.map.get() {
             return Ok(map[pos as usize..pos as usize + len].to_vec());
         }
+        let file = self.file.read();
+        let Some(file) = file.as_ref() else {
+            // Sealed meanwhile: the map was set before the file was closed.
+            if let Some(map) = self.map.get() {
+                return Ok(map[pos as usize..pos as usize + len].to_vec());
+            }
+            return Err(Error::Corrupt(format!(
+                "{} has neither a file nor a map",
+                self.path.display()
+            )));
+        };
         let mut buf = vec![0u8; len];
-        self.file
-            .read_exact_at(&mut buf, pos)
+        file.read_exact_at(&mut buf, pos)
             .ctx(|| format!("read {}", self.path.display()))?;
         Ok(buf)
     }
@@ -488,7 +531,7 @@ mod tests {
                 &vec![b'v'; value_len],
             );
         }
-        std::io::Write::write_all(&mut seg.file(), &buf).unwrap();
+        std::io::Write::write_all(&mut &*seg.file().unwrap(), &buf).unwrap();
         seg.set_len(seg.len() + buf.len() as u64);
     }
 
@@ -563,10 +606,25 @@ mod tests {
     }
 
     #[test]
+    fn sealing_closes_the_file_and_reads_go_through_the_map() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let seg = segment_with(dir.path(), 100, 300);
+        let before = seg.read(0, seg.len() as usize).unwrap();
+        assert!(seg.has_open_file());
+        seg.seal().unwrap();
+        assert!(!seg.has_open_file());
+        assert!(seg.file().is_err());
+        assert_eq!(seg.read(0, seg.len() as usize).unwrap(), before);
+        check_seeks(&seg, 200);
+        // An fsync reopens the file by its path.
+        seg.sync_data().unwrap();
+    }
+
+    #[test]
     fn walk_reports_a_damaged_header() {
         let dir = tempfile::TempDir::new().unwrap();
         let seg = segment_with(dir.path(), 3, 10);
-        std::io::Write::write_all(&mut seg.file(), &[9u8; 40]).unwrap();
+        std::io::Write::write_all(&mut &*seg.file().unwrap(), &[9u8; 40]).unwrap();
         seg.set_len(seg.len() + 40);
         let err = seg.walk_headers(0, seg.len(), |_, _| true).unwrap_err();
         assert!(
