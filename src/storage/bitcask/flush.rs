@@ -167,7 +167,10 @@ impl Inner {
         let active = w.active.clone();
         let result = MutexGuard::unlocked(&mut w, || {
             self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-            fsync(active.file()).ctx(|| format!("fsync {}", active.path.display()))
+            let started = Instant::now();
+            let r = fsync(active.file());
+            self.stats.fsync_latency.observe(started.elapsed());
+            r.ctx(|| format!("fsync {}", active.path.display()))
         });
         w.syncing = false;
         if let Err(e) = &result {
@@ -314,7 +317,10 @@ impl Inner {
         }
         if sync {
             self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = fsync(seg.file()) {
+            let started = Instant::now();
+            let synced = fsync(seg.file());
+            self.stats.fsync_latency.observe(started.elapsed());
+            if let Err(e) = synced {
                 let err = Error::io(format!("fsync {}", seg.path.display()), e);
                 if let Err(cut_err) = cut(seg, before) {
                     tracing::error!(dir = %self.dir.display(), "cutting {} after a failed fsync: {cut_err}", seg.path.display());
