@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use caskade::client::Client;
 use harness::cluster::{ClusterOpts, TestCluster};
-use harness::{Server, ServerOpts, b, cli_at, free_port, runtime};
+use harness::{Server, ServerOpts, b, cli_at, cli_script, free_port, runtime};
 
 /// `GET path` over HTTP/1.1 on `addr`: (status line, headers, body).
 fn http_get(addr: &str, path: &str) -> (String, String, String) {
@@ -156,15 +156,15 @@ fn endpoint_counts_requests_and_partitions_exactly() {
 
     let counts = per_partition();
     let mut log_ends = 0;
-    for p in 0..8 {
+    for (p, &count) in counts.iter().enumerate() {
         let at = |name: &str| {
             value(
                 &s,
                 &format!("caskade_partition_{name}{{partition=\"{p}\"}}"),
             )
         };
-        assert_eq!(at("log_end_offset"), counts[p], "partition {p}");
-        assert_eq!(at("high_watermark"), counts[p], "partition {p}");
+        assert_eq!(at("log_end_offset"), count, "partition {p}");
+        assert_eq!(at("high_watermark"), count, "partition {p}");
         assert_eq!(at("is_leader"), 1);
         assert_eq!(at("isr_size"), 1);
         assert_eq!(at("replicas"), 1);
@@ -269,6 +269,15 @@ fn cli_info_prints_the_sections_with_exact_figures() {
     assert_eq!(out.lines().next(), Some("# Storage"));
     assert_eq!(out.lines().filter(|l| l.starts_with("# ")).count(), 1);
     assert!(out.lines().any(|l| l == "keys:20"), "{out}");
+    // The REPL has it too, with help.
+    let out = cli_script(&["--addr", a], b"help info\ninfo cluster\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "info [section]\n  Show this node's figures: server, requests, storage, replication \
+         (its partitions: leader, epoch, ISR, log end, HW), cluster\n\
+         # Cluster\ncontroller:\nis_controller:0\npartitions_offline:0\n\
+         partitions_under_replicated:0\n"
+    );
     let (code, out, err) = cli_at(a, &["info", "keyspace"]);
     assert_eq!((code, out.as_str()), (1, ""));
     assert_eq!(

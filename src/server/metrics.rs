@@ -501,6 +501,46 @@ mod tests {
         );
     }
 
+    /// What recording one request costs, on this machine, from two
+    /// threads at once on the same series (the worst case: one cache line).
+    /// Run with `cargo test --release --lib recording_cost -- --ignored
+    /// --nocapture`; docs/BENCHMARKS.md quotes it.
+    #[test]
+    #[ignore]
+    fn recording_cost() {
+        /// CPU time of the calling thread, in ns (wall time would count
+        /// the time other processes hold the cores).
+        fn cpu_ns() -> u128 {
+            let mut t = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes the timespec we own.
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+            t.tv_sec as u128 * 1_000_000_000 + t.tv_nsec as u128
+        }
+        let r = Requests::new();
+        let n = 2_000_000;
+        for threads in [1, 2] {
+            let per: Vec<f64> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|_| {
+                        s.spawn(|| {
+                            let started = cpu_ns();
+                            for _ in 0..n {
+                                r.start(Command::Get).finish(&Ok::<(), Error>(()));
+                            }
+                            (cpu_ns() - started) as f64 / n as f64
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            println!("recording one request: {per:.0?} ns of CPU ({threads} threads, one series)");
+        }
+        assert_eq!(r.snapshot()[Command::Get as usize][0].count(), 3 * n as u64);
+    }
+
     #[test]
     fn a_dropped_request_counts_as_cancelled_once() {
         let r = Requests::new();

@@ -28,7 +28,10 @@
 //!   later roll failing on the leftover file;
 //! - a roll publishes the full segment as sealed before the batch that
 //!   rolled is applied; merge therefore bounds its inputs by the applied
-//!   end (see `merge.rs`), not by what is sealed.
+//!   end (see `merge.rs`), not by what is sealed;
+//! - every fsync of a segment file, failed or not, is counted and its
+//!   latency recorded (`Status::fsync_latency`: relaxed atomics, no lock),
+//!   outside the writer mutex like the fsync itself.
 
 use std::fs::File;
 use std::path::Path;
