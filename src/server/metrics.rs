@@ -77,6 +77,9 @@ pub const OUTCOMES: [&str; 13] = [
 /// Index of `cancelled` in [`OUTCOMES`].
 const CANCELLED: usize = OUTCOMES.len() - 1;
 
+/// Index of `internal` in [`OUTCOMES`].
+const INTERNAL: usize = 8;
+
 /// The [`OUTCOMES`] index of an error (by its reason, so a new variant
 /// shows as `internal` until it is listed).
 fn outcome_of(e: &Error) -> usize {
@@ -84,7 +87,7 @@ fn outcome_of(e: &Error) -> usize {
     OUTCOMES
         .iter()
         .position(|o| o.eq_ignore_ascii_case(reason))
-        .unwrap_or(8)
+        .unwrap_or(INTERNAL)
 }
 
 /// Latency histograms of every command and outcome.
@@ -487,6 +490,7 @@ mod tests {
             Unavailable(String::new()),
             Internal(String::new()),
         ];
+        assert_eq!(OUTCOMES[INTERNAL], "internal");
         let labels: Vec<&str> = errors.iter().map(|e| OUTCOMES[outcome_of(e)]).collect();
         assert_eq!(
             labels,

@@ -26,7 +26,8 @@
 //! Invariants: a scrape never touches the request path (it reads the
 //! atomics and runs engine `status` on the blocking pool); a bad request
 //! gets a 404/405, never a panic; a slow or silent client is dropped after
-//! [`READ_TIMEOUT`].
+//! [`READ_TIMEOUT`]; at most [`MAX_CONNECTIONS`] connections are served at
+//! once.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -57,9 +58,16 @@ pub async fn bind(addr: &str) -> Result<TcpListener> {
         .map_err(|e| Error::Unavailable(format!("cannot listen on {addr} (metrics.listen): {e}")))
 }
 
+/// Connections served at once; further scrapers wait in the backlog.
+pub const MAX_CONNECTIONS: usize = 16;
+
 /// Serves `GET /metrics` on `listener` for as long as the task runs.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return; // never closed
+        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -78,6 +86,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
             if let Err(e) = conn.await {
                 tracing::debug!("metrics endpoint: connection failed: {e}");
             }
+            drop(slot);
         });
     }
 }
