@@ -393,6 +393,17 @@ impl Client {
         Ok(reply.count)
     }
 
+    /// The figures of the node this client talks to (its first seed), in
+    /// sections, as `caskade-cli info` prints them.
+    pub async fn info(&self) -> Result<proto::InfoResponse> {
+        let reply = self
+            .any()
+            .info(proto::InfoRequest {})
+            .await
+            .map_err(|s| self.error(s))?;
+        Ok(reply.into_inner())
+    }
+
     /// The partition map.
     pub async fn metadata(&self) -> Result<proto::MetadataResponse> {
         let reply = self

@@ -113,6 +113,32 @@ pub struct Config {
     /// Cluster mode: ZooKeeper coordination and replication. Absent (the
     /// default) means standalone: this node leads every partition alone.
     pub cluster: Option<ClusterOptions>,
+    /// The Prometheus endpoint (docs/API.md, "Metrics").
+    pub metrics: MetricsOptions,
+}
+
+/// The Prometheus endpoint (`metrics:` in the server config).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsOptions {
+    /// `ip:port` serving `GET /metrics` (Prometheus text format) on its own
+    /// listener; port 0 picks a free one. Default: empty, meaning no
+    /// endpoint (the figures are still recorded and `caskade-cli info`
+    /// shows them).
+    pub listen: String,
+}
+
+impl MetricsOptions {
+    /// Checks that `listen` is empty or an `ip:port` address.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.listen.is_empty() && self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "metrics.listen must be ip:port (e.g. 127.0.0.1:9580) or empty for no endpoint, got {:?}",
+                self.listen
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -130,6 +156,7 @@ impl Default for Config {
             server: ServerOptions::default(),
             storage: storage::Options::default(),
             cluster: None,
+            metrics: MetricsOptions::default(),
         }
     }
 }
@@ -317,6 +344,7 @@ impl Config {
                 "storage.limits.max_key_bytes must be at least 1".into(),
             ));
         }
+        self.metrics.validate()?;
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
             if self.engine != EngineKind::Bitcask {
@@ -599,6 +627,18 @@ mod tests {
     }
 
     #[test]
+    fn metrics_listen_must_be_an_address() {
+        let err = Config::load(None, env(&[("CASKADE_METRICS_LISTEN", "localhost")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: metrics.listen must be ip:port (e.g. 127.0.0.1:9580) or empty \
+             for no endpoint, got \"localhost\""
+        );
+        let (c, _) = Config::load(None, env(&[("CASKADE_METRICS_LISTEN", "127.0.0.1:0")])).unwrap();
+        assert_eq!(c.metrics.listen, "127.0.0.1:0");
+    }
+
+    #[test]
     fn invalid_partition_count() {
         let err = Config::load(None, env(&[("CASKADE_PARTITIONS", "0")]))
             .unwrap_err()
@@ -635,6 +675,7 @@ mod tests {
         assert!(w.is_empty());
         assert_eq!(server.listen, "127.0.0.1:7379");
         assert_eq!(server.data_dir, PathBuf::from("./data/standalone"));
+        assert_eq!(server.metrics.listen, "", "off by default in standalone");
         let (client, _) =
             ClientConfig::load(Some(&root.join("conf/client/cli.yaml")), env(&[])).unwrap();
         assert_eq!(client, ClientConfig::default());
@@ -679,6 +720,7 @@ mod tests {
             assert_eq!(c.engine, EngineKind::Bitcask);
             assert_eq!(c.default_acks, Acks::All);
             assert_eq!(c.default_consistency, Consistency::Leader);
+            assert_eq!(c.metrics.listen, format!("127.0.0.1:958{n}"));
             assert_eq!(c.storage.fsync, Durability::EveryMs(1000));
             // Everything not written in the file keeps its default.
             assert_eq!(c.server, ServerOptions::default());

@@ -108,6 +108,13 @@ pub const COMMANDS: &[Spec] = &[
         max: Some(0),
     },
     Spec {
+        name: "info",
+        args: "[section]",
+        summary: "Show this node's figures: server, requests, storage, replication (its partitions: leader, epoch, ISR, log end, HW), cluster",
+        min: 0,
+        max: Some(1),
+    },
+    Spec {
         name: "cluster",
         args: "[--json]",
         summary: "Show every partition's leader, epoch, replicas, ISR, log end offsets and high watermark, from every node",
@@ -175,6 +182,8 @@ pub enum Command {
     Exists(Vec<Bytes>),
     /// `metadata`
     Metadata,
+    /// `info [section]`
+    Info(Option<String>),
     /// `cluster [--json]`
     Cluster {
         /// One JSON line instead of the table.
@@ -296,6 +305,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         },
         "exists" => Command::Exists(keys()),
         "metadata" => Command::Metadata,
+        "info" => Command::Info(rest.first().map(|s| s.to_ascii_lowercase())),
         "cluster" => match rest.first().map(String::as_str) {
             None => Command::Cluster { json: false },
             Some(o) if o.eq_ignore_ascii_case("--json") => Command::Cluster { json: true },
@@ -425,6 +435,10 @@ pub async fn execute(client: &Client, config: &ClientConfig, cmd: Command) -> Re
             .metadata()
             .await
             .map(|m| Reply::Text(render_metadata(&m))),
+        Command::Info(section) => client
+            .info()
+            .await
+            .and_then(|i| render_info(&i, section.as_deref()).map(Reply::Text)),
         Command::Cluster { json } => cluster::gather(client, config).await.and_then(|reports| {
             let view = cluster::merge(&reports);
             if json {
@@ -467,6 +481,41 @@ pub fn help(topic: Option<&str>) -> Reply {
             )),
         },
     }
+}
+
+/// `Info` as redis-cli prints `INFO`: `# Section` headers, `key:value`
+/// lines, a blank line between sections; only `section` if given.
+fn render_info(
+    info: &caskade::proto::InfoResponse,
+    section: Option<&str>,
+) -> caskade::Result<String> {
+    let mut out = String::new();
+    for s in &info.sections {
+        if section.is_some_and(|want| want != s.name) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        let mut title = s.name.clone();
+        if let Some(first) = title.get_mut(0..1) {
+            first.make_ascii_uppercase();
+        }
+        let _ = writeln!(out, "# {title}");
+        for f in &s.fields {
+            let _ = writeln!(out, "{}:{}", f.key, f.value);
+        }
+    }
+    if out.is_empty() {
+        let names: Vec<&str> = info.sections.iter().map(|s| s.name.as_str()).collect();
+        return Err(caskade::Error::InvalidInput(format!(
+            "unknown section '{}' (one of: {})",
+            section.unwrap_or_default(),
+            names.join(", ")
+        )));
+    }
+    out.pop(); // the last newline: the caller adds its own
+    Ok(out)
 }
 
 /// Metadata as text lines.

@@ -425,8 +425,10 @@ mod tests {
             let node = Arc::new(
                 Node::open_standalone(&config, addr.clone(), Arc::new(SystemClock)).unwrap(),
             );
+            let metrics = caskade::server::metrics::Metrics::new(node.clone(), None);
             tokio::spawn(async move {
-                caskade::server::run(listener, node, &config, None, std::future::pending()).await
+                let never = std::future::pending();
+                caskade::server::run(listener, node, &config, None, metrics, never).await
             });
             addr
         });

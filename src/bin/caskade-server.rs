@@ -83,6 +83,15 @@ async fn serve(config: Config) -> Result<(), String> {
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listen address: {e}"))?;
+    // Before the node opens, so a bad `metrics.listen` fails the start.
+    let metrics_listener = match config.metrics.listen.as_str() {
+        "" => None,
+        addr => Some(
+            caskade::server::prometheus::bind(addr)
+                .await
+                .map_err(|e| e.message())?,
+        ),
+    };
     let advertise = if config.advertise.is_empty() {
         local.to_string()
     } else {
@@ -113,6 +122,17 @@ async fn serve(config: Config) -> Result<(), String> {
         mode = node.mode(),
         "caskade-server ready"
     );
+    let metrics = caskade::server::metrics::Metrics::new(node.clone(), zk.clone());
+    if let Some(l) = metrics_listener {
+        let addr = l
+            .local_addr()
+            .map_err(|e| format!("cannot read the metrics address: {e}"))?;
+        metrics.set_endpoint(addr.to_string());
+        tracing::info!("metrics on http://{addr}/metrics");
+        // Tests wait for this line (before the next one) when metrics are on.
+        println!("metrics on {addr}");
+        tokio::spawn(caskade::server::prometheus::serve(l, metrics.clone()));
+    }
     // Tests and scripts wait for this exact line on stdout.
     println!("listening on {local}");
 
@@ -127,7 +147,7 @@ async fn serve(config: Config) -> Result<(), String> {
             zk.shutdown().await;
         }
     };
-    caskade::server::run(listener, node, &config, replication, shutdown)
+    caskade::server::run(listener, node, &config, replication, metrics, shutdown)
         .await
         .map_err(|e| e.to_string())
 }

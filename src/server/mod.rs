@@ -16,6 +16,8 @@
 //!   once `run` returns, whatever the fsync policy.
 
 pub mod cluster;
+pub mod metrics;
+pub mod prometheus;
 mod service;
 
 use std::io;
@@ -37,16 +39,20 @@ use crate::node::Node;
 use crate::proto::kv_server::KvServer;
 use crate::replication::ReplicaManager;
 use crate::replication::service::ReplicationService;
+use crate::server::metrics::Metrics;
 
 /// Serves `node` on `listener` until `shutdown` completes, then drains and
 /// flushes. Returns once every engine is flushed. In cluster mode,
 /// `replication` is the node-to-node listener and the replicas it serves;
-/// it keeps serving while client requests drain.
+/// it keeps serving while client requests drain. Requests are recorded
+/// into `metrics` (see [`metrics`]; the Prometheus endpoint, when on, is
+/// started by the caller with [`prometheus::serve`]).
 pub async fn run(
     listener: TcpListener,
     node: Arc<Node>,
     config: &Config,
     replication: Option<(TcpListener, Arc<ReplicaManager>)>,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let stop_replication = tokio::sync::watch::Sender::new(false);
@@ -66,7 +72,7 @@ pub async fn run(
             }
         });
     }
-    let result = serve_clients(listener, node, config, shutdown).await;
+    let result = serve_clients(listener, node, config, metrics, shutdown).await;
     stop_replication.send_replace(true);
     result
 }
@@ -76,6 +82,7 @@ async fn serve_clients(
     listener: TcpListener,
     node: Arc<Node>,
     config: &Config,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let opts = &config.server;
@@ -85,6 +92,7 @@ async fn serve_clients(
         opts.max_in_flight,
         config.default_acks,
         config.default_consistency,
+        metrics,
     );
     let kv = KvServer::new(service)
         .max_decoding_message_size(max_message)

@@ -14,7 +14,10 @@
 //!   ([`crate::client::map_status`]): `UNREACHABLE` only when the leader
 //!   provably did not process it; a multi-key `DEL` that fails after some
 //!   keys were written never answers an error that claims nothing was
-//!   ([`Error::after_partial_write`]).
+//!   ([`Error::after_partial_write`]);
+//! - every request is timed into the node's [`Metrics`] from its arrival
+//!   (before it waits for a slot) to its answer, with its outcome, by
+//!   array index: no allocation, no lock (src/server/metrics.rs).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,9 +34,10 @@ use crate::node::{Acks, Consistency, Node, SetArgs};
 use crate::proto;
 use crate::proto::kv_client::KvClient;
 use crate::proto::kv_server::Kv;
+use crate::server::metrics::{Command, Metrics};
 use crate::storage::{Condition, Ttl};
 
-/// The service object tonic clones per connection (cheap: two `Arc`s).
+/// The service object tonic clones per connection (cheap: a few `Arc`s).
 #[derive(Clone)]
 pub struct KvService {
     /// The node requests are routed through.
@@ -46,6 +50,8 @@ pub struct KvService {
     default_consistency: Consistency,
     /// Clients of the other nodes, for forwarding, by address.
     peers: Arc<Mutex<HashMap<String, KvClient<Channel>>>>,
+    /// Request figures, and what `Info` reports.
+    metrics: Arc<Metrics>,
 }
 
 /// Deadline of a forwarded request (for error messages; the caller's own
@@ -72,12 +78,14 @@ fn leader_of<T>(result: &crate::Result<T>) -> Option<String> {
 }
 
 impl KvService {
-    /// A service over `node` running at most `max_in_flight` requests.
+    /// A service over `node` running at most `max_in_flight` requests,
+    /// recording them into `metrics`.
     pub fn new(
         node: Arc<Node>,
         max_in_flight: usize,
         default_acks: Acks,
         default_consistency: Consistency,
+        metrics: Arc<Metrics>,
     ) -> Self {
         KvService {
             node,
@@ -85,6 +93,7 @@ impl KvService {
             default_acks,
             default_consistency,
             peers: Arc::default(),
+            metrics,
         }
     }
 
@@ -159,17 +168,19 @@ impl KvService {
         }
     }
 
-    /// Runs `f` once a slot is free, mapping its error to a status.
-    async fn run<T, F>(&self, f: F) -> Result<Response<T>, Status>
+    /// Runs `f` once a slot is free, mapping its error to a status, and
+    /// records it as a request of `command`.
+    async fn run<T, F>(&self, command: Command, f: F) -> Result<Response<T>, Status>
     where
         F: Future<Output = crate::Result<T>>,
     {
-        let _slot = self
-            .in_flight
-            .acquire()
-            .await
-            .map_err(|_| Status::from(Error::Unavailable("server is shutting down".into())))?;
-        match f.await {
+        let timer = self.metrics.requests.start(command);
+        let result = match self.in_flight.acquire().await {
+            Ok(_slot) => f.await,
+            Err(_) => Err(Error::Unavailable("server is shutting down".into())),
+        };
+        timer.finish(&result);
+        match result {
             Ok(reply) => Ok(Response::new(reply)),
             Err(err) => {
                 tracing::debug!(reason = err.reason(), "request failed: {err}");
@@ -231,7 +242,20 @@ impl Kv for KvService {
         &self,
         _request: Request<proto::PingRequest>,
     ) -> Result<Response<proto::PingResponse>, Status> {
+        let timer = self.metrics.requests.start(Command::Ping);
+        timer.finish(&crate::Result::Ok(()));
         Ok(Response::new(proto::PingResponse {}))
+    }
+
+    #[instrument(level = "debug", skip_all)]
+    async fn info(
+        &self,
+        _request: Request<proto::InfoRequest>,
+    ) -> Result<Response<proto::InfoResponse>, Status> {
+        let timer = self.metrics.requests.start(Command::Info);
+        let result = self.metrics.collect().await;
+        timer.finish(&result);
+        Ok(Response::new(result?.info()))
     }
 
     #[instrument(level = "debug", skip_all, fields(key_len, value_len))]
@@ -244,7 +268,7 @@ impl Kv for KvService {
         let span = tracing::Span::current();
         span.record("key_len", r.key.len());
         span.record("value_len", r.value.len());
-        self.run(async {
+        self.run(Command::Set, async {
             let args = SetArgs {
                 ttl_ms: r.ttl_ms,
                 condition: condition(r.condition)?,
@@ -272,7 +296,7 @@ impl Kv for KvService {
         let again = !forwarded(&request);
         let r = request.into_inner();
         tracing::Span::current().record("key_len", r.key.len());
-        self.run(async {
+        self.run(Command::Get, async {
             let result = self
                 .node
                 .get(r.key.clone(), self.consistency(r.consistency))
@@ -295,7 +319,7 @@ impl Kv for KvService {
         let again = !forwarded(&request);
         let r = request.into_inner();
         tracing::Span::current().record("keys", r.keys.len());
-        self.run(async {
+        self.run(Command::Del, async {
             let acks = self.acks(r.acks);
             let result = self.node.del(r.keys.clone(), acks).await;
             if leader_of(&result).is_none() || !again {
@@ -332,7 +356,7 @@ impl Kv for KvService {
         let span = tracing::Span::current();
         span.record("key_len", r.key.len());
         span.record("ttl_ms", r.ttl_ms);
-        self.run(async {
+        self.run(Command::Expire, async {
             let result = self
                 .node
                 .expire(r.key.clone(), r.ttl_ms, self.acks(r.acks))
@@ -355,7 +379,7 @@ impl Kv for KvService {
         let again = !forwarded(&request);
         let r = request.into_inner();
         tracing::Span::current().record("key_len", r.key.len());
-        self.run(async {
+        self.run(Command::Ttl, async {
             let result = self
                 .node
                 .ttl(r.key.clone(), self.consistency(r.consistency))
@@ -383,7 +407,7 @@ impl Kv for KvService {
         let again = !forwarded(&request);
         let r = request.into_inner();
         tracing::Span::current().record("keys", r.keys.len());
-        self.run(async {
+        self.run(Command::Exists, async {
             let consistency = self.consistency(r.consistency);
             let result = self.node.exists(r.keys.clone(), consistency).await;
             if leader_of(&result).is_none() || !again {
@@ -415,6 +439,10 @@ impl Kv for KvService {
         &self,
         _request: Request<proto::MetadataRequest>,
     ) -> Result<Response<proto::MetadataResponse>, Status> {
+        self.metrics
+            .requests
+            .start(Command::Metadata)
+            .finish(&crate::Result::Ok(()));
         let node = &self.node;
         let (nodes, partitions) = node.metadata();
         let limits = node.limits();
@@ -478,7 +506,9 @@ mod tests {
         };
         let node =
             Node::open_standalone(&config, "127.0.0.1:1".into(), Arc::new(SystemClock)).unwrap();
-        let svc = KvService::new(Arc::new(node), 4, Acks::Leader, Consistency::Leader);
+        let node = Arc::new(node);
+        let metrics = Metrics::new(node.clone(), None);
+        let svc = KvService::new(node, 4, Acks::Leader, Consistency::Leader, metrics);
         let keys = vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")];
         let err = svc
             .per_key(

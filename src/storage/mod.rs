@@ -19,6 +19,7 @@
 mod bitcask;
 mod clock;
 mod error;
+mod histogram;
 mod memory;
 
 pub use bitcask::{
@@ -27,6 +28,7 @@ pub use bitcask::{
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
+pub use histogram::{BOUNDS_US, Histogram, HistogramSnapshot};
 pub use memory::Memory;
 
 use bytes::Bytes;
@@ -143,6 +145,17 @@ pub struct Status {
     pub fsyncs: u64,
     /// Merges completed since open.
     pub merges: u64,
+    /// Bytes of segments written by merges completed since open.
+    pub merge_bytes_written: u64,
+    /// Latency of the fsync calls on segment files since open.
+    pub fsync_latency: HistogramSnapshot,
+    /// Reads answered from the value cache since it was created. The cache
+    /// is per node and shared by its engines: every engine of a node
+    /// reports the same (node-wide) figure.
+    pub cache_hits: u64,
+    /// Reads of a live key whose value was not cached (read from disk),
+    /// node-wide as `cache_hits`.
+    pub cache_misses: u64,
     /// Byte ranges found corrupt (checksum failure) at open; never served.
     pub corrupt_ranges: u64,
 }

@@ -28,7 +28,10 @@
 //!   later roll failing on the leftover file;
 //! - a roll publishes the full segment as sealed before the batch that
 //!   rolled is applied; merge therefore bounds its inputs by the applied
-//!   end (see `merge.rs`), not by what is sealed.
+//!   end (see `merge.rs`), not by what is sealed;
+//! - every fsync of a segment file, failed or not, is counted and its
+//!   latency recorded (`Status::fsync_latency`: relaxed atomics, no lock),
+//!   outside the writer mutex like the fsync itself.
 
 use std::fs::File;
 use std::path::Path;
@@ -170,9 +173,10 @@ impl Inner {
         let result = MutexGuard::unlocked(&mut w, || {
             self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
             // A roll may seal (and close) it meanwhile, after its own fsync.
-            active
-                .sync_data()
-                .ctx(|| format!("fsync {}", active.path.display()))
+            let started = Instant::now();
+            let r = active.sync_data();
+            self.stats.fsync_latency.observe(started.elapsed());
+            r.ctx(|| format!("fsync {}", active.path.display()))
         });
         w.syncing = false;
         if let Err(e) = &result {
@@ -319,7 +323,10 @@ impl Inner {
         }
         if sync {
             self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = seg.file().and_then(|f| fsync(&f)) {
+            let started = Instant::now();
+            let synced = seg.file().and_then(|f| fsync(&f));
+            self.stats.fsync_latency.observe(started.elapsed());
+            if let Err(e) = synced {
                 let err = Error::io(format!("fsync {}", seg.path.display()), e);
                 if let Err(cut_err) = cut(seg, before) {
                     tracing::error!(dir = %self.dir.display(), "cutting {} after a failed fsync: {cut_err}", seg.path.display());

@@ -266,6 +266,12 @@ impl KeyDir {
         }
     }
 
+    /// Hits and misses of the value cache (node-wide when it is shared);
+    /// `(0, 0)` without a cache.
+    pub fn cache_stats(&self) -> (u64, u64) {
+        self.cache.as_ref().map_or((0, 0), |(c, _)| c.stats())
+    }
+
     /// The shard `key` belongs to, locked.
     pub fn shard(&self, key: &[u8]) -> MutexGuard<'_, Shard> {
         let mut h = self.hasher.build_hasher();

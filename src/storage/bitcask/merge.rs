@@ -399,6 +399,9 @@ impl Inner {
         report.bytes_after = plan.outputs.iter().map(|o| o.1).sum();
         maintenance.committed_merge = None;
         self.stats.merges.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .merge_bytes
+            .fetch_add(report.bytes_after, Ordering::Relaxed);
         tracing::info!(
             dir = %self.dir.display(),
             "merged {} segments ({} bytes) into {} ({} bytes): {} records kept, {} dropped",

@@ -123,6 +123,10 @@ struct Stats {
     fsyncs: AtomicU64,
     /// Completed merges.
     merges: AtomicU64,
+    /// Bytes written by completed merges (their output segments).
+    merge_bytes: AtomicU64,
+    /// Latency of fsync calls on segment files.
+    fsync_latency: crate::storage::Histogram,
     /// Corrupt byte ranges found at open.
     corrupt_ranges: AtomicU64,
 }
@@ -942,6 +946,7 @@ impl Engine for Bitcask {
         // holds the writer mutex, and with a merge waiting for the write
         // lock (parking_lot is fair) the opposite order deadlocks all three.
         let next_offset = self.inner.writer.lock().next_offset;
+        let (cache_hits, cache_misses) = self.inner.keydir.cache_stats();
         let segments = self.inner.segments.read();
         Ok(Status {
             keys: self.inner.keydir.len() as u64,
@@ -956,6 +961,10 @@ impl Engine for Bitcask {
             records_written: self.inner.stats.records.load(Ordering::Relaxed),
             fsyncs: self.inner.stats.fsyncs.load(Ordering::Relaxed),
             merges: self.inner.stats.merges.load(Ordering::Relaxed),
+            merge_bytes_written: self.inner.stats.merge_bytes.load(Ordering::Relaxed),
+            fsync_latency: self.inner.stats.fsync_latency.snapshot(),
+            cache_hits,
+            cache_misses,
             corrupt_ranges: self.inner.stats.corrupt_ranges.load(Ordering::Relaxed),
         })
     }
