@@ -163,9 +163,15 @@ pub async fn controlled_shutdown(
              every record written here yet; moving on"
         );
     }
+    let settled = started.elapsed();
     if let Err(e) = zk.announce_draining().await {
         tracing::warn!("controlled shutdown: cannot tell the controller: {e}");
     }
+    tracing::info!(
+        "controlled shutdown: writes settled in {} ms, controller told after {} ms",
+        settled.as_millis(),
+        started.elapsed().as_millis()
+    );
     let movable = |led: &[(u32, Vec<String>)]| -> Vec<u32> {
         let live: Vec<String> = zk.nodes().into_iter().map(|n| n.id).collect();
         led.iter()

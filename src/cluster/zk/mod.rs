@@ -348,9 +348,7 @@ impl ZkCluster {
             node_epoch: self.node_epoch(),
         });
         let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
-        znode::mkdir(&client, &paths.draining())
-            .await
-            .map_err(|e| zk_error(&format!("create {}", paths.draining()), e))?;
+        // `/draining` was made when the session began (`establish`).
         for _ in 0..2 {
             match znode::retry_loss(|| client.create(&path, &data, &ephemeral)).await {
                 Ok(_) => return Ok(()),
