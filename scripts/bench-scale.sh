@@ -26,7 +26,7 @@ cd "$(dirname "$0")/.."
 
 readonly PARTITIONS=${PARTITIONS:-1000}
 readonly SESSION_MS=${SESSION_MS:-6000}
-readonly LOAD_KEYS=${LOAD_KEYS:-20000}
+readonly LOAD_KEYS=${LOAD_KEYS:-60000}
 readonly BIN_DIR=${BIN_DIR:-./target/release}
 readonly SERVER=$BIN_DIR/caskade-server
 readonly CLI=$BIN_DIR/caskade-cli
@@ -142,6 +142,12 @@ for run in $(seq 1 "${SHUTDOWNS:-3}"); do
   kill -TERM "$pid"
   while kill -0 "$pid" 2>/dev/null; do sleep 0.01; done
   echo "  SIGTERM -> process exited: $(ms_since "$t1") ms"
+  # The figure means something only if the load spans the shutdown.
+  if kill -0 "$load_pid" 2>/dev/null; then
+    echo "  the load was still writing when the process exited"
+  else
+    echo "  WARNING: the load ended before the node exited: raise LOAD_KEYS"
+  fi
   grep -h "controlled shutdown: writes settled\|controlled shutdown:.*leaderships moved" "$(log "$victim")" \
     | tail -2 | cut -c29- | sed 's/^/  node log: /'
   wait "$load_pid" || true

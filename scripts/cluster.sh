@@ -162,7 +162,7 @@ wait_full_isr() {
       # Columns: PARTITION LEADER EPOCH REPLICAS ISR ...
       short=$(awk 'NR > 2 && NF >= 5 {
           nr = split($4, r, ","); ni = ($5 == "-") ? 0 : split($5, i, ",")
-          if ($2 == "-" || ni < nr) printf "%s%s(leader %s, isr %s of %s)", sep, $1, $2, $5, $4; sep = ", "
+          if ($2 == "-" || ni < nr) { printf "%spartition %s (leader %s, ISR %s of replicas %s)", sep, $1, $2, $5, $4; sep = "; " }
         }' <<<"$out")
       if [ -z "$short" ] && [ "$(awk 'NR > 2 && NF >= 5' <<<"$out" | wc -l)" -gt 0 ]; then
         return 0
