@@ -54,7 +54,7 @@ zk-stop: ## Stop the ZooKeeper started by `make zk`
 cluster: release zk ## Build (release), start ZooKeeper and three nodes on 127.0.0.1:7381-7383, show the cluster table
 	@scripts/cluster.sh start
 
-cluster-stop: ## Stop the three nodes (SIGTERM, then SIGKILL after 15 s) and ZooKeeper
+cluster-stop: ## Stop the three nodes one at a time (SIGTERM: controlled shutdown, leadership moved first; SIGKILL after 15 s)
 	@scripts/cluster.sh stop
 	@$(MAKE) --no-print-directory zk-stop
 

@@ -7,12 +7,19 @@
 #   scripts/cluster.sh start
 #       Starts node1..node3 (those not running yet), then waits until each
 #       answers `caskade-cli ping` (START_TIMEOUT_S, default 30) and, for at
-#       most LEADER_TIMEOUT_S (default 30), until every partition has a
-#       leader; prints the cluster table and how to connect and stop.
+#       most ISR_TIMEOUT_S (default 60), until every partition has a leader
+#       and a full ISR (every replica in sync: the nodes stopped first
+#       left the ISRs and catch up from the last one); prints the cluster
+#       table and how to connect and stop. After ISR_TIMEOUT_S it names the
+#       partitions whose ISR is not full and exits 1 (the nodes keep
+#       running).
 #   scripts/cluster.sh start-node N
 #       Starts node N (1..3) if it is not running and waits until it answers.
 #   scripts/cluster.sh stop
-#       Stops every node: SIGTERM, then SIGKILL after STOP_TIMEOUT_S (15).
+#       Stops the nodes one at a time: SIGTERM (each makes a controlled
+#       shutdown: the controller moves its leaderships to the others before
+#       it exits, so no partition waits for a session timeout and no
+#       acks: all write fails), then SIGKILL after STOP_TIMEOUT_S (15).
 #   scripts/cluster.sh stop-node N
 #       Stops node N the same way.
 #   scripts/cluster.sh status
@@ -36,7 +43,7 @@ readonly SERVER=$BIN_DIR/caskade-server
 readonly CLI=$BIN_DIR/caskade-cli
 readonly RUN_DIR=./data/cluster
 readonly START_TIMEOUT_S=${START_TIMEOUT_S:-30}
-readonly LEADER_TIMEOUT_S=${LEADER_TIMEOUT_S:-30}
+readonly ISR_TIMEOUT_S=${ISR_TIMEOUT_S:-${LEADER_TIMEOUT_S:-60}}
 readonly STOP_TIMEOUT_S=${STOP_TIMEOUT_S:-15}
 readonly NODES=(1 2 3)
 
@@ -145,17 +152,28 @@ table() {
   return 1
 }
 
-# Waits (bounded) until no partition row of the table lacks a leader.
-wait_leaders() {
-  local deadline=$((SECONDS + LEADER_TIMEOUT_S)) out leaderless="all"
+# Waits (bounded) until every partition row of the table has a leader and
+# as many ISR members as replicas. On timeout, names the partitions that
+# are not there yet and exits 1.
+wait_full_isr() {
+  local deadline=$((SECONDS + ISR_TIMEOUT_S)) out="" short=""
   while :; do
     if out=$(table 2>/dev/null); then
-      leaderless=$(awk 'NR > 2 && $2 == "-"' <<<"$out" | wc -l)
-      [ "$leaderless" -eq 0 ] && return 0
+      # Columns: PARTITION LEADER EPOCH REPLICAS ISR ...
+      short=$(awk 'NR > 2 && NF >= 5 {
+          nr = split($4, r, ","); ni = ($5 == "-") ? 0 : split($5, i, ",")
+          if ($2 == "-" || ni < nr) { printf "%spartition %s (leader %s, ISR %s of replicas %s)", sep, $1, $2, $5, $4; sep = "; " }
+        }' <<<"$out")
+      if [ -z "$short" ] && [ "$(awk 'NR > 2 && NF >= 5' <<<"$out" | wc -l)" -gt 0 ]; then
+        return 0
+      fi
+    else
+      short="(no node answers)"
     fi
     if [ "$SECONDS" -ge "$deadline" ]; then
-      echo "cluster.sh: warning: $leaderless partition(s) still without a leader after ${LEADER_TIMEOUT_S} s" >&2
-      return 0
+      echo "cluster.sh: after ${ISR_TIMEOUT_S} s, these partitions still lack a leader or a full ISR: $short" >&2
+      echo "cluster.sh: the nodes keep running; losing a node now may take those partitions offline. See $RUN_DIR/node*.log" >&2
+      exit 1
     fi
     sleep 0.5
   done
@@ -190,7 +208,9 @@ case "$1" in
     [ -x "$CLI" ] || die "$CLI not found: run \`make release\` first"
     for n in "${NODES[@]}"; do launch "$n"; done
     for n in "${NODES[@]}"; do wait_up "$n"; done
-    wait_leaders
+    started=$SECONDS
+    wait_full_isr
+    echo "every partition has a leader and a full ISR ($((SECONDS - started)) s)"
     echo
     table
     cat <<EOF

@@ -1,6 +1,7 @@
 //! `caskade-server`: loads the configuration (defaults -> YAML -> `CASKADE_*`
 //! environment -> flags), opens the node, serves until SIGINT or SIGTERM,
-//! then drains, flushes and exits 0. Any startup failure prints one line
+//! then (in a cluster) moves its leaderships away (controlled shutdown),
+//! drains, flushes and exits 0. Any startup failure prints one line
 //! `caskade-server: <reason>` on stderr and exits 1.
 
 use std::path::PathBuf;
@@ -102,8 +103,12 @@ async fn serve(config: Config) -> Result<(), String> {
         let started = caskade::server::cluster::start(&config, advertise, clock)
             .await
             .map_err(|e| e.message())?;
-        let replication = Some((started.replication_listener, started.manager));
-        (started.node, replication, Some(started.zk))
+        let replication = Some((started.replication_listener, started.manager.clone()));
+        (
+            started.node,
+            replication,
+            Some((started.zk, started.manager)),
+        )
     } else {
         let config = config.clone();
         let node =
@@ -141,9 +146,16 @@ async fn serve(config: Config) -> Result<(), String> {
             _ = sigterm.recv() => tracing::info!("SIGTERM received"),
             _ = sigint.recv() => tracing::info!("SIGINT received"),
         }
-        // Leave ZooKeeper first: the controller moves leadership away at
-        // once instead of after the session timeout.
-        if let Some(zk) = zk {
+        // Controlled shutdown first: the controller moves every leadership
+        // away while this node still serves (its clients get NOT_LEADER and
+        // follow), then leaving ZooKeeper drops it from every ISR at once.
+        if let Some((zk, manager)) = zk {
+            caskade::server::cluster::controlled_shutdown(
+                &zk,
+                &manager,
+                caskade::server::cluster::CONTROLLED_SHUTDOWN_TIMEOUT,
+            )
+            .await;
             zk.shutdown().await;
         }
     };

@@ -60,6 +60,7 @@
 //!   it, whenever its task resumes.
 
 mod divergence;
+mod drain;
 mod fetcher;
 mod log;
 mod partition;
@@ -143,6 +144,11 @@ pub struct ReplicaManager {
     /// The largest record the engines accept (header, maximal key and
     /// value): fetch answers and the message limit leave room for it.
     max_record: usize,
+    /// Controlled shutdown (`drain.rs`): writes are refused, nothing is
+    /// followed.
+    draining: std::sync::atomic::AtomicBool,
+    /// Writes admitted past the draining check and not answered yet.
+    admitted: std::sync::atomic::AtomicUsize,
 }
 
 /// Bytes of a fetch answer's message reserved for everything but records.
@@ -180,6 +186,8 @@ impl ReplicaManager {
             channels: fetcher::Channels::default(),
             sessions: fetcher::Sessions::default(),
             max_record,
+            draining: Default::default(),
+            admitted: Default::default(),
         })
     }
 
@@ -277,6 +285,7 @@ impl ReplicaManager {
     pub async fn write(&self, p: u32, key: Bytes, op: WriteOp, acks: Acks) -> Result<bool> {
         let part = self.partition(p)?;
         let epoch = self.leading(part)?;
+        let _admitted = self.admit(part)?;
         if acks == Acks::All {
             let isr = match &part.state.lock().role {
                 RoleState::Leader(l) => l.isr.len() as u32,
@@ -491,7 +500,9 @@ impl ReplicaManager {
                     target.leader_epoch
                 );
             }
-            Some(l) if mine => self.become_follower(part, l, target.leader_epoch).await,
+            Some(l) if mine && !self.is_draining() => {
+                self.become_follower(part, l, target.leader_epoch).await
+            }
             _ => {
                 self.stop_role(part).await;
             }

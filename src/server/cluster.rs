@@ -4,8 +4,12 @@
 //! Order matters: the replication service must answer before this node
 //! registers in ZooKeeper (the controller may ask it for offsets at once),
 //! and the [`ReplicaManager`] must exist before ZooKeeper hands it states.
+//!
+//! Stopping: [`controlled_shutdown`] moves this node's leaderships away
+//! before the session is closed (see `cluster/zk/drain.rs`).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 
@@ -114,4 +118,97 @@ pub async fn start(
         replication_listener,
         zk,
     })
+}
+
+/// Longest wait of a controlled shutdown for the controller to move this
+/// node's leaderships away; then the node stops anyway, with a warning.
+pub const CONTROLLED_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest wait for the writes admitted before a controlled shutdown to
+/// be answered and committed (the rest of [`CONTROLLED_SHUTDOWN_TIMEOUT`]
+/// is left for the controller).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What a controlled shutdown achieved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Partitions this node led when it began.
+    pub led_before: usize,
+    /// Partitions it still leads (none after a complete one).
+    pub still_led: Vec<u32>,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+/// Controlled shutdown (as Kafka's): refuses new writes, waits for the
+/// admitted ones to commit, asks the controller (`/draining/<id>`) to move
+/// every leadership of this node to another in-sync replica, and waits
+/// until this node leads nothing it can give away (a partition with no
+/// other live in-sync replica stays here), at most `timeout`. The caller
+/// then closes the ZooKeeper session and stops serving.
+pub async fn controlled_shutdown(
+    zk: &ZkCluster,
+    manager: &Arc<ReplicaManager>,
+    timeout: Duration,
+) -> ShutdownReport {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let led_before = manager.leaderships().len();
+    tracing::info!("controlled shutdown: moving the leadership of {led_before} partitions away");
+    manager.begin_drain();
+    let behind = manager.settle(SETTLE_TIMEOUT.min(timeout)).await;
+    if !behind.is_empty() {
+        tracing::warn!(
+            "controlled shutdown: the in-sync replicas of partitions {behind:?} do not have \
+             every record written here yet; moving on"
+        );
+    }
+    let settled = started.elapsed();
+    if let Err(e) = zk.announce_draining().await {
+        tracing::warn!("controlled shutdown: cannot tell the controller: {e}");
+    }
+    tracing::info!(
+        "controlled shutdown: writes settled in {} ms, controller told after {} ms",
+        settled.as_millis(),
+        started.elapsed().as_millis()
+    );
+    let movable = |led: &[(u32, Vec<String>)]| -> Vec<u32> {
+        let live: Vec<String> = zk.nodes().into_iter().map(|n| n.id).collect();
+        led.iter()
+            .filter(|(_, isr)| isr.iter().any(|m| m != zk.node_id() && live.contains(m)))
+            .map(|(p, _)| *p)
+            .collect()
+    };
+    loop {
+        let led = manager.leaderships();
+        let waiting = movable(&led);
+        if waiting.is_empty() || Instant::now() >= deadline {
+            let still_led: Vec<u32> = led.iter().map(|(p, _)| *p).collect();
+            let report = ShutdownReport {
+                led_before,
+                still_led,
+                elapsed: started.elapsed(),
+            };
+            if !waiting.is_empty() {
+                tracing::warn!(
+                    "controlled shutdown: partitions {waiting:?} still led here after {} ms; \
+                     stopping anyway (they fail over when the session closes)",
+                    report.elapsed.as_millis()
+                );
+            } else if !report.still_led.is_empty() {
+                tracing::warn!(
+                    "controlled shutdown: partitions {:?} have no other live in-sync replica; \
+                     they go offline when this node stops",
+                    report.still_led
+                );
+            }
+            tracing::info!(
+                "controlled shutdown: {} of {led_before} leaderships moved in {} ms",
+                led_before.saturating_sub(report.still_led.len()),
+                report.elapsed.as_millis()
+            );
+            return report;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

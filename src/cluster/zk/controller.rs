@@ -51,6 +51,7 @@ use tokio::task::JoinSet;
 use zookeeper_client as zk;
 
 use super::decide::{self, Decision, Live, Offsets, Reason};
+use super::drain;
 use super::notify::Notifier;
 use super::znode::{self, ControllerZnode, StateZnode, decode, encode, zk_error};
 use super::{Shared, session_over};
@@ -309,6 +310,8 @@ struct Controller {
     /// Nodes that bounced, left out of the reconciliation in progress (it
     /// handles them as gone).
     leaving: BTreeSet<String>,
+    /// Controlled-shutdown markers (`/draining/*`): node id, node epoch.
+    draining: Vec<(String, i64)>,
     /// Live node count last reported as too few for the initial
     /// assignment (to log that once per change).
     waiting_logged: Option<usize>,
@@ -328,6 +331,7 @@ impl Controller {
             live: BTreeMap::new(),
             epochs: Live::new(),
             leaving: BTreeSet::new(),
+            draining: Vec::new(),
             waiting_logged: None,
         }
     }
@@ -368,6 +372,7 @@ impl Controller {
             .map_err(|e| Exit::zk(&format!("watch {nodes_path}"), e))?;
         let mut nodes_changed = Box::pin(watcher.changed());
         self.set_live(znode::read_registrations(&self.client, &paths, &ids).await?);
+        let mut draining_changed = Box::pin(self.watch_draining().await?.changed());
         tracing::info!(
             "controller epoch {}: live nodes [{}]",
             self.won.epoch,
@@ -421,11 +426,49 @@ impl Controller {
                     }
                     self.reconcile(FullTo::Nodes(joined)).await?;
                 }
+                event = &mut draining_changed => {
+                    if event.session_state.is_terminated() {
+                        return Err(Exit::Session(zk::Error::SessionExpired));
+                    }
+                    draining_changed = Box::pin(self.watch_draining().await?.changed());
+                    self.reconcile(FullTo::Nodes(BTreeSet::new())).await?;
+                }
                 _ = tick.tick() => {
                     self.reconcile(FullTo::Nodes(BTreeSet::new())).await?;
                 }
             }
         }
+    }
+
+    /// Reads the controlled-shutdown markers and watches `/draining` for
+    /// the next change (one-shot watch).
+    async fn watch_draining(&mut self) -> Result<zk::OneshotWatcher, Exit> {
+        let paths = self.shared.paths.clone();
+        let path = paths.draining();
+        znode::mkdir(&self.client, &path)
+            .await
+            .map_err(|e| Exit::zk(&format!("create {path}"), e))?;
+        let (ids, _, watcher) = znode::retry_loss(|| self.client.get_and_watch_children(&path))
+            .await
+            .map_err(|e| Exit::zk(&format!("watch {path}"), e))?;
+        let markers = znode::read_draining(&self.client, &paths, &ids).await?;
+        let before = drain::current(&self.draining, &self.epochs);
+        self.draining = markers;
+        let now = drain::current(&self.draining, &self.epochs);
+        let started: Vec<String> = now.difference(&before).cloned().collect();
+        if !started.is_empty() {
+            tracing::info!(
+                "controlled shutdown of [{}]: moving their leaderships away",
+                started.join(", ")
+            );
+        }
+        Ok(watcher)
+    }
+
+    /// The nodes in controlled shutdown (markers of their current
+    /// registration).
+    fn draining_ids(&self) -> BTreeSet<String> {
+        drain::current(&self.draining, &self.epochs)
     }
 
     /// Records the live nodes and their node epochs; drops the notices
@@ -604,6 +647,7 @@ impl Controller {
     ) -> Result<BTreeSet<u32>, Exit> {
         let unclean = self.shared.opts.unclean_leader_election;
         let live = self.live_epochs();
+        let draining = self.draining_ids();
         let mut changed = BTreeSet::new();
         let mut todo: Vec<u32> = states.keys().copied().collect();
         for _ in 0..ROUNDS {
@@ -612,7 +656,7 @@ impl Controller {
             } else {
                 let mut asks: BTreeMap<String, Vec<u32>> = BTreeMap::new();
                 for p in &todo {
-                    for n in decide::wants_offsets(&states[p], &live, unclean) {
+                    for n in drain::wants_offsets(&states[p], &live, &draining, unclean) {
                         asks.entry(n).or_default().push(*p);
                     }
                 }
@@ -622,9 +666,16 @@ impl Controller {
                 .iter()
                 .filter_map(|p| {
                     if preferred {
-                        decide::preferred(&states[p], &live, self.won.epoch)
+                        drain::preferred(&states[p], &live, &draining, self.won.epoch)
                     } else {
-                        decide::failover(&states[p], &live, &offsets, unclean, self.won.epoch)
+                        drain::failover(
+                            &states[p],
+                            &live,
+                            &draining,
+                            &offsets,
+                            unclean,
+                            self.won.epoch,
+                        )
                     }
                 })
                 .collect();
@@ -818,6 +869,7 @@ fn failpoint_pause() -> Option<Duration> {
 /// loss shrinks the ISR of most partitions).
 fn log_decisions(written: &[Decision]) {
     let mut shrunk = 0;
+    let mut moved = 0;
     for d in written {
         match d.reason {
             Reason::Unclean { .. } => tracing::error!("{d}"),
@@ -827,9 +879,24 @@ fn log_decisions(written: &[Decision]) {
                 tracing::debug!("{d}");
             }
             Reason::Elected { .. } | Reason::Preferred { .. } => tracing::info!("{d}"),
+            Reason::Drained {
+                chosen: Some(_), ..
+            } => {
+                moved += 1;
+                tracing::debug!("{d}");
+            }
+            Reason::Drained { chosen: None, .. } => {
+                shrunk += 1;
+                tracing::debug!("{d}");
+            }
         }
     }
     if shrunk > 0 {
-        tracing::info!("removed nodes that are not live from the ISR of {shrunk} partitions");
+        tracing::info!(
+            "removed nodes that are not live or shutting down from the ISR of {shrunk} partitions"
+        );
+    }
+    if moved > 0 {
+        tracing::info!("controlled shutdown: moved the leadership of {moved} partitions");
     }
 }

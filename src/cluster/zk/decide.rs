@@ -119,6 +119,14 @@ pub(crate) enum Reason {
         /// The previous leader.
         from: Option<String>,
     },
+    /// Nodes in controlled shutdown gave up the leadership (`chosen` took
+    /// it) or left the ISR (`drain.rs`).
+    Drained {
+        /// The nodes shutting down that this decision concerns.
+        nodes: Vec<String>,
+        /// The new leader and its log end offset, when leadership moved.
+        chosen: Option<(String, Option<u64>)>,
+    },
 }
 
 /// A new state for one partition, and why.
@@ -189,6 +197,15 @@ impl fmt::Display for Decision {
                 from.as_deref().unwrap_or("none"),
                 s.leader_epoch
             ),
+            Reason::Drained { nodes, chosen } => {
+                write!(f, "controlled shutdown of {}: ", nodes.join(", "))?;
+                if let Some(chosen) = chosen {
+                    write!(f, "leader ")?;
+                    with_offset(f, chosen)?;
+                    write!(f, ", ")?;
+                }
+                write!(f, "isr [{}], epoch {}", s.isr.join(", "), s.leader_epoch)
+            }
         }
     }
 }

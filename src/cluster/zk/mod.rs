@@ -9,6 +9,7 @@
 //! /nodes/<id>               ephemeral   {"id","client_addr","replication_addr"}
 //! /controller               ephemeral   {"node_id","controller_epoch"}
 //! /controller_epoch         persistent  a JSON number, bumped on every election
+//! /draining/<id>            ephemeral   {"node_epoch"}: <id> is in controlled shutdown (drain.rs)
 //! /partitions/<p>/replicas  persistent  ["node-1","node-2",...] (first = preferred leader)
 //! /partitions/<p>/state     persistent  {"leader":id|null,"leader_epoch","isr":[...],"controller_epoch","leader_node_epoch"}
 //! ```
@@ -58,6 +59,7 @@
 
 mod controller;
 mod decide;
+mod drain;
 mod notify;
 mod session;
 mod znode;
@@ -333,6 +335,42 @@ impl ZkCluster {
         }
     }
 
+    /// Starts this node's controlled shutdown: creates the ephemeral
+    /// `/draining/<id>` naming the current registration; the controller
+    /// watches `/draining` and moves this node's leaderships away
+    /// (`drain.rs`). Idempotent within a session; a marker left by an
+    /// earlier session of this node is replaced.
+    pub async fn announce_draining(&self) -> crate::Result<()> {
+        let client = self.shared.client()?;
+        let paths = &self.shared.paths;
+        let path = paths.draining_node(&self.shared.me.id);
+        let data = encode(&drain::DrainingZnode {
+            node_epoch: self.node_epoch(),
+        });
+        let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+        // `/draining` was made when the session began (`establish`).
+        for _ in 0..2 {
+            match znode::retry_loss(|| client.create(&path, &data, &ephemeral)).await {
+                Ok(_) => return Ok(()),
+                Err(zk::Error::NodeExists) => {}
+                Err(e) => return Err(zk_error(&format!("create {path}"), e)),
+            }
+            match znode::retry_loss(|| client.check_stat(&path)).await {
+                Ok(Some(stat)) if stat.ephemeral_owner == client.session_id().0 => return Ok(()),
+                Ok(Some(stat)) => {
+                    // An earlier session's marker, not expired yet.
+                    match client.delete(&path, Some(stat.version)).await {
+                        Ok(()) | Err(zk::Error::NoNode) => {}
+                        Err(e) => return Err(zk_error(&format!("delete {path}"), e)),
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => return Err(zk_error(&format!("read {path}"), e)),
+            }
+        }
+        Err(Error::Unavailable(format!("cannot create {path}")))
+    }
+
     /// Closes the session (this node's ephemerals vanish at once) and stops
     /// the background tasks. The listener is fenced first.
     pub async fn shutdown(&self) {
@@ -394,6 +432,7 @@ async fn establish(shared: &Shared) -> crate::Result<zk::Client> {
     let ensure = async {
         znode::mkdir(&client, &paths.nodes()).await?;
         znode::mkdir(&client, &paths.partitions()).await?;
+        znode::mkdir(&client, &paths.draining()).await?;
         znode::create_if_missing(&client, &paths.controller_epoch(), &encode(&0u64)).await
     };
     ensure

@@ -8,6 +8,7 @@
 //! <root>/nodes/<id>              {"id":"node-1","client_addr":"127.0.0.1:7379","replication_addr":"127.0.0.1:7380"}
 //! <root>/controller              {"node_id":"node-1","controller_epoch":3}
 //! <root>/controller_epoch        3
+//! <root>/draining/<id>           {"node_epoch":4294967301}   (ephemeral, controlled shutdown)
 //! <root>/partitions/<p>/replicas ["node-1","node-2","node-3"]
 //! <root>/partitions/<p>/state    {"leader":"node-1","leader_epoch":1,"isr":["node-1","node-2"],"controller_epoch":3,"leader_node_epoch":4294967301}
 //! ```
@@ -63,6 +64,16 @@ impl Paths {
     /// `<root>/nodes/<id>`.
     pub fn node(&self, id: &str) -> String {
         format!("{}/nodes/{id}", self.root)
+    }
+
+    /// `<root>/draining` (controlled shutdowns, `drain.rs`).
+    pub fn draining(&self) -> String {
+        format!("{}/draining", self.root)
+    }
+
+    /// `<root>/draining/<id>`.
+    pub fn draining_node(&self, id: &str) -> String {
+        format!("{}/draining/{id}", self.root)
     }
 
     /// `<root>/controller`.
@@ -380,4 +391,32 @@ pub(crate) async fn states_of_replica(
         .await?
         .into_values()
         .collect())
+}
+
+/// The controlled-shutdown markers (`/draining/*`): node id and the node
+/// epoch each names (pipelined reads; malformed ones are skipped).
+pub(crate) async fn read_draining(
+    client: &zk::Client,
+    paths: &Paths,
+    ids: &[String],
+) -> crate::Result<Vec<(String, i64)>> {
+    let pending: Vec<_> = ids
+        .iter()
+        .map(|id| (id, client.get_data(&paths.draining_node(id))))
+        .collect();
+    let mut out = Vec::with_capacity(ids.len());
+    for (id, fut) in pending {
+        match fut.await {
+            Ok((data, _)) => {
+                let path = paths.draining_node(id);
+                match decode::<super::drain::DrainingZnode>(&path, &data) {
+                    Ok(m) => out.push((id.clone(), m.node_epoch)),
+                    Err(e) => tracing::warn!("ignoring {path}: {e}"),
+                }
+            }
+            Err(zk::Error::NoNode) => {}
+            Err(e) => return Err(zk_error(&format!("read {}", paths.draining_node(id)), e)),
+        }
+    }
+    Ok(out)
 }
