@@ -3,6 +3,7 @@
 //! handed in as the controller's notices would be.
 
 mod epochs;
+mod hosting;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
