@@ -166,10 +166,7 @@ async fn assignment_changes_open_and_close_engines_and_a_write_in_flight_is_answ
         .await
         .expect("the write in flight is answered")
         .unwrap();
-    assert!(
-        matches!(answer, Err(Error::Unavailable(_))),
-        "{answer:?}"
-    );
+    assert!(matches!(answer, Err(Error::Unavailable(_))), "{answer:?}");
     wait_until("0 closed", || m.hosted_ids() == vec![2]).await;
     wait_until("0's engine closed", || dirs.events.lock().len() == 3).await;
     assert_eq!(*dirs.events.lock(), vec![(0, true), (2, true), (0, false)]);
