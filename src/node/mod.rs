@@ -20,8 +20,18 @@
 //! <data_dir>/partitions/<p>/    partition p's engine directory
 //! ```
 //!
+//! Standalone, every partition is opened (and led) here. In a cluster only
+//! the partitions assigned to this node are: those whose directory exists
+//! at startup, then those the [`ReplicaManager`] learns are assigned here;
+//! it closes the engine of a partition no longer assigned and keeps its
+//! directory. A request for a partition not hosted here answers
+//! `NOT_LEADER` naming its leader (the server forwards it).
+//!
 //! Invariants:
 //! - at most one process serves a data directory (the `LOCK` file);
+//! - in a cluster, the engines open are those of the partitions hosted
+//!   here (`ReplicaManager::hosted_ids`); reads, `status` and `flush` see
+//!   only those;
 //! - the partition count of a data directory never changes (`layout.yaml`
 //!   is checked at open), so a key always finds its partition;
 //! - every TTL becomes an absolute instant `now + ttl` that fits in a signed

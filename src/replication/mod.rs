@@ -4,7 +4,9 @@
 //!
 //! [`ReplicaManager`] is the cluster-mode [`Coordinator`] of the request
 //! path and the [`StateListener`] of the ZooKeeper layer. For each
-//! partition it keeps a [`partition::Partition`]:
+//! partition hosted here (assigned to this node: [`hosting`] opens and
+//! closes engines as assignments change) it keeps a
+//! [`partition::Partition`]:
 //!
 //! - as leader it stamps its epoch on writes, serves followers' long-poll
 //!   fetches ([`service`]), tracks each follower's log end, moves the high
@@ -18,6 +20,10 @@
 //!   the leader's high watermark.
 //!
 //! Invariants:
+//! - a partition's engine is open here iff this node is in its `replicas`
+//!   as last learned, or it is being opened or closed (or no state of it
+//!   was learned yet since startup); a partition not hosted here answers
+//!   `NOT_LEADER` naming the leader learned (see [`hosting`]);
 //! - a node acts as leader only while its ZooKeeper lease is valid
 //!   ([`ClusterHandle::lease_valid`]) and it was not fenced since the last
 //!   state it learned; both are checked on every request;
