@@ -167,4 +167,33 @@ fn four_nodes_host_exactly_their_assigned_partitions_and_forward_the_rest() {
             .collect();
         assert_eq!(dirs(&c, i), mine, "partition directories of {id}");
     }
+
+    // A restarted node opens what it hosted (its directories) and serves
+    // the values written before; it hosts nothing else.
+    let mut c = c;
+    c.kill(3);
+    c.start_node(3);
+    c.wait_until("every partition led with a full ISR again", |c| {
+        c.all_led() && c.full_isr()
+    });
+    let mine: BTreeSet<u32> = zk
+        .iter()
+        .filter(|(_, r)| r.contains(&ids[3]))
+        .map(|(p, _)| *p)
+        .collect();
+    assert_eq!(dirs(&c, 3), mine);
+    assert_eq!(reported(&c, 3), mine);
+    rt.block_on(async {
+        let mut kv = KvClient::connect(format!("http://{}", c.specs[3].addr))
+            .await
+            .unwrap();
+        for p in 0..8u32 {
+            let get = GetRequest {
+                key: Bytes::from(c.key_in(p, 0)),
+                consistency: Consistency::Leader.into(),
+            };
+            let value = kv.get(get).await.unwrap().into_inner().value;
+            assert_eq!(value, Some(Bytes::from(format!("v{p}-0"))), "partition {p}");
+        }
+    });
 }
