@@ -335,12 +335,19 @@ impl ReplicaManager {
             }
             e => Error::from(e),
         };
-        let written = match log.submit_at(&key, &op, epoch).map_err(refused)? {
+        // The engine of a replica this node no longer hosts is closed: it
+        // refuses a write before writing anything, so the answer is
+        // NOT_LEADER (routers retry at the leader), not UNAVAILABLE.
+        let unhosted = |e: crate::storage::Error| match e {
+            crate::storage::Error::Closed if part.state.lock().closed => self.not_leader(part),
+            e => refused(e),
+        };
+        let written = match log.submit_at(&key, &op, epoch).map_err(unhosted)? {
             Submitted::Done(w) => w,
             Submitted::Queued(c) => c.wait().await.map_err(refused)?,
             Submitted::Blocking => blocking(move || Ok::<_, Error>(log.write_op(&key, op, epoch)))
                 .await?
-                .map_err(refused)?,
+                .map_err(unhosted)?,
         };
         part.publish_log_end();
         self.advance_hw(part);

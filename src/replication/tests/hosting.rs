@@ -227,3 +227,69 @@ async fn states_arriving_while_an_engine_opens_are_applied_newest_first() {
     assert_eq!(*dirs.events.lock(), vec![(1, true)]);
     assert_eq!(m.learned(3).map(|s| s.leader_epoch), Some(2));
 }
+
+/// A leader write paused after its leadership check while its partition
+/// is closed (this node left its replicas): once released it is refused,
+/// and nothing reaches the engine it was admitted to.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_write_paused_while_its_partition_closes_is_refused_and_not_written() {
+    use std::sync::mpsc;
+    let _one = super::FAILPOINT.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (m, dirs) = {
+        let _in = rt.enter();
+        manager()
+    };
+    rt.block_on(async {
+        m.leader_and_isr(1, 0, vec![st(0, "a", 1, &["a", "b"])], nodes())
+            .unwrap();
+        wait_until("a leads 0", || matches!(m.role(0), Role::Leader { .. })).await;
+    });
+    let engine = dirs.open.lock()[&0].clone();
+
+    let (reached_tx, reached) = mpsc::channel::<()>();
+    let (release, released) = mpsc::channel::<()>();
+    let reached_tx = std::sync::Mutex::new(reached_tx);
+    let released = std::sync::Mutex::new(released);
+    fail::cfg_callback("replication::write_after_check", move || {
+        let _ = reached_tx.lock().unwrap().send(());
+        let _ = released.lock().unwrap().recv();
+    })
+    .unwrap();
+    let paused = {
+        let m = m.clone();
+        rt.spawn(async move {
+            m.write(0, Bytes::from("k"), set("zombie"), Acks::Leader)
+                .await
+        })
+    };
+    reached.recv_timeout(Duration::from_secs(10)).unwrap();
+    fail::remove("replication::write_after_check");
+
+    rt.block_on(async {
+        m.leader_and_isr(1, 0, vec![st(0, "b", 2, &["b", "c"])], nodes())
+            .unwrap();
+        wait_until("0's engine closed", || dirs.events.lock().len() == 2).await;
+    });
+    assert_eq!(m.hosted_ids(), Vec::<u32>::new());
+    release.send(()).unwrap();
+    let answer = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), paused).await })
+        .expect("the paused write is answered")
+        .unwrap();
+    assert_eq!(
+        answer,
+        Err(Error::NotLeader {
+            partition: 0,
+            leader: Some("127.0.0.1:7002".into())
+        })
+    );
+    assert_eq!(engine.written_end(), 0);
+    assert_eq!(engine.read_log(0, usize::MAX).unwrap().len(), 0);
+    drop(rt);
+}
