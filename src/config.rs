@@ -203,6 +203,11 @@ pub struct ClusterOptions {
     /// Upper bound of the record bytes in one fetch answer, shared by every
     /// partition of the fetch session. Default 1 MiB.
     pub fetch_max_bytes: usize,
+    /// When the cluster is first created, the controller assigns the
+    /// partitions once this many nodes are live (at least
+    /// `replication_factor`), spreading their replicas over all of them.
+    /// Default 0: as soon as `replication_factor` nodes are live.
+    pub initial_nodes: u32,
 }
 
 impl Default for ClusterOptions {
@@ -221,6 +226,7 @@ impl Default for ClusterOptions {
             preferred_leader_rebalance: true,
             fetch_max_wait_ms: 500,
             fetch_max_bytes: 1 << 20,
+            initial_nodes: 0,
         }
     }
 }
@@ -747,6 +753,7 @@ mod tests {
                     preferred_leader_rebalance: true,
                     fetch_max_wait_ms: 500,
                     fetch_max_bytes: 1 << 20,
+                    initial_nodes: 0,
                 })
             );
             assert_eq!(c.cluster.as_ref().unwrap().root(), "/caskade/local");

@@ -20,8 +20,18 @@
 //! <data_dir>/partitions/<p>/    partition p's engine directory
 //! ```
 //!
+//! Standalone, every partition is opened (and led) here. In a cluster only
+//! the partitions assigned to this node are: those whose directory exists
+//! at startup, then those the [`ReplicaManager`] learns are assigned here;
+//! it closes the engine of a partition no longer assigned and keeps its
+//! directory. A request for a partition not hosted here answers
+//! `NOT_LEADER` naming its leader (the server forwards it).
+//!
 //! Invariants:
 //! - at most one process serves a data directory (the `LOCK` file);
+//! - in a cluster, the engines open are those of the partitions hosted
+//!   here (`ReplicaManager::hosted_ids`); reads, `status` and `flush` see
+//!   only those;
 //! - the partition count of a data directory never changes (`layout.yaml`
 //!   is checked at open), so a key always finds its partition;
 //! - every TTL becomes an absolute instant `now + ttl` that fits in a signed
@@ -49,7 +59,7 @@ use crate::cluster::{
 };
 use crate::config::{Config, EngineKind};
 use crate::error::{Error, Result};
-use crate::replication::{ReplicaLog, ReplicaManager};
+use crate::replication::{Engines, ReplicaLog, ReplicaManager};
 use crate::storage::{self, Clock, Condition, Engine, Limits, SetOptions, Submitted, Ttl, WriteOp};
 
 /// How many replicas must have a write before it is acknowledged.
@@ -109,7 +119,9 @@ pub struct Node {
     info: NodeInfo,
     /// Number of partitions in the cluster.
     partition_count: u32,
-    /// Replicas hosted here, indexed by partition id (standalone: all).
+    /// Standalone: every partition's replica, indexed by partition id.
+    /// Cluster: empty; the [`ReplicaManager`] holds the replicas hosted
+    /// here, which change with this node's assignments.
     replicas: Vec<Replica>,
     /// Who leads what.
     coordinator: Arc<dyn Coordinator>,
@@ -171,10 +183,13 @@ impl Node {
         })
     }
 
-    /// Opens a cluster node: every partition's engine in replica mode
-    /// (records visible once committed), led and followed as the
-    /// [`ReplicaManager`] decides. `me` carries the advertised addresses.
-    /// Nothing leads until the ZooKeeper layer is attached to the manager.
+    /// Opens a cluster node: the engines (replica mode: records visible
+    /// once committed) of the partitions whose directory exists, led and
+    /// followed as the [`ReplicaManager`] decides; the manager then opens
+    /// the engines of the partitions assigned to this node and closes
+    /// those no longer assigned to it, as it learns their states.
+    /// `me` carries the advertised addresses. Nothing leads until the
+    /// ZooKeeper layer is attached to the manager.
     pub fn open_cluster(
         config: &Config,
         me: NodeAddr,
@@ -183,30 +198,48 @@ impl Node {
         let cluster = config.cluster.clone().ok_or_else(|| {
             Error::InvalidInput("cluster mode needs a `cluster:` configuration section".into())
         })?;
-        let mut logs: Vec<Arc<dyn ReplicaLog>> = Vec::new();
-        // One value cache and one background pool for the node (per-node budgets).
-        let storage = config.storage.with_shared_cache().with_shared_workers()?;
-        let (lock, replicas) = Self::open_partitions(config, |pdir| {
-            let engine = Arc::new(storage::Bitcask::open_replica(
-                pdir,
-                storage.clone(),
-                clock.clone(),
-            )?);
-            logs.push(engine.clone());
-            Ok(engine)
+        let dir = &config.data_dir;
+        fs::create_dir_all(dir).map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
         })?;
+        let lock = lock_dir(dir)?;
+        check_layout(dir, config.partitions)?;
+        let engines = Arc::new(PartitionDirs {
+            dir: dir.join("partitions"),
+            // One value cache and one background pool for the node (per-node budgets).
+            storage: config.storage.with_shared_cache().with_shared_workers()?,
+            clock: clock.clone(),
+            open: parking_lot::Mutex::new(std::collections::HashMap::new()),
+        });
+        let mut open = Vec::new();
+        for p in 0..config.partitions {
+            if engines.dir.join(p.to_string()).is_dir() {
+                open.push((p, engines.open(p)?));
+            }
+        }
         let wait = std::time::Duration::from_millis(config.server.request_timeout_ms);
         // Header (33 bytes) plus a maximal key and value, rounded up.
         let max_record =
             config.storage.limits.max_key_bytes + config.storage.limits.max_value_bytes + 64;
-        let manager = ReplicaManager::new(me.clone(), cluster, logs, wait, max_record);
+        let manager = ReplicaManager::hosting(
+            me.clone(),
+            cluster,
+            config.partitions,
+            engines,
+            open,
+            wait,
+            max_record,
+        );
         let node = Node {
             info: NodeInfo {
                 id: me.id,
                 client_addr: me.client_addr,
             },
             partition_count: config.partitions,
-            replicas,
+            replicas: Vec::new(),
             coordinator: manager.clone(),
             limits: config.storage.limits,
             clock,
@@ -444,9 +477,31 @@ impl Node {
         .await
     }
 
-    /// fsyncs every partition (used on shutdown).
+    /// The engines of the partitions hosted here, by partition id
+    /// (standalone: all; cluster: those open now).
+    fn engines(&self) -> Vec<(u32, Arc<dyn Engine>)> {
+        match &self.replication {
+            Some(r) => r
+                .hosted_ids()
+                .into_iter()
+                .filter_map(|p| r.engine(p).ok().map(|e| (p, e)))
+                .collect(),
+            None => self
+                .replicas
+                .iter()
+                .map(|r| (r.partition, r.engine.clone()))
+                .collect(),
+        }
+    }
+
+    /// Ids of the partitions hosted here, ascending (standalone: all).
+    pub fn hosted(&self) -> Vec<u32> {
+        self.engines().into_iter().map(|(p, _)| p).collect()
+    }
+
+    /// fsyncs every partition hosted here (used on shutdown).
     pub async fn flush(&self) -> Result<()> {
-        let engines: Vec<_> = self.replicas.iter().map(|r| r.engine.clone()).collect();
+        let engines: Vec<_> = self.engines().into_iter().map(|(_, e)| e).collect();
         blocking(move || {
             for engine in engines {
                 engine.flush()?;
@@ -456,10 +511,10 @@ impl Node {
         .await
     }
 
-    /// Engine status of every partition, by partition id.
-    pub async fn status(&self) -> Result<Vec<storage::Status>> {
-        let engines: Vec<_> = self.replicas.iter().map(|r| r.engine.clone()).collect();
-        blocking(move || engines.iter().map(|e| e.status()).collect()).await
+    /// Engine status of every partition hosted here, by partition id.
+    pub async fn status(&self) -> Result<Vec<(u32, storage::Status)>> {
+        let engines = self.engines();
+        blocking(move || engines.iter().map(|(p, e)| Ok((*p, e.status()?))).collect()).await
     }
 
     /// In a cluster, a leader read waits until the leader has committed the
@@ -546,8 +601,12 @@ impl Node {
         }
     }
 
-    /// The local replica of partition `p`.
+    /// The local replica of partition `p`; in a cluster, `NOT_LEADER`
+    /// naming the leader when it is not hosted here.
     fn replica(&self, p: u32) -> Result<Arc<dyn Engine>> {
+        if let Some(r) = &self.replication {
+            return r.engine(p);
+        }
         self.replicas
             .get(p as usize)
             .map(|r| r.engine.clone())
@@ -582,6 +641,52 @@ where
     match tokio::task::spawn_blocking(f).await {
         Ok(result) => result.map_err(Error::from),
         Err(e) => Err(Error::Internal(format!("storage task failed: {e}"))),
+    }
+}
+
+/// The partition directories of a cluster node (`<data_dir>/partitions`):
+/// the [`ReplicaManager`] opens and closes their engines as this node's
+/// assignments change. A closed partition's directory stays.
+struct PartitionDirs {
+    /// `<data_dir>/partitions`.
+    dir: PathBuf,
+    /// Engine options (with the node's shared value cache).
+    storage: storage::Options,
+    /// The engines' clock.
+    clock: Arc<dyn Clock>,
+    /// The engines open now, by partition id, to close them explicitly
+    /// (off the runtime) rather than wherever the last handle drops.
+    open: parking_lot::Mutex<std::collections::HashMap<u32, Arc<storage::Bitcask>>>,
+}
+
+impl Engines for PartitionDirs {
+    fn open(&self, p: u32) -> Result<Arc<dyn ReplicaLog>> {
+        let pdir = self.dir.join(p.to_string());
+        fs::create_dir_all(&pdir).map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot create partition directory {}: {e}",
+                pdir.display()
+            ))
+        })?;
+        let engine =
+            storage::Bitcask::open_replica(&pdir, self.storage.clone(), self.clock.clone())
+                .map_err(|e| {
+                    Error::Unavailable(format!(
+                        "cannot open partition {p} in {}: {e}",
+                        pdir.display()
+                    ))
+                })?;
+        let engine = Arc::new(engine);
+        self.open.lock().insert(p, engine.clone());
+        Ok(engine)
+    }
+
+    fn close(&self, p: u32, _log: &Arc<dyn ReplicaLog>) -> Result<()> {
+        let engine = self.open.lock().remove(&p);
+        match engine {
+            Some(e) => Ok(e.close()?),
+            None => Ok(()),
+        }
     }
 }
 

@@ -57,7 +57,7 @@ impl ReplicaManager {
     /// following.
     pub fn begin_drain(self: &Arc<Self>) {
         self.draining.store(true, Ordering::SeqCst);
-        for part in &self.partitions {
+        for part in &self.hosted() {
             if matches!(part.state.lock().role, RoleState::Follower { .. }) {
                 let me = self.clone();
                 let part = part.clone();
@@ -74,7 +74,7 @@ impl ReplicaManager {
         loop {
             let idle = self.admitted.load(Ordering::SeqCst) == 0;
             let behind: Vec<u32> = self
-                .partitions
+                .hosted()
                 .iter()
                 .filter(|p| {
                     p.leading_epoch().is_some() && p.progress.borrow().hw < p.log.written_end()
@@ -90,7 +90,7 @@ impl ReplicaManager {
 
     /// The partitions this node leads now, each with its ISR.
     pub fn leaderships(&self) -> Vec<(u32, Vec<String>)> {
-        self.partitions
+        self.hosted()
             .iter()
             .filter_map(|p| {
                 let s = p.state.lock();

@@ -4,7 +4,9 @@
 //!
 //! [`ReplicaManager`] is the cluster-mode [`Coordinator`] of the request
 //! path and the [`StateListener`] of the ZooKeeper layer. For each
-//! partition it keeps a [`partition::Partition`]:
+//! partition hosted here (assigned to this node: [`hosting`] opens and
+//! closes engines as assignments change) it keeps a
+//! [`partition::Partition`]:
 //!
 //! - as leader it stamps its epoch on writes, serves followers' long-poll
 //!   fetches ([`service`]), tracks each follower's log end, moves the high
@@ -18,6 +20,10 @@
 //!   the leader's high watermark.
 //!
 //! Invariants:
+//! - a partition's engine is open here iff this node is in its `replicas`
+//!   as last learned, or it is being opened or closed (or no state of it
+//!   was learned yet since startup); a partition not hosted here answers
+//!   `NOT_LEADER` naming the leader learned (see [`hosting`]);
 //! - a node acts as leader only while its ZooKeeper lease is valid
 //!   ([`ClusterHandle::lease_valid`]) and it was not fenced since the last
 //!   state it learned; both are checked on every request;
@@ -62,10 +68,12 @@
 mod divergence;
 mod drain;
 mod fetcher;
+mod hosting;
 mod log;
 mod partition;
 pub mod service;
 
+pub use hosting::Engines;
 pub use log::{ReadBudget, ReplicaLog, epoch_end};
 pub use partition::Progress;
 
@@ -121,8 +129,16 @@ pub struct ReplicaManager {
     me: NodeAddr,
     /// Cluster settings.
     opts: ClusterOptions,
-    /// Replicas by partition id.
-    partitions: Vec<Arc<Partition>>,
+    /// The partition count of the cluster (ids `0..count`).
+    count: u32,
+    /// The replicas whose engine is open here, by partition id (see
+    /// [`hosting`]).
+    hosted: RwLock<HashMap<u32, Arc<Partition>>>,
+    /// The newest state learned of every partition, and the workers
+    /// opening or closing engines.
+    table: Mutex<hosting::Table>,
+    /// Opens and closes engines.
+    engines: Arc<dyn Engines>,
     /// The nodes last announced, by id.
     nodes: RwLock<HashMap<String, NodeAddr>>,
     /// The ZooKeeper layer, once started.
@@ -157,9 +173,12 @@ const ENVELOPE: usize = 64 << 10;
 const PER_PARTITION: usize = 512;
 
 impl ReplicaManager {
-    /// A manager for `logs` (one per partition, by id). Nothing leads until
-    /// states arrive. `wait` bounds acks and read-barrier waits;
-    /// `max_record` is the largest record the engines accept.
+    /// A manager for `logs` (one per partition, by id), all open from the
+    /// start; a state that leaves this node out of a partition's replicas
+    /// closes it (flushes it), one that lists it again reopens the same
+    /// engine. Nothing leads until states arrive. `wait` bounds acks and
+    /// read-barrier waits; `max_record` is the largest record the engines
+    /// accept.
     pub fn new(
         me: NodeAddr,
         opts: ClusterOptions,
@@ -167,17 +186,38 @@ impl ReplicaManager {
         wait: Duration,
         max_record: usize,
     ) -> Arc<ReplicaManager> {
-        let partitions = logs
+        let count = logs.len() as u32;
+        let open = logs.iter().cloned().enumerate().map(|(p, l)| (p as u32, l));
+        let open: Vec<_> = open.collect();
+        let engines = Arc::new(hosting::Preopened(logs));
+        Self::hosting(me, opts, count, engines, open, wait, max_record)
+    }
+
+    /// A manager for `count` partitions whose engines `engines` opens and
+    /// closes as this node's assignments change (see [`hosting`]); `open`
+    /// are those already open (found on disk at startup).
+    pub fn hosting(
+        me: NodeAddr,
+        opts: ClusterOptions,
+        count: u32,
+        engines: Arc<dyn Engines>,
+        open: Vec<(u32, Arc<dyn ReplicaLog>)>,
+        wait: Duration,
+        max_record: usize,
+    ) -> Arc<ReplicaManager> {
+        let hosted = open
             .into_iter()
-            .enumerate()
-            .map(|(p, log)| Arc::new(Partition::new(p as u32, log)))
+            .map(|(p, log)| (p, Arc::new(Partition::new(p, log))))
             .collect();
         let mut nodes = HashMap::new();
         nodes.insert(me.id.clone(), me.clone());
         Arc::new(ReplicaManager {
             me,
             opts,
-            partitions,
+            count,
+            hosted: RwLock::new(hosted),
+            table: Mutex::new(hosting::Table::default()),
+            engines,
             nodes: RwLock::new(nodes),
             cluster: OnceLock::new(),
             controller_epoch: AtomicU64::new(0),
@@ -222,13 +262,6 @@ impl ReplicaManager {
     /// Whether the ZooKeeper lease allows leading.
     fn lease(&self) -> bool {
         self.cluster.get().is_some_and(|c| c.lease_valid())
-    }
-
-    /// The partition `p`, or an error naming it.
-    fn partition(&self, p: u32) -> Result<&Arc<Partition>> {
-        self.partitions
-            .get(p as usize)
-            .ok_or_else(|| Error::InvalidInput(format!("no partition {p}")))
     }
 
     /// The client address of node `id`.
@@ -284,6 +317,7 @@ impl ReplicaManager {
     /// `written.until` covers the record the answer rests on.
     pub async fn write(&self, p: u32, key: Bytes, op: WriteOp, acks: Acks) -> Result<bool> {
         let part = self.partition(p)?;
+        let part = &part;
         let epoch = self.leading(part)?;
         let _admitted = self.admit(part)?;
         if acks == Acks::All {
@@ -310,12 +344,19 @@ impl ReplicaManager {
             }
             e => Error::from(e),
         };
-        let written = match log.submit_at(&key, &op, epoch).map_err(refused)? {
+        // The engine of a replica this node no longer hosts is closed: it
+        // refuses a write before writing anything, so the answer is
+        // NOT_LEADER (routers retry at the leader), not UNAVAILABLE.
+        let unhosted = |e: crate::storage::Error| match e {
+            crate::storage::Error::Closed if part.state.lock().closed => self.not_leader(part),
+            e => refused(e),
+        };
+        let written = match log.submit_at(&key, &op, epoch).map_err(unhosted)? {
             Submitted::Done(w) => w,
             Submitted::Queued(c) => c.wait().await.map_err(refused)?,
             Submitted::Blocking => blocking(move || Ok::<_, Error>(log.write_op(&key, op, epoch)))
                 .await?
-                .map_err(refused)?,
+                .map_err(unhosted)?,
         };
         part.publish_log_end();
         self.advance_hw(part);
@@ -347,6 +388,7 @@ impl ReplicaManager {
     /// reached the log end it took over with).
     pub async fn read_barrier(&self, p: u32) -> Result<()> {
         let part = self.partition(p)?;
+        let part = &part;
         let epoch = self.leading(part)?;
         let start = match &part.state.lock().role {
             RoleState::Leader(l) => l.epoch_start,
@@ -395,7 +437,7 @@ impl ReplicaManager {
     /// the merge horizon to the slowest replica.
     fn maintain(self: &Arc<Self>) {
         let lag = Duration::from_millis(self.opts.replica_lag_ms);
-        for part in &self.partitions {
+        for part in &self.hosted() {
             if let RoleState::Leader(l) = &part.state.lock().role {
                 let slowest = l
                     .replicas
@@ -458,31 +500,16 @@ impl ReplicaManager {
         });
     }
 
-    /// Learns `states` and reconciles the roles they change. `notice`:
-    /// they come from a controller notice for this node's current
-    /// registration, so those naming this node leader grant it their
-    /// epoch; otherwise (read from ZooKeeper) they grant nothing.
-    fn apply_states(self: &Arc<Self>, states: Vec<LeaderAndIsr>, notice: bool) {
-        for state in states {
-            let Some(part) = self.partitions.get(state.partition as usize).cloned() else {
-                continue;
-            };
-            let granted = notice
-                && state.leader.as_deref() == Some(self.me.id.as_str())
-                && part.grant(state.leader_epoch);
-            if part.learn(state) || granted {
-                let me = self.clone();
-                tokio::spawn(async move { me.reconcile(&part).await });
-            }
-        }
-    }
-
     /// Makes the role of `part` match the newest state known.
     async fn reconcile(self: &Arc<Self>, part: &Arc<Partition>) {
         let _t = part.transition.lock().await;
         let Some(target) = part.state.lock().known.clone() else {
             return;
         };
+        if part.state.lock().closed {
+            // No longer hosted: its engine is closing or closed.
+            return;
+        }
         let mine = target.replicas.iter().any(|r| *r == self.me.id);
         let granted = part.state.lock().granted;
         match target.leader.as_deref() {
@@ -649,7 +676,7 @@ impl ReplicaManager {
         for pf in &req.partitions {
             let noted = self.partition(pf.partition).and_then(|part| {
                 if !lease {
-                    return Err(self.not_leader(part));
+                    return Err(self.not_leader(&part));
                 }
                 let note = part.note_fetch(
                     &self.me.id,
@@ -658,7 +685,7 @@ impl ReplicaManager {
                     pf.leader_epoch,
                     self.opts.min_insync,
                 )?;
-                Ok((part.clone(), note))
+                Ok((part, note))
             });
             match noted {
                 Ok((part, note)) => {
@@ -862,7 +889,7 @@ impl ReplicaManager {
     /// refused unless this node leads `p` at the caller's `current` epoch.
     fn epoch_end_of(&self, p: u32, current: u32, epoch: u32) -> Result<(Option<(u32, u64)>, u64)> {
         let part = self.partition(p)?;
-        let mine = self.leading(part)?;
+        let mine = self.leading(&part)?;
         check_epoch(part.id, current, mine)?;
         let end = part.log.written_end();
         let mut starts = part.log.epoch_starts()?;
@@ -876,7 +903,7 @@ impl ReplicaManager {
     pub fn log_end_offsets(&self, partitions: &[u32]) -> Vec<ReplicaOffsets> {
         partitions
             .iter()
-            .filter_map(|&p| self.partitions.get(p as usize))
+            .filter_map(|&p| self.partition(p).ok())
             .map(|part| ReplicaOffsets {
                 partition: part.id,
                 log_end_offset: part.log.written_end(),
@@ -931,9 +958,7 @@ impl ReplicaManager {
     fn registered(&self, node_epoch: i64) {
         let mut registration = self.node_epoch.lock();
         *registration = node_epoch;
-        for part in &self.partitions {
-            part.state.lock().granted = None;
-        }
+        self.void_grants();
     }
 
     /// Re-reads the states of `partitions` from ZooKeeper (their leaders
@@ -953,6 +978,34 @@ impl ReplicaManager {
                 Err(e) => tracing::warn!("cannot re-read partition states: {e}"),
             }
         });
+    }
+
+    /// The state of a partition hosted here, as its replica knows it.
+    fn hosted_state(&self, part: &Partition) -> PartitionState {
+        let known = part.state.lock().known.clone();
+        let (mut leader, leader_epoch, replicas, mut isr) = match known {
+            Some(k) => (k.leader, k.leader_epoch, k.replicas, k.isr),
+            None => (None, 0, Vec::new(), Vec::new()),
+        };
+        // A fenced node does not advertise its own leadership: it knows it
+        // may be stale.
+        if leader.as_deref() == Some(self.me.id.as_str())
+            && (part.leading_epoch().is_none() || !self.lease())
+        {
+            leader = None;
+        }
+        if let RoleState::Leader(l) = &part.state.lock().role {
+            isr = l.isr.clone();
+        }
+        PartitionState {
+            id: part.id,
+            leader,
+            leader_epoch,
+            replicas,
+            isr,
+            high_watermark: part.progress.borrow().hw,
+            offsets: part.offsets(&self.me.id),
+        }
     }
 
     /// Remembers the addresses of `nodes`.
@@ -983,7 +1036,7 @@ impl StateListener for Listener {
 
     fn fence(&self, why: &str) {
         let mut fenced = 0;
-        for part in &self.0.partitions {
+        for part in &self.0.hosted() {
             if part.fence() {
                 fenced += 1;
             }
@@ -998,9 +1051,12 @@ impl Coordinator for ReplicaManager {
     }
 
     fn role(&self, partition: u32) -> Role {
-        let Some(part) = self.partitions.get(partition as usize) else {
-            return Role::NotLeader { leader: None };
+        let part = match self.partition(partition) {
+            Ok(part) => part,
+            Err(Error::NotLeader { leader, .. }) => return Role::NotLeader { leader },
+            Err(_) => return Role::NotLeader { leader: None },
         };
+        let part = &part;
         match self.leading(part) {
             Ok(epoch) => {
                 let isr = match &part.state.lock().role {
@@ -1034,33 +1090,29 @@ impl Coordinator for ReplicaManager {
         out
     }
 
+    /// Every partition `0..count`: those hosted here as their replica
+    /// knows them (with this node's log end), the others as last learned
+    /// (no offsets: there is no log here).
     fn partitions(&self) -> Vec<PartitionState> {
-        self.partitions
-            .iter()
-            .map(|part| {
-                let known = part.state.lock().known.clone();
-                let (mut leader, leader_epoch, replicas, mut isr) = match known {
-                    Some(k) => (k.leader, k.leader_epoch, k.replicas, k.isr),
-                    None => (None, 0, Vec::new(), Vec::new()),
-                };
-                // A fenced node does not advertise its own leadership: it
-                // knows it may be stale.
-                if leader.as_deref() == Some(self.me.id.as_str())
-                    && (part.leading_epoch().is_none() || !self.lease())
-                {
-                    leader = None;
-                }
-                if let RoleState::Leader(l) = &part.state.lock().role {
-                    isr = l.isr.clone();
-                }
-                PartitionState {
-                    id: part.id,
-                    leader,
-                    leader_epoch,
-                    replicas,
-                    isr,
-                    high_watermark: part.progress.borrow().hw,
-                    offsets: part.offsets(&self.me.id),
+        (0..self.count)
+            .map(|p| match self.partition(p) {
+                Ok(part) => self.hosted_state(&part),
+                Err(_) => {
+                    let (leader, leader_epoch, replicas, isr) = match self.learned(p) {
+                        Some(k) => (k.leader, k.leader_epoch, k.replicas, k.isr),
+                        None => (None, 0, Vec::new(), Vec::new()),
+                    };
+                    PartitionState {
+                        id: p,
+                        // Named leader of a partition it does not host (yet):
+                        // it does not lead it.
+                        leader: leader.filter(|l| *l != self.me.id),
+                        leader_epoch,
+                        replicas,
+                        isr,
+                        high_watermark: 0,
+                        offsets: Vec::new(),
+                    }
                 }
             })
             .collect()

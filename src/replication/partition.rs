@@ -109,6 +109,9 @@ pub struct State {
     /// current registration made it leader at; the replica leads only at
     /// this epoch (cleared by a new registration).
     pub granted: Option<u32>,
+    /// No longer hosted here: its engine is closing or closed, and no
+    /// role is taken again (see `hosting`).
+    pub closed: bool,
 }
 
 /// One partition replica on this node.
@@ -195,6 +198,7 @@ impl Partition {
                 role: RoleState::Idle,
                 fenced: false,
                 granted: None,
+                closed: false,
             }),
             transition: tokio::sync::Mutex::new(()),
             progress: watch::Sender::new(Progress { hw, leading: None }),

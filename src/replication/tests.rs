@@ -3,6 +3,7 @@
 //! handed in as the controller's notices would be.
 
 mod epochs;
+mod hosting;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -555,6 +556,9 @@ fn takeover_node(
     m.attach(Arc::new(FakeCluster));
     m.leader_and_isr(1, 0, vec![state("b", 1, &["b", "a"])], vec![node("b")])
         .unwrap();
+    // A fresh data directory: the notice assigning partition 0 opens its
+    // engine, in the background.
+    rt.block_on(wait_until("partition 0 is open", || m.partition(0).is_ok()));
     let part = m.partition(0).unwrap().clone();
     rt.block_on(wait_until("a follows b", || part.follows("b", 1)));
     let records = leader_records(1, keys);

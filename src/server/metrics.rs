@@ -308,7 +308,7 @@ impl Metrics {
             });
         }
         let mut storage = StorageFigures::default();
-        for s in node.status().await? {
+        for (_, s) in node.status().await? {
             storage.keys += s.keys;
             storage.segments += s.segments;
             storage.disk_bytes += s.disk_bytes;

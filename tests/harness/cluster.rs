@@ -39,6 +39,9 @@ pub struct ClusterOpts {
     pub request_timeout_ms: u64,
     /// Extra environment of every node (e.g. `FAILPOINTS`).
     pub env: Vec<(String, String)>,
+    /// `cluster.initial_nodes`: the controller creates the partitions once
+    /// this many nodes are live (0: `replication_factor`).
+    pub initial_nodes: u32,
 }
 
 impl Default for ClusterOpts {
@@ -55,6 +58,7 @@ impl Default for ClusterOpts {
             fsync: "never",
             request_timeout_ms: 5000,
             env: Vec::new(),
+            initial_nodes: 0,
         }
     }
 }
@@ -123,7 +127,7 @@ impl TestCluster {
                      \x20 session_timeout_ms: {st}\n  replication_listen: {repl}\n\
                      \x20 replication_factor: {rf}\n  min_insync: {mi}\n  replica_lag_ms: {lag}\n\
                      \x20 unclean_leader_election: {unclean}\n  preferred_leader_rebalance: {rb}\n\
-                     \x20 fetch_max_wait_ms: 200\n",
+                     \x20 fetch_max_wait_ms: 200\n  initial_nodes: {initial}\n",
                     data = data.display(),
                     p = opts.partitions,
                     rt = opts.request_timeout_ms,
@@ -135,6 +139,7 @@ impl TestCluster {
                     lag = opts.replica_lag_ms,
                     unclean = opts.unclean,
                     rb = opts.rebalance,
+                    initial = opts.initial_nodes,
                 );
                 std::fs::write(&config, yaml).expect("write node config");
                 NodeSpec {

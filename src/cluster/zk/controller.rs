@@ -534,12 +534,15 @@ impl Controller {
         let rf = self.shared.opts.replication_factor as usize;
         let live = self.live_epochs();
         let nodes: Vec<String> = live.keys().cloned().collect();
-        if nodes.len() < rf {
+        // `initial_nodes`: a cluster started on more nodes than the
+        // replication factor spreads over all of them.
+        let need = rf.max(self.shared.opts.initial_nodes as usize);
+        if nodes.len() < need {
             if self.waiting_logged != Some(nodes.len()) {
                 self.waiting_logged = Some(nodes.len());
                 tracing::info!(
-                    "waiting for {rf} live nodes (replication factor) to assign {} partitions; \
-                     {} live: [{}]",
+                    "waiting for {need} live nodes (replication factor {rf}, initial_nodes) to \
+                     assign {} partitions; {} live: [{}]",
                     ids.len(),
                     nodes.len(),
                     nodes.join(", ")
