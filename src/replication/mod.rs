@@ -65,9 +65,11 @@ mod log;
 mod partition;
 mod serve;
 pub mod service;
+mod session;
 
 pub use log::{ReadBudget, ReplicaLog, epoch_end};
 pub use partition::Progress;
+pub use session::FetchCounts;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -141,6 +143,8 @@ pub struct ReplicaManager {
     channels: fetcher::Channels,
     /// This node's fetch sessions, one per leader node it follows.
     sessions: fetcher::Sessions,
+    /// The fetch sessions followers keep with this node as their leader.
+    fetch_sessions: session::FetchSessions,
     /// The largest record the engines accept (header, maximal key and
     /// value): fetch answers and the message limit leave room for it.
     max_record: usize,
@@ -175,6 +179,7 @@ impl ReplicaManager {
             wait,
             channels: fetcher::Channels::default(),
             sessions: fetcher::Sessions::default(),
+            fetch_sessions: session::FetchSessions::default(),
             max_record,
         })
     }

@@ -1,7 +1,17 @@
 //! The leader side of fetching: answers a follower's long-poll fetch for
-//! every partition of its request, within the message limit.
+//! every partition of its incremental fetch session ([`super::session`]),
+//! within the message limit.
 //!
 //! Invariants:
+//! - every partition of the session is noted as fetched at the follower's
+//!   offset (the one the request sent, or the one remembered) at every
+//!   request, so an idle follower that is caught up stays in the ISR and
+//!   the high watermark sees it; the long poll wakes on records of any of
+//!   them;
+//! - an incremental answer leaves a partition out only when it has no
+//!   records, no error, and the high watermark last sent to the follower
+//!   in this session (see [`super::session`] for when that counts as
+//!   sent) is the current one;
 //! - a fetch answer always fits the message limit ([`ReplicaManager::message_limit`],
 //!   which leaves room for the largest record), whatever the value sizes;
 //! - each partition of a request is served or refused on its own: one
@@ -9,11 +19,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
+use prost::Message;
 
 use super::partition::{Partition, check_epoch};
+use super::session::{FetchCounts, Fetched};
 use super::{ReadBudget, ReplicaManager, in_place};
 use crate::error::{Error, Result};
 use crate::proto::replication as pb;
@@ -24,11 +37,18 @@ const ENVELOPE: usize = 64 << 10;
 const PER_PARTITION: usize = 512;
 
 impl ReplicaManager {
-    /// Answers one fetch of a session on the leader (long poll). Each
-    /// partition of the request is served or refused on its own; the answer
-    /// goes out as soon as one of them has records past its offset (or was
-    /// refused, or lost this node's leadership), else after `max_wait_ms`.
-    /// `turn` (the stream's answer count) picks the partition read first.
+    /// Answers one fetch of a session on the leader (long poll). The
+    /// request opens or continues an incremental fetch session
+    /// ([`super::session`]); every partition of the session is served or
+    /// refused on its own (the ones the request did not list at their
+    /// remembered offset), and the answer goes out as soon as one of them
+    /// has records past its offset (or was refused, or lost this node's
+    /// leadership, or, in an incremental session, has a high watermark the
+    /// follower was not sent), else after `max_wait_ms`. A full request is
+    /// answered for every partition, in its order; an incremental one only
+    /// for partitions with records, news of the high watermark, or an
+    /// error. `turn` (the stream's answer count) picks the partition read
+    /// first.
     ///
     /// The answer fits the message limit ([`Self::message_limit`]): its
     /// records share a byte budget of at most `fetch_max_bytes`, the first
@@ -40,19 +60,47 @@ impl ReplicaManager {
         req: pb::FetchRequest,
         turn: usize,
     ) -> Result<pb::FetchResponse> {
+        let stats = &self.fetch_sessions.stats;
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        stats
+            .request_entries
+            .fetch_add(req.partitions.len() as u64, Ordering::Relaxed);
+        stats
+            .request_bytes
+            .fetch_add(req.encoded_len() as u64, Ordering::Relaxed);
+        let session = match self.fetch_sessions.begin(&req) {
+            Ok(t) => t,
+            Err(e) => {
+                stats.session_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(follower = req.follower_id, "{}", e.message);
+                let answer = pb::FetchResponse {
+                    session_id: req.session_id,
+                    error_reason: e.reason.to_string(),
+                    error_message: e.message,
+                    ..Default::default()
+                };
+                stats
+                    .answer_bytes
+                    .fetch_add(answer.encoded_len() as u64, Ordering::Relaxed);
+                return Ok(answer);
+            }
+        };
+        if session.full {
+            stats.full_requests.fetch_add(1, Ordering::Relaxed);
+        }
         let lease = self.lease();
-        let mut slots = Vec::with_capacity(req.partitions.len());
+        let mut slots = Vec::with_capacity(session.parts.len());
         let mut commits = Vec::new();
-        for pf in &req.partitions {
-            let noted = self.partition(pf.partition).and_then(|part| {
+        for &(p, f) in &session.parts {
+            let noted = self.partition(p).and_then(|part| {
                 if !lease {
-                    return Err(self.not_leader(part));
+                    return Err(self.not_leader(&part));
                 }
                 let note = part.note_fetch(
                     &self.me.id,
                     &req.follower_id,
-                    pf.offset,
-                    pf.leader_epoch,
+                    f.offset,
+                    f.leader_epoch,
                     self.opts.min_insync,
                 )?;
                 Ok((part.clone(), note))
@@ -66,9 +114,9 @@ impl ReplicaManager {
                         let why = format!("{} caught up", req.follower_id);
                         self.spawn_isr_change(part.clone(), isr, &why);
                     }
-                    slots.push(Ok((part, pf.offset, pf.leader_epoch)));
+                    slots.push(Ok((part, f)));
                 }
-                Err(e) => slots.push(Err((pf.partition, e))),
+                Err(e) => slots.push(Err((p, e))),
             }
         }
         for (part, hw, epoch) in commits {
@@ -77,15 +125,20 @@ impl ReplicaManager {
 
         let served: Vec<_> = slots.iter().filter_map(|s| s.as_ref().ok()).collect();
         // (A leadership change during the wait ends it too: see
-        // `wait_for_records`.)
-        let ready =
-            |(part, offset, _): &&(Arc<Partition>, u64, u32)| part.log.written_end() > *offset;
+        // `wait_for_records`.) A high watermark that is news to an
+        // incremental session's follower is answered at once: a full
+        // request's answer carries every one anyway.
+        let full = session.full;
+        let ready = |(part, f): &&(Arc<Partition>, Fetched)| {
+            part.log.written_end() > f.offset
+                || (!full && f.hw_sent != Some(part.progress.borrow().hw))
+        };
         let refused = served.len() < slots.len();
         if !refused && !served.is_empty() && !served.iter().any(ready) {
             let wait = Duration::from_millis(u64::from(req.max_wait_ms).min(10_000));
             let waits = served
                 .iter()
-                .map(|(part, offset, epoch)| Box::pin(part.wait_for_records(*offset, *epoch)));
+                .map(|(part, f)| Box::pin(part.wait_for_records(f.offset, f.leader_epoch)));
             let _ = tokio::time::timeout(wait, futures_util::future::select_all(waits)).await;
         }
 
@@ -95,16 +148,16 @@ impl ReplicaManager {
         // touch the disk: see `in_place`).
         let mut reads = Vec::new();
         for slot in &mut slots {
-            let Ok((part, offset, epoch)) = slot else {
+            let Ok((part, f)) = slot else {
                 continue;
             };
             let mine = self
                 .leading(part)
-                .and_then(|mine| check_epoch(part.id, *epoch, mine));
+                .and_then(|mine| check_epoch(part.id, f.leader_epoch, mine));
             if let Err(e) = mine {
                 *slot = Err((part.id, e));
-            } else if part.log.written_end() > *offset {
-                reads.push((part.id, part.log.clone(), *offset));
+            } else if part.log.written_end() > f.offset {
+                reads.push((part.id, part.log.clone(), f.offset));
             }
         }
         // The answer's hard budget: `fetch_max_bytes` (or less, as asked),
@@ -139,28 +192,61 @@ impl ReplicaManager {
 
         let partitions = slots
             .into_iter()
-            .map(|slot| match slot {
-                Ok((part, _, _)) => {
-                    let end = part.log.written_end();
-                    let hw = part.progress.borrow().hw;
-                    match read.remove(&part.id).unwrap_or(Ok((Bytes::new(), 0))) {
-                        Ok((records, record_count)) => pb::PartitionData {
-                            partition: part.id,
-                            high_watermark: hw,
-                            log_end_offset: end,
-                            records,
-                            record_count,
-                            ..Default::default()
-                        },
-                        Err(e) => refusal(part.id, &e),
+            .filter_map(|slot| {
+                let d = match slot {
+                    Ok((part, f)) => {
+                        let end = part.log.written_end();
+                        let hw = part.progress.borrow().hw;
+                        match read.remove(&part.id).unwrap_or(Ok((Bytes::new(), 0))) {
+                            // Nothing new for the follower of an
+                            // incremental session: left out.
+                            Ok((records, _))
+                                if !full && records.is_empty() && f.hw_sent == Some(hw) =>
+                            {
+                                return None;
+                            }
+                            Ok((records, record_count)) => pb::PartitionData {
+                                partition: part.id,
+                                high_watermark: hw,
+                                log_end_offset: end,
+                                records,
+                                record_count,
+                                ..Default::default()
+                            },
+                            Err(e) => refusal(part.id, &e),
+                        }
                     }
-                }
-                Err((p, e)) => refusal(p, &e),
+                    Err((p, e)) => refusal(p, &e),
+                };
+                Some(d)
             })
             .collect();
-        let mut answer = pb::FetchResponse { partitions };
+        let mut answer = pb::FetchResponse {
+            partitions,
+            session_id: session.id,
+            ..Default::default()
+        };
         self.fit(&mut answer);
+        self.fetch_sessions.sent(
+            &session,
+            answer
+                .partitions
+                .iter()
+                .filter(|d| d.error_reason.is_empty())
+                .map(|d| (d.partition, d.high_watermark)),
+        );
+        stats
+            .answer_entries
+            .fetch_add(answer.partitions.len() as u64, Ordering::Relaxed);
+        stats
+            .answer_bytes
+            .fetch_add(answer.encoded_len() as u64, Ordering::Relaxed);
         Ok(answer)
+    }
+
+    /// Counters of the fetch traffic served here as a leader.
+    pub fn fetch_counts(&self) -> FetchCounts {
+        self.fetch_sessions.stats.counts()
     }
 
     /// The largest fetch answer (and request) on the wire: the gRPC default
@@ -184,7 +270,6 @@ impl ReplicaManager {
     /// first partition with records) until it does. Their followers fetch
     /// them again next time.
     fn fit(&self, answer: &mut pb::FetchResponse) {
-        use prost::Message;
         let limit = self.message_limit();
         let mut len = answer.encoded_len();
         if len <= limit {

@@ -3,6 +3,7 @@
 //! handed in as the controller's notices would be.
 
 mod epochs;
+mod sessions;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -367,6 +368,7 @@ fn fetch_answers_fit_the_message_limit_with_maximal_values() {
                     leader_epoch: 1,
                 })
                 .collect(),
+            ..Default::default()
         };
         for (turn, want) in [(0, [1, 1, 1, 0]), (1, [0, 1, 1, 1]), (3, [1, 1, 0, 1])] {
             let answer = m.fetch(request.clone(), turn).await.unwrap();
