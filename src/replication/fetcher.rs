@@ -16,6 +16,12 @@
 //! another thread first, so the runtime is not blocked and the round trip
 //! has no hand-off to the blocking pool and back).
 //!
+//! Sessions are incremental (KIP-227, [`super::session`]): the first
+//! request of a session is full, later ones list only the partitions whose
+//! log end or epoch changed, or that joined, and those that left, computed
+//! against the fetch set the leader holds after the last answered request
+//! ([`Wire`]); an idle round sends and receives no partition entry.
+//!
 //! A partition the leader refuses, or whose append fails, leaves the fetch
 //! set and rejoins after a short pause, truncating again first; an error of
 //! the stream itself sends every member back to truncation. A member added
@@ -23,6 +29,12 @@
 //! out a long poll.
 //!
 //! Invariants:
+//! - the next request's changes are computed against what the leader holds
+//!   after the last request whose answer arrived: a request whose answer
+//!   was abandoned (the stream restarted) is sent again with the same
+//!   session epoch and every change since; a session error makes the next
+//!   request full, so no partition of the fetch set is ever unknown to the
+//!   leader;
 //! - no failover path makes one round trip per partition: epoch lookups
 //!   go out in one call per round for the whole session (as many calls as
 //!   the longest KIP-279 loop), and members due within [`TOGETHER`] of

@@ -7,7 +7,9 @@
 //! partition it keeps a [`partition::Partition`]:
 //!
 //! - as leader it stamps its epoch on writes, serves followers' long-poll
-//!   fetches ([`service`]), tracks each follower's log end, moves the high
+//!   fetches ([`service`], [`serve`]) in incremental fetch sessions
+//!   ([`session`], KIP-227: an idle partition costs no bytes per round,
+//!   yet every partition of a session counts as fetched each round), tracks each follower's log end, moves the high
 //!   watermark (`min` log end over the ISR, at least `min_insync` members),
 //!   shrinks and expands the ISR through ZooKeeper compare-and-set, and
 //!   answers `acks: all` writes once the high watermark covers them;

@@ -48,7 +48,8 @@ impl ReplicaManager {
     /// answered for every partition, in its order; an incremental one only
     /// for partitions with records, news of the high watermark, or an
     /// error. `turn` (the stream's answer count) picks the partition read
-    /// first.
+    /// first; `stream` numbers the fetch stream ([`Self::open_fetch_stream`],
+    /// 0 in tests that call this directly).
     ///
     /// The answer fits the message limit ([`Self::message_limit`]): its
     /// records share a byte budget of at most `fetch_max_bytes`, the first
@@ -59,6 +60,7 @@ impl ReplicaManager {
         self: &Arc<Self>,
         req: pb::FetchRequest,
         turn: usize,
+        stream: u64,
     ) -> Result<pb::FetchResponse> {
         let stats = &self.fetch_sessions.stats;
         stats.requests.fetch_add(1, Ordering::Relaxed);
@@ -68,7 +70,7 @@ impl ReplicaManager {
         stats
             .request_bytes
             .fetch_add(req.encoded_len() as u64, Ordering::Relaxed);
-        let session = match self.fetch_sessions.begin(&req) {
+        let session = match self.fetch_sessions.begin(&req, stream) {
             Ok(t) => t,
             Err(e) => {
                 stats.session_errors.fetch_add(1, Ordering::Relaxed);
@@ -242,6 +244,12 @@ impl ReplicaManager {
             .answer_bytes
             .fetch_add(answer.encoded_len() as u64, Ordering::Relaxed);
         Ok(answer)
+    }
+
+    /// A number for a fetch stream being opened (higher than any before):
+    /// a session refuses requests from streams older than its newest.
+    pub fn open_fetch_stream(&self) -> u64 {
+        self.fetch_sessions.open_stream()
     }
 
     /// Counters of the fetch traffic served here as a leader.

@@ -31,6 +31,10 @@
 //!   its remembered offset, so every partition of the session is noted as
 //!   fetched each round (follower progress, ISR, high watermark) and wakes
 //!   the long poll with its records;
+//! - a request that arrives on a fetch stream older than the newest one
+//!   the session was continued on is refused: the follower has left that
+//!   stream, and its late request must not overwrite the state the retry
+//!   on the new stream built;
 //! - a high watermark counts as sent only once a later request proves its
 //!   answer arrived; an answer that was abandoned (its stream restarted)
 //!   or superseded by a retry records nothing (`generation` check);
@@ -99,6 +103,10 @@ struct Session {
     generation: u64,
     /// Last request.
     used: Instant,
+    /// The newest fetch stream (leader-side number, increasing) a request
+    /// of the session came on: a request on an older one is stale (the
+    /// follower left that stream), even if its epoch looks right.
+    stream: u64,
 }
 
 /// What one request is to serve.
@@ -183,6 +191,8 @@ pub struct FetchSessions {
     map: Mutex<HashMap<u32, Session>>,
     /// The next session id to try.
     next_id: Mutex<u32>,
+    /// Fetch streams opened (numbers them).
+    streams: AtomicU64,
     /// Traffic counters.
     pub stats: FetchStats,
 }
@@ -197,15 +207,22 @@ impl Default for FetchSessions {
         FetchSessions {
             map: Mutex::default(),
             next_id: Mutex::new(seed.max(1)),
+            streams: AtomicU64::new(0),
             stats: FetchStats::default(),
         }
     }
 }
 
 impl FetchSessions {
-    /// Opens or continues the session of `req`: the partitions to serve,
+    /// A number for a fetch stream being opened, higher than any before.
+    pub fn open_stream(&self) -> u64 {
+        self.streams.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Opens or continues the session of `req`, which came on fetch
+    /// stream `stream` ([`Self::open_stream`]): the partitions to serve,
     /// or why the session cannot go on.
-    pub fn begin(&self, req: &pb::FetchRequest) -> Result<Turn, SessionError> {
+    pub fn begin(&self, req: &pb::FetchRequest, stream: u64) -> Result<Turn, SessionError> {
         let now = Instant::now();
         let mut map = self.map.lock();
         if req.session_epoch == 0 {
@@ -239,6 +256,7 @@ impl FetchSessions {
                     current,
                     generation: 0,
                     used: now,
+                    stream,
                 },
             );
             return Ok(Turn {
@@ -261,6 +279,15 @@ impl FetchSessions {
                 ),
             });
         };
+        if stream < s.stream {
+            return Err(SessionError {
+                reason: INVALID_EPOCH,
+                message: format!(
+                    "fetch session {}: request of a stream the follower has left",
+                    req.session_id
+                ),
+            });
+        }
         if req.session_epoch == next_epoch(s.epoch) {
             s.base = std::mem::take(&mut s.current);
         } else if req.session_epoch != s.epoch {
@@ -289,6 +316,7 @@ impl FetchSessions {
         s.epoch = req.session_epoch;
         s.generation += 1;
         s.used = now;
+        s.stream = stream;
         Ok(Turn {
             id: req.session_id,
             generation: s.generation,

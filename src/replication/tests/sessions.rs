@@ -53,12 +53,13 @@ fn served(t: &crate::replication::session::Turn) -> Vec<(u32, u64)> {
 /// The session state machine: a full request opens a session; an
 /// incremental one changes only what it lists; a repeated epoch (its
 /// answer was abandoned) is rebuilt from the state before it, and the
-/// high watermarks its abandoned answer recorded do not count.
+/// high watermarks its abandoned answer recorded do not count; a late copy
+/// of a request on a stream the follower left is refused.
 #[test]
 fn incremental_requests_change_only_what_they_list_and_a_repeat_rebuilds() {
     let s = FetchSessions::default();
     let full = s
-        .begin(&req(0, 0, vec![pf(3, 5), pf(1, 2), pf(2, 0)], vec![]))
+        .begin(&req(0, 0, vec![pf(3, 5), pf(1, 2), pf(2, 0)], vec![]), 1)
         .unwrap();
     assert!(full.full);
     assert_eq!(served(&full), vec![(3, 5), (1, 2), (2, 0)], "request order");
@@ -67,7 +68,7 @@ fn incremental_requests_change_only_what_they_list_and_a_repeat_rebuilds() {
 
     // Epoch 1: nothing listed; all three served at their offsets, with the
     // high watermarks of the full answer remembered.
-    let t1 = s.begin(&req(id, 1, vec![], vec![])).unwrap();
+    let t1 = s.begin(&req(id, 1, vec![], vec![]), 1).unwrap();
     assert!(!t1.full);
     assert_eq!(served(&t1), vec![(1, 2), (2, 0), (3, 5)]);
     assert!(t1.parts.iter().all(|(_, f)| f.hw_sent == Some(f.offset)));
@@ -75,7 +76,7 @@ fn incremental_requests_change_only_what_they_list_and_a_repeat_rebuilds() {
 
     // Epoch 2: partition 2 leaves, 1 moves, 7 joins.
     let t2 = s
-        .begin(&req(id, 2, vec![pf(1, 4), pf(7, 0)], vec![2]))
+        .begin(&req(id, 2, vec![pf(1, 4), pf(7, 0)], vec![2]), 1)
         .unwrap();
     assert_eq!(served(&t2), vec![(1, 4), (3, 5), (7, 0)]);
     assert_eq!(t2.parts[0].1.hw_sent, Some(4));
@@ -84,12 +85,18 @@ fn incremental_requests_change_only_what_they_list_and_a_repeat_rebuilds() {
 
     // Epoch 2 again (its answer never arrived): rebuilt from epoch 1's
     // state with these changes only; 7's high watermark was not sent.
-    let t2b = s.begin(&req(id, 2, vec![pf(7, 0)], vec![])).unwrap();
+    // It comes on the follower's new stream (2).
+    let t2b = s.begin(&req(id, 2, vec![pf(7, 0)], vec![]), 2).unwrap();
     assert_eq!(served(&t2b), vec![(1, 2), (2, 0), (3, 5), (7, 0)]);
     assert_eq!(t2b.parts[3].1.hw_sent, None);
     // The abandoned turn's late answer records nothing.
     s.sent(&t2, [(3, 99)]);
-    let t3 = s.begin(&req(id, 3, vec![], vec![])).unwrap();
+    // A late copy of epoch 2 still buffered on the old stream (1) is
+    // refused: it would rebuild the state from its own changes.
+    let late = s.begin(&req(id, 2, vec![pf(1, 4)], vec![2]), 1);
+    assert_eq!(late.unwrap_err().reason, INVALID_EPOCH);
+    let t3 = s.begin(&req(id, 3, vec![], vec![]), 2).unwrap();
+    assert_eq!(served(&t3), vec![(1, 2), (2, 0), (3, 5), (7, 0)]);
     assert_eq!(t3.parts[2].1.hw_sent, Some(5));
 }
 
@@ -100,30 +107,30 @@ fn incremental_requests_change_only_what_they_list_and_a_repeat_rebuilds() {
 #[test]
 fn session_errors_and_eviction() {
     let s = FetchSessions::default();
-    let err = s.begin(&req(12345, 1, vec![], vec![])).unwrap_err();
+    let err = s.begin(&req(12345, 1, vec![], vec![]), 1).unwrap_err();
     assert_eq!(err.reason, NOT_FOUND);
-    let id = s.begin(&req(0, 0, vec![pf(0, 0)], vec![])).unwrap().id;
+    let id = s.begin(&req(0, 0, vec![pf(0, 0)], vec![]), 1).unwrap().id;
     assert_ne!(id, 0);
     let theirs = pb::FetchRequest {
         follower_id: "c".into(),
         ..req(id, 1, vec![], vec![])
     };
-    assert_eq!(s.begin(&theirs).unwrap_err().reason, NOT_FOUND);
+    assert_eq!(s.begin(&theirs, 1).unwrap_err().reason, NOT_FOUND);
     assert_eq!(
-        s.begin(&req(id, 2, vec![], vec![])).unwrap_err().reason,
+        s.begin(&req(id, 2, vec![], vec![]), 1).unwrap_err().reason,
         INVALID_EPOCH
     );
-    assert!(s.begin(&req(id, 1, vec![], vec![])).is_ok());
+    assert!(s.begin(&req(id, 1, vec![], vec![]), 1).is_ok());
     assert_eq!(
-        s.begin(&req(id, 3, vec![], vec![])).unwrap_err().reason,
+        s.begin(&req(id, 3, vec![], vec![]), 1).unwrap_err().reason,
         INVALID_EPOCH
     );
     // A full request naming it replaces it.
-    let id2 = s.begin(&req(id, 0, vec![pf(0, 0)], vec![])).unwrap().id;
+    let id2 = s.begin(&req(id, 0, vec![pf(0, 0)], vec![]), 1).unwrap().id;
     assert_ne!(id2, id);
     assert_eq!(s.len(), 1);
     assert_eq!(
-        s.begin(&req(id, 2, vec![], vec![])).unwrap_err().reason,
+        s.begin(&req(id, 2, vec![], vec![]), 1).unwrap_err().reason,
         NOT_FOUND
     );
 
@@ -131,26 +138,26 @@ fn session_errors_and_eviction() {
         follower_id: "c".into(),
         ..req(0, 0, vec![pf(0, 0)], vec![])
     };
-    let c_id = s.begin(&c).unwrap().id;
+    let c_id = s.begin(&c, 1).unwrap().id;
     let mut mine = vec![id2];
     for _ in 0..PER_FOLLOWER {
         std::thread::sleep(Duration::from_millis(2));
-        mine.push(s.begin(&req(0, 0, vec![pf(0, 0)], vec![])).unwrap().id);
+        mine.push(s.begin(&req(0, 0, vec![pf(0, 0)], vec![]), 1).unwrap().id);
     }
     assert_eq!(s.len(), PER_FOLLOWER + 1);
     assert_eq!(
-        s.begin(&req(id2, 1, vec![], vec![])).unwrap_err().reason,
+        s.begin(&req(id2, 1, vec![], vec![]), 1).unwrap_err().reason,
         NOT_FOUND,
         "the least recently used session of a was evicted"
     );
     for &m in &mine[1..] {
-        assert!(s.begin(&req(m, 1, vec![], vec![])).is_ok());
+        assert!(s.begin(&req(m, 1, vec![], vec![]), 1).is_ok());
     }
     let c_next = pb::FetchRequest {
         follower_id: "c".into(),
         ..req(c_id, 1, vec![], vec![])
     };
-    assert!(s.begin(&c_next).is_ok());
+    assert!(s.begin(&c_next, 1).is_ok());
 }
 
 /// A follower `a` and a leader `b` of `n` partitions (replicas b and a,
@@ -460,7 +467,7 @@ fn idle_round_bytes_with_333_partitions() {
                 .collect(),
             ..Default::default()
         };
-        let full_answer = m.fetch(full.clone(), 0).await.unwrap();
+        let full_answer = m.fetch(full.clone(), 0, 0).await.unwrap();
         assert_eq!(full_answer.partitions.len(), n as usize);
         let inc = pb::FetchRequest {
             partitions: Vec::new(),
@@ -468,7 +475,7 @@ fn idle_round_bytes_with_333_partitions() {
             session_epoch: 1,
             ..full.clone()
         };
-        let inc_answer = m.fetch(inc.clone(), 1).await.unwrap();
+        let inc_answer = m.fetch(inc.clone(), 1, 0).await.unwrap();
         assert_eq!(
             inc_answer.partitions.len(),
             0,
