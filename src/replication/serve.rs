@@ -96,7 +96,7 @@ impl ReplicaManager {
         for &(p, f) in &session.parts {
             let noted = self.partition(p).and_then(|part| {
                 if !lease {
-                    return Err(self.not_leader(&part));
+                    return Err(self.not_leader(part.as_ref()));
                 }
                 let note = part.note_fetch(
                     &self.me.id,
