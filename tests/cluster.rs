@@ -499,6 +499,7 @@ fn paused_leader_is_fenced_after_resume() {
                 offset: 0,
                 leader_epoch: old_epoch,
             }],
+            ..Default::default()
         };
         let mut stream = r
             .fetch(tokio_stream::iter(vec![req]))
@@ -818,6 +819,7 @@ fn a_fetch_session_serves_and_refuses_partitions_independently() {
         max_bytes: 1 << 20,
         max_wait_ms: 0,
         partitions,
+        ..Default::default()
     };
     let (first, second) = rt.block_on(async {
         let mut r = ReplicationClient::connect(format!("http://{repl_addr}"))

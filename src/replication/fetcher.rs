@@ -16,6 +16,12 @@
 //! another thread first, so the runtime is not blocked and the round trip
 //! has no hand-off to the blocking pool and back).
 //!
+//! Sessions are incremental (KIP-227, [`super::session`]): the first
+//! request of a session is full, later ones list only the partitions whose
+//! log end or epoch changed, or that joined, and those that left, computed
+//! against the fetch set the leader holds after the last answered request
+//! ([`Wire`]); an idle round sends and receives no partition entry.
+//!
 //! A partition the leader refuses, or whose append fails, leaves the fetch
 //! set and rejoins after a short pause, truncating again first; an error of
 //! the stream itself sends every member back to truncation. A member added
@@ -23,6 +29,12 @@
 //! out a long poll.
 //!
 //! Invariants:
+//! - the next request's changes are computed against what the leader holds
+//!   after the last request whose answer arrived: a request whose answer
+//!   was abandoned (the stream restarted) is sent again with the same
+//!   session epoch and every change since; a session error makes the next
+//!   request full, so no partition of the fetch set is ever unknown to the
+//!   leader;
 //! - no failover path makes one round trip per partition: epoch lookups
 //!   go out in one call per round for the whole session (as many calls as
 //!   the longest KIP-279 loop), and members due within [`TOGETHER`] of
@@ -127,6 +139,95 @@ pub struct Session {
     changed: Notify,
     /// Members whose state is to be re-read from ZooKeeper.
     reread: Mutex<Vec<u32>>,
+    /// The incremental session with the leader, as the follower sees it.
+    wire: Mutex<Wire>,
+}
+
+/// The follower's side of an incremental fetch session (KIP-227, see
+/// [`super::session`]): the leader's copy of the fetch set as of the last
+/// answered request, from which the next request's changes are computed.
+#[derive(Default)]
+struct Wire {
+    /// The leader's session id (0: none yet, or the leader keeps none).
+    id: u32,
+    /// Epoch of the last request answered (0: the full one).
+    epoch: u32,
+    /// The next request is full (no session, or the leader refused it).
+    full: bool,
+    /// The fetch set the leader holds after the last answered request:
+    /// `(offset, leader epoch)` by partition.
+    acked: BTreeMap<u32, (u64, u32)>,
+}
+
+/// A request on its way: what the leader will hold once it is answered.
+struct Pending {
+    /// It is full.
+    full: bool,
+    /// Its session epoch.
+    epoch: u32,
+    /// The fetch set it describes.
+    state: BTreeMap<u32, (u64, u32)>,
+}
+
+impl Wire {
+    /// The next request for the fetch set `now`, and what it leaves the
+    /// leader holding. Incremental (only what differs from `acked`) when a
+    /// session is open; it repeats the epoch of a request whose answer
+    /// never came, with every change since the last answered one.
+    fn request(&self, now: BTreeMap<u32, (u64, u32)>) -> (Vec<PartitionFetch>, Vec<u32>, Pending) {
+        let entry = |(&partition, &(offset, leader_epoch)): (&u32, &(u64, u32))| PartitionFetch {
+            partition,
+            offset,
+            leader_epoch,
+        };
+        if self.full || self.id == 0 {
+            let all = now.iter().map(entry).collect();
+            let pending = Pending {
+                full: true,
+                epoch: 0,
+                state: now,
+            };
+            return (all, Vec::new(), pending);
+        }
+        let changed = now
+            .iter()
+            .filter(|(p, v)| self.acked.get(p) != Some(v))
+            .map(entry)
+            .collect();
+        let forgotten = self
+            .acked
+            .keys()
+            .filter(|p| !now.contains_key(p))
+            .copied()
+            .collect();
+        let pending = Pending {
+            full: false,
+            epoch: super::session::next_epoch(self.epoch),
+            state: now,
+        };
+        (changed, forgotten, pending)
+    }
+
+    /// The answer to `pending` arrived: the leader holds its fetch set, or
+    /// (a session error) the next request is full.
+    fn answered(&mut self, pending: Pending, resp: &FetchResponse, leader: &str) {
+        if !resp.error_reason.is_empty() {
+            tracing::info!(
+                "fetch session {} with {leader}: {} ({}); sending a full request",
+                self.id,
+                resp.error_message,
+                resp.error_reason
+            );
+            self.full = true;
+            return;
+        }
+        if pending.full {
+            self.id = resp.session_id;
+            self.full = resp.session_id == 0;
+        }
+        self.epoch = pending.epoch;
+        self.acked = pending.state;
+    }
 }
 
 /// The partitions a stream fetches: `(replica, epoch)` by partition id.
@@ -224,6 +325,7 @@ impl Sessions {
                 members: Mutex::default(),
                 changed: Notify::new(),
                 reread: Mutex::default(),
+                wire: Mutex::default(),
             });
             tokio::spawn(run(m.clone(), s.clone()));
             s
@@ -348,7 +450,8 @@ async fn round(m: &Arc<ReplicaManager>, s: &Session) -> Result<()> {
 
     let (tx, rx) = mpsc::channel(2);
     let closed = || Error::Internal("fetch stream closed".into());
-    tx.send(request(m, &fetch)).await.map_err(|_| closed())?;
+    let (req, mut pending) = request(m, s, &fetch);
+    tx.send(req).await.map_err(|_| closed())?;
     let mut stream = client
         .fetch(ReceiverStream::new(rx))
         .await
@@ -356,6 +459,8 @@ async fn round(m: &Arc<ReplicaManager>, s: &Session) -> Result<()> {
         .into_inner();
     loop {
         let due = s.next_due();
+        // Leaving with the answer outstanding drops `pending`: the next
+        // request repeats its session epoch.
         let resp = tokio::select! {
             r = stream.message() => r
                 .map_err(Error::from)?
@@ -363,29 +468,36 @@ async fn round(m: &Arc<ReplicaManager>, s: &Session) -> Result<()> {
             _ = s.changed.notified() => return Ok(()),
             _ = until(due) => return Ok(()),
         };
+        s.wire.lock().answered(pending, &resp, &s.leader);
         apply(s, &mut fetch, resp).await?;
         if fetch.is_empty() {
             return Ok(());
         }
-        tx.send(request(m, &fetch)).await.map_err(|_| closed())?;
+        let (req, next) = request(m, s, &fetch);
+        pending = next;
+        tx.send(req).await.map_err(|_| closed())?;
     }
 }
 
-/// The next fetch of `fetch`, each partition from its log end.
-fn request(m: &ReplicaManager, fetch: &FetchSet) -> FetchRequest {
-    FetchRequest {
+/// The next fetch of `fetch`, each partition from its log end: full, or
+/// only what changed since the last answered request of the session.
+fn request(m: &ReplicaManager, s: &Session, fetch: &FetchSet) -> (FetchRequest, Pending) {
+    let now = fetch
+        .iter()
+        .map(|(&p, (part, epoch))| (p, (part.log.written_end(), *epoch)))
+        .collect();
+    let wire = s.wire.lock();
+    let (partitions, forgotten, pending) = wire.request(now);
+    let req = FetchRequest {
         follower_id: m.me().id.clone(),
         max_bytes: m.options().fetch_max_bytes as u32,
         max_wait_ms: m.options().fetch_max_wait_ms as u32,
-        partitions: fetch
-            .iter()
-            .map(|(&partition, (part, epoch))| PartitionFetch {
-                partition,
-                offset: part.log.written_end(),
-                leader_epoch: *epoch,
-            })
-            .collect(),
-    }
+        partitions,
+        session_id: wire.id,
+        session_epoch: pending.epoch,
+        forgotten,
+    };
+    (req, pending)
 }
 
 /// One partition's share of an answer, ready to append.

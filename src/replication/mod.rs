@@ -9,7 +9,9 @@
 //! [`partition::Partition`]:
 //!
 //! - as leader it stamps its epoch on writes, serves followers' long-poll
-//!   fetches ([`service`]), tracks each follower's log end, moves the high
+//!   fetches ([`service`], [`serve`]) in incremental fetch sessions
+//!   ([`session`], KIP-227: an idle partition costs no bytes per round,
+//!   yet every partition of a session counts as fetched each round), tracks each follower's log end, moves the high
 //!   watermark (`min` log end over the ISR, at least `min_insync` members),
 //!   shrinks and expands the ISR through ZooKeeper compare-and-set, and
 //!   answers `acks: all` writes once the high watermark covers them;
@@ -71,11 +73,14 @@ mod fetcher;
 mod hosting;
 mod log;
 mod partition;
+mod serve;
 pub mod service;
+mod session;
 
 pub use hosting::Engines;
 pub use log::{ReadBudget, ReplicaLog, epoch_end};
 pub use partition::Progress;
+pub use session::FetchCounts;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -157,6 +162,8 @@ pub struct ReplicaManager {
     channels: fetcher::Channels,
     /// This node's fetch sessions, one per leader node it follows.
     sessions: fetcher::Sessions,
+    /// The fetch sessions followers keep with this node as their leader.
+    fetch_sessions: session::FetchSessions,
     /// The largest record the engines accept (header, maximal key and
     /// value): fetch answers and the message limit leave room for it.
     max_record: usize,
@@ -166,11 +173,6 @@ pub struct ReplicaManager {
     /// Writes admitted past the draining check and not answered yet.
     admitted: std::sync::atomic::AtomicUsize,
 }
-
-/// Bytes of a fetch answer's message reserved for everything but records.
-const ENVELOPE: usize = 64 << 10;
-/// Bytes reserved per partition of a fetch answer (ids, offsets, an error).
-const PER_PARTITION: usize = 512;
 
 impl ReplicaManager {
     /// A manager for `logs` (one per partition, by id), all open from the
@@ -225,6 +227,7 @@ impl ReplicaManager {
             wait,
             channels: fetcher::Channels::default(),
             sessions: fetcher::Sessions::default(),
+            fetch_sessions: session::FetchSessions::default(),
             max_record,
             draining: Default::default(),
             admitted: Default::default(),
@@ -654,190 +657,6 @@ impl ReplicaManager {
         self.sessions.follow(self, part.clone(), leader, epoch);
     }
 
-    /// Answers one fetch of a session on the leader (long poll). Each
-    /// partition of the request is served or refused on its own; the answer
-    /// goes out as soon as one of them has records past its offset (or was
-    /// refused, or lost this node's leadership), else after `max_wait_ms`.
-    /// `turn` (the stream's answer count) picks the partition read first.
-    ///
-    /// The answer fits the message limit ([`Self::message_limit`]): its
-    /// records share a byte budget of at most `fetch_max_bytes`, the first
-    /// record of the answer is always included (the limit leaves room for
-    /// the largest record), and a later partition's record only if it fits
-    /// what is left.
-    pub async fn fetch(
-        self: &Arc<Self>,
-        req: pb::FetchRequest,
-        turn: usize,
-    ) -> Result<pb::FetchResponse> {
-        let lease = self.lease();
-        let mut slots = Vec::with_capacity(req.partitions.len());
-        let mut commits = Vec::new();
-        for pf in &req.partitions {
-            let noted = self.partition(pf.partition).and_then(|part| {
-                if !lease {
-                    return Err(self.not_leader(&part));
-                }
-                let note = part.note_fetch(
-                    &self.me.id,
-                    &req.follower_id,
-                    pf.offset,
-                    pf.leader_epoch,
-                    self.opts.min_insync,
-                )?;
-                Ok((part, note))
-            });
-            match noted {
-                Ok((part, note)) => {
-                    if let Some((hw, epoch)) = note.commit {
-                        commits.push((part.clone(), hw, epoch));
-                    }
-                    if let Some(isr) = note.isr_change {
-                        let why = format!("{} caught up", req.follower_id);
-                        self.spawn_isr_change(part.clone(), isr, &why);
-                    }
-                    slots.push(Ok((part, pf.offset, pf.leader_epoch)));
-                }
-                Err(e) => slots.push(Err((pf.partition, e))),
-            }
-        }
-        for (part, hw, epoch) in commits {
-            self.commit(&part, hw, epoch);
-        }
-
-        let served: Vec<_> = slots.iter().filter_map(|s| s.as_ref().ok()).collect();
-        // (A leadership change during the wait ends it too: see
-        // `wait_for_records`.)
-        let ready =
-            |(part, offset, _): &&(Arc<Partition>, u64, u32)| part.log.written_end() > *offset;
-        let refused = served.len() < slots.len();
-        if !refused && !served.is_empty() && !served.iter().any(ready) {
-            let wait = Duration::from_millis(u64::from(req.max_wait_ms).min(10_000));
-            let waits = served
-                .iter()
-                .map(|(part, offset, epoch)| Box::pin(part.wait_for_records(*offset, *epoch)));
-            let _ = tokio::time::timeout(wait, futures_util::future::select_all(waits)).await;
-        }
-
-        // Leadership may have moved during the wait: refuse what is no
-        // longer ours, read the rest in place (the records were just
-        // written, so they are in the page cache, but a read may still
-        // touch the disk: see `in_place`).
-        let mut reads = Vec::new();
-        for slot in &mut slots {
-            let Ok((part, offset, epoch)) = slot else {
-                continue;
-            };
-            let mine = self
-                .leading(part)
-                .and_then(|mine| check_epoch(part.id, *epoch, mine));
-            if let Err(e) = mine {
-                *slot = Err((part.id, e));
-            } else if part.log.written_end() > *offset {
-                reads.push((part.id, part.log.clone(), *offset));
-            }
-        }
-        // The answer's hard budget: `fetch_max_bytes` (or less, as asked),
-        // never more than fits the message limit with the envelope.
-        let hard = self.answer_budget(slots.len());
-        let max = (req.max_bytes as usize).clamp(1, self.opts.fetch_max_bytes.max(1).min(hard));
-        let share = (max / reads.len().max(1)).max(1);
-        // Each answer starts with another partition, so one with large
-        // records cannot keep the others out.
-        if !reads.is_empty() {
-            let first = turn % reads.len();
-            reads.rotate_left(first);
-        }
-        let mut read = in_place(move || {
-            let mut used = 0usize;
-            let mut out = HashMap::with_capacity(reads.len());
-            for (p, log, offset) in reads {
-                let budget = ReadBudget {
-                    want: share,
-                    room: max.saturating_sub(used),
-                    first: used == 0,
-                };
-                let r = log.read_raw(offset, budget).map_err(Error::from);
-                if let Ok((records, _)) = &r {
-                    used = used.saturating_add(records.len());
-                }
-                out.insert(p, r);
-            }
-            Ok::<_, Error>(out)
-        })
-        .await?;
-
-        let partitions = slots
-            .into_iter()
-            .map(|slot| match slot {
-                Ok((part, _, _)) => {
-                    let end = part.log.written_end();
-                    let hw = part.progress.borrow().hw;
-                    match read.remove(&part.id).unwrap_or(Ok((Bytes::new(), 0))) {
-                        Ok((records, record_count)) => pb::PartitionData {
-                            partition: part.id,
-                            high_watermark: hw,
-                            log_end_offset: end,
-                            records,
-                            record_count,
-                            ..Default::default()
-                        },
-                        Err(e) => refusal(part.id, &e),
-                    }
-                }
-                Err((p, e)) => refusal(p, &e),
-            })
-            .collect();
-        let mut answer = pb::FetchResponse { partitions };
-        self.fit(&mut answer);
-        Ok(answer)
-    }
-
-    /// The largest fetch answer (and request) on the wire: the gRPC default
-    /// of 4 MiB, or more when the largest record needs it (a record is
-    /// never split, and the first record of an answer is always sent).
-    pub fn message_limit(&self) -> usize {
-        (4usize << 20).max(self.max_record.saturating_add(ENVELOPE))
-    }
-
-    /// The record bytes an answer for `partitions` partitions may carry:
-    /// the message limit less the envelope (at least the largest record).
-    fn answer_budget(&self, partitions: usize) -> usize {
-        self.message_limit()
-            .saturating_sub(ENVELOPE)
-            .saturating_sub(partitions.saturating_mul(PER_PARTITION))
-            .max(self.max_record)
-    }
-
-    /// Makes sure `answer` fits the message limit, whatever the envelope
-    /// estimate said: drops the records of its last partitions (never the
-    /// first partition with records) until it does. Their followers fetch
-    /// them again next time.
-    fn fit(&self, answer: &mut pb::FetchResponse) {
-        use prost::Message;
-        let limit = self.message_limit();
-        let mut len = answer.encoded_len();
-        if len <= limit {
-            return;
-        }
-        let with_records: Vec<usize> = (0..answer.partitions.len())
-            .filter(|&i| !answer.partitions[i].records.is_empty())
-            .collect();
-        for &i in with_records.iter().skip(1).rev() {
-            let d = &mut answer.partitions[i];
-            tracing::warn!(
-                partition = d.partition,
-                "fetch answer of {len} bytes is over the {limit}-byte limit: records left out"
-            );
-            d.records = Bytes::new();
-            d.record_count = 0;
-            len = answer.encoded_len();
-            if len <= limit {
-                return;
-            }
-        }
-    }
-
     /// KIP-101: the end offset of an epoch in this leader's log, for every
     /// partition of a batched request (each answered or refused in its own
     /// entry, as fetch does), or for the single partition of an older
@@ -1120,16 +939,6 @@ impl Coordinator for ReplicaManager {
 
     fn controller(&self) -> Option<String> {
         self.cluster.get().and_then(|c| c.controller())
-    }
-}
-
-/// A partition's entry in a fetch answer that refuses it with `e`.
-fn refusal(partition: u32, e: &Error) -> pb::PartitionData {
-    pb::PartitionData {
-        partition,
-        error_reason: e.reason().to_string(),
-        error_message: e.message(),
-        ..Default::default()
     }
 }
 

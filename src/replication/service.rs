@@ -99,6 +99,7 @@ impl Replication for ReplicationService {
         let mut requests = request.into_inner();
         let (tx, rx) = mpsc::channel(2);
         let manager = self.manager.clone();
+        let stream = manager.open_fetch_stream();
         tokio::spawn(async move {
             let mut turn = 0usize;
             loop {
@@ -111,7 +112,7 @@ impl Replication for ReplicationService {
                     }
                 };
                 let answer = tokio::select! {
-                    a = manager.fetch(req, turn) => a.map_err(Status::from),
+                    a = manager.fetch(req, turn, stream) => a.map_err(Status::from),
                     () = tx.closed() => return,
                 };
                 turn = turn.wrapping_add(1);

@@ -4,6 +4,7 @@
 
 mod epochs;
 mod hosting;
+mod sessions;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -368,9 +369,10 @@ fn fetch_answers_fit_the_message_limit_with_maximal_values() {
                     leader_epoch: 1,
                 })
                 .collect(),
+            ..Default::default()
         };
         for (turn, want) in [(0, [1, 1, 1, 0]), (1, [0, 1, 1, 1]), (3, [1, 1, 0, 1])] {
-            let answer = m.fetch(request.clone(), turn).await.unwrap();
+            let answer = m.fetch(request.clone(), turn, 0).await.unwrap();
             let counts: Vec<u32> = answer.partitions.iter().map(|d| d.record_count).collect();
             assert_eq!(counts, want, "turn {turn}");
             assert!(answer.encoded_len() <= 4 << 20, "{}", answer.encoded_len());
