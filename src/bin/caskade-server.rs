@@ -127,7 +127,8 @@ async fn serve(config: Config) -> Result<(), String> {
         mode = node.mode(),
         "caskade-server ready"
     );
-    let metrics = caskade::server::metrics::Metrics::new(node.clone(), zk.as_ref().map(|(zk, _)| zk.clone()));
+    let metrics =
+        caskade::server::metrics::Metrics::new(node.clone(), zk.as_ref().map(|(zk, _)| zk.clone()));
     if let Some(l) = metrics_listener {
         let addr = l
             .local_addr()
