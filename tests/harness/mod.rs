@@ -57,12 +57,59 @@ pub fn cli_bin() -> PathBuf {
         .clone()
 }
 
-/// A port that was free a moment ago (bound, then released).
+/// A port that was free a moment ago (bound, then released), chosen
+/// below the kernel's ephemeral range (`ip_local_port_range`), so no
+/// outgoing connection can take it before the server binds it. (A port
+/// from `bind(0)` is an ephemeral one: under load an outgoing connection
+/// of another test grabbed such a port between the probe and the bind.)
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    free_ports(1)[0]
+}
+
+/// `n` different ports, free a moment ago, below the ephemeral range (see
+/// [`free_port`]).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (first, count) = if low > 12_000 {
+        (10_000u64, u64::from(low) - 10_000)
+    } else {
+        (u64::from(low), 1)
+    };
+    if count < 1_000 {
+        // An unusual range: fall back to ephemeral ports.
+        let held: Vec<TcpListener> = (0..n)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+            .collect();
+        return held
+            .iter()
+            .map(|l| l.local_addr().expect("local address").port())
+            .collect();
+    }
+    // Start somewhere that differs between test processes, then walk a
+    // stride coprime with the range, holding each port found until all are.
+    let seed = u64::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    let mut held = Vec::with_capacity(n);
+    let mut ports = Vec::with_capacity(n);
+    for _ in 0..count {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (first + (seed.wrapping_add(k.wrapping_mul(7919))) % count) as u16;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+            ports.push(port);
+            if ports.len() == n {
+                return ports;
+            }
+        }
+    }
+    panic!("no {n} free ports in 127.0.0.1:{first}..{}", first + count);
 }
 
 /// A running `caskade-server`, killed on drop.

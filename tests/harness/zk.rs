@@ -10,7 +10,6 @@
 //!   [`super::free_port`]-style probing, and a start that loses a port race
 //!   is retried on fresh ports.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -72,18 +71,6 @@ fn run_script(args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// `n` distinct ports that were free a moment ago.
-fn free_ports(n: usize) -> Vec<u16> {
-    // Hold all listeners at once so the ports differ from each other.
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local address").port())
-        .collect()
-}
-
 /// Panics with a clear message when the ZooKeeper package is missing.
 fn check_installed() {
     assert!(
@@ -107,7 +94,7 @@ impl Zk {
         let dir = tempfile::tempdir().expect("temp dir for ZooKeeper");
         let mut last = String::new();
         for _ in 0..ATTEMPTS {
-            let port = free_ports(1)[0];
+            let port = super::free_ports(1)[0];
             let d = dir.path().to_str().expect("utf-8 temp dir");
             match run_script(&["start", d, &port.to_string()]) {
                 Ok(_) => {
@@ -132,7 +119,7 @@ impl Zk {
         let dir = tempfile::tempdir().expect("temp dir for ZooKeeper");
         let mut last = String::new();
         for _ in 0..ATTEMPTS {
-            let ports = free_ports(9);
+            let ports = super::free_ports(9);
             let d = dir.path().to_str().expect("utf-8 temp dir");
             let (c, q, e) = (&ports[0..3], &ports[3..6], &ports[6..9]);
             match run_script(&["start-ensemble", d, &join(c), &join(q), &join(e)]) {
