@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # The controller at scale (issue 12): a three-node cluster with PARTITIONS
 # partitions (default 1000), replication factor 3, measured for
+#   0. baseline: the same three nodes with BASE_PARTITIONS (default 8)
+#      partitions: threads, open files, RSS and idle CPU per node (IDLE_S,
+#      default 10 s), and acks: all SET throughput (`caskade-cli bench`,
+#      50 clients, BENCH_N requests, default 100000);
 #   1. startup: launch of the three nodes until every partition has a
-#      leader and a full ISR;
+#      leader and a full ISR; then the same figures as the baseline, and
+#      the throughput as a ratio to it;
 #   2. controlled shutdown: SIGTERM on a node that is not the controller
 #      (it leads ~PARTITIONS/3) while `caskade-cli load` writes with
 #      acks: all; the node's own figure ("N of N leaderships moved in X
@@ -51,14 +56,14 @@ trap cleanup EXIT
 
 launch() {
   local n=$1
-  CASKADE_PARTITIONS=$PARTITIONS \
-  CASKADE_CLUSTER_NAME=bench-scale \
+  CASKADE_PARTITIONS=${P:-$PARTITIONS} \
+  CASKADE_CLUSTER_NAME=${NAME:-bench-scale} \
   CASKADE_CLUSTER_ZK_CONNECT=127.0.0.1:$ZK_PORT \
   CASKADE_CLUSTER_SESSION_TIMEOUT_MS=$SESSION_MS \
   CASKADE_CLUSTER_REPLICATION_LISTEN=127.0.0.1:749$n \
   CASKADE_LOG_LEVEL=info \
     nohup "$SERVER" --config "conf/cluster/node$n.yaml" --listen "$(addr "$n")" \
-      --data-dir "$DIR/node$n" </dev/null >>"$(log "$n")" 2>&1 &
+      --data-dir "${DATA:-$DIR}/node$n" </dev/null >>"$(log "$n")" 2>&1 &
   echo $! >"$DIR/node$n.pid"
   disown
 }
@@ -86,7 +91,7 @@ ps = v["partitions"]
 ok = len(ps) == n and all(p["leader"] and len(p["isr"]) == len(p["replicas"]) for p in ps)
 if want == "preferred":
     ok = ok and all(p["leader"] == p["replicas"][0] for p in ps)
-sys.exit(0 if ok else 1)' "$want" "$PARTITIONS" 2>/dev/null; then
+sys.exit(0 if ok else 1)' "$want" "${P:-$PARTITIONS}" 2>/dev/null; then
       return 0
     fi
     sleep 0.5
@@ -109,15 +114,53 @@ mkdir -p "$DIR"
 scripts/zk.sh start "$DIR/zk" "$ZK_PORT" >/dev/null
 echo "== $PARTITIONS partitions, replication factor 3, 3 nodes, session timeout $SESSION_MS ms"
 
+# Per node: threads, open files, RSS, and CPU used while idle for IDLE_S
+# seconds (percent of one core, from /proc/PID/stat utime + stime).
+costs() {
+  local n pid
+  declare -A before
+  for n in "${NODES[@]}"; do
+    pid=$(cat "$DIR/node$n.pid")
+    before[$n]=$(awk '{print $14 + $15}' /proc/"$pid"/stat)
+  done
+  sleep "${IDLE_S:-10}"
+  for n in "${NODES[@]}"; do
+    pid=$(cat "$DIR/node$n.pid")
+    local ticks=$(( $(awk '{print $14 + $15}' /proc/"$pid"/stat) - before[$n] ))
+    echo "  node$n: threads $(ls /proc/"$pid"/task | wc -l), open files $(ls /proc/"$pid"/fd | wc -l), RSS $(awk '/VmRSS/ {print $2 " " $3}' /proc/"$pid"/status), idle CPU $(python3 -c "import sys; print(round(int(sys.argv[1]) * 100 / $(getconf CLK_TCK) / ${IDLE_S:-10}, 1))" "$ticks") % of a core"
+  done
+}
+
+# acks: all SETs, 50 clients, BENCH_N requests of 100 bytes through node 1
+# (the client routes each key to its leader); prints ops/s.
+throughput() {
+  "$CLI" --addr "$(addr 1)" --timeout-ms 10000 --acks all bench --op set --clients 50 \
+    -n "${BENCH_N:-100000}" --value-size 100 --keyspace 100000 --json |
+    python3 -c 'import json,sys; r=json.load(sys.stdin); print(round(r["ops_per_sec"]), r["errors"])'
+}
+
+# 0. The same three nodes with BASE_PARTITIONS (default 8) partitions, for
+# the side-by-side figures (per-node cost and acks: all throughput).
+P=${BASE_PARTITIONS:-8} NAME=bench-scale-base DATA=$DIR/base
+export P NAME DATA
+for n in "${NODES[@]}"; do launch "$n"; done
+wait_full any 1 2 3
+echo "baseline: ${P} partitions led with a full ISR; idle ${IDLE_S:-10} s:"
+costs
+read -r base_ops base_err <<<"$(throughput)"
+echo "  acks: all set throughput, ${P} partitions: $base_ops ops/s ($base_err errors)"
+for n in "${NODES[@]}"; do kill -KILL "$(cat "$DIR/node$n.pid")"; done
+sleep 1
+unset P NAME DATA
+
 # 1. Startup.
 t0=$(now)
 for n in "${NODES[@]}"; do launch "$n"; done
 wait_full any 1 2 3
-echo "startup: every partition led with a full ISR after $(ms_since "$t0") ms"
-for n in "${NODES[@]}"; do
-  pid=$(cat "$DIR/node$n.pid")
-  echo "  node$n: threads $(ls /proc/"$pid"/task | wc -l), open files $(ls /proc/"$pid"/fd | wc -l), RSS $(awk '/VmRSS/ {print $2 " " $3}' /proc/"$pid"/status)"
-done
+echo "startup: every partition led with a full ISR after $(ms_since "$t0") ms; idle ${IDLE_S:-10} s:"
+costs
+read -r ops err <<<"$(throughput)"
+echo "  acks: all set throughput, $PARTITIONS partitions: $ops ops/s ($err errors); $(python3 -c "import sys; print(round(int(sys.argv[1]) / int(sys.argv[2]), 2))" "$ops" "$base_ops")x the ${BASE_PARTITIONS:-8}-partition cluster"
 
 # 2. Controlled shutdown of a node that is not the controller, SHUTDOWNS
 # times (default 3), each followed by a restart and full ISRs with leaders

@@ -65,6 +65,7 @@ fn run(args: Args) -> Result<(), String> {
     for w in warnings {
         tracing::warn!("{w}");
     }
+    caskade::server::raise_open_files_limit(config.partitions);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("caskade-worker")

@@ -252,3 +252,20 @@ mod tests {
         assert!(accepted.nodelay().unwrap());
     }
 }
+
+/// Raises this process's soft limit of open files to its hard limit, and
+/// warns when that is still below what `partitions` hosted here may need:
+/// a node keeps 2-3 files open per hosted partition (its lock, active
+/// segment and commit point; sealed segments are mapped, not open), plus
+/// one per connection.
+pub fn raise_open_files_limit(partitions: u32) {
+    let want = u64::from(partitions) * 3 + 1024;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < want => tracing::warn!(
+            "the open files limit is {limit}, below the ~{want} that {partitions} partitions may \
+             need (3 each, plus connections): raise it (`ulimit -n`, systemd's LimitNOFILE)"
+        ),
+        Ok(limit) => tracing::debug!("open files limit {limit}"),
+        Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
+    }
+}
