@@ -236,23 +236,6 @@ impl AsyncWrite for Conn {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use futures_util::StreamExt;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn node_to_node_connections_have_nagle_off() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut incoming = std::pin::pin!(nodelay_incoming(listener));
-        let _client = TcpStream::connect(addr).await.unwrap();
-        let accepted = incoming.next().await.unwrap().unwrap();
-        assert!(accepted.nodelay().unwrap());
-    }
-}
-
 /// Raises this process's soft limit of open files to its hard limit, and
 /// warns when that is still below what `partitions` hosted here may need:
 /// a node keeps 2-3 files open per hosted partition (its lock, active
@@ -267,5 +250,22 @@ pub fn raise_open_files_limit(partitions: u32) {
         ),
         Ok(limit) => tracing::debug!("open files limit {limit}"),
         Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn node_to_node_connections_have_nagle_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = std::pin::pin!(nodelay_incoming(listener));
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let accepted = incoming.next().await.unwrap().unwrap();
+        assert!(accepted.nodelay().unwrap());
     }
 }
