@@ -198,6 +198,10 @@ fn endpoint_counts_requests_and_partitions_exactly() {
         1
     );
     assert!(!s.contains_key("caskade_zk_lease_valid"), "standalone");
+    assert!(
+        !s.contains_key("caskade_zk_session_connected"),
+        "standalone"
+    );
 
     let (status, _, _) = http_get(&metrics, "/");
     assert_eq!(status, "HTTP/1.1 404 Not Found");
@@ -394,9 +398,31 @@ fn cluster_gauges_match_cluster_metadata() {
             value(s, "caskade_is_controller"),
             u64::from(me == controller)
         );
+        assert_eq!(value(s, "caskade_zk_session_connected"), 1);
         assert_eq!(value(s, "caskade_zk_lease_valid"), 1);
         assert_eq!(value(s, "caskade_cluster_live_nodes"), 3);
         assert_eq!(value(s, "caskade_partitions_offline"), 0);
         assert_eq!(value(s, "caskade_partitions_under_replicated"), 0);
+    }
+
+    // ZooKeeper gone: every node reports its session's connection down
+    // (within a few seconds: the client notices a dead connection by its
+    // pings) and its lease lapsed (2/3 of the session timeout).
+    c.zk.kill_member(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for e in &endpoints {
+        loop {
+            let s = samples(&http_get(e, "/metrics").2);
+            if value(&s, "caskade_zk_session_connected") == 0
+                && value(&s, "caskade_zk_lease_valid") == 0
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{e}: still connected 20 s after ZooKeeper died"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }

@@ -220,6 +220,8 @@ pub struct ZkFigures {
     /// Whether this node may act as a leader: a session is established and
     /// was heard from within 2/3 of its timeout.
     pub lease_valid: bool,
+    /// Whether the ZooKeeper session's connection is up now.
+    pub session_connected: bool,
     /// Live nodes registered, as last seen.
     pub live_nodes: u64,
 }
@@ -337,6 +339,7 @@ impl Metrics {
             controller: node.controller(),
             zk: self.zk.as_ref().map(|zk| ZkFigures {
                 lease_valid: zk.lease_valid(),
+                session_connected: zk.session_connected(),
                 live_nodes: zk.nodes().len() as u64,
             }),
         })
@@ -457,6 +460,10 @@ impl Snapshot {
             ),
         ];
         if let Some(zk) = &self.zk {
+            cluster.push(kv(
+                "zk_session_connected",
+                u8::from(zk.session_connected).to_string(),
+            ));
             cluster.push(kv("zk_lease_valid", u8::from(zk.lease_valid).to_string()));
             cluster.push(kv("live_nodes", zk.live_nodes.to_string()));
         }

@@ -17,7 +17,7 @@
 //! | `storage_records_written_total`, `storage_fsyncs_total`, `storage_merges_total`, `storage_merge_bytes_written_total`, `cache_hits_total`, `cache_misses_total` | counter | |
 //! | `storage_fsync_duration_seconds` | histogram | |
 //! | `is_controller` | gauge | |
-//! | `zk_lease_valid`, `cluster_live_nodes` | gauge (cluster mode) | |
+//! | `zk_session_connected`, `zk_lease_valid`, `cluster_live_nodes` | gauge (cluster mode) | |
 //!
 //! `request_duration_seconds` has a series for every command with outcome
 //! `ok` from the start (so rates exist before the first request); error
@@ -347,6 +347,13 @@ impl Collector for Exposition {
             histogram(&mut e, &st.fsync_latency)?;
         }
         if let Some(zk) = &s.zk {
+            single(
+                &mut encoder,
+                "zk_session_connected",
+                "1 while this node's ZooKeeper session has a live connection",
+                gauge,
+                u64::from(zk.session_connected),
+            )?;
             single(
                 &mut encoder,
                 "zk_lease_valid",

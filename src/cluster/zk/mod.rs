@@ -261,6 +261,17 @@ impl ZkCluster {
         self.shared.lease.valid()
     }
 
+    /// Whether this node's ZooKeeper session is connected now: a session
+    /// exists (between sessions there is none) and its connection is up.
+    pub fn session_connected(&self) -> bool {
+        self.shared.client.lock().as_ref().is_some_and(|c| {
+            matches!(
+                c.state(),
+                zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly
+            )
+        })
+    }
+
     /// The live nodes (registered in `/nodes`), sorted by id, as last seen
     /// by this node's watch.
     pub fn nodes(&self) -> Vec<NodeAddr> {
