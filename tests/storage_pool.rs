@@ -480,3 +480,38 @@ fn close_writes_queued_records_while_every_commit_worker_is_busy() {
     let b = Bitcask::open(root.path().join("b"), o.clone()).unwrap();
     assert_eq!(b.status().unwrap().keys, 50);
 }
+
+#[test]
+fn close_stops_a_merge_in_progress_before_its_commit() {
+    let _serial = SERIAL.lock();
+    let root = TempDir::new().unwrap();
+    let dir = root.path().join("p");
+    let mut o = opts(Durability::Never);
+    // About 16 s for the 4 MiB below: close must not wait for it.
+    o.merge.bytes_per_sec = 256 << 10;
+    let o = o.with_shared_workers().unwrap();
+    let e = Arc::new(Bitcask::open(&dir, o.clone()).unwrap());
+    fill(&e, 4 << 10);
+    let merging = {
+        let e = e.clone();
+        std::thread::spawn(move || e.merge())
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    e.close().unwrap();
+    let merged = merging.join().unwrap();
+    assert!(
+        matches!(merged, Err(caskade::storage::Error::Closed)),
+        "the merge went on after close: {merged:?}"
+    );
+    assert!(
+        !dir.join("merge").exists(),
+        "an uncommitted merge is removed"
+    );
+    drop(e);
+    let e = Bitcask::open(&dir, o).unwrap();
+    assert_eq!(e.status().unwrap().keys, 2 << 10);
+    assert_eq!(
+        e.get(&7u32.to_be_bytes()).unwrap(),
+        Some(Bytes::from(vec![1u8; 1000]))
+    );
+}

@@ -51,6 +51,9 @@
 //! Reads and writes go on during a merge: it holds no engine lock while it
 //! copies, and it is rate-limited by the node's merge budget
 //! (`merge.bytes_per_sec`, shared by the merges of all the node's engines).
+//! Closing the engine stops a merge that has not reached step 3 (it answers
+//! `Closed` and removes `merge/`), so a close, e.g. when a partition leaves
+//! the node, never waits for a rate-limited copy; past step 3 it finishes.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -173,6 +176,9 @@ impl Inner {
     /// Merges every sealed segment whose records are all applied. See the
     /// module docs.
     pub(super) fn merge(&self) -> Result<MergeReport> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
         let mut maintenance = self.maintenance.lock();
         self.finish_merge(&mut maintenance)?;
         let committed = self
@@ -277,6 +283,10 @@ impl Inner {
                 let Scanned::Record { pos, header } = step else {
                     continue; // corrupt bytes were reported at open
                 };
+                if self.closing.load(Ordering::Relaxed) {
+                    // Before the commit point: the caller removes `merge/`.
+                    return Err(Error::Closed);
+                }
                 let len = header.record_len();
                 throttle.pace(len as u64);
                 let start = pos as usize;

@@ -64,7 +64,7 @@ pub use workers::Workers;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use hashbrown::HashMap;
@@ -163,6 +163,10 @@ struct Inner {
     workers: Workers,
     /// The engine's registration with `workers`.
     slot: Arc<workers::Slot>,
+    /// Set first thing by `close`: a merge in progress stops before its
+    /// commit point (and its `merge/` is removed), so closing an engine
+    /// never waits for a rate-limited merge.
+    closing: AtomicBool,
     /// Replica mode's state; `None` in standalone mode.
     replica: Option<Replica>,
 }
@@ -324,6 +328,7 @@ impl Bitcask {
         let workers = opts.workers()?;
         let inner = Arc::new_cyclic(|me| Inner {
             slot: workers.register(me.clone(), &opts),
+            closing: AtomicBool::new(false),
             workers,
             dir,
             opts,
@@ -508,6 +513,7 @@ impl Bitcask {
     /// `Drop` calls it. Once it returns nothing runs for the engine on the
     /// pool, which holds no reference to it.
     pub fn close(&self) -> Result<()> {
+        self.inner.closing.store(true, Ordering::Release);
         {
             // Refuse new writes, then write what is queued here (a pool
             // worker may be leading a batch: wait for it).
