@@ -383,15 +383,17 @@ pub(crate) fn preferred(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
+    //! Fixtures shared with `drain.rs`'s tests: partition 3, node `nK`
+    //! registered at node epoch 100 + K, state znode version 7.
     use super::*;
 
-    fn s(v: &[&str]) -> Vec<String> {
+    pub(in crate::cluster::zk) fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
     }
 
     /// Live nodes, each registered at node epoch 100 + its index in `v`.
-    fn live(v: &[&str]) -> Live {
+    pub(in crate::cluster::zk) fn live(v: &[&str]) -> Live {
         v.iter().map(|x| (x.to_string(), node_epoch(x))).collect()
     }
 
@@ -400,7 +402,12 @@ mod tests {
         100 + id.trim_start_matches('n').parse::<i64>().unwrap_or(0)
     }
 
-    fn state(leader: Option<&str>, epoch: u32, replicas: &[&str], isr: &[&str]) -> LeaderAndIsr {
+    pub(in crate::cluster::zk) fn state(
+        leader: Option<&str>,
+        epoch: u32,
+        replicas: &[&str],
+        isr: &[&str],
+    ) -> LeaderAndIsr {
         LeaderAndIsr {
             partition: 3,
             leader: leader.map(str::to_string),
@@ -413,7 +420,7 @@ mod tests {
         }
     }
 
-    fn offsets(v: &[(&str, u64)]) -> Offsets {
+    pub(in crate::cluster::zk) fn offsets(v: &[(&str, u64)]) -> Offsets {
         v.iter().map(|(n, o)| ((3, n.to_string()), *o)).collect()
     }
 

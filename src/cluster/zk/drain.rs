@@ -149,39 +149,11 @@ pub(crate) fn preferred(
 
 #[cfg(test)]
 mod tests {
+    use super::super::decide::tests::{live, offsets, s, state};
     use super::*;
-
-    fn s(v: &[&str]) -> Vec<String> {
-        v.iter().map(|x| x.to_string()).collect()
-    }
 
     fn set(v: &[&str]) -> BTreeSet<String> {
         v.iter().map(|x| x.to_string()).collect()
-    }
-
-    fn node_epoch(id: &str) -> i64 {
-        100 + id.trim_start_matches('n').parse::<i64>().unwrap_or(0)
-    }
-
-    fn live(v: &[&str]) -> Live {
-        v.iter().map(|x| (x.to_string(), node_epoch(x))).collect()
-    }
-
-    fn state(leader: Option<&str>, epoch: u32, replicas: &[&str], isr: &[&str]) -> LeaderAndIsr {
-        LeaderAndIsr {
-            partition: 3,
-            leader: leader.map(str::to_string),
-            leader_epoch: epoch,
-            replicas: s(replicas),
-            isr: s(isr),
-            controller_epoch: 1,
-            zk_version: 7,
-            leader_node_epoch: leader.map_or(0, node_epoch),
-        }
-    }
-
-    fn offsets(v: &[(&str, u64)]) -> Offsets {
-        v.iter().map(|(n, o)| ((3, n.to_string()), *o)).collect()
     }
 
     #[test]
