@@ -123,12 +123,28 @@ fn a_demoted_leaders_paused_write_is_refused_and_not_in_the_follower_log() {
 }
 
 /// Tests that configure `replication::write_after_check` run one at a time.
+/// Arms failpoint `name` to stop whoever reaches it: `reached` gets one
+/// message per arrival, and each arrival waits for one message on
+/// `release`. Returns `(reached, release)`.
+#[cfg(feature = "failpoints")]
+fn pause_at(name: &str) -> (std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
+    let (reached_tx, reached) = std::sync::mpsc::channel::<()>();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let reached_tx = std::sync::Mutex::new(reached_tx);
+    let released = std::sync::Mutex::new(released);
+    fail::cfg_callback(name, move || {
+        let _ = reached_tx.lock().unwrap().send(());
+        let _ = released.lock().unwrap().recv();
+    })
+    .unwrap();
+    (reached, release)
+}
+
 #[cfg(feature = "failpoints")]
 static FAILPOINT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[cfg(feature = "failpoints")]
 fn demoted_write(fsync: Durability) {
-    use std::sync::mpsc;
     let _one = FAILPOINT.lock().unwrap_or_else(|e| e.into_inner());
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -161,15 +177,7 @@ fn demoted_write(fsync: Durability) {
     });
 
     // The next write stops right after its leadership check.
-    let (reached_tx, reached) = mpsc::channel::<()>();
-    let (release, released) = mpsc::channel::<()>();
-    let reached_tx = std::sync::Mutex::new(reached_tx);
-    let released = std::sync::Mutex::new(released);
-    fail::cfg_callback("replication::write_after_check", move || {
-        let _ = reached_tx.lock().unwrap().send(());
-        let _ = released.lock().unwrap().recv();
-    })
-    .unwrap();
+    let (reached, release) = pause_at("replication::write_after_check");
     let paused = {
         let m = m.clone();
         rt.spawn(async move {

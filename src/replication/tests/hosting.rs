@@ -234,7 +234,7 @@ async fn states_arriving_while_an_engine_opens_are_applied_newest_first() {
 #[cfg(feature = "failpoints")]
 #[test]
 fn a_write_paused_while_its_partition_closes_is_refused_and_not_written() {
-    use std::sync::mpsc;
+    use super::pause_at;
     let _one = super::FAILPOINT.lock().unwrap_or_else(|e| e.into_inner());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
@@ -252,15 +252,7 @@ fn a_write_paused_while_its_partition_closes_is_refused_and_not_written() {
     });
     let engine = dirs.open.lock()[&0].clone();
 
-    let (reached_tx, reached) = mpsc::channel::<()>();
-    let (release, released) = mpsc::channel::<()>();
-    let reached_tx = std::sync::Mutex::new(reached_tx);
-    let released = std::sync::Mutex::new(released);
-    fail::cfg_callback("replication::write_after_check", move || {
-        let _ = reached_tx.lock().unwrap().send(());
-        let _ = released.lock().unwrap().recv();
-    })
-    .unwrap();
+    let (reached, release) = pause_at("replication::write_after_check");
     let paused = {
         let m = m.clone();
         rt.spawn(async move {
