@@ -21,7 +21,8 @@ test: deps ## Install what is missing, then run every test
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-clippy: ## Lint, warnings are errors
+clippy: ## Lint, warnings are errors (release builds, and test builds with failpoints)
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --workspace --all-targets --features caskade/failpoints -- -D warnings
 
 dev: ## fmt + clippy + test, before every commit

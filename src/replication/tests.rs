@@ -90,6 +90,7 @@ async fn wait_until(what: &str, cond: impl Fn() -> bool) {
 }
 
 /// `(offset, epoch, key)` of every record in `e`'s log.
+#[cfg(feature = "failpoints")]
 fn log_of(e: &Bitcask) -> Vec<(u64, u32, String)> {
     e.read_log(0, usize::MAX)
         .unwrap()

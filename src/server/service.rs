@@ -213,15 +213,18 @@ impl KvService {
 /// server after the write and before the answer (tests/client_outcome.rs).
 /// It logs one line when it starts waiting, which the test waits for.
 async fn after_write_pause() {
-    let pause = (|| {
-        fail::fail_point!("server::after_write", |ms| {
-            ms.and_then(|m| m.parse().ok()).map(Duration::from_millis)
-        });
-        None
-    })();
-    if let Some(pause) = pause {
-        tracing::info!("failpoint server::after_write: holding the reply for {pause:?}");
-        tokio::time::sleep(pause).await;
+    #[cfg(feature = "failpoints")]
+    {
+        let pause = (|| {
+            fail::fail_point!("server::after_write", |ms| {
+                ms.and_then(|m| m.parse().ok()).map(Duration::from_millis)
+            });
+            None
+        })();
+        if let Some(pause) = pause {
+            tracing::info!("failpoint server::after_write: holding the reply for {pause:?}");
+            tokio::time::sleep(pause).await;
+        }
     }
 }
 
