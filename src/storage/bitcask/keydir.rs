@@ -10,6 +10,13 @@
 //! the cache reads the disk without any lock, then re-checks under the shard
 //! mutex that the entry did not move before it fills the cache.
 //!
+//! Hash seeds are random (hash flooding): the shard choice and each
+//! shard's table hash use per-keydir seeds and a per-process shared seed,
+//! all drawn from the OS (`getrandom`), never fixed constants, so a client
+//! cannot precompute keys that land in one shard or one bucket chain. The
+//! keydir is rebuilt from disk at every open, so nothing persistent
+//! depends on a seed.
+//!
 //! The lock is a `parking_lot::Mutex`, not a tokio one: critical sections
 //! are a hash lookup or two and never await or do I/O.
 //!
@@ -24,7 +31,10 @@ use std::hash::{BuildHasher, Hash};
 
 use allocator_api2::vec::Vec as AVec;
 use bytes::Bytes;
-use foldhash::fast::FixedState;
+use std::sync::OnceLock;
+
+use foldhash::SharedSeed;
+use foldhash::fast::SeedableRandomState;
 use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
@@ -80,15 +90,31 @@ pub struct Shard {
     /// Free slot numbers, reused first.
     free: Vec<u32>,
     /// Hashes keys for `index` (seeded apart from the shard choice).
-    hasher: FixedState,
+    hasher: SeedableRandomState,
     /// The value cache and this engine's id in it; `None` when caching is off.
     cache: Option<(ValueCache, u64)>,
     /// Entries with an expiry, so the sweep can skip shards without any.
     pub with_ttl: usize,
 }
 
-/// Seed of the per-shard table hash (the shard choice uses another).
-const TABLE_SEED: u64 = 0x6b65_7964_6972_0001;
+/// A hash builder with a fresh random per-hasher seed and this process's
+/// random shared seed, both from the OS.
+fn random_hasher() -> SeedableRandomState {
+    static SHARED: OnceLock<SharedSeed> = OnceLock::new();
+    let shared = SHARED.get_or_init(|| SharedSeed::from_u64(os_random_u64()));
+    SeedableRandomState::with_seed(os_random_u64(), shared)
+}
+
+/// 64 random bits from the OS. Should the OS source fail (it does not on
+/// Linux once booted), falls back to foldhash's own per-process seeding,
+/// which is randomized by address-space layout and the clock.
+fn os_random_u64() -> u64 {
+    let mut buf = [0u8; 8];
+    match getrandom::getrandom(&mut buf) {
+        Ok(()) => u64::from_le_bytes(buf),
+        Err(_) => SeedableRandomState::random().hash_one(0u64),
+    }
+}
 
 impl Shard {
     /// An empty shard using `cache`.
@@ -97,14 +123,14 @@ impl Shard {
             index: HashTable::new_in(PageAlloc),
             slots: AVec::new_in(PageAlloc),
             free: Vec::new(),
-            hasher: FixedState::with_seed(TABLE_SEED),
+            hasher: random_hasher(),
             cache,
             with_ttl: 0,
         }
     }
 
     /// The table hash of `key`.
-    fn hash(hasher: &FixedState, key: &[u8]) -> u64 {
+    fn hash(hasher: &SeedableRandomState, key: &[u8]) -> u64 {
         hasher.hash_one(key)
     }
 
@@ -242,7 +268,7 @@ pub struct KeyDir {
     /// The shards.
     shards: Vec<Mutex<Shard>>,
     /// Hash used to pick a shard (seeded apart from the shards' tables).
-    hasher: FixedState,
+    hasher: SeedableRandomState,
     /// The value cache and this engine's id in it (dropped from it with us).
     cache: Option<(ValueCache, u64)>,
 }
@@ -261,8 +287,19 @@ impl KeyDir {
             .collect();
         KeyDir {
             shards,
-            hasher: FixedState::with_seed(0x0063_6173_6b61_6465),
+            hasher: random_hasher(),
             cache: cache.map(|c| (c, engine)),
+        }
+    }
+
+    /// An empty keydir without a cache that puts every key in the same
+    /// shard as this one: the one to fill and hand to
+    /// [`KeyDir::replace_with`] (the shard choice is seeded per keydir).
+    pub fn empty_like(&self) -> KeyDir {
+        KeyDir {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::new(None))).collect(),
+            hasher: self.hasher.clone(),
+            cache: None,
         }
     }
 
@@ -297,10 +334,14 @@ impl KeyDir {
 
     /// Replaces every shard's entries with `fresh`'s, shard by shard, then
     /// drops this engine's cached values. Each key switches atomically.
+    /// `fresh` must come from [`KeyDir::empty_like`] on this keydir, or
+    /// its keys would sit in shards this keydir never looks in.
     pub fn replace_with(&self, mut fresh: KeyDir) {
         for (mine, theirs) in self.shards.iter().zip(std::mem::take(&mut fresh.shards)) {
             let theirs = theirs.into_inner();
             let mut s = mine.lock();
+            // The table was built with `fresh`'s table hash: it comes along.
+            s.hasher = theirs.hasher;
             s.index = theirs.index;
             s.slots = theirs.slots;
             s.free = theirs.free;
@@ -333,6 +374,38 @@ mod tests {
             len: 10,
             expire_at,
         }
+    }
+
+    /// The shard index `key` goes to in `kd`.
+    fn shard_of(kd: &KeyDir, key: &[u8]) -> usize {
+        let mut h = kd.hasher.build_hasher();
+        key.hash(&mut h);
+        std::hash::Hasher::finish(&h) as usize & (SHARDS - 1)
+    }
+
+    #[test]
+    fn hash_seeds_are_random_per_keydir() {
+        // With fixed seeds two keydirs put every key in the same shard and
+        // give it the same table hash; with random ones, 64 keys agreeing
+        // by chance has probability 64^-64.
+        let (a, b) = (KeyDir::new(0), KeyDir::new(0));
+        let keys: Vec<Vec<u8>> = (0..64u32)
+            .map(|i| format!("key-{i}").into_bytes())
+            .collect();
+        let same_shard = keys
+            .iter()
+            .filter(|k| shard_of(&a, k) == shard_of(&b, k))
+            .count();
+        assert!(
+            same_shard < keys.len(),
+            "shard choice is seeded identically"
+        );
+        let (sa, sb) = (a.shard_at(0), b.shard_at(0));
+        let same_hash = keys
+            .iter()
+            .filter(|k| Shard::hash(&sa.hasher, k) == Shard::hash(&sb.hasher, k))
+            .count();
+        assert_eq!(same_hash, 0, "table hashes are seeded identically");
     }
 
     #[test]

@@ -159,7 +159,7 @@ impl Inner {
         let epochs: Vec<(u32, u64)> = w.epochs.iter().copied().filter(|e| e.1 < offset).collect();
         let epochs_changed = epochs.len() != w.epochs.len();
         let segs: Vec<Arc<Segment>> = self.segments.read().ordered.clone();
-        let fresh = KeyDir::new(0);
+        let fresh = self.keydir.empty_like();
         let result = MutexGuard::unlocked(&mut w, || {
             if lowered && let Some(rep) = &self.replica {
                 self.persist_commit(rep, true, u64::MAX)
