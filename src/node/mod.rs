@@ -60,7 +60,9 @@ use crate::cluster::{
 use crate::config::{Config, EngineKind};
 use crate::error::{Error, Result};
 use crate::replication::{Engines, ReplicaLog, ReplicaManager};
-use crate::storage::{self, Clock, Condition, Engine, Limits, SetOptions, Submitted, Ttl, WriteOp};
+use crate::storage::{
+    self, Clock, Condition, Engine, Limits, SetOptions, Submitted, Ttl, WriteOp, owner_only,
+};
 
 /// How many replicas must have a write before it is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,12 +201,13 @@ impl Node {
             Error::InvalidInput("cluster mode needs a `cluster:` configuration section".into())
         })?;
         let dir = &config.data_dir;
-        fs::create_dir_all(dir).map_err(|e| {
+        owner_only::create_dir_all(dir).map_err(|e| {
             Error::Unavailable(format!(
                 "cannot create data directory {}: {e}",
                 dir.display()
             ))
         })?;
+        restrict_data_dir(dir)?;
         let lock = lock_dir(dir)?;
         check_layout(dir, config.partitions)?;
         let engines = Arc::new(PartitionDirs {
@@ -257,18 +260,19 @@ impl Node {
         mut open: impl FnMut(&Path) -> storage::Result<Arc<dyn Engine>>,
     ) -> Result<(File, Vec<Replica>)> {
         let dir = &config.data_dir;
-        fs::create_dir_all(dir).map_err(|e| {
+        owner_only::create_dir_all(dir).map_err(|e| {
             Error::Unavailable(format!(
                 "cannot create data directory {}: {e}",
                 dir.display()
             ))
         })?;
+        restrict_data_dir(dir)?;
         let lock = lock_dir(dir)?;
         check_layout(dir, config.partitions)?;
         let mut replicas = Vec::with_capacity(config.partitions as usize);
         for p in 0..config.partitions {
             let pdir = dir.join("partitions").join(p.to_string());
-            fs::create_dir_all(&pdir).map_err(|e| {
+            owner_only::create_dir_all(&pdir).map_err(|e| {
                 Error::Unavailable(format!(
                     "cannot create partition directory {}: {e}",
                     pdir.display()
@@ -662,7 +666,7 @@ struct PartitionDirs {
 impl Engines for PartitionDirs {
     fn open(&self, p: u32) -> Result<Arc<dyn ReplicaLog>> {
         let pdir = self.dir.join(p.to_string());
-        fs::create_dir_all(&pdir).map_err(|e| {
+        owner_only::create_dir_all(&pdir).map_err(|e| {
             Error::Unavailable(format!(
                 "cannot create partition directory {}: {e}",
                 pdir.display()
@@ -708,10 +712,28 @@ fn open_engine(
     }
 }
 
+/// Makes the data directory private (`0700`) if it is not, with a warning.
+fn restrict_data_dir(dir: &Path) -> Result<()> {
+    match owner_only::restrict_dir(dir) {
+        Ok(None) => Ok(()),
+        Ok(Some(was)) => {
+            tracing::warn!(
+                "data directory {} was mode {was:04o}, readable by other users; set to 0700",
+                dir.display()
+            );
+            Ok(())
+        }
+        Err(e) => Err(Error::Unavailable(format!(
+            "cannot make data directory {} private: {e}",
+            dir.display()
+        ))),
+    }
+}
+
 /// Takes the exclusive lock on `<dir>/LOCK`.
 fn lock_dir(dir: &Path) -> Result<File> {
     let path = dir.join("LOCK");
-    let file = fs::OpenOptions::new()
+    let file = owner_only::options()
         .create(true)
         .truncate(false)
         .write(true)
@@ -779,7 +801,7 @@ fn check_layout(dir: &Path, partitions: u32) -> Result<()> {
 /// Writes a small file atomically: temp file, fsync, rename, fsync the directory.
 fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp)?;
+    let mut f = owner_only::create(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     fs::rename(&tmp, path)?;

@@ -21,6 +21,7 @@ mod clock;
 mod error;
 mod histogram;
 mod memory;
+pub mod owner_only;
 
 pub use bitcask::{
     BackgroundOptions, Bitcask, Completion, Header, Kind, MergeOptions, MergeReport, Options,

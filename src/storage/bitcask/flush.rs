@@ -413,7 +413,8 @@ pub(super) fn create_dir_durably(dir: &Path) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    std::fs::create_dir_all(dir).ctx(|| format!("create data directory {}", dir.display()))?;
+    crate::storage::owner_only::create_dir_all(dir)
+        .ctx(|| format!("create data directory {}", dir.display()))?;
     for created in missing.iter().rev() {
         let parent = match created.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,

@@ -15,7 +15,7 @@
 //!   segment (a hint is an optimisation, never a source of truth);
 //! - hints are written to a temporary name, fsynced and renamed into place.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -24,6 +24,7 @@ use bytes::BufMut;
 use super::record::{Header, Kind};
 use crate::storage::Result;
 use crate::storage::error::IoContext;
+use crate::storage::owner_only;
 
 /// First bytes of every hint file.
 const MAGIC: &[u8; 4] = b"CSKH";
@@ -156,7 +157,7 @@ fn decode(bytes: &[u8], log_len: u64) -> Option<Vec<HintEntry>> {
 pub fn write(path: &Path, log_len: u64, entries: &[HintEntry]) -> Result<()> {
     let tmp = tmp_path(path);
     let bytes = encode(log_len, entries);
-    let mut f = File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
+    let mut f = owner_only::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
     f.write_all(&bytes)
         .ctx(|| format!("write {}", tmp.display()))?;
     f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;

@@ -275,6 +275,7 @@ pub struct KeyDir {
 
 impl KeyDir {
     /// An empty keydir with its own cache of `cache_bytes` (0 = no cache).
+    #[cfg(test)]
     pub fn new(cache_bytes: u64) -> KeyDir {
         KeyDir::with_cache((cache_bytes > 0).then(|| ValueCache::new(cache_bytes)))
     }

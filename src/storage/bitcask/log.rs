@@ -39,6 +39,7 @@ use super::segment::{self, HINT_SUFFIX, LOG_SUFFIX, Segment};
 use super::writer::Writer;
 use super::{Inner, Segments, fsync, recovery, replica, sync_dir};
 use crate::storage::error::IoContext;
+use crate::storage::owner_only;
 use crate::storage::{Error, Result};
 
 /// A record read from the log.
@@ -347,7 +348,8 @@ fn prepare_cut(seg: &Segment, offset: u64) -> Step<Cut> {
             ),
             false
         )));
-        fs::write(&tmp, &prefix)
+        owner_only::create(&tmp)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &prefix))
             .ctx(|| format!("write {}", tmp.display()))
             .map_err(|e| (e, false))?;
         // fsyncgate: a failed fsync refuses writes, even of this copy.

@@ -56,7 +56,7 @@
 //! the node, never waits for a rate-limited copy; past step 3 it finishes.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -68,6 +68,7 @@ use super::record::{HEADER_LEN, Kind};
 use super::segment::{self, HINT_SUFFIX, LOG_SUFFIX, Scanned, Segment};
 use super::{Inner, sync_dir};
 use crate::storage::error::IoContext;
+use crate::storage::owner_only;
 use crate::storage::{Error, Result};
 
 /// Name of the merge working directory.
@@ -232,7 +233,7 @@ impl Inner {
             }
             fs::remove_dir_all(&mdir).ctx(|| format!("remove stale {}", mdir.display()))?;
         }
-        fs::create_dir(&mdir).ctx(|| format!("create {}", mdir.display()))?;
+        owner_only::create_dir(&mdir).ctx(|| format!("create {}", mdir.display()))?;
         // Its entry must be durable before anything in it counts.
         self.sync_data_dir()?;
         let discard = |e: Error| {
@@ -488,7 +489,7 @@ fn failpoint() -> Error {
 /// Creates an output segment in the merge directory.
 fn new_output(mdir: &Path, base: u64) -> Result<Output> {
     let path = segment::file_path(mdir, base, LOG_SUFFIX);
-    let file = OpenOptions::new()
+    let file = owner_only::options()
         .write(true)
         .create_new(true)
         .open(&path)
@@ -525,7 +526,7 @@ fn write_commit(mdir: &Path, inputs: &[u64], outputs: &[u64]) -> Result<()> {
     }
     text.push_str("end\n");
     let tmp = mdir.join("COMMIT.tmp");
-    let mut f = File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
+    let mut f = owner_only::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
         .ctx(|| format!("write {}", tmp.display()))?;

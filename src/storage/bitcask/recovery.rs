@@ -34,7 +34,7 @@
 //!   others are returned as pending, in offset order, and hints are used
 //!   only for segments entirely below the commit point.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -47,6 +47,7 @@ use super::segment::{self, HINT_SUFFIX, LOG_SUFFIX, Scanned, Segment};
 use super::writer::Pending;
 use super::{apply_one, sync_dir};
 use crate::storage::error::IoContext;
+use crate::storage::owner_only;
 use crate::storage::{Error, Result};
 
 /// Name of the lock file.
@@ -69,7 +70,7 @@ pub(super) struct Loaded {
 pub(super) fn lock_dir(dir: &Path) -> Result<File> {
     super::flush::create_dir_durably(dir)?;
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
+    let file = owner_only::options()
         .create(true)
         .truncate(false)
         .write(true)

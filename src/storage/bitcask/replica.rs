@@ -73,6 +73,7 @@ use super::segment::{Scanned, Segment};
 use super::writer::{Batch, Location, Pending, Queued, Unapplied, Writer};
 use super::{Inner, apply_one, fsync, sync_dir};
 use crate::storage::error::IoContext;
+use crate::storage::owner_only;
 use crate::storage::{Durability, Error, Result};
 
 /// Name of the commit point file.
@@ -142,8 +143,8 @@ impl CommitFile {
         if !path.exists() {
             let mut first = vec![0u8; SLOT_STRIDE as usize];
             first.extend_from_slice(&encode_slot(1, 0));
-            fs::write(&tmp, &first)
-                .and_then(|()| File::open(&tmp).and_then(|f| fsync(&f)))
+            owner_only::create(&tmp)
+                .and_then(|mut f| f.write_all(&first).and_then(|()| fsync(&f)))
                 .ctx(|| format!("write {}", tmp.display()))?;
             fs::rename(&tmp, &path).ctx(|| format!("rename {}", tmp.display()))?;
             sync_dir(dir)?;
@@ -365,7 +366,7 @@ fn decode_epochs(b: &[u8]) -> Option<Vec<(u32, u64)>> {
 pub(super) fn save_epochs(dir: &Path, epochs: &[(u32, u64)]) -> Result<()> {
     let path = dir.join(EPOCHS_FILE);
     let tmp = dir.join(format!("{EPOCHS_FILE}.tmp"));
-    let mut f = File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
+    let mut f = owner_only::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
     f.write_all(&encode_epochs(epochs))
         .and_then(|()| f.sync_all())
         .ctx(|| format!("write {}", tmp.display()))?;

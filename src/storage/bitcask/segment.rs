@@ -35,6 +35,7 @@ use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
 
 use super::record::{self, DecodeError, HEADER_LEN, Header};
 use crate::storage::error::IoContext;
+use crate::storage::owner_only;
 use crate::storage::{Error, Result};
 
 /// File name suffix of segment files.
@@ -105,7 +106,7 @@ impl Segment {
     /// Creates a new, empty segment file (fails if it exists).
     pub fn create(dir: &Path, id: u32, base: u64) -> Result<Segment> {
         let path = file_path(dir, base, LOG_SUFFIX);
-        let file = OpenOptions::new()
+        let file = owner_only::options()
             .read(true)
             .append(true)
             .create_new(true)
