@@ -172,6 +172,7 @@ impl NodeRpc for FakeRpc {
         controller_epoch: u64,
         _node_epoch: i64,
         states: Vec<LeaderAndIsr>,
+        _leaders: Vec<std::sync::Arc<caskade::cluster::Leaders>>,
         nodes: Vec<NodeAddr>,
     ) -> BoxFuture<'static, Result<()>> {
         self.calls.lock().unwrap().push(Call::Notice {
@@ -1482,7 +1483,13 @@ fn grpc_node_rpc_speaks_replication_proto() {
                 leader_node_epoch: 0,
             },
         ];
-        rpc.leader_and_isr(node.clone(), 7, 5, states, vec![node.clone()])
+        // Two routing maps, merged on the wire (the newer epoch wins).
+        let older = caskade::cluster::Leaders::of(&states, false);
+        let mut newer = caskade::cluster::Leaders::default();
+        newer.push(5, 3, Some("grpc-2"));
+        newer.push(7, 1, None);
+        let maps = vec![Arc::new(older), Arc::new(newer)];
+        rpc.leader_and_isr(node.clone(), 7, 5, states, maps, vec![node.clone()])
             .await
             .unwrap();
         assert_eq!(
@@ -1515,6 +1522,25 @@ fn grpc_node_rpc_speaks_replication_proto() {
                     replication_addr: local.to_string(),
                 }],
                 node_epoch: 5,
+                leader_ids: ids(&["grpc-1", "grpc-2"]),
+                leaders: vec![
+                    pb::PartitionLeader {
+                        partition: 2,
+                        leader_epoch: 4,
+                        leader: 1,
+                    },
+                    pb::PartitionLeader {
+                        partition: 5,
+                        leader_epoch: 3,
+                        leader: 2,
+                    },
+                    pb::PartitionLeader {
+                        partition: 7,
+                        leader_epoch: 1,
+                        leader: 0,
+                    },
+                ],
+                leaders_full: false,
             }]
         );
         server.abort();
