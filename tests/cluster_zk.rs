@@ -958,7 +958,9 @@ fn a_re_registration_within_one_listing_is_a_bounce() {
         let data = serde_json::to_vec(&addr("rr-n4")).expect("JSON");
         let ephemeral =
             zookeeper_client::CreateMode::Ephemeral.with_acls(zookeeper_client::Acls::anyone_all());
-        c.create(path, &data, &ephemeral).await.expect("register rr-n4");
+        c.create(path, &data, &ephemeral)
+            .await
+            .expect("register rr-n4");
         wait_until("rr-n4 joined", Duration::from_secs(5), || {
             !log_lines("nodes joined [rr-n4], left [], bounced (new node epoch) []").is_empty()
         })

@@ -118,7 +118,11 @@ async fn scenario(addr: SocketAddr) {
     let idle = reads();
     let calls = sim.calls();
     tokio::time::sleep(Duration::from_millis(4000)).await;
-    assert_eq!(reads(), idle, "an idle cluster read znodes (states, replicas, registrations)");
+    assert_eq!(
+        reads(),
+        idle,
+        "an idle cluster read znodes (states, replicas, registrations)"
+    );
     assert_eq!(sim.calls(), calls);
 
     // Kill the controller's node; its session expires after 2 s.

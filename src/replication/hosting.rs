@@ -103,7 +103,9 @@ fn routed(table: &Table, p: u32) -> Option<(Option<String>, u32)> {
     let mut best: Option<(Option<String>, u32)> = None;
     for m in &table.routes {
         if let Some(e) = m.get(p)
-            && best.as_ref().is_none_or(|(_, epoch)| e.leader_epoch >= *epoch)
+            && best
+                .as_ref()
+                .is_none_or(|(_, epoch)| e.leader_epoch >= *epoch)
         {
             best = Some((m.leader_of(e).map(String::from), e.leader_epoch));
         }
@@ -367,7 +369,7 @@ impl ReplicaManager {
         let mut ids: Vec<u32> = table
             .learned
             .iter()
-            .filter(|(_, l)| l.state.replicas.iter().any(|r| *r == self.me.id))
+            .filter(|(_, l)| l.state.replicas.contains(&self.me.id))
             .map(|(p, _)| *p)
             .chain(self.hosted.read().keys().copied())
             .collect();

@@ -70,7 +70,11 @@ pub fn leaders_from_wire(
         entries: Vec::with_capacity(entries.len()),
     };
     for e in entries {
-        let leader = if (e.leader as usize) <= m.ids.len() { e.leader } else { 0 };
+        let leader = if (e.leader as usize) <= m.ids.len() {
+            e.leader
+        } else {
+            0
+        };
         m.entries.push(crate::cluster::LeaderEntry {
             partition: e.partition,
             leader_epoch: e.leader_epoch,

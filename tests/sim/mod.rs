@@ -150,7 +150,7 @@ impl SimNode {
                     *slot = index_of(m);
                 }
                 v.isr[p] = isr;
-                v.mine[p] = s.replicas.iter().any(|r| *r == self.addr.id);
+                v.mine[p] = s.replicas.contains(&self.addr.id);
             }
             if notice && k >= v.ver[p] && s.leader.as_deref() == Some(self.addr.id.as_str()) {
                 v.granted[p] = v.granted[p].max(s.leader_epoch);
@@ -628,10 +628,8 @@ impl Sim {
             if views.iter().any(|v| v.mine[p] && v.ver[p] != k) {
                 pr.disagree += 1;
             }
-            let led = k != 0
-                && (k >> 32) as u32 == epoch
-                && isr.contains(&l)
-                && lv.granted[p] == epoch;
+            let led =
+                k != 0 && (k >> 32) as u32 == epoch && isr.contains(&l) && lv.granted[p] == epoch;
             if !led {
                 pr.unled += 1;
             }

@@ -540,10 +540,9 @@ impl Controller {
         znode::mkdir(&self.client, &path)
             .await
             .map_err(|e| Exit::zk(&format!("create {path}"), e))?;
-        let (names, _, watcher) =
-            znode::retry_loss(|| self.client.get_and_watch_children(&path))
-                .await
-                .map_err(|e| Exit::zk(&format!("watch {path}"), e))?;
+        let (names, _, watcher) = znode::retry_loss(|| self.client.get_and_watch_children(&path))
+            .await
+            .map_err(|e| Exit::zk(&format!("watch {path}"), e))?;
         let deleted = znode::windowed(&names, znode::READ_WINDOW, |name| {
             self.client.delete(&format!("{path}/{name}"), None)
         })
@@ -601,7 +600,11 @@ impl Controller {
 
     /// A reconciliation of partitions `only` (an ISR change notification:
     /// no creation), or of every partition.
-    async fn reconcile_some(&mut self, only: Option<Vec<u32>>, full_to: FullTo) -> Result<(), Exit> {
+    async fn reconcile_some(
+        &mut self,
+        only: Option<Vec<u32>>,
+        full_to: FullTo,
+    ) -> Result<(), Exit> {
         let paths = self.shared.paths.clone();
         let every = only.is_none();
         let ids = match only {

@@ -356,7 +356,10 @@ mod tests {
         let (states, maps, _) = p.batch().unwrap();
         assert!(states.is_empty());
         assert_eq!(maps.len(), 1);
-        assert!(Arc::ptr_eq(&maps[0], &full), "the full map itself, not a copy");
+        assert!(
+            Arc::ptr_eq(&maps[0], &full),
+            "the full map itself, not a copy"
+        );
         p.add(Vec::new(), Some(later.clone()), vec![]);
         p.acked(&states, &maps);
         let (_, maps, _) = p.batch().unwrap();
