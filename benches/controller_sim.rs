@@ -19,8 +19,10 @@
 //! nodes, session timeout, startup (all led / all told, ms after the
 //! release of the first election), election after the kill, failover (all
 //! led / all told, ms after the election), ZooKeeper packets received
-//! (startup / per idle second / failover), notices x states each (startup
-//! / failover), node views differing from ZooKeeper, peak RSS (MiB).
+//! (startup / per idle second / failover), state znodes read per idle
+//! second, notices x full states each (startup / failover), registrations
+//! read in the failover, node views differing from ZooKeeper, peak RSS
+//! (MiB).
 
 #[path = "../tests/harness/mod.rs"]
 mod harness;
@@ -37,13 +39,35 @@ use sim::{Calls, Sim, SimConfig, delta, mntr, ms_since, raw_client};
 /// Longest wait for any phase to converge.
 const PHASE_BOUND: Duration = Duration::from_secs(900);
 
+/// Znodes read by the nodes so far: states, replicas, registrations.
+fn reads() -> [u64; 3] {
+    use caskade::cluster::zk::reads as r;
+    use std::sync::atomic::Ordering::Relaxed;
+    [
+        r::STATES.load(Relaxed),
+        r::REPLICAS.load(Relaxed),
+        r::REGISTRATIONS.load(Relaxed),
+    ]
+}
+
+/// `a - b`, element by element.
+fn minus(a: [u64; 3], b: [u64; 3]) -> [u64; 3] {
+    [a[0] - b[0], a[1] - b[1], a[2] - b[2]]
+}
+
 /// One phase's ZooKeeper traffic and controller calls.
 fn traffic(
     name: &str,
     before: &BTreeMap<String, i64>,
     after: &BTreeMap<String, i64>,
     calls: Calls,
+    read: [u64; 3],
 ) {
+    println!(
+        "  {name}: znodes read by the nodes: {} states, {} replicas, {} registrations; \
+         routing entries delivered {} (shared maps)",
+        read[0], read[1], read[2], calls.leader_entries
+    );
     println!(
         "  {name}: zk packets received {} sent {}, znodes {:+} (now {}), watches {:+} (now {}), \
          data {:+} B (now {} B), zk max latency {} ms; leader_and_isr {} calls ({} refused) \
@@ -127,11 +151,13 @@ fn main() {
             root: "/caskade/sim".into(),
         };
         let m0 = mntr(addr);
+        let r0 = reads();
         let t = Instant::now();
         let mut sim = Sim::start(cfg, addr, &holder).await;
         println!("registered {nodes} nodes in {} ms", ms_since(t));
         let m1 = mntr(addr);
-        traffic("registration", &m0, &m1, sim.calls());
+        let r1 = reads();
+        traffic("registration", &m0, &m1, sim.calls(), minus(r1, r0));
 
         // (a) Startup: election, creation, first notices.
         let c1 = sim.calls();
@@ -164,14 +190,23 @@ fn main() {
             sim.arrivals_since(t)
         );
         let m2 = mntr(addr);
+        let r2 = reads();
         let start_calls = sim.calls() - c1;
-        traffic("startup", &m1, &m2, start_calls);
+        traffic("startup", &m1, &m2, start_calls, minus(r2, r1));
 
         // Steady state: what an idle cluster costs ZooKeeper.
         let c2 = sim.calls();
         tokio::time::sleep(Duration::from_secs(idle_s)).await;
         let m3 = mntr(addr);
-        traffic(&format!("idle {idle_s} s"), &m2, &m3, sim.calls() - c2);
+        let r3 = reads();
+        let idle_reads = minus(r3, r2);
+        traffic(
+            &format!("idle {idle_s} s"),
+            &m2,
+            &m3,
+            sim.calls() - c2,
+            idle_reads,
+        );
 
         // (b) Controller failover: kill the controller's node.
         let ctrl = sim.controller().expect("a controller");
@@ -205,15 +240,21 @@ fn main() {
             sim.arrivals_since(t)
         );
         let m4 = mntr(addr);
+        let r4 = reads();
         let fail_calls = sim.calls() - c3;
-        traffic("failover", &m3, &m4, fail_calls);
+        let fail_reads = minus(r4, r3);
+        traffic("failover", &m3, &m4, fail_calls, fail_reads);
 
-        // Exact check: every live node's view equals ZooKeeper's.
+        // Exact check: every live node routes every partition to
+        // ZooKeeper's leader at its epoch, and holds ZooKeeper's full
+        // state of every partition it hosts.
         let zk_states = sim.zk_states(&holder).await;
         let mut wrong = 0usize;
         for n in sim.nodes.iter().filter(|n| n.alive()) {
             for (p, want) in &zk_states {
-                if n.known(*p).as_ref() != Some(want) {
+                if n.route(*p) != Some((want.0, want.1))
+                    || (n.hosts(*p) && n.known(*p).as_ref() != Some(want))
+                {
                     wrong += 1;
                 }
             }
@@ -231,7 +272,7 @@ fn main() {
         let peak = rss("self", "VmHWM:");
         println!(
             "| {partitions} | {nodes} | {session_ms} | {} / {} | {} | {} / {} | {} / {} / {} | \
-             {} x {} / {} x {} | {wrong} | {peak} |",
+             {} | {} x {} / {} x {} | {} | {wrong} | {peak} |",
             show(startup.0),
             show(startup.1),
             elected,
@@ -240,10 +281,12 @@ fn main() {
             delta(&m1, &m2, "zk_packets_received"),
             delta(&m2, &m3, "zk_packets_received") / idle_s.max(1) as i64,
             delta(&m3, &m4, "zk_packets_received"),
+            idle_reads[0] / idle_s.max(1),
             start_calls.notices,
             start_calls.states / start_calls.notices.max(1),
             fail_calls.notices,
             fail_calls.states / fail_calls.notices.max(1),
+            fail_reads[2],
         );
         // No clean shutdown: each node leaving would trigger an election
         // and a full broadcast; cut the sessions and let ZooKeeper go.

@@ -49,10 +49,16 @@ enum Event {
 #[derive(Default)]
 struct Recorder {
     events: Mutex<Vec<Event>>,
+    /// What `replica_of` answers (`None`: not known).
+    hosts: Option<Vec<u32>>,
 }
 
 impl StateListener for Recorder {
     fn registered(&self, _node_epoch: i64) {}
+
+    fn replica_of(&self) -> Option<Vec<u32>> {
+        self.hosts.clone()
+    }
 
     fn apply(&self, states: Vec<LeaderAndIsr>, nodes: Vec<NodeAddr>) {
         let ids = nodes.into_iter().map(|n| n.id).collect();
@@ -172,6 +178,7 @@ impl NodeRpc for FakeRpc {
         controller_epoch: u64,
         _node_epoch: i64,
         states: Vec<LeaderAndIsr>,
+        _leaders: Vec<std::sync::Arc<caskade::cluster::Leaders>>,
         nodes: Vec<NodeAddr>,
     ) -> BoxFuture<'static, Result<()>> {
         self.calls.lock().unwrap().push(Call::Notice {
@@ -896,6 +903,84 @@ fn deposed_controller_cannot_write() {
     });
 }
 
+/// A node that starts (or rejoins) reads from ZooKeeper only the
+/// partitions its listener says it hosts, not every partition listing it
+/// (issue 12: a rejoin read every partition's `replicas` znode); the rest
+/// comes in the controller's notice to a node that joined.
+#[test]
+fn a_new_session_reads_only_the_partitions_the_listener_hosts() {
+    run(async {
+        let zk = shared_zk();
+        let c = raw(&zk).await;
+        let opts = options(&zk.connect_string(), "/t-hosted");
+        let rpc = Arc::new(FakeRpc::default());
+        let mut nodes = three_nodes(&opts, "ho", &rpc, &c).await;
+        let n3 = nodes.pop().unwrap();
+        n3.zk.shutdown().await;
+        // Back, hosting 1 and 4 (it is a replica of all 8; 9 does not exist).
+        let rec = Arc::new(Recorder {
+            hosts: Some(vec![1, 4, 9]),
+            ..Recorder::default()
+        });
+        let n3 = ZkCluster::start(&opts, addr("ho-n3"), 8, rec.clone(), rpc.clone())
+            .await
+            .expect("ho-n3 restarts");
+        let events = rec.events();
+        let Some(Event::Apply(states, live)) = events.first() else {
+            panic!("no states applied: {events:?}");
+        };
+        let read: Vec<u32> = states.iter().map(|s| s.partition).collect();
+        assert_eq!(read, vec![1, 4]);
+        assert_eq!(live, &ids(&["ho-n1", "ho-n2", "ho-n3"]));
+        for s in states {
+            assert_eq!(s.replicas.len(), 3, "replicas read with the state: {s:?}");
+        }
+        n3.shutdown().await;
+        for n in nodes {
+            n.zk.shutdown().await;
+        }
+    });
+}
+
+/// A node that registers again between two listings of `/nodes` (same id
+/// listed, new czxid) is still seen as bounced, though the controller
+/// reads only the registrations that appeared: `/nodes`' child version
+/// moved by more than the listing explains, so it reads them all again.
+#[test]
+fn a_re_registration_within_one_listing_is_a_bounce() {
+    run(async {
+        let zk = shared_zk();
+        let c = raw(&zk).await;
+        let opts = options(&zk.connect_string(), "/t-rereg");
+        let rpc = Arc::new(FakeRpc::default());
+        let nodes = three_nodes(&opts, "rr", &rpc, &c).await;
+        let path = "/t-rereg/nodes/rr-n4";
+        let data = serde_json::to_vec(&addr("rr-n4")).expect("JSON");
+        let ephemeral =
+            zookeeper_client::CreateMode::Ephemeral.with_acls(zookeeper_client::Acls::anyone_all());
+        c.create(path, &data, &ephemeral)
+            .await
+            .expect("register rr-n4");
+        wait_until("rr-n4 joined", Duration::from_secs(5), || {
+            !log_lines("nodes joined [rr-n4], left [], bounced (new node epoch) []").is_empty()
+        })
+        .await;
+        // Leave and register again in one transaction: one watch event,
+        // the same ids listed.
+        let mut w = c.new_multi_writer();
+        w.add_delete(path, None).expect("multi");
+        w.add_create(path, &data, &ephemeral).expect("multi");
+        w.commit().await.expect("re-register rr-n4");
+        wait_until("rr-n4 bounced", Duration::from_secs(5), || {
+            !log_lines("nodes joined [rr-n4], left [], bounced (new node epoch) [rr-n4]").is_empty()
+        })
+        .await;
+        for n in nodes {
+            n.zk.shutdown().await;
+        }
+    });
+}
+
 /// Once the preferred replica is back and in the ISR, the controller moves
 /// leadership back to it (epoch + 1).
 #[test]
@@ -1482,7 +1567,13 @@ fn grpc_node_rpc_speaks_replication_proto() {
                 leader_node_epoch: 0,
             },
         ];
-        rpc.leader_and_isr(node.clone(), 7, 5, states, vec![node.clone()])
+        // Two routing maps, merged on the wire (the newer epoch wins).
+        let older = caskade::cluster::Leaders::of(&states, false);
+        let mut newer = caskade::cluster::Leaders::default();
+        newer.push(5, 3, Some("grpc-2"));
+        newer.push(7, 1, None);
+        let maps = vec![Arc::new(older), Arc::new(newer)];
+        rpc.leader_and_isr(node.clone(), 7, 5, states, maps, vec![node.clone()])
             .await
             .unwrap();
         assert_eq!(
@@ -1515,6 +1606,25 @@ fn grpc_node_rpc_speaks_replication_proto() {
                     replication_addr: local.to_string(),
                 }],
                 node_epoch: 5,
+                leader_ids: ids(&["grpc-1", "grpc-2"]),
+                leaders: vec![
+                    pb::PartitionLeader {
+                        partition: 2,
+                        leader_epoch: 4,
+                        leader: 1,
+                    },
+                    pb::PartitionLeader {
+                        partition: 5,
+                        leader_epoch: 3,
+                        leader: 2,
+                    },
+                    pb::PartitionLeader {
+                        partition: 7,
+                        leader_epoch: 1,
+                        leader: 0,
+                    },
+                ],
+                leaders_full: false,
             }]
         );
         server.abort();

@@ -2,7 +2,10 @@
 //! nodes, 2,000 partitions, replication factor 3, on a real ZooKeeper.
 //! Asserts the exact end states of the initial assignment and of a
 //! failover after the controller node is killed (its session left to
-//! expire, as after SIGKILL), and the exact notices the controller sent.
+//! expire, as after SIGKILL), the exact notices the controller sent (full
+//! states only of the partitions each node hosts, one shared routing map
+//! of every partition's leader), that an idle controller reads no znode,
+//! and that a node leaving makes no node re-read the registrations.
 //! Timings are benchmark output (`benches/controller_sim.rs`), not
 //! asserted here.
 
@@ -29,20 +32,41 @@ fn replicas(p: u32) -> Vec<u16> {
     (0..3).map(|i| ((p as usize + i) % NODES) as u16).collect()
 }
 
-/// Every live node's view equals ZooKeeper's state of every partition.
+/// Every live node routes every partition to ZooKeeper's leader at its
+/// leader epoch, and holds ZooKeeper's full state of exactly the
+/// partitions it hosts (none of the others).
 async fn assert_views_match_zk(sim: &Sim, holder: &zookeeper_client::Client) {
     let zk = sim.zk_states(holder).await;
     assert_eq!(zk.len(), PARTITIONS as usize);
     for n in sim.nodes.iter().filter(|n| n.alive()) {
         for (p, want) in &zk {
             assert_eq!(
+                n.route(*p),
+                Some((want.0, want.1)),
+                "node {} routes partition {p} differently from ZooKeeper",
+                n.index
+            );
+            let hosts = replicas(*p).contains(&n.index);
+            assert_eq!(
                 n.known(*p).as_ref(),
-                Some(want),
-                "node {} knows partition {p} differently from ZooKeeper",
+                hosts.then_some(want),
+                "node {} (hosts partition {p}: {hosts}) knows it differently",
                 n.index
             );
         }
     }
+}
+
+/// Znodes read by every node of the simulation so far: states, replicas,
+/// registrations.
+fn reads() -> [u64; 3] {
+    use caskade::cluster::zk::reads as r;
+    use std::sync::atomic::Ordering::Relaxed;
+    [
+        r::STATES.load(Relaxed),
+        r::REPLICAS.load(Relaxed),
+        r::REGISTRATIONS.load(Relaxed),
+    ]
 }
 
 #[test]
@@ -73,7 +97,8 @@ async fn scenario(addr: SocketAddr) {
     assert!(w.told_ms.is_some(), "startup did not converge: {w:?}");
 
     // Initial assignment: preferred leaders, full ISRs, one notice per
-    // node carrying every partition (the full state after an election).
+    // node carrying the full state of the partitions it hosts (3 x P in
+    // all) and the shared map of every partition's leader.
     let states = sim.zk_states(&holder).await;
     for p in 0..PARTITIONS {
         let r = replicas(p);
@@ -82,14 +107,28 @@ async fn scenario(addr: SocketAddr) {
     assert_views_match_zk(&sim, &holder).await;
     let start = sim.calls();
     assert_eq!(start.notices, NODES as u64);
-    assert_eq!(start.states, NODES as u64 * PARTITIONS as u64);
+    assert_eq!(start.states, 3 * PARTITIONS as u64);
+    assert_eq!(start.leader_entries, NODES as u64 * PARTITIONS as u64);
     assert_eq!(start.refused, 0);
     // Nothing to elect: no node was asked for offsets.
     assert_eq!(start.offset_calls, 0);
 
+    // Idle for longer than the old 3 s reconciliation tick: nothing is
+    // read (no state, no replicas, no registration) and nothing sent.
+    let idle = reads();
+    let calls = sim.calls();
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    assert_eq!(
+        reads(),
+        idle,
+        "an idle cluster read znodes (states, replicas, registrations)"
+    );
+    assert_eq!(sim.calls(), calls);
+
     // Kill the controller's node; its session expires after 2 s.
     let k = sim.controller().expect("a controller");
     let before = sim.calls();
+    let read_before = reads();
     sim.kill(k);
     let t = Instant::now();
     let next = loop {
@@ -124,11 +163,18 @@ async fn scenario(addr: SocketAddr) {
     }
     assert_views_match_zk(&sim, &holder).await;
     let failover = sim.calls() - before;
+    let read = reads();
     let live = NODES as u64 - 1;
-    // One notice per live node with the full state (a new controller does
-    // not know what each node knows).
+    // One notice per live node with the full state of what it hosts (a
+    // new controller does not know what each node knows): every replica
+    // but k's, and the map of every leader.
     assert_eq!(failover.notices, live);
-    assert_eq!(failover.states, live * PARTITIONS as u64);
+    let hosted_by_k = 3 * PARTITIONS as u64 / NODES as u64;
+    assert_eq!(failover.states, 3 * PARTITIONS as u64 - hosted_by_k);
+    assert_eq!(failover.leader_entries, live * PARTITIONS as u64);
+    // A node left: the watchers read no registration; only the new
+    // controller loads the live ones, once.
+    assert_eq!(read[2] - read_before[2], live);
     // Offsets asked of the two surviving ISR members of k's partitions,
     // once each, for exactly those partitions.
     let led_by_k = PARTITIONS as u64 / NODES as u64;

@@ -26,11 +26,13 @@
 
 use serde::{Deserialize, Serialize};
 
+mod leaders;
 mod local;
 mod partitioner;
 pub mod rpc;
 pub mod zk;
 
+pub use leaders::{LeaderEntry, Leaders};
 pub use local::LocalCoordinator;
 pub use partitioner::{PARTITIONER, fnv1a64, partition_for};
 pub use rpc::GrpcNodeRpc;
@@ -152,6 +154,17 @@ pub trait StateListener: Send + Sync + 'static {
     /// registration gave it. `nodes` are the live nodes.
     fn apply(&self, states: Vec<LeaderAndIsr>, nodes: Vec<NodeAddr>);
 
+    /// The partitions this node hosts or has learned it is a replica of:
+    /// what a new session or a renewed lease reads again from ZooKeeper
+    /// (their `replicas` and `state`, fresh), instead of every partition's
+    /// `replicas`. Partitions assigned to this node that it has not learned
+    /// of come in the controller's notice to a node that (re)joined.
+    /// `None` (the default): not known, every partition's `replicas` is
+    /// read.
+    fn replica_of(&self) -> Option<Vec<u32>> {
+        None
+    }
+
     /// The session is gone (expired, or silent past its timeout on this
     /// node's own timer): stop acting as leader of anything at once.
     fn fence(&self, why: &str);
@@ -171,13 +184,16 @@ pub trait NodeRpc: Send + Sync + 'static {
     ) -> BoxFuture<'static, crate::Result<Vec<ReplicaOffsets>>>;
 
     /// Tells `node`, registered at `node_epoch`, the new state of
-    /// `states` (one call per node).
+    /// `states` (the partitions it hosts) and the `leaders` of changed
+    /// partitions, for routing (maps shared by every node's notice, oldest
+    /// first); one call per node.
     fn leader_and_isr(
         &self,
         node: NodeAddr,
         controller_epoch: u64,
         node_epoch: i64,
         states: Vec<LeaderAndIsr>,
+        leaders: Vec<std::sync::Arc<Leaders>>,
         nodes: Vec<NodeAddr>,
     ) -> BoxFuture<'static, crate::Result<()>>;
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::cluster::{BoxFuture, LeaderAndIsr, NodeAddr, NodeRpc, ReplicaOffsets};
+use crate::cluster::{BoxFuture, LeaderAndIsr, Leaders, NodeAddr, NodeRpc, ReplicaOffsets};
 use crate::error::Error;
 use crate::proto::replication as pb;
 use crate::proto::replication::replication_client::ReplicationClient;
@@ -118,12 +118,28 @@ impl NodeRpc for GrpcNodeRpc {
         controller_epoch: u64,
         node_epoch: i64,
         states: Vec<LeaderAndIsr>,
+        leaders: Vec<std::sync::Arc<Leaders>>,
         nodes: Vec<NodeAddr>,
     ) -> BoxFuture<'static, crate::Result<()>> {
         let client = self.client(&node);
         Box::pin(async move {
             let mut client = client?;
+            let leaders = match leaders.as_slice() {
+                [one] => one.clone(),
+                maps => std::sync::Arc::new(Leaders::merge(maps)),
+            };
             let req = pb::LeaderAndIsrRequest {
+                leader_ids: leaders.ids.clone(),
+                leaders: leaders
+                    .entries
+                    .iter()
+                    .map(|e| pb::PartitionLeader {
+                        partition: e.partition,
+                        leader_epoch: e.leader_epoch,
+                        leader: e.leader,
+                    })
+                    .collect(),
+                leaders_full: leaders.full,
                 controller_epoch,
                 partitions: states
                     .into_iter()

@@ -1,11 +1,14 @@
 //! Which partitions this node hosts: the table of open replicas, opened
 //! and closed as the assignments this node learns change.
 //!
-//! Every state this node learns (controller notices carry every changed
-//! partition to every live node, ZooKeeper reads carry this node's own)
-//! is kept in the learned view, hosted here or not: it answers
-//! `NOT_LEADER` naming the leader, and `Metadata`, for partitions whose
-//! engine is not open here. A partition whose newest learned state lists
+//! Every state this node learns (controller notices carry the full state
+//! of the changed partitions this node hosts, ZooKeeper reads this node's
+//! own) is kept in the learned view. Notices also carry, for routing, the
+//! leader of every changed partition (`cluster::Leaders`, one map shared
+//! by every node's notice; every partition after an election): kept in
+//! `routes`. The newer of the two (by leader epoch) answers `NOT_LEADER`
+//! naming the leader, and `Metadata`, for partitions whose engine is not
+//! open here; a routing entry never opens or closes an engine. A partition whose newest learned state lists
 //! this node in `replicas` gets its engine opened; one whose newest state
 //! does not gets it closed.
 //!
@@ -37,7 +40,7 @@ use std::sync::Arc;
 
 use super::partition::Partition;
 use super::{ReplicaLog, ReplicaManager, blocking};
-use crate::cluster::LeaderAndIsr;
+use crate::cluster::{LeaderAndIsr, Leaders};
 use crate::error::{Error, Result};
 
 /// Opens and closes this node's partition engines (its data directory).
@@ -87,6 +90,27 @@ pub(super) struct Table {
     pub(super) learned: HashMap<u32, Learned>,
     /// Partitions whose worker is running.
     pub(super) busy: HashSet<u32>,
+    /// Routing maps of the controller's notices (leaders of partitions
+    /// not hosted here), oldest first; a full map drops those before it.
+    pub(super) routes: Vec<Arc<Leaders>>,
+}
+
+/// Routing maps kept before they are merged into one.
+const ROUTE_MAPS: usize = 16;
+
+/// The newest routing entry of `p` in `table`'s maps.
+fn routed(table: &Table, p: u32) -> Option<(Option<String>, u32)> {
+    let mut best: Option<(Option<String>, u32)> = None;
+    for m in &table.routes {
+        if let Some(e) = m.get(p)
+            && best
+                .as_ref()
+                .is_none_or(|(_, epoch)| e.leader_epoch >= *epoch)
+        {
+            best = Some((m.leader_of(e).map(String::from), e.leader_epoch));
+        }
+    }
+    best
 }
 
 /// The next step of a partition's worker.
@@ -114,17 +138,49 @@ impl ReplicaManager {
         })
     }
 
-    /// The client address of the leader of `p` as learned, unless it is
+    /// The client address of the leader of `p` as learned (full state or
+    /// routing entry, whichever has the higher leader epoch), unless it is
     /// this node.
     fn learned_leader(&self, p: u32) -> Option<String> {
-        let leader = self
-            .table
-            .lock()
-            .learned
-            .get(&p)
-            .and_then(|l| l.state.leader.clone())
-            .filter(|l| *l != self.me.id)?;
+        let leader = {
+            let table = self.table.lock();
+            let full = table
+                .learned
+                .get(&p)
+                .map(|l| (l.state.leader.clone(), l.state.leader_epoch));
+            match (full, routed(&table, p)) {
+                (Some(f), Some(r)) if r.1 > f.1 => r.0,
+                (Some(f), _) => f.0,
+                (None, Some(r)) => r.0,
+                (None, None) => None,
+            }
+        }
+        .filter(|l| *l != self.me.id)?;
         self.client_addr(&leader)
+    }
+
+    /// The leader (`None`: offline) and leader epoch of `p` in the routing
+    /// maps, if any names it.
+    pub(super) fn routed(&self, p: u32) -> Option<(Option<String>, u32)> {
+        routed(&self.table.lock(), p)
+    }
+
+    /// Keeps the routing maps of a notice.
+    pub(super) fn learn_leaders(&self, leaders: Vec<Arc<Leaders>>) {
+        if leaders.is_empty() {
+            return;
+        }
+        let mut table = self.table.lock();
+        for m in leaders {
+            if m.full {
+                table.routes.clear();
+            }
+            table.routes.push(m);
+        }
+        if table.routes.len() > ROUTE_MAPS {
+            let merged = Leaders::merge(&table.routes);
+            table.routes = vec![Arc::new(merged)];
+        }
     }
 
     /// The replicas open here, by partition id.
@@ -304,6 +360,22 @@ impl ReplicaManager {
             ),
             Err(e) => tracing::error!(partition = p, "closing the engine: {e}"),
         }
+    }
+
+    /// The partitions hosted here or learned to list this node as a
+    /// replica, ascending: what a new session re-reads from ZooKeeper.
+    pub(super) fn replica_of(&self) -> Vec<u32> {
+        let table = self.table.lock();
+        let mut ids: Vec<u32> = table
+            .learned
+            .iter()
+            .filter(|(_, l)| l.state.replicas.contains(&self.me.id))
+            .map(|(p, _)| *p)
+            .chain(self.hosted.read().keys().copied())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     /// Voids the grants of earlier registrations, hosted or learned.

@@ -737,14 +737,27 @@ impl ReplicaManager {
             .collect()
     }
 
-    /// A controller notice for this node's registration at `node_epoch`:
-    /// refuses a deposed controller and another registration's notice,
-    /// then applies (granting the leaderships it names).
+    /// [`ReplicaManager::notice`] without routing leaders.
     pub fn leader_and_isr(
         self: &Arc<Self>,
         controller_epoch: u64,
         node_epoch: i64,
         states: Vec<LeaderAndIsr>,
+        nodes: Vec<NodeAddr>,
+    ) -> Result<()> {
+        self.notice(controller_epoch, node_epoch, states, Vec::new(), nodes)
+    }
+
+    /// A controller notice for this node's registration at `node_epoch`:
+    /// refuses a deposed controller and another registration's notice,
+    /// then applies `states` (granting the leaderships it names) and
+    /// learns the routing `leaders`.
+    pub fn notice(
+        self: &Arc<Self>,
+        controller_epoch: u64,
+        node_epoch: i64,
+        states: Vec<LeaderAndIsr>,
+        leaders: Vec<Arc<crate::cluster::Leaders>>,
         nodes: Vec<NodeAddr>,
     ) -> Result<()> {
         fail::fail_point!("replication::leader_and_isr", |_| Err(Error::Unavailable(
@@ -767,6 +780,7 @@ impl ReplicaManager {
             )));
         }
         self.learn_nodes(nodes);
+        self.learn_leaders(leaders);
         self.apply_states(states, true);
         drop(registration);
         Ok(())
@@ -853,6 +867,10 @@ impl StateListener for Listener {
         self.0.apply_states(states, false);
     }
 
+    fn replica_of(&self) -> Option<Vec<u32>> {
+        Some(self.0.replica_of())
+    }
+
     fn fence(&self, why: &str) {
         let mut fenced = 0;
         for part in &self.0.hosted() {
@@ -917,10 +935,15 @@ impl Coordinator for ReplicaManager {
             .map(|p| match self.partition(p) {
                 Ok(part) => self.hosted_state(&part),
                 Err(_) => {
-                    let (leader, leader_epoch, replicas, isr) = match self.learned(p) {
+                    let (mut leader, mut leader_epoch, replicas, isr) = match self.learned(p) {
                         Some(k) => (k.leader, k.leader_epoch, k.replicas, k.isr),
                         None => (None, 0, Vec::new(), Vec::new()),
                     };
+                    // A routing entry newer than the full state (or the
+                    // only thing known of a partition not hosted here).
+                    if let Some((l, e)) = self.routed(p).filter(|(_, e)| *e > leader_epoch) {
+                        (leader, leader_epoch) = (l, e);
+                    }
                     PartitionState {
                         id: p,
                         // Named leader of a partition it does not host (yet):

@@ -54,6 +54,37 @@ pub fn state_from_wire(p: pb::PartitionState, controller_epoch: u64) -> LeaderAn
     }
 }
 
+/// A notice's routing map from its wire form (none when empty). Entries
+/// naming an index outside `ids` count as offline.
+pub fn leaders_from_wire(
+    ids: Vec<String>,
+    entries: Vec<pb::PartitionLeader>,
+    full: bool,
+) -> Vec<std::sync::Arc<crate::cluster::Leaders>> {
+    if entries.is_empty() {
+        return Vec::new();
+    }
+    let mut m = crate::cluster::Leaders {
+        full,
+        ids,
+        entries: Vec::with_capacity(entries.len()),
+    };
+    for e in entries {
+        let leader = if (e.leader as usize) <= m.ids.len() {
+            e.leader
+        } else {
+            0
+        };
+        m.entries.push(crate::cluster::LeaderEntry {
+            partition: e.partition,
+            leader_epoch: e.leader_epoch,
+            leader,
+        });
+    }
+    m.sort();
+    vec![std::sync::Arc::new(m)]
+}
+
 /// Partition state in its wire form.
 pub fn state_to_wire(s: LeaderAndIsr) -> pb::PartitionState {
     pb::PartitionState {
@@ -167,8 +198,9 @@ impl Replication for ReplicationService {
             .map(|p| state_from_wire(p, epoch))
             .collect();
         let nodes = r.nodes.into_iter().map(node_from_wire).collect();
+        let leaders = leaders_from_wire(r.leader_ids, r.leaders, r.leaders_full);
         self.manager
-            .leader_and_isr(epoch, r.node_epoch, states, nodes)?;
+            .notice(epoch, r.node_epoch, states, leaders, nodes)?;
         Ok(Response::new(pb::LeaderAndIsrResponse {}))
     }
 }

@@ -4,10 +4,11 @@
 //! `tests/controller_sim.rs` (small, exact end states) and
 //! `benches/controller_sim.rs` (100 nodes x 100,000 partitions, figures).
 //!
-//! - Each node's [`StateListener`] records the newest state it learned of
-//!   every partition (leader epoch, znode version, leader, ISR), compactly
-//!   (node ids as indexes), and whether a controller notice granted it
-//!   the leadership at that epoch.
+//! - Each node's [`StateListener`] records the newest full state it learned
+//!   of each partition (leader epoch, znode version, leader, ISR, whether it
+//!   is a replica), compactly (node ids as indexes), whether a controller
+//!   notice granted it the leadership at that epoch, and the newest leader
+//!   the notices' routing maps named for each partition.
 //! - One [`NodeRpc`] routes `leader_and_isr` to the target node's view
 //!   (refused when the node is dead or the notice is for another
 //!   registration, as a real node refuses) and answers `log_end_offsets`
@@ -31,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use caskade::cluster::{
-    BoxFuture, LeaderAndIsr, NodeAddr, NodeRpc, ReplicaOffsets, StateListener, ZkCluster,
+    BoxFuture, LeaderAndIsr, Leaders, NodeAddr, NodeRpc, ReplicaOffsets, StateListener, ZkCluster,
 };
 use caskade::config::ClusterOptions;
 use caskade::{Error, Result};
@@ -59,6 +60,11 @@ struct View {
     isr: Vec<[u16; 3]>,
     /// Leader epoch a controller notice granted this node (0: none).
     granted: Vec<u32>,
+    /// Whether that state lists this node in `replicas`.
+    mine: Vec<bool>,
+    /// (leader epoch, leader) of the newest routing entry (0, [`NONE`]
+    /// when none).
+    route: Vec<(u32, u16)>,
 }
 
 /// One simulated node: its replicas' view of the cluster.
@@ -119,6 +125,8 @@ impl SimNode {
                 leader: vec![NONE; p],
                 isr: vec![[NONE; 3]; p],
                 granted: vec![0; p],
+                mine: vec![false; p],
+                route: vec![(0, NONE); p],
             }),
         }
     }
@@ -142,9 +150,23 @@ impl SimNode {
                     *slot = index_of(m);
                 }
                 v.isr[p] = isr;
+                v.mine[p] = s.replicas.contains(&self.addr.id);
             }
             if notice && k >= v.ver[p] && s.leader.as_deref() == Some(self.addr.id.as_str()) {
                 v.granted[p] = v.granted[p].max(s.leader_epoch);
+            }
+        }
+    }
+
+    /// Learns the routing maps of a notice (newer entries only).
+    fn learn_leaders(&self, maps: &[Arc<Leaders>]) {
+        let mut v = self.view.lock();
+        for m in maps {
+            for e in &m.entries {
+                let p = e.partition as usize;
+                if p < v.route.len() && e.leader_epoch >= v.route[p].0 {
+                    v.route[p] = (e.leader_epoch, m.leader_of(e).map_or(NONE, index_of));
+                }
             }
         }
     }
@@ -154,7 +176,21 @@ impl SimNode {
         self.alive.load(Ordering::SeqCst)
     }
 
-    /// (leader index, leader epoch, znode version, ISR) it knows of `p`.
+    /// (leader index, leader epoch) of `p` as it would route a client:
+    /// from its full state or its routing entry, whichever is newer.
+    pub fn route(&self, p: u32) -> Option<(u16, u32)> {
+        let v = self.view.lock();
+        let (epoch, leader) = route_of(&v, p as usize);
+        (epoch != 0 || leader != NONE).then_some((leader, epoch))
+    }
+
+    /// Whether its newest full state of `p` lists it as a replica.
+    pub fn hosts(&self, p: u32) -> bool {
+        self.view.lock().mine[p as usize]
+    }
+
+    /// (leader index, leader epoch, znode version, ISR) it knows of `p`
+    /// in full.
     pub fn known(&self, p: u32) -> Option<(u16, u32, i32, Vec<u16>)> {
         let v = self.view.lock();
         let p = p as usize;
@@ -166,6 +202,17 @@ impl SimNode {
                 v.isr[p].iter().copied().filter(|&m| m != NONE).collect(),
             )
         })
+    }
+}
+
+/// (leader epoch, leader) of `p` in `v`: the newer of the full state and
+/// the routing entry.
+fn route_of(v: &View, p: usize) -> (u32, u16) {
+    let full = ((v.ver[p] >> 32) as u32, v.leader[p]);
+    if v.ver[p] != 0 && full.0 >= v.route[p].0 {
+        full
+    } else {
+        v.route[p]
     }
 }
 
@@ -184,6 +231,15 @@ impl StateListener for SimListener {
         self.0.learn(&states, false);
     }
 
+    fn replica_of(&self) -> Option<Vec<u32>> {
+        let v = self.0.view.lock();
+        Some(
+            (0..v.mine.len() as u32)
+                .filter(|&p| v.mine[p as usize])
+                .collect(),
+        )
+    }
+
     fn fence(&self, _why: &str) {
         self.0.fences.fetch_add(1, Ordering::Relaxed);
         let mut v = self.0.view.lock();
@@ -196,8 +252,10 @@ impl StateListener for SimListener {
 pub struct Calls {
     /// `leader_and_isr` calls accepted.
     pub notices: u64,
-    /// States in them.
+    /// Full states in them.
     pub states: u64,
+    /// Routing entries in them (the maps' lengths; the maps are shared).
+    pub leader_entries: u64,
     /// `leader_and_isr` calls refused (dead node, other registration).
     pub refused: u64,
     /// `log_end_offsets` calls.
@@ -212,6 +270,7 @@ impl std::ops::Sub for Calls {
         Calls {
             notices: self.notices - o.notices,
             states: self.states - o.states,
+            leader_entries: self.leader_entries - o.leader_entries,
             refused: self.refused - o.refused,
             offset_calls: self.offset_calls - o.offset_calls,
             offset_partitions: self.offset_partitions - o.offset_partitions,
@@ -268,6 +327,7 @@ impl NodeRpc for SimRpc {
         controller_epoch: u64,
         node_epoch: i64,
         states: Vec<LeaderAndIsr>,
+        leaders: Vec<Arc<Leaders>>,
         _nodes: Vec<NodeAddr>,
     ) -> BoxFuture<'static, Result<()>> {
         let r = self.node(&node).and_then(|n| {
@@ -277,6 +337,7 @@ impl NodeRpc for SimRpc {
                     node.id
                 )));
             }
+            n.learn_leaders(&leaders);
             n.learn(&states, true);
             n.last_notice_epoch
                 .fetch_max(controller_epoch, Ordering::SeqCst);
@@ -289,6 +350,7 @@ impl NodeRpc for SimRpc {
         if r.is_ok() {
             c.notices += 1;
             c.states += states.len() as u64;
+            c.leader_entries += leaders.iter().map(|m| m.len() as u64).sum::<u64>();
         } else {
             c.refused += 1;
         }
@@ -542,20 +604,32 @@ impl Sim {
             pos[n.index as usize] = Some(i);
         }
         for p in 0..self.cfg.partitions as usize {
-            let k = first.ver[p];
-            if views.iter().any(|v| v.ver[p] != k) {
+            // Every live node routes p to the same leader at the same epoch.
+            let (epoch, l) = route_of(first, p);
+            if views.iter().any(|v| route_of(v, p) != (epoch, l)) {
                 pr.disagree += 1;
             }
-            let l = first.leader[p];
-            let isr = first.isr[p];
+            // The leader's own full state: at that epoch, granted by a
+            // notice, the leader in its ISR; every live replica holds the
+            // same state.
+            let Some(lv) = (l != NONE && alive[l as usize])
+                .then(|| pos[l as usize])
+                .flatten()
+                .map(|i| &views[i])
+            else {
+                pr.unled += 1;
+                continue;
+            };
+            let k = lv.ver[p];
+            let isr = lv.isr[p];
             if isr.iter().any(|&m| m != NONE && !alive[m as usize]) {
                 pr.dead_in_isr += 1;
             }
-            let led = k != 0
-                && l != NONE
-                && alive[l as usize]
-                && isr.contains(&l)
-                && pos[l as usize].is_some_and(|i| views[i].granted[p] == (k >> 32) as u32);
+            if views.iter().any(|v| v.mine[p] && v.ver[p] != k) {
+                pr.disagree += 1;
+            }
+            let led =
+                k != 0 && (k >> 32) as u32 == epoch && isr.contains(&l) && lv.granted[p] == epoch;
             if !led {
                 pr.unled += 1;
             }
@@ -603,7 +677,9 @@ impl Sim {
     pub fn led_by(&self, i: usize) -> usize {
         let live = self.nodes.iter().find(|n| n.alive()).expect("a live node");
         let v = live.view.lock();
-        v.leader.iter().filter(|&&l| l as usize == i).count()
+        (0..v.ver.len())
+            .filter(|&p| route_of(&v, p).1 as usize == i)
+            .count()
     }
 
     /// Reads every partition's state from ZooKeeper: (leader index, leader

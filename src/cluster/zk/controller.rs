@@ -8,11 +8,13 @@
 //! starting with a check of that version, so a deposed controller (one
 //! whose epoch was bumped by a newer controller) cannot write anything.
 //!
-//! The controller reconciles on election, on every change of `/nodes`
-//! (one-shot watch, re-armed on each read) and every [`TICK`]:
-//! 1. reads every partition's state (pipelined gets; the ISR is written by
-//!    leaders, so state is always read fresh, never cached; `replicas`
-//!    never change and are cached);
+//! The controller reconciles every partition on election, on every change
+//! of `/nodes` and `/draining` (one-shot watches, re-armed on each read)
+//! and every [`TICK`] (5 minutes); it reconciles only the partitions named
+//! by ISR change notifications when `/isr_change` changes:
+//! 1. reads every partition's state (pipelined gets in a window of
+//!    `znode::READ_WINDOW`; the ISR is written by leaders, so state is
+//!    always read fresh, never cached; `replicas` are cached);
 //! 2. creates the partitions `0..partition_count` that are missing once
 //!    `replication_factor` nodes are live;
 //! 3. elects leaders where the leader is not live (log end offsets asked
@@ -20,13 +22,39 @@
 //!    dead followers from ISRs;
 //! 4. moves leadership back to preferred replicas (when enabled);
 //! 5. writes the new states with compare-and-set on each znode version, in
-//!    multis of up to [`BATCH`] partitions, all multis in flight at once;
-//!    a partition whose write conflicts is read again and decided again;
-//! 6. queues for each live node the changed states it hosts, and the live
-//!    nodes; the full state of every partition goes to every node after an
-//!    election and to a node that joined. Each node's queue is delivered in
-//!    one `leader_and_isr` at a time, retried with backoff until the node
+//!    multis of up to [`BATCH`] partitions, at most [`MULTI_WINDOW`] of
+//!    them in flight (so the session's heartbeats, and other sessions'
+//!    requests, never queue behind thousands of operations); a partition
+//!    whose write conflicts is read again and decided again (after
+//!    [`ROUNDS`], again [`RETRY`] later);
+//! 6. queues for each live node the full states of the changed partitions
+//!    it hosts (of every partition it hosts, after an election and to a
+//!    node that joined), the leaders of the changed partitions (of every
+//!    partition, after an election and to a node that joined) for routing,
+//!    and the live nodes. The leaders are one compact map per notice round
+//!    (`cluster::Leaders`, 12 bytes a partition), shared by every mailbox:
+//!    a round costs one copy of each changed state per replica and one map,
+//!    not N x P states. Each node's queue is delivered in one
+//!    `leader_and_isr` at a time, retried with backoff until the node
 //!    acknowledges it or leaves (`notify.rs`).
+//!
+//! Why an idle controller reads nothing: what the controller decides
+//! depends on the live nodes (`/nodes`, watched), the controlled-shutdown
+//! markers (`/draining`, watched), the partitions' existence (created by
+//! the controller itself) and their states. A state changes only by a
+//! controller write (the controller knows) or by a leader's ISR change,
+//! and every ISR change is written in one multi with a sequential
+//! `/isr_change/<p>-<seq>` znode (Kafka's `/isr_change_notification`).
+//! The controller watches `/isr_change`; on a change it lists and deletes
+//! the notifications, then reads and decides the partitions they name
+//! (deleted before the read, so a change after the read leaves a new
+//! notification and a new event). That catches what the old 3 s tick was
+//! for: a preferred leader back in the ISR (moved back), an ISR member
+//! needed by a controlled shutdown. The [`TICK`] stays as a safety net for
+//! what no event says (a bug, a notification deleted by hand); at 5
+//! minutes (Kafka's leader imbalance check interval) an idle cluster of
+//! 100,000 partitions costs ZooKeeper ~330 reads per second on average
+//! instead of ~7,000, and a cluster of 1,000 partitions ~3.
 //!
 //! Node epochs (KIP-380): the controller knows each live node's node
 //! epoch (the czxid of `/nodes/<id>`). A node seen again under a new node
@@ -55,15 +83,27 @@ use super::drain;
 use super::notify::Notifier;
 use super::znode::{self, ControllerZnode, StateZnode, decode, encode, zk_error};
 use super::{Shared, session_over};
-use crate::cluster::{LeaderAndIsr, NodeAddr};
+use crate::cluster::{LeaderAndIsr, Leaders, NodeAddr};
 use crate::error::Error;
 
 /// Partitions per ZooKeeper multi.
 pub(crate) const BATCH: usize = 100;
 
-/// How often the controller re-reads every state (preferred leaders, and
-/// anything a missed event left behind).
-pub(crate) const TICK: Duration = Duration::from_secs(3);
+/// Multis one call (`create_partitions`, `write`) has made and not yet
+/// seen answered, at most (`znode::windowed`): a creation multi is 301
+/// operations, so at most ~1,200 of this session's operations sit in
+/// ZooKeeper's queue ahead of anyone else's request.
+pub(crate) const MULTI_WINDOW: usize = 4;
+
+/// How often the controller re-reads every state: a safety net for
+/// anything an event did not say (see the module doc). Every change the
+/// controller acts on has an event (`/nodes`, `/draining`, the ISR change
+/// notifications), so an idle cluster costs ZooKeeper one pass per tick.
+pub(crate) const TICK: Duration = Duration::from_secs(300);
+
+/// How soon a reconciliation that left write conflicts unresolved (after
+/// [`ROUNDS`]) is tried again.
+const RETRY: Duration = Duration::from_secs(3);
 
 /// How long a node may take to report its log end offsets.
 const OFFSETS_TIMEOUT: Duration = Duration::from_secs(3);
@@ -307,6 +347,8 @@ struct Controller {
     live: BTreeMap<String, NodeAddr>,
     /// Node epoch of each live node's registration.
     epochs: Live,
+    /// `/nodes/*` as last listed and read (only new entries are read).
+    registrations: znode::Registrations,
     /// Nodes that bounced, left out of the reconciliation in progress (it
     /// handles them as gone).
     leaving: BTreeSet<String>,
@@ -317,6 +359,9 @@ struct Controller {
     waiting_logged: Option<usize>,
     /// `leader_and_isr` notices not acknowledged yet, per node.
     notices: Notifier,
+    /// The last reconciliation left write conflicts: try again after
+    /// [`RETRY`].
+    conflicts: bool,
 }
 
 impl Controller {
@@ -330,9 +375,11 @@ impl Controller {
             replicas: BTreeMap::new(),
             live: BTreeMap::new(),
             epochs: Live::new(),
+            registrations: znode::Registrations::default(),
             leaving: BTreeSet::new(),
             draining: Vec::new(),
             waiting_logged: None,
+            conflicts: false,
         }
     }
 
@@ -365,14 +412,19 @@ impl Controller {
         tokio::pin!(ctrl_changed);
 
         let nodes_path = paths.nodes();
-        let (ids, _, watcher) = self
+        let (ids, stat, watcher) = self
             .client
             .get_and_watch_children(&nodes_path)
             .await
             .map_err(|e| Exit::zk(&format!("watch {nodes_path}"), e))?;
         let mut nodes_changed = Box::pin(watcher.changed());
-        self.set_live(znode::read_registrations(&self.client, &paths, &ids).await?);
+        self.registrations
+            .update(&self.client, &paths, &ids, &stat)
+            .await?;
+        self.set_live(self.registrations.list());
         let mut draining_changed = Box::pin(self.watch_draining().await?.changed());
+        // Notifications already there are covered by the full reconcile.
+        let mut isr_changed = Box::pin(self.take_isr_changes().await?.1.changed());
         tracing::info!(
             "controller epoch {}: live nodes [{}]",
             self.won.epoch,
@@ -395,13 +447,14 @@ impl Controller {
                     if event.session_state.is_terminated() {
                         return Err(Exit::Session(zk::Error::SessionExpired));
                     }
-                    let (ids, _, watcher) = znode::retry_loss(|| self.client.get_and_watch_children(&nodes_path))
+                    let (ids, stat, watcher) = znode::retry_loss(|| self.client.get_and_watch_children(&nodes_path))
                         .await
                         .map_err(|e| Exit::zk(&format!("watch {nodes_path}"), e))?;
                     nodes_changed = Box::pin(watcher.changed());
                     let before_epochs = self.epochs.clone();
                     let before = self.live_ids();
-                    self.set_live(znode::read_registrations(&self.client, &paths, &ids).await?);
+                    self.registrations.update(&self.client, &paths, &ids, &stat).await?;
+                    self.set_live(self.registrations.list());
                     let after = self.live_ids();
                     let bounced = decide::bounced(&before_epochs, &self.epochs);
                     let mut joined: BTreeSet<String> = after.difference(&before).cloned().collect();
@@ -431,6 +484,19 @@ impl Controller {
                         return Err(Exit::Session(zk::Error::SessionExpired));
                     }
                     draining_changed = Box::pin(self.watch_draining().await?.changed());
+                    self.reconcile(FullTo::Nodes(BTreeSet::new())).await?;
+                }
+                event = &mut isr_changed => {
+                    if event.session_state.is_terminated() {
+                        return Err(Exit::Session(zk::Error::SessionExpired));
+                    }
+                    let (ids, watcher) = self.take_isr_changes().await?;
+                    isr_changed = Box::pin(watcher.changed());
+                    if !ids.is_empty() {
+                        self.reconcile_some(Some(ids), FullTo::Nodes(BTreeSet::new())).await?;
+                    }
+                }
+                _ = tokio::time::sleep(RETRY), if self.conflicts => {
                     self.reconcile(FullTo::Nodes(BTreeSet::new())).await?;
                 }
                 _ = tick.tick() => {
@@ -465,6 +531,41 @@ impl Controller {
         Ok(watcher)
     }
 
+    /// Takes the ISR change notifications (`/isr_change/*`): lists them,
+    /// watching for the next (one-shot watch), and deletes them. Returns
+    /// the partitions they name, to be read after the deletion (a change
+    /// written after the read leaves a new notification).
+    async fn take_isr_changes(&mut self) -> Result<(Vec<u32>, zk::OneshotWatcher), Exit> {
+        let path = self.shared.paths.isr_change();
+        znode::mkdir(&self.client, &path)
+            .await
+            .map_err(|e| Exit::zk(&format!("create {path}"), e))?;
+        let (names, _, watcher) = znode::retry_loss(|| self.client.get_and_watch_children(&path))
+            .await
+            .map_err(|e| Exit::zk(&format!("watch {path}"), e))?;
+        let deleted = znode::windowed(&names, znode::READ_WINDOW, |name| {
+            self.client.delete(&format!("{path}/{name}"), None)
+        })
+        .await;
+        for (name, r) in names.iter().zip(deleted) {
+            match r {
+                Ok(()) | Err(zk::Error::NoNode) => {}
+                // Left for the next event or tick; the partition is read now.
+                Err(e) if !session_over(&e) => {
+                    tracing::debug!("cannot delete {path}/{name}: {e}")
+                }
+                Err(e) => return Err(Exit::zk(&format!("delete {path}/{name}"), e)),
+            }
+        }
+        let mut ids: Vec<u32> = names
+            .iter()
+            .filter_map(|n| znode::isr_change_partition(n))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Ok((ids, watcher))
+    }
+
     /// The nodes in controlled shutdown (markers of their current
     /// registration).
     fn draining_ids(&self) -> BTreeSet<String> {
@@ -494,8 +595,22 @@ impl Controller {
     /// One reconciliation (see the module doc): read, create, elect,
     /// rebalance, write, notify.
     async fn reconcile(&mut self, full_to: FullTo) -> Result<(), Exit> {
+        self.reconcile_some(None, full_to).await
+    }
+
+    /// A reconciliation of partitions `only` (an ISR change notification:
+    /// no creation), or of every partition.
+    async fn reconcile_some(
+        &mut self,
+        only: Option<Vec<u32>>,
+        full_to: FullTo,
+    ) -> Result<(), Exit> {
         let paths = self.shared.paths.clone();
-        let ids = znode::list_partitions(&self.client, &paths).await?;
+        let every = only.is_none();
+        let ids = match only {
+            Some(ids) => ids,
+            None => znode::list_partitions(&self.client, &paths).await?,
+        };
         let unknown: Vec<u32> = ids
             .iter()
             .copied()
@@ -509,7 +624,7 @@ impl Controller {
         let mut changed = BTreeSet::new();
 
         let missing: Vec<u32> = (0..self.shared.partition_count)
-            .filter(|p| !states.contains_key(p))
+            .filter(|p| every && !states.contains_key(p))
             .collect();
         if !missing.is_empty() {
             let created = self.create_partitions(&missing).await?;
@@ -517,6 +632,9 @@ impl Controller {
             states.extend(created);
         }
 
+        if every {
+            self.conflicts = false;
+        }
         changed.extend(self.decide_and_write(&mut states, false).await?);
         if self.shared.opts.preferred_leader_rebalance {
             changed.extend(self.decide_and_write(&mut states, true).await?);
@@ -574,12 +692,12 @@ impl Controller {
                 }
             })
             .collect();
-        let mut pending = Vec::new();
-        for chunk in planned.chunks(BATCH) {
+        let chunks: Vec<&[LeaderAndIsr]> = planned.chunks(BATCH).collect();
+        let answers = znode::windowed(&chunks, MULTI_WINDOW, |chunk| {
             let mut w = self.client.new_multi_writer();
             let build = |w: &mut zk::MultiWriter<'_>| -> Result<(), zk::Error> {
                 w.add_check_version(&epoch_path, self.won.epoch_version)?;
-                for s in chunk {
+                for s in chunk.iter() {
                     let p = s.partition;
                     w.add_create(&paths.partition(p), &[], &persistent)?;
                     w.add_create(&paths.replicas(p), &encode(&s.replicas), &persistent)?;
@@ -587,13 +705,20 @@ impl Controller {
                 }
                 Ok(())
             };
-            build(&mut w).map_err(|e| Exit::zk("build a multi", e))?;
-            pending.push((chunk, w.commit()));
-        }
+            // Sent now (when `commit` is called), answered when awaited.
+            let sent = build(&mut w).map(|()| w.commit());
+            async move {
+                match sent {
+                    Ok(answer) => Ok(answer.await),
+                    Err(e) => Err(Exit::zk("build a multi", e)),
+                }
+            }
+        })
+        .await;
         let mut created = BTreeMap::new();
         let mut unsure = Vec::new();
-        for (chunk, fut) in pending {
-            match fut.await {
+        for (chunk, answer) in chunks.into_iter().zip(answers) {
+            match answer? {
                 Ok(_) => {
                     for s in chunk {
                         tracing::debug!(
@@ -723,8 +848,9 @@ impl Controller {
         }
         tracing::warn!(
             "partitions {todo:?} still conflict after {ROUNDS} rounds; retrying in {} s",
-            TICK.as_secs()
+            RETRY.as_secs()
         );
+        self.conflicts = true;
         Ok(changed)
     }
 
@@ -738,25 +864,32 @@ impl Controller {
     ) -> Result<(Vec<Decision>, Vec<Decision>), Exit> {
         let paths = &self.shared.paths;
         let epoch_path = paths.controller_epoch();
-        let mut pending = Vec::new();
-        for chunk in decisions.chunks(BATCH) {
+        let chunks: Vec<&[Decision]> = decisions.chunks(BATCH).collect();
+        let answers = znode::windowed(&chunks, MULTI_WINDOW, |chunk| {
             let mut w = self.client.new_multi_writer();
             let build = |w: &mut zk::MultiWriter<'_>| -> Result<(), zk::Error> {
                 w.add_check_version(&epoch_path, self.won.epoch_version)?;
-                for d in chunk {
+                for d in chunk.iter() {
                     let s = &d.state;
                     let data = encode(&StateZnode::of(s));
                     w.add_set_data(&paths.state(s.partition), &data, Some(s.zk_version))?;
                 }
                 Ok(())
             };
-            build(&mut w).map_err(|e| Exit::zk("build a multi", e))?;
-            pending.push((chunk, w.commit()));
-        }
+            // Sent now (when `commit` is called), answered when awaited.
+            let sent = build(&mut w).map(|()| w.commit());
+            async move {
+                match sent {
+                    Ok(answer) => Ok(answer.await),
+                    Err(e) => Err(Exit::zk("build a multi", e)),
+                }
+            }
+        })
+        .await;
         let mut written = Vec::new();
         let mut unsure = Vec::new();
-        for (chunk, fut) in pending {
-            match fut.await {
+        for (chunk, answer) in chunks.into_iter().zip(answers) {
+            match answer? {
                 Ok(results) => {
                     for (d, r) in chunk.iter().zip(results.iter().skip(1)) {
                         let mut d = d.clone();
@@ -824,9 +957,13 @@ impl Controller {
         offsets
     }
 
-    /// Queues for every live node (but those leaving) the changed states
-    /// of the partitions it hosts, or all of them for the nodes in
-    /// `full_to`; delivery retries until each node acknowledges.
+    /// Queues for every live node (but those leaving) the full states of
+    /// the changed partitions it hosts (all it hosts for the nodes in
+    /// `full_to`), and for routing one map of the changed partitions'
+    /// leaders (of every partition for the nodes in `full_to`), built
+    /// once and shared by every mailbox; delivery retries until each node
+    /// acknowledges. A node "hosts" a partition it is a replica of, in the
+    /// ISR of, or the leader of.
     fn notify(
         &mut self,
         states: &BTreeMap<u32, LeaderAndIsr>,
@@ -839,20 +976,48 @@ impl Controller {
             .filter(|n| !self.leaving.contains(&n.id))
             .cloned()
             .collect();
+        let is_full = |id: &str| match &full_to {
+            FullTo::All => true,
+            FullTo::Nodes(set) => set.contains(id),
+        };
+        let any_full = nodes.iter().any(|n| is_full(&n.id));
+        // Per node, the states it gets in full (one pass over the states).
+        let mut hosted: BTreeMap<&str, Vec<&LeaderAndIsr>> = BTreeMap::new();
+        for s in states.values() {
+            let wanted = changed.contains(&s.partition);
+            let mut to: Vec<&str> = s
+                .replicas
+                .iter()
+                .chain(&s.isr)
+                .chain(&s.leader)
+                .map(String::as_str)
+                .filter(|id| wanted || (any_full && is_full(id)))
+                .collect();
+            to.sort_unstable();
+            to.dedup();
+            for id in to {
+                hosted.entry(id).or_default().push(s);
+            }
+        }
+        let delta = Arc::new(Leaders::of(
+            states.values().filter(|s| changed.contains(&s.partition)),
+            false,
+        ));
+        let all = any_full.then(|| Arc::new(Leaders::of(states.values(), true)));
         for node in &nodes {
             let Some(&node_epoch) = self.epochs.get(&node.id) else {
                 continue;
             };
-            let full = match &full_to {
-                FullTo::All => true,
-                FullTo::Nodes(set) => set.contains(&node.id),
+            let payload: Vec<LeaderAndIsr> = hosted
+                .get(node.id.as_str())
+                .map(|v| v.iter().map(|s| (*s).clone()).collect())
+                .unwrap_or_default();
+            let leaders = match &all {
+                Some(all) if is_full(&node.id) => all.clone(),
+                _ => delta.clone(),
             };
-            let payload: Vec<LeaderAndIsr> = states
-                .values()
-                .filter(|s| full || changed.contains(&s.partition))
-                .cloned()
-                .collect();
-            self.notices.send(node, node_epoch, payload, nodes.clone());
+            self.notices
+                .send(node, node_epoch, payload, Some(leaders), nodes.clone());
         }
     }
 }

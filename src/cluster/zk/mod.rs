@@ -10,6 +10,7 @@
 //! /controller               ephemeral   {"node_id","controller_epoch"}
 //! /controller_epoch         persistent  a JSON number, bumped on every election
 //! /draining/<id>            ephemeral   {"node_epoch"}: <id> is in controlled shutdown (drain.rs)
+//! /isr_change/<p>-<seq>     persistent sequential, empty: a leader changed p's ISR (controller.rs)
 //! /partitions/<p>/replicas  persistent  ["node-1","node-2",...] (first = preferred leader)
 //! /partitions/<p>/state     persistent  {"leader":id|null,"leader_epoch","isr":[...],"controller_epoch","leader_node_epoch"}
 //! ```
@@ -31,9 +32,14 @@
 //! - session expiry: ephemerals are gone, so are controllership and every
 //!   leadership. The listener is fenced at once, then a new session is
 //!   created, `/nodes/<id>` registered again (a new node epoch, told to
-//!   the listener first), the partition states read again and handed to
-//!   the listener (to follow, never to lead), and the controller candidacy
-//!   entered again.
+//!   the listener first), the states of the partitions the listener hosts
+//!   read again and handed to it (to follow, never to lead), and the
+//!   controller candidacy entered again. Only those partitions are read
+//!   (`StateListener::replica_of`, ~3P/N of them), not every partition's
+//!   `replicas`: a partition newly assigned to this node reaches it in the
+//!   controller's notice to a node that joined or bounced (full states of
+//!   the partitions it hosts), so a rejoin costs ZooKeeper ~3P/N reads per
+//!   node, not P.
 //!
 //! Invariants:
 //! - every controller write is a multi that starts with a version check of
@@ -55,7 +61,9 @@
 //! - Controller notices are retried until the node acknowledges them or
 //!   leaves (`notify.rs`).
 //! - An ISR update is written only by the registration the leadership was
-//!   given to (`leader_node_epoch` equals this node's node epoch).
+//!   given to (`leader_node_epoch` equals this node's node epoch), in one
+//!   multi with an ISR change notification (`/isr_change/<p>-<seq>`): the
+//!   controller learns of every ISR change without re-reading states.
 
 mod controller;
 mod decide;
@@ -72,6 +80,9 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use zookeeper_client as zk;
+
+#[doc(hidden)]
+pub use self::znode::reads;
 
 use self::session::Lease;
 use self::znode::{Paths, StateZnode, encode, zk_error};
@@ -185,9 +196,10 @@ impl std::fmt::Debug for ZkCluster {
 
 impl ZkCluster {
     /// Connects, creates the cluster root paths if missing, registers
-    /// `/nodes/<id>` (ephemeral, JSON [`NodeAddr`]), reads every
-    /// `/partitions/<p>/state` this node is a replica of and hands them to
-    /// `listener.apply`, then runs the controller candidacy in the
+    /// `/nodes/<id>` (ephemeral, JSON [`NodeAddr`]), reads the
+    /// `/partitions/<p>/state` of the partitions the listener hosts
+    /// ([`StateListener::replica_of`]; every partition listing this node
+    /// when it does not say) and hands them to `listener.apply`, then runs the controller candidacy in the
     /// background.
     ///
     /// Fails with [`Error::Unavailable`] naming the connect string when
@@ -444,6 +456,7 @@ async fn establish(shared: &Shared) -> crate::Result<zk::Client> {
         znode::mkdir(&client, &paths.nodes()).await?;
         znode::mkdir(&client, &paths.partitions()).await?;
         znode::mkdir(&client, &paths.draining()).await?;
+        znode::mkdir(&client, &paths.isr_change()).await?;
         znode::create_if_missing(&client, &paths.controller_epoch(), &encode(&0u64)).await
     };
     ensure
@@ -455,7 +468,8 @@ async fn establish(shared: &Shared) -> crate::Result<zk::Client> {
     let sent = session::BootInstant::now();
     let nodes = znode::live_nodes(&client, paths).await?;
     *shared.nodes.write() = nodes.clone();
-    let states = znode::states_of_replica(&client, paths, &shared.me.id).await?;
+    let mine = shared.listener.replica_of();
+    let states = znode::states_of(&client, paths, &shared.me.id, mine).await?;
     // Registered and read: the lease may start now (not earlier, so a
     // wait in `register` cannot lapse a lease nobody renews yet). The
     // states make this node follow; it leads only once a notice for this
@@ -474,23 +488,37 @@ async fn update_isr(
     let p = proposed.partition;
     let path = shared.paths.state(p);
     let data = encode(&StateZnode::of(proposed));
-    let unknown = match client
-        .set_data(&path, &data, Some(proposed.zk_version))
-        .await
-    {
-        Ok(stat) => {
-            return Ok(IsrUpdate::Updated {
-                zk_version: stat.version,
-            });
+    // The state and the controller's ISR change notification, together.
+    let note = shared.paths.isr_change_of(p);
+    let sequential = zk::CreateMode::PersistentSequential.with_acls(zk::Acls::anyone_all());
+    let mut w = client.new_multi_writer();
+    w.add_set_data(&path, &data, Some(proposed.zk_version))
+        .and_then(|()| w.add_create(&note, &[], &sequential))
+        .map_err(|e| zk_error("build the ISR update", e))?;
+    let unknown = match w.commit().await {
+        Ok(results) => {
+            let zk_version = match results.first() {
+                Some(zk::MultiWriteResult::SetData { stat }) => stat.version,
+                _ => proposed.zk_version + 1,
+            };
+            return Ok(IsrUpdate::Updated { zk_version });
         }
-        Err(zk::Error::BadVersion) => false,
-        Err(zk::Error::ConnectionLoss) => true,
-        Err(zk::Error::NoNode) => {
+        Err(zk::MultiWriteError::OperationFailed {
+            index: 0,
+            source: zk::Error::BadVersion,
+        }) => false,
+        Err(zk::MultiWriteError::RequestFailed {
+            source: zk::Error::ConnectionLoss,
+        }) => true,
+        Err(zk::MultiWriteError::OperationFailed {
+            index: 0,
+            source: zk::Error::NoNode,
+        }) => {
             return Err(Error::InvalidInput(format!(
                 "partition {p} has no state in ZooKeeper ({path})"
             )));
         }
-        Err(e) => return Err(zk_error(&format!("write {path}"), e)),
+        Err(e) => return Err(zk_error(&format!("write {path}"), e.into())),
     };
     let replicas = znode::read_replicas(client, &shared.paths, &[p]).await?;
     let current = znode::read_states(client, &shared.paths, &replicas, &[p])
@@ -601,12 +629,14 @@ async fn heartbeat(shared: Arc<Shared>, client: zk::Client) {
     }
 }
 
-/// Reads this node's partition states and the live nodes again and hands
-/// them to the listener.
+/// Reads the states of the partitions this node hosts again (the
+/// listener's [`StateListener::replica_of`]) and hands them to the
+/// listener with the live nodes (as the `/nodes` watch last read them).
 async fn reapply(shared: &Shared, client: &zk::Client) {
     let read = async {
-        let nodes = znode::live_nodes(client, &shared.paths).await?;
-        let states = znode::states_of_replica(client, &shared.paths, &shared.me.id).await?;
+        let nodes = shared.nodes.read().clone();
+        let mine = shared.listener.replica_of();
+        let states = znode::states_of(client, &shared.paths, &shared.me.id, mine).await?;
         Ok::<_, Error>((states, nodes))
     };
     match read.await {
@@ -641,14 +671,19 @@ async fn watchdog(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 }
 
 /// Keeps [`Shared::nodes`] up to date from a watch on `/nodes` (one-shot:
-/// re-armed on every read).
+/// re-armed on every read), reading only the registrations that appeared
+/// (`znode::Registrations`).
 async fn watch_nodes(shared: Arc<Shared>, client: zk::Client) {
     let path = shared.paths.nodes();
+    let mut registrations = znode::Registrations::default();
     loop {
         let watcher = match client.get_and_watch_children(&path).await {
-            Ok((ids, _, watcher)) => {
-                match znode::read_nodes(&client, &shared.paths, &ids).await {
-                    Ok(nodes) => *shared.nodes.write() = nodes,
+            Ok((ids, stat, watcher)) => {
+                match registrations
+                    .update(&client, &shared.paths, &ids, &stat)
+                    .await
+                {
+                    Ok(()) => *shared.nodes.write() = registrations.nodes(),
                     Err(e) => tracing::warn!("cannot read the live nodes: {e}"),
                 }
                 watcher

@@ -3,7 +3,9 @@
 //!
 //! A mailbox holds, per partition, the newest state the node has not
 //! acknowledged yet (newer: higher leader epoch, or the same with a higher
-//! znode version), and the live nodes last announced. Its task sends them
+//! znode version), the routing maps (`cluster::Leaders`) it has not
+//! acknowledged (`Arc`s: one map per notice round, shared by every
+//! mailbox, never copied per node), and the live nodes last announced. Its task sends them
 //! all in one notice; on success it removes the states that notice carried
 //! (unless a newer one replaced them meanwhile), on failure it waits
 //! (100 ms, doubling, at most 1 s) and sends again, with whatever arrived
@@ -29,7 +31,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::cluster::{LeaderAndIsr, NodeAddr, NodeRpc};
+use crate::cluster::{LeaderAndIsr, Leaders, NodeAddr, NodeRpc};
 
 /// How long a node may take to answer one notice.
 const NOTICE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -46,14 +48,29 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 pub(crate) struct Pending {
     /// The newest unacknowledged state per partition.
     states: BTreeMap<u32, LeaderAndIsr>,
+    /// Unacknowledged routing maps, oldest first (shared with the other
+    /// mailboxes of the same round; a full map drops those before it).
+    leaders: Vec<Arc<Leaders>>,
     /// The live nodes to announce (the latest list).
     nodes: Vec<NodeAddr>,
 }
 
 impl Pending {
     /// Adds `states` (a newer state of a partition replaces an older one;
-    /// an older one is ignored) and the live `nodes`.
-    pub fn add(&mut self, states: Vec<LeaderAndIsr>, nodes: Vec<NodeAddr>) {
+    /// an older one is ignored), the routing map `leaders` and the live
+    /// `nodes`.
+    pub fn add(
+        &mut self,
+        states: Vec<LeaderAndIsr>,
+        leaders: Option<Arc<Leaders>>,
+        nodes: Vec<NodeAddr>,
+    ) {
+        if let Some(m) = leaders.filter(|m| !m.is_empty()) {
+            if m.full {
+                self.leaders.clear();
+            }
+            self.leaders.push(m);
+        }
         for s in states {
             let newer = self.states.get(&s.partition).is_none_or(|old| {
                 (s.leader_epoch, s.zk_version) >= (old.leader_epoch, old.zk_version)
@@ -65,25 +82,35 @@ impl Pending {
         self.nodes = nodes;
     }
 
-    /// The next notice: every pending state, and the live nodes. `None`
-    /// when nothing is pending.
-    pub fn batch(&self) -> Option<(Vec<LeaderAndIsr>, Vec<NodeAddr>)> {
-        if self.states.is_empty() {
+    /// The next notice: every pending state and routing map, and the
+    /// live nodes. `None` when nothing is pending.
+    pub fn batch(&self) -> Option<Batch> {
+        if self.states.is_empty() && self.leaders.is_empty() {
             return None;
         }
-        Some((self.states.values().cloned().collect(), self.nodes.clone()))
+        Some((
+            self.states.values().cloned().collect(),
+            self.leaders.clone(),
+            self.nodes.clone(),
+        ))
     }
 
-    /// A notice carrying `sent` was acknowledged: those states are done,
-    /// unless a newer one of their partition arrived meanwhile.
-    pub fn acked(&mut self, sent: &[LeaderAndIsr]) {
+    /// A notice carrying `sent` and the maps `maps` was acknowledged:
+    /// those states are done, unless a newer one of their partition
+    /// arrived meanwhile, and so are those maps.
+    pub fn acked(&mut self, sent: &[LeaderAndIsr], maps: &[Arc<Leaders>]) {
         for s in sent {
             if self.states.get(&s.partition) == Some(s) {
                 self.states.remove(&s.partition);
             }
         }
+        self.leaders
+            .retain(|m| !maps.iter().any(|sent| Arc::ptr_eq(m, sent)));
     }
 }
+
+/// One notice: full states, routing maps, live nodes.
+pub(crate) type Batch = (Vec<LeaderAndIsr>, Vec<Arc<Leaders>>, Vec<NodeAddr>);
 
 /// One node registration's mailbox.
 struct Mailbox {
@@ -143,16 +170,18 @@ impl Notifier {
             .retain(|id, b| live.get(id) == Some(&b.node_epoch));
     }
 
-    /// Queues `states` and the live `nodes` for `node`, registered at
-    /// `node_epoch`, and wakes its delivery.
+    /// Queues `states`, the routing map `leaders` (shared, not copied)
+    /// and the live `nodes` for `node`, registered at `node_epoch`, and
+    /// wakes its delivery.
     pub fn send(
         &mut self,
         node: &NodeAddr,
         node_epoch: i64,
         states: Vec<LeaderAndIsr>,
+        leaders: Option<Arc<Leaders>>,
         nodes: Vec<NodeAddr>,
     ) {
-        if states.is_empty() {
+        if states.is_empty() && leaders.as_ref().is_none_or(|m| m.is_empty()) {
             return;
         }
         if self
@@ -181,7 +210,7 @@ impl Notifier {
                 task,
             }
         });
-        mailbox.pending.lock().add(states, nodes);
+        mailbox.pending.lock().add(states, leaders, nodes);
         mailbox.wake.notify_one();
     }
 
@@ -219,7 +248,7 @@ async fn deliver(d: Delivery) {
     let mut failures: u32 = 0;
     loop {
         let batch = d.pending.lock().batch();
-        let Some((states, nodes)) = batch else {
+        let Some((states, maps, nodes)) = batch else {
             d.wake.notified().await;
             continue;
         };
@@ -228,6 +257,7 @@ async fn deliver(d: Delivery) {
             d.controller_epoch,
             d.node_epoch,
             states.clone(),
+            maps.clone(),
             nodes,
         );
         let outcome = match tokio::time::timeout(NOTICE_TIMEOUT, call).await {
@@ -246,7 +276,7 @@ async fn deliver(d: Delivery) {
                     );
                 }
                 failures = 0;
-                d.pending.lock().acked(&states);
+                d.pending.lock().acked(&states, &maps);
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -300,16 +330,42 @@ mod tests {
     fn newer_states_replace_older_and_an_ack_removes_only_what_was_sent() {
         let mut p = Pending::default();
         assert_eq!(p.batch(), None);
-        p.add(vec![st(0, 2, 5), st(1, 1, 1)], vec![node("n1")]);
-        p.add(vec![st(0, 1, 9)], vec![node("n1"), node("n2")]);
-        let (sent, nodes) = p.batch().unwrap();
+        p.add(vec![st(0, 2, 5), st(1, 1, 1)], None, vec![node("n1")]);
+        p.add(vec![st(0, 1, 9)], None, vec![node("n1"), node("n2")]);
+        let (sent, _, nodes) = p.batch().unwrap();
         assert_eq!(sent, vec![st(0, 2, 5), st(1, 1, 1)]);
         assert_eq!(nodes, vec![node("n1"), node("n2")]);
         // A newer state of partition 1 arrives while the notice is out.
-        p.add(vec![st(1, 1, 2)], vec![node("n1")]);
-        p.acked(&sent);
+        p.add(vec![st(1, 1, 2)], None, vec![node("n1")]);
+        p.acked(&sent, &[]);
         assert_eq!(p.batch().unwrap().0, vec![st(1, 1, 2)]);
-        p.acked(&[st(1, 1, 2)]);
+        p.acked(&[st(1, 1, 2)], &[]);
+        assert_eq!(p.batch(), None);
+    }
+
+    /// Routing maps queue as shared `Arc`s: a full map drops the maps
+    /// before it, an acknowledgement removes exactly the maps it carried.
+    #[test]
+    fn routing_maps_are_shared_and_a_full_map_supersedes_older_ones() {
+        let mut p = Pending::default();
+        let delta = Arc::new(Leaders::of(&[st(0, 2, 1)], false));
+        let full = Arc::new(Leaders::of(&[st(0, 3, 1), st(1, 1, 1)], true));
+        let later = Arc::new(Leaders::of(&[st(1, 2, 1)], false));
+        p.add(Vec::new(), Some(delta.clone()), vec![]);
+        p.add(Vec::new(), Some(full.clone()), vec![]);
+        let (states, maps, _) = p.batch().unwrap();
+        assert!(states.is_empty());
+        assert_eq!(maps.len(), 1);
+        assert!(
+            Arc::ptr_eq(&maps[0], &full),
+            "the full map itself, not a copy"
+        );
+        p.add(Vec::new(), Some(later.clone()), vec![]);
+        p.acked(&states, &maps);
+        let (_, maps, _) = p.batch().unwrap();
+        assert_eq!(maps.len(), 1);
+        assert!(Arc::ptr_eq(&maps[0], &later));
+        p.acked(&[], &maps);
         assert_eq!(p.batch(), None);
     }
 
@@ -336,6 +392,7 @@ mod tests {
             _: u64,
             node_epoch: i64,
             states: Vec<LeaderAndIsr>,
+            _: Vec<Arc<Leaders>>,
             _: Vec<NodeAddr>,
         ) -> BoxFuture<'static, crate::Result<()>> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
@@ -367,9 +424,9 @@ mod tests {
         });
         let ms = Duration::from_millis(1);
         let mut n = Notifier::with_backoff(rpc.clone(), 3, ms, ms * 4);
-        n.send(&node("n2"), 42, vec![st(0, 2, 1)], vec![node("n2")]);
+        n.send(&node("n2"), 42, vec![st(0, 2, 1)], None, vec![node("n2")]);
         tokio::time::sleep(Duration::from_millis(5)).await;
-        n.send(&node("n2"), 42, vec![st(1, 3, 1)], vec![node("n2")]);
+        n.send(&node("n2"), 42, vec![st(1, 3, 1)], None, vec![node("n2")]);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while n.pending("n2") > 0 {
             assert!(tokio::time::Instant::now() < deadline, "never delivered");
@@ -393,7 +450,7 @@ mod tests {
         });
         let ms = Duration::from_millis(1);
         let mut n = Notifier::with_backoff(rpc.clone(), 3, ms, ms);
-        n.send(&node("n2"), 42, vec![st(0, 2, 1)], vec![]);
+        n.send(&node("n2"), 42, vec![st(0, 2, 1)], None, vec![]);
         tokio::time::sleep(Duration::from_millis(10)).await;
         n.retain(&[("n2".to_string(), 43)].into());
         assert_eq!(n.pending("n2"), 0);

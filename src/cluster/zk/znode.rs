@@ -9,6 +9,7 @@
 //! <root>/controller              {"node_id":"node-1","controller_epoch":3}
 //! <root>/controller_epoch        3
 //! <root>/draining/<id>           {"node_epoch":4294967301}   (ephemeral, controlled shutdown)
+//! <root>/isr_change/<p>-<seq>    (empty; persistent sequential: a leader changed p's ISR)
 //! <root>/partitions/<p>/replicas ["node-1","node-2","node-3"]
 //! <root>/partitions/<p>/state    {"leader":"node-1","leader_epoch":1,"isr":["node-1","node-2"],"controller_epoch":3,"leader_node_epoch":4294967301}
 //! ```
@@ -26,11 +27,15 @@
 //!   in one multi, so a partition either has all three or none.
 //! - `replicas` never changes after creation; `state` changes only by
 //!   compare-and-set on its znode version.
-//! - Reads of many znodes are pipelined: every request is sent before the
-//!   first answer is awaited (the client sends a request when the call is
-//!   made), so reading N partitions costs about one round trip.
+//! - Reads of many znodes are pipelined in a sliding window
+//!   ([`windowed`]): at most [`READ_WINDOW`] requests are made and not yet
+//!   answered at any time (the client sends a request when the call is
+//!   made, so the window bounds the calls made, not the awaits). Reading N
+//!   partitions costs about N / [`READ_WINDOW`] round trips, and another
+//!   request of the session (a heartbeat, a watch) waits behind at most
+//!   one window in ZooKeeper's queue, not behind all N.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::time::Duration;
 
@@ -47,6 +52,55 @@ pub(crate) const LOSS_RETRIES: usize = 20;
 
 /// Pause between two attempts after a `ConnectionLoss`.
 pub(crate) const LOSS_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Znodes read by every node of this process, by kind: the controller
+/// simulation (`tests/controller_sim.rs`) asserts on them.
+#[doc(hidden)]
+pub mod reads {
+    use std::sync::atomic::AtomicU64;
+
+    /// `/partitions/<p>/state` reads.
+    pub static STATES: AtomicU64 = AtomicU64::new(0);
+    /// `/partitions/<p>/replicas` reads.
+    pub static REPLICAS: AtomicU64 = AtomicU64::new(0);
+    /// `/nodes/<id>` reads.
+    pub static REGISTRATIONS: AtomicU64 = AtomicU64::new(0);
+}
+
+/// Adds `n` to the counter `c`.
+fn count(c: &std::sync::atomic::AtomicU64, n: usize) {
+    c.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Reads per session made and not yet answered, at most ([`windowed`]).
+pub(crate) const READ_WINDOW: usize = 1000;
+
+/// Calls `call` for every item in order, with at most `window` calls made
+/// whose answer was not awaited yet; returns the answers in order. The
+/// ZooKeeper client sends a request when the call is made, so this bounds
+/// what one caller queues in ZooKeeper (a session's requests are answered
+/// in order: a heartbeat waits behind everything queued before it).
+pub(crate) async fn windowed<T, R, F, Fut>(items: &[T], window: usize, mut call: F) -> Vec<R>
+where
+    F: FnMut(&T) -> Fut,
+    Fut: Future<Output = R>,
+{
+    let mut out = Vec::with_capacity(items.len());
+    let mut pending = VecDeque::with_capacity(window.min(items.len()));
+    let mut next = items.iter();
+    loop {
+        while pending.len() < window.max(1) {
+            match next.next() {
+                Some(item) => pending.push_back(call(item)),
+                None => break,
+            }
+        }
+        match pending.pop_front() {
+            Some(fut) => out.push(fut.await),
+            None => return out,
+        }
+    }
+}
 
 /// The znode paths of one cluster.
 #[derive(Clone, Debug)]
@@ -84,6 +138,17 @@ impl Paths {
     /// `<root>/controller_epoch`.
     pub fn controller_epoch(&self) -> String {
         format!("{}/controller_epoch", self.root)
+    }
+
+    /// `<root>/isr_change` (ISR change notifications, `controller.rs`).
+    pub fn isr_change(&self) -> String {
+        format!("{}/isr_change", self.root)
+    }
+
+    /// `<root>/isr_change/<p>-`: the prefix of partition `p`'s sequential
+    /// ISR change notification.
+    pub fn isr_change_of(&self, p: u32) -> String {
+        format!("{}/isr_change/{p}-", self.root)
     }
 
     /// `<root>/partitions`.
@@ -247,13 +312,11 @@ pub(crate) async fn read_replicas(
 ) -> crate::Result<BTreeMap<u32, Vec<String>>> {
     let mut attempt = 0;
     'again: loop {
-        let pending: Vec<_> = ids
-            .iter()
-            .map(|&p| (p, client.get_data(&paths.replicas(p))))
-            .collect();
+        count(&reads::REPLICAS, ids.len());
+        let answers = windowed(ids, READ_WINDOW, |&p| client.get_data(&paths.replicas(p))).await;
         let mut out = BTreeMap::new();
-        for (p, fut) in pending {
-            match fut.await {
+        for (&p, answer) in ids.iter().zip(answers) {
+            match answer {
                 Ok((data, _)) => {
                     out.insert(p, decode(&paths.replicas(p), &data)?);
                 }
@@ -286,13 +349,11 @@ pub(crate) async fn read_states(
         .collect();
     let mut attempt = 0;
     'again: loop {
-        let pending: Vec<_> = ids
-            .iter()
-            .map(|&p| (p, client.get_data(&paths.state(p))))
-            .collect();
+        count(&reads::STATES, ids.len());
+        let answers = windowed(&ids, READ_WINDOW, |&p| client.get_data(&paths.state(p))).await;
         let mut out = BTreeMap::new();
-        for (p, fut) in pending {
-            match fut.await {
+        for (&p, answer) in ids.iter().zip(answers) {
+            match answer {
                 Ok((data, stat)) => {
                     let z: StateZnode = decode(&paths.state(p), &data)?;
                     let r = replicas.get(&p).cloned().unwrap_or_default();
@@ -334,13 +395,11 @@ pub(crate) async fn read_registrations(
 ) -> crate::Result<Vec<(crate::cluster::NodeAddr, i64)>> {
     let mut attempt = 0;
     'again: loop {
-        let pending: Vec<_> = ids
-            .iter()
-            .map(|id| (id, client.get_data(&paths.node(id))))
-            .collect();
+        count(&reads::REGISTRATIONS, ids.len());
+        let answers = windowed(ids, READ_WINDOW, |id| client.get_data(&paths.node(id))).await;
         let mut out = Vec::with_capacity(ids.len());
-        for (id, fut) in pending {
-            match fut.await {
+        for (id, answer) in ids.iter().zip(answers) {
+            match answer {
                 Ok((data, stat)) => {
                     match decode::<crate::cluster::NodeAddr>(&paths.node(id), &data) {
                         Ok(n) if &n.id == id => out.push((n, stat.czxid)),
@@ -362,6 +421,74 @@ pub(crate) async fn read_registrations(
         }
         out.sort_by(|a, b| a.0.id.cmp(&b.0.id));
         return Ok(out);
+    }
+}
+
+/// The registrations under `/nodes` as last listed, kept between listings
+/// so that a change of membership reads only the registrations that
+/// appeared (a membership change costs each watcher one listing and one
+/// read per new node, not one read per live node).
+///
+/// A node that left and registered again between two listings keeps its
+/// id but gets a new node epoch (czxid): such a bounce is recognised from
+/// `/nodes`' child version, which counts every create and delete: when it
+/// moved by more than the ids that appeared and vanished explain, every
+/// registration is read again.
+#[derive(Debug, Default)]
+pub(crate) struct Registrations {
+    /// Registration and node epoch by node id.
+    by_id: BTreeMap<String, (crate::cluster::NodeAddr, i64)>,
+    /// `cversion` of `/nodes` at the last listing; `None` before the first.
+    cversion: Option<i32>,
+    /// Registrations read so far (tests count them).
+    pub reads: u64,
+}
+
+impl Registrations {
+    /// Updates from a listing of `/nodes` (`ids`, and `stat` of `/nodes`
+    /// returned with it): drops the ids gone, reads those that appeared
+    /// (or all, after a bounce).
+    pub async fn update(
+        &mut self,
+        client: &zk::Client,
+        paths: &Paths,
+        ids: &[String],
+        stat: &zk::Stat,
+    ) -> crate::Result<()> {
+        let listed: std::collections::BTreeSet<&String> = ids.iter().collect();
+        let gone = self.by_id.keys().filter(|id| !listed.contains(id)).count();
+        let appeared: Vec<String> = ids
+            .iter()
+            .filter(|id| !self.by_id.contains_key(*id))
+            .cloned()
+            .collect();
+        let explained = (gone + appeared.len()) as i64;
+        let all = self
+            .cversion
+            .is_none_or(|c| i64::from(stat.cversion) - i64::from(c) != explained);
+        let read = if all { ids.to_vec() } else { appeared };
+        let got = read_registrations(client, paths, &read).await?;
+        self.reads += read.len() as u64;
+        if all {
+            self.by_id.clear();
+        } else {
+            self.by_id.retain(|id, _| listed.contains(id));
+        }
+        for (n, e) in got {
+            self.by_id.insert(n.id.clone(), (n, e));
+        }
+        self.cversion = Some(stat.cversion);
+        Ok(())
+    }
+
+    /// The registrations with their node epochs, sorted by id.
+    pub fn list(&self) -> Vec<(crate::cluster::NodeAddr, i64)> {
+        self.by_id.values().cloned().collect()
+    }
+
+    /// The registrations, sorted by id.
+    pub fn nodes(&self) -> Vec<crate::cluster::NodeAddr> {
+        self.by_id.values().map(|(n, _)| n.clone()).collect()
     }
 }
 
@@ -391,6 +518,31 @@ pub(crate) async fn states_of_replica(
         .await?
         .into_values()
         .collect())
+}
+
+/// The states of partitions `ids` (their `replicas` and `state` read
+/// fresh: reassignment may have changed either), whether or not they list
+/// `me` (so a node learns it was moved off a partition). `None`: every
+/// partition listing `me` ([`states_of_replica`]).
+pub(crate) async fn states_of(
+    client: &zk::Client,
+    paths: &Paths,
+    me: &str,
+    ids: Option<Vec<u32>>,
+) -> crate::Result<Vec<LeaderAndIsr>> {
+    let Some(ids) = ids else {
+        return states_of_replica(client, paths, me).await;
+    };
+    let replicas = read_replicas(client, paths, &ids).await?;
+    Ok(read_states(client, paths, &replicas, &ids)
+        .await?
+        .into_values()
+        .collect())
+}
+
+/// The partition named by an ISR change notification `<p>-<seq>`.
+pub(crate) fn isr_change_partition(name: &str) -> Option<u32> {
+    name.split_once('-').and_then(|(p, _)| p.parse().ok())
 }
 
 /// The controlled-shutdown markers (`/draining/*`): node id and the node
