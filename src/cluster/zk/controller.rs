@@ -12,13 +12,17 @@
 //! (one-shot watch, re-armed on each read) and every [`TICK`]:
 //! 1. reads every partition's state (pipelined gets; the ISR is written by
 //!    leaders, so state is always read fresh, never cached; `replicas`
-//!    never change and are cached);
+//!    are cached: only the controller writes them, and the cache follows
+//!    its own writes, `reassign_ctl.rs`);
 //! 2. creates the partitions `0..partition_count` that are missing once
 //!    `replication_factor` nodes are live;
 //! 3. elects leaders where the leader is not live (log end offsets asked
 //!    with one `log_end_offsets` call per node, concurrently) and removes
 //!    dead followers from ISRs;
-//! 4. moves leadership back to preferred replicas (when enabled);
+//! 4. drives the replica reassignments of `/admin/reassign` one step
+//!    further (`reassign.rs`, `reassign_ctl.rs`; watched, so a new or
+//!    changed reassignment starts a reconciliation), then moves leadership
+//!    back to preferred replicas (when enabled);
 //! 5. writes the new states with compare-and-set on each znode version, in
 //!    multis of up to [`BATCH`] partitions, all multis in flight at once;
 //!    a partition whose write conflicts is read again and decided again;
@@ -53,6 +57,7 @@ use zookeeper_client as zk;
 use super::decide::{self, Decision, Live, Offsets, Reason};
 use super::drain;
 use super::notify::Notifier;
+use super::reassign_ctl;
 use super::znode::{self, ControllerZnode, StateZnode, decode, encode, zk_error};
 use super::{Shared, session_over};
 use crate::cluster::{LeaderAndIsr, NodeAddr};
@@ -97,6 +102,16 @@ impl Exit {
 impl From<Error> for Exit {
     fn from(e: Error) -> Exit {
         Exit::Failed(e)
+    }
+}
+
+impl From<reassign_ctl::Failure> for Exit {
+    fn from(f: reassign_ctl::Failure) -> Exit {
+        match f {
+            reassign_ctl::Failure::Deposed(why) => Exit::Deposed(why),
+            reassign_ctl::Failure::Zk(what, e) => Exit::zk(&what, e),
+            reassign_ctl::Failure::Other(e) => Exit::Failed(e),
+        }
     }
 }
 
@@ -301,7 +316,8 @@ struct Controller {
     client: zk::Client,
     /// The epoch it was elected at and the version of `/controller_epoch`.
     won: Won,
-    /// Assigned replicas per partition (they never change).
+    /// Assigned replicas per partition (changed only by this controller's
+    /// reassignment writes, which update it).
     replicas: BTreeMap<u32, Vec<String>>,
     /// Live nodes by id.
     live: BTreeMap<String, NodeAddr>,
@@ -373,6 +389,8 @@ impl Controller {
         let mut nodes_changed = Box::pin(watcher.changed());
         self.set_live(znode::read_registrations(&self.client, &paths, &ids).await?);
         let mut draining_changed = Box::pin(self.watch_draining().await?.changed());
+        let mut reassign_changed =
+            Box::pin(reassign_ctl::watch(&self.client, &paths).await?.changed());
         tracing::info!(
             "controller epoch {}: live nodes [{}]",
             self.won.epoch,
@@ -431,6 +449,14 @@ impl Controller {
                         return Err(Exit::Session(zk::Error::SessionExpired));
                     }
                     draining_changed = Box::pin(self.watch_draining().await?.changed());
+                    self.reconcile(FullTo::Nodes(BTreeSet::new())).await?;
+                }
+                event = &mut reassign_changed => {
+                    if event.session_state.is_terminated() {
+                        return Err(Exit::Session(zk::Error::SessionExpired));
+                    }
+                    reassign_changed =
+                        Box::pin(reassign_ctl::watch(&self.client, &paths).await?.changed());
                     self.reconcile(FullTo::Nodes(BTreeSet::new())).await?;
                 }
                 _ = tick.tick() => {
@@ -518,6 +544,15 @@ impl Controller {
         }
 
         changed.extend(self.decide_and_write(&mut states, false).await?);
+        let live = self.live_epochs();
+        let ctx = reassign_ctl::Ctx {
+            client: &self.client,
+            paths: &paths,
+            epoch_version: self.won.epoch_version,
+            controller_epoch: self.won.epoch,
+            live: &live,
+        };
+        changed.extend(reassign_ctl::drive(&ctx, &mut states, &mut self.replicas).await?);
         if self.shared.opts.preferred_leader_rebalance {
             changed.extend(self.decide_and_write(&mut states, true).await?);
         }
