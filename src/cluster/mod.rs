@@ -168,6 +168,12 @@ pub trait StateListener: Send + Sync + 'static {
     /// The session is gone (expired, or silent past its timeout on this
     /// node's own timer): stop acting as leader of anything at once.
     fn fence(&self, why: &str);
+
+    /// The reassignment throttle (`/admin/reassign`'s
+    /// `throttle_bytes_per_sec`, 0 = unthrottled, also while there is no
+    /// reassignment): what this node, as leader, may serve per second to
+    /// replicas being added, all partitions together.
+    fn reassign_throttle(&self, _bytes_per_sec: u64) {}
 }
 
 /// A boxed future, for the object-safe async seams.

@@ -650,7 +650,8 @@ where
 
 /// The partition directories of a cluster node (`<data_dir>/partitions`):
 /// the [`ReplicaManager`] opens and closes their engines as this node's
-/// assignments change. A closed partition's directory stays.
+/// assignments change. A partition this node was removed from has its
+/// directory deleted (`replication/hosting.rs`).
 struct PartitionDirs {
     /// `<data_dir>/partitions`.
     dir: PathBuf,
@@ -691,6 +692,21 @@ impl Engines for PartitionDirs {
             Some(e) => Ok(e.close()?),
             None => Ok(()),
         }
+    }
+
+    fn remove(&self, p: u32) -> Result<()> {
+        let pdir = self.dir.join(p.to_string());
+        let gone = |e: std::io::Error| {
+            Error::Unavailable(format!("cannot delete {}: {e}", pdir.display()))
+        };
+        match fs::remove_dir_all(&pdir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(gone(e)),
+        }
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(gone)
     }
 }
 

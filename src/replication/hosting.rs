@@ -32,8 +32,15 @@
 //!   then ends its role as a role change does (leader waiters fail, the
 //!   engine steps down after the writes it admitted, the fetcher stops),
 //!   marks it closed so no reconcile queued earlier gives it a role again,
-//!   then closes the engine. The data directory stays: removing it belongs
-//!   with reassignment (a replica that is moved back catches up from it).
+//!   then closes the engine, then deletes the partition's data directory
+//!   if the newest learned state still leaves this node out and its leader
+//!   epoch is higher than every epoch in the data (a reassignment removes
+//!   a replica with a new, higher epoch: `cluster/zk/reassign.rs`). Never
+//!   on an older state: a state whose epoch the data already reaches keeps
+//!   the directory (logged). A node that was down during its removal
+//!   opens the directory found at startup and deletes it the same way
+//!   once it learns the state. A node added later starts from an empty
+//!   directory and fetches the leader's log from its start.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -53,6 +60,12 @@ pub trait Engines: Send + Sync + 'static {
     /// Closes partition `p`'s engine (writes what it admitted, stops its
     /// threads); its data stays on disk.
     fn close(&self, p: u32, log: &Arc<dyn ReplicaLog>) -> Result<()>;
+    /// Deletes partition `p`'s data (its engine is closed): this node was
+    /// removed from its replicas.
+    fn remove(&self, p: u32) -> Result<()> {
+        let _ = p;
+        Ok(())
+    }
 }
 
 /// Engines opened by the caller and handed over (tests): "opening" hands
@@ -353,12 +366,46 @@ impl ReplicaManager {
         let engines = self.engines.clone();
         let log = part.log.clone();
         let p = part.id;
-        match blocking(move || engines.close(p, &log)).await {
-            Ok(()) => tracing::info!(
+        // The newest epoch of the data here: only a state newer than it
+        // may remove the data.
+        let last_epoch = log
+            .epoch_starts()
+            .ok()
+            .and_then(|s| s.last().map(|&(e, _)| e))
+            .unwrap_or(0);
+        if let Err(e) = blocking(move || engines.close(p, &log)).await {
+            tracing::error!(partition = p, "closing the engine: {e}");
+            return;
+        }
+        // Still not listed (this worker alone opens it again, after this).
+        let removed_at = self
+            .table
+            .lock()
+            .learned
+            .get(&p)
+            .filter(|l| !l.state.replicas.iter().any(|r| *r == self.me.id))
+            .map(|l| l.state.leader_epoch);
+        match removed_at {
+            Some(epoch) if epoch > last_epoch => {
+                let engines = self.engines.clone();
+                match blocking(move || engines.remove(p)).await {
+                    Ok(()) => tracing::info!(
+                        partition = p,
+                        "removed from this node's replicas at epoch {epoch}: engine closed, data \
+                         directory deleted"
+                    ),
+                    Err(e) => tracing::error!(
+                        partition = p,
+                        "removed from this node's replicas, but deleting its data failed: {e}"
+                    ),
+                }
+            }
+            Some(epoch) => tracing::warn!(
                 partition = p,
-                "no longer assigned to this node: engine closed (its data directory is kept)"
+                "not listed at epoch {epoch}, but its data here reaches epoch {last_epoch}: \
+                 engine closed, data directory kept"
             ),
-            Err(e) => tracing::error!(partition = p, "closing the engine: {e}"),
+            None => tracing::info!(partition = p, "engine closed (listed again meanwhile)"),
         }
     }
 

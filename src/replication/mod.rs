@@ -76,6 +76,7 @@ mod partition;
 mod serve;
 pub mod service;
 mod session;
+mod throttle;
 
 pub use hosting::Engines;
 pub use log::{ReadBudget, ReplicaLog, epoch_end};
@@ -172,6 +173,9 @@ pub struct ReplicaManager {
     draining: std::sync::atomic::AtomicBool,
     /// Writes admitted past the draining check and not answered yet.
     admitted: std::sync::atomic::AtomicUsize,
+    /// The reassignment throttle of what this node serves as leader to
+    /// replicas being added ([`throttle`]).
+    throttle: Arc<throttle::Throttle>,
 }
 
 impl ReplicaManager {
@@ -231,6 +235,7 @@ impl ReplicaManager {
             max_record,
             draining: Default::default(),
             admitted: Default::default(),
+            throttle: Default::default(),
         })
     }
 
@@ -587,6 +592,9 @@ impl ReplicaManager {
             self.advance_hw(part);
             return;
         }
+        if self.lead_on(part, target).await {
+            return;
+        }
         self.stop_role(part).await;
         let log = part.log.clone();
         let epoch = target.leader_epoch;
@@ -625,7 +633,10 @@ impl ReplicaManager {
             joining: None,
         });
         part.publish_hw(hw);
-        part.progress.send_modify(|p| p.leading = Some(epoch));
+        part.progress.send_modify(|p| {
+            p.leading = Some(epoch);
+            p.since = epoch;
+        });
         part.publish_log_end();
         tracing::info!(
             partition = part.id,
@@ -633,6 +644,67 @@ impl ReplicaManager {
             target.isr.join(",")
         );
         self.advance_hw(part);
+    }
+
+    /// Leads `part` on at the higher epoch of `target` without stepping
+    /// down, if it leads now, unfenced (a reassignment step that keeps the
+    /// leader): the engine moves to the new epoch, the leader state takes
+    /// the new replicas (added ones start at log end 0, so they hold the
+    /// merge horizon back), ISR and version; writes admitted at the old
+    /// epoch are still answered once the high watermark covers them.
+    /// False when the full transition is needed.
+    async fn lead_on(self: &Arc<Self>, part: &Arc<Partition>, target: &LeaderAndIsr) -> bool {
+        let old = match &part.state.lock().role {
+            RoleState::Leader(l) if l.epoch < target.leader_epoch => l.epoch,
+            _ => return false,
+        };
+        if part.progress.borrow().leading != Some(old) || part.leading_epoch() != Some(old) {
+            return false;
+        }
+        let log = part.log.clone();
+        let epoch = target.leader_epoch;
+        if let Err(e) = blocking(move || log.set_epoch(epoch).map_err(Error::from)).await {
+            tracing::error!(partition = part.id, "cannot lead on at epoch {epoch}: {e}");
+            return false;
+        }
+        {
+            let mut s = part.state.lock();
+            let RoleState::Leader(l) = &mut s.role else {
+                return false;
+            };
+            l.epoch = epoch;
+            l.node_epoch = target.leader_node_epoch;
+            l.isr = target.isr.clone();
+            l.zk_version = target.zk_version;
+            l.controller_epoch = target.controller_epoch;
+            l.replicas = target.replicas.clone();
+            l.followers.retain(|r, _| target.replicas.contains(r));
+            let now = Instant::now();
+            for r in target.replicas.iter().filter(|r| **r != self.me.id) {
+                l.followers
+                    .entry(r.clone())
+                    .or_insert(partition::FollowerProgress {
+                        leo: 0,
+                        caught_up_at: now,
+                        last_fetch: None,
+                    });
+            }
+            if l.joining
+                .as_ref()
+                .is_some_and(|j| !target.replicas.contains(j))
+            {
+                l.joining = None;
+            }
+        }
+        part.progress.send_modify(|p| p.leading = Some(epoch));
+        tracing::info!(
+            partition = part.id,
+            "leading on at epoch {epoch} (from {old}), replicas [{}], ISR [{}]",
+            target.replicas.join(","),
+            target.isr.join(",")
+        );
+        self.advance_hw(part);
+        true
     }
 
     /// Follows `leader` at `epoch`.
@@ -869,6 +941,10 @@ impl StateListener for Listener {
 
     fn replica_of(&self) -> Option<Vec<u32>> {
         Some(self.0.replica_of())
+    }
+
+    fn reassign_throttle(&self, bytes_per_sec: u64) {
+        self.0.throttle.set_rate(bytes_per_sec);
     }
 
     fn fence(&self, why: &str) {

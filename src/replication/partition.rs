@@ -39,6 +39,11 @@ pub struct Progress {
     pub hw: u64,
     /// `Some(epoch)` while leading at that epoch.
     pub leading: Option<u32>,
+    /// The first epoch of the current leadership: a leader that moves to
+    /// a higher epoch without stepping down (a reassignment step keeps its
+    /// leader) still answers the writes it admitted at an earlier epoch
+    /// since then, as their records stay in its log.
+    pub since: u32,
 }
 
 /// The leader's record of one follower.
@@ -201,7 +206,11 @@ impl Partition {
                 closed: false,
             }),
             transition: tokio::sync::Mutex::new(()),
-            progress: watch::Sender::new(Progress { hw, leading: None }),
+            progress: watch::Sender::new(Progress {
+                hw,
+                leading: None,
+                since: 0,
+            }),
             log_end: watch::Sender::new(end),
             append: Arc::new(tokio::sync::Mutex::new(())),
             acks: Mutex::new(AckWaiters::default()),
@@ -277,7 +286,7 @@ impl Partition {
         // Read under the lock: `publish_hw` and `stop_leading` update
         // `progress` before they take it, so no wake-up is missed.
         let p = *self.progress.borrow();
-        if p.leading != Some(epoch) {
+        if !p.leading.is_some_and(|l| l >= epoch) || p.since > epoch {
             return Ack::LeadershipLost;
         }
         if p.hw >= until {

@@ -15,9 +15,11 @@
 //! - a fetch answer always fits the message limit ([`ReplicaManager::message_limit`],
 //!   which leaves room for the largest record), whatever the value sizes;
 //! - each partition of a request is served or refused on its own: one
-//!   refusal does not fail the others.
+//!   refusal does not fail the others;
+//! - records served to a replica being added by a reassignment come out of
+//!   the node's throttle ([`super::throttle`]); no other record does.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -124,6 +126,15 @@ impl ReplicaManager {
         for (part, hw, epoch) in commits {
             self.commit(&part, hw, epoch);
         }
+        // Partitions this follower is being added to by a reassignment:
+        // their records come out of the node's throttle (`throttle.rs`).
+        let throttled: HashSet<u32> = slots
+            .iter()
+            .filter_map(|s| s.as_ref().ok())
+            .filter(|(part, _)| self.adding(part, &req.follower_id))
+            .map(|(part, _)| part.id)
+            .collect();
+        let starved = |p: u32| throttled.contains(&p) && self.throttle.available() == Some(0);
 
         let served: Vec<_> = slots.iter().filter_map(|s| s.as_ref().ok()).collect();
         // (A leadership change during the wait ends it too: see
@@ -132,16 +143,35 @@ impl ReplicaManager {
         // request's answer carries every one anyway.
         let full = session.full;
         let ready = |(part, f): &&(Arc<Partition>, Fetched)| {
-            part.log.written_end() > f.offset
+            (part.log.written_end() > f.offset && !starved(part.id))
                 || (!full && f.hw_sent != Some(part.progress.borrow().hw))
         };
         let refused = served.len() < slots.len();
         if !refused && !served.is_empty() && !served.iter().any(ready) {
             let wait = Duration::from_millis(u64::from(req.max_wait_ms).min(10_000));
+            // A throttled partition with records waits for the bucket,
+            // not for more records.
+            let refill = served
+                .iter()
+                .any(|(part, f)| starved(part.id) && part.log.written_end() > f.offset)
+                .then(|| self.throttle.wait_for(4096).max(Duration::from_millis(1)));
             let waits = served
                 .iter()
-                .map(|(part, f)| Box::pin(part.wait_for_records(f.offset, f.leader_epoch)));
-            let _ = tokio::time::timeout(wait, futures_util::future::select_all(waits)).await;
+                .filter(|(part, _)| !starved(part.id))
+                .map(|(part, f)| {
+                    Box::pin(part.wait_for_records(f.offset, f.leader_epoch))
+                        as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>
+                })
+                .chain(refill.map(|d| {
+                    Box::pin(tokio::time::sleep(d))
+                        as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>
+                }))
+                .collect::<Vec<_>>();
+            if waits.is_empty() {
+                tokio::time::sleep(wait).await;
+            } else {
+                let _ = tokio::time::timeout(wait, futures_util::future::select_all(waits)).await;
+            }
         }
 
         // Leadership may have moved during the wait: refuse what is no
@@ -159,7 +189,12 @@ impl ReplicaManager {
             if let Err(e) = mine {
                 *slot = Err((part.id, e));
             } else if part.log.written_end() > f.offset {
-                reads.push((part.id, part.log.clone(), f.offset));
+                reads.push((
+                    part.id,
+                    part.log.clone(),
+                    f.offset,
+                    throttled.contains(&part.id),
+                ));
             }
         }
         // The answer's hard budget: `fetch_max_bytes` (or less, as asked),
@@ -173,18 +208,29 @@ impl ReplicaManager {
             let first = turn % reads.len();
             reads.rotate_left(first);
         }
+        let throttle = self.throttle.clone();
         let mut read = in_place(move || {
             let mut used = 0usize;
             let mut out = HashMap::with_capacity(reads.len());
-            for (p, log, offset) in reads {
+            for (p, log, offset, throttled) in reads {
+                let mut want = share;
+                if throttled && let Some(tokens) = throttle.available() {
+                    if tokens == 0 {
+                        continue;
+                    }
+                    want = want.min(tokens);
+                }
                 let budget = ReadBudget {
-                    want: share,
+                    want,
                     room: max.saturating_sub(used),
                     first: used == 0,
                 };
                 let r = log.read_raw(offset, budget).map_err(Error::from);
                 if let Ok((records, _)) = &r {
                     used = used.saturating_add(records.len());
+                    if throttled {
+                        throttle.take(records.len());
+                    }
                 }
                 out.insert(p, r);
             }
@@ -244,6 +290,20 @@ impl ReplicaManager {
             .answer_bytes
             .fetch_add(answer.encoded_len() as u64, Ordering::Relaxed);
         Ok(answer)
+    }
+
+    /// Whether `follower` is being added to `part` (led here) by a
+    /// reassignment, so its catch-up is throttled.
+    fn adding(&self, part: &Partition, follower: &str) -> bool {
+        match &part.state.lock().role {
+            super::partition::RoleState::Leader(l) => super::throttle::is_adding(
+                follower,
+                &l.replicas,
+                &l.isr,
+                self.opts.replication_factor as usize,
+            ),
+            _ => false,
+        }
     }
 
     /// A number for a fetch stream being opened (higher than any before):

@@ -4,6 +4,7 @@
 
 mod epochs;
 mod hosting;
+mod reassign;
 mod sessions;
 
 use std::sync::Arc;

@@ -9,18 +9,24 @@
 //! whose epoch was bumped by a newer controller) cannot write anything.
 //!
 //! The controller reconciles every partition on election, on every change
-//! of `/nodes` and `/draining` (one-shot watches, re-armed on each read)
-//! and every [`TICK`] (5 minutes); it reconciles only the partitions named
-//! by ISR change notifications when `/isr_change` changes:
+//! of `/nodes`, `/draining` and `/admin/reassign` (one-shot watches,
+//! re-armed on each read) and every [`TICK`] (5 minutes); it reconciles
+//! only the partitions named by ISR change notifications when
+//! `/isr_change` changes:
 //! 1. reads every partition's state (pipelined gets in a window of
 //!    `znode::READ_WINDOW`; the ISR is written by leaders, so state is
-//!    always read fresh, never cached; `replicas` are cached);
+//!    always read fresh, never cached; `replicas` are cached: only the
+//!    controller writes them, and the cache follows its own writes,
+//!    `reassign_ctl.rs`);
 //! 2. creates the partitions `0..partition_count` that are missing once
 //!    `replication_factor` nodes are live;
 //! 3. elects leaders where the leader is not live (log end offsets asked
 //!    with one `log_end_offsets` call per node, concurrently) and removes
 //!    dead followers from ISRs;
-//! 4. moves leadership back to preferred replicas (when enabled);
+//! 4. drives the replica reassignments of `/admin/reassign` one step
+//!    further (`reassign.rs`, `reassign_ctl.rs`; watched, so a new or
+//!    changed reassignment starts a reconciliation), then moves leadership
+//!    back to preferred replicas (when enabled);
 //! 5. writes the new states with compare-and-set on each znode version, in
 //!    multis of up to [`BATCH`] partitions, at most [`MULTI_WINDOW`] of
 //!    them in flight (so the session's heartbeats, and other sessions'
@@ -81,6 +87,7 @@ use zookeeper_client as zk;
 use super::decide::{self, Decision, Live, Offsets, Reason};
 use super::drain;
 use super::notify::Notifier;
+use super::reassign_ctl;
 use super::znode::{self, ControllerZnode, StateZnode, decode, encode, zk_error};
 use super::{Shared, session_over};
 use crate::cluster::{LeaderAndIsr, Leaders, NodeAddr};
@@ -137,6 +144,16 @@ impl Exit {
 impl From<Error> for Exit {
     fn from(e: Error) -> Exit {
         Exit::Failed(e)
+    }
+}
+
+impl From<reassign_ctl::Failure> for Exit {
+    fn from(f: reassign_ctl::Failure) -> Exit {
+        match f {
+            reassign_ctl::Failure::Deposed(why) => Exit::Deposed(why),
+            reassign_ctl::Failure::Zk(what, e) => Exit::zk(&what, e),
+            reassign_ctl::Failure::Other(e) => Exit::Failed(e),
+        }
     }
 }
 
@@ -341,7 +358,8 @@ struct Controller {
     client: zk::Client,
     /// The epoch it was elected at and the version of `/controller_epoch`.
     won: Won,
-    /// Assigned replicas per partition (they never change).
+    /// Assigned replicas per partition (changed only by this controller's
+    /// reassignment writes, which update it).
     replicas: BTreeMap<u32, Vec<String>>,
     /// Live nodes by id.
     live: BTreeMap<String, NodeAddr>,
@@ -425,6 +443,8 @@ impl Controller {
         let mut draining_changed = Box::pin(self.watch_draining().await?.changed());
         // Notifications already there are covered by the full reconcile.
         let mut isr_changed = Box::pin(self.take_isr_changes().await?.1.changed());
+        let mut reassign_changed =
+            Box::pin(reassign_ctl::watch(&self.client, &paths).await?.changed());
         tracing::info!(
             "controller epoch {}: live nodes [{}]",
             self.won.epoch,
@@ -495,6 +515,14 @@ impl Controller {
                     if !ids.is_empty() {
                         self.reconcile_some(Some(ids), FullTo::Nodes(BTreeSet::new())).await?;
                     }
+                }
+                event = &mut reassign_changed => {
+                    if event.session_state.is_terminated() {
+                        return Err(Exit::Session(zk::Error::SessionExpired));
+                    }
+                    reassign_changed =
+                        Box::pin(reassign_ctl::watch(&self.client, &paths).await?.changed());
+                    self.reconcile(FullTo::Nodes(BTreeSet::new())).await?;
                 }
                 _ = tokio::time::sleep(RETRY), if self.conflicts => {
                     self.reconcile(FullTo::Nodes(BTreeSet::new())).await?;
@@ -636,6 +664,15 @@ impl Controller {
             self.conflicts = false;
         }
         changed.extend(self.decide_and_write(&mut states, false).await?);
+        let live = self.live_epochs();
+        let ctx = reassign_ctl::Ctx {
+            client: &self.client,
+            paths: &paths,
+            epoch_version: self.won.epoch_version,
+            controller_epoch: self.won.epoch,
+            live: &live,
+        };
+        changed.extend(reassign_ctl::drive(&ctx, &mut states, &mut self.replicas).await?);
         if self.shared.opts.preferred_leader_rebalance {
             changed.extend(self.decide_and_write(&mut states, true).await?);
         }

@@ -13,6 +13,7 @@
 //! /isr_change/<p>-<seq>     persistent sequential, empty: a leader changed p's ISR (controller.rs)
 //! /partitions/<p>/replicas  persistent  ["node-1","node-2",...] (first = preferred leader)
 //! /partitions/<p>/state     persistent  {"leader":id|null,"leader_epoch","isr":[...],"controller_epoch","leader_node_epoch"}
+//! /admin/reassign           persistent  {"version","throttle_bytes_per_sec","cancel","partitions":{p:[...]}} (reassign.rs)
 //! ```
 //!
 //! What runs where:
@@ -69,6 +70,8 @@ mod controller;
 mod decide;
 mod drain;
 mod notify;
+mod reassign;
+mod reassign_ctl;
 mod session;
 mod znode;
 
@@ -545,6 +548,7 @@ async fn supervise(shared: Arc<Shared>, mut client: zk::Client, mut stop: watch:
         tasks.spawn(heartbeat(shared.clone(), client.clone()));
         tasks.spawn(watch_nodes(shared.clone(), client.clone()));
         tasks.spawn(controller::candidacy(shared.clone(), client.clone()));
+        tasks.spawn(reassign::watch_throttle(shared.clone(), client.clone()));
         let mut states = client.state_watcher();
         let mut state = client.state();
         while !state.is_terminated() {

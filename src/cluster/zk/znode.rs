@@ -12,6 +12,7 @@
 //! <root>/isr_change/<p>-<seq>    (empty; persistent sequential: a leader changed p's ISR)
 //! <root>/partitions/<p>/replicas ["node-1","node-2","node-3"]
 //! <root>/partitions/<p>/state    {"leader":"node-1","leader_epoch":1,"isr":["node-1","node-2"],"controller_epoch":3,"leader_node_epoch":4294967301}
+//! <root>/admin/reassign          {"version":1,"throttle_bytes_per_sec":0,"cancel":false,"partitions":{"3":["node-1","node-2","node-4"]}}
 //! ```
 //!
 //! `leader` is `null` while a partition is offline. `<p>` is the partition
@@ -25,8 +26,10 @@
 //! Invariants:
 //! - `/partitions/<p>`, its `replicas` and its `state` are created together
 //!   in one multi, so a partition either has all three or none.
-//! - `replicas` never changes after creation; `state` changes only by
-//!   compare-and-set on its znode version.
+//! - `replicas` changes only in a reassignment (`reassign.rs`): written by
+//!   the controller in the same multi as a state with a higher leader
+//!   epoch (compare-and-set), behind the controller-epoch check; `state`
+//!   changes only by compare-and-set on its znode version.
 //! - Reads of many znodes are pipelined in a sliding window
 //!   ([`windowed`]): at most [`READ_WINDOW`] requests are made and not yet
 //!   answered at any time (the client sends a request when the call is

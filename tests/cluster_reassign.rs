@@ -1,0 +1,453 @@
+//! Replica reassignment on real processes and a real ZooKeeper: a fourth
+//! node joins a 3-node cluster, the tests write `<root>/admin/reassign`
+//! directly (as the admin RPC does) and check the controller moves the
+//! replicas (no failed and no lost `acks: all` write meanwhile), that the
+//! removed node deletes its data, the throttle, cancel, and a controller
+//! failover in the middle.
+//!
+//! The tests of this file run one at a time (the `SERIAL` lock).
+
+mod harness;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use caskade::client::SetOptions;
+use caskade::node::Acks;
+use harness::cluster::{ClusterOpts, NodeSpec, TestCluster, tail};
+use harness::{free_port, runtime};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const ROOT: &str = "/caskade/test";
+
+/// A 3-node cluster (replication factor 3: every partition on nodes 1-3),
+/// then node-4 started; returns once node-4 is known to node-1.
+fn three_then_four(partitions: u32) -> TestCluster {
+    let mut c = TestCluster::start(ClusterOpts {
+        nodes: 3,
+        partitions,
+        initial_nodes: 3,
+        replica_lag_ms: 3000,
+        request_timeout_ms: 8000,
+        ..ClusterOpts::default()
+    });
+    let src = &c.specs[0];
+    let yaml = std::fs::read_to_string(&src.config).expect("node-1 config");
+    let (addr, repl) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let data = src.data.with_file_name("node-4");
+    let yaml = yaml
+        .replace("node-1", "node-4")
+        .replace(&src.addr, &addr)
+        .replace(&src.repl_addr, &repl);
+    let config = src.config.with_file_name("node-4.yaml");
+    std::fs::write(&config, yaml).expect("write node-4 config");
+    c.specs.push(NodeSpec {
+        id: "node-4".into(),
+        addr,
+        repl_addr: repl,
+        config,
+        data,
+    });
+    c.servers.push(None);
+    c.gids.push(None);
+    c.start_node(3);
+    c.wait_until("node-4 is registered", |c| {
+        c.metadata(0)
+            .is_some_and(|m| m.nodes.iter().any(|n| n.id == "node-4"))
+    });
+    c
+}
+
+/// Runs `f` with a plain ZooKeeper client (connected in the runtime that
+/// runs `f`: a client's session lives on the runtime it was made on).
+fn with_zk<T, F, Fut>(c: &TestCluster, f: F) -> T
+where
+    F: FnOnce(zookeeper_client::Client) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let connect = c.zk.connect_string();
+    runtime().block_on(async move {
+        let z = zookeeper_client::Client::connector()
+            .with_session_timeout(Duration::from_secs(5))
+            .connect(&connect)
+            .await
+            .expect("connect to ZooKeeper");
+        f(z).await
+    })
+}
+
+/// Creates `/admin/reassign` with `partitions` and `throttle`.
+fn reassign(c: &TestCluster, throttle: u64, partitions: &[(u32, &[&str])]) {
+    let parts: serde_json::Map<String, serde_json::Value> = partitions
+        .iter()
+        .map(|(p, t)| (p.to_string(), serde_json::json!(t)))
+        .collect();
+    let body = serde_json::json!({
+        "version": 1, "throttle_bytes_per_sec": throttle, "cancel": false, "partitions": parts,
+    });
+    with_zk(c, |z| async move {
+        let opts = zookeeper_client::CreateMode::Persistent
+            .with_acls(zookeeper_client::Acls::anyone_all());
+        z.mkdir(&format!("{ROOT}/admin"), &opts).await.ok();
+        z.create(
+            &format!("{ROOT}/admin/reassign"),
+            &serde_json::to_vec(&body).unwrap(),
+            &opts,
+        )
+        .await
+        .expect("create /admin/reassign");
+    });
+}
+
+/// Rewrites fields of `/admin/reassign` with compare-and-set (as the admin
+/// RPC does for throttle and cancel).
+fn amend(c: &TestCluster, field: &str, value: serde_json::Value) {
+    let path = format!("{ROOT}/admin/reassign");
+    with_zk(c, |z| async move {
+        loop {
+            let (data, stat) = z.get_data(&path).await.expect("read /admin/reassign");
+            let mut v: serde_json::Value = serde_json::from_slice(&data).unwrap();
+            v[field] = value.clone();
+            match z
+                .set_data(&path, &serde_json::to_vec(&v).unwrap(), Some(stat.version))
+                .await
+            {
+                Ok(_) => return,
+                Err(zookeeper_client::Error::BadVersion) => continue,
+                Err(e) => panic!("amend {path}: {e}"),
+            }
+        }
+    });
+}
+
+/// Whether `/admin/reassign` exists.
+fn in_progress(c: &TestCluster) -> bool {
+    with_zk(c, |z| async move {
+        z.check_stat(&format!("{ROOT}/admin/reassign"))
+            .await
+            .expect("stat")
+            .is_some()
+    })
+}
+
+/// `/partitions/<p>/replicas` and the state's ISR, from ZooKeeper.
+fn zk_assignment(c: &TestCluster, p: u32) -> (Vec<String>, Vec<String>) {
+    with_zk(c, |z| async move {
+        let (r, _) = z
+            .get_data(&format!("{ROOT}/partitions/{p}/replicas"))
+            .await
+            .unwrap();
+        let (s, _) = z
+            .get_data(&format!("{ROOT}/partitions/{p}/state"))
+            .await
+            .unwrap();
+        let s: serde_json::Value = serde_json::from_slice(&s).unwrap();
+        let isr = s["isr"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect();
+        (serde_json::from_slice(&r).unwrap(), isr)
+    })
+}
+
+/// The partition directories under node `i`'s data directory.
+fn dirs(c: &TestCluster, i: usize) -> BTreeSet<u32> {
+    std::fs::read_dir(c.specs[i].data.join("partitions"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+fn wait(c: &TestCluster, what: &str, secs: u64, cond: impl Fn(&TestCluster) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if cond(c) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let logs: String = (0..c.specs.len())
+        .map(|i| format!("--- {} ---\n{}\n", c.specs[i].id, tail(&c.log(i), 30)))
+        .collect();
+    panic!("timed out waiting until {what}\n{logs}");
+}
+
+/// Writes `n` values of `size` bytes into partition `p` (acks: all).
+fn fill(c: &TestCluster, p: u32, n: usize, size: usize) {
+    let rt = runtime();
+    let client = c.client(&rt);
+    let keys: Vec<String> = (0..n).map(|i| c.key_in(p, i)).collect();
+    rt.block_on(async {
+        for k in keys {
+            client
+                .set(k, vec![b'x'; size], SetOptions::default())
+                .await
+                .expect("fill");
+        }
+    });
+}
+
+/// Node-4's log end of `p` and the leader's, as the leader reports them.
+fn catch_up(c: &TestCluster, p: u32) -> Option<(u64, u64)> {
+    let part = c.partition(p)?;
+    let end = |id: &str| {
+        part.offsets
+            .iter()
+            .find(|o| o.node_id == id)
+            .map(|o| o.log_end_offset)
+    };
+    Some((end("node-4")?, end(&part.leader)?))
+}
+
+/// Counters of the writers.
+#[derive(Default)]
+struct Tally {
+    failed: AtomicU64,
+    errors: Mutex<Vec<String>>,
+    acked: Mutex<Vec<(String, String)>>,
+}
+
+/// (a) Three partitions move from node-3 to node-4 while 6 clients write
+/// with `acks: all`: no write fails, every acknowledged one is read back,
+/// node-4 hosts exactly those partitions, node-3 deleted their
+/// directories, and ZooKeeper and Metadata list the exact replicas and ISR.
+#[test]
+fn replicas_move_to_a_new_node_under_acks_all_load_without_a_failed_or_lost_write() {
+    let _s = serial();
+    let c = three_then_four(4);
+    for p in 0..4 {
+        fill(&c, p, 200, 1000);
+    }
+    let rt = runtime();
+    let client = c.client(&rt);
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let writers: Vec<_> = (0..6)
+        .map(|w| {
+            let (client, stop, tally) = (client.clone(), stop.clone(), tally.clone());
+            rt.spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let (key, value) = (format!("w{w}-{n}"), format!("v{n}"));
+                    n += 1;
+                    let opts = SetOptions {
+                        acks: Some(Acks::All),
+                        ..SetOptions::default()
+                    };
+                    match client.set(key.clone(), value.clone(), opts).await {
+                        Ok(_) => tally.acked.lock().unwrap().push((key, value)),
+                        Err(e) => {
+                            tally.failed.fetch_add(1, Ordering::SeqCst);
+                            tally.errors.lock().unwrap().push(format!("{key}: {e}"));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // Leaders at creation: p0 node-1, p1 node-2, p3 node-1 (p mod 3); they
+    // stay in the target, so no leadership moves.
+    let targets: [(u32, &[&str]); 3] = [
+        (0, &["node-1", "node-2", "node-4"]),
+        (1, &["node-2", "node-4", "node-1"]),
+        (3, &["node-1", "node-4", "node-2"]),
+    ];
+    reassign(&c, 0, &targets);
+    wait(&c, "the reassignment finished", 40, |c| !in_progress(c));
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        rt.block_on(w).expect("writer");
+    }
+    let errors = tally.errors.lock().unwrap().clone();
+    assert_eq!(
+        tally.failed.load(Ordering::SeqCst),
+        0,
+        "acks: all writes failed during the reassignment: {:?}",
+        &errors[..errors.len().min(10)]
+    );
+    let acked = tally.acked.lock().unwrap().clone();
+    assert!(acked.len() > 100, "writes went on: {}", acked.len());
+    rt.block_on(async {
+        for (key, value) in &acked {
+            let got = client.get(key.clone()).await.expect("read back");
+            assert_eq!(got.as_deref(), Some(value.as_bytes()), "{key}");
+        }
+    });
+
+    for (p, t) in targets {
+        let (replicas, isr) = zk_assignment(&c, p);
+        assert_eq!(replicas, s(t), "partition {p}");
+        assert_eq!(sorted(isr), sorted(s(t)), "partition {p}");
+    }
+    assert_eq!(
+        zk_assignment(&c, 2),
+        (
+            s(&["node-3", "node-1", "node-2"]),
+            s(&["node-3", "node-1", "node-2"])
+        )
+    );
+    c.wait_until("node-3 deleted the directories it lost", |c| {
+        dirs(c, 2) == BTreeSet::from([2])
+    });
+    assert_eq!(dirs(&c, 3), BTreeSet::from([0, 1, 3]));
+    let m = c.metadata(3).expect("node-4 metadata");
+    let own: BTreeSet<u32> = m
+        .partitions
+        .iter()
+        .filter(|p| p.offsets.iter().any(|o| o.node_id == "node-4"))
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(own, BTreeSet::from([0, 1, 3]));
+    for (p, t) in targets {
+        let part = c.partition(p).expect("led");
+        assert_eq!(part.replicas, s(t), "partition {p}");
+        assert_eq!(sorted(part.isr.clone()), sorted(s(t)), "partition {p}");
+    }
+    // node-4 serves what it caught up on: a key written before it joined.
+    let key = c.key_in(0, 7);
+    rt.block_on(async {
+        let got = c.client_of(3, &rt).get(key.clone()).await.expect("get");
+        assert_eq!(got.map(|v| v.len()), Some(1000), "{key}");
+    });
+}
+
+/// (b) With a throttle of 512 KiB/s, node-4 catches up on 2 MiB of
+/// partition 0 in no less than ~3.5 s; unthrottled, partition 1's 2 MiB
+/// take a fraction of that.
+#[test]
+fn the_throttle_bounds_the_catch_up_rate_of_replicas_being_added() {
+    let _s = serial();
+    let c = three_then_four(2);
+    fill(&c, 0, 128, 16 << 10);
+    fill(&c, 1, 128, 16 << 10);
+    let timed = |p: u32, throttle: u64, target: &[&str]| {
+        let start = Instant::now();
+        reassign(&c, throttle, &[(p, target)]);
+        wait(&c, "node-4 caught up", 60, |c| {
+            catch_up(c, p).is_some_and(|(n4, leader)| n4 >= leader && leader >= 128)
+        });
+        let took = start.elapsed();
+        wait(&c, "the reassignment finished", 30, |c| !in_progress(c));
+        took
+    };
+    let throttled = timed(0, 512 << 10, &["node-1", "node-2", "node-4"]);
+    let free = timed(1, 0, &["node-2", "node-4", "node-1"]);
+    eprintln!("catch-up of 2 MiB: throttled (512 KiB/s) {throttled:?}, unthrottled {free:?}");
+    // 2 MiB at 512 KiB/s from an empty bucket: 4 s (less one record).
+    assert!(
+        throttled >= Duration::from_millis(3500) && throttled <= Duration::from_secs(20),
+        "throttled catch-up took {throttled:?}"
+    );
+    assert!(
+        free * 3 <= throttled,
+        "unthrottled {free:?} vs throttled {throttled:?}"
+    );
+    assert_eq!(dirs(&c, 3), BTreeSet::from([0, 1]));
+}
+
+/// (c) Cancel while node-4 is catching up (slowly): the original replicas
+/// come back, node-4 deletes its partial copy, the znode is gone.
+#[test]
+fn cancel_restores_the_original_replicas_and_removes_the_partial_copy() {
+    let _s = serial();
+    let c = three_then_four(2);
+    fill(&c, 0, 128, 16 << 10);
+    let before = zk_assignment(&c, 0);
+    reassign(&c, 64 << 10, &[(0, &["node-1", "node-2", "node-4"])]);
+    wait(&c, "node-4 holds part of partition 0", 30, |c| {
+        catch_up(c, 0).is_some_and(|(n4, leader)| n4 > 0 && n4 < leader)
+    });
+    assert!(dirs(&c, 3).contains(&0));
+    let (replicas, _) = zk_assignment(&c, 0);
+    assert_eq!(replicas, s(&["node-1", "node-2", "node-3", "node-4"]));
+    amend(&c, "cancel", serde_json::json!(true));
+    wait(&c, "the cancel finished", 30, |c| !in_progress(c));
+    assert_eq!(zk_assignment(&c, 0), before);
+    c.wait_until("node-4 deleted its partial copy", |c| dirs(c, 3).is_empty());
+    let part = c.partition(0).expect("led");
+    assert_eq!(part.replicas, before.0);
+    assert_eq!(sorted(part.isr), sorted(before.1));
+}
+
+/// (d) The controller is killed while a (throttled) reassignment is in
+/// progress; the throttle is then lifted: the new controller finishes it
+/// from ZooKeeper's state alone.
+#[test]
+fn a_new_controller_finishes_a_reassignment_after_a_failover() {
+    let _s = serial();
+    let mut c = three_then_four(3);
+    let controller = c.metadata(0).expect("metadata").controller;
+    let victim = c.index(&controller);
+    // A partition node-4 joins whose leader is not the controller.
+    let p = (0..3)
+        .find(|&p| c.leader(p).is_some_and(|l| l != victim))
+        .expect("a partition led elsewhere");
+    fill(&c, p, 64, 16 << 10);
+    let (original, _) = zk_assignment(&c, p);
+    let leader = c.specs[c.leader(p).unwrap()].id.clone();
+    let gone = original
+        .iter()
+        .find(|n| **n != leader && **n != controller)
+        .cloned()
+        .unwrap_or_else(|| original.iter().find(|n| **n != leader).unwrap().clone());
+    let target: Vec<String> = original
+        .iter()
+        .map(|n| {
+            if *n == gone {
+                "node-4".into()
+            } else {
+                n.clone()
+            }
+        })
+        .collect();
+    let t: Vec<&str> = target.iter().map(String::as_str).collect();
+    reassign(&c, 32 << 10, &[(p, &t)]);
+    wait(&c, "step 1 written", 20, |c| {
+        zk_assignment(c, p).0.len() == 4
+    });
+    c.kill(victim);
+    amend(&c, "throttle_bytes_per_sec", serde_json::json!(0));
+    wait(
+        &c,
+        "the new controller finished the reassignment",
+        60,
+        |c| !in_progress(c),
+    );
+    let (replicas, isr) = zk_assignment(&c, p);
+    assert_eq!(replicas, target, "controller {controller} killed");
+    assert!(isr.contains(&"node-4".to_string()), "isr {isr:?}");
+    assert!(!isr.contains(&gone), "isr {isr:?}");
+    let now = c.metadata(3).expect("metadata").controller;
+    assert_ne!(now, controller);
+    if gone != controller {
+        let i = c.index(&gone);
+        c.wait_until("the removed node deleted its copy", |c| {
+            !dirs(c, i).contains(&p)
+        });
+    }
+}
