@@ -672,11 +672,12 @@ impl Controller {
             controller_epoch: self.won.epoch,
             live: &live,
         };
-        changed.extend(reassign_ctl::drive(&ctx, &mut states, &mut self.replicas).await?);
+        let driven = reassign_ctl::drive(&ctx, &mut states, every, &mut self.replicas).await?;
+        changed.extend(driven.changed);
         if self.shared.opts.preferred_leader_rebalance {
             changed.extend(self.decide_and_write(&mut states, true).await?);
         }
-        self.notify(&states, &changed, full_to);
+        self.notify(&states, &changed, &driven.removed, full_to);
         Ok(())
     }
 
@@ -1000,11 +1001,14 @@ impl Controller {
     /// leaders (of every partition for the nodes in `full_to`), built
     /// once and shared by every mailbox; delivery retries until each node
     /// acknowledges. A node "hosts" a partition it is a replica of, in the
-    /// ISR of, or the leader of.
+    /// ISR of, or the leader of; the nodes a reassignment step just removed
+    /// from a partition's replicas (`removed`) get its full state too, so
+    /// they close the replica and delete its directory.
     fn notify(
         &mut self,
         states: &BTreeMap<u32, LeaderAndIsr>,
         changed: &BTreeSet<u32>,
+        removed: &BTreeMap<u32, Vec<String>>,
         full_to: FullTo,
     ) {
         let nodes: Vec<NodeAddr> = self
@@ -1029,6 +1033,7 @@ impl Controller {
                 .chain(&s.leader)
                 .map(String::as_str)
                 .filter(|id| wanted || (any_full && is_full(id)))
+                .chain(removed.get(&s.partition).into_iter().flatten().map(String::as_str))
                 .collect();
             to.sort_unstable();
             to.dedup();

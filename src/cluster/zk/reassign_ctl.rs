@@ -68,25 +68,39 @@ pub(crate) fn path(paths: &Paths) -> String {
     format!("{}/admin/reassign", paths.root)
 }
 
+/// What a drive changed.
+#[derive(Debug, Default)]
+pub(crate) struct Driven {
+    /// Partitions whose state changed (to notify).
+    pub changed: BTreeSet<u32>,
+    /// Per partition, the nodes a step removed from `replicas`: they are
+    /// in no replica set of the new state, yet must learn it (to close the
+    /// replica and delete its directory).
+    pub removed: BTreeMap<u32, Vec<String>>,
+}
+
 /// Drives every partition listed in `/admin/reassign` as far as it can go
-/// now. Updates `states` and the `replicas` cache; returns the partitions
-/// whose state changed (to notify).
+/// now. `states` holds every partition (`every`) or only those of a
+/// partial reconciliation (an ISR change notification): a listed
+/// partition missing from a partial `states` is left for later, never
+/// dropped. Updates `states` and the `replicas` cache.
 pub(crate) async fn drive(
     ctx: &Ctx<'_>,
     states: &mut BTreeMap<u32, LeaderAndIsr>,
+    every: bool,
     replicas: &mut BTreeMap<u32, Vec<String>>,
-) -> Result<BTreeSet<u32>, Failure> {
+) -> Result<Driven, Failure> {
     let path = path(ctx.paths);
     let (data, stat) = match znode::retry_loss(|| ctx.client.get_data(&path)).await {
         Ok(x) => x,
-        Err(zk::Error::NoNode) => return Ok(BTreeSet::new()),
+        Err(zk::Error::NoNode) => return Ok(Driven::default()),
         Err(e) => return Err(Failure::Zk(format!("read {path}"), e)),
     };
     let z: ReassignZnode = match decode(&path, &data) {
         Ok(z) => z,
         Err(e) => {
             tracing::error!("reassignment ignored: {e}");
-            return Ok(BTreeSet::new());
+            return Ok(Driven::default());
         }
     };
     let mut finished: Vec<String> = Vec::new();
@@ -96,13 +110,14 @@ pub(crate) async fn drive(
             Ok(p) if states.contains_key(&p) => {
                 todo.insert(p, target.clone());
             }
+            Ok(_) if !every => {}
             _ => {
                 tracing::error!("reassignment of partition {k:?}: no such partition; dropped");
                 finished.push(k.clone());
             }
         }
     }
-    let mut changed = BTreeSet::new();
+    let mut driven = Driven::default();
     for _ in 0..ROUNDS {
         let mut writes = Vec::new();
         for (&p, target) in &todo {
@@ -147,17 +162,23 @@ pub(crate) async fn drive(
                 s.leader.as_deref().unwrap_or("none"),
                 s.leader_epoch
             );
+            driven.note_removed(replicas.get(&s.partition), &s);
             replicas.insert(s.partition, s.replicas.clone());
-            changed.insert(s.partition);
+            driven.changed.insert(s.partition);
             states.insert(s.partition, s);
         }
         if !unsure.is_empty() {
             let fresh_replicas = znode::read_replicas(ctx.client, ctx.paths, &unsure).await?;
+            let before: BTreeMap<u32, Vec<String>> = unsure
+                .iter()
+                .filter_map(|p| replicas.get(p).map(|r| (*p, r.clone())))
+                .collect();
             replicas.extend(fresh_replicas);
             let fresh = znode::read_states(ctx.client, ctx.paths, replicas, &unsure).await?;
             for (p, s) in fresh {
                 if states.get(&p) != Some(&s) {
-                    changed.insert(p);
+                    driven.note_removed(before.get(&p), &s);
+                    driven.changed.insert(p);
                 }
                 states.insert(p, s);
             }
@@ -166,7 +187,22 @@ pub(crate) async fn drive(
     if !finished.is_empty() {
         remove(ctx, &path, z, stat.version, &finished).await?;
     }
-    Ok(changed)
+    Ok(driven)
+}
+
+impl Driven {
+    /// Notes the nodes of `before` that `now` no longer lists as replicas.
+    fn note_removed(&mut self, before: Option<&Vec<String>>, now: &LeaderAndIsr) {
+        let gone: Vec<String> = before
+            .into_iter()
+            .flatten()
+            .filter(|n| !now.replicas.contains(n))
+            .cloned()
+            .collect();
+        if !gone.is_empty() {
+            self.removed.entry(now.partition).or_default().extend(gone);
+        }
+    }
 }
 
 /// Writes each state with its `replicas`, [`BATCH`] partitions per multi.
