@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 mod local;
 mod partitioner;
+pub mod plan;
 pub mod rpc;
 pub mod zk;
 
