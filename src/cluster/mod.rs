@@ -35,7 +35,7 @@ pub mod zk;
 pub use local::LocalCoordinator;
 pub use partitioner::{PARTITIONER, fnv1a64, partition_for};
 pub use rpc::GrpcNodeRpc;
-pub use zk::{IsrUpdate, ZkCluster};
+pub use zk::{IN_PROGRESS, IsrUpdate, NONE_IN_PROGRESS, ReassignStatus, Reassignment, ZkCluster};
 
 /// What this node is for one partition, right now.
 #[derive(Clone, Debug, PartialEq, Eq)]

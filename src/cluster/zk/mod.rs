@@ -12,6 +12,8 @@
 //! /draining/<id>            ephemeral   {"node_epoch"}: <id> is in controlled shutdown (drain.rs)
 //! /partitions/<p>/replicas  persistent  ["node-1","node-2",...] (first = preferred leader)
 //! /partitions/<p>/state     persistent  {"leader":id|null,"leader_epoch","isr":[...],"controller_epoch","leader_node_epoch"}
+//! /admin/reassign           persistent  {"version":1,"throttle_bytes_per_sec","cancel","partitions":{"<p>":[...]}} (admin.rs)
+//! /admin/decommissioned/<id> persistent {}: <id> gets no replicas from plans (admin.rs)
 //! ```
 //!
 //! What runs where:
@@ -21,7 +23,9 @@
 //!   watch of `/nodes` (the [`ZkCluster::nodes`] cache); a controller
 //!   candidacy;
 //! - the node holding `/controller`: the controller (`controller.rs`),
-//!   which assigns replicas, elects leaders and tells every node.
+//!   which assigns replicas, elects leaders and tells every node; and,
+//!   with `cluster.auto_rebalance`, the auto rebalance (`rebalance.rs`),
+//!   which writes a plan to `/admin/reassign` when a node hosts nothing.
 //!
 //! Session handling:
 //! - connection loss (`ConnectionLoss`, state `Disconnected`): the session
@@ -57,10 +61,12 @@
 //! - An ISR update is written only by the registration the leadership was
 //!   given to (`leader_node_epoch` equals this node's node epoch).
 
+mod admin;
 mod controller;
 mod decide;
 mod drain;
 mod notify;
+mod rebalance;
 mod session;
 mod znode;
 
@@ -73,6 +79,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use zookeeper_client as zk;
 
+pub use self::admin::{IN_PROGRESS, NONE_IN_PROGRESS, ReassignStatus, Reassignment};
 use self::session::Lease;
 use self::znode::{Paths, StateZnode, encode, zk_error};
 use crate::cluster::{LeaderAndIsr, NodeAddr, NodeRpc, StateListener};
@@ -517,6 +524,7 @@ async fn supervise(shared: Arc<Shared>, mut client: zk::Client, mut stop: watch:
         tasks.spawn(heartbeat(shared.clone(), client.clone()));
         tasks.spawn(watch_nodes(shared.clone(), client.clone()));
         tasks.spawn(controller::candidacy(shared.clone(), client.clone()));
+        tasks.spawn(rebalance::run(shared.clone(), client.clone()));
         let mut states = client.state_watcher();
         let mut state = client.state();
         while !state.is_terminated() {
