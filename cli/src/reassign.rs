@@ -443,19 +443,35 @@ async fn execute(
                 .decommission(node, false)
                 .await
                 .map_err(|e| e.to_string())?;
-            let (view, status) = state(client, config).await?;
-            let (cur, rf) = current(&view);
-            let nodes = eligible(&view, &status.decommissioned, &[], &[], None);
-            let p = plan::plan(&cur, &nodes, rf).map_err(|e| e.to_string())?;
+            // Planned and started; on failure the mark is removed again.
+            let started = async {
+                let (view, status) = state(client, config).await?;
+                let (cur, rf) = current(&view);
+                let nodes = eligible(&view, &status.decommissioned, &[], &[], None);
+                let p = plan::plan(&cur, &nodes, rf).map_err(|e| e.to_string())?;
+                if !p.changed.is_empty() {
+                    client
+                        .reassign(&p.changed, *throttle)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok::<_, String>((cur, p, nodes))
+            };
+            let (cur, p, nodes) = match started.await {
+                Ok(s) => s,
+                Err(e) => {
+                    let undo = client.decommission(node, true).await;
+                    return Err(match undo {
+                        Ok(_) => format!("{e} ({node} is not decommissioned)"),
+                        Err(u) => format!("{e}; {node} stays marked decommissioned ({u})"),
+                    });
+                }
+            };
             if p.changed.is_empty() {
                 return Ok(format!(
                     "{node} is decommissioned; it hosts no replica: nothing to move"
                 ));
             }
-            client
-                .reassign(&p.changed, *throttle)
-                .await
-                .map_err(|e| e.to_string())?;
             Ok(format!(
                 "{node} is decommissioned; moving its replicas away ({}):\n{}\n\
                  `caskade-cli cluster reassign status --watch` shows the progress",
