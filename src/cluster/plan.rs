@@ -250,13 +250,10 @@ pub fn plan(
     // 3 and 4. Move replicas from nodes above their quota.
     let q = quotas(&count);
     let mut leader: Vec<usize> = sets.iter().map(|s| s[0]).collect();
-    loop {
-        let Some(from) = (0..n)
-            .filter(|&i| count[i] > q[i])
-            .max_by_key(|&i| (count[i] - q[i], std::cmp::Reverse(i)))
-        else {
-            break;
-        };
+    while let Some(from) = (0..n)
+        .filter(|&i| count[i] > q[i])
+        .max_by_key(|&i| (count[i] - q[i], std::cmp::Reverse(i)))
+    {
         let Some(to) = (0..n)
             .filter(|&i| count[i] < q[i])
             .max_by_key(|&i| (q[i] - count[i], std::cmp::Reverse(i)))

@@ -233,7 +233,7 @@ proptest! {
         prop_assert!(moves >= p.lower_bound, "{} < {}", moves, p.lower_bound);
         prop_assert!(moves <= p.lower_bound + forced, "{} > {} + {}", moves, p.lower_bound, forced);
         for (part, r) in &current {
-            prop_assert_eq!(p.changed.get(part).is_some(), &p.target[part] != r);
+            prop_assert_eq!(p.changed.contains_key(part), &p.target[part] != r);
         }
         // Planning again from the target changes nothing.
         let again = plan(&p.target, &eligible, rf).unwrap();
