@@ -208,6 +208,19 @@ pub struct ClusterOptions {
     /// `replication_factor`), spreading their replicas over all of them.
     /// Default 0: as soon as `replication_factor` nodes are live.
     pub initial_nodes: u32,
+    /// Let the controller move replicas to a node that joined: when a live,
+    /// non-decommissioned node has hosted no replica for
+    /// `auto_rebalance_grace_ms` and no reassignment is in progress, it
+    /// writes a balanced plan to `/admin/reassign`. Default false: moving
+    /// replicas copies data between nodes, so a cluster does it when its
+    /// operator asked (the configs in conf/cluster turn it on).
+    pub auto_rebalance: bool,
+    /// Catch-up throttle (bytes/s per node) of the plans auto rebalance
+    /// writes; 0 = unthrottled. Default 10 MiB/s.
+    pub auto_rebalance_throttle_bytes_per_sec: u64,
+    /// How long a node must host nothing before auto rebalance gives it
+    /// replicas (a restarting node is not a trigger). Default 10000.
+    pub auto_rebalance_grace_ms: u64,
 }
 
 impl Default for ClusterOptions {
@@ -227,6 +240,9 @@ impl Default for ClusterOptions {
             fetch_max_wait_ms: 500,
             fetch_max_bytes: 1 << 20,
             initial_nodes: 0,
+            auto_rebalance: false,
+            auto_rebalance_throttle_bytes_per_sec: 10 << 20,
+            auto_rebalance_grace_ms: 10_000,
         }
     }
 }
@@ -754,6 +770,9 @@ mod tests {
                     fetch_max_wait_ms: 500,
                     fetch_max_bytes: 1 << 20,
                     initial_nodes: 0,
+                    auto_rebalance: true,
+                    auto_rebalance_throttle_bytes_per_sec: 10 << 20,
+                    auto_rebalance_grace_ms: 10_000,
                 })
             );
             assert_eq!(c.cluster.as_ref().unwrap().root(), "/caskade/local");

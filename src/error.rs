@@ -89,6 +89,11 @@ pub enum Error {
     /// Node to node: a controller notice from a deposed controller.
     #[error("stale controller: {0}")]
     StaleController(String),
+    /// The request is valid but the system is not in a state to run it
+    /// (an admin request to a standalone node, a reassignment while one is
+    /// in progress). The message says what to do; shown as is.
+    #[error("{0}")]
+    FailedPrecondition(String),
 }
 
 /// Display text of [`Error::NotLeader`].
@@ -114,6 +119,7 @@ impl Error {
             Error::FencedEpoch(_) => "FENCED_LEADER_EPOCH",
             Error::UnknownEpoch(_) => "UNKNOWN_LEADER_EPOCH",
             Error::StaleController(_) => "STALE_CONTROLLER_EPOCH",
+            Error::FailedPrecondition(_) => "FAILED_PRECONDITION",
         }
     }
 
@@ -130,6 +136,7 @@ impl Error {
             Error::Internal(_) => Code::Internal,
             Error::FencedEpoch(_) | Error::StaleController(_) => Code::FailedPrecondition,
             Error::UnknownEpoch(_) => Code::Unavailable,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
         }
     }
 
@@ -176,7 +183,8 @@ impl Error {
             | Error::Internal(m)
             | Error::FencedEpoch(m)
             | Error::UnknownEpoch(m)
-            | Error::StaleController(m) => m.clone(),
+            | Error::StaleController(m)
+            | Error::FailedPrecondition(m) => m.clone(),
             Error::Unreachable { reason, .. } => reason.clone(),
             e @ (Error::NotLeader { .. } | Error::NotEnoughReplicas { .. }) => e.to_string(),
         }
@@ -295,6 +303,7 @@ impl From<Status> for Error {
             Some("FENCED_LEADER_EPOCH") => Error::FencedEpoch(msg),
             Some("UNKNOWN_LEADER_EPOCH") => Error::UnknownEpoch(msg),
             Some("STALE_CONTROLLER_EPOCH") => Error::StaleController(msg),
+            Some("FAILED_PRECONDITION") => Error::FailedPrecondition(msg),
             // Not from a caskade handler: tonic, hyper or the network.
             _ => match status.code() {
                 Code::InvalidArgument | Code::OutOfRange => Error::InvalidInput(msg),
@@ -342,6 +351,7 @@ mod tests {
             Error::FencedEpoch("partition 1: epoch 3 < 4".into()),
             Error::UnknownEpoch("partition 1: epoch 5 > 4".into()),
             Error::StaleController("controller epoch 2 < 3".into()),
+            Error::FailedPrecondition("reassignment needs a cluster".into()),
         ];
         for err in cases {
             let status = Status::from(err.clone());

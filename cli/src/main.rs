@@ -8,6 +8,8 @@
 //!   the acknowledged writes, and check them all back (src/load.rs);
 //! - `caskade-cli cluster [--json]` shows the cluster (src/cluster.rs), as
 //!   in the REPL;
+//! - `caskade-cli cluster reassign|decommission|recommission ...` moves
+//!   replicas between nodes (src/reassign.rs);
 //! - `caskade-cli probe ...` writes one key in a loop and times how long
 //!   writes are unavailable, e.g. across a leader kill (src/probe.rs).
 //!
@@ -20,6 +22,8 @@ mod cluster;
 mod command;
 mod load;
 mod probe;
+mod reassign;
+mod reassign_watch;
 mod repl;
 mod split;
 
@@ -137,6 +141,12 @@ fn main() -> ExitCode {
         Some("verify") => {
             return match tool_args::<load::VerifyArgs>(&args.command) {
                 Ok(a) => ExitCode::from(load::verify(&runtime, &config, &a) as u8),
+                Err(code) => code,
+            };
+        }
+        Some("cluster") if reassign::is_admin(&args.command) => {
+            return match tool_args::<reassign::AdminArgs>(&args.command) {
+                Ok(a) => ExitCode::from(reassign::run(&runtime, &config, &a) as u8),
                 Err(code) => code,
             };
         }

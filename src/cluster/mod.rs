@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 mod leaders;
 mod local;
 mod partitioner;
+pub mod plan;
 pub mod rpc;
 pub mod zk;
 
@@ -36,7 +37,7 @@ pub use leaders::{LeaderEntry, Leaders};
 pub use local::LocalCoordinator;
 pub use partitioner::{PARTITIONER, fnv1a64, partition_for};
 pub use rpc::GrpcNodeRpc;
-pub use zk::{IsrUpdate, ZkCluster};
+pub use zk::{IN_PROGRESS, IsrUpdate, NONE_IN_PROGRESS, ReassignStatus, Reassignment, ZkCluster};
 
 /// What this node is for one partition, right now.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -135,6 +135,9 @@ pub struct Node {
     data_dir: PathBuf,
     /// Cluster mode: the replication of every partition (`None` standalone).
     replication: Option<Arc<ReplicaManager>>,
+    /// Cluster mode: this node's ZooKeeper session, for the admin RPCs
+    /// (reassignment); `None` standalone.
+    zk: Option<Arc<crate::cluster::ZkCluster>>,
     /// Holds the directory lock for the node's lifetime.
     _lock: File,
 }
@@ -181,6 +184,7 @@ impl Node {
             clock,
             data_dir: config.data_dir.clone(),
             replication: None,
+            zk: None,
             _lock: lock,
         })
     }
@@ -248,6 +252,7 @@ impl Node {
             clock,
             data_dir: config.data_dir.clone(),
             replication: Some(manager.clone()),
+            zk: None,
             _lock: lock,
         };
         Ok((node, manager))
@@ -315,6 +320,21 @@ impl Node {
     /// `"standalone"` or `"cluster"`.
     pub fn mode(&self) -> &'static str {
         self.coordinator.mode()
+    }
+
+    /// Gives the admin RPCs this node's ZooKeeper session (cluster mode).
+    pub fn attach_zk(&mut self, zk: Arc<crate::cluster::ZkCluster>) {
+        self.zk = Some(zk);
+    }
+
+    /// This node's ZooKeeper session; `FAILED_PRECONDITION` standalone.
+    pub fn zk(&self) -> Result<&Arc<crate::cluster::ZkCluster>> {
+        self.zk.as_ref().ok_or_else(|| {
+            Error::FailedPrecondition(
+                "reassignment needs a cluster: this node runs standalone (no `cluster:` section)"
+                    .into(),
+            )
+        })
     }
 
     /// Node id of the controller, when there is one.

@@ -112,6 +112,8 @@ pub async fn start(
     )
     .await?;
     manager.attach(Arc::new(ZkHandle(zk.clone())));
+    let mut node = node;
+    node.attach_zk(zk.clone());
     Ok(ClusterNode {
         node: Arc::new(node),
         manager,

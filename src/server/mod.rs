@@ -15,6 +15,7 @@
 //!   before [`run`] returns. A request that was acknowledged is durable
 //!   once `run` returns, whatever the fsync policy.
 
+mod admin;
 pub mod cluster;
 pub mod metrics;
 pub mod prometheus;

@@ -437,6 +437,41 @@ impl Kv for KvService {
         .await
     }
 
+    async fn reassign(
+        &self,
+        request: Request<proto::ReassignRequest>,
+    ) -> Result<Response<proto::ReassignResponse>, Status> {
+        super::admin::reassign(&self.node, request.into_inner()).await
+    }
+
+    async fn reassign_status(
+        &self,
+        _request: Request<proto::ReassignStatusRequest>,
+    ) -> Result<Response<proto::ReassignStatusResponse>, Status> {
+        super::admin::status(&self.node).await
+    }
+
+    async fn reassign_cancel(
+        &self,
+        _request: Request<proto::ReassignCancelRequest>,
+    ) -> Result<Response<proto::ReassignStatusResponse>, Status> {
+        super::admin::cancel(&self.node).await
+    }
+
+    async fn reassign_throttle(
+        &self,
+        request: Request<proto::ReassignThrottleRequest>,
+    ) -> Result<Response<proto::ReassignStatusResponse>, Status> {
+        super::admin::throttle(&self.node, request.into_inner()).await
+    }
+
+    async fn decommission(
+        &self,
+        request: Request<proto::DecommissionRequest>,
+    ) -> Result<Response<proto::ReassignStatusResponse>, Status> {
+        super::admin::decommission(&self.node, request.into_inner()).await
+    }
+
     #[instrument(level = "debug", skip_all)]
     async fn metadata(
         &self,

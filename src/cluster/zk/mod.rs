@@ -13,7 +13,8 @@
 //! /isr_change/<p>-<seq>     persistent sequential, empty: a leader changed p's ISR (controller.rs)
 //! /partitions/<p>/replicas  persistent  ["node-1","node-2",...] (first = preferred leader)
 //! /partitions/<p>/state     persistent  {"leader":id|null,"leader_epoch","isr":[...],"controller_epoch","leader_node_epoch"}
-//! /admin/reassign           persistent  {"version","throttle_bytes_per_sec","cancel","partitions":{p:[...]}} (reassign.rs)
+//! /admin/reassign           persistent  {"version":1,"throttle_bytes_per_sec","cancel","partitions":{"<p>":[...]}} (admin.rs writes, reassign.rs executes)
+//! /admin/decommissioned/<id> persistent {}: <id> gets no replicas from plans (admin.rs)
 //! ```
 //!
 //! What runs where:
@@ -23,7 +24,9 @@
 //!   watch of `/nodes` (the [`ZkCluster::nodes`] cache); a controller
 //!   candidacy;
 //! - the node holding `/controller`: the controller (`controller.rs`),
-//!   which assigns replicas, elects leaders and tells every node.
+//!   which assigns replicas, elects leaders and tells every node; and,
+//!   with `cluster.auto_rebalance`, the auto rebalance (`rebalance.rs`),
+//!   which writes a plan to `/admin/reassign` when a node hosts nothing.
 //!
 //! Session handling:
 //! - connection loss (`ConnectionLoss`, state `Disconnected`): the session
@@ -66,12 +69,14 @@
 //!   multi with an ISR change notification (`/isr_change/<p>-<seq>`): the
 //!   controller learns of every ISR change without re-reading states.
 
+mod admin;
 mod controller;
 mod decide;
 mod drain;
 mod notify;
 mod reassign;
 mod reassign_ctl;
+mod rebalance;
 mod session;
 mod znode;
 
@@ -87,6 +92,7 @@ use zookeeper_client as zk;
 #[doc(hidden)]
 pub use self::znode::reads;
 
+pub use self::admin::{IN_PROGRESS, NONE_IN_PROGRESS, ReassignStatus, Reassignment};
 use self::session::Lease;
 use self::znode::{Paths, StateZnode, encode, zk_error};
 use crate::cluster::{LeaderAndIsr, NodeAddr, NodeRpc, StateListener};
@@ -549,6 +555,7 @@ async fn supervise(shared: Arc<Shared>, mut client: zk::Client, mut stop: watch:
         tasks.spawn(watch_nodes(shared.clone(), client.clone()));
         tasks.spawn(controller::candidacy(shared.clone(), client.clone()));
         tasks.spawn(reassign::watch_throttle(shared.clone(), client.clone()));
+        tasks.spawn(rebalance::run(shared.clone(), client.clone()));
         let mut states = client.state_watcher();
         let mut state = client.state();
         while !state.is_terminated() {
