@@ -89,6 +89,15 @@ pub enum Error {
     /// Node to node: a controller notice from a deposed controller.
     #[error("stale controller: {0}")]
     StaleController(String),
+    /// `INCRBY` and friends on a value that is not a 64-bit integer (or an
+    /// increment argument that is not one); nothing was written. The text
+    /// is Redis' after its `ERR ` prefix.
+    #[error("value is not an integer or out of range")]
+    NotInteger,
+    /// `INCRBY` and friends whose result would overflow a signed 64-bit
+    /// integer; nothing was written. The text is Redis' after `ERR `.
+    #[error("increment or decrement would overflow")]
+    Overflow,
 }
 
 /// Display text of [`Error::NotLeader`].
@@ -114,6 +123,8 @@ impl Error {
             Error::FencedEpoch(_) => "FENCED_LEADER_EPOCH",
             Error::UnknownEpoch(_) => "UNKNOWN_LEADER_EPOCH",
             Error::StaleController(_) => "STALE_CONTROLLER_EPOCH",
+            Error::NotInteger => "NOT_INTEGER",
+            Error::Overflow => "OVERFLOW",
         }
     }
 
@@ -130,6 +141,8 @@ impl Error {
             Error::Internal(_) => Code::Internal,
             Error::FencedEpoch(_) | Error::StaleController(_) => Code::FailedPrecondition,
             Error::UnknownEpoch(_) => Code::Unavailable,
+            Error::NotInteger => Code::FailedPrecondition,
+            Error::Overflow => Code::OutOfRange,
         }
     }
 
@@ -146,6 +159,8 @@ impl Error {
                 | Error::NotEnoughReplicas { .. }
                 | Error::Unreachable { .. }
                 | Error::InvalidInput(_)
+                | Error::NotInteger
+                | Error::Overflow
         )
     }
 
@@ -178,7 +193,10 @@ impl Error {
             | Error::UnknownEpoch(m)
             | Error::StaleController(m) => m.clone(),
             Error::Unreachable { reason, .. } => reason.clone(),
-            e @ (Error::NotLeader { .. } | Error::NotEnoughReplicas { .. }) => e.to_string(),
+            e @ (Error::NotLeader { .. }
+            | Error::NotEnoughReplicas { .. }
+            | Error::NotInteger
+            | Error::Overflow) => e.to_string(),
         }
     }
 }
@@ -194,6 +212,8 @@ impl From<storage::Error> for Error {
             // The replication layer answers NOT_LEADER with the partition
             // and leader it knows; here neither is known.
             storage::Error::NotLeader(msg) => Error::Unavailable(msg),
+            storage::Error::NotInteger => Error::NotInteger,
+            storage::Error::Overflow => Error::Overflow,
             e @ (storage::Error::Locked(_) | storage::Error::Io { .. }) => {
                 Error::Internal(e.to_string())
             }
@@ -295,6 +315,8 @@ impl From<Status> for Error {
             Some("FENCED_LEADER_EPOCH") => Error::FencedEpoch(msg),
             Some("UNKNOWN_LEADER_EPOCH") => Error::UnknownEpoch(msg),
             Some("STALE_CONTROLLER_EPOCH") => Error::StaleController(msg),
+            Some("NOT_INTEGER") => Error::NotInteger,
+            Some("OVERFLOW") => Error::Overflow,
             // Not from a caskade handler: tonic, hyper or the network.
             _ => match status.code() {
                 Code::InvalidArgument | Code::OutOfRange => Error::InvalidInput(msg),
@@ -342,6 +364,8 @@ mod tests {
             Error::FencedEpoch("partition 1: epoch 3 < 4".into()),
             Error::UnknownEpoch("partition 1: epoch 5 > 4".into()),
             Error::StaleController("controller epoch 2 < 3".into()),
+            Error::NotInteger,
+            Error::Overflow,
         ];
         for err in cases {
             let status = Status::from(err.clone());
