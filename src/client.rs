@@ -42,6 +42,7 @@ use crate::proto;
 use crate::proto::kv_client::KvClient;
 use crate::storage::Condition;
 
+mod ops;
 mod outcome;
 
 pub use outcome::map_status;
