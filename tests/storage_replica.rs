@@ -90,7 +90,12 @@ fn get(e: &Bitcask, k: &str) -> Option<String> {
 }
 
 fn w(done: bool, until: u64) -> Written {
-    Written { done, until }
+    Written {
+        done,
+        until,
+        old: None,
+        number: 0,
+    }
 }
 
 /// Every visible key with its value and TTL.
