@@ -44,6 +44,9 @@
 //!   decides them on the newest record of the key in its whole log, applied
 //!   or not (see `ReplicaManager::write`), which is the state the barrier
 //!   waits for; waiting for it would only delay the same answer.
+//! - the Redis string operations (`INCRBY`, `APPEND`, `SET GET`, `MSET`, ...)
+//!   live in `node/ops.rs` and follow the same rule; their own invariants are
+//!   written there.
 
 use std::fs::{self, File};
 use std::io::Write;

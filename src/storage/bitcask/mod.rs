@@ -377,10 +377,10 @@ impl Bitcask {
         self.inner.set_epoch(epoch)
     }
 
-    /// Decides and writes one operation, with the semantics of
-    /// [`Engine::set`], [`Engine::delete`] and [`Engine::expire`]; NX/XX and
-    /// the existence checks decide on the newest written state, uncommitted
-    /// records included. In replica mode the write is not visible to reads
+    /// Decides and writes one operation (any [`WriteOp`], see
+    /// `storage/ops.rs` for each one's answer); NX/XX, the existence checks
+    /// and read-modify-writes (`INCRBY`, `APPEND`, ...) decide on the newest
+    /// written state, uncommitted records included. In replica mode the write is not visible to reads
     /// until `commit(hw)` with `hw >= until`.
     pub fn write(&self, key: &[u8], op: WriteOp) -> Result<Written> {
         self.inner.write(key, op, None)
