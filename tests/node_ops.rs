@@ -63,7 +63,10 @@ async fn set_options_getex_expire_flags_and_reads() {
             old: None
         }
     );
-    assert_eq!(n.expire_time(b("k"), L).await.unwrap(), Expiry::At(T0 + 10_000));
+    assert_eq!(
+        n.expire_time(b("k"), L).await.unwrap(),
+        Expiry::At(T0 + 10_000)
+    );
     // SET k v2 KEEPTTL GET.
     let r = n
         .set_with(
@@ -128,9 +131,15 @@ async fn set_options_getex_expire_flags_and_reads() {
     assert!(ex(5_000, f(false, false, false, true)).await.unwrap());
     assert!(!ex(6_000, f(true, false, false, false)).await.unwrap());
     assert!(ex(6_000, f(false, false, true, false)).await.unwrap());
-    assert_eq!(n.expire_time(b("e"), L).await.unwrap(), Expiry::At(T0 + 6_000));
     assert_eq!(
-        ex(1, f(true, true, false, false)).await.unwrap_err().to_string(),
+        n.expire_time(b("e"), L).await.unwrap(),
+        Expiry::At(T0 + 6_000)
+    );
+    assert_eq!(
+        ex(1, f(true, true, false, false))
+            .await
+            .unwrap_err()
+            .to_string(),
         "NX and XX, GT or LT options at the same time are not compatible"
     );
     let at = n.expire_with(
@@ -140,7 +149,10 @@ async fn set_options_getex_expire_flags_and_reads() {
         A,
     );
     assert!(at.await.unwrap());
-    assert_eq!(n.expire_time(b("e"), L).await.unwrap(), Expiry::At(T0 + 8_000));
+    assert_eq!(
+        n.expire_time(b("e"), L).await.unwrap(),
+        Expiry::At(T0 + 8_000)
+    );
     // PERSIST, GETEX.
     assert!(n.persist(b("e"), A).await.unwrap());
     assert!(!n.persist(b("e"), A).await.unwrap());
@@ -151,7 +163,10 @@ async fn set_options_getex_expire_flags_and_reads() {
         .unwrap();
     assert_eq!(got, Some(b("1")));
     assert_eq!(n.ttl(b("e"), L).await.unwrap(), Ttl::ExpiresInMs(3_000));
-    assert_eq!(n.getex(b("e"), GetExpiry::Persist, A).await.unwrap(), Some(b("1")));
+    assert_eq!(
+        n.getex(b("e"), GetExpiry::Persist, A).await.unwrap(),
+        Some(b("1"))
+    );
     assert_eq!(n.ttl(b("e"), L).await.unwrap(), Ttl::Persistent);
     assert_eq!(n.getex(b("nope"), GetExpiry::Keep, A).await.unwrap(), None);
     // A negative relative EXPIRE deletes.
@@ -185,7 +200,10 @@ async fn incr_append_errors_and_ttl() {
     assert_eq!(n.ttl(b("c"), L).await.unwrap(), Ttl::ExpiresInMs(1_000));
     assert_eq!(n.append(b("c"), b("x"), A).await.unwrap(), 4);
     assert_eq!(n.ttl(b("c"), L).await.unwrap(), Ttl::ExpiresInMs(1_000));
-    assert_eq!(n.incr_by(b("c"), 1, A).await.unwrap_err(), Error::NotInteger);
+    assert_eq!(
+        n.incr_by(b("c"), 1, A).await.unwrap_err(),
+        Error::NotInteger
+    );
     assert_eq!(n.get(b("c"), L).await.unwrap(), Some(b("105x")));
     n.set_with(b("m"), b("-9223372036854775808"), plain())
         .await
@@ -215,7 +233,10 @@ async fn mset_mget_dbsize_across_partitions() {
         .chain([(b("key0"), b("last"))])
         .collect();
     n.mset(pairs, A).await.unwrap();
-    let keys: Vec<Bytes> = [0, 1, 39, 99].iter().map(|i| b(&format!("key{i}"))).collect();
+    let keys: Vec<Bytes> = [0, 1, 39, 99]
+        .iter()
+        .map(|i| b(&format!("key{i}")))
+        .collect();
     assert_eq!(
         n.mget(keys, L).await.unwrap(),
         vec![Some(b("last")), Some(b("v1")), Some(b("v39")), None]

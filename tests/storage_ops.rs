@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use caskade::storage::{
-    Bitcask, Condition, Durability, Engine, ExpireFlags, ExpiryChange, Expiry, ManualClock,
-    Memory, Options, SetOptions, Ttl, WriteOp, Written,
+    Bitcask, Condition, Durability, Engine, ExpireFlags, Expiry, ExpiryChange, ManualClock, Memory,
+    Options, SetOptions, Ttl, WriteOp, Written,
 };
 
 const T0: u64 = 1_767_225_600_000;
@@ -47,7 +47,11 @@ fn w(e: &dyn Engine, k: &str, op: WriteOp) -> Written {
 /// policy, and still 8,000 after a reopen.
 #[test]
 fn concurrent_incr_loses_no_update() {
-    for fsync in [Durability::Always, Durability::EveryMs(5), Durability::Never] {
+    for fsync in [
+        Durability::Always,
+        Durability::EveryMs(5),
+        Durability::Never,
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(T0));
         let e = Arc::new(open(dir.path(), &clock, fsync));
@@ -123,7 +127,11 @@ fn answers_and_expiries_survive_reopen() {
         get,
     };
     // SET k 10 PXAT T0+5000
-    let r = w(&e, "k", ext("10", Some(T0 + 5000), Condition::Always, false, true));
+    let r = w(
+        &e,
+        "k",
+        ext("10", Some(T0 + 5000), Condition::Always, false, true),
+    );
     assert_eq!((r.done, r.old), (true, None));
     // INCRBY keeps the TTL.
     assert_eq!(w(&e, "k", WriteOp::IncrBy(-15)).number, -5);
@@ -165,7 +173,11 @@ fn answers_and_expiries_survive_reopen() {
     assert_eq!(w(&e, "g", WriteOp::GetDel).old, Some(b("gone")));
     assert_eq!(w(&e, "g", WriteOp::GetDel).old, None);
     // Overflow is its own error.
-    w(&e, "max", ext("9223372036854775807", None, Condition::Always, false, false));
+    w(
+        &e,
+        "max",
+        ext("9223372036854775807", None, Condition::Always, false, false),
+    );
     assert_eq!(
         e.write(b"max", WriteOp::IncrBy(1)).unwrap_err().to_string(),
         "increment or decrement would overflow"
@@ -181,7 +193,11 @@ fn answers_and_expiries_survive_reopen() {
     assert!(w(&e, "k", WriteOp::ExpireIf(T0 - 1, ExpireFlags::default())).done);
     assert_eq!(get(&e, "k"), None);
     // Time passing expires a key an INCR kept the TTL of.
-    w(&e, "t", ext("1", Some(T0 + 100), Condition::Always, false, false));
+    w(
+        &e,
+        "t",
+        ext("1", Some(T0 + 100), Condition::Always, false, false),
+    );
     assert_eq!(w(&e, "t", WriteOp::IncrBy(1)).number, 2);
     clock.advance(100);
     assert_eq!(get(&e, "t"), None);
@@ -249,15 +265,22 @@ fn memory_engine_answers_as_bitcask() {
         ("b", WriteOp::GetDel),
     ];
     for (k, op) in ops {
-        let d = disk.write(k.as_bytes(), op.clone()).map(|w| (w.done, w.old, w.number));
-        let m = mem.write(k.as_bytes(), op.clone()).map(|w| (w.done, w.old, w.number));
+        let d = disk
+            .write(k.as_bytes(), op.clone())
+            .map(|w| (w.done, w.old, w.number));
+        let m = mem
+            .write(k.as_bytes(), op.clone())
+            .map(|w| (w.done, w.old, w.number));
         assert_eq!(
             d.as_ref().map_err(ToString::to_string),
             m.as_ref().map_err(ToString::to_string),
             "{op:?}"
         );
         assert_eq!(get(&disk, k), get(&mem, k), "{op:?}");
-        assert_eq!(disk.expiry(k.as_bytes()).unwrap(), mem.expiry(k.as_bytes()).unwrap());
+        assert_eq!(
+            disk.expiry(k.as_bytes()).unwrap(),
+            mem.expiry(k.as_bytes()).unwrap()
+        );
     }
     assert_eq!(get(&disk, "a").as_deref(), Some("29!"));
     clock.advance(10);

@@ -106,9 +106,11 @@ impl Client {
             acks: acks(self.acks).into(),
         };
         let reply = self
-            .keyed(&key, request, |mut c, q| async move {
-                c.expire_with(q).await
-            })
+            .keyed(
+                &key,
+                request,
+                |mut c, q| async move { c.expire_with(q).await },
+            )
             .await?;
         Ok(reply.done)
     }
@@ -175,9 +177,11 @@ impl Client {
             consistency: consistency(self.consistency).into(),
         };
         let reply = self
-            .keyed(&key, request, |mut c, q| async move {
-                c.expire_time(q).await
-            })
+            .keyed(
+                &key,
+                request,
+                |mut c, q| async move { c.expire_time(q).await },
+            )
             .await?;
         Ok(match reply.value {
             -2 => Expiry::Missing,

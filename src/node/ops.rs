@@ -42,7 +42,7 @@ use super::{Acks, Consistency, Node, blocking, write_op};
 use crate::cluster::{Role, partition_for};
 use crate::error::{Error, Result};
 use crate::storage::{
-    Condition, Engine, ExpireFlags, ExpiryChange, Expiry, SetOptions, WriteOp, Written,
+    Condition, Engine, ExpireFlags, Expiry, ExpiryChange, SetOptions, WriteOp, Written,
 };
 
 /// When a key expires, as a Redis command gives it.

@@ -428,7 +428,9 @@ mod tests {
         assert_eq!(e, Some(Effect::Put(b("-3"), 0)));
         assert_eq!(r.number, -3);
         assert_eq!(
-            run(WriteOp::IncrBy(1), cur("x", 0)).unwrap_err().to_string(),
+            run(WriteOp::IncrBy(1), cur("x", 0))
+                .unwrap_err()
+                .to_string(),
             "value is not an integer or out of range"
         );
         assert_eq!(
@@ -491,7 +493,11 @@ mod tests {
         // A past instant deletes, once the condition holds.
         let (e, r) = run(WriteOp::ExpireIf(10, ExpireFlags::default()), cur("v", 0)).unwrap();
         assert_eq!((e, r.done), (Some(Effect::Delete), true));
-        let (e, r) = run(WriteOp::ExpireIf(10, f(false, true, false, false)), cur("v", 0)).unwrap();
+        let (e, r) = run(
+            WriteOp::ExpireIf(10, f(false, true, false, false)),
+            cur("v", 0),
+        )
+        .unwrap();
         assert_eq!((e, r.done), (None, false));
         assert!(f(true, true, false, false).check().is_err());
         assert!(f(false, false, true, true).check().is_err());
@@ -523,7 +529,10 @@ mod tests {
         let (e, r) = run(WriteOp::GetDel, None).unwrap();
         assert_eq!((e, r.old), (None, None));
         let (e, r) = run(WriteOp::GetEx(ExpiryChange::Persist), cur("v", 5_000)).unwrap();
-        assert_eq!((e, r.old), (Some(Effect::Reexpire(b("v"), 0)), Some(b("v"))));
+        assert_eq!(
+            (e, r.old),
+            (Some(Effect::Reexpire(b("v"), 0)), Some(b("v")))
+        );
         let (e, _) = run(WriteOp::GetEx(ExpiryChange::Persist), cur("v", 0)).unwrap();
         assert_eq!(e, None);
         let (e, _) = run(WriteOp::GetEx(ExpiryChange::At(NOW)), cur("v", 0)).unwrap();

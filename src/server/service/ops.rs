@@ -187,8 +187,7 @@ impl KvService {
         &self,
         request: Request<proto::AppendRequest>,
     ) -> Reply<proto::IntResponse> {
-        let local =
-            |r: proto::AppendRequest| self.node.append(r.key, r.value, self.acks(r.acks));
+        let local = |r: proto::AppendRequest| self.node.append(r.key, r.value, self.acks(r.acks));
         let encode = |len: u64| proto::IntResponse {
             value: i64::try_from(len).unwrap_or(i64::MAX),
         };
@@ -202,9 +201,8 @@ impl KvService {
         &self,
         request: Request<proto::KeyReadRequest>,
     ) -> Reply<proto::IntResponse> {
-        let local = |r: proto::KeyReadRequest| {
-            self.node.strlen(r.key, self.consistency(r.consistency))
-        };
+        let local =
+            |r: proto::KeyReadRequest| self.node.strlen(r.key, self.consistency(r.consistency));
         let encode = |len: u64| proto::IntResponse {
             value: i64::try_from(len).unwrap_or(i64::MAX),
         };
@@ -219,7 +217,8 @@ impl KvService {
         request: Request<proto::KeyReadRequest>,
     ) -> Reply<proto::IntResponse> {
         let local = |r: proto::KeyReadRequest| {
-            self.node.expire_time(r.key, self.consistency(r.consistency))
+            self.node
+                .expire_time(r.key, self.consistency(r.consistency))
         };
         let encode = |e| proto::IntResponse {
             value: match e {
