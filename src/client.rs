@@ -43,6 +43,7 @@ use crate::proto::kv_client::KvClient;
 use crate::storage::Condition;
 
 mod admin;
+mod ops;
 mod outcome;
 
 pub use outcome::map_status;

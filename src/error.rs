@@ -94,6 +94,15 @@ pub enum Error {
     /// in progress). The message says what to do; shown as is.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// `INCRBY` and friends on a value that is not a 64-bit integer (or an
+    /// increment argument that is not one); nothing was written. The text
+    /// is Redis' after its `ERR ` prefix.
+    #[error("value is not an integer or out of range")]
+    NotInteger,
+    /// `INCRBY` and friends whose result would overflow a signed 64-bit
+    /// integer; nothing was written. The text is Redis' after `ERR `.
+    #[error("increment or decrement would overflow")]
+    Overflow,
 }
 
 /// Display text of [`Error::NotLeader`].
@@ -120,6 +129,8 @@ impl Error {
             Error::UnknownEpoch(_) => "UNKNOWN_LEADER_EPOCH",
             Error::StaleController(_) => "STALE_CONTROLLER_EPOCH",
             Error::FailedPrecondition(_) => "FAILED_PRECONDITION",
+            Error::NotInteger => "NOT_INTEGER",
+            Error::Overflow => "OVERFLOW",
         }
     }
 
@@ -137,6 +148,8 @@ impl Error {
             Error::FencedEpoch(_) | Error::StaleController(_) => Code::FailedPrecondition,
             Error::UnknownEpoch(_) => Code::Unavailable,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::NotInteger => Code::FailedPrecondition,
+            Error::Overflow => Code::OutOfRange,
         }
     }
 
@@ -153,6 +166,8 @@ impl Error {
                 | Error::NotEnoughReplicas { .. }
                 | Error::Unreachable { .. }
                 | Error::InvalidInput(_)
+                | Error::NotInteger
+                | Error::Overflow
         )
     }
 
@@ -186,7 +201,10 @@ impl Error {
             | Error::StaleController(m)
             | Error::FailedPrecondition(m) => m.clone(),
             Error::Unreachable { reason, .. } => reason.clone(),
-            e @ (Error::NotLeader { .. } | Error::NotEnoughReplicas { .. }) => e.to_string(),
+            e @ (Error::NotLeader { .. }
+            | Error::NotEnoughReplicas { .. }
+            | Error::NotInteger
+            | Error::Overflow) => e.to_string(),
         }
     }
 }
@@ -202,6 +220,8 @@ impl From<storage::Error> for Error {
             // The replication layer answers NOT_LEADER with the partition
             // and leader it knows; here neither is known.
             storage::Error::NotLeader(msg) => Error::Unavailable(msg),
+            storage::Error::NotInteger => Error::NotInteger,
+            storage::Error::Overflow => Error::Overflow,
             e @ (storage::Error::Locked(_) | storage::Error::Io { .. }) => {
                 Error::Internal(e.to_string())
             }
@@ -304,6 +324,8 @@ impl From<Status> for Error {
             Some("UNKNOWN_LEADER_EPOCH") => Error::UnknownEpoch(msg),
             Some("STALE_CONTROLLER_EPOCH") => Error::StaleController(msg),
             Some("FAILED_PRECONDITION") => Error::FailedPrecondition(msg),
+            Some("NOT_INTEGER") => Error::NotInteger,
+            Some("OVERFLOW") => Error::Overflow,
             // Not from a caskade handler: tonic, hyper or the network.
             _ => match status.code() {
                 Code::InvalidArgument | Code::OutOfRange => Error::InvalidInput(msg),
@@ -352,6 +374,8 @@ mod tests {
             Error::UnknownEpoch("partition 1: epoch 5 > 4".into()),
             Error::StaleController("controller epoch 2 < 3".into()),
             Error::FailedPrecondition("reassignment needs a cluster".into()),
+            Error::NotInteger,
+            Error::Overflow,
         ];
         for err in cases {
             let status = Status::from(err.clone());

@@ -44,6 +44,9 @@
 //!   decides them on the newest record of the key in its whole log, applied
 //!   or not (see `ReplicaManager::write`), which is the state the barrier
 //!   waits for; waiting for it would only delay the same answer.
+//! - the Redis string operations (`INCRBY`, `APPEND`, `SET GET`, `MSET`, ...)
+//!   live in `node/ops.rs` and follow the same rule; their own invariants are
+//!   written there.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -53,6 +56,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use fs4::FileExt;
 use serde::{Deserialize, Serialize};
+
+mod ops;
+
+pub use ops::{ExpireTime, GetExpiry, SetOutcome, SetWith};
 
 use crate::cluster::{
     Coordinator, NodeAddr, NodeInfo, PARTITIONER, PartitionState, Role, partition_for,
@@ -642,17 +649,15 @@ impl Node {
 /// takes it (no thread hand-off; the completion is awaited), otherwise run
 /// on the blocking pool. Returns the write's answer.
 async fn write(engine: Arc<dyn Engine>, key: Bytes, op: WriteOp) -> Result<bool> {
+    Ok(write_op(engine, key, op).await?.done)
+}
+
+/// [`write`] with the whole answer (old value, number).
+async fn write_op(engine: Arc<dyn Engine>, key: Bytes, op: WriteOp) -> Result<storage::Written> {
     match engine.submit(&key, &op)? {
-        Submitted::Done(w) => Ok(w.done),
-        Submitted::Queued(c) => Ok(c.wait().await?.done),
-        Submitted::Blocking => {
-            blocking(move || match op {
-                WriteOp::Set(value, opts) => engine.set(&key, value, opts),
-                WriteOp::Delete => engine.delete(&key),
-                WriteOp::Expire(at) => engine.expire(&key, at),
-            })
-            .await
-        }
+        Submitted::Done(w) => Ok(w),
+        Submitted::Queued(c) => Ok(c.wait().await?),
+        Submitted::Blocking => blocking(move || engine.write(&key, op)).await,
     }
 }
 

@@ -324,6 +324,19 @@ impl ReplicaManager {
     /// writes already answer as if the log it took over with were applied;
     /// `written.until` covers the record the answer rests on.
     pub async fn write(&self, p: u32, key: Bytes, op: WriteOp, acks: Acks) -> Result<bool> {
+        Ok(self.write_op(p, key, op, acks).await?.done)
+    }
+
+    /// [`ReplicaManager::write`] with the whole answer: the old value of
+    /// `GETSET`/`GETDEL`, the new value of `INCRBY`, ... (see
+    /// [`crate::storage::Written`]).
+    pub async fn write_op(
+        &self,
+        p: u32,
+        key: Bytes,
+        op: WriteOp,
+        acks: Acks,
+    ) -> Result<crate::storage::Written> {
         let part = self.partition(p)?;
         let part = &part;
         let epoch = self.leading(part)?;
@@ -369,7 +382,7 @@ impl ReplicaManager {
         part.publish_log_end();
         self.advance_hw(part);
         if acks == Acks::Leader {
-            return Ok(written.done);
+            return Ok(written);
         }
         let covered = match part.wait_ack(epoch, written.until) {
             Ack::Covered => Ok(true),
@@ -379,7 +392,7 @@ impl ReplicaManager {
                 .map(|r| r.unwrap_or(false)),
         };
         match covered {
-            Ok(true) => Ok(written.done),
+            Ok(true) => Ok(written),
             Ok(false) => Err(Error::Unavailable(format!(
                 "leadership of partition {p} changed before the in-sync replicas confirmed \
                  the write; it may or may not be applied"

@@ -49,16 +49,60 @@ pub enum Command {
     Metadata,
     /// `Info`.
     Info,
+    /// `SetWith`.
+    SetWith,
+    /// `GetDel`.
+    GetDel,
+    /// `GetEx`.
+    GetEx,
+    /// `ExpireWith`.
+    ExpireWith,
+    /// `Persist`.
+    Persist,
+    /// `IncrBy`.
+    IncrBy,
+    /// `Append`.
+    Append,
+    /// `Strlen`.
+    Strlen,
+    /// `ExpireTime`.
+    ExpireTime,
+    /// `MGet`.
+    MGet,
+    /// `MSet`.
+    MSet,
+    /// `DbSize`.
+    DbSize,
 }
 
 /// The `command` label of each [`Command`].
-pub const COMMAND_NAMES: [&str; 9] = [
-    "ping", "set", "get", "del", "expire", "ttl", "exists", "metadata", "info",
+pub const COMMAND_NAMES: [&str; 21] = [
+    "ping",
+    "set",
+    "get",
+    "del",
+    "expire",
+    "ttl",
+    "exists",
+    "metadata",
+    "info",
+    "set_with",
+    "getdel",
+    "getex",
+    "expire_with",
+    "persist",
+    "incrby",
+    "append",
+    "strlen",
+    "expiretime",
+    "mget",
+    "mset",
+    "dbsize",
 ];
 
 /// The `outcome` label values: `ok`, each error reason of
 /// [`Error::reason`] in lower case, and `cancelled`.
-pub const OUTCOMES: [&str; 13] = [
+pub const OUTCOMES: [&str; 15] = [
     "ok",
     "invalid_argument",
     "not_leader",
@@ -71,6 +115,8 @@ pub const OUTCOMES: [&str; 13] = [
     "fenced_leader_epoch",
     "unknown_leader_epoch",
     "stale_controller_epoch",
+    "not_integer",
+    "overflow",
     "cancelled",
 ];
 

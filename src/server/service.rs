@@ -37,6 +37,8 @@ use crate::proto::kv_server::Kv;
 use crate::server::metrics::{Command, Metrics};
 use crate::storage::{Condition, Ttl};
 
+mod ops;
+
 /// The service object tonic clones per connection (cheap: a few `Arc`s).
 #[derive(Clone)]
 pub struct KvService {
@@ -521,6 +523,92 @@ impl Kv for KvService {
                 max_value_bytes: limits.max_value_bytes as u64,
             }),
         }))
+    }
+
+    // Redis string RPCs (issue 11): handlers in service/ops.rs.
+
+    async fn set_with(
+        &self,
+        request: Request<proto::SetWithRequest>,
+    ) -> Result<Response<proto::SetWithResponse>, Status> {
+        self.set_with_rpc(request).await
+    }
+
+    async fn get_del(
+        &self,
+        request: Request<proto::KeyWriteRequest>,
+    ) -> Result<Response<proto::ValueResponse>, Status> {
+        self.get_del_rpc(request).await
+    }
+
+    async fn get_ex(
+        &self,
+        request: Request<proto::GetExRequest>,
+    ) -> Result<Response<proto::ValueResponse>, Status> {
+        self.get_ex_rpc(request).await
+    }
+
+    async fn expire_with(
+        &self,
+        request: Request<proto::ExpireWithRequest>,
+    ) -> Result<Response<proto::FlagResponse>, Status> {
+        self.expire_with_rpc(request).await
+    }
+
+    async fn persist(
+        &self,
+        request: Request<proto::KeyWriteRequest>,
+    ) -> Result<Response<proto::FlagResponse>, Status> {
+        self.persist_rpc(request).await
+    }
+
+    async fn incr_by(
+        &self,
+        request: Request<proto::IncrByRequest>,
+    ) -> Result<Response<proto::IntResponse>, Status> {
+        self.incr_by_rpc(request).await
+    }
+
+    async fn append(
+        &self,
+        request: Request<proto::AppendRequest>,
+    ) -> Result<Response<proto::IntResponse>, Status> {
+        self.append_rpc(request).await
+    }
+
+    async fn strlen(
+        &self,
+        request: Request<proto::KeyReadRequest>,
+    ) -> Result<Response<proto::IntResponse>, Status> {
+        self.strlen_rpc(request).await
+    }
+
+    async fn expire_time(
+        &self,
+        request: Request<proto::KeyReadRequest>,
+    ) -> Result<Response<proto::IntResponse>, Status> {
+        self.expire_time_rpc(request).await
+    }
+
+    async fn m_get(
+        &self,
+        request: Request<proto::MGetRequest>,
+    ) -> Result<Response<proto::MGetResponse>, Status> {
+        self.m_get_rpc(request).await
+    }
+
+    async fn m_set(
+        &self,
+        request: Request<proto::MSetRequest>,
+    ) -> Result<Response<proto::MSetResponse>, Status> {
+        self.m_set_rpc(request).await
+    }
+
+    async fn db_size(
+        &self,
+        request: Request<proto::DbSizeRequest>,
+    ) -> Result<Response<proto::IntResponse>, Status> {
+        self.db_size_rpc(request).await
     }
 }
 

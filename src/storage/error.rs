@@ -38,6 +38,14 @@ pub enum Error {
     /// epoch); nothing was written or committed.
     #[error("{0}")]
     NotLeader(String),
+    /// `INCRBY` on a value that is not a 64-bit integer as Redis writes
+    /// one; nothing was written.
+    #[error("value is not an integer or out of range")]
+    NotInteger,
+    /// `INCRBY` whose result would not fit a signed 64-bit integer;
+    /// nothing was written.
+    #[error("increment or decrement would overflow")]
+    Overflow,
     /// An I/O error, with what was being done.
     #[error("{context}: {source}")]
     Io {
@@ -85,6 +93,8 @@ impl Error {
             Error::WritesRefused(m) => Error::WritesRefused(m.clone()),
             Error::Closed => Error::Closed,
             Error::NotLeader(m) => Error::NotLeader(m.clone()),
+            Error::NotInteger => Error::NotInteger,
+            Error::Overflow => Error::Overflow,
             Error::Io { context, source } => Error::Io {
                 context: context.clone(),
                 source: io::Error::new(source.kind(), source.to_string()),

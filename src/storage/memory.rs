@@ -10,7 +10,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::{Clock, Condition, Engine, Limits, Result, SetOptions, Status, Ttl};
+use super::{
+    Clock, Condition, Current, Effect, Engine, Expiry, Limits, Result, SetOptions, Status, Ttl,
+    WriteOp, Written, decide,
+};
 
 /// An in-memory engine.
 pub struct Memory {
@@ -110,6 +113,45 @@ impl Engine for Memory {
             entry.1 = Some(expire_at_ms);
         }
         Ok(true)
+    }
+
+    fn write(&self, key: &[u8], op: WriteOp) -> Result<Written> {
+        self.limits.check_key(key)?;
+        if let Some(v) = op.value() {
+            self.limits.check_value(v)?;
+        }
+        if let WriteOp::ExpireIf(_, flags) = &op {
+            flags.check()?;
+        }
+        let now = self.clock.now_ms();
+        let mut map = self.map.lock();
+        let cur = Self::live(&mut map, key, now).map(|(v, at)| Current {
+            value: Some(v.clone()),
+            expire_at: at.unwrap_or(0),
+        });
+        let (effect, reply) = decide(&op, cur, now, &self.limits)?;
+        if let Some(effect) = effect {
+            *self.writes.lock() += 1;
+            match effect {
+                Effect::Put(v, at) | Effect::Reexpire(v, at) => {
+                    map.insert(Bytes::copy_from_slice(key), (v, (at != 0).then_some(at)));
+                }
+                Effect::Delete => {
+                    map.remove(key);
+                }
+            }
+        }
+        Ok(Written::new(reply, 0))
+    }
+
+    fn expiry(&self, key: &[u8]) -> Result<Expiry> {
+        self.limits.check_key(key)?;
+        let now = self.clock.now_ms();
+        Ok(match Self::live(&mut self.map.lock(), key, now) {
+            None => Expiry::Missing,
+            Some((_, None)) => Expiry::Persistent,
+            Some((_, Some(at))) => Expiry::At(*at),
+        })
     }
 
     fn get_cached(&self, key: &[u8]) -> Result<Option<Option<Bytes>>> {

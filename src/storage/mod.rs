@@ -22,15 +22,19 @@ mod error;
 mod histogram;
 mod memory;
 pub mod owner_only;
+mod ops;
 
 pub use bitcask::{
     BackgroundOptions, Bitcask, Completion, Header, Kind, MergeOptions, MergeReport, Options,
-    Record, Submitted, ValueCache, Workers, WriteOp, Written,
+    Record, Submitted, ValueCache, Workers,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
 pub use histogram::{BOUNDS_US, Histogram, HistogramSnapshot};
 pub use memory::Memory;
+pub use ops::{
+    Current, Effect, ExpireFlags, ExpiryChange, Reply, WriteOp, Written, decide, parse_i64,
+};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -77,6 +81,17 @@ pub enum Ttl {
     Persistent,
     /// The key expires after this many milliseconds (always at least 1).
     ExpiresInMs(u64),
+}
+
+/// The absolute expiry of a key, as `EXPIRETIME` answers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// No such key (Redis answers -2).
+    Missing,
+    /// The key exists and never expires (Redis answers -1).
+    Persistent,
+    /// The key expires at this Unix time in ms.
+    At(u64),
 }
 
 /// Upper bounds on what one record may hold.
@@ -184,6 +199,18 @@ pub trait Engine: Send + Sync + 'static {
 
     /// The time to live of `key`.
     fn ttl(&self, key: &[u8]) -> Result<Ttl>;
+
+    /// Decides and performs any [`WriteOp`] (blocking), deciding on the
+    /// newest state of the key; see `storage/ops.rs` for each op's answer.
+    fn write(&self, key: &[u8], op: WriteOp) -> Result<Written>;
+
+    /// The absolute expiry of `key`. No I/O.
+    fn expiry(&self, key: &[u8]) -> Result<Expiry>;
+
+    /// How many live (not expired) keys the engine holds. No I/O.
+    fn live_keys(&self) -> Result<u64> {
+        Ok(self.keys()?.len() as u64)
+    }
 
     /// Whether `key` exists and is not expired.
     fn exists(&self, key: &[u8]) -> Result<bool> {

@@ -40,6 +40,7 @@
 
 mod background;
 mod cache;
+mod decide;
 mod flush;
 mod hint;
 mod keydir;
@@ -74,9 +75,10 @@ use self::flush::{fsync, sync_dir};
 use self::keydir::{Entry, KeyDir};
 use self::replica::{CommitFile, Replica};
 use self::segment::Segment;
-use self::writer::{Batch, State, Writer};
+use self::writer::{Batch, Writer};
 use super::{
-    Clock, Condition, Durability, Engine, Error, Result, SetOptions, Status, SystemClock, Ttl,
+    Clock, Durability, Engine, Error, Expiry, Result, SetOptions, Status, SystemClock, Ttl,
+    WriteOp, Written,
 };
 
 /// How many times a read retries when a merge moved its record meanwhile.
@@ -175,45 +177,6 @@ struct Inner {
 pub struct Bitcask {
     /// Shared state.
     inner: Arc<Inner>,
-}
-
-/// The state of a key that a write decides on.
-struct Current {
-    /// The value, loaded only when the decision needs it.
-    value: Option<Bytes>,
-}
-
-/// The unapplied record a decision rests on: its batch and its offset.
-type Dependency = (Arc<Batch>, u64);
-
-/// The record a write decided to append: kind, value, expiry (0 = never).
-type Action = (Kind, Bytes, u64);
-
-/// A decided write: the record to append (if any), the caller's answer, and
-/// the unapplied record the answer rests on.
-type Decision = (Option<Action>, bool, Option<Dependency>);
-
-/// A write request before it is decided (see [`Bitcask::write`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum WriteOp {
-    /// `set` with its options.
-    Set(Bytes, SetOptions),
-    /// `del`.
-    Delete,
-    /// `expire` to this absolute instant in Unix ms.
-    Expire(u64),
-}
-
-/// The outcome of [`Bitcask::write`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Written {
-    /// The answer: whether the set happened, or whether the key existed
-    /// (delete, expire), as the [`Engine`] methods report it.
-    pub done: bool,
-    /// A log end offset such that every record the answer depends on (the
-    /// one written, or the one the decision read) is below it. In replica
-    /// mode the answer may be given once the commit point reaches it.
-    pub until: u64,
 }
 
 /// What [`Bitcask::submit`] did with a write.
@@ -394,15 +357,13 @@ impl Bitcask {
         self.inner.set_epoch(epoch)
     }
 
-    /// Decides and writes one operation, with the semantics of
-    /// [`Engine::set`], [`Engine::delete`] and [`Engine::expire`]; NX/XX and
-    /// the existence checks decide on the newest written state, uncommitted
-    /// records included. In replica mode the write is not visible to reads
+    /// Decides and writes one operation (any [`WriteOp`], see
+    /// `storage/ops.rs` for each one's answer); NX/XX, the existence checks
+    /// and read-modify-writes (`INCRBY`, `APPEND`, ...) decide on the newest
+    /// written state, uncommitted records included. In replica mode the write is not visible to reads
     /// until `commit(hw)` with `hw >= until`.
     pub fn write(&self, key: &[u8], op: WriteOp) -> Result<Written> {
-        self.inner
-            .write(key, op, None)
-            .map(|(done, until)| Written { done, until })
+        self.inner.write(key, op, None)
     }
 
     /// [`Bitcask::write`] without blocking the calling thread, for callers
@@ -632,171 +593,6 @@ impl Inner {
         })
     }
 
-    /// The newest state of `key`: unapplied writes first, then the keydir.
-    /// Also returns the batch that state depends on, if it is not applied.
-    fn current(
-        &self,
-        w: &Writer,
-        key: &[u8],
-        now: u64,
-        need_value: bool,
-    ) -> Result<(Option<Current>, Option<Dependency>)> {
-        if let Some(u) = w.unapplied.get(key) {
-            let live = |at: u64| at == 0 || at > now;
-            let state = match &u.state {
-                State::Value(v, at) if live(*at) => Some(Current {
-                    value: Some(v.clone()),
-                }),
-                State::Stored(e) if live(e.expire_at) => Some(Current {
-                    value: match need_value {
-                        // Pending records are above the commit point, which
-                        // merge never touches: the segment is there.
-                        true => Some(self.read_value(key, *e)?.ok_or_else(|| {
-                            Error::Corrupt("an uncommitted record's segment is gone".into())
-                        })?),
-                        false => None,
-                    },
-                }),
-                _ => None,
-            };
-            return Ok((state, Some((u.batch.clone(), u.offset))));
-        }
-        let Some(entry) = self.keydir.get(key) else {
-            return Ok((None, None));
-        };
-        if entry.expired(now) {
-            return Ok((None, None));
-        }
-        let value = if need_value {
-            // The writer mutex is held, so no write can move this key; a
-            // merge may move the record, hence the retry through `get`.
-            match self.read_value(key, entry)? {
-                Some(v) => Some(v),
-                None => self.get(key)?,
-            }
-        } else {
-            None
-        };
-        Ok((Some(Current { value }), None))
-    }
-
-    /// Decides `op` on `key` now, under the writer mutex: the record to
-    /// write (if any), the answer, and the unapplied record the answer rests
-    /// on. Reads the current value from disk only for an `expire`.
-    fn decide_now(&self, w: &Writer, key: &[u8], op: &WriteOp) -> Result<Decision> {
-        let now = self.clock.now_ms();
-        match op {
-            // An unconditional set that does not expire at once needs no
-            // look at the current state: the fast path.
-            WriteOp::Set(v, opts)
-                if opts.condition == Condition::Always
-                    && opts.expire_at_ms.is_none_or(|at| at > now) =>
-            {
-                let put = (Kind::Put, v.clone(), opts.expire_at_ms.unwrap_or(0));
-                Ok((Some(put), true, None))
-            }
-            _ => {
-                let (cur, dep) = self.current(w, key, now, matches!(op, WriteOp::Expire(_)))?;
-                let (action, answer) = decide(op, cur, now);
-                Ok((action, answer, dep))
-            }
-        }
-    }
-
-    /// See [`Bitcask::submit`].
-    /// `leader`: the leader epoch the write is stamped with (replica mode;
-    /// see [`Inner::check_role`]).
-    fn submit(&self, key: &[u8], op: &WriteOp, leader: Option<u32>) -> Result<Submitted> {
-        self.opts.limits.check_key(key)?;
-        if let WriteOp::Set(v, _) = op {
-            self.opts.limits.check_value(v)?;
-        }
-        if self.opts.fsync != Durability::Always || matches!(op, WriteOp::Expire(_)) {
-            return Ok(Submitted::Blocking);
-        }
-        let mut w = self.writer.lock();
-        w.check_writable()?;
-        self.check_role(leader)?;
-        if w.truncating {
-            // Waiting for the truncation needs a blocking thread.
-            return Ok(Submitted::Blocking);
-        }
-        match self.decide_now(&w, key, op)? {
-            (None, answer, dep) => Ok(match dep {
-                Some((batch, _)) if !batch.is_done() => Submitted::Blocking,
-                Some((_, offset)) => Submitted::Done(Written {
-                    done: answer,
-                    until: offset + 1,
-                }),
-                None => Submitted::Done(Written {
-                    done: answer,
-                    until: self.applied_end(&w),
-                }),
-            }),
-            (Some((kind, value, expire_at)), answer, _) => {
-                let (batch, index, offset) = w.enqueue(key, kind, value, expire_at);
-                drop(w);
-                // A commit worker leads it (unless a blocking writer does
-                // first); the engine is queued at most once.
-                self.schedule(workers::Job::Commit);
-                Ok(Submitted::Queued(Completion {
-                    batch,
-                    index,
-                    written: Written {
-                        done: answer,
-                        until: offset + 1,
-                    },
-                }))
-            }
-        }
-    }
-
-    /// Decides and performs a write. Returns the answer the caller reports
-    /// (whether the set happened, whether the key existed) and the offset
-    /// below which every record the answer rests on is (see [`Written`]).
-    fn write(&self, key: &[u8], op: WriteOp, leader: Option<u32>) -> Result<(bool, u64)> {
-        self.opts.limits.check_key(key)?;
-        if let WriteOp::Set(v, _) = &op {
-            self.opts.limits.check_value(v)?;
-        }
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        let result = self.write_inner(key, op, leader);
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        result
-    }
-
-    /// [`Self::write`] once counted in `in_flight`.
-    fn write_inner(&self, key: &[u8], op: WriteOp, leader: Option<u32>) -> Result<(bool, u64)> {
-        let mut w = self.writer.lock();
-        loop {
-            while w.truncating {
-                self.batch_done.wait(&mut w);
-            }
-            w.check_writable()?;
-            self.check_role(leader)?;
-            match self.decide_now(&w, key, &op)? {
-                (None, answer, dep) => {
-                    // Nothing to write, but the answer may rest on a record
-                    // that is not written yet: wait for it, then decide again.
-                    match dep {
-                        Some((batch, _)) if !batch.is_done() => {
-                            self.wait_batch(&mut w, &batch);
-                            continue;
-                        }
-                        Some((_, offset)) => return Ok((answer, offset + 1)),
-                        None => return Ok((answer, self.applied_end(&w))),
-                    }
-                }
-                (Some((kind, value, expire_at)), answer, _) => {
-                    let (batch, index, offset) = w.enqueue(key, kind, value, expire_at);
-                    self.enqueued.notify_one();
-                    self.wait_batch(&mut w, &batch);
-                    return batch.result_for(index).map(|()| (answer, offset + 1));
-                }
-            }
-        }
-    }
-
     /// End of the records the keydir reflects: the commit point in replica
     /// mode, the written end in standalone mode.
     fn applied_end(&self, w: &Writer) -> u64 {
@@ -815,36 +611,6 @@ impl Inner {
             } else {
                 self.lead(w);
             }
-        }
-    }
-}
-
-/// Decides what a non-trivial write does given the key's current state:
-/// the record to write (if any) and the answer for the caller.
-fn decide(op: &WriteOp, cur: Option<Current>, now: u64) -> (Option<Action>, bool) {
-    let exists = cur.is_some();
-    match op {
-        WriteOp::Set(value, opts) => {
-            let allowed = match opts.condition {
-                Condition::Always => true,
-                Condition::IfAbsent => !exists,
-                Condition::IfPresent => exists,
-            };
-            match opts.expire_at_ms {
-                _ if !allowed => (None, false),
-                // Already expired: the set leaves the key absent.
-                Some(at) if at <= now && exists => (Some((Kind::Delete, Bytes::new(), 0)), true),
-                Some(at) if at <= now => (None, true),
-                at => (Some((Kind::Put, value.clone(), at.unwrap_or(0))), true),
-            }
-        }
-        WriteOp::Delete if exists => (Some((Kind::Delete, Bytes::new(), 0)), true),
-        WriteOp::Delete => (None, false),
-        WriteOp::Expire(_) if !exists => (None, false),
-        WriteOp::Expire(at) if *at <= now => (Some((Kind::Delete, Bytes::new(), 0)), true),
-        WriteOp::Expire(at) => {
-            let value = cur.and_then(|c| c.value).unwrap_or_default();
-            (Some((Kind::Expire, value, *at)), true)
         }
     }
 }
@@ -902,17 +668,42 @@ impl Engine for Bitcask {
     fn set(&self, key: &[u8], value: Bytes, opts: SetOptions) -> Result<bool> {
         self.inner
             .write(key, WriteOp::Set(value, opts), None)
-            .map(|r| r.0)
+            .map(|w| w.done)
     }
 
     fn delete(&self, key: &[u8]) -> Result<bool> {
-        self.inner.write(key, WriteOp::Delete, None).map(|r| r.0)
+        self.inner.write(key, WriteOp::Delete, None).map(|w| w.done)
     }
 
     fn expire(&self, key: &[u8], expire_at_ms: u64) -> Result<bool> {
         self.inner
             .write(key, WriteOp::Expire(expire_at_ms), None)
-            .map(|r| r.0)
+            .map(|w| w.done)
+    }
+
+    fn write(&self, key: &[u8], op: WriteOp) -> Result<Written> {
+        self.inner.write(key, op, None)
+    }
+
+    fn expiry(&self, key: &[u8]) -> Result<Expiry> {
+        self.inner.opts.limits.check_key(key)?;
+        let now = self.inner.clock.now_ms();
+        Ok(match self.inner.keydir.get(key) {
+            None => Expiry::Missing,
+            Some(e) if e.expired(now) => Expiry::Missing,
+            Some(e) if e.expire_at == 0 => Expiry::Persistent,
+            Some(e) => Expiry::At(e.expire_at),
+        })
+    }
+
+    fn live_keys(&self) -> Result<u64> {
+        let now = self.inner.clock.now_ms();
+        let mut n = 0;
+        for i in 0..keydir::SHARDS {
+            let shard = self.inner.keydir.shard_at(i);
+            n += shard.iter().filter(|(_, e)| !e.expired(now)).count() as u64;
+        }
+        Ok(n)
     }
 
     fn ttl(&self, key: &[u8]) -> Result<Ttl> {

@@ -236,9 +236,7 @@ impl super::Bitcask {
     /// the engine leads at `epoch` ([`super::Bitcask::set_epoch`], and no
     /// [`super::Bitcask::step_down`] since).
     pub fn write_at(&self, key: &[u8], op: super::WriteOp, epoch: u32) -> Result<super::Written> {
-        self.inner
-            .write(key, op, Some(epoch))
-            .map(|(done, until)| super::Written { done, until })
+        self.inner.write(key, op, Some(epoch))
     }
 
     /// A leader's [`super::Bitcask::submit`], stamped with its leader

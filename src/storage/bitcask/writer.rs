@@ -19,7 +19,8 @@
 //!   may have decided on the failed records' effects), and the file is cut
 //!   back so no partial record stays on disk;
 //! - `unapplied` holds the newest not-yet-applied state of each key, so
-//!   conditional writes decide on the latest state, not the applied one.
+//!   conditional writes and read-modify-writes (`INCRBY`, `APPEND`, ...,
+//!   see `storage/ops.rs`) decide on the latest state, not the applied one.
 //!
 //! Replica mode (see `replica.rs`) changes one step: a written record is not
 //! applied but pushed to `pending`, in offset order, until the replication
