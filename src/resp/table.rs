@@ -21,6 +21,9 @@ pub struct ArgDoc {
     pub optional: bool,
     /// Whether it may be repeated.
     pub multiple: bool,
+    /// The choices of a `oneof` (redis-cli 7.0 crashes on a `oneof`
+    /// without them).
+    pub sub: &'static [ArgDoc],
 }
 
 /// One command row.
@@ -53,6 +56,7 @@ const fn a(name: &'static str, kind: &'static str) -> ArgDoc {
         token: None,
         optional: false,
         multiple: false,
+        sub: &[],
     }
 }
 
@@ -64,6 +68,7 @@ const fn opt(token: &'static str, name: &'static str, kind: &'static str) -> Arg
         token: Some(token),
         optional: true,
         multiple: false,
+        sub: &[],
     }
 }
 
@@ -75,6 +80,7 @@ const fn many(name: &'static str, kind: &'static str) -> ArgDoc {
         token: None,
         optional: false,
         multiple: true,
+        sub: &[],
     }
 }
 
@@ -86,8 +92,66 @@ const fn maybe(name: &'static str, kind: &'static str) -> ArgDoc {
         token: None,
         optional: true,
         multiple: false,
+        sub: &[],
     }
 }
+
+/// A pure token (`NX`).
+const fn token(name: &'static str, token: &'static str) -> ArgDoc {
+    ArgDoc {
+        name,
+        kind: "pure-token",
+        token: Some(token),
+        optional: false,
+        multiple: false,
+        sub: &[],
+    }
+}
+
+/// An optional choice of `sub`.
+const fn oneof(name: &'static str, sub: &'static [ArgDoc]) -> ArgDoc {
+    ArgDoc {
+        name,
+        kind: "oneof",
+        token: None,
+        optional: true,
+        multiple: false,
+        sub,
+    }
+}
+
+/// A token and its value (`EX seconds`), as one choice of a `oneof`.
+const fn led(token: &'static str, name: &'static str, kind: &'static str) -> ArgDoc {
+    ArgDoc {
+        name,
+        kind,
+        token: Some(token),
+        optional: false,
+        multiple: false,
+        sub: &[],
+    }
+}
+
+/// SET's options.
+const SET_ARGS: &[ArgDoc] = &[
+    a("key", "key"),
+    a("value", "string"),
+    oneof("condition", &[token("nx", "NX"), token("xx", "XX")]),
+    ArgDoc {
+        optional: true,
+        ..token("get", "GET")
+    },
+    oneof(
+        "expiration",
+        &[
+            led("EX", "seconds", "integer"),
+            led("PX", "milliseconds", "integer"),
+            led("EXAT", "unix-time-seconds", "unix-time"),
+            led("PXAT", "unix-time-milliseconds", "unix-time"),
+            token("keepttl", "KEEPTTL"),
+        ],
+    ),
+];
 
 /// Flags of a write.
 const W: &[&str] = &["write", "denyoom"];
@@ -292,12 +356,7 @@ pub const COMMANDS: &[Spec] = &[
         "string",
         "Sets the string value of a key, ignoring its type. The key is created if it doesn't exist.",
         "1.0.0",
-        &[
-            a("key", "key"),
-            a("value", "string"),
-            maybe("condition", "oneof"),
-            maybe("expiration", "oneof"),
-        ],
+        SET_ARGS,
     ),
     spec(
         "setnx",
@@ -427,15 +486,28 @@ impl Spec {
 
     /// The `COMMAND DOCS` entry's value (a map).
     pub fn docs(&self) -> Reply {
-        let args = self
-            .args
-            .iter()
+        let mut m = vec![
+            (Reply::text("summary"), Reply::text(self.summary)),
+            (Reply::text("since"), Reply::text(self.since)),
+            (Reply::text("group"), Reply::text(self.group)),
+        ];
+        if !self.args.is_empty() {
+            m.push((Reply::text("arguments"), arg_docs(self.args)));
+        }
+        Reply::Map(m)
+    }
+}
+
+/// The `arguments` of a `COMMAND DOCS` entry.
+fn arg_docs(args: &[ArgDoc]) -> Reply {
+    Reply::Array(
+        args.iter()
             .map(|d| {
                 let mut m = vec![
                     (Reply::text("name"), Reply::text(d.name)),
                     (Reply::text("type"), Reply::text(d.kind)),
                 ];
-                if d.kind != "pure-token" {
+                if d.kind != "pure-token" && d.kind != "oneof" {
                     m.push((Reply::text("display_text"), Reply::text(d.name)));
                 }
                 if let Some(t) = d.token {
@@ -451,19 +523,13 @@ impl Spec {
                 if !flags.is_empty() {
                     m.push((Reply::text("flags"), Reply::Set(flags)));
                 }
+                if !d.sub.is_empty() {
+                    m.push((Reply::text("arguments"), arg_docs(d.sub)));
+                }
                 Reply::Map(m)
             })
-            .collect();
-        let mut m = vec![
-            (Reply::text("summary"), Reply::text(self.summary)),
-            (Reply::text("since"), Reply::text(self.since)),
-            (Reply::text("group"), Reply::text(self.group)),
-        ];
-        if !self.args.is_empty() {
-            m.push((Reply::text("arguments"), Reply::Array(args)));
-        }
-        Reply::Map(m)
-    }
+            .collect(),
+    )
 }
 
 #[cfg(test)]
