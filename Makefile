@@ -12,7 +12,7 @@ build: ## Debug build of the server and the CLI
 release: ## Optimised build of the server and the CLI
 	$(CARGO) build --release
 
-deps: ## Install what the tests need (ZooKeeper from Debian) if missing
+deps: ## Install what the tests need (ZooKeeper, redis-server and redis-tools from Debian) if missing
 	@scripts/ensure-deps.sh
 
 test: deps ## Install what is missing, then run every test
@@ -30,7 +30,7 @@ dev: ## fmt + clippy + test, before every commit
 	$(MAKE) clippy
 	$(MAKE) test
 
-standalone: ## Build (release) and run one node on 127.0.0.1:7379, data in ./data/standalone
+standalone: ## Build (release) and run one node on 127.0.0.1:7379 (RESP on 6380), data in ./data/standalone
 	$(CARGO) build --release --bin caskade-server
 	./target/release/caskade-server --config conf/standalone/server.yaml
 

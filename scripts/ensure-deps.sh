@@ -2,7 +2,9 @@
 # Installs what `make test` and the cluster scripts need and the machine
 # lacks: ZooKeeper, netcat, jq (the failover demo reads the cluster
 # table as JSON), iproute2 and iptables (the torture scenarios' network
-# partitions) from Debian's packages. Runs `apt-get update` only when
+# partitions), redis-tools and redis-server (the RESP tests run
+# redis-cli and redis-benchmark against caskade and a real Redis) from
+# Debian's packages. Runs `apt-get update` only when
 # something must be installed. Idempotent and quiet when everything is present.
 set -euo pipefail
 
@@ -14,6 +16,9 @@ command -v jq >/dev/null 2>&1 || missing+=(jq)
 # The torture scenarios' network partitions: namespaces, veth pairs, iptables.
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+# The RESP tests compare caskade with a real Redis through its own clients.
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

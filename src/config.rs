@@ -115,6 +115,44 @@ pub struct Config {
     pub cluster: Option<ClusterOptions>,
     /// The Prometheus endpoint (docs/API.md, "Metrics").
     pub metrics: MetricsOptions,
+    /// The Redis-protocol listener (docs/API.md, "RESP").
+    pub resp: RespOptions,
+}
+
+/// The RESP (Redis protocol) listener (`resp:` in the server config).
+/// Limits are named and defaulted as Redis names them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RespOptions {
+    /// `ip:port` the RESP listener binds; port 0 picks a free one.
+    /// Default: empty, meaning no RESP listener.
+    pub listen: String,
+    /// Redis' `proto-max-bulk-len`: the longest bulk string a client may
+    /// send; a longer one is a protocol error (the connection is closed).
+    /// Values are further bounded by `storage.limits.max_value_bytes`
+    /// (a clear `ERR` answer, the connection stays). Default 536870912.
+    pub proto_max_bulk_len: usize,
+    /// Most arguments in one command (multibulk length); more is a
+    /// protocol error. Default 1048576.
+    pub max_args: usize,
+    /// Redis' `maxclients`: connections served at once; one more is told
+    /// `ERR max number of clients reached` and closed. Default 10000.
+    pub maxclients: usize,
+    /// Redis' `timeout`: close a connection idle for this many seconds;
+    /// 0 = never. Default 0.
+    pub timeout: u64,
+}
+
+impl Default for RespOptions {
+    fn default() -> Self {
+        RespOptions {
+            listen: String::new(),
+            proto_max_bulk_len: 512 << 20,
+            max_args: 1 << 20,
+            maxclients: 10_000,
+            timeout: 0,
+        }
+    }
 }
 
 /// The Prometheus endpoint (`metrics:` in the server config).
@@ -157,6 +195,7 @@ impl Default for Config {
             storage: storage::Options::default(),
             cluster: None,
             metrics: MetricsOptions::default(),
+            resp: RespOptions::default(),
         }
     }
 }
@@ -367,6 +406,18 @@ impl Config {
             ));
         }
         self.metrics.validate()?;
+        if !self.resp.listen.is_empty() && self.resp.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "resp.listen must be ip:port (e.g. 127.0.0.1:6380) or empty for no listener, got {:?}",
+                self.resp.listen
+            )));
+        }
+        if self.resp.maxclients == 0 || self.resp.max_args == 0 {
+            return Err(ConfigError::Invalid(
+                "resp.maxclients and resp.max_args must be at least 1".into(),
+            ));
+        }
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
             if self.engine != EngineKind::Bitcask {
@@ -698,6 +749,14 @@ mod tests {
         assert_eq!(server.listen, "127.0.0.1:7379");
         assert_eq!(server.data_dir, PathBuf::from("./data/standalone"));
         assert_eq!(server.metrics.listen, "", "off by default in standalone");
+        assert_eq!(
+            server.resp,
+            RespOptions {
+                listen: "127.0.0.1:6380".into(),
+                ..RespOptions::default()
+            }
+        );
+        assert_eq!(RespOptions::default().listen, "", "off when absent");
         let (client, _) =
             ClientConfig::load(Some(&root.join("conf/client/cli.yaml")), env(&[])).unwrap();
         assert_eq!(client, ClientConfig::default());
@@ -743,6 +802,7 @@ mod tests {
             assert_eq!(c.default_acks, Acks::All);
             assert_eq!(c.default_consistency, Consistency::Leader);
             assert_eq!(c.metrics.listen, format!("127.0.0.1:958{n}"));
+            assert_eq!(c.resp.listen, format!("127.0.0.1:638{n}"));
             assert_eq!(c.storage.fsync, Durability::EveryMs(1000));
             // Everything not written in the file keeps its default.
             assert_eq!(c.server, ServerOptions::default());

@@ -3,6 +3,8 @@
 //! The crate is layered; data flows downward only:
 //!
 //! - [`server`]: the gRPC service, connection limits, graceful shutdown.
+//! - [`resp`]: the Redis-protocol listener (RESP2/RESP3) beside the gRPC
+//!   API, over the same service.
 //! - [`node`]: the partitions this process hosts and the routing of each
 //!   request to the replica of the key's partition.
 //! - [`cluster`]: who leads which partition ([`cluster::Coordinator`]); in
@@ -25,6 +27,7 @@ pub mod error;
 pub mod node;
 pub mod proto;
 pub mod replication;
+pub mod resp;
 pub mod server;
 pub mod storage;
 

@@ -94,6 +94,9 @@ async fn serve(config: Config) -> Result<(), String> {
                 .map_err(|e| e.message())?,
         ),
     };
+    let resp_listener = caskade::resp::bind(&config)
+        .await
+        .map_err(|e| e.message())?;
     let advertise = if config.advertise.is_empty() {
         local.to_string()
     } else {
@@ -140,6 +143,28 @@ async fn serve(config: Config) -> Result<(), String> {
         println!("metrics on {addr}");
         tokio::spawn(caskade::server::prometheus::serve(l, metrics.clone()));
     }
+    // The RESP listener (when on) stops with the gRPC server: after the
+    // signal and the controlled shutdown, before storage is flushed.
+    let resp_stop = tokio::sync::watch::Sender::new(false);
+    let mut resp_task = None;
+    if let Some(l) = resp_listener {
+        let addr = l
+            .local_addr()
+            .map_err(|e| format!("cannot read the RESP address: {e}"))?;
+        tracing::info!("RESP (Redis protocol) on {addr}");
+        // Tests wait for this line (before the next one) when RESP is on.
+        println!("resp on {addr}");
+        let (node, config, metrics) = (node.clone(), config.clone(), metrics.clone());
+        let mut stopped = resp_stop.subscribe();
+        resp_task = Some(tokio::spawn(async move {
+            let stop = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            if let Err(e) = caskade::resp::serve(l, node, &config, metrics, stop).await {
+                tracing::error!("RESP listener failed: {e}");
+            }
+        }));
+    }
     // Tests and scripts wait for this exact line on stdout.
     println!("listening on {local}");
 
@@ -159,6 +184,10 @@ async fn serve(config: Config) -> Result<(), String> {
             )
             .await;
             zk.shutdown().await;
+        }
+        resp_stop.send_replace(true);
+        if let Some(task) = resp_task {
+            let _ = task.await;
         }
     };
     caskade::server::run(listener, node, &config, replication, metrics, shutdown)

@@ -1,0 +1,236 @@
+//! One RESP client: read, cut into commands, execute, answer, repeat.
+//!
+//! Pipelining: every command of one read is executed and answered in the
+//! order sent, all answers written with one `write_all`. Consecutive key
+//! commands ([`commands::keys_of`]) form a batch whose futures are polled
+//! together (`join_all`, which polls them in order): each write is offered
+//! to its partition's group commit on its first poll, before any of them is
+//! awaited, so the writes of a batch share fsyncs instead of paying one
+//! each. A batch never holds two commands on the same key unless both are
+//! reads: a command touching a key an earlier command of the batch wrote,
+//! or writing a key an earlier one read, starts a new batch, which runs
+//! after the previous one has answered. So for any key, commands run in
+//! the order sent; commands on different keys within a batch may run in
+//! any order, which no client can observe since none of their answers was
+//! sent yet. Connection commands (`SELECT`, `HELLO`, `CLIENT`, ...) run
+//! alone, in order.
+//!
+//! Invariants:
+//! - a QUIT or a protocol error ends the connection after the answers of
+//!   the commands before it are written; commands after it are dropped;
+//! - a read never waits on another connection: each connection is its own
+//!   task, and a slow client only delays itself.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::Shared;
+use super::parse::{Limits, Parser};
+use super::reply::Reply;
+use super::{admin, commands};
+
+/// Read buffer growth step.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Largest single reservation for a frame still arriving (a large bulk
+/// grows the buffer in steps of this, not all at once).
+const MAX_RESERVE: usize = 1 << 20;
+
+/// What one connection remembers.
+pub struct Client {
+    /// `CLIENT ID`.
+    pub id: u64,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// `CLIENT SETNAME`.
+    pub name: Option<Bytes>,
+    /// `CLIENT SETINFO LIB-NAME`.
+    pub lib_name: Option<Bytes>,
+    /// `CLIENT SETINFO LIB-VER`.
+    pub lib_ver: Option<Bytes>,
+    /// Protocol version: 2, or 3 after `HELLO 3`.
+    pub resp: u8,
+    /// When it connected.
+    pub since: Instant,
+    /// The last command's name (`CLIENT INFO`).
+    pub last_cmd: String,
+    /// Partitions this connection wrote to and when (`WAIT`).
+    pub written: HashMap<u32, Instant>,
+    /// Set by `QUIT`: close once the answers are written.
+    pub quit: bool,
+}
+
+/// Serves one connection until it closes, errs, idles out or the listener
+/// shuts down.
+pub async fn run(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut client = Client {
+        id: shared.next_id.fetch_add(1, Ordering::Relaxed),
+        peer,
+        name: None,
+        lib_name: None,
+        lib_ver: None,
+        resp: 2,
+        since: Instant::now(),
+        last_cmd: "NULL".into(),
+        written: HashMap::new(),
+        quit: false,
+    };
+    let mut parser = Parser::new(Limits {
+        max_bulk: shared.opts.proto_max_bulk_len,
+        max_args: shared.opts.max_args,
+    });
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut out = BytesMut::with_capacity(READ_CHUNK);
+    let idle = (shared.opts.timeout > 0).then(|| Duration::from_secs(shared.opts.timeout));
+    loop {
+        let want = parser.need().saturating_sub(buf.len());
+        buf.reserve(want.clamp(READ_CHUNK, MAX_RESERVE));
+        let read = async {
+            match idle {
+                Some(t) => tokio::time::timeout(t, stream.read_buf(&mut buf))
+                    .await
+                    .unwrap_or_else(|_| Ok(0)),
+                None => stream.read_buf(&mut buf).await,
+            }
+        };
+        let n = tokio::select! {
+            r = read => match r {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!(%peer, "RESP read failed: {e}");
+                    return;
+                }
+            },
+            _ = stopped.wait_for(|s| *s) => return,
+        };
+        if n == 0 {
+            return; // EOF (or idle timeout): a partial frame is dropped.
+        }
+        let mut frames = Vec::new();
+        let mut error = None;
+        loop {
+            match parser.next(&mut buf) {
+                Ok(Some(f)) if f.is_empty() => {}
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => break,
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        execute(shared, &mut client, frames, &mut out).await;
+        if let Some(e) = &error {
+            tracing::debug!(%peer, "RESP protocol error: {e}");
+            Reply::err(e).encode(client.resp, &mut out);
+        }
+        if let Err(e) = stream.write_all(&out).await {
+            tracing::debug!(%peer, "RESP write failed: {e}");
+            return;
+        }
+        out.clear();
+        if error.is_some() || client.quit {
+            let _ = stream.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// Executes `frames` in order, appending each answer to `out` (see the
+/// module doc for how key commands are batched).
+async fn execute(
+    shared: &Shared,
+    client: &mut Client,
+    frames: Vec<Vec<Bytes>>,
+    out: &mut BytesMut,
+) {
+    let mut i = 0;
+    while i < frames.len() && !client.quit {
+        let mut batch = Batch::default();
+        let mut j = i;
+        while j < frames.len() && batch.admit(&frames[j]) {
+            j += 1;
+        }
+        if j == i {
+            let reply = admin::run(shared, client, &frames[i]).await;
+            shared.commands.fetch_add(1, Ordering::Relaxed);
+            client.last_cmd = name(&frames[i]);
+            reply.encode(client.resp, out);
+            i += 1;
+            continue;
+        }
+        let replies =
+            futures_util::future::join_all(frames[i..j].iter().map(|f| commands::run(shared, f)))
+                .await;
+        shared.commands.fetch_add((j - i) as u64, Ordering::Relaxed);
+        let now = Instant::now();
+        for (f, reply) in frames[i..j].iter().zip(replies) {
+            if !reply.is_error()
+                && let Some((keys, true)) = commands::keys_of(f)
+            {
+                for k in keys {
+                    client.written.insert(shared.node_partition(k), now);
+                }
+            }
+            reply.encode(client.resp, out);
+        }
+        client.last_cmd = name(&frames[j - 1]);
+        i = j;
+    }
+}
+
+/// The lower-case name of a command, for `CLIENT INFO`.
+fn name(frame: &[Bytes]) -> String {
+    frame
+        .first()
+        .map(|n| String::from_utf8_lossy(n).to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// The keys a batch touches so far, and whether any command wrote each.
+#[derive(Default)]
+struct Batch<'a> {
+    /// Key -> written by a command of the batch.
+    keys: HashMap<&'a [u8], bool>,
+}
+
+impl<'a> Batch<'a> {
+    /// Adds `frame` if it is a key command that does not conflict with the
+    /// batch (see the module doc); false leaves the batch unchanged.
+    fn admit(&mut self, frame: &'a [Bytes]) -> bool {
+        let Some((keys, write)) = commands::keys_of(frame) else {
+            return false;
+        };
+        let conflict = keys
+            .iter()
+            .any(|k| self.keys.get(k).is_some_and(|&w| w || write));
+        if conflict {
+            return false;
+        }
+        for k in keys {
+            let w = self.keys.entry(k).or_insert(false);
+            *w |= write;
+        }
+        true
+    }
+}
+
+impl Shared {
+    /// The partition of `key`.
+    pub(super) fn node_partition(&self, key: &[u8]) -> u32 {
+        crate::cluster::partition_for(key, self.node.partition_count())
+    }
+}
