@@ -2,7 +2,8 @@
 //!
 //! - `caskade-cli` opens the REPL (src/repl.rs);
 //! - `caskade-cli CMD ARGS...` runs one command, prints the reply on stdout
-//!   and exits 0, or prints `(error) <message>` on stderr and exits 1;
+//!   and exits 0, or prints the error (`(error) <message>`, raw: the
+//!   message alone) on stderr and exits 1;
 //!   arguments are taken byte for byte, as redis-cli takes them;
 //! - replies are printed as redis-cli prints them (src/reply.rs): typed and
 //!   quoted when stdout is a terminal or with `--no-raw`, raw when stdout is
