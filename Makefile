@@ -1,6 +1,11 @@
 # caskade developer commands. `make help` lists them.
 CARGO ?= cargo
 
+# Where cargo puts release binaries: $CARGO_TARGET_DIR/release when that is
+# set, else ./target/release. Every target that runs a binary runs it from
+# here (tests/make_targets.rs checks it).
+export BIN_DIR ?= $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),./target)/release
+
 .PHONY: help build release test dev fmt clippy deps standalone cli zk zk-stop cluster cluster-stop demo-failover bench-standalone bench-engine clean
 
 help: ## List the targets
@@ -32,18 +37,17 @@ dev: ## fmt + clippy + test, before every commit
 
 standalone: ## Build (release) and run one node on 127.0.0.1:7379 (RESP on 6380), data in ./data/standalone
 	$(CARGO) build --release --bin caskade-server
-	./target/release/caskade-server --config conf/standalone/server.yaml
+	$(BIN_DIR)/caskade-server --config conf/standalone/server.yaml
 
 cli: ## Build (release) and open the REPL against 127.0.0.1:7379
 	$(CARGO) build --release -p caskade-cli
-	./target/release/caskade-cli -c conf/client/cli.yaml
+	$(BIN_DIR)/caskade-cli -c conf/client/cli.yaml
 
 # The local cluster: ZooKeeper on 127.0.0.1:2181 (data ./data/zk), nodes
 # node1..3 from conf/cluster/ (clients 127.0.0.1:7381-7383, replication
 # 7481-7483, data and logs in ./data/cluster). See scripts/cluster.sh.
 ZK_DIR ?= ./data/zk
 ZK_PORT ?= 2181
-export BIN_DIR ?= $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),./target)/release
 
 zk: ## Start ZooKeeper on 127.0.0.1:2181 (Debian's package, installed if missing), data in ./data/zk
 	@scripts/ensure-deps.sh
@@ -67,7 +71,7 @@ bench-standalone: ## Load the running standalone node: ping, set, get; 1 and 50 
 	$(CARGO) build --release -p caskade-cli
 	@for c in 1 50; do for op in ping set get; do \
 	  n=$$([ $$c = 1 ] && echo 20000 || echo 200000); \
-	  ./target/release/caskade-cli --addr $(BENCH_ADDR) bench --op $$op --clients $$c --requests $$n --value-size 100 --keyspace 100000 || exit 1; \
+	  $(BIN_DIR)/caskade-cli --addr $(BENCH_ADDR) bench --op $$op --clients $$c --requests $$n --value-size 100 --keyspace 100000 || exit 1; \
 	done; done
 
 .PHONY: bench-cluster

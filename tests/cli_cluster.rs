@@ -74,7 +74,7 @@ fn cluster_table_and_json_of_a_standalone_node() {
     assert_eq!((code, out.as_str()), (1, ""));
     assert_eq!(
         err,
-        "(error) syntax error: unknown option '--yaml' (expected --json)\n"
+        "ERR syntax error: unknown option '--yaml' (expected --json)\n"
     );
 }
 
@@ -102,7 +102,7 @@ fn cluster_fails_when_no_node_answers() {
     assert_eq!((code, out.as_str()), (1, ""));
     assert_eq!(
         err,
-        format!("(error) could not connect to caskade at {dead}: connection refused\n")
+        format!("could not connect to caskade at {dead}: connection refused\n")
     );
 }
 
@@ -122,7 +122,7 @@ fn cluster_in_the_repl() {
         format!(
             "cluster [--json]\n  Show every partition's leader, epoch, replicas, ISR, log end offsets and high watermark, from every node\n\
              {}\
-             (error) wrong number of arguments for 'cluster' command\n",
+             ERR wrong number of arguments for 'cluster' command\n",
             standalone_table(&server.addr)
         )
     );

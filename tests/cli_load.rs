@@ -68,7 +68,7 @@ fn load_then_verify_names_missing_and_wrong_keys() {
         .unwrap()
         .1
         .to_string();
-    assert_eq!(cli_at(a, &["del", "k00000001"]).1, "(integer) 1\n");
+    assert_eq!(cli_at(a, &["del", "k00000001"]).1, "1\n");
     assert_eq!(cli_at(a, &["set", "k00000003", "tampered"]).1, "OK\n");
     let (code, out, err) = cli_at(a, &["verify", "--record", rec, "--clients", "3"]);
     assert_eq!(code, 1);
@@ -85,7 +85,7 @@ fn load_then_verify_names_missing_and_wrong_keys() {
         "(error) 2 of 5 acknowledged writes could not be verified\n"
     );
     // At most --limit problem lines; the summary still counts them all.
-    assert_eq!(cli_at(a, &["del", "k00000004"]).1, "(integer) 1\n");
+    assert_eq!(cli_at(a, &["del", "k00000004"]).1, "1\n");
     let (code, out, _) = cli_at(a, &["verify", "--record", rec, "--limit", "1"]);
     assert_eq!(code, 1);
     assert_eq!(

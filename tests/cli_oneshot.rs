@@ -1,22 +1,25 @@
 //! One-shot `caskade-cli CMD ARGS` against a real server: every command's
 //! exact reply and exit code, every bad input's exact error line on stderr
 //! with a non-zero exit, the server still serving afterwards, and `bench`.
+//! Replies in both of redis-cli's forms: `--no-raw` (what a terminal
+//! shows) and raw (stdout is a pipe here), binary values, usage errors.
 
 mod harness;
 
 use harness::{Server, ServerOpts, cli, cli_at, free_port};
 
-/// Runs a command that must succeed and returns its stdout.
+/// Runs a command that must succeed and returns its stdout, in the form a
+/// terminal shows (`--no-raw`).
 fn ok(addr: &str, args: &[&str]) -> String {
-    let (code, out, err) = cli_at(addr, args);
+    let (code, out, err) = cli_at(addr, &[&["--no-raw"], args].concat());
     assert_eq!(code, 0, "{args:?}: stderr {err:?}");
     assert_eq!(err, "", "{args:?}");
     out
 }
 
-/// Runs a command that must fail and returns its stderr.
+/// Runs a command that must fail and returns its stderr (`--no-raw`).
 fn fails(addr: &str, args: &[&str]) -> String {
-    let (code, out, err) = cli_at(addr, args);
+    let (code, out, err) = cli_at(addr, &[&["--no-raw"], args].concat());
     assert_eq!(code, 1, "{args:?}: stdout {out:?} stderr {err:?}");
     assert_eq!(out, "", "{args:?}");
     err
@@ -30,15 +33,15 @@ fn every_command_one_shot() {
 
     assert_eq!(ok(a, &["ping"]), "PONG\n");
     assert_eq!(ok(a, &["set", "hello", "1"]), "OK\n");
-    assert_eq!(ok(a, &["get", "hello"]), "1\n");
+    assert_eq!(ok(a, &["get", "hello"]), "\"1\"\n");
     assert_eq!(ok(a, &["GET", "missing"]), "(nil)\n");
     assert_eq!(ok(a, &["set", "greeting", "hello world"]), "OK\n");
-    assert_eq!(ok(a, &["get", "greeting"]), "hello world\n");
+    assert_eq!(ok(a, &["get", "greeting"]), "\"hello world\"\n");
     // NX / XX: (nil) when the condition does not hold, as Redis.
     assert_eq!(ok(a, &["set", "hello", "2", "NX"]), "(nil)\n");
     assert_eq!(ok(a, &["set", "fresh", "2", "XX"]), "(nil)\n");
     assert_eq!(ok(a, &["set", "hello", "3", "XX"]), "OK\n");
-    assert_eq!(ok(a, &["get", "hello"]), "3\n");
+    assert_eq!(ok(a, &["get", "hello"]), "\"3\"\n");
     assert_eq!(ok(a, &["ttl", "hello"]), "(integer) -1\n");
     assert_eq!(ok(a, &["ttl", "missing"]), "(integer) -2\n");
     assert_eq!(ok(a, &["pttl", "missing"]), "(integer) -2\n");
@@ -100,23 +103,23 @@ fn bad_input_one_shot_exact_errors() {
     let cases: &[(&[&str], &str)] = &[
         (
             &["get"],
-            "(error) wrong number of arguments for 'get' command\n",
+            "(error) ERR wrong number of arguments for 'get' command\n",
         ),
         (
             &["set", "k"],
-            "(error) wrong number of arguments for 'set' command\n",
+            "(error) ERR wrong number of arguments for 'set' command\n",
         ),
         (
             &["ttl", "a", "b"],
-            "(error) wrong number of arguments for 'ttl' command\n",
+            "(error) ERR wrong number of arguments for 'ttl' command\n",
         ),
         (
             &["del"],
-            "(error) wrong number of arguments for 'del' command\n",
+            "(error) ERR wrong number of arguments for 'del' command\n",
         ),
         (
             &["frobnicate", "x"],
-            "(error) unknown command 'frobnicate', type 'help' for the list of commands\n",
+            "(error) ERR unknown command 'frobnicate', type 'help' for the list of commands\n",
         ),
         (&["set", "", "v"], "(error) empty key\n"),
         (&["get", ""], "(error) empty key\n"),
@@ -160,13 +163,16 @@ fn bad_input_one_shot_exact_errors() {
             &["set", "k", "v", "PX", "-1"],
             "(error) invalid TTL '-1': must not be negative\n",
         ),
+        // As Redis answers them (not an arity error, no other reason).
+        (&["set", "k", "v", "EX"], "(error) ERR syntax error\n"),
+        (&["set", "k", "v", "NX", "XX"], "(error) ERR syntax error\n"),
         (
-            &["set", "k", "v", "EX"],
-            "(error) syntax error: EX needs a value\n",
+            &["set", "k", "v", "EX", "10", "PX", "100"],
+            "(error) ERR syntax error\n",
         ),
         (
-            &["set", "k", "v", "NX", "XX"],
-            "(error) syntax error: NX and XX given more than once\n",
+            &["ping", "a", "b"],
+            "(error) ERR wrong number of arguments for 'ping' command\n",
         ),
     ];
     for (args, expected) in cases {
@@ -189,7 +195,16 @@ fn unreachable_server_one_shot() {
     // Syntax errors are found without a server.
     assert_eq!(
         fails(&addr, &["get"]),
-        "(error) wrong number of arguments for 'get' command\n"
+        "(error) ERR wrong number of arguments for 'get' command\n"
+    );
+    // Raw form (stdout is a pipe): the same message without `(error) `.
+    assert_eq!(
+        cli_at(&addr, &["get", "k"]),
+        (
+            1,
+            String::new(),
+            format!("could not connect to caskade at {addr}: connection refused\n")
+        )
     );
     let (code, out, err) = cli_at(&addr, &["bench", "--requests", "10"]);
     assert_eq!((code, out.as_str()), (1, ""));
@@ -253,5 +268,177 @@ fn bench_reports_json() {
         ],
     );
     assert_eq!(code, 0);
-    assert_eq!(ok(&server.addr, &["get", "key:000000000000"]), "xxx\n");
+    assert_eq!(ok(&server.addr, &["get", "key:000000000000"]), "\"xxx\"\n");
+}
+
+/// Runs the CLI with byte arguments; returns (exit code, stdout, stderr).
+fn cli_bytes(args: &[&[u8]]) -> (i32, Vec<u8>, String) {
+    use std::os::unix::ffi::OsStrExt;
+    let args: Vec<&std::ffi::OsStr> = args
+        .iter()
+        .map(|a| std::ffi::OsStr::from_bytes(a))
+        .collect();
+    let out = std::process::Command::new(harness::cli_bin())
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// redis-cli's two forms: raw when stdout is not a terminal (here, a pipe)
+/// or `--raw`, typed and quoted with `--no-raw` (the last flag wins); any
+/// bytes as a one-shot argument; `PING msg` echoes; `MGET` is an array.
+#[test]
+fn raw_and_terminal_forms_and_binary_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), ServerOpts::default());
+    let a = server.addr.as_bytes();
+    let run = |args: &[&[u8]]| cli_bytes(&[&[b"--addr", a], args].concat());
+    let done = |out: &[u8]| (0, out.to_vec(), String::new());
+
+    // A value that is not UTF-8, with control characters, set one-shot
+    // (a NUL cannot be in a process argument: tests/cli_repl.rs types one).
+    assert_eq!(run(&[b"set", b"bin", b"\x01\xff\x1b[2J\n"]), done(b"OK\n"));
+    assert_eq!(run(&[b"get", b"bin"]), done(b"\x01\xff\x1b[2J\n\n"));
+    assert_eq!(
+        run(&[b"--raw", b"get", b"bin"]),
+        done(b"\x01\xff\x1b[2J\n\n")
+    );
+    assert_eq!(
+        run(&[b"--no-raw", b"get", b"bin"]),
+        done(b"\"\\x01\\xff\\x1b[2J\\n\"\n")
+    );
+    assert_eq!(
+        run(&[b"--raw", b"--no-raw", b"get", b"bin"]).1,
+        b"\"\\x01\\xff\\x1b[2J\\n\"\n"
+    );
+    assert_eq!(
+        run(&[b"--no-raw", b"--raw", b"get", b"bin"]).1,
+        b"\x01\xff\x1b[2J\n\n"
+    );
+    // Empty value, spaces, non-ASCII: quoted as redis-cli's sdscatrepr.
+    assert_eq!(run(&[b"set", b"empty", b""]), done(b"OK\n"));
+    assert_eq!(run(&[b"--no-raw", b"get", b"empty"]), done(b"\"\"\n"));
+    assert_eq!(run(&[b"get", b"empty"]), done(b"\n"));
+    assert_eq!(
+        run(&[b"set", b"caf", "café au lait".as_bytes()]),
+        done(b"OK\n")
+    );
+    assert_eq!(
+        run(&[b"--no-raw", b"get", b"caf"]),
+        done(b"\"caf\\xc3\\xa9 au lait\"\n")
+    );
+    assert_eq!(run(&[b"get", b"caf"]), done("café au lait\n".as_bytes()));
+    // Nil and integers.
+    assert_eq!(run(&[b"get", b"nope"]), done(b"\n"));
+    assert_eq!(run(&[b"--no-raw", b"get", b"nope"]), done(b"(nil)\n"));
+    assert_eq!(run(&[b"ttl", b"nope"]), done(b"-2\n"));
+    assert_eq!(
+        run(&[b"--no-raw", b"ttl", b"nope"]),
+        done(b"(integer) -2\n")
+    );
+    // A word starting with '-' after the command is an argument.
+    assert_eq!(run(&[b"set", b"-1", b"-v"]), done(b"OK\n"));
+    assert_eq!(run(&[b"get", b"-1"]), done(b"-v\n"));
+    // PING echoes its message, as Redis.
+    assert_eq!(run(&[b"ping"]), done(b"PONG\n"));
+    assert_eq!(run(&[b"--no-raw", b"ping"]), done(b"PONG\n"));
+    assert_eq!(run(&[b"ping", b"hello world"]), done(b"hello world\n"));
+    assert_eq!(
+        run(&[b"--no-raw", b"ping", b"hello world"]),
+        done(b"\"hello world\"\n")
+    );
+    // MGET: numbered in a terminal, one line per element raw.
+    assert_eq!(
+        run(&[b"--no-raw", b"mget", b"caf", b"nope", b"empty"]),
+        done(b"1) \"caf\\xc3\\xa9 au lait\"\n2) (nil)\n3) \"\"\n")
+    );
+    assert_eq!(
+        run(&[b"mget", b"caf", b"nope", b"empty"]),
+        done("café au lait\n\n\n".as_bytes())
+    );
+    // Errors: stderr, exit 1; `(error) ` only in the terminal form.
+    let syntax = |raw: bool| {
+        let mut args: Vec<&[u8]> = vec![b"set", b"k", b"v", b"EX", b"10", b"PX", b"100"];
+        if !raw {
+            args.insert(0, b"--no-raw");
+        }
+        run(&args)
+    };
+    assert_eq!(syntax(true), (1, Vec::new(), "ERR syntax error\n".into()));
+    assert_eq!(
+        syntax(false),
+        (1, Vec::new(), "(error) ERR syntax error\n".into())
+    );
+    // A control character typed as a command name is shown escaped.
+    assert_eq!(
+        run(&[b"--no-raw", b"\x1b[31mx"]),
+        (
+            1,
+            Vec::new(),
+            "(error) ERR unknown command '\\x1b[31mx', type 'help' for the list of commands\n"
+                .into()
+        )
+    );
+}
+
+/// Bad usage of the CLI itself exits 2 with a clear message, before any
+/// connection: an unknown flag, a server address that is not HOST:PORT.
+#[test]
+fn usage_errors_exit_2() {
+    let (code, out, err) = cli_bytes(&[b"--bogus-flag"]);
+    assert_eq!((code, out.as_slice()), (2, &b""[..]));
+    assert!(
+        err.starts_with("error: unexpected argument '--bogus-flag' found\n"),
+        "{err}"
+    );
+    let (code, out, err) =
+        cli_bytes(&[b"--addr", b"127.0.0.1:7379", b"--bogus-flag", b"get", b"k"]);
+    assert_eq!((code, out.as_slice()), (2, &b""[..]));
+    assert!(
+        err.starts_with("error: unexpected argument '--bogus-flag' found\n"),
+        "{err}"
+    );
+    for (addr, why) in [
+        ("nonsense", "expected HOST:PORT, e.g. 127.0.0.1:7379"),
+        (
+            "127.0.0.1:99999",
+            "the port must be a number from 1 to 65535",
+        ),
+        (
+            "http://h:1",
+            "expected HOST:PORT, e.g. 127.0.0.1:7379 or [::1]:7379",
+        ),
+    ] {
+        for args in [&[][..], &[&b"ping"[..]][..]] {
+            let all = [&[&b"--addr"[..], addr.as_bytes()][..], args].concat();
+            assert_eq!(
+                cli_bytes(&all),
+                (
+                    2,
+                    Vec::new(),
+                    format!("caskade-cli: invalid server address '{addr}': {why}\n")
+                ),
+                "{addr} {args:?}"
+            );
+        }
+    }
+    // From the config file too.
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("cli.yaml");
+    std::fs::write(&conf, "addrs: [nonsense]\n").unwrap();
+    assert_eq!(
+        cli_bytes(&[b"-c", conf.to_str().unwrap().as_bytes(), b"ping"]),
+        (
+            2,
+            Vec::new(),
+            "caskade-cli: invalid server address 'nonsense': expected HOST:PORT, e.g. 127.0.0.1:7379\n"
+                .into()
+        )
+    );
 }

@@ -104,11 +104,18 @@ fn repl_on_a_pseudo_terminal() {
     send(b"greeting \"hello world\"\r");
     at = wait_for(at, "OK");
     at = wait_for(at, &prompt);
+    // On a terminal replies are typed and values quoted, as redis-cli.
     send(b"get greeting\r");
-    at = wait_for(at, "hello world");
+    at = wait_for(at, "\"hello world\"");
+    at = wait_for(at, &prompt);
+    send(b"ttl greeting\r");
+    at = wait_for(at, "(integer) -1");
     at = wait_for(at, &prompt);
     send(b"get\r");
-    at = wait_for(at, "(error) wrong number of arguments for 'get' command");
+    at = wait_for(
+        at,
+        "(error) ERR wrong number of arguments for 'get' command",
+    );
     wait_for(at, &prompt);
     // Ctrl-D leaves; the history file holds the session.
     send(b"\x04");
@@ -130,6 +137,7 @@ fn repl_on_a_pseudo_terminal() {
             "ping ",
             "set greeting \"hello world\"",
             "get greeting",
+            "ttl greeting",
             "get"
         ]
     );

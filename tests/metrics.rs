@@ -286,7 +286,7 @@ fn cli_info_prints_the_sections_with_exact_figures() {
     assert_eq!((code, out.as_str()), (1, ""));
     assert_eq!(
         err.trim_end(),
-        "(error) unknown section 'keyspace' (one of: server, requests, storage, replication, cluster)"
+        "unknown section 'keyspace' (one of: server, requests, storage, replication, cluster)"
     );
 }
 

@@ -1,11 +1,12 @@
 //! The CLI's commands: their table (names, arguments, help), parsing of an
 //! argument list into a [`Command`], execution against a [`Client`], and the
-//! [`Reply`] printed in redis-cli's conventions.
+//! [`Reply`] (printed by src/reply.rs as redis-cli prints it).
 //!
-//! Reply formats (the same in the REPL and in one-shot mode):
-//! `OK`, `(nil)`, `(integer) N`, the value itself, `(error) <message>`.
-//! A value is printed as is when it is printable UTF-8, otherwise quoted
-//! with escapes (`"\x00\xff"`), as redis-cli does.
+//! Arguments are bytes (a key or value may be any bytes: `\xHH` in the
+//! REPL, any byte of a one-shot argument). Errors found here are worded as
+//! Redis words them where Redis has the same error (`ERR wrong number of
+//! arguments for 'get' command`, `ERR syntax error`); TTL values get a
+//! caskade explanation (`invalid TTL 'abc': not an integer`).
 //!
 //! Invariants: parsing never touches the network, so every arity and
 //! syntax error is reported identically whether the server is up or not;
@@ -20,6 +21,7 @@ use caskade::config::ClientConfig;
 use caskade::storage::Condition;
 
 use crate::cluster;
+use crate::reply::{Reply, lossy};
 
 /// One command of the table.
 pub struct Spec {
@@ -42,7 +44,7 @@ pub const COMMANDS: &[Spec] = &[
         args: "key value [EX seconds|PX milliseconds] [NX|XX]",
         summary: "Set key to value, optionally with a time to live; NX only if absent, XX only if present",
         min: 2,
-        max: Some(5),
+        max: None,
     },
     Spec {
         name: "get",
@@ -50,6 +52,13 @@ pub const COMMANDS: &[Spec] = &[
         summary: "Get the value of key, (nil) if it does not exist",
         min: 1,
         max: Some(1),
+    },
+    Spec {
+        name: "mget",
+        args: "key [key ...]",
+        summary: "Get the values of keys, (nil) for each that does not exist",
+        min: 1,
+        max: None,
     },
     Spec {
         name: "del",
@@ -95,10 +104,10 @@ pub const COMMANDS: &[Spec] = &[
     },
     Spec {
         name: "ping",
-        args: "",
-        summary: "Check the server answers (PONG)",
+        args: "[message]",
+        summary: "Check the server answers: PONG, or the message given",
         min: 0,
-        max: Some(0),
+        max: Some(1),
     },
     Spec {
         name: "metadata",
@@ -152,8 +161,8 @@ pub fn spec(name: &str) -> Option<&'static Spec> {
 /// A parsed command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// `ping`
-    Ping,
+    /// `ping [message]`
+    Ping(Option<Bytes>),
     /// `set key value [EX s|PX ms] [NX|XX]`
     Set {
         /// The key.
@@ -167,6 +176,8 @@ pub enum Command {
     },
     /// `get key`
     Get(Bytes),
+    /// `mget key...`
+    Mget(Vec<Bytes>),
     /// `del key...`
     Del(Vec<Bytes>),
     /// `expire key s` / `pexpire key ms`, in ms.
@@ -195,106 +206,41 @@ pub enum Command {
     Quit,
 }
 
-/// What the server (or the CLI itself) answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    /// `OK`
-    Ok,
-    /// `(nil)`
-    Nil,
-    /// `(integer) N`
-    Integer(i64),
-    /// A value.
-    Bulk(Bytes),
-    /// Free text (`PONG`, help, metadata), printed as is.
-    Text(String),
-    /// `(error) <message>`
-    Error(String),
+/// The message of an arity error, as Redis words it.
+fn arity(name: &str) -> String {
+    format!("ERR wrong number of arguments for '{name}' command")
 }
 
-impl Reply {
-    /// Whether this is an error reply.
-    pub fn is_error(&self) -> bool {
-        matches!(self, Reply::Error(_))
-    }
-
-    /// The reply as printed.
-    pub fn render(&self) -> String {
-        match self {
-            Reply::Ok => "OK".into(),
-            Reply::Nil => "(nil)".into(),
-            Reply::Integer(n) => format!("(integer) {n}"),
-            Reply::Bulk(b) => render_value(b),
-            Reply::Text(t) => t.clone(),
-            Reply::Error(e) => format!("(error) {e}"),
-        }
-    }
-}
-
-/// A value as printed: as is when printable UTF-8, else quoted with escapes.
-fn render_value(bytes: &[u8]) -> String {
-    if let Ok(s) = std::str::from_utf8(bytes)
-        && !s.chars().any(char::is_control)
-    {
-        return s.to_string();
-    }
-    let mut out = String::from("\"");
-    for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                '\t' => out.push_str("\\t"),
-                c if c.is_control() => {
-                    let mut buf = [0; 4];
-                    for b in c.encode_utf8(&mut buf).bytes() {
-                        let _ = write!(out, "\\x{b:02x}");
-                    }
-                }
-                c => out.push(c),
-            }
-        }
-        for b in chunk.invalid() {
-            let _ = write!(out, "\\x{b:02x}");
-        }
-    }
-    out.push('"');
-    out
-}
+/// Redis' answer to a malformed option list.
+const SYNTAX: &str = "ERR syntax error";
 
 /// Parses `args` (command name first) into a [`Command`]; the error is the
 /// message to print after `(error) `.
-pub fn parse(args: &[String]) -> Result<Command, String> {
+pub fn parse(args: &[Vec<u8>]) -> Result<Command, String> {
     let Some(name) = args.first() else {
         return Err("no command given".into());
     };
-    let Some(spec) = spec(name) else {
+    let Some(spec) = std::str::from_utf8(name).ok().and_then(spec) else {
         return Err(format!(
-            "unknown command '{name}', type 'help' for the list of commands"
+            "ERR unknown command '{}', type 'help' for the list of commands",
+            lossy(name)
         ));
     };
     let rest = &args[1..];
     if rest.len() < spec.min || spec.max.is_some_and(|max| rest.len() > max) {
-        return Err(format!(
-            "wrong number of arguments for '{}' command",
-            spec.name
-        ));
+        return Err(arity(spec.name));
     }
-    let key = |i: usize| Bytes::copy_from_slice(rest[i].as_bytes());
-    let keys = || {
-        rest.iter()
-            .map(|k| Bytes::copy_from_slice(k.as_bytes()))
-            .collect()
-    };
+    let key = |i: usize| Bytes::copy_from_slice(&rest[i]);
+    let keys = || rest.iter().map(|k| Bytes::copy_from_slice(k)).collect();
+    let text = |i: usize| lossy(&rest[i]);
     Ok(match spec.name {
-        "ping" => Command::Ping,
+        "ping" => Command::Ping(rest.first().map(|m| Bytes::copy_from_slice(m))),
         "set" => parse_set(rest)?,
         "get" => Command::Get(key(0)),
+        "mget" => Command::Mget(keys()),
         "del" => Command::Del(keys()),
-        "expire" => Command::Expire(key(0), parse_ttl(&rest[1], 1000, true)?),
-        "pexpire" => Command::Expire(key(0), parse_ttl(&rest[1], 1, true)?),
+        "expire" => Command::Expire(key(0), parse_ttl(&text(1), 1000, true)?),
+        "pexpire" => Command::Expire(key(0), parse_ttl(&text(1), 1, true)?),
         "ttl" => Command::Ttl {
             key: key(0),
             millis: false,
@@ -305,62 +251,66 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         },
         "exists" => Command::Exists(keys()),
         "metadata" => Command::Metadata,
-        "info" => Command::Info(rest.first().map(|s| s.to_ascii_lowercase())),
-        "cluster" => match rest.first().map(String::as_str) {
+        "info" => Command::Info((!rest.is_empty()).then(|| text(0).to_ascii_lowercase())),
+        "cluster" => match rest.first() {
             None => Command::Cluster { json: false },
-            Some(o) if o.eq_ignore_ascii_case("--json") => Command::Cluster { json: true },
+            Some(o) if o.eq_ignore_ascii_case(b"--json") => Command::Cluster { json: true },
             Some(o) => {
                 return Err(format!(
-                    "syntax error: unknown option '{o}' (expected --json)"
+                    "ERR syntax error: unknown option '{}' (expected --json)",
+                    lossy(o)
                 ));
             }
         },
-        "help" => Command::Help(rest.first().cloned()),
+        "help" => Command::Help((!rest.is_empty()).then(|| text(0))),
         _ => Command::Quit, // quit, exit
     })
 }
 
-/// `set key value [EX s|PX ms] [NX|XX]`, options in any order.
-fn parse_set(rest: &[String]) -> Result<Command, String> {
-    let mut ttl_ms = None;
+/// `set key value [EX s|PX ms] [NX|XX]`, options in any order, checked as
+/// Redis checks them: `EX` and `PX` together, `NX` and `XX` together, an
+/// option without its value or an unknown option is `ERR syntax error`
+/// (the same option twice is accepted, the last value wins); the TTL is
+/// checked only once the options are well formed.
+fn parse_set(rest: &[Vec<u8>]) -> Result<Command, String> {
+    // (unit in ms, the value as typed)
+    let mut ttl: Option<(u64, &[u8])> = None;
     let mut condition = Condition::Always;
     let mut i = 2;
     while i < rest.len() {
         let opt = rest[i].to_ascii_uppercase();
-        match opt.as_str() {
-            "EX" | "PX" => {
-                if ttl_ms.is_some() {
-                    return Err("syntax error: EX and PX given more than once".into());
-                }
-                let Some(n) = rest.get(i + 1) else {
-                    return Err(format!("syntax error: {opt} needs a value"));
+        match opt.as_slice() {
+            b"EX" | b"PX" => {
+                let unit = if opt == b"EX" { 1000 } else { 1 };
+                let (Some(value), true) = (rest.get(i + 1), ttl.is_none_or(|(u, _)| u == unit))
+                else {
+                    return Err(SYNTAX.into());
                 };
-                let unit = if opt == "EX" { 1000 } else { 1 };
-                ttl_ms = Some(parse_ttl(n, unit, false)?);
+                ttl = Some((unit, value));
                 i += 2;
             }
-            "NX" | "XX" => {
-                if condition != Condition::Always {
-                    return Err("syntax error: NX and XX given more than once".into());
-                }
-                condition = if opt == "NX" {
+            b"NX" | b"XX" => {
+                let wanted = if opt == b"NX" {
                     Condition::IfAbsent
                 } else {
                     Condition::IfPresent
                 };
+                if condition != Condition::Always && condition != wanted {
+                    return Err(SYNTAX.into());
+                }
+                condition = wanted;
                 i += 1;
             }
-            _ => {
-                return Err(format!(
-                    "syntax error: unknown option '{}' (expected EX, PX, NX or XX)",
-                    rest[i]
-                ));
-            }
+            _ => return Err(SYNTAX.into()),
         }
     }
+    let ttl_ms = match ttl {
+        Some((unit, text)) => Some(parse_ttl(&lossy(text), unit, false)?),
+        None => None,
+    };
     Ok(Command::Set {
-        key: Bytes::copy_from_slice(rest[0].as_bytes()),
-        value: Bytes::copy_from_slice(rest[1].as_bytes()),
+        key: Bytes::copy_from_slice(&rest[0]),
+        value: Bytes::copy_from_slice(&rest[1]),
         ttl_ms,
         condition,
     })
@@ -397,7 +347,12 @@ pub fn parse_ttl(text: &str, unit_ms: u64, allow_zero: bool) -> Result<u64, Stri
 /// caller's business.
 pub async fn execute(client: &Client, config: &ClientConfig, cmd: Command) -> Reply {
     let result = match cmd {
-        Command::Ping => client.ping().await.map(|()| Reply::Text("PONG".into())),
+        // PING with a message echoes it, as Redis; the server is pinged
+        // either way.
+        Command::Ping(message) => client
+            .ping()
+            .await
+            .map(|()| message.map_or(Reply::Status("PONG"), Reply::Bulk)),
         Command::Set {
             key,
             value,
@@ -414,11 +369,27 @@ pub async fn execute(client: &Client, config: &ClientConfig, cmd: Command) -> Re
                 },
             )
             .await
-            .map(|written| if written { Reply::Ok } else { Reply::Nil }),
+            .map(|written| {
+                if written {
+                    Reply::Status("OK")
+                } else {
+                    Reply::Nil
+                }
+            }),
         Command::Get(key) => client
             .get(key)
             .await
             .map(|v| v.map_or(Reply::Nil, Reply::Bulk)),
+        Command::Mget(keys) => {
+            async {
+                let mut values = Vec::with_capacity(keys.len());
+                for key in keys {
+                    values.push(client.get(key).await?.map_or(Reply::Nil, Reply::Bulk));
+                }
+                Ok(Reply::Array(values))
+            }
+            .await
+        }
         Command::Del(keys) => client.del(keys).await.map(int),
         Command::Expire(key, ms) => client.expire(key, ms).await.map(|e| int(u64::from(e))),
         Command::Ttl { key, millis } => client.ttl(key).await.map(|t| {
@@ -450,7 +421,7 @@ pub async fn execute(client: &Client, config: &ClientConfig, cmd: Command) -> Re
             }
         }),
         Command::Help(topic) => Ok(help(topic.as_deref())),
-        Command::Quit => Ok(Reply::Ok),
+        Command::Quit => Ok(Reply::Status("OK")),
     };
     result.unwrap_or_else(|e| Reply::Error(e.to_string()))
 }
@@ -469,7 +440,9 @@ pub fn help(topic: Option<&str>) -> Reply {
                 let usage = format!("{} {}", s.name, s.args);
                 let _ = writeln!(out, "  {:<58} {}", usage.trim_end(), s.summary);
             }
-            out.push_str("Quote arguments with spaces: set greeting \"hello world\"");
+            out.push_str(
+                "Quote arguments with spaces: set greeting \"hello world\"; bytes: \"\\x00\\xff\"",
+            );
             Reply::Text(out)
         }
         Some(name) => match spec(name) {
@@ -477,7 +450,7 @@ pub fn help(topic: Option<&str>) -> Reply {
                 Reply::Text(format!("{} {}\n  {}", s.name, s.args, s.summary).replace(" \n", "\n"))
             }
             None => Reply::Error(format!(
-                "unknown command '{name}', type 'help' for the list of commands"
+                "ERR unknown command '{name}', type 'help' for the list of commands"
             )),
         },
     }
@@ -551,9 +524,12 @@ fn render_metadata(m: &caskade::proto::MetadataResponse) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reply::Output;
 
-    fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(str::to_string).collect()
+    fn args(s: &str) -> Vec<Vec<u8>> {
+        s.split_whitespace()
+            .map(|w| w.as_bytes().to_vec())
+            .collect()
     }
 
     fn err(s: &str) -> String {
@@ -571,9 +547,33 @@ mod tests {
                 condition: Condition::IfAbsent,
             }
         );
+        // The same option twice is accepted, the last value wins (Redis).
+        assert_eq!(
+            parse(&args("set k v EX 10 ex 20 XX xx")).unwrap(),
+            Command::Set {
+                key: Bytes::from_static(b"k"),
+                value: Bytes::from_static(b"v"),
+                ttl_ms: Some(20_000),
+                condition: Condition::IfPresent,
+            }
+        );
+        assert_eq!(
+            parse(&[b"set".to_vec(), b"\x00".to_vec(), b"\x00\xff".to_vec()]).unwrap(),
+            Command::Set {
+                key: Bytes::from_static(b"\x00"),
+                value: Bytes::from_static(b"\x00\xff"),
+                ttl_ms: None,
+                condition: Condition::Always,
+            }
+        );
         assert_eq!(
             parse(&args("expire k 10")).unwrap(),
             Command::Expire(Bytes::from_static(b"k"), 10_000)
+        );
+        assert_eq!(parse(&args("ping")).unwrap(), Command::Ping(None));
+        assert_eq!(
+            parse(&args("PING hi")).unwrap(),
+            Command::Ping(Some(Bytes::from_static(b"hi")))
         );
         assert_eq!(parse(&args("exit")).unwrap(), Command::Quit);
         assert_eq!(
@@ -588,14 +588,21 @@ mod tests {
 
     #[test]
     fn bad_input_messages() {
-        assert_eq!(err("get"), "wrong number of arguments for 'get' command");
+        assert_eq!(
+            err("get"),
+            "ERR wrong number of arguments for 'get' command"
+        );
         assert_eq!(
             err("get a b"),
-            "wrong number of arguments for 'get' command"
+            "ERR wrong number of arguments for 'get' command"
+        );
+        assert_eq!(
+            err("ping a b"),
+            "ERR wrong number of arguments for 'ping' command"
         );
         assert_eq!(
             err("frobnicate x"),
-            "unknown command 'frobnicate', type 'help' for the list of commands"
+            "ERR unknown command 'frobnicate', type 'help' for the list of commands"
         );
         assert_eq!(err("expire k abc"), "invalid TTL 'abc': not an integer");
         assert_eq!(err("expire k -5"), "invalid TTL '-5': must not be negative");
@@ -609,53 +616,39 @@ mod tests {
             "invalid TTL '18446744073709551615': out of range"
         );
         assert_eq!(err("set k v EX 0"), "invalid TTL '0': must be positive");
-        assert_eq!(err("set k v EX"), "syntax error: EX needs a value");
         assert_eq!(
             err("cluster --yaml"),
-            "syntax error: unknown option '--yaml' (expected --json)"
+            "ERR syntax error: unknown option '--yaml' (expected --json)"
         );
         assert_eq!(
             err("cluster --json x"),
-            "wrong number of arguments for 'cluster' command"
+            "ERR wrong number of arguments for 'cluster' command"
         );
-        assert_eq!(
-            err("set k v NX XX"),
-            "syntax error: NX and XX given more than once"
-        );
-        assert_eq!(
-            err("set k v FOO"),
-            "syntax error: unknown option 'FOO' (expected EX, PX, NX or XX)"
-        );
-    }
-
-    #[test]
-    fn renders_like_redis_cli() {
-        assert_eq!(Reply::Ok.render(), "OK");
-        assert_eq!(Reply::Nil.render(), "(nil)");
-        assert_eq!(Reply::Integer(-2).render(), "(integer) -2");
-        assert_eq!(
-            Reply::Error("empty key".into()).render(),
-            "(error) empty key"
-        );
-        assert_eq!(
-            Reply::Bulk(Bytes::from_static(b"hello world")).render(),
-            "hello world"
-        );
-        assert_eq!(
-            Reply::Bulk(Bytes::from_static(b"a\x00\xff\"\n")).render(),
-            "\"a\\x00\\xff\\\"\\n\""
-        );
+        // Each of these is `ERR syntax error` from Redis 7.0 too.
+        for line in [
+            "set k v EX 10 PX 100",
+            "set k v PX 100 EX 10",
+            "set k v NX XX",
+            "set k v xx nx",
+            "set k v EX",
+            "set k v FOO",
+            "set k v KEEPTTL",
+            "set k v EX abc NX XX",
+        ] {
+            assert_eq!(err(line), "ERR syntax error", "{line}");
+        }
     }
 
     #[test]
     fn help_for_one_command() {
+        let shown = |r: Reply| String::from_utf8(r.render(Output::Terminal)).unwrap();
         assert_eq!(
-            help(Some("GET")).render(),
+            shown(help(Some("GET"))),
             "get key\n  Get the value of key, (nil) if it does not exist"
         );
         assert_eq!(
-            help(Some("ping")).render(),
-            "ping\n  Check the server answers (PONG)"
+            shown(help(Some("ping"))),
+            "ping [message]\n  Check the server answers: PONG, or the message given"
         );
     }
 }

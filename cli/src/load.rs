@@ -36,7 +36,7 @@ use caskade::node::Acks;
 use clap::Parser;
 use parking_lot::Mutex;
 
-use crate::command::Reply;
+use crate::reply::display_value;
 
 /// Flags of `caskade-cli load`.
 #[derive(Parser, Debug)]
@@ -287,8 +287,8 @@ pub fn verify(runtime: &tokio::runtime::Runtime, config: &ClientConfig, args: &V
                 wrong += 1;
                 lines.push(format!(
                     "wrong value: {key}: expected {}, got {}",
-                    Reply::Bulk(Bytes::from(value.clone())).render(),
-                    Reply::Bulk(got.clone()).render()
+                    display_value(value.as_bytes()),
+                    display_value(got)
                 ));
             }
             Check::Unreadable(e) => {

@@ -2,7 +2,12 @@
 //!
 //! - `caskade-cli` opens the REPL (src/repl.rs);
 //! - `caskade-cli CMD ARGS...` runs one command, prints the reply on stdout
-//!   and exits 0, or prints `(error) <message>` on stderr and exits 1;
+//!   and exits 0, or prints the error (`(error) <message>`, raw: the
+//!   message alone) on stderr and exits 1;
+//!   arguments are taken byte for byte, as redis-cli takes them;
+//! - replies are printed as redis-cli prints them (src/reply.rs): typed and
+//!   quoted when stdout is a terminal or with `--no-raw`, raw when stdout is
+//!   not a terminal or with `--raw` (the last of the two flags wins);
 //! - `caskade-cli bench ...` runs the load generator (src/bench.rs);
 //! - `caskade-cli load ...` / `caskade-cli verify ...` write keys recording
 //!   the acknowledged writes, and check them all back (src/load.rs);
@@ -15,7 +20,8 @@
 //!
 //! Settings are layered: defaults -> `-c FILE` (conf/client/cli.yaml) ->
 //! `CASKADE_CLI_*` environment -> flags. Exit codes: 0 success, 1 an error
-//! reply or a failure, 2 bad usage of the CLI itself.
+//! reply or a failure, 2 bad usage of the CLI itself (an unknown flag, a
+//! server address that is not HOST:PORT, a bad config file).
 
 mod bench;
 mod cluster;
@@ -25,8 +31,11 @@ mod probe;
 mod reassign;
 mod reassign_watch;
 mod repl;
+mod reply;
 mod split;
 
+use std::ffi::OsString;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,7 +44,8 @@ use caskade::config::ClientConfig;
 use caskade::node::{Acks, Consistency};
 use clap::Parser;
 
-use crate::command::{Command, Reply};
+use crate::command::Command;
+use crate::reply::{Output, Reply};
 
 /// Flags; they override the config file and the environment.
 #[derive(Parser, Debug)]
@@ -63,13 +73,19 @@ struct Args {
     /// REPL history file, "" for none (overrides `history_file`).
     #[arg(long, value_name = "FILE")]
     history_file: Option<String>,
-    /// A command to run once instead of the REPL, e.g. `set hello 1`.
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "COMMAND"
-    )]
-    command: Vec<String>,
+    /// Print replies raw (values as they are, no types), the default when
+    /// stdout is not a terminal, as redis-cli --raw.
+    #[arg(long, overrides_with = "no_raw")]
+    raw: bool,
+    /// Print replies as on a terminal ("quoted", (integer) N) even when
+    /// stdout is not one, as redis-cli --no-raw.
+    #[arg(long, overrides_with = "raw")]
+    no_raw: bool,
+    /// A command to run once instead of the REPL, e.g. `set hello 1`. Its
+    /// words are taken byte for byte; after the command name they may start
+    /// with `-`.
+    #[arg(trailing_var_arg = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
 }
 
 /// Parses `leader` / `all`.
@@ -115,6 +131,16 @@ fn main() -> ExitCode {
     if let Some(h) = args.history_file {
         config.history_file = h;
     }
+    if let Some(bad) = config.addrs.iter().find_map(|a| check_addr(a).err()) {
+        return fail(2, &format!("caskade-cli: {bad}"));
+    }
+    let output = if args.raw {
+        Output::Raw
+    } else if args.no_raw || std::io::stdout().is_terminal() {
+        Output::Terminal
+    } else {
+        Output::Raw
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -125,7 +151,7 @@ fn main() -> ExitCode {
     // The client's lazy connections spawn their tasks on this runtime.
     let _runtime_context = runtime.enter();
     // Programs with their own flags, not commands of the table.
-    match args.command.first().map(String::as_str) {
+    match args.command.first().and_then(|w| w.to_str()) {
         Some("bench") => {
             return match tool_args::<bench::BenchArgs>(&args.command) {
                 Ok(a) => ExitCode::from(bench::run(&runtime, &config, &a) as u8),
@@ -163,24 +189,61 @@ fn main() -> ExitCode {
         Err(e) => return fail(2, &format!("(error) {e}")),
     };
     if args.command.is_empty() {
-        return ExitCode::from(repl::run(&runtime, &client, &config) as u8);
+        return ExitCode::from(repl::run(&runtime, &client, &config, output) as u8);
     }
-    let reply = match command::parse(&args.command) {
+    let words: Vec<Vec<u8>> = args
+        .command
+        .into_iter()
+        .map(std::os::unix::ffi::OsStringExt::into_vec)
+        .collect();
+    let reply = match command::parse(&words) {
         Err(msg) => Reply::Error(msg),
         Ok(Command::Quit) => return ExitCode::SUCCESS,
         Ok(cmd) => runtime.block_on(command::execute(&client, &config, cmd)),
     };
+    let mut printed = reply.render(output);
+    printed.push(b'\n');
     if reply.is_error() {
-        return fail(1, &reply.render());
+        let _ = std::io::stderr().write_all(&printed);
+        return ExitCode::from(1);
     }
-    println!("{}", reply.render());
-    ExitCode::SUCCESS
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(&printed).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, &format!("caskade-cli: cannot write the reply: {e}")),
+    }
+}
+
+/// Checks that `addr` is `HOST:PORT` (`[v6]:PORT` for IPv6) with a port
+/// from 1 to 65535; the error is the message printed.
+fn check_addr(addr: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "invalid server address '{}': {why}",
+            reply::escape_controls(addr)
+        ))
+    };
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return bad("expected HOST:PORT, e.g. 127.0.0.1:7379");
+    };
+    let bracketed = host.starts_with('[') || host.ends_with(']');
+    if host.is_empty()
+        || host.contains(|c: char| c.is_whitespace() || c.is_control() || c == '/')
+        || (bracketed && !(host.starts_with('[') && host.ends_with(']') && host.len() > 2))
+        || (!bracketed && host.contains(':'))
+    {
+        return bad("expected HOST:PORT, e.g. 127.0.0.1:7379 or [::1]:7379");
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => bad("the port must be a number from 1 to 65535"),
+    }
 }
 
 /// Parses the flags of `bench`, `load`, `verify` or `probe` (`words[0]` is its
 /// name). On `--help` or a usage error, prints clap's text and returns the
 /// exit code (0 for help, 2 for an error).
-fn tool_args<T: Parser>(words: &[String]) -> Result<T, ExitCode> {
+fn tool_args<T: Parser>(words: &[OsString]) -> Result<T, ExitCode> {
     T::try_parse_from(words).map_err(|e| {
         let _ = e.print();
         ExitCode::from(if e.use_stderr() { 2 } else { 0 })
@@ -191,4 +254,48 @@ fn tool_args<T: Parser>(words: &[String]) -> Result<T, ExitCode> {
 fn fail(code: u8, msg: &str) -> ExitCode {
     eprintln!("{msg}");
     ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_addr;
+
+    #[test]
+    fn server_addresses() {
+        for good in [
+            "127.0.0.1:7379",
+            "localhost:1",
+            "[::1]:65535",
+            "node-1.example:7381",
+        ] {
+            assert_eq!(check_addr(good), Ok(()), "{good}");
+        }
+        let form = "expected HOST:PORT, e.g. 127.0.0.1:7379";
+        let port = "the port must be a number from 1 to 65535";
+        for (bad, why) in [
+            ("nonsense", form),
+            (
+                ":7379",
+                "expected HOST:PORT, e.g. 127.0.0.1:7379 or [::1]:7379",
+            ),
+            (
+                "::1:7379",
+                "expected HOST:PORT, e.g. 127.0.0.1:7379 or [::1]:7379",
+            ),
+            (
+                "http://h:1",
+                "expected HOST:PORT, e.g. 127.0.0.1:7379 or [::1]:7379",
+            ),
+            ("h:0", port),
+            ("h:65536", port),
+            ("h:x", port),
+            ("h:", port),
+        ] {
+            assert_eq!(
+                check_addr(bad),
+                Err(format!("invalid server address '{bad}': {why}")),
+                "{bad}"
+            );
+        }
+    }
 }

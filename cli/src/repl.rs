@@ -3,8 +3,10 @@
 //! Ctrl-D. Ctrl-C clears the line.
 //!
 //! When stdin is not a terminal (a pipe or a file), rustyline reads plain
-//! lines and prints no prompt; replies are printed the same way, so a
-//! scripted session's output is exactly one reply per command.
+//! lines and prints no prompt, so a scripted session's output is exactly
+//! one reply per command (raw when stdout is not a terminal, as redis-cli).
+//! Lines are split with redis-cli's quoting rules (src/split.rs). `quit`
+//! and `exit` are not saved to the history, as in redis-cli.
 //!
 //! Invariants: the REPL never exits on a failed command or an unreachable
 //! server; the client reconnects on the next command (connections are lazy),
@@ -23,7 +25,10 @@ use rustyline::history::DefaultHistory;
 use rustyline::validate::Validator;
 use rustyline::{Context, Editor, Helper};
 
-use crate::command::{self, COMMANDS, Command, Reply};
+use std::io::Write;
+
+use crate::command::{self, COMMANDS, Command};
+use crate::reply::{Output, Reply};
 use crate::split::split;
 
 /// Completion of command names and hints with their arguments.
@@ -68,8 +73,8 @@ impl Hinter for CommandHelper {
         }
         // Split as the command will be (quotes group words); an unclosed
         // quote means the user is still typing an argument: no hint.
-        let words = split(line).ok()?;
-        let spec = command::spec(words.first()?)?;
+        let words = split(line.as_bytes()).ok()?;
+        let spec = command::spec(std::str::from_utf8(words.first()?).ok()?)?;
         if !line.ends_with(' ') || spec.args.is_empty() {
             return None;
         }
@@ -101,7 +106,12 @@ fn history_path(configured: &str) -> Option<PathBuf> {
 
 /// Runs the REPL until quit, exit or end of input. Returns the process exit
 /// code: 0, or 1 if the terminal itself failed.
-pub fn run(runtime: &tokio::runtime::Runtime, client: &Client, config: &ClientConfig) -> i32 {
+pub fn run(
+    runtime: &tokio::runtime::Runtime,
+    client: &Client,
+    config: &ClientConfig,
+    output: Output,
+) -> i32 {
     let mut editor: Editor<CommandHelper, DefaultHistory> = match Editor::new() {
         Ok(e) => e,
         Err(e) => {
@@ -129,13 +139,22 @@ pub fn run(runtime: &tokio::runtime::Runtime, client: &Client, config: &ClientCo
         if line.trim().is_empty() {
             continue;
         }
+        let parsed = split(line.as_bytes()).and_then(|args| command::parse(&args));
+        if parsed == Ok(Command::Quit) {
+            break 0;
+        }
         let _ = editor.add_history_entry(line.as_str());
-        let reply = match split(&line).and_then(|args| command::parse(&args)) {
+        let reply = match parsed {
             Err(msg) => Reply::Error(msg),
-            Ok(Command::Quit) => break 0,
             Ok(cmd) => runtime.block_on(command::execute(client, config, cmd)),
         };
-        println!("{}", reply.render());
+        let mut printed = reply.render(output);
+        printed.push(b'\n');
+        let mut stdout = std::io::stdout().lock();
+        if let Err(e) = stdout.write_all(&printed).and_then(|()| stdout.flush()) {
+            eprintln!("caskade-cli: cannot write the reply: {e}");
+            break 1;
+        }
     };
     if let Some(path) = &history
         && let Err(e) = editor.save_history(path)

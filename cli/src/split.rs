@@ -1,78 +1,104 @@
-//! Splits a REPL line into arguments, with redis-cli's quoting rules:
+//! Splits a REPL line into arguments with redis-cli's rules (its
+//! `sdssplitargs`), on bytes, so any byte can be typed:
 //!
-//! - arguments are separated by spaces or tabs;
-//! - `"..."` may contain spaces and the escapes `\"`, `\\`, `\n`, `\r`, `\t`,
-//!   `\b`, `\a` and `\xHH` (any byte, so binary keys and values can be typed);
-//! - `'...'` is literal except for `\'`;
-//! - a closing quote must be followed by a space or the end of the line.
+//! - blanks before an argument are skipped; an unquoted argument ends at a
+//!   space, tab, `\r` or `\n`;
+//! - a `"` opens a double-quoted part, also in the middle of an argument
+//!   (`a"b c"` is `ab c`); inside, `\xHH` (two hex digits) is that byte,
+//!   `\n \r \t \b \a` are the control characters and a backslash before any
+//!   other character is that character (`\"`, `\\`, `\xZZ` is `xZZ`);
+//! - a `'` opens a literal part in which only `\'` is an escape;
+//! - a closing quote must be followed by a blank or the end of the line.
 //!
-//! Arguments are bytes rendered back into a `String` only when valid UTF-8;
-//! a `\xHH` escape producing invalid UTF-8 is an error (the REPL works on
-//! text), which is clearer than a silent replacement character.
+//! Invariant: the result is what redis-cli would send for the same line,
+//! byte for byte (tests/cli_repl.rs compares a session's stored values).
 
 /// Splits `line`; the error is the message printed after `(error) `.
-pub fn split(line: &str) -> Result<Vec<String>, String> {
+pub fn split(line: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     let mut args = Vec::new();
-    let mut chars = line.chars().peekable();
+    let mut i = 0;
     loop {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let Some(&first) = chars.peek() else {
+        while line
+            .get(i)
+            .is_some_and(|b| b.is_ascii_whitespace() || *b == 0x0b)
+        {
+            i += 1;
+        }
+        if i >= line.len() {
             return Ok(args);
-        };
-        let mut arg: Vec<u8> = Vec::new();
-        match first {
-            '"' => {
-                chars.next();
-                loop {
-                    match chars.next() {
-                        None => return Err(unbalanced()),
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            None => return Err(unbalanced()),
-                            Some('n') => arg.push(b'\n'),
-                            Some('r') => arg.push(b'\r'),
-                            Some('t') => arg.push(b'\t'),
-                            Some('b') => arg.push(8),
-                            Some('a') => arg.push(7),
-                            Some('x') => {
-                                let hex: String = (0..2).filter_map(|_| chars.next()).collect();
-                                match u8::from_str_radix(&hex, 16) {
-                                    Ok(b) if hex.len() == 2 => arg.push(b),
-                                    _ => return Err(format!("invalid escape '\\x{hex}'")),
-                                }
-                            }
-                            Some(c) => push_char(&mut arg, c),
-                        },
-                        Some(c) => push_char(&mut arg, c),
-                    }
-                }
-                closing_quote_ends_arg(&mut chars)?;
-            }
-            '\'' => {
-                chars.next();
-                loop {
-                    match chars.next() {
-                        None => return Err(unbalanced()),
-                        Some('\'') => break,
-                        Some('\\') if chars.peek() == Some(&'\'') => {
-                            chars.next();
-                            arg.push(b'\'');
-                        }
-                        Some(c) => push_char(&mut arg, c),
-                    }
-                }
-                closing_quote_ends_arg(&mut chars)?;
-            }
-            _ => {
-                while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
-                    push_char(&mut arg, c);
+        }
+        let mut arg = Vec::new();
+        while let Some(&b) = line.get(i) {
+            match b {
+                b' ' | b'\n' | b'\r' | b'\t' => break,
+                b'"' => i = double_quoted(line, i + 1, &mut arg)?,
+                b'\'' => i = single_quoted(line, i + 1, &mut arg)?,
+                _ => {
+                    arg.push(b);
+                    i += 1;
                 }
             }
         }
-        args.push(
-            String::from_utf8(arg)
-                .map_err(|_| "argument is not valid UTF-8 after unescaping".to_string())?,
-        );
+        args.push(arg);
+    }
+}
+
+/// Reads a `"..."` part starting after its opening quote; returns the index
+/// after the closing quote.
+fn double_quoted(line: &[u8], mut i: usize, arg: &mut Vec<u8>) -> Result<usize, String> {
+    loop {
+        match line.get(i) {
+            None => return Err(unbalanced()),
+            Some(b'"') => return closing_quote(line, i + 1),
+            Some(b'\\') => {
+                let hex = line
+                    .get(i + 2..i + 4)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match (line.get(i + 1), hex) {
+                    (Some(b'x'), Some(byte)) => {
+                        arg.push(byte);
+                        i += 4;
+                    }
+                    (None, _) => return Err(unbalanced()),
+                    (Some(&c), _) => {
+                        arg.push(match c {
+                            b'n' => b'\n',
+                            b'r' => b'\r',
+                            b't' => b'\t',
+                            b'b' => 8,
+                            b'a' => 7,
+                            c => c,
+                        });
+                        i += 2;
+                    }
+                }
+            }
+            Some(&c) => {
+                arg.push(c);
+                i += 1;
+            }
+        }
+    }
+}
+
+/// Reads a `'...'` part starting after its opening quote; returns the index
+/// after the closing quote.
+fn single_quoted(line: &[u8], mut i: usize, arg: &mut Vec<u8>) -> Result<usize, String> {
+    loop {
+        match line.get(i) {
+            None => return Err(unbalanced()),
+            Some(b'\\') if line.get(i + 1) == Some(&b'\'') => {
+                arg.push(b'\'');
+                i += 2;
+            }
+            Some(b'\'') => return closing_quote(line, i + 1),
+            Some(&c) => {
+                arg.push(c);
+                i += 1;
+            }
+        }
     }
 }
 
@@ -81,20 +107,14 @@ fn unbalanced() -> String {
     "unbalanced quotes".into()
 }
 
-/// Appends `c` as UTF-8.
-fn push_char(out: &mut Vec<u8>, c: char) {
-    let mut buf = [0; 4];
-    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-}
-
-/// After a closing quote only a space or the end of the line may follow.
-fn closing_quote_ends_arg(
-    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
-) -> Result<(), String> {
-    match chars.peek() {
-        None => Ok(()),
-        Some(c) if c.is_whitespace() => Ok(()),
-        Some(_) => Err("a closing quote must be followed by a space".into()),
+/// After a closing quote (at `i - 1`) only a blank or the end of the line
+/// may follow; returns `i`.
+fn closing_quote(line: &[u8], i: usize) -> Result<usize, String> {
+    match line.get(i) {
+        Some(c) if !(c.is_ascii_whitespace() || *c == 0x0b) => {
+            Err("a closing quote must be followed by a space".into())
+        }
+        _ => Ok(i),
     }
 }
 
@@ -102,36 +122,61 @@ fn closing_quote_ends_arg(
 mod tests {
     use super::split;
 
-    fn ok(line: &str) -> Vec<String> {
-        split(line).unwrap()
+    fn ok(line: &str) -> Vec<Vec<u8>> {
+        split(line.as_bytes()).unwrap()
+    }
+
+    fn v(words: &[&[u8]]) -> Vec<Vec<u8>> {
+        words.iter().map(|w| w.to_vec()).collect()
     }
 
     #[test]
     fn splits_and_unquotes() {
         assert_eq!(
             ok("  set greeting \"hello world\" "),
-            ["set", "greeting", "hello world"]
+            v(&[b"set", b"greeting", b"hello world"])
         );
-        assert_eq!(ok(r#"set k "a\"b\\c\n\x41""#), ["set", "k", "a\"b\\c\nA"]);
-        assert_eq!(ok(r"set k 'don\'t'"), ["set", "k", "don't"]);
-        assert_eq!(ok(r#"set "" v"#), ["set", "", "v"]);
+        assert_eq!(
+            ok(r#"set k "a\"b\\c\n\x41""#),
+            v(&[b"set", b"k", b"a\"b\\c\nA"])
+        );
+        assert_eq!(ok(r"set k 'don\'t'"), v(&[b"set", b"k", b"don't"]));
+        assert_eq!(ok(r"set k 'a\nb'"), v(&[b"set", b"k", b"a\\nb"]));
+        assert_eq!(ok(r#"set "" v"#), v(&[b"set", b"", b"v"]));
         assert!(ok("").is_empty());
+    }
+
+    /// The cases below were checked against redis-cli 7.0 (Debian's
+    /// redis-tools) on the same lines.
+    #[test]
+    fn binary_and_redis_cli_corner_cases() {
+        // Any byte through \xHH, including NUL and invalid UTF-8.
+        assert_eq!(
+            ok(r#"set k "\x00\xff\xZZ""#),
+            v(&[b"set", b"k", b"\x00\xffxZZ"])
+        );
+        assert_eq!(ok(r#"set s "a\x4""#), v(&[b"set", b"s", b"ax4"]));
+        assert_eq!(ok(r#"set s "\X41\q""#), v(&[b"set", b"s", b"X41q"]));
+        // A quote in the middle of an argument opens a quoted part.
+        assert_eq!(ok(r#"set k a"b c""#), v(&[b"set", b"k", b"ab c"]));
+        assert_eq!(ok("set k a'b c'"), v(&[b"set", b"k", b"ab c"]));
+        // Non-ASCII text passes through unchanged.
+        assert_eq!(ok("set k héllo"), v(&[b"set", b"k", "héllo".as_bytes()]));
+        assert_eq!(ok("get\tk"), v(&[b"get", b"k"]));
     }
 
     #[test]
     fn rejects_broken_quoting() {
-        assert_eq!(split("set k \"abc").unwrap_err(), "unbalanced quotes");
+        assert_eq!(split(b"set k \"abc").unwrap_err(), "unbalanced quotes");
+        assert_eq!(split(b"set k \"abc\\").unwrap_err(), "unbalanced quotes");
+        assert_eq!(split(b"set k 'abc").unwrap_err(), "unbalanced quotes");
         assert_eq!(
-            split("set k \"a\"b").unwrap_err(),
+            split(b"set k \"a\"b").unwrap_err(),
             "a closing quote must be followed by a space"
         );
         assert_eq!(
-            split(r#"set k "\xZZ""#).unwrap_err(),
-            "invalid escape '\\xZZ'"
-        );
-        assert_eq!(
-            split(r#"set k "\xff""#).unwrap_err(),
-            "argument is not valid UTF-8 after unescaping"
+            split(b"set k 'x'y").unwrap_err(),
+            "a closing quote must be followed by a space"
         );
     }
 }
