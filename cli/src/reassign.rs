@@ -136,11 +136,12 @@ fn one() -> u32 {
 }
 
 /// Whether `words` (`cluster ...`) is one of these admin commands.
-pub fn is_admin(words: &[String]) -> bool {
-    words.first().is_some_and(|w| w == "cluster")
+pub fn is_admin<W: AsRef<std::ffi::OsStr>>(words: &[W]) -> bool {
+    words.first().is_some_and(|w| w.as_ref() == "cluster")
         && words
             .get(1)
-            .is_some_and(|w| ["reassign", "decommission", "recommission"].contains(&w.as_str()))
+            .and_then(|w| w.as_ref().to_str())
+            .is_some_and(|w| ["reassign", "decommission", "recommission"].contains(&w))
 }
 
 /// Parses a rate: `10MiB`, `512KiB`, `1048576`, `10MB/s`, `0`.
