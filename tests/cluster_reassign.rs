@@ -451,3 +451,42 @@ fn a_new_controller_finishes_a_reassignment_after_a_failover() {
         });
     }
 }
+
+/// (e) node-3 is down while partition 0 moves off it to node-4; when it
+/// starts again it opens the directory it finds, learns the newer state
+/// and deletes it, and keeps the partition it still hosts.
+#[test]
+fn a_node_down_during_its_removal_deletes_the_directory_when_it_returns() {
+    let _s = serial();
+    let mut c = three_then_four(2);
+    fill(&c, 0, 50, 1000);
+    assert_eq!(dirs(&c, 2), BTreeSet::from([0, 1]));
+    c.stop_node(2);
+    reassign(&c, 0, &[(0, &["node-1", "node-2", "node-4"])]);
+    wait(&c, "the reassignment finished", 40, |c| !in_progress(c));
+    assert_eq!(
+        zk_assignment(&c, 0).0,
+        s(&["node-1", "node-2", "node-4"])
+    );
+    // Still on disk: it was down.
+    assert_eq!(dirs(&c, 2), BTreeSet::from([0, 1]));
+    c.start_node(2);
+    c.wait_until("node-3 deleted partition 0's directory", |c| {
+        dirs(c, 2) == BTreeSet::from([1])
+    });
+    c.wait_until("every partition led with a full ISR", |c| {
+        c.all_led() && c.full_isr()
+    });
+    let log = c.log(2);
+    assert!(
+        log.contains("removed from this node's replicas at epoch"),
+        "{}",
+        tail(&log, 30)
+    );
+    let part = c.partition(0).expect("led");
+    assert_eq!(part.replicas, s(&["node-1", "node-2", "node-4"]));
+    assert_eq!(
+        sorted(part.isr),
+        s(&["node-1", "node-2", "node-4"])
+    );
+}
