@@ -464,10 +464,7 @@ fn a_node_down_during_its_removal_deletes_the_directory_when_it_returns() {
     c.stop_node(2);
     reassign(&c, 0, &[(0, &["node-1", "node-2", "node-4"])]);
     wait(&c, "the reassignment finished", 40, |c| !in_progress(c));
-    assert_eq!(
-        zk_assignment(&c, 0).0,
-        s(&["node-1", "node-2", "node-4"])
-    );
+    assert_eq!(zk_assignment(&c, 0).0, s(&["node-1", "node-2", "node-4"]));
     // Still on disk: it was down.
     assert_eq!(dirs(&c, 2), BTreeSet::from([0, 1]));
     c.start_node(2);
@@ -485,8 +482,5 @@ fn a_node_down_during_its_removal_deletes_the_directory_when_it_returns() {
     );
     let part = c.partition(0).expect("led");
     assert_eq!(part.replicas, s(&["node-1", "node-2", "node-4"]));
-    assert_eq!(
-        sorted(part.isr),
-        s(&["node-1", "node-2", "node-4"])
-    );
+    assert_eq!(sorted(part.isr), s(&["node-1", "node-2", "node-4"]));
 }
