@@ -431,11 +431,13 @@ fn a_new_controller_finishes_a_reassignment_after_a_failover() {
         zk_assignment(c, p).0.len() == 4
     });
     c.kill(victim);
+    // Lifting the throttle takes effect at once: at 32 KiB/s the 1 MiB
+    // would take 32 s.
     amend(&c, "throttle_bytes_per_sec", serde_json::json!(0));
     wait(
         &c,
         "the new controller finished the reassignment",
-        60,
+        20,
         |c| !in_progress(c),
     );
     let (replicas, isr) = zk_assignment(&c, p);
