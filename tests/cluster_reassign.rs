@@ -36,6 +36,10 @@ fn three_then_four(partitions: u32) -> TestCluster {
         initial_nodes: 3,
         replica_lag_ms: 3000,
         request_timeout_ms: 8000,
+        // Long: on a loaded machine a 2 s session made leaders fence
+        // themselves (ZooKeeper silent for 1.3 s), failing writes in flight
+        // for reasons unrelated to reassignment.
+        session_timeout_ms: 6000,
         ..ClusterOpts::default()
     });
     let src = &c.specs[0];
