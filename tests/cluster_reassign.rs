@@ -36,6 +36,10 @@ fn three_then_four(partitions: u32) -> TestCluster {
         initial_nodes: 3,
         replica_lag_ms: 3000,
         request_timeout_ms: 8000,
+        // Long: on a loaded machine a 2 s session made leaders fence
+        // themselves (ZooKeeper silent for 1.3 s), failing writes in flight
+        // for reasons unrelated to reassignment.
+        session_timeout_ms: 6000,
         ..ClusterOpts::default()
     });
     let src = &c.specs[0];
@@ -431,11 +435,13 @@ fn a_new_controller_finishes_a_reassignment_after_a_failover() {
         zk_assignment(c, p).0.len() == 4
     });
     c.kill(victim);
+    // Lifting the throttle takes effect at once: at 32 KiB/s the 1 MiB
+    // would take 32 s.
     amend(&c, "throttle_bytes_per_sec", serde_json::json!(0));
     wait(
         &c,
         "the new controller finished the reassignment",
-        60,
+        20,
         |c| !in_progress(c),
     );
     let (replicas, isr) = zk_assignment(&c, p);
@@ -450,4 +456,37 @@ fn a_new_controller_finishes_a_reassignment_after_a_failover() {
             !dirs(c, i).contains(&p)
         });
     }
+}
+
+/// (e) node-3 is down while partition 0 moves off it to node-4; when it
+/// starts again it opens the directory it finds, learns the newer state
+/// and deletes it, and keeps the partition it still hosts.
+#[test]
+fn a_node_down_during_its_removal_deletes_the_directory_when_it_returns() {
+    let _s = serial();
+    let mut c = three_then_four(2);
+    fill(&c, 0, 50, 1000);
+    assert_eq!(dirs(&c, 2), BTreeSet::from([0, 1]));
+    c.stop_node(2);
+    reassign(&c, 0, &[(0, &["node-1", "node-2", "node-4"])]);
+    wait(&c, "the reassignment finished", 40, |c| !in_progress(c));
+    assert_eq!(zk_assignment(&c, 0).0, s(&["node-1", "node-2", "node-4"]));
+    // Still on disk: it was down.
+    assert_eq!(dirs(&c, 2), BTreeSet::from([0, 1]));
+    c.start_node(2);
+    c.wait_until("node-3 deleted partition 0's directory", |c| {
+        dirs(c, 2) == BTreeSet::from([1])
+    });
+    c.wait_until("every partition led with a full ISR", |c| {
+        c.all_led() && c.full_isr()
+    });
+    let log = c.log(2);
+    assert!(
+        log.contains("removed from this node's replicas at epoch"),
+        "{}",
+        tail(&log, 30)
+    );
+    let part = c.partition(0).expect("led");
+    assert_eq!(part.replicas, s(&["node-1", "node-2", "node-4"]));
+    assert_eq!(sorted(part.isr), s(&["node-1", "node-2", "node-4"]));
 }

@@ -60,6 +60,14 @@
 //!   covers the records appended as a follower and those read back at
 //!   open), and an `acks: all` answer that rests on an uncommitted record
 //!   waits until the high watermark covers it ([`ReplicaManager::write`]);
+//! - a leader named again at a higher epoch (a reassignment step that
+//!   keeps it) leads on without stepping down: its engine moves to the new
+//!   epoch, the writes it admitted since its leadership began
+//!   (`Progress::since`) are still acknowledged once the high watermark
+//!   covers them, replicas added to the partition join its followers at
+//!   log end 0 (so they hold the merge horizon back), removed ones leave;
+//! - what a leader serves to replicas being added by a reassignment is
+//!   throttled per node ([`throttle`]); nothing else is;
 //! - a leader's appends and commits carry its leader epoch and are refused
 //!   by the engine once the replica left that role (`NOT_LEADER`, nothing
 //!   written); a role change steps the engine down before anything else
@@ -73,6 +81,7 @@ mod fetcher;
 mod hosting;
 mod log;
 mod partition;
+mod relead;
 mod serve;
 pub mod service;
 mod session;
@@ -657,67 +666,6 @@ impl ReplicaManager {
             target.isr.join(",")
         );
         self.advance_hw(part);
-    }
-
-    /// Leads `part` on at the higher epoch of `target` without stepping
-    /// down, if it leads now, unfenced (a reassignment step that keeps the
-    /// leader): the engine moves to the new epoch, the leader state takes
-    /// the new replicas (added ones start at log end 0, so they hold the
-    /// merge horizon back), ISR and version; writes admitted at the old
-    /// epoch are still answered once the high watermark covers them.
-    /// False when the full transition is needed.
-    async fn lead_on(self: &Arc<Self>, part: &Arc<Partition>, target: &LeaderAndIsr) -> bool {
-        let old = match &part.state.lock().role {
-            RoleState::Leader(l) if l.epoch < target.leader_epoch => l.epoch,
-            _ => return false,
-        };
-        if part.progress.borrow().leading != Some(old) || part.leading_epoch() != Some(old) {
-            return false;
-        }
-        let log = part.log.clone();
-        let epoch = target.leader_epoch;
-        if let Err(e) = blocking(move || log.set_epoch(epoch).map_err(Error::from)).await {
-            tracing::error!(partition = part.id, "cannot lead on at epoch {epoch}: {e}");
-            return false;
-        }
-        {
-            let mut s = part.state.lock();
-            let RoleState::Leader(l) = &mut s.role else {
-                return false;
-            };
-            l.epoch = epoch;
-            l.node_epoch = target.leader_node_epoch;
-            l.isr = target.isr.clone();
-            l.zk_version = target.zk_version;
-            l.controller_epoch = target.controller_epoch;
-            l.replicas = target.replicas.clone();
-            l.followers.retain(|r, _| target.replicas.contains(r));
-            let now = Instant::now();
-            for r in target.replicas.iter().filter(|r| **r != self.me.id) {
-                l.followers
-                    .entry(r.clone())
-                    .or_insert(partition::FollowerProgress {
-                        leo: 0,
-                        caught_up_at: now,
-                        last_fetch: None,
-                    });
-            }
-            if l.joining
-                .as_ref()
-                .is_some_and(|j| !target.replicas.contains(j))
-            {
-                l.joining = None;
-            }
-        }
-        part.progress.send_modify(|p| p.leading = Some(epoch));
-        tracing::info!(
-            partition = part.id,
-            "leading on at epoch {epoch} (from {old}), replicas [{}], ISR [{}]",
-            target.replicas.join(","),
-            target.isr.join(",")
-        );
-        self.advance_hw(part);
-        true
     }
 
     /// Follows `leader` at `epoch`.

@@ -286,7 +286,7 @@ impl Partition {
         // Read under the lock: `publish_hw` and `stop_leading` update
         // `progress` before they take it, so no wake-up is missed.
         let p = *self.progress.borrow();
-        if !p.leading.is_some_and(|l| l >= epoch) || p.since > epoch {
+        if p.leading.is_none_or(|l| l < epoch) || p.since > epoch {
             return Ack::LeadershipLost;
         }
         if p.hw >= until {

@@ -41,6 +41,13 @@
 //! which limit what a leader serves to replicas being added (those past
 //! the first `replication_factor` entries of `replicas`, outside the ISR).
 //!
+//! Notices: each state written here is a changed state of the
+//! reconciliation, and the controller sends changed states to every live
+//! node (`controller.rs`), so the nodes of old ∪ new replicas all learn
+//! every step (a node added opens its engine, a node removed closes it and
+//! deletes its directory, `replication/hosting.rs`). A narrower notice
+//! scheme must keep sending each step to old ∪ new.
+//!
 //! Invariants:
 //! - every state written here has a higher leader epoch than the one it
 //!   replaces, and `replicas` changes only together with such a state;

@@ -140,3 +140,104 @@ fn a_kept_leader_leads_on_and_an_added_replica_holds_the_merge_horizon() {
     drop(m);
     drop(rt);
 }
+
+/// Real engines under one directory that delete a partition's directory
+/// on `remove`.
+struct Dirs {
+    /// Holds `<p>/`.
+    root: TempDir,
+    /// Engines open now.
+    open: parking_lot::Mutex<std::collections::HashMap<u32, Arc<Bitcask>>>,
+}
+
+impl crate::replication::Engines for Dirs {
+    fn open(&self, p: u32) -> crate::error::Result<Arc<dyn ReplicaLog>> {
+        let o = Options {
+            fsync: Durability::Never,
+            ..Options::default()
+        };
+        let dir = self.root.path().join(p.to_string());
+        let e = Arc::new(Bitcask::open_replica(dir, o, Arc::new(SystemClock))?);
+        self.open.lock().insert(p, e.clone());
+        Ok(e)
+    }
+
+    fn close(&self, p: u32, _log: &Arc<dyn ReplicaLog>) -> crate::error::Result<()> {
+        if let Some(e) = self.open.lock().remove(&p) {
+            e.close()?;
+        }
+        Ok(())
+    }
+
+    fn remove(&self, p: u32) -> crate::error::Result<()> {
+        std::fs::remove_dir_all(self.root.path().join(p.to_string()))
+            .map_err(|e| crate::error::Error::Unavailable(e.to_string()))
+    }
+}
+
+/// A state that leaves this node out deletes the partition's directory
+/// only when its leader epoch is above every epoch of the data: one at
+/// the data's own epoch (a newer znode version, no new epoch) only closes
+/// the engine, and the data is there when the node is listed again.
+#[test]
+fn a_removed_replica_deletes_its_directory_only_on_a_state_newer_than_its_data() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dirs = Arc::new(Dirs {
+        root: TempDir::new().unwrap(),
+        open: Default::default(),
+    });
+    let opts = ClusterOptions {
+        min_insync: 1,
+        ..ClusterOptions::default()
+    };
+    let m = ReplicaManager::hosting(
+        node("a"),
+        opts,
+        1,
+        dirs.clone(),
+        Vec::new(),
+        Duration::from_secs(5),
+        2 << 20,
+    );
+    let pdir = dirs.root.path().join("0");
+    let at = |epoch: u32, version: i32, replicas: &[&str]| {
+        let mut s = st(epoch, replicas, &replicas[..1]);
+        s.leader = Some(replicas[0].to_string());
+        s.zk_version = version;
+        s
+    };
+    rt.block_on(async {
+        m.attach(Arc::new(FakeCluster));
+        m.leader_and_isr(1, 0, vec![at(3, 3, &["a", "b"])], vec![])
+            .unwrap();
+        super::wait_until("leading", || {
+            matches!(m.role(0), Role::Leader { epoch: 3, .. })
+        })
+        .await;
+        m.write(0, Bytes::from("k"), set("v"), Acks::Leader)
+            .await
+            .unwrap();
+        // Left out at the data's own epoch: closed, the directory stays.
+        m.leader_and_isr(1, 0, vec![at(3, 9, &["b", "c"])], vec![])
+            .unwrap();
+        super::wait_until("closed", || dirs.open.lock().is_empty()).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(pdir.is_dir());
+        // Listed again: the data is there.
+        m.leader_and_isr(1, 0, vec![at(4, 10, &["b", "a"])], vec![])
+            .unwrap();
+        super::wait_until("open again", || m.hosted_ids() == vec![0]).await;
+        assert_eq!(m.partition(0).unwrap().log.written_end(), 1);
+        // Removed at epoch 5: closed and deleted.
+        m.leader_and_isr(1, 0, vec![at(5, 11, &["b", "c"])], vec![])
+            .unwrap();
+        super::wait_until("deleted", || !pdir.exists()).await;
+        assert!(m.hosted_ids().is_empty());
+    });
+    drop(m);
+    drop(rt);
+}
