@@ -227,6 +227,12 @@ fn decommission_marks_the_node_and_plans_it_empty() {
         ..ClusterOpts::default()
     });
     let addr = c.specs[0].addr.clone();
+    let (code, out, err) = cli_at(&addr, &["cluster", "decommission", "node-33"]);
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert_eq!(
+        err,
+        "(error) unknown node node-33: not registered and hosting no replica\n"
+    );
     let current = assigned(&c);
     let (code, out, err) = cli_at(
         &addr,

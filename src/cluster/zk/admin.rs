@@ -253,7 +253,8 @@ impl ZkCluster {
     }
 
     /// Marks `node` decommissioned (plans give it no replica), or removes
-    /// the mark. Returns the decommissioned nodes after the change.
+    /// the mark. Returns the decommissioned nodes after the change. A node
+    /// neither registered nor hosting a replica (a typo) is refused.
     pub async fn decommission(&self, node: &str, on: bool) -> crate::Result<Vec<String>> {
         if node.is_empty() || node.contains('/') {
             return Err(Error::InvalidInput(format!("{node:?} is not a node id")));
@@ -262,6 +263,20 @@ impl ZkCluster {
         let paths = &self.shared.paths;
         let path = format!("{}/{node}", decommissioned_path(paths));
         if on {
+            let registered = znode::live_nodes(&client, paths)
+                .await?
+                .iter()
+                .any(|n| n.id == node);
+            let ids = znode::list_partitions(&client, paths).await?;
+            let hosts = znode::read_replicas(&client, paths, &ids)
+                .await?
+                .values()
+                .any(|r| r.iter().any(|n| n == node));
+            if !registered && !hosts {
+                return Err(Error::InvalidInput(format!(
+                    "unknown node {node}: not registered and hosting no replica"
+                )));
+            }
             znode::mkdir(&client, &decommissioned_path(paths))
                 .await
                 .map_err(|e| zk_error(&format!("create {}", decommissioned_path(paths)), e))?;

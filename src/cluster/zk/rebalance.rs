@@ -3,9 +3,10 @@
 //!
 //! Runs on every node beside the controller candidacy, for the life of a
 //! session, and acts only while this node is the controller
-//! (`Shared::controller` names it). Every [`TICK`] it reads the assigned
-//! replicas, the live nodes, the decommissioned marks and
-//! `/admin/reassign`. When some live, non-decommissioned node hosts no
+//! (`Shared::controller` names it). Every [`TICK`] it compares the live
+//! nodes with the nodes hosting a replica (read from ZooKeeper when a live
+//! node is not among them, or every 30 s; nothing is read in the steady
+//! state), then reads the decommissioned marks and `/admin/reassign`. When some live, non-decommissioned node hosts no
 //! replica, no reassignment is in progress, and both have held on every
 //! tick for `auto_rebalance_grace_ms`, it computes a plan
 //! ([`crate::cluster::plan`]) over the live, non-decommissioned nodes and
@@ -43,20 +44,23 @@ pub(crate) async fn run(shared: Arc<Shared>, client: zk::Client) {
     let grace = Duration::from_millis(shared.opts.auto_rebalance_grace_ms);
     // Since when the condition has held, and for which empty nodes.
     let mut since: Option<Instant> = None;
+    let mut hosting: Hosting = None;
     loop {
         tokio::time::sleep(TICK).await;
         let controller = shared.controller.read().as_deref() == Some(shared.me.id.as_str());
         if !controller {
             since = None;
+            hosting = None;
             continue;
         }
-        match empty_nodes(&shared, &client).await {
+        match empty_nodes(&shared, &client, &mut hosting).await {
             Ok(empty) if !empty.is_empty() => {
                 let start = *since.get_or_insert_with(Instant::now);
                 if start.elapsed() < grace {
                     continue;
                 }
                 since = None;
+                hosting = None;
                 match write_plan(&shared, &client, &empty).await {
                     Ok(Some(moves)) => tracing::info!(
                         "auto rebalance: node(s) {} hosted no replica for {} ms; wrote a plan \
@@ -78,31 +82,57 @@ pub(crate) async fn run(shared: Arc<Shared>, client: zk::Client) {
     }
 }
 
+/// The nodes hosting a replica, as last read, and when.
+type Hosting = Option<(Instant, BTreeSet<String>)>;
+
+/// How long [`Hosting`] is trusted while every live node is in it (a
+/// node listed there can only lose all its replicas through a
+/// reassignment).
+const HOSTING_TTL: Duration = Duration::from_secs(30);
+
 /// The live, non-decommissioned nodes hosting no replica, when no
 /// reassignment is in progress and the partitions exist (empty
-/// otherwise).
-async fn empty_nodes(shared: &Shared, client: &zk::Client) -> crate::Result<BTreeSet<String>> {
+/// otherwise). In the steady state (every live node hosts something, as
+/// last read) this costs no ZooKeeper request: the replicas are read again
+/// only when a live node is missing from `hosting` or it is older than
+/// [`HOSTING_TTL`].
+async fn empty_nodes(
+    shared: &Shared,
+    client: &zk::Client,
+    hosting: &mut Hosting,
+) -> crate::Result<BTreeSet<String>> {
     let paths = &shared.paths;
+    let live: Vec<String> = shared.nodes.read().iter().map(|n| n.id.clone()).collect();
+    let stale = match hosting {
+        Some((at, set)) => at.elapsed() > HOSTING_TTL || live.iter().any(|id| !set.contains(id)),
+        None => true,
+    };
+    if stale {
+        let ids = znode::list_partitions(client, paths).await?;
+        let replicas = znode::read_replicas(client, paths, &ids).await?;
+        *hosting = Some((Instant::now(), replicas.into_values().flatten().collect()));
+    }
+    let Some((_, set)) = hosting else {
+        return Ok(BTreeSet::new());
+    };
+    // No partition yet: the controller creates them, nothing to balance.
+    if set.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let candidates: BTreeSet<String> = live.into_iter().filter(|id| !set.contains(id)).collect();
+    if candidates.is_empty() {
+        return Ok(candidates);
+    }
     if super::admin::read_reassignment(client, paths)
         .await?
         .is_some()
     {
         return Ok(BTreeSet::new());
     }
-    let ids = znode::list_partitions(client, paths).await?;
-    if ids.is_empty() {
-        return Ok(BTreeSet::new());
-    }
-    let replicas = znode::read_replicas(client, paths, &ids).await?;
     let decommissioned = read_decommissioned(client, paths).await?;
-    let hosting: BTreeSet<&String> = replicas.values().flatten().collect();
-    Ok(shared
-        .nodes
-        .read()
-        .iter()
-        .map(|n| &n.id)
-        .filter(|id| !hosting.contains(id) && !decommissioned.contains(id))
-        .cloned()
+    Ok(candidates
+        .into_iter()
+        .filter(|id| !decommissioned.contains(id))
         .collect())
 }
 
