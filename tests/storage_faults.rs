@@ -299,9 +299,12 @@ fn submitted_writes_share_the_next_group_commit() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
+    let set = |k: &str, opts: SetOptions| WriteOp::Set(Bytes::from(format!("v-{k}")), opts);
+    // Applied, and its value not cached: only on disk.
+    e.write(b"ondisk", set("ondisk", SetOptions::default()))
+        .unwrap();
     let before = e.status().unwrap();
     fail::cfg("bitcask::fsync", "sleep(300)").unwrap();
-    let set = |k: &str, opts: SetOptions| WriteOp::Set(Bytes::from(format!("v-{k}")), opts);
     let Submitted::Queued(first) = e.submit(b"k0", &set("k0", SetOptions::default())).unwrap()
     else {
         panic!("an unconditional set under always is queued");
@@ -321,8 +324,8 @@ fn submitted_writes_share_the_next_group_commit() {
         }
     }
     // Decisions without a record are answered at once; one that rests on a
-    // record still being written, and an expire (its record carries the
-    // value), go to the blocking path.
+    // record still being written, and an expire of a key whose value is on
+    // disk only (its record carries the value), go to the blocking path.
     let nx = SetOptions {
         condition: Condition::IfAbsent,
         ..SetOptions::default()
@@ -344,20 +347,32 @@ fn submitted_writes_share_the_next_group_commit() {
         other => panic!("delete of an absent key: {other:?}"),
     }
     assert!(matches!(
-        e.submit(b"k1", &WriteOp::Expire(T0 + 10_000)).unwrap(),
+        e.submit(b"ondisk", &WriteOp::Expire(T0 + 10_000)).unwrap(),
         Submitted::Blocking
     ));
+    // An expire of a key whose value memory holds (k1's record, still in
+    // flight) is queued behind that record, into the same group commit.
+    let Submitted::Queued(expire) = e.submit(b"k1", &WriteOp::Expire(T0 + 10_000)).unwrap() else {
+        panic!("an expire of a value in memory is queued");
+    };
     for (i, c) in queued.into_iter().enumerate() {
         let w = rt.block_on(c.wait()).unwrap();
         assert!(w.done);
-        assert_eq!(w.until, i as u64 + 1, "k{i} was written at offset {i}");
+        assert_eq!(
+            w.until,
+            i as u64 + 2,
+            "k{i} was written at offset {}",
+            i + 1
+        );
     }
+    let w = rt.block_on(expire.wait()).unwrap();
+    assert_eq!((w.done, w.until), (true, 66));
     let after = e.status().unwrap();
-    assert_eq!(after.records_written - before.records_written, 64);
+    assert_eq!(after.records_written - before.records_written, 65);
     assert_eq!(
         after.fsyncs - before.fsyncs,
         2,
-        "one fsync for k0, one for the other 63"
+        "one fsync for k0, one for the other 63 and the expire"
     );
     assert_eq!(after.segments, 1);
     fail::remove("bitcask::fsync");
@@ -371,6 +386,10 @@ fn submitted_writes_share_the_next_group_commit() {
         );
     }
     assert_eq!(e.get(b"absent").unwrap(), None);
+    assert_eq!(
+        e.ttl(b"k1").unwrap(),
+        caskade::storage::Ttl::ExpiresInMs(10_000)
+    );
     scenario.teardown();
 }
 

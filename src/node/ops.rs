@@ -103,14 +103,20 @@ impl Node {
             None => None,
             Some(t) => Some(self.positive_instant(t, "set")?),
         };
-        let op = WriteOp::SetExt {
-            value,
-            opts: SetOptions {
-                expire_at_ms,
-                condition: args.condition,
+        let opts = SetOptions {
+            expire_at_ms,
+            condition: args.condition,
+        };
+        let op = match (args.get, args.keep_ttl) {
+            // The plain form: an unconditional one skips the state lookup
+            // (the engine's fast path).
+            (false, false) => WriteOp::Set(value, opts),
+            (get, keep_ttl) => WriteOp::SetExt {
+                value,
+                opts,
+                keep_ttl,
+                get,
             },
-            keep_ttl: args.keep_ttl,
-            get: args.get,
         };
         let w = self.write_key(key, op, args.acks).await?;
         Ok(SetOutcome {
