@@ -1570,8 +1570,8 @@ fn grpc_node_rpc_speaks_replication_proto() {
         // Two routing maps, merged on the wire (the newer epoch wins).
         let older = caskade::cluster::Leaders::of(&states, false);
         let mut newer = caskade::cluster::Leaders::default();
-        newer.push(5, 3, Some("grpc-2"));
-        newer.push(7, 1, None);
+        newer.push(5, 3, Some("grpc-2"), &ids(&["grpc-2", "grpc-1"]));
+        newer.push(7, 1, None, &ids(&["grpc-1"]));
         let maps = vec![Arc::new(older), Arc::new(newer)];
         rpc.leader_and_isr(node.clone(), 7, 5, states, maps, vec![node.clone()])
             .await
@@ -1612,19 +1612,27 @@ fn grpc_node_rpc_speaks_replication_proto() {
                         partition: 2,
                         leader_epoch: 4,
                         leader: 1,
+                        replicas: 0,
                     },
                     pb::PartitionLeader {
                         partition: 5,
                         leader_epoch: 3,
                         leader: 2,
+                        replicas: 1,
                     },
                     pb::PartitionLeader {
                         partition: 7,
                         leader_epoch: 1,
                         leader: 0,
+                        replicas: 2,
                     },
                 ],
                 leaders_full: false,
+                replica_sets: vec![
+                    pb::ReplicaSet { nodes: vec![0, 1] },
+                    pb::ReplicaSet { nodes: vec![1, 0] },
+                    pb::ReplicaSet { nodes: vec![0] },
+                ],
             }]
         );
         server.abort();

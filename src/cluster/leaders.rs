@@ -7,7 +7,8 @@
 //! round (every partition after an election, or to a node that joined) it
 //! builds one [`Leaders`] map and shares it (`Arc`) between every node's
 //! notice: at 100 nodes x 100,000 partitions one map of 100,000 entries of
-//! 12 bytes, not 100 copies of 100,000 states.
+//! 16 bytes (each distinct replica list stored once), not 100 copies of
+//! 100,000 states.
 //!
 //! Invariants:
 //! - entries are sorted by partition, one per partition;
@@ -26,6 +27,8 @@ pub struct LeaderEntry {
     /// Index of the leader in [`Leaders::ids`] plus one; 0 when the
     /// partition is offline.
     pub leader: u32,
+    /// Index of the partition's replicas in [`Leaders::sets`].
+    pub replicas: u32,
 }
 
 /// Leaders of a set of partitions, compactly (node ids stored once).
@@ -36,6 +39,9 @@ pub struct Leaders {
     pub full: bool,
     /// Node ids the entries refer to.
     pub ids: Vec<String>,
+    /// Replica lists (indexes into `ids`), each stored once: partitions
+    /// share them (N distinct lists for P partitions as assigned).
+    pub sets: Vec<Vec<u32>>,
     /// One entry per partition, sorted by partition.
     pub entries: Vec<LeaderEntry>,
 }
@@ -47,20 +53,43 @@ impl Leaders {
             full,
             ..Leaders::default()
         };
+        let mut sets = std::collections::HashMap::new();
         for s in states {
-            let leader = match &s.leader {
-                Some(l) => out.index(l) + 1,
-                None => 0,
-            };
-            out.entries.push(LeaderEntry {
-                partition: s.partition,
-                leader_epoch: s.leader_epoch,
-                leader,
-            });
+            out.push_interned(
+                &mut sets,
+                s.partition,
+                s.leader_epoch,
+                s.leader.as_deref(),
+                &s.replicas,
+            );
         }
-        out.entries.sort_unstable_by_key(|e| e.partition);
-        out.entries.dedup_by_key(|e| e.partition);
+        out.sort();
         out
+    }
+
+    /// Adds an entry, storing its replica list once (`sets` remembers the
+    /// lists stored).
+    fn push_interned(
+        &mut self,
+        sets: &mut std::collections::HashMap<Vec<u32>, u32>,
+        partition: u32,
+        leader_epoch: u32,
+        leader: Option<&str>,
+        replicas: &[String],
+    ) {
+        let leader = leader.map_or(0, |l| self.index(l) + 1);
+        let list: Vec<u32> = replicas.iter().map(|r| self.index(r)).collect();
+        let next = self.sets.len() as u32;
+        let at = *sets.entry(list.clone()).or_insert(next);
+        if at == next {
+            self.sets.push(list);
+        }
+        self.entries.push(LeaderEntry {
+            partition,
+            leader_epoch,
+            leader,
+            replicas: at,
+        });
     }
 
     /// The index of node id `id` in `ids`, added if missing.
@@ -74,14 +103,21 @@ impl Leaders {
         }
     }
 
-    /// Adds an entry (a wire decoder's way in): `leader` is a node id.
-    pub fn push(&mut self, partition: u32, leader_epoch: u32, leader: Option<&str>) {
-        let leader = leader.map_or(0, |l| self.index(l) + 1);
-        self.entries.push(LeaderEntry {
-            partition,
-            leader_epoch,
-            leader,
-        });
+    /// Adds an entry: `leader` and `replicas` are node ids.
+    pub fn push(
+        &mut self,
+        partition: u32,
+        leader_epoch: u32,
+        leader: Option<&str>,
+        replicas: &[String],
+    ) {
+        let mut sets = self
+            .sets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.clone(), i as u32))
+            .collect();
+        self.push_interned(&mut sets, partition, leader_epoch, leader, replicas);
     }
 
     /// Sorts the entries by partition (after [`Leaders::push`]).
@@ -98,6 +134,18 @@ impl Leaders {
             .map(String::as_str)
     }
 
+    /// The replicas of `e` (node ids, the preferred leader first).
+    pub fn replicas_of(&self, e: &LeaderEntry) -> Vec<String> {
+        self.sets
+            .get(e.replicas as usize)
+            .map(|set| {
+                set.iter()
+                    .filter_map(|&i| self.ids.get(i as usize).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The entry of partition `p`, if in the map.
     pub fn get(&self, p: u32) -> Option<&LeaderEntry> {
         self.entries
@@ -109,15 +157,15 @@ impl Leaders {
     /// One map of `maps` (oldest first): per partition the entry with the
     /// highest leader epoch (the later map's on a tie); full if any is.
     pub fn merge(maps: &[std::sync::Arc<Leaders>]) -> Leaders {
-        let mut best: std::collections::BTreeMap<u32, (u32, Option<&str>)> =
+        let mut best: std::collections::BTreeMap<u32, (u32, &Leaders, &LeaderEntry)> =
             std::collections::BTreeMap::new();
         for m in maps {
             for e in &m.entries {
                 let newer = best
                     .get(&e.partition)
-                    .is_none_or(|(epoch, _)| e.leader_epoch >= *epoch);
+                    .is_none_or(|(epoch, _, _)| e.leader_epoch >= *epoch);
                 if newer {
-                    best.insert(e.partition, (e.leader_epoch, m.leader_of(e)));
+                    best.insert(e.partition, (e.leader_epoch, m, e));
                 }
             }
         }
@@ -125,8 +173,10 @@ impl Leaders {
             full: maps.iter().any(|m| m.full),
             ..Leaders::default()
         };
-        for (p, (epoch, leader)) in best {
-            out.push(p, epoch, leader);
+        let mut sets = std::collections::HashMap::new();
+        for (p, (epoch, m, e)) in best {
+            let replicas = m.replicas_of(e);
+            out.push_interned(&mut sets, p, epoch, m.leader_of(e), &replicas);
         }
         out
     }
@@ -169,6 +219,10 @@ mod tests {
         ];
         let m = Leaders::of(&states, true);
         assert_eq!(m.ids, vec!["b".to_string(), "a".to_string()]);
+        // One replica list for all four partitions.
+        assert_eq!(m.sets, vec![vec![1, 0]]);
+        let e = m.get(1).expect("partition 1");
+        assert_eq!(m.replicas_of(e), vec!["a".to_string(), "b".to_string()]);
         assert_eq!(m.len(), 4);
         let got: Vec<(u32, Option<&str>, u32)> = m
             .entries

@@ -137,9 +137,15 @@ impl NodeRpc for GrpcNodeRpc {
                         partition: e.partition,
                         leader_epoch: e.leader_epoch,
                         leader: e.leader,
+                        replicas: e.replicas,
                     })
                     .collect(),
                 leaders_full: leaders.full,
+                replica_sets: leaders
+                    .sets
+                    .iter()
+                    .map(|s| pb::ReplicaSet { nodes: s.clone() })
+                    .collect(),
                 controller_epoch,
                 partitions: states
                     .into_iter()

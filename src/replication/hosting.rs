@@ -172,10 +172,18 @@ impl ReplicaManager {
         self.client_addr(&leader)
     }
 
-    /// The leader (`None`: offline) and leader epoch of `p` in the routing
-    /// maps, if any names it.
-    pub(super) fn routed(&self, p: u32) -> Option<(Option<String>, u32)> {
-        routed(&self.table.lock(), p)
+    /// The leader (`None`: offline), leader epoch and replicas of `p` in
+    /// the routing maps, if any names it.
+    pub(super) fn routed(&self, p: u32) -> Option<(Option<String>, u32, Vec<String>)> {
+        let table = self.table.lock();
+        let (leader, epoch) = routed(&table, p)?;
+        let replicas = table
+            .routes
+            .iter()
+            .rev()
+            .find_map(|m| m.get(p).map(|e| m.replicas_of(e)))
+            .unwrap_or_default();
+        Some((leader, epoch, replicas))
     }
 
     /// Keeps the routing maps of a notice.

@@ -972,14 +972,19 @@ impl Coordinator for ReplicaManager {
             .map(|p| match self.partition(p) {
                 Ok(part) => self.hosted_state(&part),
                 Err(_) => {
-                    let (mut leader, mut leader_epoch, replicas, isr) = match self.learned(p) {
-                        Some(k) => (k.leader, k.leader_epoch, k.replicas, k.isr),
-                        None => (None, 0, Vec::new(), Vec::new()),
-                    };
+                    let (mut leader, mut leader_epoch, mut replicas, mut isr) =
+                        match self.learned(p) {
+                            Some(k) => (k.leader, k.leader_epoch, k.replicas, k.isr),
+                            None => (None, 0, Vec::new(), Vec::new()),
+                        };
                     // A routing entry newer than the full state (or the
-                    // only thing known of a partition not hosted here).
-                    if let Some((l, e)) = self.routed(p).filter(|(_, e)| *e > leader_epoch) {
-                        (leader, leader_epoch) = (l, e);
+                    // only thing known of a partition not hosted here):
+                    // its leader and replicas (a routing entry has no ISR).
+                    if let Some((l, e, r)) = self
+                        .routed(p)
+                        .filter(|(_, e, _)| *e > leader_epoch || replicas.is_empty())
+                    {
+                        (leader, leader_epoch, replicas, isr) = (l, e, r, Vec::new());
                     }
                     PartitionState {
                         id: p,

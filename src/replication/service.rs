@@ -54,23 +54,30 @@ pub fn state_from_wire(p: pb::PartitionState, controller_epoch: u64) -> LeaderAn
     }
 }
 
-/// A notice's routing map from its wire form (none when empty). Entries
-/// naming an index outside `ids` count as offline.
+/// A notice's routing map from its wire form (none when empty). An index
+/// outside `ids` counts as no node (offline leader, replica left out);
+/// one outside `sets` as no replicas.
 pub fn leaders_from_wire(
     ids: Vec<String>,
+    sets: Vec<pb::ReplicaSet>,
     entries: Vec<pb::PartitionLeader>,
     full: bool,
 ) -> Vec<std::sync::Arc<crate::cluster::Leaders>> {
     if entries.is_empty() {
         return Vec::new();
     }
+    let n = ids.len();
     let mut m = crate::cluster::Leaders {
         full,
         ids,
+        sets: sets
+            .into_iter()
+            .map(|s| s.nodes.into_iter().filter(|&i| (i as usize) < n).collect())
+            .collect(),
         entries: Vec::with_capacity(entries.len()),
     };
     for e in entries {
-        let leader = if (e.leader as usize) <= m.ids.len() {
+        let leader = if (e.leader as usize) <= n {
             e.leader
         } else {
             0
@@ -79,6 +86,7 @@ pub fn leaders_from_wire(
             partition: e.partition,
             leader_epoch: e.leader_epoch,
             leader,
+            replicas: e.replicas,
         });
     }
     m.sort();
@@ -198,7 +206,7 @@ impl Replication for ReplicationService {
             .map(|p| state_from_wire(p, epoch))
             .collect();
         let nodes = r.nodes.into_iter().map(node_from_wire).collect();
-        let leaders = leaders_from_wire(r.leader_ids, r.leaders, r.leaders_full);
+        let leaders = leaders_from_wire(r.leader_ids, r.replica_sets, r.leaders, r.leaders_full);
         self.manager
             .notice(epoch, r.node_epoch, states, leaders, nodes)?;
         Ok(Response::new(pb::LeaderAndIsrResponse {}))

@@ -38,8 +38,8 @@
 //!    node that joined), the leaders of the changed partitions (of every
 //!    partition, after an election and to a node that joined) for routing,
 //!    and the live nodes. The leaders are one compact map per notice round
-//!    (`cluster::Leaders`, 12 bytes a partition), shared by every mailbox:
-//!    a round costs one copy of each changed state per replica and one map,
+//!    (`cluster::Leaders`, 16 bytes a partition, replica lists stored
+//!    once), shared by every mailbox: a round costs one copy of each changed state per replica and one map,
 //!    not N x P states. Each node's queue is delivered in one
 //!    `leader_and_isr` at a time, retried with backoff until the node
 //!    acknowledges it or leaves (`notify.rs`).
