@@ -297,7 +297,7 @@ fn config(sh: &Shared, f: &[Bytes], sub: &[u8]) -> Reply {
             Reply::Map(out)
         }
         b"get" => arity_error("config|get"),
-        b"set" if f.len() >= 4 && f.len() % 2 == 0 => Reply::err(
+        b"set" if f.len() >= 4 && f.len().is_multiple_of(2) => Reply::err(
             "CONFIG SET is not supported by caskade: change the server's YAML configuration and restart",
         ),
         b"set" => arity_error("config|set"),

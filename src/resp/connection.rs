@@ -102,7 +102,7 @@ pub async fn run(
             match idle {
                 Some(t) => tokio::time::timeout(t, stream.read_buf(&mut buf))
                     .await
-                    .unwrap_or_else(|_| Ok(0)),
+                    .unwrap_or(Ok(0)),
                 None => stream.read_buf(&mut buf).await,
             }
         };
