@@ -21,8 +21,8 @@ mod clock;
 mod error;
 mod histogram;
 mod memory;
-pub mod owner_only;
 mod ops;
+pub mod owner_only;
 
 pub use bitcask::{
     BackgroundOptions, Bitcask, Completion, Header, Kind, MergeOptions, MergeReport, Options,

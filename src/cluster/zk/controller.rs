@@ -1033,7 +1033,13 @@ impl Controller {
                 .chain(&s.leader)
                 .map(String::as_str)
                 .filter(|id| wanted || (any_full && is_full(id)))
-                .chain(removed.get(&s.partition).into_iter().flatten().map(String::as_str))
+                .chain(
+                    removed
+                        .get(&s.partition)
+                        .into_iter()
+                        .flatten()
+                        .map(String::as_str),
+                )
                 .collect();
             to.sort_unstable();
             to.dedup();
