@@ -32,7 +32,6 @@ mod reassign;
 mod reassign_watch;
 mod repl;
 mod reply;
-mod split;
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};

@@ -29,7 +29,7 @@ use std::io::Write;
 
 use crate::command::{self, COMMANDS, Command};
 use crate::reply::{Output, Reply};
-use crate::split::split;
+use caskade::resp::split::split;
 
 /// Completion of command names and hints with their arguments.
 struct CommandHelper;

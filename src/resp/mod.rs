@@ -33,6 +33,7 @@ mod commands;
 mod connection;
 pub mod parse;
 pub mod reply;
+pub mod split;
 pub mod table;
 
 use std::net::SocketAddr;

@@ -218,103 +218,12 @@ fn inline(buf: &[u8]) -> Result<Scan, ProtocolError> {
     if line.last() == Some(&b'\r') {
         line = &line[..line.len() - 1];
     }
-    let args = split_args(line)
-        .ok_or(ProtocolError::Redis("unbalanced quotes in request"))?
+    let args = super::split::split(line)
+        .map_err(|_| ProtocolError::Redis("unbalanced quotes in request"))?
         .into_iter()
         .map(Arg::Owned)
         .collect();
     Ok(Scan::Complete { end: nl + 1, args })
-}
-
-/// Splits a line as Redis' `sdssplitargs`; `None` on unbalanced quotes
-/// (or a closing quote not followed by a space).
-pub fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
-    let mut args = Vec::new();
-    let mut i = 0;
-    let n = line.len();
-    loop {
-        while i < n && line[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        if i >= n {
-            return Some(args);
-        }
-        let mut cur = Vec::new();
-        let (mut inq, mut insq) = (false, false);
-        loop {
-            let c = line.get(i).copied();
-            if inq {
-                match c {
-                    None => return None,
-                    Some(b'\\')
-                        if line.get(i + 1) == Some(&b'x')
-                            && hex(line.get(i + 2)).is_some()
-                            && hex(line.get(i + 3)).is_some() =>
-                    {
-                        let hi = hex(line.get(i + 2))?;
-                        let lo = hex(line.get(i + 3))?;
-                        cur.push(hi * 16 + lo);
-                        i += 3;
-                    }
-                    Some(b'\\') if i + 1 < n => {
-                        i += 1;
-                        cur.push(match line[i] {
-                            b'n' => b'\n',
-                            b'r' => b'\r',
-                            b't' => b'\t',
-                            b'b' => 8,
-                            b'a' => 7,
-                            other => other,
-                        });
-                    }
-                    Some(b'"') => {
-                        if line.get(i + 1).is_some_and(|c| !c.is_ascii_whitespace()) {
-                            return None;
-                        }
-                        i += 1;
-                        break;
-                    }
-                    Some(c) => cur.push(c),
-                }
-            } else if insq {
-                match c {
-                    None => return None,
-                    Some(b'\\') if line.get(i + 1) == Some(&b'\'') => {
-                        i += 1;
-                        cur.push(b'\'');
-                    }
-                    Some(b'\'') => {
-                        if line.get(i + 1).is_some_and(|c| !c.is_ascii_whitespace()) {
-                            return None;
-                        }
-                        i += 1;
-                        break;
-                    }
-                    Some(c) => cur.push(c),
-                }
-            } else {
-                match c {
-                    None => break,
-                    Some(c) if c.is_ascii_whitespace() => break,
-                    Some(b'"') => inq = true,
-                    Some(b'\'') => insq = true,
-                    Some(c) => cur.push(c),
-                }
-            }
-            i += 1;
-        }
-        args.push(cur);
-    }
-}
-
-/// The value of a hex digit.
-fn hex(c: Option<&u8>) -> Option<u8> {
-    match c? {
-        c @ b'0'..=b'9' => Some(c - b'0'),
-        c @ b'a'..=b'f' => Some(c - b'a' + 10),
-        c @ b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
@@ -409,7 +318,7 @@ mod tests {
 
     #[test]
     fn split_args_as_sdssplitargs() {
-        let s = |l: &str| split_args(l.as_bytes());
+        let s = |l: &str| super::super::split::split(l.as_bytes()).ok();
         assert_eq!(
             s("  a  'b c' \"\\n\" "),
             Some(vec![b"a".to_vec(), b"b c".to_vec(), b"\n".to_vec()])

@@ -1,5 +1,7 @@
-//! Splits a REPL line into arguments with redis-cli's rules (its
-//! `sdssplitargs`), on bytes, so any byte can be typed:
+//! Splits a line into arguments with Redis' rules (`sdssplitargs`, used by
+//! redis-cli for what is typed and by the server for inline commands), on
+//! bytes, so any byte can be given. The CLI's REPL and the RESP listener's
+//! inline commands both split with [`split`]:
 //!
 //! - blanks before an argument are skipped; an unquoted argument ends at a
 //!   space, tab, `\r` or `\n`;
@@ -11,9 +13,12 @@
 //! - a closing quote must be followed by a blank or the end of the line.
 //!
 //! Invariant: the result is what redis-cli would send for the same line,
-//! byte for byte (tests/cli_repl.rs compares a session's stored values).
+//! byte for byte (tests/cli_repl.rs compares a session's stored values),
+//! and what Redis makes of the same inline command.
 
-/// Splits `line`; the error is the message printed after `(error) `.
+/// Splits `line`; the error says what is wrong with the quoting (the CLI
+/// prints it after `(error) `; the RESP listener answers Redis' own
+/// `unbalanced quotes in request` for any of them).
 pub fn split(line: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     let mut args = Vec::new();
     let mut i = 0;
