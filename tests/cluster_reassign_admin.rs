@@ -380,9 +380,16 @@ fn auto_rebalance_plans_a_share_for_a_joined_node() {
     c.start_node(3);
 
     let deadline = joined + Duration::from_millis(grace_ms) + Duration::from_secs(15);
+    // The plan, seen while it runs, or (empty partitions move in well
+    // under a poll) already carried out: node-4 holds replicas.
+    let holds_node4 =
+        |a: &BTreeMap<u32, Vec<String>>| a.values().any(|r| r.contains(&"node-4".to_string()));
     let json = loop {
         if let Some((json, _)) = reassign_znode(&c) {
-            break json;
+            break Some(json);
+        }
+        if holds_node4(&assigned(&c)) {
+            break None;
         }
         assert!(
             Instant::now() < deadline,
@@ -395,7 +402,11 @@ fn auto_rebalance_plans_a_share_for_a_joined_node() {
         "written after {:?}, before the grace period",
         joined.elapsed()
     );
-    assert!(json.starts_with(r#"{"version":1,"throttle_bytes_per_sec":2097152,"cancel":false,"#));
+    if let Some(json) = json {
+        assert!(
+            json.starts_with(r#"{"version":1,"throttle_bytes_per_sec":2097152,"cancel":false,"#)
+        );
+    }
     // The controller carries it out; the result is the plan applied.
     wait_reassign_gone(&c);
     let plan = assigned(&c);
