@@ -1,0 +1,322 @@
+//! The client commands of a node (`set`, `get`, `del`, `expire`, `ttl`,
+//! `exists`, `flush`, `status`): edge validation, routing to the replica of
+//! the key's partition, and the hand-off of engine work (group commit or
+//! tokio's blocking pool; never disk I/O on a runtime worker).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{Acks, Consistency, Node, SetArgs};
+use crate::cluster::{Role, partition_for};
+use crate::error::{Error, Result};
+use crate::storage::{self, Engine, SetOptions, Submitted, Ttl, WriteOp};
+
+impl Node {
+    /// Writes `key = value`. Returns false when the condition did not hold.
+    pub async fn set(&self, key: Bytes, value: Bytes, args: SetArgs) -> Result<bool> {
+        self.limits.check_key(&key)?;
+        self.limits.check_value(&value)?;
+        let expire_at_ms = match args.ttl_ms {
+            None => None,
+            Some(0) => return Err(Error::InvalidInput("TTL must be at least 1 ms".into())),
+            Some(ttl) => Some(self.expire_at(ttl)?),
+        };
+        let opts = SetOptions {
+            expire_at_ms,
+            condition: args.condition,
+        };
+        if let Some(r) = &self.replication {
+            let p = partition_for(&key, self.partition_count);
+            return r.write(p, key, WriteOp::Set(value, opts), args.acks).await;
+        }
+        let engine = self.writable(&key, args.acks)?;
+        write(engine, key, WriteOp::Set(value, opts)).await
+    }
+
+    /// Reads `key`.
+    pub async fn get(&self, key: Bytes, consistency: Consistency) -> Result<Option<Bytes>> {
+        self.limits.check_key(&key)?;
+        let engine = self.readable(&key, consistency)?;
+        self.barrier(&key, consistency).await?;
+        if let Some(answer) = engine.get_cached(&key)? {
+            return Ok(answer);
+        }
+        blocking(move || engine.get(&key)).await
+    }
+
+    /// Deletes `keys`; returns how many existed.
+    pub async fn del(&self, keys: Vec<Bytes>, acks: Acks) -> Result<u64> {
+        if let Some(r) = &self.replication {
+            // Validate every key first, so a bad one fails the request as a
+            // whole before anything is written.
+            // and leadership of every key's partition is checked before
+            // anything is written.
+            let targets = self.many(keys, |key| self.writable(key, acks))?;
+            let total = targets.len();
+            let mut deleted = 0;
+            for (done, (_, key)) in targets.into_iter().enumerate() {
+                let p = partition_for(&key, self.partition_count);
+                match r.write(p, key, WriteOp::Delete, acks).await {
+                    Ok(existed) => deleted += u64::from(existed),
+                    Err(e) => return Err(e.after_partial_write(done, total)),
+                }
+            }
+            return Ok(deleted);
+        }
+        let targets = self.many(keys, |key| self.writable(key, acks))?;
+        // Submit the deletes before awaiting any, so they share group
+        // commits. From the first one the engine declines on, the rest run
+        // in order in one blocking call (one hand-off, not one per key).
+        let mut deleted = 0;
+        let mut queued = Vec::with_capacity(targets.len());
+        let mut rest = Vec::new();
+        for (engine, key) in targets {
+            if !rest.is_empty() {
+                rest.push((engine, key));
+                continue;
+            }
+            match engine.submit(&key, &WriteOp::Delete)? {
+                Submitted::Done(w) => deleted += u64::from(w.done),
+                Submitted::Queued(c) => queued.push(c),
+                Submitted::Blocking => rest.push((engine, key)),
+            }
+        }
+        for c in queued {
+            deleted += u64::from(c.wait().await?.done);
+        }
+        if !rest.is_empty() {
+            deleted += blocking(move || {
+                let mut n = 0;
+                for (engine, key) in rest {
+                    n += u64::from(engine.delete(&key)?);
+                }
+                Ok(n)
+            })
+            .await?;
+        }
+        Ok(deleted)
+    }
+
+    /// Makes `key` expire `ttl_ms` from now (0: delete it now). Returns
+    /// whether the key existed.
+    pub async fn expire(&self, key: Bytes, ttl_ms: u64, acks: Acks) -> Result<bool> {
+        self.limits.check_key(&key)?;
+        let at = if ttl_ms == 0 {
+            self.clock.now_ms()
+        } else {
+            self.expire_at(ttl_ms)?
+        };
+        if let Some(r) = &self.replication {
+            let p = partition_for(&key, self.partition_count);
+            return r.write(p, key, WriteOp::Expire(at), acks).await;
+        }
+        let engine = self.writable(&key, acks)?;
+        write(engine, key, WriteOp::Expire(at)).await
+    }
+
+    /// The time to live of `key`.
+    pub async fn ttl(&self, key: Bytes, consistency: Consistency) -> Result<Ttl> {
+        self.limits.check_key(&key)?;
+        let engine = self.readable(&key, consistency)?;
+        self.barrier(&key, consistency).await?;
+        if let Some(ttl) = engine.ttl_cached(&key)? {
+            return Ok(ttl);
+        }
+        blocking(move || engine.ttl(&key)).await
+    }
+
+    /// How many of `keys` exist (a repeated key counts each time).
+    pub async fn exists(&self, keys: Vec<Bytes>, consistency: Consistency) -> Result<u64> {
+        let targets = self.many(keys, |key| self.readable(key, consistency))?;
+        for (_, key) in &targets {
+            self.barrier(key, consistency).await?;
+        }
+        let mut count = 0;
+        let mut uncached = Vec::new();
+        for (engine, key) in targets {
+            match engine.ttl_cached(&key)? {
+                Some(ttl) => count += u64::from(ttl != Ttl::Missing),
+                None => uncached.push((engine, key)),
+            }
+        }
+        if uncached.is_empty() {
+            return Ok(count);
+        }
+        blocking(move || {
+            for (engine, key) in uncached {
+                count += u64::from(engine.exists(&key)?);
+            }
+            Ok(count)
+        })
+        .await
+    }
+
+    /// The engines of the partitions hosted here, by partition id
+    /// (standalone: all; cluster: those open now).
+    pub(super) fn engines(&self) -> Vec<(u32, Arc<dyn Engine>)> {
+        match &self.replication {
+            Some(r) => r
+                .hosted_ids()
+                .into_iter()
+                .filter_map(|p| r.engine(p).ok().map(|e| (p, e)))
+                .collect(),
+            None => self
+                .replicas
+                .iter()
+                .map(|r| (r.partition, r.engine.clone()))
+                .collect(),
+        }
+    }
+
+    /// Ids of the partitions hosted here, ascending (standalone: all).
+    pub fn hosted(&self) -> Vec<u32> {
+        self.engines().into_iter().map(|(p, _)| p).collect()
+    }
+
+    /// fsyncs every partition hosted here (used on shutdown).
+    pub async fn flush(&self) -> Result<()> {
+        let engines: Vec<_> = self.engines().into_iter().map(|(_, e)| e).collect();
+        blocking(move || {
+            for engine in engines {
+                engine.flush()?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Engine status of every partition hosted here, by partition id.
+    pub async fn status(&self) -> Result<Vec<(u32, storage::Status)>> {
+        let engines = self.engines();
+        blocking(move || engines.iter().map(|(p, e)| Ok((*p, e.status()?))).collect()).await
+    }
+
+    /// In a cluster, a leader read waits until the leader has committed the
+    /// log it took over with (see [`ReplicaManager::read_barrier`]): reads
+    /// answer from the applied keydir, which lags the log until then.
+    /// Every `consistency: leader` read path calls it before it looks at
+    /// the engine, the cached fast paths included.
+    pub(super) async fn barrier(&self, key: &[u8], consistency: Consistency) -> Result<()> {
+        match (&self.replication, consistency) {
+            (Some(r), Consistency::Leader) => {
+                r.read_barrier(partition_for(key, self.partition_count))
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `now + ttl_ms`, refused when it does not fit a signed 64-bit count of
+    /// milliseconds (as Redis refuses such TTLs).
+    fn expire_at(&self, ttl_ms: u64) -> Result<u64> {
+        self.clock
+            .now_ms()
+            .checked_add(ttl_ms)
+            .filter(|&at| at <= i64::MAX as u64)
+            .ok_or_else(|| Error::InvalidInput(format!("TTL of {ttl_ms} ms is out of range")))
+    }
+
+    /// Validates every key and resolves its engine, all before any is
+    /// touched, so a multi-key request fails as a whole.
+    pub(super) fn many(
+        &self,
+        keys: Vec<Bytes>,
+        resolve: impl Fn(&[u8]) -> Result<Arc<dyn Engine>>,
+    ) -> Result<Vec<(Arc<dyn Engine>, Bytes)>> {
+        if keys.is_empty() {
+            return Err(Error::InvalidInput("at least one key is required".into()));
+        }
+        // Every key is valid before any is resolved: a bad key fails the
+        // request as INVALID_ARGUMENT, never as NOT_LEADER for an earlier
+        // key (which would make a router write that key elsewhere first).
+        for key in &keys {
+            self.limits.check_key(key)?;
+        }
+        keys.into_iter()
+            .map(|key| Ok((resolve(&key)?, key)))
+            .collect()
+    }
+
+    /// The engine for a write to `key`, if this node leads its partition and
+    /// can satisfy `acks`.
+    pub(super) fn writable(&self, key: &[u8], acks: Acks) -> Result<Arc<dyn Engine>> {
+        let p = partition_for(key, self.partition_count);
+        match self.coordinator.role(p) {
+            Role::Leader {
+                isr, min_insync, ..
+            } => {
+                if acks == Acks::All && isr < min_insync {
+                    return Err(Error::NotEnoughReplicas {
+                        partition: p,
+                        isr,
+                        min_insync,
+                    });
+                }
+                self.replica(p)
+            }
+            Role::NotLeader { leader } => Err(Error::NotLeader {
+                partition: p,
+                leader,
+            }),
+        }
+    }
+
+    /// The engine for a read of `key` at `consistency`.
+    pub(super) fn readable(&self, key: &[u8], consistency: Consistency) -> Result<Arc<dyn Engine>> {
+        let p = partition_for(key, self.partition_count);
+        match (self.coordinator.role(p), consistency) {
+            (Role::Leader { .. }, _) | (Role::NotLeader { .. }, Consistency::Any) => {
+                self.replica(p)
+            }
+            (Role::NotLeader { leader }, Consistency::Leader) => Err(Error::NotLeader {
+                partition: p,
+                leader,
+            }),
+        }
+    }
+
+    /// The local replica of partition `p`; in a cluster, `NOT_LEADER`
+    /// naming the leader when it is not hosted here.
+    fn replica(&self, p: u32) -> Result<Arc<dyn Engine>> {
+        if let Some(r) = &self.replication {
+            return r.engine(p);
+        }
+        self.replicas
+            .get(p as usize)
+            .map(|r| r.engine.clone())
+            .ok_or_else(|| Error::Internal(format!("partition {p} is not hosted on this node")))
+    }
+}
+
+/// Performs one write: submitted to the engine's group commit when it
+/// takes it (no thread hand-off; the completion is awaited), otherwise run
+/// on the blocking pool. Returns the write's answer.
+async fn write(engine: Arc<dyn Engine>, key: Bytes, op: WriteOp) -> Result<bool> {
+    Ok(write_op(engine, key, op).await?.done)
+}
+
+/// [`write`] with the whole answer (old value, number).
+pub(super) async fn write_op(
+    engine: Arc<dyn Engine>,
+    key: Bytes,
+    op: WriteOp,
+) -> Result<storage::Written> {
+    match engine.submit(&key, &op)? {
+        Submitted::Done(w) => Ok(w),
+        Submitted::Queued(c) => Ok(c.wait().await?),
+        Submitted::Blocking => blocking(move || engine.write(&key, op)).await,
+    }
+}
+
+/// Runs blocking engine work on tokio's blocking pool and maps its error.
+pub(super) async fn blocking<T, F>(f: F) -> Result<T>
+where
+    F: FnOnce() -> storage::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(Error::from),
+        Err(e) => Err(Error::Internal(format!("storage task failed: {e}"))),
+    }
+}
