@@ -68,6 +68,180 @@ async fn key_commands_exact_bytes() {
     s.stop().await;
 }
 
+/// The integer after `:` of a reply.
+fn int(reply: &[u8]) -> i64 {
+    assert_eq!(reply[0], b':', "{}", String::from_utf8_lossy(reply));
+    String::from_utf8_lossy(&reply[1..reply.len() - 2])
+        .parse()
+        .unwrap()
+}
+
+/// Unix time now in ms.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn string_commands_exact_bytes() {
+    let s = start(|_| {}).await;
+    let mut c = s.connect().await;
+    // SET GET answers the old value, whether or not NX/XX let it write.
+    c.cmd(&["SET", "k", "v1", "GET"], "$-1\r\n").await;
+    c.cmd(&["SET", "k", "v2", "GET"], "$2\r\nv1\r\n").await;
+    c.cmd(&["SET", "k", "v3", "NX", "GET"], "$2\r\nv2\r\n")
+        .await;
+    c.cmd(&["GET", "k"], "$2\r\nv2\r\n").await;
+    c.cmd(&["SET", "n1", "x", "XX", "GET"], "$-1\r\n").await;
+    c.cmd(&["EXISTS", "n1"], ":0\r\n").await;
+    // The same unit twice keeps the last, as Redis.
+    c.cmd(&["SET", "k", "v", "EX", "10", "ex", "20"], "+OK\r\n")
+        .await;
+    c.cmd(&["TTL", "k"], ":20\r\n").await;
+    c.cmd(&["SET", "k", "w", "KEEPTTL"], "+OK\r\n").await;
+    c.cmd(&["TTL", "k"], ":20\r\n").await;
+    c.cmd(&["SET", "k", "w"], "+OK\r\n").await;
+    c.cmd(&["TTL", "k"], ":-1\r\n").await;
+    let at = now_ms() / 1000 + 1000;
+    c.cmd(&["SET", "k", "v", "EXAT", &at.to_string()], "+OK\r\n")
+        .await;
+    c.cmd(&["EXPIRETIME", "k"], &format!(":{at}\r\n")).await;
+    c.cmd(&["PEXPIRETIME", "k"], &format!(":{}\r\n", at * 1000))
+        .await;
+    c.cmd(&["SET", "k", "v", "PXAT", "1700000000123"], "+OK\r\n")
+        .await;
+    // An instant in the past: written and expired at once.
+    c.cmd(&["GET", "k"], "$-1\r\n").await;
+    c.cmd(&["EXPIRETIME", "k"], ":-2\r\n").await;
+    c.cmd(&["SET", "k", "v"], "+OK\r\n").await;
+    c.cmd(&["EXPIRETIME", "k"], ":-1\r\n").await;
+    c.cmd(&["PEXPIRETIME", "k"], ":-1\r\n").await;
+    // GETSET / GETDEL.
+    c.cmd(&["GETSET", "k", "new"], "$1\r\nv\r\n").await;
+    c.cmd(&["GETSET", "fresh", "x"], "$-1\r\n").await;
+    c.cmd(&["GETDEL", "fresh"], "$1\r\nx\r\n").await;
+    c.cmd(&["GETDEL", "fresh"], "$-1\r\n").await;
+    // GETEX.
+    c.cmd(&["GETEX", "k"], "$3\r\nnew\r\n").await;
+    c.cmd(&["TTL", "k"], ":-1\r\n").await;
+    c.cmd(&["GETEX", "k", "EX", "50"], "$3\r\nnew\r\n").await;
+    c.cmd(&["TTL", "k"], ":50\r\n").await;
+    c.cmd(
+        &["GETEX", "k", "PX", "70000", "px", "80000"],
+        "$3\r\nnew\r\n",
+    )
+    .await;
+    c.cmd(&["TTL", "k"], ":80\r\n").await;
+    c.cmd(&["GETEX", "k", "PERSIST"], "$3\r\nnew\r\n").await;
+    c.cmd(&["TTL", "k"], ":-1\r\n").await;
+    c.cmd(&["GETEX", "k", "EXAT", &at.to_string()], "$3\r\nnew\r\n")
+        .await;
+    c.cmd(&["EXPIRETIME", "k"], &format!(":{at}\r\n")).await;
+    c.cmd(&["GETEX", "nope", "PERSIST"], "$-1\r\n").await;
+    // PERSIST.
+    c.cmd(&["PERSIST", "k"], ":1\r\n").await;
+    c.cmd(&["PERSIST", "k"], ":0\r\n").await;
+    c.cmd(&["PERSIST", "nope"], ":0\r\n").await;
+    // EXPIRE with NX / XX / GT / LT, as Redis (no expiry = infinite).
+    c.cmd(&["EXPIRE", "k", "100", "XX"], ":0\r\n").await;
+    c.cmd(&["EXPIRE", "k", "100", "GT"], ":0\r\n").await;
+    c.cmd(&["EXPIRE", "k", "100", "LT"], ":1\r\n").await;
+    c.cmd(&["EXPIRE", "k", "200", "NX"], ":0\r\n").await;
+    c.cmd(&["EXPIRE", "k", "50", "GT"], ":0\r\n").await;
+    c.cmd(&["EXPIRE", "k", "200", "gt"], ":1\r\n").await;
+    c.cmd(&["TTL", "k"], ":200\r\n").await;
+    c.cmd(&["PEXPIRE", "k", "150000", "LT"], ":1\r\n").await;
+    c.cmd(&["TTL", "k"], ":150\r\n").await;
+    c.cmd(&["EXPIRE", "k", "300", "XX"], ":1\r\n").await;
+    c.cmd(&["TTL", "k"], ":300\r\n").await;
+    c.cmd(&["EXPIRE", "nope", "300", "NX"], ":0\r\n").await;
+    c.cmd(&["EXPIREAT", "k", &at.to_string()], ":1\r\n").await;
+    c.cmd(&["EXPIRETIME", "k"], &format!(":{at}\r\n")).await;
+    c.cmd(&["PEXPIREAT", "k", &(at * 1000 + 5).to_string()], ":1\r\n")
+        .await;
+    c.cmd(&["PEXPIRETIME", "k"], &format!(":{}\r\n", at * 1000 + 5))
+        .await;
+    c.cmd(&["EXPIRETIME", "k"], &format!(":{at}\r\n")).await;
+    // EXPIRETIME rounds to the nearest second, as Redis.
+    c.cmd(
+        &["PEXPIREAT", "k", &(at * 1000 + 500).to_string()],
+        ":1\r\n",
+    )
+    .await;
+    c.cmd(&["EXPIRETIME", "k"], &format!(":{}\r\n", at + 1))
+        .await;
+    let ttl = int(&c.call(&["PTTL", "k"]).await);
+    assert!((at * 1000 + 500 - now_ms() - ttl).abs() < 2000, "{ttl}");
+    // A past instant deletes the key; PEXPIREAT takes the largest time.
+    c.cmd(&["EXPIREAT", "k", "1"], ":1\r\n").await;
+    c.cmd(&["EXISTS", "k"], ":0\r\n").await;
+    c.cmd(&["SET", "k", "v"], "+OK\r\n").await;
+    c.cmd(&["PEXPIREAT", "k", "9223372036854775807"], ":1\r\n")
+        .await;
+    c.cmd(&["PEXPIRETIME", "k"], ":9223372036854775807\r\n")
+        .await;
+    // Counters.
+    c.cmd(&["INCR", "n"], ":1\r\n").await;
+    c.cmd(&["INCRBY", "n", "41"], ":42\r\n").await;
+    c.cmd(&["DECR", "n"], ":41\r\n").await;
+    c.cmd(&["DECRBY", "n", "50"], ":-9\r\n").await;
+    c.cmd(&["DECRBY", "n", "-9"], ":0\r\n").await;
+    c.cmd(
+        &["INCRBY", "n", "-9223372036854775808"],
+        ":-9223372036854775808\r\n",
+    )
+    .await;
+    c.cmd(&["GET", "n"], "$20\r\n-9223372036854775808\r\n")
+        .await;
+    c.cmd(&["SET", "t", "10", "EX", "100"], "+OK\r\n").await;
+    c.cmd(&["INCR", "t"], ":11\r\n").await;
+    c.cmd(&["TTL", "t"], ":100\r\n").await;
+    // APPEND / STRLEN.
+    c.cmd(&["APPEND", "ap", "hi"], ":2\r\n").await;
+    c.cmd(&["APPEND", "ap", " there"], ":8\r\n").await;
+    c.cmd(&["APPEND", "ap", ""], ":8\r\n").await;
+    c.cmd(&["GET", "ap"], "$8\r\nhi there\r\n").await;
+    c.cmd(&["STRLEN", "ap"], ":8\r\n").await;
+    c.cmd(&["APPEND", "t", "0"], ":3\r\n").await;
+    c.cmd(&["TTL", "t"], ":100\r\n").await;
+    // MSET: a repeated key keeps its last value.
+    c.cmd(&["MSET", "m1", "a", "m2", "b", "m1", "c"], "+OK\r\n")
+        .await;
+    c.cmd(
+        &["MGET", "m1", "m2", "m3"],
+        "*3\r\n$1\r\nc\r\n$1\r\nb\r\n$-1\r\n",
+    )
+    .await;
+    // DBSIZE counts live keys only (k, n, t, ap, m1, m2).
+    c.cmd(&["SET", "gone", "v", "PX", "1"], "+OK\r\n").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    c.cmd(&["DBSIZE"], ":6\r\n").await;
+    // COMMAND INFO: MSET's keys are every other argument.
+    c.cmd(
+        &["COMMAND", "INFO", "mset"],
+        "*1\r\n*10\r\n$4\r\nmset\r\n:-3\r\n*2\r\n+write\r\n+denyoom\r\n:1\r\n:-1\r\n:2\r\n\
+         *1\r\n+@string\r\n*0\r\n*0\r\n*0\r\n",
+    )
+    .await;
+    // RESP3: nil is `_`.
+    c.cmd(&["HELLO", "3"], "%7\r\n").await;
+    let _ = c
+        .read_n(
+            "$6\r\nserver\r\n$7\r\ncaskade\r\n$7\r\nversion\r\n$5\r\n7.2.0\r\n\
+         $5\r\nproto\r\n:3\r\n$2\r\nid\r\n:1\r\n$4\r\nmode\r\n$10\r\nstandalone\r\n\
+         $4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n"
+                .len(),
+        )
+        .await;
+    c.cmd(&["GETDEL", "nope"], "_\r\n").await;
+    c.cmd(&["GETSET", "nope", "1"], "_\r\n").await;
+    c.cmd(&["SET", "nope", "2", "GET"], "$1\r\n1\r\n").await;
+    c.cmd(&["GETEX", "nope2"], "_\r\n").await;
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_in_redis_words() {
     let s = start(|_| {}).await;
@@ -171,12 +345,121 @@ async fn errors_in_redis_words() {
         "-ERR value is 1048577 bytes, the limit is 1048576 (storage.limits.max_value_bytes)\r\n",
     )
     .await;
-    // Options waiting for the node's atomic operations say so.
     c.cmd(
-        &["SET", "k", "v", "GET"],
-        "-ERR SET option GET is not supported by caskade yet\r\n",
+        &["SET", "k", "v", "KEEPTTL", "EX", "5"],
+        "-ERR syntax error\r\n",
     )
     .await;
+    c.cmd(
+        &["SET", "k", "v", "PX", "9223372036854775807"],
+        "-ERR invalid expire time in 'set' command\r\n",
+    )
+    .await;
+    c.cmd(
+        &["SET", "k", "v", "EXAT", "9223372036854775807"],
+        "-ERR invalid expire time in 'set' command\r\n",
+    )
+    .await;
+    c.cmd(&["GETEX", "k", "NX"], "-ERR syntax error\r\n").await;
+    c.cmd(
+        &["GETEX", "k", "PERSIST", "EX", "5"],
+        "-ERR syntax error\r\n",
+    )
+    .await;
+    // GETEX looks the key up before the number, as Redis.
+    c.cmd(&["GETEX", "absent", "EX", "0"], "$-1\r\n").await;
+    c.cmd(&["SET", "k", "v"], "+OK\r\n").await;
+    c.cmd(
+        &["GETEX", "k", "EX", "0"],
+        "-ERR invalid expire time in 'getex' command\r\n",
+    )
+    .await;
+    c.cmd(
+        &["GETEX", "k", "PX", "abc"],
+        "-ERR value is not an integer or out of range\r\n",
+    )
+    .await;
+    // The EXPIRE family checks its options before its number.
+    c.cmd(
+        &["EXPIRE", "k", "x", "NX", "XX"],
+        "-ERR NX and XX, GT or LT options at the same time are not compatible\r\n",
+    )
+    .await;
+    c.cmd(
+        &["PEXPIRE", "k", "10", "GT", "LT"],
+        "-ERR GT and LT options at the same time are not compatible\r\n",
+    )
+    .await;
+    c.cmd(
+        &["EXPIREAT", "k", "10", "foo"],
+        "-ERR Unsupported option foo\r\n",
+    )
+    .await;
+    c.cmd(
+        &["EXPIRE", "k", "9223372036854775807"],
+        "-ERR invalid expire time in 'expire' command\r\n",
+    )
+    .await;
+    c.cmd(
+        &["PEXPIRE", "k", "9223372036854775807"],
+        "-ERR invalid expire time in 'pexpire' command\r\n",
+    )
+    .await;
+    c.cmd(
+        &["EXPIREAT", "k", "9223372036854775807"],
+        "-ERR invalid expire time in 'expireat' command\r\n",
+    )
+    .await;
+    // Counters: Redis' words for each way to fail; nothing is written.
+    c.cmd(
+        &["INCR", "k"],
+        "-ERR value is not an integer or out of range\r\n",
+    )
+    .await;
+    c.cmd(
+        &["INCRBY", "n", "1.5"],
+        "-ERR value is not an integer or out of range\r\n",
+    )
+    .await;
+    c.cmd(&["SET", "n", "9223372036854775807"], "+OK\r\n").await;
+    c.cmd(
+        &["INCR", "n"],
+        "-ERR increment or decrement would overflow\r\n",
+    )
+    .await;
+    c.cmd(
+        &["DECRBY", "n", "-1"],
+        "-ERR increment or decrement would overflow\r\n",
+    )
+    .await;
+    c.cmd(
+        &["DECRBY", "n", "-9223372036854775808"],
+        "-ERR decrement would overflow\r\n",
+    )
+    .await;
+    c.cmd(&["GET", "n"], "$19\r\n9223372036854775807\r\n").await;
+    c.cmd(
+        &["MSET", "a", "1", "b"],
+        "-ERR wrong number of arguments for 'mset' command\r\n",
+    )
+    .await;
+    c.cmd(
+        &["MSET", "a"],
+        "-ERR wrong number of arguments for 'mset' command\r\n",
+    )
+    .await;
+    c.cmd(
+        &["GETSET", "k"],
+        "-ERR wrong number of arguments for 'getset' command\r\n",
+    )
+    .await;
+    c.cmd(
+        &["MSET", "a", "1", "b", &big],
+        "-ERR value is 1048577 bytes, the limit is 1048576 (storage.limits.max_value_bytes)\r\n",
+    )
+    .await;
+    // Nothing of a refused MSET is written.
+    c.cmd(&["EXISTS", "a", "b"], ":0\r\n").await;
     c.cmd(&["PING"], "+PONG\r\n").await;
     s.stop().await;
 }
@@ -228,7 +511,7 @@ async fn connection_commands_exact_bytes() {
     )
     .await;
     c.cmd(&["CONFIG", "GET", "nothing"], "*0\r\n").await;
-    c.cmd(&["COMMAND", "COUNT"], ":25\r\n").await;
+    c.cmd(&["COMMAND", "COUNT"], ":39\r\n").await;
     c.cmd(
         &["COMMAND", "INFO", "get", "nope"],
         "*2\r\n*10\r\n$3\r\nget\r\n:2\r\n*2\r\n+readonly\r\n+fast\r\n:1\r\n:1\r\n:1\r\n\
@@ -244,9 +527,9 @@ async fn connection_commands_exact_bytes() {
     )
     .await;
     let all = c.call(&["COMMAND"]).await;
-    assert!(all.starts_with(b"*25\r\n*10\r\n$6\r\nclient\r\n:-2\r\n"));
+    assert!(all.starts_with(b"*39\r\n*10\r\n$6\r\nappend\r\n:3\r\n"));
     let docs = c.call(&["COMMAND", "DOCS"]).await;
-    assert!(docs.starts_with(b"*50\r\n$6\r\nclient\r\n"));
+    assert!(docs.starts_with(b"*78\r\n$6\r\nappend\r\n"));
     c.cmd(&["WAIT", "0", "0"], ":0\r\n").await;
     c.cmd(&["SET", "w", "1"], "+OK\r\n").await;
     // Standalone: no replica holds the write; the timeout bounds the wait.

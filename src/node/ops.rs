@@ -190,7 +190,8 @@ impl Node {
             .map_or(0, |v| v.len() as u64))
     }
 
-    /// `PEXPIRETIME` (and `EXPIRETIME`, in seconds, rounded down): the
+    /// `PEXPIRETIME` (and `EXPIRETIME`, in seconds, rounded to the nearest
+    /// as Redis does, by the RESP listener): the
     /// absolute expiry of `key`.
     pub async fn expire_time(&self, key: Bytes, consistency: Consistency) -> Result<Expiry> {
         self.limits.check_key(&key)?;

@@ -24,6 +24,8 @@ use super::connection::Client;
 use super::parse::parse_i64;
 use super::reply::Reply;
 use super::table::{self, COMMANDS};
+use crate::proto;
+use crate::proto::kv_server::Kv;
 use crate::storage::Durability;
 
 /// The Redis version whose commands and answers caskade follows (`HELLO`,
@@ -66,9 +68,13 @@ pub async fn run(sh: &Shared, c: &mut Client, f: &[Bytes]) -> Reply {
         "command" => command(f, &sub()),
         "config" => config(sh, f, &sub()),
         "info" => info(sh, f).await,
-        "dbsize" => match led_keys(sh).await {
-            Ok(n) => Reply::Int(n as i64),
-            Err(e) => refusal(e),
+        "dbsize" => match sh
+            .svc
+            .db_size(tonic::Request::new(proto::DbSizeRequest {}))
+            .await
+        {
+            Ok(r) => Reply::Int(r.into_inner().value),
+            Err(s) => commands::status(s),
         },
         "wait" => wait(sh, c, f).await,
         // A key command answered alone (wrong arity is decided above).

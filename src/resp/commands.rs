@@ -8,12 +8,20 @@
 //!   is sent to the node, in Redis' exact words;
 //! - every refusal of the node leaves through [`refusal`]: `NOTLEADER`,
 //!   `NOREPLICAS`, `READONLY` (disk full, or writes refused after a failed
-//!   fsync) or `ERR <caskade's message>`.
+//!   fsync) or `ERR <caskade's message>`;
+//! - every read-modify-write (`GETSET`, `GETDEL`, `GETEX`, `INCR`...,
+//!   `APPEND`, `PERSIST`, conditional `SET`/`EXPIRE`) is one call of the
+//!   node operation that decides it atomically on the partition leader
+//!   (src/node/ops.rs), forwarded there by a node that does not lead it;
+//! - `MGET` reads each key as `GET` does and `MSET` splits its pairs by
+//!   partition: keys of different partitions are allowed (no `CROSSSLOT`),
+//!   and neither is atomic across partitions (docs/API.md).
 
 use bytes::Bytes;
 use tonic::{Request, Status};
 
 use super::Shared;
+use super::options;
 use super::parse::parse_i64;
 use super::reply::Reply;
 use super::table;
@@ -31,12 +39,16 @@ pub fn keys_of(frame: &[Bytes]) -> Option<(Vec<&[u8]>, bool)> {
         return None;
     }
     let write = match spec.name {
-        "set" | "setnx" | "expire" | "pexpire" | "del" | "unlink" => true,
-        "get" | "mget" | "exists" | "ttl" | "pttl" | "type" | "strlen" => false,
+        "set" | "setnx" | "getset" | "mset" | "getdel" | "getex" | "expire" | "pexpire"
+        | "expireat" | "pexpireat" | "persist" | "incr" | "decr" | "incrby" | "decrby"
+        | "append" | "del" | "unlink" => true,
+        "get" | "mget" | "exists" | "ttl" | "pttl" | "expiretime" | "pexpiretime" | "type"
+        | "strlen" => false,
         _ => return None,
     };
     let keys = match spec.name {
         "mget" | "exists" | "del" | "unlink" => frame[1..].iter().map(|k| &k[..]).collect(),
+        "mset" => frame[1..].iter().step_by(2).map(|k| &k[..]).collect(),
         _ => vec![&frame[1][..]],
     };
     Some((keys, write))
@@ -70,8 +82,20 @@ pub fn refusal(e: Error) -> Reply {
 }
 
 /// A service error, as [`refusal`].
-fn status(s: Status) -> Reply {
+pub fn status(s: Status) -> Reply {
     refusal(Error::from(s))
+}
+
+/// The answer to a value longer than `storage.limits.max_value_bytes`
+/// (checked here so the text names the setting), `None` if it fits.
+pub fn value_too_long(sh: &Shared, value: &[u8]) -> Option<Reply> {
+    (value.len() > sh.max_value).then(|| {
+        Reply::err(format!(
+            "value is {} bytes, the limit is {} (storage.limits.max_value_bytes)",
+            value.len(),
+            sh.max_value
+        ))
+    })
 }
 
 /// Runs one key command (its row exists and its arity was checked by
@@ -89,10 +113,20 @@ pub async fn run(sh: &Shared, f: &[Bytes]) -> Reply {
             Ok(r) => r.into_inner().value.map_or(Reply::Nil, Reply::Bulk),
             Err(s) => status(s),
         },
-        "strlen" => match svc.get(get_req(&f[1])).await {
-            Ok(r) => Reply::Int(r.into_inner().value.map_or(0, |v| v.len() as i64)),
+        "strlen" => match svc.strlen(Request::new(read_req(&f[1]))).await {
+            Ok(r) => Reply::Int(r.into_inner().value),
             Err(s) => status(s),
         },
+        "expiretime" | "pexpiretime" => {
+            match svc.expire_time(Request::new(read_req(&f[1]))).await {
+                Ok(r) => match r.into_inner().value {
+                    ms if ms < 0 || spec.name == "pexpiretime" => Reply::Int(ms),
+                    // Rounded to the nearest second, as Redis does.
+                    ms => Reply::Int(ms / 1000 + i64::from(ms % 1000 >= 500)),
+                },
+                Err(s) => status(s),
+            }
+        }
         "mget" => {
             let all = futures_util::future::join_all(f[1..].iter().map(|k| svc.get(get_req(k))));
             let mut values = Vec::with_capacity(f.len() - 1);
@@ -104,8 +138,14 @@ pub async fn run(sh: &Shared, f: &[Bytes]) -> Reply {
             }
             Reply::Array(values)
         }
-        "set" => set(sh, f).await,
+        "mset" => mset(sh, f).await,
+        "set" => options::set(sh, f).await,
+        "getex" => options::getex(sh, f).await,
+        "expire" | "pexpire" | "expireat" | "pexpireat" => options::expire(sh, spec.name, f).await,
         "setnx" => {
+            if let Some(r) = value_too_long(sh, &f[2]) {
+                return r;
+            }
             let q = proto::SetRequest {
                 key: f[1].clone(),
                 value: f[2].clone(),
@@ -115,6 +155,65 @@ pub async fn run(sh: &Shared, f: &[Bytes]) -> Reply {
             };
             match svc.set(Request::new(q)).await {
                 Ok(r) => Reply::Int(i64::from(r.into_inner().written)),
+                Err(s) => status(s),
+            }
+        }
+        "getset" => {
+            if let Some(r) = value_too_long(sh, &f[2]) {
+                return r;
+            }
+            let q = proto::SetWithRequest {
+                key: f[1].clone(),
+                value: f[2].clone(),
+                expire: None,
+                keep_ttl: false,
+                condition: proto::Condition::Always as i32,
+                get: true,
+                acks: 0,
+            };
+            match svc.set_with(Request::new(q)).await {
+                Ok(r) => r.into_inner().old_value.map_or(Reply::Nil, Reply::Bulk),
+                Err(s) => status(s),
+            }
+        }
+        "getdel" => match svc.get_del(Request::new(write_req(&f[1]))).await {
+            Ok(r) => r.into_inner().value.map_or(Reply::Nil, Reply::Bulk),
+            Err(s) => status(s),
+        },
+        "persist" => match svc.persist(Request::new(write_req(&f[1]))).await {
+            Ok(r) => Reply::Int(i64::from(r.into_inner().done)),
+            Err(s) => status(s),
+        },
+        "incr" | "decr" | "incrby" | "decrby" => {
+            let delta = match spec.name {
+                "incr" => 1,
+                "decr" => -1,
+                _ => match (parse_i64(&f[2]), spec.name) {
+                    (None, _) => return not_integer(),
+                    // Redis' own words for the one decrement it cannot negate.
+                    (Some(i64::MIN), "decrby") => return Reply::err("decrement would overflow"),
+                    (Some(n), "decrby") => -n,
+                    (Some(n), _) => n,
+                },
+            };
+            let q = proto::IncrByRequest {
+                key: f[1].clone(),
+                delta,
+                acks: 0,
+            };
+            match svc.incr_by(Request::new(q)).await {
+                Ok(r) => Reply::Int(r.into_inner().value),
+                Err(s) => status(s),
+            }
+        }
+        "append" => {
+            let q = proto::AppendRequest {
+                key: f[1].clone(),
+                value: f[2].clone(),
+                acks: 0,
+            };
+            match svc.append(Request::new(q)).await {
+                Ok(r) => Reply::Int(r.into_inner().value),
                 Err(s) => status(s),
             }
         }
@@ -149,7 +248,6 @@ pub async fn run(sh: &Shared, f: &[Bytes]) -> Reply {
                 Err(s) => status(s),
             }
         }
-        "expire" | "pexpire" => expire(sh, spec.name, f).await,
         "ttl" | "pttl" => {
             let q = proto::TtlRequest {
                 key: f[1].clone(),
@@ -171,143 +269,50 @@ pub async fn run(sh: &Shared, f: &[Bytes]) -> Reply {
     }
 }
 
+/// `MSET key value [key value ...]`: every value checked against the limit
+/// first, then the gRPC `MSet` (split by partition, each part written or
+/// forwarded to its leader; not atomic across partitions).
+async fn mset(sh: &Shared, f: &[Bytes]) -> Reply {
+    if f.len() % 2 == 0 {
+        return arity_error("mset");
+    }
+    let mut pairs = Vec::with_capacity(f.len() / 2);
+    for kv in f[1..].chunks_exact(2) {
+        if let Some(r) = value_too_long(sh, &kv[1]) {
+            return r;
+        }
+        pairs.push(proto::KeyValue {
+            key: kv[0].clone(),
+            value: kv[1].clone(),
+        });
+    }
+    let q = proto::MSetRequest { pairs, acks: 0 };
+    match sh.svc.m_set(Request::new(q)).await {
+        Ok(_) => Reply::OK,
+        Err(s) => status(s),
+    }
+}
+
+/// A `KeyRead` request for `key` with the default consistency.
+fn read_req(key: &Bytes) -> proto::KeyReadRequest {
+    proto::KeyReadRequest {
+        key: key.clone(),
+        consistency: 0,
+    }
+}
+
+/// A `KeyWrite` request for `key` with the default acks.
+fn write_req(key: &Bytes) -> proto::KeyWriteRequest {
+    proto::KeyWriteRequest {
+        key: key.clone(),
+        acks: 0,
+    }
+}
+
 /// A `Get` request for `key` with the default consistency.
 fn get_req(key: &Bytes) -> Request<proto::GetRequest> {
     Request::new(proto::GetRequest {
         key: key.clone(),
         consistency: 0,
     })
-}
-
-/// `SET key value [NX|XX] [GET] [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL]`, its
-/// options parsed as Redis 7 parses them (syntax first, numbers after).
-async fn set(sh: &Shared, f: &[Bytes]) -> Reply {
-    #[derive(PartialEq, Clone, Copy)]
-    enum Unit {
-        Ex,
-        Px,
-        ExAt,
-        PxAt,
-    }
-    let (mut nx, mut xx, mut get, mut keepttl) = (false, false, false, false);
-    let mut expire: Option<(Unit, &Bytes)> = None;
-    let mut j = 3;
-    while j < f.len() {
-        let opt = f[j].to_ascii_lowercase();
-        let next = f.get(j + 1);
-        match opt.as_slice() {
-            b"nx" if !xx => nx = true,
-            b"xx" if !nx => xx = true,
-            b"get" => get = true,
-            b"keepttl" if expire.is_none() => keepttl = true,
-            b"ex" | b"px" | b"exat" | b"pxat" if !keepttl && expire.is_none() && next.is_some() => {
-                let unit = match opt.as_slice() {
-                    b"ex" => Unit::Ex,
-                    b"px" => Unit::Px,
-                    b"exat" => Unit::ExAt,
-                    _ => Unit::PxAt,
-                };
-                expire = next.map(|n| (unit, n));
-                j += 1;
-            }
-            _ => return syntax_error(),
-        }
-        j += 1;
-    }
-    let mut ttl_ms = None;
-    if let Some((unit, raw)) = expire {
-        let Some(n) = parse_i64(raw) else {
-            return not_integer();
-        };
-        if n <= 0 {
-            return Reply::err("invalid expire time in 'set' command");
-        }
-        match unit {
-            Unit::Ex => match n.checked_mul(1000) {
-                Some(ms) => ttl_ms = Some(ms as u64),
-                None => return Reply::err("invalid expire time in 'set' command"),
-            },
-            Unit::Px => ttl_ms = Some(n as u64),
-            // Wiring point (waiting for the atomic operations on Node):
-            // EXAT / PXAT need an absolute expiry on the node.
-            Unit::ExAt => return not_yet("SET", "EXAT"),
-            Unit::PxAt => return not_yet("SET", "PXAT"),
-        }
-    }
-    // Wiring points (waiting for the atomic operations on Node): GET needs
-    // an atomic get-and-set, KEEPTTL a set that keeps the old expiry.
-    if get {
-        return not_yet("SET", "GET");
-    }
-    if keepttl {
-        return not_yet("SET", "KEEPTTL");
-    }
-    if f[2].len() > sh.max_value {
-        return Reply::err(format!(
-            "value is {} bytes, the limit is {} (storage.limits.max_value_bytes)",
-            f[2].len(),
-            sh.max_value
-        ));
-    }
-    let condition = match (nx, xx) {
-        (true, _) => proto::Condition::IfAbsent,
-        (_, true) => proto::Condition::IfPresent,
-        _ => proto::Condition::Always,
-    };
-    let q = proto::SetRequest {
-        key: f[1].clone(),
-        value: f[2].clone(),
-        ttl_ms,
-        condition: condition as i32,
-        acks: 0,
-    };
-    match sh.svc.set(Request::new(q)).await {
-        Ok(r) if r.get_ref().written => Reply::OK,
-        Ok(_) => Reply::Nil,
-        Err(s) => status(s),
-    }
-}
-
-/// `EXPIRE key seconds` / `PEXPIRE key ms` (without NX/XX/GT/LT yet).
-async fn expire(sh: &Shared, name: &str, f: &[Bytes]) -> Reply {
-    let Some(n) = parse_i64(&f[2]) else {
-        return not_integer();
-    };
-    if f.len() > 3 {
-        // Wiring point (waiting for the atomic operations on Node): the
-        // NX / XX / GT / LT conditions.
-        let opt = String::from_utf8_lossy(&f[3]).to_ascii_uppercase();
-        return match opt.as_str() {
-            "NX" | "XX" | "GT" | "LT" => not_yet(&name.to_ascii_uppercase(), &opt),
-            _ => Reply::err(format!(
-                "Unsupported option {}",
-                String::from_utf8_lossy(&f[3])
-            )),
-        };
-    }
-    let ms = if name == "expire" {
-        n.checked_mul(1000)
-    } else {
-        Some(n)
-    };
-    let Some(ms) = ms else {
-        return Reply::err(format!("invalid expire time in '{name}' command"));
-    };
-    // Not in the future: Redis deletes the key (and answers 1 if it existed).
-    let q = proto::ExpireRequest {
-        key: f[1].clone(),
-        ttl_ms: ms.max(0) as u64,
-        acks: 0,
-    };
-    match sh.svc.expire(Request::new(q)).await {
-        Ok(r) => Reply::Int(i64::from(r.into_inner().existed)),
-        Err(s) => status(s),
-    }
-}
-
-/// An option caskade does not offer yet.
-fn not_yet(command: &str, option: &str) -> Reply {
-    Reply::err(format!(
-        "{command} option {option} is not supported by caskade yet"
-    ))
 }

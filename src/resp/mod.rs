@@ -5,8 +5,10 @@
 //!
 //! Layout: [`parse`] cuts requests out of the byte stream, [`reply`]
 //! encodes answers, [`table`] is the command table (arity, `COMMAND`
-//! output), `connection` runs one client (pipelining, limits), `commands`
-//! the key commands, `admin` the server and connection commands.
+//! output; its rows in `rows`), `connection` runs one client (pipelining,
+//! limits), `commands` the key commands (`options` those with options:
+//! SET, GETEX, the EXPIRE family), `admin` the server and connection
+//! commands.
 //!
 //! Every key command goes through the same [`KvService`] as the gRPC API
 //! (its own instance on the same [`Node`] and [`Metrics`]): the same
@@ -31,8 +33,10 @@
 mod admin;
 mod commands;
 mod connection;
+mod options;
 pub mod parse;
 pub mod reply;
+mod rows;
 pub mod split;
 pub mod table;
 
