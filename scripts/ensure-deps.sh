@@ -3,8 +3,8 @@
 # lacks: ZooKeeper, netcat, jq (the failover demo reads the cluster
 # table as JSON), iproute2 and iptables (the torture scenarios' network
 # partitions), redis-tools and redis-server (the RESP tests run
-# redis-cli and redis-benchmark against caskade and a real Redis) from
-# Debian's packages. Runs `apt-get update` only when
+# redis-cli and redis-benchmark against caskade and a real Redis), python3
+# and python3-venv (the Python `redis` package tests) from Debian's packages. Runs `apt-get update` only when
 # something must be installed. Idempotent and quiet when everything is present.
 set -euo pipefail
 
@@ -19,6 +19,9 @@ command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 # The RESP tests compare caskade with a real Redis through its own clients.
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# tests/resp_python.rs makes a venv for the Python `redis` package.
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
