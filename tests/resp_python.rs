@@ -8,9 +8,11 @@
 //! kept in the target directory.
 
 mod harness;
+#[path = "resp_common/idle_node.rs"]
+mod idle_node;
 mod resp_common;
 
-use harness::cluster::{ClusterOpts, TestCluster};
+use idle_node::{cluster_with_an_idle_node, leads_nothing, resp_port};
 use resp_common::clients::run_python_tests;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,30 +31,5 @@ fn python_redis_client_through_a_cluster_node_that_leads_nothing() {
     let port = resp_port(&c, node);
     run_python_tests(port, true);
     // Still leading nothing: every command above went through a forward.
-    assert!((0..2).all(|p| c.leader(p) != Some(node)));
-}
-
-/// A 3-node cluster with 2 partitions (RESP on), every ISR full, and the
-/// index of a node that leads neither partition.
-pub fn cluster_with_an_idle_node() -> (TestCluster, usize) {
-    let c = TestCluster::start(ClusterOpts {
-        partitions: 2,
-        env: vec![("CASKADE_RESP_LISTEN".into(), "127.0.0.1:0".into())],
-        ..ClusterOpts::default()
-    });
-    c.wait_until("every ISR is full", |c| c.all_led() && c.full_isr());
-    let node = (0..3)
-        .find(|&i| (0..2).all(|p| c.leader(p) != Some(i)))
-        .expect("3 nodes, 2 partitions: one node leads none");
-    (c, node)
-}
-
-/// The RESP port node `i` logged.
-pub fn resp_port(c: &TestCluster, i: usize) -> u16 {
-    let log = c.log(i);
-    let addr = log
-        .lines()
-        .find_map(|l| l.split("RESP (Redis protocol) on ").nth(1))
-        .unwrap_or_else(|| panic!("no RESP address in the log:\n{log}"));
-    addr.trim().rsplit_once(':').unwrap().1.parse().unwrap()
+    assert!(leads_nothing(&c, node));
 }
