@@ -3,9 +3,17 @@
 //! caskade and against a real `redis-server` the test starts on a free
 //! port, in raw and in `--no-raw` output, and the outputs must be the same
 //! bytes; `redis-benchmark` then runs SET, GET and PING, pipelined, with
-//! no error. Needs `redis-cli`, `redis-server` and `redis-benchmark`
-//! (scripts/ensure-deps.sh installs them).
+//! no error. The same script (less `DBSIZE` and `WAIT`, which answer a
+//! node's share and its in-sync followers in a cluster, and `CONFIG GET
+//! appendfsync`) runs through a
+//! node of a 3-node cluster that leads no partition, every command
+//! forwarded, with the same output as redis-server. Needs `redis-cli`,
+//! `redis-server` and `redis-benchmark` (scripts/ensure-deps.sh installs
+//! them).
 
+mod harness;
+#[path = "resp_common/idle_node.rs"]
+mod idle_node;
 mod resp_common;
 
 use std::process::{Child, Command, Stdio};
@@ -320,4 +328,34 @@ async fn redis_cli_answers_as_redis_server() {
     }
     assert!(!out.contains("ERR") && !err.contains("ERR"), "{out}\n{err}");
     s.stop().await;
+}
+
+#[test]
+fn redis_cli_through_a_cluster_node_that_leads_nothing_answers_as_redis_server() {
+    assert!(
+        have("redis-cli") && have("redis-server"),
+        "run scripts/ensure-deps.sh"
+    );
+    let script: String = SCRIPT
+        .lines()
+        // The test cluster runs with `fsync: never` (appendfsync no).
+        .filter(|l| {
+            !["DBSIZE", "WAIT", "CONFIG GET appendfsync"]
+                .iter()
+                .any(|c| l.starts_with(c))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let script = format!("{script}DEL k e t t2 bin\n");
+    let (c, node) = idle_node::cluster_with_an_idle_node();
+    let port = idle_node::resp_port(&c, node);
+    let (_redis, redis_port) = redis_server();
+    let ours = cli(port, &["--no-raw"], &script);
+    let theirs = cli(redis_port, &["--no-raw"], &script);
+    for (i, (a, b)) in ours.lines().zip(theirs.lines()).enumerate() {
+        assert_eq!(a, b, "output line {i}:\ncaskade:\n{ours}\nredis:\n{theirs}");
+    }
+    assert_eq!(ours, theirs);
+    assert!(ours.contains("(integer) 42\n"), "{ours}");
+    assert!(idle_node::leads_nothing(&c, node));
 }
