@@ -273,7 +273,7 @@ pub async fn run(sh: &Shared, f: &[Bytes]) -> Reply {
 /// first, then the gRPC `MSet` (split by partition, each part written or
 /// forwarded to its leader; not atomic across partitions).
 async fn mset(sh: &Shared, f: &[Bytes]) -> Reply {
-    if f.len() % 2 == 0 {
+    if f.len().is_multiple_of(2) {
         return arity_error("mset");
     }
     let mut pairs = Vec::with_capacity(f.len() / 2);
