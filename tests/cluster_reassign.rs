@@ -449,3 +449,87 @@ fn a_node_down_during_its_removal_deletes_the_directory_when_it_returns() {
     assert_eq!(sorted(part.isr), s(&["node-1", "node-2", "node-4"]));
 }
 
+/// `/partitions/<p>/state` as JSON.
+fn zk_state(c: &TestCluster, p: u32) -> serde_json::Value {
+    with_zk(c, |z| async move {
+        let (s, _) = z
+            .get_data(&format!("{ROOT}/partitions/{p}/state"))
+            .await
+            .unwrap();
+        serde_json::from_slice(&s).unwrap()
+    })
+}
+
+/// (f) Every partition's leader leaves its replicas while 6 clients write
+/// with `acks: all`: each leadership moves in the reassignment's Lead step,
+/// handed over (the old leader stops admitting and answers what it
+/// admitted before the controller names the new one), so no write fails
+/// and every acknowledged one is read back with its value; each partition
+/// ends with exactly the target replicas and ISR, led by the target's
+/// first replica, three epochs on (expand, lead, shrink: no election).
+#[test]
+fn leadership_moves_of_a_reassignment_hand_over_without_a_failed_write() {
+    let _s = serial();
+    let c = three_then_four(4);
+    c.wait_until("every partition led with a full ISR", |c| {
+        c.all_led() && c.full_isr()
+    });
+    let leaders: Vec<String> = (0..4)
+        .map(|p| c.specs[c.leader(p).expect("led")].id.clone())
+        .collect();
+    assert_eq!(leaders, s(&["node-1", "node-2", "node-3", "node-1"]));
+    for p in 0..4 {
+        fill(&c, p, 50, 1000);
+    }
+    let epochs: Vec<u64> = (0..4)
+        .map(|p| zk_state(&c, p)["leader_epoch"].as_u64().unwrap())
+        .collect();
+    let rt = runtime();
+    let client = c.client(&rt);
+    let load = Load::start(&rt, &client, 6);
+    std::thread::sleep(Duration::from_millis(500));
+    // No target keeps its partition's leader: four Lead steps.
+    let targets: [(u32, &[&str]); 4] = [
+        (0, &["node-2", "node-3", "node-4"]),
+        (1, &["node-4", "node-1", "node-3"]),
+        (2, &["node-1", "node-2", "node-4"]),
+        (3, &["node-4", "node-2", "node-3"]),
+    ];
+    reassign(&c, 0, &targets);
+    wait(&c, "the reassignment finished", 40, |c| !in_progress(c));
+    std::thread::sleep(Duration::from_millis(500));
+    let ok_before = load.ok();
+    std::thread::sleep(Duration::from_millis(300));
+    let tally = load.stop(&rt);
+    let logs: String = (0..4)
+        .map(|i| format!("--- {} ---\n{}\n", c.specs[i].id, tail(&c.log(i), 25)))
+        .collect();
+    assert_eq!(
+        tally.failed(),
+        0,
+        "acks: all writes failed while leaderships moved: {:?}\n{logs}",
+        tally.first_errors(10)
+    );
+    assert!(
+        tally.ok.load(std::sync::atomic::Ordering::SeqCst) > ok_before && ok_before > 100,
+        "writes went on after the moves ({ok_before})"
+    );
+    tally.assert_read_back(&rt, &client, 1);
+
+    for (p, t) in targets {
+        let (replicas, isr) = zk_assignment(&c, p);
+        assert_eq!(replicas, s(t), "partition {p}");
+        assert_eq!(sorted(isr), sorted(s(t)), "partition {p}");
+        let st = zk_state(&c, p);
+        assert_eq!(st["leader"].as_str(), Some(t[0]), "partition {p}: {st}");
+        assert_eq!(
+            st["leader_epoch"].as_u64(),
+            Some(epochs[p as usize] + 3),
+            "partition {p}: {st}"
+        );
+        let part = c.partition(p).expect("led");
+        assert_eq!(part.leader, t[0], "partition {p}");
+        assert_eq!(part.replicas, s(t), "partition {p}");
+        assert_eq!(sorted(part.isr.clone()), sorted(s(t)), "partition {p}");
+    }
+}
