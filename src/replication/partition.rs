@@ -137,6 +137,8 @@ pub struct Partition {
     pub append: Arc<tokio::sync::Mutex<()>>,
     /// `acks: all` writes waiting for the high watermark.
     acks: Mutex<AckWaiters>,
+    /// Writes in flight and the leadership handover mark (`drain.rs`).
+    pub gate: super::drain::Gate,
 }
 
 /// `acks: all` writes waiting for the high watermark to cover them, by
@@ -214,6 +216,7 @@ impl Partition {
             log_end: watch::Sender::new(end),
             append: Arc::new(tokio::sync::Mutex::new(())),
             acks: Mutex::new(AckWaiters::default()),
+            gate: Default::default(),
         }
     }
 
