@@ -543,9 +543,13 @@ impl Partition {
     pub fn offsets(&self, me: &str) -> Vec<(String, u64)> {
         let mut out = vec![(me.to_string(), self.log.written_end())];
         if let RoleState::Leader(l) = &self.state.lock().role {
+            // Only followers that fetched since this leadership began: one
+            // that never did has no position to report (a replica being
+            // added shows as not started, not as caught up at 0).
             let mut f: Vec<_> = l
                 .followers
                 .iter()
+                .filter(|(_, p)| p.last_fetch.is_some())
                 .map(|(id, p)| (id.clone(), p.leo))
                 .collect();
             f.sort();
