@@ -290,3 +290,32 @@ impl ReplicaManager {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A marked epoch refuses writes (its count given back at once);
+    /// another epoch, or a write admitted before the mark, is counted
+    /// until answered.
+    #[test]
+    fn the_gate_refuses_the_marked_epoch_and_counts_what_it_admitted() {
+        let g = Gate::default();
+        let before = g.enter(Some(4)).expect("no mark yet");
+        assert_eq!(g.in_flight(), 1);
+        g.close(4);
+        assert!(g.enter(Some(4)).is_none());
+        assert!(g.enter(None).is_some_and(|t| {
+            drop(t);
+            true
+        }));
+        assert_eq!(g.in_flight(), 1, "the refused write is not counted");
+        let later = g.enter(Some(5)).expect("a later epoch is not marked");
+        assert_eq!(g.in_flight(), 2);
+        drop((before, later));
+        assert_eq!(g.in_flight(), 0);
+        // The mark lapses after HOLD.
+        *g.mark.lock() = Some((4, Instant::now()));
+        assert!(g.enter(Some(4)).is_some());
+    }
+}
