@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use caskade::Error;
 use caskade::client::{Client, KeyTtl, SetOptions};
-use caskade::config::ClientConfig;
-use caskade::node::{Acks, Consistency};
+use caskade::node::Acks;
 use caskade::storage::Condition;
 use harness::cluster::{ClusterOpts, TestCluster};
+use harness::load::local_reader;
 use harness::{b, runtime};
 
 /// One cluster test at a time.
@@ -26,19 +26,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A client of node `i` alone, reading with `consistency: any` (its own
-/// replica, no routing).
-fn local_reader(c: &TestCluster, i: usize, rt: &tokio::runtime::Runtime) -> Client {
-    let _in = rt.enter();
-    Client::new(&ClientConfig {
-        addrs: vec![c.specs[i].addr.clone()],
-        consistency: Consistency::Any,
-        timeout_ms: 5000,
-        ..ClientConfig::default()
-    })
-    .unwrap()
 }
 
 /// Waits until node `i`'s replica of every partition has the leader's log

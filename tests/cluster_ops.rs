@@ -8,12 +8,10 @@ mod harness;
 
 use bytes::Bytes;
 use caskade::Error;
-use caskade::client::Client;
-use caskade::config::ClientConfig;
-use caskade::node::Consistency;
 use caskade::proto;
 use caskade::proto::kv_client::KvClient;
 use harness::cluster::{ClusterOpts, TestCluster};
+use harness::load::local_reader;
 use harness::{b, runtime};
 use tonic::transport::Channel;
 
@@ -22,18 +20,6 @@ async fn stub(c: &TestCluster, i: usize) -> KvClient<Channel> {
     KvClient::connect(format!("http://{}", c.specs[i].addr))
         .await
         .unwrap()
-}
-
-/// A client of node `i` alone reading its own replica.
-fn local_reader(c: &TestCluster, i: usize, rt: &tokio::runtime::Runtime) -> Client {
-    let _in = rt.enter();
-    Client::new(&ClientConfig {
-        addrs: vec![c.specs[i].addr.clone()],
-        consistency: Consistency::Any,
-        timeout_ms: 5000,
-        ..ClientConfig::default()
-    })
-    .unwrap()
 }
 
 const ALL: i32 = proto::Acks::All as i32;

@@ -10,13 +10,12 @@
 mod harness;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use caskade::client::SetOptions;
-use caskade::node::Acks;
 use harness::cluster::{ClusterOpts, NodeSpec, TestCluster, tail};
+use harness::load::Load;
 use harness::{free_port, runtime};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -226,14 +225,6 @@ fn catch_up(c: &TestCluster, p: u32) -> Option<(u64, u64)> {
     Some((end("node-4")?, end(&part.leader)?))
 }
 
-/// Counters of the writers.
-#[derive(Default)]
-struct Tally {
-    failed: AtomicU64,
-    errors: Mutex<Vec<String>>,
-    acked: Mutex<Vec<(String, String)>>,
-}
-
 /// (a) Three partitions move from node-3 to node-4 while 6 clients write
 /// with `acks: all`: no write fails, every acknowledged one is read back,
 /// node-4 hosts exactly those partitions, node-3 deleted their
@@ -247,31 +238,7 @@ fn replicas_move_to_a_new_node_under_acks_all_load_without_a_failed_or_lost_writ
     }
     let rt = runtime();
     let client = c.client(&rt);
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Tally::default());
-    let writers: Vec<_> = (0..6)
-        .map(|w| {
-            let (client, stop, tally) = (client.clone(), stop.clone(), tally.clone());
-            rt.spawn(async move {
-                let mut n = 0u64;
-                while !stop.load(Ordering::SeqCst) {
-                    let (key, value) = (format!("w{w}-{n}"), format!("v{n}"));
-                    n += 1;
-                    let opts = SetOptions {
-                        acks: Some(Acks::All),
-                        ..SetOptions::default()
-                    };
-                    match client.set(key.clone(), value.clone(), opts).await {
-                        Ok(_) => tally.acked.lock().unwrap().push((key, value)),
-                        Err(e) => {
-                            tally.failed.fetch_add(1, Ordering::SeqCst);
-                            tally.errors.lock().unwrap().push(format!("{key}: {e}"));
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(&rt, &client, 6);
     std::thread::sleep(Duration::from_millis(500));
     // Leaders at creation: p0 node-1, p1 node-2, p3 node-1 (p mod 3); they
     // stay in the target, so no leadership moves.
@@ -283,25 +250,16 @@ fn replicas_move_to_a_new_node_under_acks_all_load_without_a_failed_or_lost_writ
     reassign(&c, 0, &targets);
     wait(&c, "the reassignment finished", 40, |c| !in_progress(c));
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::SeqCst);
-    for w in writers {
-        rt.block_on(w).expect("writer");
-    }
-    let errors = tally.errors.lock().unwrap().clone();
+    let tally = load.stop(&rt);
     assert_eq!(
-        tally.failed.load(Ordering::SeqCst),
+        tally.failed(),
         0,
         "acks: all writes failed during the reassignment: {:?}",
-        &errors[..errors.len().min(10)]
+        tally.first_errors(10)
     );
-    let acked = tally.acked.lock().unwrap().clone();
+    let acked = tally.acked();
     assert!(acked.len() > 100, "writes went on: {}", acked.len());
-    rt.block_on(async {
-        for (key, value) in &acked {
-            let got = client.get(key.clone()).await.expect("read back");
-            assert_eq!(got.as_deref(), Some(value.as_bytes()), "{key}");
-        }
-    });
+    tally.assert_read_back(&rt, &client, 1);
 
     for (p, t) in targets {
         let (replicas, isr) = zk_assignment(&c, p);
@@ -489,4 +447,89 @@ fn a_node_down_during_its_removal_deletes_the_directory_when_it_returns() {
     let part = c.partition(0).expect("led");
     assert_eq!(part.replicas, s(&["node-1", "node-2", "node-4"]));
     assert_eq!(sorted(part.isr), s(&["node-1", "node-2", "node-4"]));
+}
+
+/// `/partitions/<p>/state` as JSON.
+fn zk_state(c: &TestCluster, p: u32) -> serde_json::Value {
+    with_zk(c, |z| async move {
+        let (s, _) = z
+            .get_data(&format!("{ROOT}/partitions/{p}/state"))
+            .await
+            .unwrap();
+        serde_json::from_slice(&s).unwrap()
+    })
+}
+
+/// (f) Every partition's leader leaves its replicas while 6 clients write
+/// with `acks: all`: each leadership moves in the reassignment's Lead step,
+/// handed over (the old leader stops admitting and answers what it
+/// admitted before the controller names the new one), so no write fails
+/// and every acknowledged one is read back with its value; each partition
+/// ends with exactly the target replicas and ISR, led by the target's
+/// first replica, three epochs on (expand, lead, shrink: no election).
+#[test]
+fn leadership_moves_of_a_reassignment_hand_over_without_a_failed_write() {
+    let _s = serial();
+    let c = three_then_four(4);
+    c.wait_until("every partition led with a full ISR", |c| {
+        c.all_led() && c.full_isr()
+    });
+    let leaders: Vec<String> = (0..4)
+        .map(|p| c.specs[c.leader(p).expect("led")].id.clone())
+        .collect();
+    assert_eq!(leaders, s(&["node-1", "node-2", "node-3", "node-1"]));
+    for p in 0..4 {
+        fill(&c, p, 50, 1000);
+    }
+    let epochs: Vec<u64> = (0..4)
+        .map(|p| zk_state(&c, p)["leader_epoch"].as_u64().unwrap())
+        .collect();
+    let rt = runtime();
+    let client = c.client(&rt);
+    let load = Load::start(&rt, &client, 6);
+    std::thread::sleep(Duration::from_millis(500));
+    // No target keeps its partition's leader: four Lead steps.
+    let targets: [(u32, &[&str]); 4] = [
+        (0, &["node-2", "node-3", "node-4"]),
+        (1, &["node-4", "node-1", "node-3"]),
+        (2, &["node-1", "node-2", "node-4"]),
+        (3, &["node-4", "node-2", "node-3"]),
+    ];
+    reassign(&c, 0, &targets);
+    wait(&c, "the reassignment finished", 40, |c| !in_progress(c));
+    std::thread::sleep(Duration::from_millis(500));
+    let ok_before = load.ok();
+    std::thread::sleep(Duration::from_millis(300));
+    let tally = load.stop(&rt);
+    let logs: String = (0..4)
+        .map(|i| format!("--- {} ---\n{}\n", c.specs[i].id, tail(&c.log(i), 25)))
+        .collect();
+    assert_eq!(
+        tally.failed(),
+        0,
+        "acks: all writes failed while leaderships moved: {:?}\n{logs}",
+        tally.first_errors(10)
+    );
+    assert!(
+        tally.ok.load(std::sync::atomic::Ordering::SeqCst) > ok_before && ok_before > 100,
+        "writes went on after the moves ({ok_before})"
+    );
+    tally.assert_read_back(&rt, &client, 1);
+
+    for (p, t) in targets {
+        let (replicas, isr) = zk_assignment(&c, p);
+        assert_eq!(replicas, s(t), "partition {p}");
+        assert_eq!(sorted(isr), sorted(s(t)), "partition {p}");
+        let st = zk_state(&c, p);
+        assert_eq!(st["leader"].as_str(), Some(t[0]), "partition {p}: {st}");
+        assert_eq!(
+            st["leader_epoch"].as_u64(),
+            Some(epochs[p as usize] + 3),
+            "partition {p}: {st}"
+        );
+        let part = c.partition(p).expect("led");
+        assert_eq!(part.leader, t[0], "partition {p}");
+        assert_eq!(part.replicas, s(t), "partition {p}");
+        assert_eq!(sorted(part.isr.clone()), sorted(s(t)), "partition {p}");
+    }
 }

@@ -8,13 +8,12 @@
 mod harness;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use caskade::client::{Client, SetOptions};
-use caskade::node::Acks;
 use harness::cluster::{ClusterOpts, TestCluster, tail};
+use harness::load::Load;
 use harness::runtime;
 use serde_json::Value;
 
@@ -57,51 +56,6 @@ fn names(v: &Value, field: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Counters of the writers.
-#[derive(Default)]
-struct Tally {
-    ok: AtomicU64,
-    failed: AtomicU64,
-    errors: Mutex<Vec<String>>,
-    acked: Mutex<Vec<(String, String)>>,
-}
-
-/// `writers` tasks writing distinct keys with `acks: all` until `stop`.
-fn spawn_writers(
-    rt: &tokio::runtime::Runtime,
-    client: &Client,
-    writers: usize,
-    stop: &Arc<AtomicBool>,
-    tally: &Arc<Tally>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..writers)
-        .map(|w| {
-            let (client, stop, tally) = (client.clone(), stop.clone(), tally.clone());
-            rt.spawn(async move {
-                let mut n = 0u64;
-                while !stop.load(Ordering::SeqCst) {
-                    let (key, value) = (format!("w{w}-{n}"), format!("v{n}"));
-                    n += 1;
-                    let opts = SetOptions {
-                        acks: Some(Acks::All),
-                        ..SetOptions::default()
-                    };
-                    match client.set(key.clone(), value.clone(), opts).await {
-                        Ok(_) => {
-                            tally.ok.fetch_add(1, Ordering::SeqCst);
-                            tally.acked.lock().unwrap().push((key, value));
-                        }
-                        Err(e) => {
-                            tally.failed.fetch_add(1, Ordering::SeqCst);
-                            tally.errors.lock().unwrap().push(format!("{key}: {e}"));
-                        }
-                    }
-                }
-            })
-        })
-        .collect()
-}
-
 /// SIGTERM on node `victim` (chosen by `pick` among the running nodes)
 /// while clients write; returns what the test checks.
 fn shutdown_under_load(pick: impl Fn(&TestCluster) -> usize) {
@@ -130,11 +84,9 @@ fn shutdown_under_load(pick: impl Fn(&TestCluster) -> usize) {
 
     let rt = runtime();
     let client = c.client(&rt);
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Tally::default());
-    let writers = spawn_writers(&rt, &client, 8, &stop, &tally);
+    let load = Load::start(&rt, &client, 8);
     std::thread::sleep(Duration::from_millis(700));
-    let ok_before = tally.ok.load(Ordering::SeqCst);
+    let ok_before = load.ok();
 
     let mut server = c.servers[victim].take().expect("victim runs");
     let status = server.stop();
@@ -146,16 +98,12 @@ fn shutdown_under_load(pick: impl Fn(&TestCluster) -> usize) {
     );
 
     std::thread::sleep(Duration::from_millis(700));
-    stop.store(true, Ordering::SeqCst);
-    for w in writers {
-        rt.block_on(w).expect("writer task");
-    }
-    let errors = tally.errors.lock().unwrap().clone();
+    let tally = load.stop(&rt);
     assert_eq!(
-        tally.failed.load(Ordering::SeqCst),
+        tally.failed(),
         0,
         "acks: all writes failed during the controlled shutdown of {id}: {:?}\n{}",
-        &errors[..errors.len().min(10)],
+        tally.first_errors(10),
         tail(&log, 40)
     );
     let ok = tally.ok.load(Ordering::SeqCst);
@@ -198,13 +146,7 @@ fn shutdown_under_load(pick: impl Fn(&TestCluster) -> usize) {
     }
 
     // Every acknowledged write is readable.
-    let acked = tally.acked.lock().unwrap().clone();
-    rt.block_on(async {
-        for (key, value) in acked.iter().step_by(7) {
-            let got = client.get(key.clone()).await.expect("read back");
-            assert_eq!(got.as_deref(), Some(value.as_bytes()), "{key}");
-        }
-    });
+    tally.assert_read_back(&rt, &client, 7);
 }
 
 /// A node that is not the controller.

@@ -1442,6 +1442,16 @@ impl caskade::proto::replication::replication_server::Replication for FakeReplic
         >,
     >;
 
+    async fn handover(
+        &self,
+        _: tonic::Request<caskade::proto::replication::HandoverRequest>,
+    ) -> std::result::Result<
+        tonic::Response<caskade::proto::replication::HandoverResponse>,
+        tonic::Status,
+    > {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+
     async fn fetch(
         &self,
         _: tonic::Request<tonic::Streaming<caskade::proto::replication::FetchRequest>>,

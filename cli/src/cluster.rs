@@ -100,6 +100,12 @@ pub struct PartitionView {
     /// High watermark as the leader reports it; `None` when the leader did
     /// not answer.
     pub high_watermark: Option<u64>,
+    /// The replicas the leader reports a log end for: itself and the
+    /// followers that fetched from it since it took over (a replica being
+    /// added that never fetched is not among them); `None` when the leader
+    /// did not answer.
+    #[serde(skip)]
+    pub fetched: Option<Vec<String>>,
 }
 
 /// The merged view, as `--json` prints it.
@@ -355,6 +361,7 @@ fn merge_partition(id: u32, answers: &[(&str, &MetadataResponse)]) -> PartitionV
             })
             .collect(),
         high_watermark: from_leader.then_some(p.high_watermark),
+        fetched: from_leader.then(|| p.offsets.iter().map(|o| o.node_id.clone()).collect()),
     }
 }
 

@@ -281,6 +281,8 @@ fn table<const N: usize>(rows: &[[String; N]]) -> String {
 pub struct Adding {
     /// Node id.
     pub node: String,
+    /// Whether it is listed as a replica and fetched from the leader yet.
+    pub started: bool,
     /// Its log end offset, when known (0 before it is a replica).
     pub log_end: u64,
     /// The leader's log end offset, when known.
@@ -306,16 +308,23 @@ pub fn adding(view: &ClusterView, id: u32, target: &[String]) -> Vec<Adding> {
         .iter()
         .filter(|n| !p.isr.contains(n))
         .map(|n| {
-            let hosted = p.replicas.contains(n);
-            let log_end = if hosted { leo(n).unwrap_or(0) } else { 0 };
+            // Started: listed, and it fetched from the leader (or, without
+            // the leader's answer, some node reports its log end).
+            let started = p.replicas.contains(n)
+                && match &p.fetched {
+                    Some(f) => f.contains(n),
+                    None => leo(n).is_some(),
+                };
+            let log_end = if started { leo(n).unwrap_or(0) } else { 0 };
             let fraction = match leader_end {
-                _ if !hosted => 0.0,
+                _ if !started => 0.0,
                 Some(0) => 1.0,
                 Some(l) => (log_end as f64 / l as f64).min(1.0),
                 None => 0.0,
             };
             Adding {
                 node: n.clone(),
+                started,
                 log_end,
                 leader_end,
                 fraction,
@@ -333,8 +342,12 @@ pub fn partition_fraction(adding: &[Adding]) -> f64 {
     adding.iter().map(|a| a.fraction).sum::<f64>() / adding.len() as f64
 }
 
-/// One replica's progress as text: `node-4 120/480 (25%)`.
+/// One replica's progress as text: `node-4 120/480 (25%)`, or `node-4 not
+/// started` before its first fetch.
 fn show_adding(a: &Adding) -> String {
+    if !a.started {
+        return format!("{} not started", a.node);
+    }
     match a.leader_end {
         Some(l) => format!(
             "{} {}/{l} ({:.0}%)",

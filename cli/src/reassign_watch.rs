@@ -73,6 +73,7 @@ pub async fn watch(
             let msg: Vec<String> = adds
                 .iter()
                 .map(|a| match a.leader_end {
+                    _ if !a.started => format!("{} not started", a.node),
                     Some(l) => format!("{} {}/{l}", a.node, a.log_end),
                     None => format!("{} {}/?", a.node, a.log_end),
                 })

@@ -138,6 +138,16 @@ pub struct ReplicaOffsets {
     pub high_watermark: u64,
 }
 
+/// A leader's answer to a leadership handover (`replication/drain.rs`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// Partitions whose admitted writes are answered and whose high
+    /// watermark covers their log end.
+    pub settled: Vec<u32>,
+    /// Partitions still settling when the timeout expired.
+    pub behind: Vec<u32>,
+}
+
 /// What the ZooKeeper layer tells this node's replicas. Implemented by the
 /// replication manager.
 pub trait StateListener: Send + Sync + 'static {
@@ -203,6 +213,27 @@ pub trait NodeRpc: Send + Sync + 'static {
         leaders: Vec<std::sync::Arc<Leaders>>,
         nodes: Vec<NodeAddr>,
     ) -> BoxFuture<'static, crate::Result<()>>;
+
+    /// Asks `node`, registered at `node_epoch`, to hand over the
+    /// leadership of `partitions` (id, leader epoch it leads at): it stops
+    /// admitting writes on them and answers once they settled, at most
+    /// `timeout` later (`replication/drain.rs`). The default: not
+    /// supported (the controller moves the leadership without it).
+    fn handover(
+        &self,
+        node: NodeAddr,
+        _controller_epoch: u64,
+        _node_epoch: i64,
+        _partitions: Vec<(u32, u32)>,
+        _timeout: std::time::Duration,
+    ) -> BoxFuture<'static, crate::Result<Settled>> {
+        Box::pin(async move {
+            Err(crate::Error::Unavailable(format!(
+                "no handover to node {}",
+                node.id
+            )))
+        })
+    }
 }
 
 /// The source of partition leadership for a node.

@@ -14,7 +14,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::cluster::{BoxFuture, LeaderAndIsr, Leaders, NodeAddr, NodeRpc, ReplicaOffsets};
+use crate::cluster::{
+    BoxFuture, LeaderAndIsr, Leaders, NodeAddr, NodeRpc, ReplicaOffsets, Settled,
+};
 use crate::error::Error;
 use crate::proto::replication as pb;
 use crate::proto::replication::replication_client::ReplicationClient;
@@ -84,6 +86,38 @@ async fn bounded<T>(
 }
 
 impl NodeRpc for GrpcNodeRpc {
+    fn handover(
+        &self,
+        node: NodeAddr,
+        controller_epoch: u64,
+        node_epoch: i64,
+        partitions: Vec<(u32, u32)>,
+        timeout: Duration,
+    ) -> BoxFuture<'static, crate::Result<Settled>> {
+        let client = self.client(&node);
+        Box::pin(async move {
+            let mut client = client?;
+            let req = pb::HandoverRequest {
+                controller_epoch,
+                node_epoch,
+                partitions: partitions
+                    .into_iter()
+                    .map(|(partition, leader_epoch)| pb::PartitionEpoch {
+                        partition,
+                        leader_epoch,
+                    })
+                    .collect(),
+                timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+            };
+            let resp = bounded(&node, "Handover", client.handover(req)).await?;
+            let r = resp.into_inner();
+            Ok(Settled {
+                settled: r.settled,
+                behind: r.behind,
+            })
+        })
+    }
+
     fn log_end_offsets(
         &self,
         node: NodeAddr,

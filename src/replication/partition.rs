@@ -137,6 +137,8 @@ pub struct Partition {
     pub append: Arc<tokio::sync::Mutex<()>>,
     /// `acks: all` writes waiting for the high watermark.
     acks: Mutex<AckWaiters>,
+    /// Writes in flight and the leadership handover mark (`drain.rs`).
+    pub gate: super::drain::Gate,
 }
 
 /// `acks: all` writes waiting for the high watermark to cover them, by
@@ -214,6 +216,7 @@ impl Partition {
             log_end: watch::Sender::new(end),
             append: Arc::new(tokio::sync::Mutex::new(())),
             acks: Mutex::new(AckWaiters::default()),
+            gate: Default::default(),
         }
     }
 
@@ -540,9 +543,13 @@ impl Partition {
     pub fn offsets(&self, me: &str) -> Vec<(String, u64)> {
         let mut out = vec![(me.to_string(), self.log.written_end())];
         if let RoleState::Leader(l) = &self.state.lock().role {
+            // Only followers that fetched since this leadership began: one
+            // that never did has no position to report (a replica being
+            // added shows as not started, not as caught up at 0).
             let mut f: Vec<_> = l
                 .followers
                 .iter()
+                .filter(|(_, p)| p.last_fetch.is_some())
                 .map(|(id, p)| (id.clone(), p.leo))
                 .collect();
             f.sort();

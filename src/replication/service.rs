@@ -1,5 +1,6 @@
 //! The `caskade.replication.v1.Replication` gRPC service: followers'
-//! fetches and epoch lookups, the controller's offset queries and notices.
+//! fetches and epoch lookups, the controller's offset queries, notices and
+//! leadership handovers.
 //! Every error leaves through `impl From<Error> for Status`, so callers get
 //! a `caskade-reason` (`FENCED_LEADER_EPOCH`, `NOT_LEADER`, ...).
 
@@ -210,5 +211,26 @@ impl Replication for ReplicationService {
         self.manager
             .notice(epoch, r.node_epoch, states, leaders, nodes)?;
         Ok(Response::new(pb::LeaderAndIsrResponse {}))
+    }
+
+    async fn handover(
+        &self,
+        request: Request<pb::HandoverRequest>,
+    ) -> Result<Response<pb::HandoverResponse>, Status> {
+        let r = request.into_inner();
+        let partitions: Vec<(u32, u32)> = r
+            .partitions
+            .iter()
+            .map(|p| (p.partition, p.leader_epoch))
+            .collect();
+        let timeout = std::time::Duration::from_millis(u64::from(r.timeout_ms));
+        let s = self
+            .manager
+            .handover(r.controller_epoch, r.node_epoch, &partitions, timeout)
+            .await?;
+        Ok(Response::new(pb::HandoverResponse {
+            settled: s.settled,
+            behind: s.behind,
+        }))
     }
 }

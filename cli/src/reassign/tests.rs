@@ -41,6 +41,7 @@ fn part(id: u32, replicas: &str, isr: &str, offsets: &[(&str, Option<u64>)]) -> 
                 log_end_offset: *o,
             })
             .collect(),
+        fetched: Some(offsets.iter().map(|(n, _)| n.to_string()).collect()),
         replicas,
         high_watermark: None,
     }
@@ -251,6 +252,17 @@ fn status_output() {
                 &[("node-2", Some(10))],
             ),
             part(6, "node-1,node-4", "node-1,node-4", &[("node-1", Some(0))]),
+            // node-4 is listed but has not fetched yet: the leader does not
+            // report it, its own answer says log end 0.
+            PartitionView {
+                fetched: Some(ids("node-1")),
+                ..part(
+                    7,
+                    "node-1,node-2,node-3,node-4",
+                    "node-1,node-2,node-3",
+                    &[("node-1", Some(0)), ("node-4", Some(0))],
+                )
+            },
         ],
     );
     let status = ReassignStatusResponse {
@@ -270,16 +282,21 @@ fn status_output() {
                 partition: 6,
                 replicas: ids("node-4,node-1"),
             },
+            PartitionTarget {
+                partition: 7,
+                replicas: ids("node-1,node-2,node-4"),
+            },
         ],
         decommissioned: ids("node-3"),
     };
     assert_eq!(
         render_status(&status, &v),
-        "reassignment in progress: 3 partition(s) left, throttle 10 MiB/s\n\
+        "reassignment in progress: 4 partition(s) left, throttle 10 MiB/s\n\
          PARTITION  REPLICAS                     TARGET                ADDING\n\
          3          node-1,node-2,node-3,node-4  node-1,node-2,node-4  node-4 120/480 (25%)\n\
-         5          node-2,node-3,node-1         node-4,node-3,node-1  node-4 0/10 (0%)\n\
+         5          node-2,node-3,node-1         node-4,node-3,node-1  node-4 not started\n\
          6          node-1,node-4                node-4,node-1         - (in sync; finishing)\n\
+         7          node-1,node-2,node-3,node-4  node-1,node-2,node-4  node-4 not started\n\
          decommissioned: node-3"
     );
     let adds = adding(&v, 3, &ids("node-1,node-2,node-4"));
@@ -287,6 +304,8 @@ fn status_output() {
     assert_eq!(adds[0].fraction, 0.25);
     assert_eq!(partition_fraction(&adds), 0.25);
     assert_eq!(partition_fraction(&[]), 1.0);
+    let fresh = adding(&v, 7, &ids("node-1,node-2,node-4"));
+    assert_eq!((fresh[0].started, fresh[0].fraction), (false, 0.0));
     let none = ReassignStatusResponse::default();
     assert_eq!(render_status(&none, &v), "no reassignment in progress");
     let cancelling = ReassignStatusResponse {

@@ -73,6 +73,7 @@ mod admin;
 mod controller;
 mod decide;
 mod drain;
+mod handover;
 mod notify;
 mod reassign;
 mod reassign_ctl;

@@ -15,17 +15,23 @@
 //!   compare-and-set on the version it was read at, so a throttle change
 //!   or a cancel written meanwhile is never overwritten;
 //! - nothing is kept in memory between reconciliations: a new controller
-//!   resumes from ZooKeeper alone.
+//!   resumes from ZooKeeper alone;
+//! - a step that moves the leadership away from a live leader (Lead, or a
+//!   Revert that moves it back) is written only after that leader handed
+//!   the partition over, or after the handover's bounded wait
+//!   (`handover.rs`), so no `acks: all` write in flight there fails.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use zookeeper_client as zk;
 
 use super::controller::BATCH;
 use super::decide::Live;
+use super::handover;
 use super::reassign::{self, Phase, ReassignZnode, Step};
 use super::znode::{self, Paths, StateZnode, decode, encode};
-use crate::cluster::LeaderAndIsr;
+use crate::cluster::{LeaderAndIsr, NodeAddr, NodeRpc};
 use crate::error::Error;
 
 /// Rounds of decide-and-write per reconciliation (a partition can go
@@ -44,6 +50,10 @@ pub(crate) struct Ctx<'a> {
     pub controller_epoch: u64,
     /// Live nodes (node id -> node epoch).
     pub live: &'a Live,
+    /// How the controller calls nodes (the leadership handover).
+    pub rpc: &'a Arc<dyn NodeRpc>,
+    /// Live nodes' addresses.
+    pub addrs: &'a BTreeMap<String, NodeAddr>,
 }
 
 /// Why driving stopped.
@@ -151,6 +161,10 @@ pub(crate) async fn drive(
         if writes.is_empty() {
             break;
         }
+        // A step that moves the leadership off a live leader (Lead, a
+        // Revert that moves it back) waits for that leader to hand over.
+        let moving = handover::moves(states, writes.iter().map(|(_, s)| s), ctx.live);
+        handover::hand_over(ctx.rpc, ctx.controller_epoch, ctx.addrs, ctx.live, &moving).await;
         let (written, unsure) = write(ctx, &writes).await?;
         for (phase, s) in written {
             tracing::info!(

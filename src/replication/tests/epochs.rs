@@ -124,6 +124,13 @@ impl Replication for Counting {
     ) -> Result<tonic::Response<pb::LeaderAndIsrResponse>, tonic::Status> {
         self.inner.leader_and_isr(request).await
     }
+
+    async fn handover(
+        &self,
+        request: tonic::Request<pb::HandoverRequest>,
+    ) -> Result<tonic::Response<pb::HandoverResponse>, tonic::Status> {
+        self.inner.handover(request).await
+    }
 }
 
 /// Partition `p`'s state: b leads at `epoch`, ISR b and a.

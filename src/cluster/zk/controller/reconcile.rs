@@ -1,6 +1,9 @@
 //! One reconciliation: read the states, create missing partitions, decide
 //! (failover, reassignment steps, preferred leaders), and re-read and decide
-//! again where a compare-and-set write conflicted.
+//! again where a compare-and-set write conflicted. A decision that moves
+//! a leadership off a live leader (reassignment step, preferred-leader
+//! move) is written only after that leader handed the partition over
+//! (`handover.rs`), bounded.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -9,6 +12,7 @@ use zookeeper_client as zk;
 
 use super::super::decide::{self, Decision, Offsets, Reason};
 use super::super::drain;
+use super::super::handover;
 use super::super::reassign_ctl;
 use super::super::znode::{self, StateZnode, encode};
 use super::{BATCH, Controller, Exit, FullTo, MULTI_WINDOW, RETRY, ROUNDS};
@@ -66,6 +70,8 @@ impl Controller {
             epoch_version: self.won.epoch_version,
             controller_epoch: self.won.epoch,
             live: &live,
+            rpc: &self.shared.rpc,
+            addrs: &self.live,
         };
         let driven = reassign_ctl::drive(&ctx, &mut states, every, &mut self.replicas).await?;
         changed.extend(driven.changed);
@@ -246,6 +252,13 @@ impl Controller {
             // Tests widen the window between a decision and its write.
             if let Some(pause) = failpoint_pause() {
                 tokio::time::sleep(pause).await;
+            }
+            if preferred {
+                // A preferred-leader move takes the leadership off a live
+                // leader: it hands over first (`handover.rs`).
+                let moving = handover::moves(states, decisions.iter().map(|d| &d.state), &live);
+                handover::hand_over(&self.shared.rpc, self.won.epoch, &self.live, &live, &moving)
+                    .await;
             }
             let (written, unsure) = self.write(decisions).await?;
             log_decisions(&written);
