@@ -125,8 +125,8 @@ impl Client {
             .clone();
         let timeout = Duration::from_millis(config.timeout_ms.max(1));
         let connect_timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
-        let tls = crate::tls::load_client(&config.tls)
-            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let tls =
+            crate::tls::load_client(&config.tls).map_err(|e| Error::InvalidInput(e.to_string()))?;
         let kv = connect(&addr, connect_timeout, timeout, tls.as_ref())?;
         let mut routes = Routes::default();
         routes.conns.insert(addr.clone(), kv.clone());

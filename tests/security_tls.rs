@@ -158,8 +158,12 @@ impl TlsCluster {
     fn tls(&self, dir: &Path, cert: Option<&str>) -> ClientTlsOptions {
         ClientTlsOptions {
             ca: self.certs.join("ca.pem"),
-            cert: cert.map(|c| dir.join(format!("{c}.pem"))).unwrap_or_default(),
-            key: cert.map(|c| dir.join(format!("{c}.key"))).unwrap_or_default(),
+            cert: cert
+                .map(|c| dir.join(format!("{c}.pem")))
+                .unwrap_or_default(),
+            key: cert
+                .map(|c| dir.join(format!("{c}.key")))
+                .unwrap_or_default(),
         }
     }
 
@@ -189,7 +193,10 @@ impl TlsCluster {
 
     /// Index of node `id`.
     fn index(&self, id: &str) -> usize {
-        self.specs.iter().position(|s| s.id == id).expect("known node")
+        self.specs
+            .iter()
+            .position(|s| s.id == id)
+            .expect("known node")
     }
 
     /// Polls `cond` for up to 30 s; panics with the logs otherwise.
@@ -205,17 +212,29 @@ impl TlsCluster {
             .servers
             .iter()
             .zip(&self.specs)
-            .map(|(s, spec)| format!("--- {} ---\n{}\n", spec.id, harness::cluster::tail(&s.log(), 30)))
+            .map(|(s, spec)| {
+                format!(
+                    "--- {} ---\n{}\n",
+                    spec.id,
+                    harness::cluster::tail(&s.log(), 30)
+                )
+            })
             .collect();
         panic!("timed out waiting until {what}\n{logs}");
     }
 
     /// A replication client of node `i` over TLS as `cert` of `dir`
     /// (`None`: plaintext).
-    async fn repl(&self, i: usize, who: Option<(&Path, &str)>) -> ReplicationClient<tonic::transport::Channel> {
+    async fn repl(
+        &self,
+        i: usize,
+        who: Option<(&Path, &str)>,
+    ) -> ReplicationClient<tonic::transport::Channel> {
         let tls = match who {
             None => None,
-            Some((dir, name)) => caskade::tls::load_client(&self.tls(dir, Some(name))).expect("tls"),
+            Some((dir, name)) => {
+                caskade::tls::load_client(&self.tls(dir, Some(name))).expect("tls")
+            }
         };
         let ch = caskade::tls::endpoint(&self.specs[i].repl, tls.as_ref())
             .expect("endpoint")
@@ -253,7 +272,12 @@ async fn epochs(zk: &Zk, id: &str) -> (u64, i64) {
 
 /// A notice making `leader` the leader of partition 0 at `leader_epoch`
 /// with itself alone in the ISR, for the registration `node_epoch`.
-fn forged_notice(controller_epoch: u64, node_epoch: i64, leader: &str, leader_epoch: u64) -> pb::LeaderAndIsrRequest {
+fn forged_notice(
+    controller_epoch: u64,
+    node_epoch: i64,
+    leader: &str,
+    leader_epoch: u64,
+) -> pb::LeaderAndIsrRequest {
     pb::LeaderAndIsrRequest {
         controller_epoch,
         partitions: vec![pb::PartitionState {
@@ -308,13 +332,12 @@ async fn fetch_as(
         session_epoch: 0,
         forgotten: Vec::new(),
     };
-    let mut stream = c
-        .fetch(tokio_stream::iter(vec![req]))
-        .await?
-        .into_inner();
+    let mut stream = c.fetch(tokio_stream::iter(vec![req])).await?.into_inner();
     match stream.message().await? {
         Some(r) => Ok(r),
-        None => Err(tonic::Status::unknown("fetch stream ended without an answer")),
+        None => Err(tonic::Status::unknown(
+            "fetch stream ended without an answer",
+        )),
     }
 }
 
@@ -327,28 +350,46 @@ fn tls_clients_work_and_plaintext_clients_are_refused() {
     // A TLS client with a client certificate: acks: all, so replication
     // (fetches over mutual TLS) carries the write.
     let good = c.client(1, c.tls(&c.certs, Some("client")), &rt);
-    rt.block_on(good.set(b("k"), b("v"), SetOptions::default())).expect("TLS set");
-    assert_eq!(rt.block_on(good.get(b("k"))).expect("TLS get"), Some(b("v")));
+    rt.block_on(good.set(b("k"), b("v"), SetOptions::default()))
+        .expect("TLS set");
+    assert_eq!(
+        rt.block_on(good.get(b("k"))).expect("TLS get"),
+        Some(b("v"))
+    );
 
     // Plaintext to a TLS listener: refused (the handshake never happens).
     let plain = c.client(1, ClientTlsOptions::default(), &rt);
-    assert!(rt.block_on(plain.get(b("k"))).is_err(), "plaintext client served");
+    assert!(
+        rt.block_on(plain.get(b("k"))).is_err(),
+        "plaintext client served"
+    );
 
     // TLS without a client certificate where one is required: refused.
     let anonymous = c.client(1, c.tls(&c.certs, None), &rt);
-    assert!(rt.block_on(anonymous.get(b("k"))).is_err(), "client without a certificate served");
+    assert!(
+        rt.block_on(anonymous.get(b("k"))).is_err(),
+        "client without a certificate served"
+    );
 
     // A client certificate of another CA: refused.
     let rogue = c.client(1, c.tls(&c.rogue, Some("client")), &rt);
-    assert!(rt.block_on(rogue.get(b("k"))).is_err(), "client of another CA served");
+    assert!(
+        rt.block_on(rogue.get(b("k"))).is_err(),
+        "client of another CA served"
+    );
 
     // RESP over TLS answers; plaintext RESP gets no answer.
     let resp = c.specs[1].resp.clone();
     let certs = c.certs.clone();
     rt.block_on(async move {
         assert_eq!(resp_ping_tls(&resp, &certs).await, "+PONG\r\n");
-        let mut plain = tokio::net::TcpStream::connect(&resp).await.expect("connect");
-        plain.write_all(b"*1\r\n$4\r\nPING\r\n").await.expect("write");
+        let mut plain = tokio::net::TcpStream::connect(&resp)
+            .await
+            .expect("connect");
+        plain
+            .write_all(b"*1\r\n$4\r\nPING\r\n")
+            .await
+            .expect("write");
         let mut buf = vec![0u8; 64];
         let n = tokio::time::timeout(Duration::from_secs(5), plain.read(&mut buf))
             .await
@@ -419,7 +460,8 @@ fn replication_port_authorizes_callers_by_certificate() {
             .map(|j| format!("k{i}-{j}"))
             .find(|k| caskade::cluster::partition_for(k.as_bytes(), PARTITIONS) == 0)
             .expect("a key of partition 0");
-        rt.block_on(client.set(b(&key), b("v"), SetOptions::default())).expect("write");
+        rt.block_on(client.set(b(&key), b("v"), SetOptions::default()))
+            .expect("write");
     }
 
     rt.block_on(async {
@@ -432,8 +474,16 @@ fn replication_port_authorizes_callers_by_certificate() {
         let mut plain = c.repl(leader, None).await;
         let mut rogue = c.repl(leader, Some((&c.rogue, &forger))).await;
         for (name, r) in [("plaintext", &mut plain), ("rogue", &mut rogue)] {
-            let notice = forged_notice(controller_epoch, leader_node_epoch, &forger, p0.leader_epoch + 5);
-            assert!(r.leader_and_isr(notice).await.is_err(), "{name} notice accepted");
+            let notice = forged_notice(
+                controller_epoch,
+                leader_node_epoch,
+                &forger,
+                p0.leader_epoch + 5,
+            );
+            assert!(
+                r.leader_and_isr(notice).await.is_err(),
+                "{name} notice accepted"
+            );
             assert!(
                 fetch_as(r, &forger, p0.leader_epoch, 0).await.is_err(),
                 "{name} fetch served"
@@ -458,11 +508,16 @@ fn replication_port_authorizes_callers_by_certificate() {
             let msg = err.message();
             if epoch == controller_epoch {
                 assert!(
-                    msg.contains(&format!("sent by node \"{forger}\", but node \"{controller}\"")),
+                    msg.contains(&format!(
+                        "sent by node \"{forger}\", but node \"{controller}\""
+                    )),
                     "{msg}"
                 );
             } else {
-                assert!(msg.contains(&format!("notice claims controller epoch {epoch}")), "{msg}");
+                assert!(
+                    msg.contains(&format!("notice claims controller epoch {epoch}")),
+                    "{msg}"
+                );
             }
         }
         // Nothing was truncated, and the leader still leads.
@@ -479,13 +534,19 @@ fn replication_port_authorizes_callers_by_certificate() {
         );
     });
     let after = c.partition(0).expect("partition 0");
-    assert_eq!((after.leader, after.leader_epoch), (p0.leader, p0.leader_epoch));
+    assert_eq!(
+        (after.leader, after.leader_epoch),
+        (p0.leader, p0.leader_epoch)
+    );
     for i in 0..5 {
         let key = (0..)
             .map(|j| format!("k{i}-{j}"))
             .find(|k| caskade::cluster::partition_for(k.as_bytes(), PARTITIONS) == 0)
             .expect("a key of partition 0");
-        assert_eq!(rt.block_on(client.get(b(&key))).expect("read"), Some(b("v")));
+        assert_eq!(
+            rt.block_on(client.get(b(&key))).expect("read"),
+            Some(b("v"))
+        );
     }
 }
 
@@ -530,9 +591,10 @@ fn without_tls_a_forged_controller_epoch_is_refused_and_does_not_lock_out_the_co
     // notices every node must accept for the survivors to agree on every
     // leader and take acks: all writes.
     c.stop_node(controller);
-    c.wait_until("the survivors agree on a running leader of every partition", |c| {
-        c.all_led()
-    });
+    c.wait_until(
+        "the survivors agree on a running leader of every partition",
+        |c| c.all_led(),
+    );
     let client = c.client(&rt);
     for p in 0..PARTITIONS {
         let key = c.key_in(p, 0);

@@ -57,7 +57,7 @@ impl ClusterHandle for ZkHandle {
 struct ZkController(Arc<ZkCluster>);
 
 impl crate::tls::gate::ControllerSource for ZkController {
-    fn read_controller(&self) -> BoxFuture<'static, Result<(Option<(String, u64)>, u64)>> {
+    fn read_controller(&self) -> BoxFuture<'static, Result<crate::tls::gate::ControllerRead>> {
         let zk = self.0.clone();
         Box::pin(async move { zk.read_controller().await })
     }

@@ -141,9 +141,16 @@ mod tests {
             ca: dir.path().join("ca.pem"),
             require_client_cert: true,
         };
-        assert!(super::super::NodeTls::load(&opts, "node-1").unwrap().is_some());
+        assert!(
+            super::super::NodeTls::load(&opts, "node-1")
+                .unwrap()
+                .is_some()
+        );
         let wrong = super::super::NodeTls::load(&opts, "node-2").err().unwrap();
-        assert!(wrong.to_string().contains("names node \"node-1\""), "{wrong}");
+        assert!(
+            wrong.to_string().contains("names node \"node-1\""),
+            "{wrong}"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

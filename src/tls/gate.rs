@@ -27,11 +27,14 @@ use parking_lot::Mutex;
 use crate::cluster::BoxFuture;
 use crate::error::{Error, Result};
 
+/// The controller as ZooKeeper has it: the holder of `/controller` and
+/// its epoch (`None` while no node holds it), and `/controller_epoch`.
+pub type ControllerRead = (Option<(String, u64)>, u64);
+
 /// Where the gate reads the controller from (ZooKeeper in a node).
 pub trait ControllerSource: Send + Sync + 'static {
-    /// The holder of `/controller` and its epoch (`None` while no node
-    /// holds it) and the value of `/controller_epoch`, read fresh.
-    fn read_controller(&self) -> BoxFuture<'static, Result<(Option<(String, u64)>, u64)>>;
+    /// The controller, read fresh.
+    fn read_controller(&self) -> BoxFuture<'static, Result<ControllerRead>>;
 }
 
 /// Who called, as the replication listener knows it.
@@ -191,7 +194,7 @@ mod tests {
     struct Fixed(Option<(String, u64)>, u64, AtomicUsize);
 
     impl ControllerSource for Fixed {
-        fn read_controller(&self) -> BoxFuture<'static, Result<(Option<(String, u64)>, u64)>> {
+        fn read_controller(&self) -> BoxFuture<'static, Result<ControllerRead>> {
             self.2.fetch_add(1, Ordering::SeqCst);
             let answer = (self.0.clone(), self.1);
             Box::pin(async move { Ok(answer) })
