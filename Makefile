@@ -6,7 +6,7 @@ CARGO ?= cargo
 # here (tests/make_targets.rs checks it).
 export BIN_DIR ?= $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),./target)/release
 
-.PHONY: help build release test dev fmt clippy deps standalone cli zk zk-stop cluster cluster-stop demo-failover bench-standalone bench-engine clean
+.PHONY: help build release test dev fmt clippy deps standalone cli zk zk-stop cluster cluster-stop demo-failover bench-standalone bench-engine clean certs
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -56,8 +56,17 @@ zk: ## Start ZooKeeper on 127.0.0.1:2181 (Debian's package, installed if missing
 zk-stop: ## Stop the ZooKeeper started by `make zk`
 	@scripts/zk.sh stop $(ZK_DIR)
 
-cluster: release zk ## Build (release), start ZooKeeper and three nodes on 127.0.0.1:7381-7383, show the cluster table
-	@scripts/cluster.sh start
+cluster: release zk $(if $(filter-out 0,$(TLS)),certs) ## Build (release), start ZooKeeper and three nodes on 127.0.0.1:7381-7383, show the cluster table (TLS=1: mutual TLS, certificates of `make certs`)
+	@TLS=$(TLS) scripts/cluster.sh start
+
+# Development certificates (docs/SECURITY.md): a local CA, node-1..3 (CN =
+# node id; server and client use) and a client certificate, in conf/certs
+# (gitignored). Made once; `rm -rf conf/certs` to make new ones.
+certs: conf/certs/ca.pem ## Create a local CA and certificates for node-1..3 and a client in conf/certs (once)
+
+conf/certs/ca.pem:
+	$(CARGO) build --release --bin caskade-certs
+	$(BIN_DIR)/caskade-certs --out conf/certs --nodes node-1,node-2,node-3 --clients client
 
 cluster-stop: ## Stop the three nodes one at a time (SIGTERM: controlled shutdown, leadership moved first; SIGKILL after 15 s)
 	@scripts/cluster.sh stop

@@ -31,6 +31,13 @@
 # to the repository root, where the script runs. Binaries are taken from
 # BIN_DIR (default ./target/release).
 #
+# TLS=1 (`make cluster TLS=1`): every node and the CLI speak TLS with the
+# certificates of CERT_DIR (default conf/certs, made by `make certs`): node
+# N runs with CASKADE_TLS_{CERT,KEY,CA} naming node-N.pem, node-N.key and
+# ca.pem, and client certificates are required; the CLI calls here use
+# CASKADE_CLI_TLS_{CA,CERT,KEY} (ca.pem, client.pem, client.key). See
+# docs/SECURITY.md.
+#
 # Errors are one line on stderr and exit 1: a port already taken (with who
 # holds it when `ss` can tell), a node that exits during startup or does not
 # answer in time (followed by the tail of its log).
@@ -46,6 +53,14 @@ readonly START_TIMEOUT_S=${START_TIMEOUT_S:-30}
 readonly ISR_TIMEOUT_S=${ISR_TIMEOUT_S:-${LEADER_TIMEOUT_S:-60}}
 readonly STOP_TIMEOUT_S=${STOP_TIMEOUT_S:-15}
 readonly NODES=(1 2 3)
+readonly TLS=${TLS:-}
+readonly CERT_DIR=${CERT_DIR:-conf/certs}
+if [ -n "$TLS" ] && [ "$TLS" != 0 ]; then
+  [ -f "$CERT_DIR/ca.pem" ] || { echo "cluster.sh: no $CERT_DIR/ca.pem: run \`make certs\` first" >&2; exit 1; }
+  export CASKADE_CLI_TLS_CA=$CERT_DIR/ca.pem
+  export CASKADE_CLI_TLS_CERT=$CERT_DIR/client.pem
+  export CASKADE_CLI_TLS_KEY=$CERT_DIR/client.key
+fi
 
 die() {
   echo "cluster.sh: $*" >&2
@@ -115,7 +130,13 @@ launch() {
   check_port_free "748$n" "node$n replication"
   mkdir -p "$RUN_DIR"
   echo "=== $(date '+%F %T') cluster.sh: starting node$n ===" >>"$(log_file "$n")"
-  nohup "$SERVER" --config "conf/cluster/node$n.yaml" </dev/null >>"$(log_file "$n")" 2>&1 &
+  if [ -n "${CASKADE_CLI_TLS_CA:-}" ]; then
+    CASKADE_TLS_CERT=$CERT_DIR/node-$n.pem CASKADE_TLS_KEY=$CERT_DIR/node-$n.key \
+      CASKADE_TLS_CA=$CERT_DIR/ca.pem CASKADE_TLS_REQUIRE_CLIENT_CERT=true \
+      nohup "$SERVER" --config "conf/cluster/node$n.yaml" </dev/null >>"$(log_file "$n")" 2>&1 &
+  else
+    nohup "$SERVER" --config "conf/cluster/node$n.yaml" </dev/null >>"$(log_file "$n")" 2>&1 &
+  fi
   echo $! >"$(pid_file "$n")"
   echo "node$n starting (pid $!), client $(client_addr "$n"), replication $(repl_addr "$n"), log $(log_file "$n")"
 }

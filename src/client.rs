@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::RwLock;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::cluster::partition_for;
 
@@ -102,6 +102,8 @@ pub struct Client {
     kv: KvClient<Channel>,
     /// Endpoint settings for further connections.
     connect_timeout: Duration,
+    /// TLS of every connection (`tls:` of the config), `None` for plaintext.
+    tls: Option<ClientTlsConfig>,
     /// The partition map and connections to leaders.
     routes: Arc<RwLock<Routes>>,
     /// Per-request deadline, for error messages.
@@ -123,7 +125,9 @@ impl Client {
             .clone();
         let timeout = Duration::from_millis(config.timeout_ms.max(1));
         let connect_timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
-        let kv = connect(&addr, connect_timeout, timeout)?;
+        let tls =
+            crate::tls::load_client(&config.tls).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let kv = connect(&addr, connect_timeout, timeout, tls.as_ref())?;
         let mut routes = Routes::default();
         routes.conns.insert(addr.clone(), kv.clone());
         Ok(Client {
@@ -131,6 +135,7 @@ impl Client {
             seeds: config.addrs.clone(),
             kv,
             connect_timeout,
+            tls,
             routes: Arc::new(RwLock::new(routes)),
             timeout,
             acks: config.acks,
@@ -156,7 +161,7 @@ impl Client {
         if let Some(c) = self.routes.read().conns.get(addr) {
             return Ok(c.clone());
         }
-        let c = connect(addr, self.connect_timeout, self.timeout)?;
+        let c = connect(addr, self.connect_timeout, self.timeout, self.tls.as_ref())?;
         self.routes
             .write()
             .conns
@@ -417,9 +422,14 @@ impl Client {
     }
 }
 
-/// A lazy connection to `addr`.
-fn connect(addr: &str, connect_timeout: Duration, timeout: Duration) -> Result<KvClient<Channel>> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+/// A lazy connection to `addr`, over TLS with `tls`.
+fn connect(
+    addr: &str,
+    connect_timeout: Duration,
+    timeout: Duration,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<KvClient<Channel>> {
+    let endpoint = crate::tls::endpoint(addr, tls)
         .map_err(|e| Error::InvalidInput(format!("invalid server address '{addr}': {e}")))?
         .connect_timeout(connect_timeout)
         .timeout(timeout)

@@ -27,6 +27,9 @@ use serde_yaml_ng::Value;
 use crate::node::{Acks, Consistency};
 use crate::storage;
 
+mod tls;
+pub use tls::{ClientTlsOptions, TlsOptions};
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -117,6 +120,9 @@ pub struct Config {
     pub metrics: MetricsOptions,
     /// The Redis-protocol listener (docs/API.md, "RESP").
     pub resp: RespOptions,
+    /// TLS on every listener and between nodes (docs/SECURITY.md); off
+    /// unless `tls.cert` is set.
+    pub tls: TlsOptions,
 }
 
 /// The RESP (Redis protocol) listener (`resp:` in the server config).
@@ -196,6 +202,7 @@ impl Default for Config {
             cluster: None,
             metrics: MetricsOptions::default(),
             resp: RespOptions::default(),
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -406,6 +413,7 @@ impl Config {
             ));
         }
         self.metrics.validate()?;
+        self.tls.validate()?;
         if !self.resp.listen.is_empty() && self.resp.listen.parse::<std::net::SocketAddr>().is_err()
         {
             return Err(ConfigError::Invalid(format!(
@@ -458,6 +466,8 @@ pub struct ClientConfig {
     /// REPL history file; `~` is the home directory; empty disables
     /// history. Default `~/.caskade_history`.
     pub history_file: String,
+    /// TLS to the servers; off unless `tls.ca` is set.
+    pub tls: ClientTlsOptions,
 }
 
 impl Default for ClientConfig {
@@ -469,6 +479,7 @@ impl Default for ClientConfig {
             acks: Acks::All,
             consistency: Consistency::Leader,
             history_file: "~/.caskade_history".into(),
+            tls: ClientTlsOptions::default(),
         }
     }
 }

@@ -30,5 +30,6 @@ pub mod replication;
 pub mod resp;
 pub mod server;
 pub mod storage;
+pub mod tls;
 
 pub use error::{Error, Result};

@@ -65,6 +65,13 @@ fn run(args: Args) -> Result<(), String> {
     for w in warnings {
         tracing::warn!("{w}");
     }
+    // TLS material is checked before anything binds; this node's calls to
+    // other nodes present its certificate.
+    if let Some(tls) =
+        caskade::tls::NodeTls::load(&config.tls, &config.node_id).map_err(|e| e.to_string())?
+    {
+        caskade::tls::set_node_client(tls.node_client());
+    }
     caskade::server::raise_open_files_limit(config.partitions);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -107,7 +114,11 @@ async fn serve(config: Config) -> Result<(), String> {
         let started = caskade::server::cluster::start(&config, advertise, clock)
             .await
             .map_err(|e| e.message())?;
-        let replication = Some((started.replication_listener, started.manager.clone()));
+        let replication = Some((
+            started.replication_listener,
+            started.manager.clone(),
+            started.gate,
+        ));
         (
             started.node,
             replication,

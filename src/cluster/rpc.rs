@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::cluster::{
     BoxFuture, LeaderAndIsr, Leaders, NodeAddr, NodeRpc, ReplicaOffsets, Settled,
@@ -50,8 +50,8 @@ impl GrpcNodeRpc {
         }
         // Drop a stale channel of the same node on another address.
         channels.retain(|(id, _), _| id != &node.id);
-        let uri = format!("http://{}", node.replication_addr);
-        let ch = Endpoint::from_shared(uri)
+        // With TLS, this node's certificate is presented (crate::tls).
+        let ch = crate::tls::node_endpoint(&node.replication_addr)
             .map_err(|e| {
                 Error::InvalidInput(format!(
                     "node {} has an invalid replication address {:?}: {e}",

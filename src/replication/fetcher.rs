@@ -66,7 +66,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, OwnedMutexGuard, mpsc};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::ReplicaManager;
 use super::partition::Partition;
@@ -100,7 +100,8 @@ impl Channels {
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        // With TLS, this node's certificate is presented (crate::tls).
+        let endpoint = crate::tls::node_endpoint(addr)
             .map_err(|e| Error::InvalidInput(format!("bad replication address {addr}: {e}")))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)

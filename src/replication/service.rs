@@ -3,6 +3,12 @@
 //! leadership handovers.
 //! Every error leaves through `impl From<Error> for Status`, so callers get
 //! a `caskade-reason` (`FENCED_LEADER_EPOCH`, `NOT_LEADER`, ...).
+//!
+//! Every fetch and notice is authorized by its caller first
+//! ([`crate::tls::gate`]): over TLS a node fetches only as itself
+//! (`PERMISSION_DENIED` otherwise), and a notice of a controller epoch
+//! newer than the one verified is checked against ZooKeeper, and over TLS
+//! against its sender, before the manager sees it.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,26 +22,30 @@ use super::ReplicaManager;
 use crate::cluster::{LeaderAndIsr, NodeAddr};
 use crate::proto::replication as pb;
 use crate::proto::replication::replication_server::Replication;
+use crate::tls::gate::{Caller, Gate};
 
 /// The service over a node's [`ReplicaManager`].
 #[derive(Clone)]
 pub struct ReplicationService {
     /// The replicas.
     manager: Arc<ReplicaManager>,
+    /// Who may fetch as whom, and which notices are the controller's.
+    gate: Arc<Gate>,
 }
 
 impl ReplicationService {
-    /// A service for `manager`.
-    pub fn new(manager: Arc<ReplicaManager>) -> Self {
-        ReplicationService { manager }
+    /// A service for `manager`, authorizing calls through `gate`.
+    pub fn new(manager: Arc<ReplicaManager>, gate: Arc<Gate>) -> Self {
+        ReplicationService { manager, gate }
     }
 
     /// The tonic server wrapper, with message limits for fetched batches.
     pub fn server(
         manager: Arc<ReplicaManager>,
+        gate: Arc<Gate>,
     ) -> pb::replication_server::ReplicationServer<ReplicationService> {
         let limit = manager.message_limit();
-        pb::replication_server::ReplicationServer::new(Self::new(manager))
+        pb::replication_server::ReplicationServer::new(Self::new(manager, gate))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit)
     }
@@ -125,6 +135,16 @@ pub fn node_to_wire(n: NodeAddr) -> pb::NodeAddress {
     }
 }
 
+/// Who sent `request`: over TLS, the node its certificate names (an
+/// empty id, matching no node, when it names none); plaintext, unknown.
+fn caller<T>(request: &Request<T>) -> Caller {
+    if crate::tls::is_tls(request) {
+        Caller::Node(crate::tls::peer_node_id(request).unwrap_or_default())
+    } else {
+        Caller::Unknown
+    }
+}
+
 /// The stream of fetch answers.
 type FetchStream = Pin<Box<dyn Stream<Item = Result<pb::FetchResponse, Status>> + Send>>;
 
@@ -136,6 +156,7 @@ impl Replication for ReplicationService {
         &self,
         request: Request<Streaming<pb::FetchRequest>>,
     ) -> Result<Response<Self::FetchStream>, Status> {
+        let caller = caller(&request);
         let mut requests = request.into_inner();
         let (tx, rx) = mpsc::channel(2);
         let manager = self.manager.clone();
@@ -151,6 +172,11 @@ impl Replication for ReplicationService {
                         return;
                     }
                 };
+                if let Err(why) = Gate::admit_fetch(&caller, &req.follower_id) {
+                    tracing::warn!("fetch refused: {why}");
+                    let _ = tx.send(Err(Status::permission_denied(why))).await;
+                    return;
+                }
                 let answer = tokio::select! {
                     a = manager.fetch(req, turn, stream) => a.map_err(Status::from),
                     () = tx.closed() => return,
@@ -199,8 +225,13 @@ impl Replication for ReplicationService {
         &self,
         request: Request<pb::LeaderAndIsrRequest>,
     ) -> Result<Response<pb::LeaderAndIsrResponse>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         let epoch = r.controller_epoch;
+        if let Err(e) = self.gate.admit_notice(&caller, epoch).await {
+            tracing::warn!(?caller, "controller notice refused: {e}");
+            return Err(e.into());
+        }
         let states = r
             .partitions
             .into_iter()

@@ -28,8 +28,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::Shared;
@@ -70,8 +69,8 @@ pub struct Client {
 
 /// Serves one connection until it closes, errs, idles out or the listener
 /// shuts down.
-pub async fn run(
-    mut stream: TcpStream,
+pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     peer: SocketAddr,
     shared: &Arc<Shared>,
     mut stopped: watch::Receiver<bool>,

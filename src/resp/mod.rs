@@ -24,6 +24,10 @@
 //! - a protocol error is answered in Redis' words after the answers of the
 //!   commands that preceded it, then the connection is closed; nothing a
 //!   client sends can panic the server or stall another connection;
+//! - with `tls.cert` set the listener speaks TLS only (a client
+//!   certificate is required with `tls.require_client_cert`); a client
+//!   that has not finished its handshake within
+//!   [`crate::tls::HANDSHAKE_TIMEOUT`] is disconnected;
 //! - when `shutdown` completes the listener closes at once; each
 //!   connection finishes the commands it has read, writes their answers
 //!   and closes; [`serve`] returns when every connection is closed or
@@ -137,6 +141,9 @@ pub async fn serve(
         commands: AtomicU64::new(0),
         accepted: AtomicU64::new(0),
     });
+    let tls = crate::tls::NodeTls::load(&config.tls, &config.node_id)
+        .and_then(|t| t.map(|t| t.resp_acceptor()).transpose())
+        .map_err(|e| Error::InvalidInput(e.to_string()))?;
     let (stop, stopped) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -152,12 +159,25 @@ pub async fn serve(
                     let open = shared.clients.fetch_add(1, Ordering::AcqRel);
                     let shared = shared.clone();
                     let stopped = stopped.clone();
+                    let tls = tls.clone();
                     tasks.spawn(async move {
                         if open >= shared.opts.maxclients {
                             let mut stream = stream;
                             let _ = stream
                                 .write_all(b"-ERR max number of clients reached\r\n")
                                 .await;
+                        } else if let Some(tls) = tls {
+                            let handshake = tokio::time::timeout(
+                                crate::tls::HANDSHAKE_TIMEOUT,
+                                tls.accept(stream),
+                            );
+                            match handshake.await {
+                                Ok(Ok(stream)) => {
+                                    connection::run(stream, peer, &shared, stopped).await
+                                }
+                                Ok(Err(e)) => tracing::debug!(%peer, "RESP TLS handshake failed: {e}"),
+                                Err(_) => tracing::debug!(%peer, "RESP TLS handshake timed out"),
+                            }
                         } else {
                             connection::run(stream, peer, &shared, stopped).await;
                         }

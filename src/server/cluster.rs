@@ -53,6 +53,16 @@ impl ClusterHandle for ZkHandle {
     }
 }
 
+/// ZooKeeper as the replication service's gate reads the controller.
+struct ZkController(Arc<ZkCluster>);
+
+impl crate::tls::gate::ControllerSource for ZkController {
+    fn read_controller(&self) -> BoxFuture<'static, Result<crate::tls::gate::ControllerRead>> {
+        let zk = self.0.clone();
+        Box::pin(async move { zk.read_controller().await })
+    }
+}
+
 /// A started cluster node.
 pub struct ClusterNode {
     /// The node serving client requests.
@@ -63,6 +73,9 @@ pub struct ClusterNode {
     pub replication_listener: TcpListener,
     /// The ZooKeeper session; shut it down first when stopping.
     pub zk: Arc<ZkCluster>,
+    /// The replication service's authorization, checking controller
+    /// notices against this ZooKeeper session.
+    pub gate: Arc<crate::tls::gate::Gate>,
 }
 
 /// Opens the node's replicas and joins the cluster. `client_addr` is the
@@ -112,6 +125,8 @@ pub async fn start(
     )
     .await?;
     manager.attach(Arc::new(ZkHandle(zk.clone())));
+    let gate = crate::tls::gate::Gate::new();
+    gate.attach(Arc::new(ZkController(zk.clone())));
     let mut node = node;
     node.attach_zk(zk.clone());
     Ok(ClusterNode {
@@ -119,6 +134,7 @@ pub async fn start(
         manager,
         replication_listener,
         zk,
+        gate,
     })
 }
 

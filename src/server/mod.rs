@@ -13,7 +13,10 @@
 //!   in-flight requests run to completion for up to
 //!   `server.shutdown_timeout_ms`, then every engine is flushed (fsync)
 //!   before [`run`] returns. A request that was acknowledged is durable
-//!   once `run` returns, whatever the fsync policy.
+//!   once `run` returns, whatever the fsync policy;
+//! - with `tls.cert` set both listeners speak TLS only (a plaintext client
+//!   fails its handshake); the replication listener requires every caller
+//!   to present a certificate signed by `tls.ca` (see [`crate::tls`]).
 
 mod admin;
 pub mod cluster;
@@ -41,6 +44,8 @@ use crate::proto::kv_server::KvServer;
 use crate::replication::ReplicaManager;
 use crate::replication::service::ReplicationService;
 use crate::server::metrics::Metrics;
+use crate::tls::NodeTls;
+use crate::tls::gate::Gate;
 
 /// Serves `node` on `listener` until `shutdown` completes, then drains and
 /// flushes. Returns once every engine is flushed. In cluster mode,
@@ -52,18 +57,26 @@ pub async fn run(
     listener: TcpListener,
     node: Arc<Node>,
     config: &Config,
-    replication: Option<(TcpListener, Arc<ReplicaManager>)>,
+    replication: Option<(TcpListener, Arc<ReplicaManager>, Arc<Gate>)>,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    let tls = NodeTls::load(&config.tls, &config.node_id)
+        .map_err(|e| Error::InvalidInput(e.to_string()))?;
     let stop_replication = tokio::sync::watch::Sender::new(false);
-    if let Some((listener, manager)) = replication {
+    if let Some((listener, manager, gate)) = replication {
         let mut stopped = stop_replication.subscribe();
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &tls {
+            builder = builder
+                .tls_config(tls.replication_listener())
+                .map_err(|e| Error::InvalidInput(format!("replication listener TLS: {e}")))?;
+        }
+        let server = builder
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(1)))
             .http2_keepalive_timeout(Some(Duration::from_secs(2)))
-            .add_service(ReplicationService::server(manager))
+            .add_service(ReplicationService::server(manager, gate))
             .serve_with_incoming_shutdown(nodelay_incoming(listener), async move {
                 let _ = stopped.wait_for(|s| *s).await;
             });
@@ -73,7 +86,7 @@ pub async fn run(
             }
         });
     }
-    let result = serve_clients(listener, node, config, metrics, shutdown).await;
+    let result = serve_clients(listener, node, config, tls, metrics, shutdown).await;
     stop_replication.send_replace(true);
     result
 }
@@ -83,6 +96,7 @@ async fn serve_clients(
     listener: TcpListener,
     node: Arc<Node>,
     config: &Config,
+    tls: Option<Arc<NodeTls>>,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
@@ -105,7 +119,13 @@ async fn serve_clients(
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         fired.notify_one();
     };
-    let serve = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        builder = builder
+            .tls_config(tls.client_listener())
+            .map_err(|e| Error::InvalidInput(format!("client listener TLS: {e}")))?;
+    }
+    let serve = builder
         .timeout(Duration::from_millis(opts.request_timeout_ms))
         .max_concurrent_streams(opts.max_streams_per_connection)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

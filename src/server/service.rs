@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
@@ -106,7 +106,8 @@ impl KvService {
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+        // With TLS, this node's certificate is presented (crate::tls).
+        let channel = crate::tls::node_endpoint(addr)
             .map_err(|e| Error::Internal(format!("bad leader address {addr}: {e}")))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)

@@ -316,6 +316,35 @@ impl ZkCluster {
         self.shared.node_epoch.load(Ordering::SeqCst)
     }
 
+    /// The controller as ZooKeeper has it now, after a `sync` (so a
+    /// notice's sender cannot be newer than what is read): the holder of
+    /// `/controller` and its epoch (`None` while no node holds it), and
+    /// the value of `/controller_epoch`. Authorizes controller notices
+    /// (`tls::gate`).
+    pub async fn read_controller(&self) -> crate::Result<(Option<(String, u64)>, u64)> {
+        let client = self.shared.client()?;
+        let paths = &self.shared.paths;
+        let ctrl_path = paths.controller();
+        let epoch_path = paths.controller_epoch();
+        znode::retry_loss(|| client.sync(&ctrl_path))
+            .await
+            .map_err(|e| zk_error("sync", e))?;
+        let holder = match znode::retry_loss(|| client.get_data(&ctrl_path)).await {
+            Ok((data, _)) => {
+                let c: znode::ControllerZnode = znode::decode(&ctrl_path, &data)?;
+                Some((c.node_id, c.controller_epoch))
+            }
+            Err(zk::Error::NoNode) => None,
+            Err(e) => return Err(zk_error(&format!("read {ctrl_path}"), e)),
+        };
+        let epoch = match znode::retry_loss(|| client.get_data(&epoch_path)).await {
+            Ok((data, _)) => znode::decode(&epoch_path, &data)?,
+            Err(zk::Error::NoNode) => 0,
+            Err(e) => return Err(zk_error(&format!("read {epoch_path}"), e)),
+        };
+        Ok((holder, epoch))
+    }
+
     /// Reads the states of `partitions` (those this node is a replica of)
     /// from ZooKeeper, for a follower whose leader keeps refusing its epoch.
     /// The caller hands them to its replicas like any ZooKeeper read: to

@@ -226,7 +226,7 @@ fn run(specs: &[Spec], legacy: bool) -> usize {
             Some((l.accept().await.map(|(s, _)| s), l))
         });
         let svc = Counting {
-            inner: ReplicationService::new(b.clone()),
+            inner: ReplicationService::new(b.clone(), crate::tls::gate::Gate::unchecked()),
             lookups: lookups.clone(),
             legacy,
         };

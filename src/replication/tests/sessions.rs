@@ -244,6 +244,7 @@ impl Pair {
                 tonic::transport::Server::builder()
                     .add_service(crate::replication::service::ReplicationService::server(
                         b.clone(),
+                        crate::tls::gate::Gate::unchecked(),
                     ))
                     .serve_with_incoming(incoming),
             );
