@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::RwLock;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::cluster::partition_for;
@@ -47,6 +48,46 @@ mod ops;
 mod outcome;
 
 pub use outcome::map_status;
+
+/// The gRPC stub of one server: every request carries the client's
+/// credentials ([`Credentials`]).
+type Stub = KvClient<InterceptedService<Channel, Credentials>>;
+
+/// Adds `authorization: Basic ...` (src/auth.rs) to every request when the
+/// client has a password; the value is never logged or displayed.
+#[derive(Clone, Default)]
+pub struct Credentials(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl Credentials {
+    /// The credentials of `auth` (`None` when it has no password; an empty
+    /// user is `default`).
+    pub fn new(auth: &crate::config::auth::ClientAuth) -> Result<Credentials> {
+        if auth.password.is_empty() {
+            return Ok(Credentials(None));
+        }
+        let user = if auth.user.is_empty() {
+            "default"
+        } else {
+            &auth.user
+        };
+        let value = crate::auth::basic(user, auth.password.as_bytes())
+            .parse()
+            .map_err(|_| Error::InvalidInput("credentials are not ASCII".into()))?;
+        Ok(Credentials(Some(value)))
+    }
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
 
 /// Options of a [`Client::set`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -88,7 +129,7 @@ struct Routes {
     /// Every node's client address, for metadata refreshes.
     nodes: Vec<String>,
     /// Connections by address.
-    conns: HashMap<String, KvClient<Channel>>,
+    conns: HashMap<String, Stub>,
 }
 
 /// A connection to a caskade server (standalone) or cluster.
@@ -99,7 +140,7 @@ pub struct Client {
     /// Seed addresses, in order.
     seeds: Vec<String>,
     /// The gRPC stub of the first seed; cloning it shares the connection.
-    kv: KvClient<Channel>,
+    kv: Stub,
     /// Endpoint settings for further connections.
     connect_timeout: Duration,
     /// The partition map and connections to leaders.
@@ -110,6 +151,8 @@ pub struct Client {
     acks: Acks,
     /// Default read consistency.
     consistency: Consistency,
+    /// Sent with every request.
+    credentials: Credentials,
 }
 
 impl Client {
@@ -123,7 +166,8 @@ impl Client {
             .clone();
         let timeout = Duration::from_millis(config.timeout_ms.max(1));
         let connect_timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
-        let kv = connect(&addr, connect_timeout, timeout)?;
+        let credentials = Credentials::new(&config.auth)?;
+        let kv = connect(&addr, connect_timeout, timeout, &credentials)?;
         let mut routes = Routes::default();
         routes.conns.insert(addr.clone(), kv.clone());
         Ok(Client {
@@ -135,6 +179,7 @@ impl Client {
             timeout,
             acks: config.acks,
             consistency: config.consistency,
+            credentials,
         })
     }
 
@@ -152,11 +197,11 @@ impl Client {
     }
 
     /// A connection to `addr`, made lazily and shared.
-    fn conn(&self, addr: &str) -> Result<KvClient<Channel>> {
+    fn conn(&self, addr: &str) -> Result<Stub> {
         if let Some(c) = self.routes.read().conns.get(addr) {
             return Ok(c.clone());
         }
-        let c = connect(addr, self.connect_timeout, self.timeout)?;
+        let c = connect(addr, self.connect_timeout, self.timeout, &self.credentials)?;
         self.routes
             .write()
             .conns
@@ -219,7 +264,7 @@ impl Client {
     async fn keyed<Q, A, F, Fut>(&self, key: &[u8], request: Q, call: F) -> Result<A>
     where
         Q: Clone,
-        F: Fn(KvClient<Channel>, Q) -> Fut,
+        F: Fn(Stub, Q) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<A>, tonic::Status>>,
     {
         if self.routes.read().partitions == 0 {
@@ -277,7 +322,7 @@ impl Client {
     }
 
     /// A connection for calls not tied to a key.
-    fn any(&self) -> KvClient<Channel> {
+    fn any(&self) -> Stub {
         self.kv.clone()
     }
 
@@ -418,7 +463,12 @@ impl Client {
 }
 
 /// A lazy connection to `addr`.
-fn connect(addr: &str, connect_timeout: Duration, timeout: Duration) -> Result<KvClient<Channel>> {
+fn connect(
+    addr: &str,
+    connect_timeout: Duration,
+    timeout: Duration,
+    credentials: &Credentials,
+) -> Result<Stub> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| Error::InvalidInput(format!("invalid server address '{addr}': {e}")))?
         .connect_timeout(connect_timeout)
@@ -426,9 +476,11 @@ fn connect(addr: &str, connect_timeout: Duration, timeout: Duration) -> Result<K
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(false);
-    Ok(KvClient::new(endpoint.connect_lazy())
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX))
+    Ok(
+        KvClient::with_interceptor(endpoint.connect_lazy(), credentials.clone())
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX),
+    )
 }
 
 /// The wire form of [`Acks`].

@@ -27,6 +27,8 @@ use serde_yaml_ng::Value;
 use crate::node::{Acks, Consistency};
 use crate::storage;
 
+pub mod auth;
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -117,6 +119,8 @@ pub struct Config {
     pub metrics: MetricsOptions,
     /// The Redis-protocol listener (docs/API.md, "RESP").
     pub resp: RespOptions,
+    /// Users, permissions and protected mode (docs/SECURITY.md).
+    pub auth: auth::AuthOptions,
 }
 
 /// The RESP (Redis protocol) listener (`resp:` in the server config).
@@ -196,6 +200,7 @@ impl Default for Config {
             cluster: None,
             metrics: MetricsOptions::default(),
             resp: RespOptions::default(),
+            auth: auth::AuthOptions::default(),
         }
     }
 }
@@ -406,6 +411,7 @@ impl Config {
             ));
         }
         self.metrics.validate()?;
+        self.auth.validate()?;
         if !self.resp.listen.is_empty() && self.resp.listen.parse::<std::net::SocketAddr>().is_err()
         {
             return Err(ConfigError::Invalid(format!(
@@ -458,6 +464,8 @@ pub struct ClientConfig {
     /// REPL history file; `~` is the home directory; empty disables
     /// history. Default `~/.caskade_history`.
     pub history_file: String,
+    /// Credentials (`auth: {user, password}`; docs/SECURITY.md).
+    pub auth: auth::ClientAuth,
 }
 
 impl Default for ClientConfig {
@@ -469,6 +477,7 @@ impl Default for ClientConfig {
             acks: Acks::All,
             consistency: Consistency::Leader,
             history_file: "~/.caskade_history".into(),
+            auth: auth::ClientAuth::default(),
         }
     }
 }

@@ -29,6 +29,7 @@
 //!   (the gRPC server's shutdown does).
 
 mod admin;
+mod auth;
 mod commands;
 mod connection;
 pub mod parse;
@@ -80,6 +81,8 @@ pub struct Shared {
     commands: AtomicU64,
     /// Connections accepted since start (`INFO stats`).
     accepted: AtomicU64,
+    /// Users and permissions (src/resp/auth.rs); `None` = authentication off.
+    auth: Option<Arc<crate::auth::Authenticator>>,
 }
 
 /// Binds the RESP listener of `config` (`None` when `resp.listen` is
@@ -132,6 +135,7 @@ pub async fn serve(
         next_id: AtomicU64::new(1),
         commands: AtomicU64::new(0),
         accepted: AtomicU64::new(0),
+        auth: crate::auth::Authenticator::new(&config.auth),
     });
     let (stop, stopped) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();

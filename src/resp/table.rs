@@ -163,6 +163,23 @@ const C: &[&str] = &["fast", "loading", "stale"];
 /// Every command answered, sorted by name.
 pub const COMMANDS: &[Spec] = &[
     spec(
+        "auth",
+        -2,
+        &[
+            "noscript",
+            "loading",
+            "stale",
+            "fast",
+            "no_auth",
+            "allow_busy",
+        ],
+        (0, 0, 0),
+        "connection",
+        "Authenticates the connection.",
+        "1.0.0",
+        &[maybe("username", "string"), a("password", "string")],
+    ),
+    spec(
         "client",
         -2,
         &["loading", "stale"],
