@@ -199,7 +199,10 @@ fn grpc_refuses_missing_and_wrong_credentials_and_missing_permissions() {
         );
         assert_eq!(
             (code, msg.as_str()),
-            (Code::FailedPrecondition, "reassignment needs a cluster")
+            (
+                Code::FailedPrecondition,
+                "reassignment needs a cluster: this node runs standalone (no `cluster:` section)"
+            )
         );
     }));
     assert!(!server.log().contains(RO_PW), "a password reached the log");
@@ -364,8 +367,8 @@ const EXPECTED: &[&str] = &[
      -WRONGPASS invalid username-password pair or user is disabled.\r\n$1\r\n1\r\n+OK\r\n",
     "+OK\r\n-NOPERM this user has no permissions to run the 'set' command\r\n$-1\r\n\
      -NOPERM this user has no permissions to run the 'config|get' command\r\n+OK\r\n",
-    "-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n\
-     -NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n\
+    "-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n\
+     -NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n\
      -WRONGPASS invalid username-password pair or user is disabled.\r\n\
      -NOPROTO unsupported protocol version\r\n\
      -ERR Protocol version is not an integer or out of range\r\n\

@@ -39,7 +39,7 @@ pub const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is
 
 /// Redis' answer to `HELLO` without `AUTH` before authentication.
 pub const HELLO_NOAUTH: &str = "NOAUTH HELLO must be called with the client already \
-     authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to \
+     authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to \
      authenticate the client and select the RESP protocol version at the same time";
 
 /// Redis' answer to `AUTH password` when no password is configured.
