@@ -5,7 +5,9 @@
 # the verified password; the first request of the run pays one argon2
 # verification). set then get, 50 clients, 100 B values, 100 000 keys,
 # `fsync: {every_ms: 1000}`; ROUNDS rounds, alternating which goes first.
-# One JSON line per run (the `bench --json` fields plus `auth`).
+# One JSON line per run (the `bench --json` fields plus `auth`), and per
+# server one line with its CPU time (utime+stime, /proc) per request served:
+# precise even when other processes load the cores.
 # Usage: scripts/bench-auth.sh SERVER CLI
 # Env: ROUNDS (default 3), N (requests per run, default 100000), DATA.
 set -euo pipefail
@@ -36,6 +38,10 @@ run() { # off | on
         --clients 50 --requests "$N" --value-size 100 --keyspace 100000 --json
     fi | sed "s/^{/{\"auth\":\"$label\",/"
   done
+  local tck; tck=$(getconf CLK_TCK)
+  awk -v n="$((2 * N))" -v t="$tck" -v l="$label" \
+    '{printf "{\"auth\":\"%s\",\"server_cpu_us_per_request\":%.1f}\n", l, ($14+$15)/t*1e6/n}' \
+    "/proc/$pid/stat"
   kill -TERM $pid; wait $pid || true; rm -f "$out"
 }
 for r in $(seq "$ROUNDS"); do

@@ -228,7 +228,7 @@ async fn connection_commands_exact_bytes() {
     )
     .await;
     c.cmd(&["CONFIG", "GET", "nothing"], "*0\r\n").await;
-    c.cmd(&["COMMAND", "COUNT"], ":25\r\n").await;
+    c.cmd(&["COMMAND", "COUNT"], ":26\r\n").await;
     c.cmd(
         &["COMMAND", "INFO", "get", "nope"],
         "*2\r\n*10\r\n$3\r\nget\r\n:2\r\n*2\r\n+readonly\r\n+fast\r\n:1\r\n:1\r\n:1\r\n\
@@ -244,9 +244,9 @@ async fn connection_commands_exact_bytes() {
     )
     .await;
     let all = c.call(&["COMMAND"]).await;
-    assert!(all.starts_with(b"*25\r\n*10\r\n$6\r\nclient\r\n:-2\r\n"));
+    assert!(all.starts_with(b"*26\r\n*10\r\n$4\r\nauth\r\n:-2\r\n"));
     let docs = c.call(&["COMMAND", "DOCS"]).await;
-    assert!(docs.starts_with(b"*50\r\n$6\r\nclient\r\n"));
+    assert!(docs.starts_with(b"*52\r\n$4\r\nauth\r\n"));
     c.cmd(&["WAIT", "0", "0"], ":0\r\n").await;
     c.cmd(&["SET", "w", "1"], "+OK\r\n").await;
     // Standalone: no replica holds the write; the timeout bounds the wait.
