@@ -358,7 +358,7 @@ pub async fn try_execute(
     config: &ClientConfig,
     cmd: Command,
 ) -> caskade::Result<Reply> {
-    let result = match cmd {
+    match cmd {
         // PING with a message echoes it, as Redis; the server is pinged
         // either way.
         Command::Ping(message) => client
@@ -434,8 +434,7 @@ pub async fn try_execute(
         }),
         Command::Help(topic) => Ok(help(topic.as_deref())),
         Command::Quit => Ok(Reply::Status("OK")),
-    };
-    result
+    }
 }
 
 /// An unsigned count as `(integer) N`.
