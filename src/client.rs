@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::RwLock;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::cluster::partition_for;
@@ -47,6 +48,46 @@ mod ops;
 mod outcome;
 
 pub use outcome::map_status;
+
+/// The gRPC stub of one server: every request carries the client's
+/// credentials ([`Credentials`]).
+type Stub = KvClient<InterceptedService<Channel, Credentials>>;
+
+/// Adds `authorization: Basic ...` (src/auth.rs) to every request when the
+/// client has a password; the value is never logged or displayed.
+#[derive(Clone, Default)]
+pub struct Credentials(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl Credentials {
+    /// The credentials of `auth` (`None` when it has no password; an empty
+    /// user is `default`).
+    pub fn new(auth: &crate::config::auth::ClientAuth) -> Result<Credentials> {
+        if auth.password.is_empty() {
+            return Ok(Credentials(None));
+        }
+        let user = if auth.user.is_empty() {
+            "default"
+        } else {
+            &auth.user
+        };
+        let value = crate::auth::basic(user, auth.password.as_bytes())
+            .parse()
+            .map_err(|_| Error::InvalidInput("credentials are not ASCII".into()))?;
+        Ok(Credentials(Some(value)))
+    }
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
 
 /// Options of a [`Client::set`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -88,7 +129,7 @@ struct Routes {
     /// Every node's client address, for metadata refreshes.
     nodes: Vec<String>,
     /// Connections by address.
-    conns: HashMap<String, KvClient<Channel>>,
+    conns: HashMap<String, Stub>,
 }
 
 /// A connection to a caskade server (standalone) or cluster.
@@ -99,7 +140,7 @@ pub struct Client {
     /// Seed addresses, in order.
     seeds: Vec<String>,
     /// The gRPC stub of the first seed; cloning it shares the connection.
-    kv: KvClient<Channel>,
+    kv: Stub,
     /// Endpoint settings for further connections.
     connect_timeout: Duration,
     /// TLS of every connection (`tls:` of the config), `None` for plaintext.
@@ -112,6 +153,8 @@ pub struct Client {
     acks: Acks,
     /// Default read consistency.
     consistency: Consistency,
+    /// Sent with every request.
+    credentials: Credentials,
 }
 
 impl Client {
@@ -127,7 +170,8 @@ impl Client {
         let connect_timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
         let tls =
             crate::tls::load_client(&config.tls).map_err(|e| Error::InvalidInput(e.to_string()))?;
-        let kv = connect(&addr, connect_timeout, timeout, tls.as_ref())?;
+        let credentials = Credentials::new(&config.auth)?;
+        let kv = connect(&addr, connect_timeout, timeout, tls.as_ref(), &credentials)?;
         let mut routes = Routes::default();
         routes.conns.insert(addr.clone(), kv.clone());
         Ok(Client {
@@ -140,6 +184,7 @@ impl Client {
             timeout,
             acks: config.acks,
             consistency: config.consistency,
+            credentials,
         })
     }
 
@@ -157,11 +202,17 @@ impl Client {
     }
 
     /// A connection to `addr`, made lazily and shared.
-    fn conn(&self, addr: &str) -> Result<KvClient<Channel>> {
+    fn conn(&self, addr: &str) -> Result<Stub> {
         if let Some(c) = self.routes.read().conns.get(addr) {
             return Ok(c.clone());
         }
-        let c = connect(addr, self.connect_timeout, self.timeout, self.tls.as_ref())?;
+        let c = connect(
+            addr,
+            self.connect_timeout,
+            self.timeout,
+            self.tls.as_ref(),
+            &self.credentials,
+        )?;
         self.routes
             .write()
             .conns
@@ -224,7 +275,7 @@ impl Client {
     async fn keyed<Q, A, F, Fut>(&self, key: &[u8], request: Q, call: F) -> Result<A>
     where
         Q: Clone,
-        F: Fn(KvClient<Channel>, Q) -> Fut,
+        F: Fn(Stub, Q) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<A>, tonic::Status>>,
     {
         if self.routes.read().partitions == 0 {
@@ -282,7 +333,7 @@ impl Client {
     }
 
     /// A connection for calls not tied to a key.
-    fn any(&self) -> KvClient<Channel> {
+    fn any(&self) -> Stub {
         self.kv.clone()
     }
 
@@ -422,13 +473,15 @@ impl Client {
     }
 }
 
-/// A lazy connection to `addr`, over TLS with `tls`.
+/// A lazy connection to `addr`, over TLS with `tls`, presenting
+/// `credentials` on every request.
 fn connect(
     addr: &str,
     connect_timeout: Duration,
     timeout: Duration,
     tls: Option<&ClientTlsConfig>,
-) -> Result<KvClient<Channel>> {
+    credentials: &Credentials,
+) -> Result<Stub> {
     let endpoint = crate::tls::endpoint(addr, tls)
         .map_err(|e| Error::InvalidInput(format!("invalid server address '{addr}': {e}")))?
         .connect_timeout(connect_timeout)
@@ -436,9 +489,11 @@ fn connect(
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(false);
-    Ok(KvClient::new(endpoint.connect_lazy())
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX))
+    Ok(
+        KvClient::with_interceptor(endpoint.connect_lazy(), credentials.clone())
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX),
+    )
 }
 
 /// The wire form of [`Acks`].

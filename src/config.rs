@@ -29,6 +29,7 @@ use crate::storage;
 
 mod tls;
 pub use tls::{ClientTlsOptions, TlsOptions};
+pub mod auth;
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +124,8 @@ pub struct Config {
     /// TLS on every listener and between nodes (docs/SECURITY.md); off
     /// unless `tls.cert` is set.
     pub tls: TlsOptions,
+    /// Users, permissions and protected mode (docs/SECURITY.md).
+    pub auth: auth::AuthOptions,
 }
 
 /// The RESP (Redis protocol) listener (`resp:` in the server config).
@@ -203,6 +206,7 @@ impl Default for Config {
             metrics: MetricsOptions::default(),
             resp: RespOptions::default(),
             tls: TlsOptions::default(),
+            auth: auth::AuthOptions::default(),
         }
     }
 }
@@ -414,6 +418,7 @@ impl Config {
         }
         self.metrics.validate()?;
         self.tls.validate()?;
+        self.auth.validate()?;
         if !self.resp.listen.is_empty() && self.resp.listen.parse::<std::net::SocketAddr>().is_err()
         {
             return Err(ConfigError::Invalid(format!(
@@ -468,6 +473,8 @@ pub struct ClientConfig {
     pub history_file: String,
     /// TLS to the servers; off unless `tls.ca` is set.
     pub tls: ClientTlsOptions,
+    /// Credentials (`auth: {user, password}`; docs/SECURITY.md).
+    pub auth: auth::ClientAuth,
 }
 
 impl Default for ClientConfig {
@@ -480,6 +487,7 @@ impl Default for ClientConfig {
             consistency: Consistency::Leader,
             history_file: "~/.caskade_history".into(),
             tls: ClientTlsOptions::default(),
+            auth: auth::ClientAuth::default(),
         }
     }
 }

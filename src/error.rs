@@ -103,6 +103,12 @@ pub enum Error {
     /// integer; nothing was written. The text is Redis' after `ERR `.
     #[error("increment or decrement would overflow")]
     Overflow,
+    /// No credentials, or wrong ones (src/auth.rs); nothing was done.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The user lacks the permission the request needs; nothing was done.
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 /// Display text of [`Error::NotLeader`].
@@ -131,6 +137,8 @@ impl Error {
             Error::FailedPrecondition(_) => "FAILED_PRECONDITION",
             Error::NotInteger => "NOT_INTEGER",
             Error::Overflow => "OVERFLOW",
+            Error::Unauthenticated(_) => "UNAUTHENTICATED",
+            Error::PermissionDenied(_) => "PERMISSION_DENIED",
         }
     }
 
@@ -150,6 +158,8 @@ impl Error {
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::NotInteger => Code::FailedPrecondition,
             Error::Overflow => Code::OutOfRange,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
         }
     }
 
@@ -168,6 +178,8 @@ impl Error {
                 | Error::InvalidInput(_)
                 | Error::NotInteger
                 | Error::Overflow
+                | Error::Unauthenticated(_)
+                | Error::PermissionDenied(_)
         )
     }
 
@@ -199,7 +211,9 @@ impl Error {
             | Error::FencedEpoch(m)
             | Error::UnknownEpoch(m)
             | Error::StaleController(m)
-            | Error::FailedPrecondition(m) => m.clone(),
+            | Error::FailedPrecondition(m)
+            | Error::Unauthenticated(m)
+            | Error::PermissionDenied(m) => m.clone(),
             Error::Unreachable { reason, .. } => reason.clone(),
             e @ (Error::NotLeader { .. }
             | Error::NotEnoughReplicas { .. }
@@ -326,6 +340,8 @@ impl From<Status> for Error {
             Some("FAILED_PRECONDITION") => Error::FailedPrecondition(msg),
             Some("NOT_INTEGER") => Error::NotInteger,
             Some("OVERFLOW") => Error::Overflow,
+            Some("UNAUTHENTICATED") => Error::Unauthenticated(msg),
+            Some("PERMISSION_DENIED") => Error::PermissionDenied(msg),
             // Not from a caskade handler: tonic, hyper or the network.
             _ => match status.code() {
                 Code::InvalidArgument | Code::OutOfRange => Error::InvalidInput(msg),
@@ -334,6 +350,8 @@ impl From<Status> for Error {
                     Error::Unavailable(msg)
                 }
                 Code::DataLoss => Error::Corrupt(msg),
+                Code::Unauthenticated => Error::Unauthenticated(msg),
+                Code::PermissionDenied => Error::PermissionDenied(msg),
                 _ => Error::Internal(format!("{:?}: {msg}", status.code())),
             },
         }
@@ -376,6 +394,8 @@ mod tests {
             Error::FailedPrecondition("reassignment needs a cluster".into()),
             Error::NotInteger,
             Error::Overflow,
+            Error::Unauthenticated("invalid username-password pair".into()),
+            Error::PermissionDenied("user 'ro' has no 'write' permission, which Set needs".into()),
         ];
         for err in cases {
             let status = Status::from(err.clone());

@@ -20,6 +20,7 @@
 //! Replication is added as a `replication` layer between `node` and
 //! `storage`, and a ZooKeeper coordinator beside the local one.
 
+pub mod auth;
 pub mod client;
 pub mod cluster;
 pub mod config;

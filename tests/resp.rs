@@ -511,7 +511,7 @@ async fn connection_commands_exact_bytes() {
     )
     .await;
     c.cmd(&["CONFIG", "GET", "nothing"], "*0\r\n").await;
-    c.cmd(&["COMMAND", "COUNT"], ":39\r\n").await;
+    c.cmd(&["COMMAND", "COUNT"], ":40\r\n").await;
     c.cmd(
         &["COMMAND", "INFO", "get", "nope"],
         "*2\r\n*10\r\n$3\r\nget\r\n:2\r\n*2\r\n+readonly\r\n+fast\r\n:1\r\n:1\r\n:1\r\n\
@@ -527,9 +527,9 @@ async fn connection_commands_exact_bytes() {
     )
     .await;
     let all = c.call(&["COMMAND"]).await;
-    assert!(all.starts_with(b"*39\r\n*10\r\n$6\r\nappend\r\n:3\r\n"));
+    assert!(all.starts_with(b"*40\r\n*10\r\n$6\r\nappend\r\n:3\r\n"));
     let docs = c.call(&["COMMAND", "DOCS"]).await;
-    assert!(docs.starts_with(b"*78\r\n$6\r\nappend\r\n"));
+    assert!(docs.starts_with(b"*80\r\n$6\r\nappend\r\n"));
     c.cmd(&["WAIT", "0", "0"], ":0\r\n").await;
     c.cmd(&["SET", "w", "1"], "+OK\r\n").await;
     // Standalone: no replica holds the write; the timeout bounds the wait.

@@ -346,7 +346,19 @@ pub fn parse_ttl(text: &str, unit_ms: u64, allow_zero: bool) -> Result<u64, Stri
 /// timeouts for commands that reach every node (`cluster`). `Quit` is the
 /// caller's business.
 pub async fn execute(client: &Client, config: &ClientConfig, cmd: Command) -> Reply {
-    let result = match cmd {
+    try_execute(client, config, cmd)
+        .await
+        .unwrap_or_else(|e| Reply::Error(e.to_string()))
+}
+
+/// [`execute`], with the error as it came (the REPL logs in on
+/// `Unauthenticated`, src/login.rs).
+pub async fn try_execute(
+    client: &Client,
+    config: &ClientConfig,
+    cmd: Command,
+) -> caskade::Result<Reply> {
+    match cmd {
         // PING with a message echoes it, as Redis; the server is pinged
         // either way.
         Command::Ping(message) => client
@@ -422,8 +434,7 @@ pub async fn execute(client: &Client, config: &ClientConfig, cmd: Command) -> Re
         }),
         Command::Help(topic) => Ok(help(topic.as_deref())),
         Command::Quit => Ok(Reply::Status("OK")),
-    };
-    result.unwrap_or_else(|e| Reply::Error(e.to_string()))
+    }
 }
 
 /// An unsigned count as `(integer) N`.

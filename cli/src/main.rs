@@ -15,6 +15,11 @@
 //!   in the REPL;
 //! - `caskade-cli cluster reassign|decommission|recommission ...` moves
 //!   replicas between nodes (src/reassign.rs);
+//! - `caskade-cli hash-password` prints the argon2 hash of a password read
+//!   without echo, for the server's `auth.users` (src/login.rs);
+//! - credentials: `auth: {user, password}` in the config, overridden by
+//!   `CASKADE_USER` / `CASKADE_PASSWORD`; the REPL prompts for them when
+//!   the server asks (src/login.rs);
 //! - `caskade-cli probe ...` writes one key in a loop and times how long
 //!   writes are unavailable, e.g. across a leader kill (src/probe.rs).
 //!
@@ -27,6 +32,7 @@ mod bench;
 mod cluster;
 mod command;
 mod load;
+mod login;
 mod probe;
 mod reassign;
 mod reassign_watch;
@@ -107,6 +113,9 @@ fn parse_consistency(s: &str) -> Result<Consistency, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.command.first().and_then(|w| w.to_str()) == Some("hash-password") {
+        return login::hash_password();
+    }
     let (mut config, warnings) = match ClientConfig::load(args.config.as_deref(), std::env::vars())
     {
         Ok(c) => c,
@@ -115,6 +124,7 @@ fn main() -> ExitCode {
     for w in warnings {
         eprintln!("caskade-cli: warning: {w}");
     }
+    login::apply_env(&mut config, std::env::vars());
     if let Some(addr) = args.addr {
         config.addrs = vec![addr];
     }

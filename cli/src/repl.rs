@@ -8,6 +8,10 @@
 //! Lines are split with redis-cli's quoting rules (src/split.rs). `quit`
 //! and `exit` are not saved to the history, as in redis-cli.
 //!
+//! A command answered `UNAUTHENTICATED` asks for a user and a password
+//! (no echo, src/login.rs) when stdin is a terminal, then runs again with
+//! them; they stay for the rest of the session.
+//!
 //! Invariants: the REPL never exits on a failed command or an unreachable
 //! server; the client reconnects on the next command (connections are lazy),
 //! so a restarted server is picked up without restarting the REPL.
@@ -126,6 +130,8 @@ pub fn run(
         let _ = editor.load_history(path);
     }
     let prompt = format!("{}> ", client.addr());
+    let mut config = config.clone();
+    let mut client = client.clone();
     let code = loop {
         let line = match editor.readline(&prompt) {
             Ok(line) => line,
@@ -146,7 +152,7 @@ pub fn run(
         let _ = editor.add_history_entry(line.as_str());
         let reply = match parsed {
             Err(msg) => Reply::Error(msg),
-            Ok(cmd) => runtime.block_on(command::execute(client, config, cmd)),
+            Ok(cmd) => runtime.block_on(run_logged_in(&mut client, &mut config, cmd)),
         };
         let mut printed = reply.render(output);
         printed.push(b'\n');
@@ -165,6 +171,24 @@ pub fn run(
         );
     }
     code
+}
+
+/// Runs `cmd`; on `UNAUTHENTICATED`, asks for credentials and runs it
+/// again with a client that sends them.
+async fn run_logged_in(client: &mut Client, config: &mut ClientConfig, cmd: Command) -> Reply {
+    let first = command::try_execute(client, config, cmd.clone()).await;
+    let Err(caskade::Error::Unauthenticated(msg)) = first else {
+        return first.unwrap_or_else(|e| Reply::Error(e.to_string()));
+    };
+    let Some(auth) = crate::login::prompt(&config.auth) else {
+        return Reply::Error(msg);
+    };
+    config.auth = auth;
+    match Client::new(config) {
+        Ok(c) => *client = c,
+        Err(e) => return Reply::Error(e.to_string()),
+    }
+    command::execute(client, config, cmd).await
 }
 
 #[cfg(test)]

@@ -104,6 +104,15 @@ async fn serve(config: Config) -> Result<(), String> {
     let resp_listener = caskade::resp::bind(&config)
         .await
         .map_err(|e| e.message())?;
+    // Protected mode (src/auth.rs): before the node opens, one line and exit 1.
+    let mut bound = vec![("client", local)];
+    if let Some(l) = &resp_listener {
+        let addr = l
+            .local_addr()
+            .map_err(|e| format!("cannot read the RESP address: {e}"))?;
+        bound.push(("RESP", addr));
+    }
+    caskade::auth::check_protected_mode(&config.auth, &bound)?;
     let advertise = if config.advertise.is_empty() {
         local.to_string()
     } else {

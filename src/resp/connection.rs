@@ -15,6 +15,12 @@
 //! sent yet. Connection commands (`SELECT`, `HELLO`, `CLIENT`, ...) run
 //! alone, in order.
 //!
+//! Authentication (src/resp/auth.rs): with users configured, a command
+//! joins a batch only if the connection's user may run it; every other
+//! command is answered alone, in order, through [`auth::gate`]. Commands
+//! run with the connection's credentials as the caller's, so what they
+//! forward to a leader is checked as this user.
+//!
 //! Invariants:
 //! - a QUIT or a protocol error ends the connection after the answers of
 //!   the commands before it are written; commands after it are dropped;
@@ -34,7 +40,7 @@ use tokio::sync::watch;
 use super::Shared;
 use super::parse::{Limits, Parser};
 use super::reply::Reply;
-use super::{admin, commands};
+use super::{admin, auth, commands};
 
 /// Read buffer growth step.
 const READ_CHUNK: usize = 16 * 1024;
@@ -65,6 +71,10 @@ pub struct Client {
     pub written: HashMap<u32, Instant>,
     /// Set by `QUIT`: close once the answers are written.
     pub quit: bool,
+    /// The logged-in user (`AUTH`, `HELLO ... AUTH`); `None` before.
+    pub user: Option<Arc<crate::auth::Principal>>,
+    /// The user's `authorization` value, sent with forwarded requests.
+    pub credentials: Option<Arc<str>>,
 }
 
 /// Serves one connection until it closes, errs, idles out or the listener
@@ -86,6 +96,8 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         last_cmd: "NULL".into(),
         written: HashMap::new(),
         quit: false,
+        user: None,
+        credentials: None,
     };
     let mut parser = Parser::new(Limits {
         max_bulk: shared.opts.proto_max_bulk_len,
@@ -160,20 +172,31 @@ async fn execute(
     while i < frames.len() && !client.quit {
         let mut batch = Batch::default();
         let mut j = i;
-        while j < frames.len() && batch.admit(&frames[j]) {
+        while j < frames.len()
+            && auth::passes(shared, client, &frames[j])
+            && batch.admit(&frames[j])
+        {
             j += 1;
         }
+        let caller = client.credentials.clone();
         if j == i {
-            let reply = admin::run(shared, client, &frames[i]).await;
+            let reply = match auth::gate(shared, client, &frames[i]).await {
+                Some(reply) => reply,
+                None => {
+                    crate::auth::with_caller(caller, admin::run(shared, client, &frames[i])).await
+                }
+            };
             shared.commands.fetch_add(1, Ordering::Relaxed);
             client.last_cmd = name(&frames[i]);
             reply.encode(client.resp, out);
             i += 1;
             continue;
         }
-        let replies =
-            futures_util::future::join_all(frames[i..j].iter().map(|f| commands::run(shared, f)))
-                .await;
+        let replies = crate::auth::with_caller(
+            caller,
+            futures_util::future::join_all(frames[i..j].iter().map(|f| commands::run(shared, f))),
+        )
+        .await;
         shared.commands.fetch_add((j - i) as u64, Ordering::Relaxed);
         let now = Instant::now();
         for (f, reply) in frames[i..j].iter().zip(replies) {

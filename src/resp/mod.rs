@@ -35,6 +35,7 @@
 //!   (the gRPC server's shutdown does).
 
 mod admin;
+mod auth;
 mod commands;
 mod connection;
 mod options;
@@ -88,6 +89,8 @@ pub struct Shared {
     commands: AtomicU64,
     /// Connections accepted since start (`INFO stats`).
     accepted: AtomicU64,
+    /// Users and permissions (src/resp/auth.rs); `None` = authentication off.
+    auth: Option<Arc<crate::auth::Authenticator>>,
 }
 
 /// Binds the RESP listener of `config` (`None` when `resp.listen` is
@@ -140,6 +143,7 @@ pub async fn serve(
         next_id: AtomicU64::new(1),
         commands: AtomicU64::new(0),
         accepted: AtomicU64::new(0),
+        auth: crate::auth::Authenticator::new(&config.auth),
     });
     let tls = crate::tls::NodeTls::load(&config.tls, &config.node_id)
         .and_then(|t| t.map(|t| t.resp_acceptor()).transpose())

@@ -166,6 +166,23 @@ pub const COMMANDS: &[Spec] = &[
         &[a("key", "key"), a("value", "string")],
     ),
     spec(
+        "auth",
+        -2,
+        &[
+            "noscript",
+            "loading",
+            "stale",
+            "fast",
+            "no_auth",
+            "allow_busy",
+        ],
+        (0, 0, 0),
+        "connection",
+        "Authenticates the connection.",
+        "1.0.0",
+        &[maybe("username", "string"), a("password", "string")],
+    ),
+    spec(
         "client",
         -2,
         &["loading", "stale"],

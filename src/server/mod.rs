@@ -130,7 +130,10 @@ async fn serve_clients(
         .max_concurrent_streams(opts.max_streams_per_connection)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(kv)
+        .add_service(crate::auth::grpc::Guarded::new(
+            kv,
+            crate::auth::Authenticator::new(&config.auth),
+        ))
         .serve_with_incoming_shutdown(incoming(listener, opts.max_connections), signal);
     let grace = Duration::from_millis(opts.shutdown_timeout_ms);
     tokio::select! {

@@ -161,6 +161,12 @@ impl KvService {
         request
             .metadata_mut()
             .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        // The caller's credentials (src/auth.rs), so the leader checks the same user.
+        if let Some(c) = crate::auth::forwarded_credentials()
+            && let Ok(v) = tonic::metadata::MetadataValue::try_from(&*c)
+        {
+            request.metadata_mut().insert("authorization", v);
+        }
         tracing::debug!("forwarding to the leader at {addr}");
         match call(client, request).await {
             Ok(reply) => Ok(reply.into_inner()),

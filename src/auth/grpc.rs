@@ -1,0 +1,94 @@
+//! The tower service in front of `caskade.v1.Kv` (client and admin
+//! methods; the node-to-node `Replication` service is not behind it, mTLS
+//! guards that one): every request's `authorization` metadata is checked
+//! before the method runs.
+//!
+//! Invariants:
+//! - no or unverifiable credentials: `UNAUTHENTICATED`; a user without the
+//!   method's permission ([`super::permissions::grpc`]):
+//!   `PERMISSION_DENIED`; both before the request body is decoded and
+//!   before the method runs, with `caskade-reason` set;
+//! - the method runs inside [`super::with_caller`], so a request it
+//!   forwards carries the same credentials;
+//! - with authentication off the inner service is called as is.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tonic::body::Body;
+use tonic::codegen::http;
+use tonic::server::NamedService;
+use tower_service::Service;
+
+use super::{AuthError, Authenticator};
+
+/// `S` behind the credential check.
+#[derive(Clone)]
+pub struct Guarded<S> {
+    /// The service.
+    inner: S,
+    /// `None` when authentication is off.
+    auth: Option<Arc<Authenticator>>,
+}
+
+impl<S> Guarded<S> {
+    /// `inner` checked by `auth` (`None`: not checked).
+    pub fn new(inner: S, auth: Option<Arc<Authenticator>>) -> Self {
+        Guarded { inner, auth }
+    }
+}
+
+impl<S: NamedService> NamedService for Guarded<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> Service<http::Request<B>> for Guarded<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send + 'static>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let Some(auth) = self.auth.clone() else {
+            return Box::pin(self.inner.call(req));
+        };
+        // The service that was polled ready serves this request.
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        Box::pin(async move {
+            let method = req.uri().path().rsplit('/').next().unwrap_or("");
+            let need = super::permissions::grpc(method);
+            let header = req.headers().get(http::header::AUTHORIZATION);
+            let checked = match header {
+                None => Err(AuthError::Missing),
+                Some(h) => match auth.verify_basic(h.as_bytes()).await {
+                    Ok(p) => p
+                        .check(need, method)
+                        .map(|()| h.to_str().ok().map(Arc::from)),
+                    Err(e) => Err(e),
+                },
+            };
+            match checked {
+                Ok(caller) => super::with_caller(caller, inner.call(req)).await,
+                Err(e) => {
+                    tracing::debug!(method, "request refused: {e}");
+                    Ok(e.to_status().into_http())
+                }
+            }
+        })
+    }
+}
