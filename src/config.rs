@@ -27,6 +27,8 @@ use serde_yaml_ng::Value;
 use crate::node::{Acks, Consistency};
 use crate::storage;
 
+pub mod limits;
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -117,6 +119,9 @@ pub struct Config {
     pub metrics: MetricsOptions,
     /// The Redis-protocol listener (docs/API.md, "RESP").
     pub resp: RespOptions,
+    /// Connection and request limits of every listener (docs/SECURITY.md,
+    /// "Listener limits").
+    pub limits: limits::Limits,
 }
 
 /// The RESP (Redis protocol) listener (`resp:` in the server config).
@@ -196,6 +201,7 @@ impl Default for Config {
             cluster: None,
             metrics: MetricsOptions::default(),
             resp: RespOptions::default(),
+            limits: limits::Limits::default(),
         }
     }
 }
@@ -406,6 +412,7 @@ impl Config {
             ));
         }
         self.metrics.validate()?;
+        self.limits.validate()?;
         if !self.resp.listen.is_empty() && self.resp.listen.parse::<std::net::SocketAddr>().is_err()
         {
             return Err(ConfigError::Invalid(format!(

@@ -21,20 +21,38 @@ use crate::proto::replication::replication_server::Replication;
 pub struct ReplicationService {
     /// The replicas.
     manager: Arc<ReplicaManager>,
+    /// Most partitions one `FetchRequest` may list (`limits.fetch_max_partitions`).
+    max_fetch_partitions: usize,
 }
 
 impl ReplicationService {
     /// A service for `manager`.
+    /// A fetch request may list `limits.fetch_max_partitions` (default) partitions.
     pub fn new(manager: Arc<ReplicaManager>) -> Self {
-        ReplicationService { manager }
+        ReplicationService {
+            manager,
+            max_fetch_partitions: crate::config::limits::Limits::default().fetch_max_partitions,
+        }
     }
 
     /// The tonic server wrapper, with message limits for fetched batches.
     pub fn server(
         manager: Arc<ReplicaManager>,
     ) -> pb::replication_server::ReplicationServer<ReplicationService> {
+        let max = crate::config::limits::Limits::default().fetch_max_partitions;
+        Self::server_limited(manager, max)
+    }
+
+    /// [`Self::server`] where a `FetchRequest` may list at most
+    /// `max_fetch_partitions` partitions.
+    pub fn server_limited(
+        manager: Arc<ReplicaManager>,
+        max_fetch_partitions: usize,
+    ) -> pb::replication_server::ReplicationServer<ReplicationService> {
         let limit = manager.message_limit();
-        pb::replication_server::ReplicationServer::new(Self::new(manager))
+        let mut svc = Self::new(manager);
+        svc.max_fetch_partitions = max_fetch_partitions;
+        pb::replication_server::ReplicationServer::new(svc)
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit)
     }
@@ -124,6 +142,30 @@ pub fn node_to_wire(n: NodeAddr) -> pb::NodeAddress {
     }
 }
 
+/// Refuses, before any work, a fetch request listing more than `max`
+/// partitions (or forgetting more), or a partition twice: the stream ends
+/// with `INVALID_ARGUMENT`. A follower never sends either.
+fn check_fetch(req: &pb::FetchRequest, max: usize) -> Result<(), Status> {
+    if req.partitions.len() > max || req.forgotten.len() > max {
+        return Err(Status::invalid_argument(format!(
+            "fetch request lists {} partitions and forgets {}, at most {max} each \
+             (limits.fetch_max_partitions)",
+            req.partitions.len(),
+            req.forgotten.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(req.partitions.len());
+    for p in &req.partitions {
+        if !seen.insert(p.partition) {
+            return Err(Status::invalid_argument(format!(
+                "fetch request lists partition {} twice",
+                p.partition
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The stream of fetch answers.
 type FetchStream = Pin<Box<dyn Stream<Item = Result<pb::FetchResponse, Status>> + Send>>;
 
@@ -139,6 +181,7 @@ impl Replication for ReplicationService {
         let (tx, rx) = mpsc::channel(2);
         let manager = self.manager.clone();
         let stream = manager.open_fetch_stream();
+        let max_partitions = self.max_fetch_partitions;
         tokio::spawn(async move {
             let mut turn = 0usize;
             loop {
@@ -150,6 +193,11 @@ impl Replication for ReplicationService {
                         return;
                     }
                 };
+                if let Err(status) = check_fetch(&req, max_partitions) {
+                    tracing::warn!(follower = req.follower_id, "{}", status.message());
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
                 let answer = tokio::select! {
                     a = manager.fetch(req, turn, stream) => a.map_err(Status::from),
                     () = tx.closed() => return,
