@@ -329,3 +329,76 @@ fn huge_fetch_request_is_refused_without_memory_growth() {
         cluster.client(&rt).ping().await.unwrap();
     }));
 }
+
+/// The HTTP/2 frames in `bytes`, as (type, stream, payload).
+fn frames(mut bytes: &[u8]) -> Vec<(u8, u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    while bytes.len() >= 9 {
+        let len = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
+        if bytes.len() < 9 + len {
+            break;
+        }
+        let stream = u32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]) & 0x7fff_ffff;
+        out.push((bytes[3], stream, bytes[9..9 + len].to_vec()));
+        bytes = &bytes[9 + len..];
+    }
+    out
+}
+
+/// With `limits.http2_max_local_error_reset_streams: 10`, a client whose
+/// requests the server must reset for its own errors (HEADERS without
+/// `:method`) gets at most 10 RST_STREAM, then GOAWAY `ENHANCE_YOUR_CALM`
+/// and the connection is closed. Before the fix the limit was off (tonic hands
+/// hyper `None`, RUSTSEC-2024-0003): 30 resets, no GOAWAY, still open.
+#[test]
+fn local_error_reset_streams_are_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        ServerOpts::default()
+            .env("CASKADE_ENGINE", "memory")
+            .env("CASKADE_LIMITS_HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS", "10"),
+    );
+    let mut conn = TcpStream::connect(&server.addr).unwrap();
+    let mut out = PREFACE.to_vec();
+    out.extend_from_slice(&EMPTY_SETTINGS);
+    for i in 0..30u32 {
+        // HEADERS, END_STREAM | END_HEADERS, block `:scheme http`, `:path /`.
+        out.extend_from_slice(&[0, 0, 2, 1, 0x5]);
+        out.extend_from_slice(&(2 * i + 1).to_be_bytes());
+        out.extend_from_slice(&[0x86, 0x84]);
+    }
+    conn.write_all(&out).unwrap();
+    let mut got = Vec::new();
+    let start = Instant::now();
+    conn.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut closed = false;
+    while start.elapsed() < Duration::from_secs(3) {
+        let mut buf = [0u8; 4096];
+        match conn.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    let frames = frames(&got);
+    let resets = frames.iter().filter(|f| f.0 == 3).count();
+    let goaway = frames
+        .iter()
+        .find(|f| f.0 == 7)
+        .map(|f| u32::from_be_bytes([f.2[4], f.2[5], f.2[6], f.2[7]]));
+    assert_eq!((goaway, closed), (Some(0xb), true), "{resets} resets");
+    assert!(resets <= 10, "{resets} resets");
+}
