@@ -30,6 +30,7 @@ use crate::storage;
 mod tls;
 pub use tls::{ClientTlsOptions, TlsOptions};
 pub mod auth;
+pub mod limits;
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +127,9 @@ pub struct Config {
     pub tls: TlsOptions,
     /// Users, permissions and protected mode (docs/SECURITY.md).
     pub auth: auth::AuthOptions,
+    /// Connection and request limits of every listener (docs/SECURITY.md,
+    /// "Listener limits").
+    pub limits: limits::Limits,
 }
 
 /// The RESP (Redis protocol) listener (`resp:` in the server config).
@@ -207,6 +211,7 @@ impl Default for Config {
             resp: RespOptions::default(),
             tls: TlsOptions::default(),
             auth: auth::AuthOptions::default(),
+            limits: limits::Limits::default(),
         }
     }
 }
@@ -419,6 +424,7 @@ impl Config {
         self.metrics.validate()?;
         self.tls.validate()?;
         self.auth.validate()?;
+        self.limits.validate()?;
         if !self.resp.listen.is_empty() && self.resp.listen.parse::<std::net::SocketAddr>().is_err()
         {
             return Err(ConfigError::Invalid(format!(

@@ -341,35 +341,37 @@ fn clients_vanishing_mid_request_do_not_hurt_the_server() {
     assert!(!server.log().contains("panicked"), "{}", server.log());
 }
 
+/// At `server.max_connections` (1), a new client is served at once: the
+/// open connection with no request in progress is closed for it (the
+/// slot is taken after `accept`; it used to be taken before, so the
+/// second client waited in the backlog until the first left). The first
+/// client reconnects on its next request.
 #[test]
-fn connection_limit_queues_extra_clients() {
+fn connection_limit_evicts_an_idle_connection_for_a_new_client() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(
         &dir.path().join("data"),
         ServerOpts::default().env("CASKADE_SERVER_MAX_CONNECTIONS", "1"),
     );
     runtime().block_on(bounded(async {
-        let first = Client::for_addr(&server.addr).unwrap();
-        first.ping().await.unwrap();
-        // A second connection waits in the backlog: its request times out.
         let config = ClientConfig {
             addrs: vec![server.addr.clone()],
-            timeout_ms: 300,
+            timeout_ms: 1000,
             ..ClientConfig::default()
         };
+        let first = Client::new(&config).unwrap();
+        first.ping().await.unwrap();
         let second = Client::new(&config).unwrap();
-        let err = second.ping().await.unwrap_err();
-        assert!(matches!(err, Error::Timeout(_)), "{err:?}");
-        // Once the first connection closes, the second is served.
-        drop(first);
+        second.ping().await.unwrap();
+        // The first one's connection was closed: its next request
+        // reconnects (at most one attempt fails while it notices).
         let mut served = false;
-        for _ in 0..50 {
-            if second.ping().await.is_ok() {
+        for _ in 0..3 {
+            if first.ping().await.is_ok() {
                 served = true;
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(served, "second client never served");
+        assert!(served, "first client never served again");
     }));
 }

@@ -161,7 +161,8 @@ async fn serve(config: Config) -> Result<(), String> {
         tracing::info!("metrics on http://{addr}/metrics");
         // Tests wait for this line (before the next one) when metrics are on.
         println!("metrics on {addr}");
-        tokio::spawn(caskade::server::prometheus::serve(l, metrics.clone()));
+        let (metrics, limits) = (metrics.clone(), config.limits.clone());
+        tokio::spawn(async move { caskade::server::prometheus::serve(l, metrics, &limits).await });
     }
     // The RESP listener (when on) stops with the gRPC server: after the
     // signal and the controlled shutdown, before storage is flushed.

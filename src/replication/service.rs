@@ -31,12 +31,19 @@ pub struct ReplicationService {
     manager: Arc<ReplicaManager>,
     /// Who may fetch as whom, and which notices are the controller's.
     gate: Arc<Gate>,
+    /// Most partitions one `FetchRequest` may list (`limits.fetch_max_partitions`).
+    max_fetch_partitions: usize,
 }
 
 impl ReplicationService {
-    /// A service for `manager`, authorizing calls through `gate`.
+    /// A service for `manager`, authorizing calls through `gate`; a fetch
+    /// request may list `limits.fetch_max_partitions` (default) partitions.
     pub fn new(manager: Arc<ReplicaManager>, gate: Arc<Gate>) -> Self {
-        ReplicationService { manager, gate }
+        ReplicationService {
+            manager,
+            gate,
+            max_fetch_partitions: crate::config::limits::Limits::default().fetch_max_partitions,
+        }
     }
 
     /// The tonic server wrapper, with message limits for fetched batches.
@@ -44,8 +51,21 @@ impl ReplicationService {
         manager: Arc<ReplicaManager>,
         gate: Arc<Gate>,
     ) -> pb::replication_server::ReplicationServer<ReplicationService> {
+        let max = crate::config::limits::Limits::default().fetch_max_partitions;
+        Self::server_limited(manager, gate, max)
+    }
+
+    /// [`Self::server`] where a `FetchRequest` may list at most
+    /// `max_fetch_partitions` partitions.
+    pub fn server_limited(
+        manager: Arc<ReplicaManager>,
+        gate: Arc<Gate>,
+        max_fetch_partitions: usize,
+    ) -> pb::replication_server::ReplicationServer<ReplicationService> {
         let limit = manager.message_limit();
-        pb::replication_server::ReplicationServer::new(Self::new(manager, gate))
+        let mut svc = Self::new(manager, gate);
+        svc.max_fetch_partitions = max_fetch_partitions;
+        pb::replication_server::ReplicationServer::new(svc)
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit)
     }
@@ -145,6 +165,30 @@ fn caller<T>(request: &Request<T>) -> Caller {
     }
 }
 
+/// Refuses, before any work, a fetch request listing more than `max`
+/// partitions (or forgetting more), or a partition twice: the stream ends
+/// with `INVALID_ARGUMENT`. A follower never sends either.
+fn check_fetch(req: &pb::FetchRequest, max: usize) -> Result<(), Status> {
+    if req.partitions.len() > max || req.forgotten.len() > max {
+        return Err(Status::invalid_argument(format!(
+            "fetch request lists {} partitions and forgets {}, at most {max} each \
+             (limits.fetch_max_partitions)",
+            req.partitions.len(),
+            req.forgotten.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(req.partitions.len());
+    for p in &req.partitions {
+        if !seen.insert(p.partition) {
+            return Err(Status::invalid_argument(format!(
+                "fetch request lists partition {} twice",
+                p.partition
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The stream of fetch answers.
 type FetchStream = Pin<Box<dyn Stream<Item = Result<pb::FetchResponse, Status>> + Send>>;
 
@@ -161,6 +205,7 @@ impl Replication for ReplicationService {
         let (tx, rx) = mpsc::channel(2);
         let manager = self.manager.clone();
         let stream = manager.open_fetch_stream();
+        let max_partitions = self.max_fetch_partitions;
         tokio::spawn(async move {
             let mut turn = 0usize;
             loop {
@@ -175,6 +220,11 @@ impl Replication for ReplicationService {
                 if let Err(why) = Gate::admit_fetch(&caller, &req.follower_id) {
                     tracing::warn!("fetch refused: {why}");
                     let _ = tx.send(Err(Status::permission_denied(why))).await;
+                    return;
+                }
+                if let Err(status) = check_fetch(&req, max_partitions) {
+                    tracing::warn!(follower = req.follower_id, "{}", status.message());
+                    let _ = tx.send(Err(status)).await;
                     return;
                 }
                 let answer = tokio::select! {

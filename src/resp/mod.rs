@@ -20,6 +20,9 @@
 //! Invariants:
 //! - at most `resp.maxclients` connections are served at once; one more is
 //!   answered `-ERR max number of clients reached` and closed, as Redis;
+//! - at most `limits.max_connections_per_ip` connections per peer address
+//!   (0 = no cap); one more is answered
+//!   `-ERR max number of clients per address reached` and closed;
 //! - a connection idle for `resp.timeout` seconds (0 = never) is closed;
 //! - a protocol error is answered in Redis' words after the answers of the
 //!   commands that preceded it, then the connection is closed; nothing a
@@ -128,7 +131,8 @@ pub async fn serve(
         config.default_acks,
         config.default_consistency,
         metrics.clone(),
-    );
+    )
+    .with_max_keys(config.limits.max_keys_per_request);
     let shared = Arc::new(Shared {
         svc,
         node,
@@ -148,6 +152,18 @@ pub async fn serve(
     let tls = crate::tls::NodeTls::load(&config.tls, &config.node_id)
         .and_then(|t| t.map(|t| t.resp_acceptor()).transpose())
         .map_err(|e| Error::InvalidInput(e.to_string()))?;
+    // The per-address cap (`limits.max_connections_per_ip`); the total is
+    // `maxclients`, counted below as Redis does.
+    let per_ip = crate::server::limits::Tracker::new(
+        "resp",
+        crate::server::limits::ConnLimits {
+            max: usize::MAX,
+            per_ip: config.limits.max_connections_per_ip,
+            handshake: None,
+            handshake_bytes: 0,
+            idle: None,
+        },
+    );
     let (stop, stopped) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -160,6 +176,7 @@ pub async fn serve(
                         tracing::debug!(%peer, "cannot set TCP_NODELAY: {e}");
                     }
                     shared.accepted.fetch_add(1, Ordering::Relaxed);
+                    let slot = per_ip.admit(peer);
                     let open = shared.clients.fetch_add(1, Ordering::AcqRel);
                     let shared = shared.clone();
                     let stopped = stopped.clone();
@@ -169,6 +186,11 @@ pub async fn serve(
                             let mut stream = stream;
                             let _ = stream
                                 .write_all(b"-ERR max number of clients reached\r\n")
+                                .await;
+                        } else if slot.is_err() {
+                            let mut stream = stream;
+                            let _ = stream
+                                .write_all(b"-ERR max number of clients per address reached\r\n")
                                 .await;
                         } else if let Some(tls) = tls {
                             let handshake = tokio::time::timeout(
@@ -186,6 +208,7 @@ pub async fn serve(
                             connection::run(stream, peer, &shared, stopped).await;
                         }
                         shared.clients.fetch_sub(1, Ordering::AcqRel);
+                        drop(slot);
                     });
                 }
                 // Out of file descriptors and the like: back off instead of spinning.

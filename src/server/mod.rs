@@ -3,9 +3,14 @@
 //! (mini-redis style: the caller owns the listener and the signal).
 //!
 //! Lifecycle and invariants:
-//! - at most `server.max_connections` connections are open; the accept loop
-//!   waits for a slot before accepting, so further clients queue in the
-//!   kernel's backlog instead of costing memory here;
+//! - at most `server.max_connections` connections are open, taken after
+//!   `accept`, with the handshake and idle timeouts and the per-address cap
+//!   of `limits:` ([`limits`]: a full listener evicts a half-open or idle
+//!   connection for a newcomer); the replication listener likewise with
+//!   `limits.replication_max_connections`;
+//! - on both gRPC listeners, an in-flight slot is taken before a request
+//!   body is decoded, and the HTTP/2 local-error and pending-accept reset
+//!   stream limits are on (tonic turns the first off by default);
 //! - every accepted socket has `TCP_NODELAY` (a request/response protocol
 //!   must not wait on Nagle);
 //! - when `shutdown` completes: the listener is closed at once (new clients
@@ -20,20 +25,16 @@
 
 mod admin;
 pub mod cluster;
+pub mod limits;
 pub mod metrics;
 pub mod prometheus;
 mod service;
 
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore};
 
 pub use service::KvService;
 
@@ -66,6 +67,12 @@ pub async fn run(
     let stop_replication = tokio::sync::watch::Sender::new(false);
     if let Some((listener, manager, gate)) = replication {
         let mut stopped = stop_replication.subscribe();
+        let l = &config.limits;
+        let tracker = limits::Tracker::new(
+            "replication",
+            conn_limits(config, l.replication_max_connections),
+        );
+        let in_flight = Arc::new(Semaphore::new(l.replication_max_in_flight));
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &tls {
             builder = builder
@@ -76,8 +83,17 @@ pub async fn run(
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(1)))
             .http2_keepalive_timeout(Some(Duration::from_secs(2)))
-            .add_service(ReplicationService::server(manager, gate))
-            .serve_with_incoming_shutdown(nodelay_incoming(listener), async move {
+            .timeout(Duration::from_millis(l.replication_request_timeout_ms))
+            .max_concurrent_streams(l.replication_max_streams_per_connection)
+            .http2_max_local_error_reset_streams(Some(l.http2_max_local_error_reset_streams))
+            .http2_max_pending_accept_reset_streams(Some(l.http2_max_pending_accept_reset_streams))
+            .layer(limits::RequestLayer::new(Some(in_flight)))
+            .add_service(ReplicationService::server_limited(
+                manager,
+                gate,
+                l.fetch_max_partitions,
+            ))
+            .serve_with_incoming_shutdown(limits::incoming(listener, tracker), async move {
                 let _ = stopped.wait_for(|s| *s).await;
             });
         tokio::spawn(async move {
@@ -108,7 +124,8 @@ async fn serve_clients(
         config.default_acks,
         config.default_consistency,
         metrics,
-    );
+    )
+    .with_max_keys(config.limits.max_keys_per_request);
     let kv = KvServer::new(service)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
@@ -119,6 +136,11 @@ async fn serve_clients(
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         fired.notify_one();
     };
+    let l = &config.limits;
+    let tracker = limits::Tracker::new("client", conn_limits(config, opts.max_connections));
+    // Slots taken before a request body is decoded; the service takes its
+    // own `max_in_flight` slots again around the work (RESP shares those).
+    let decoding = Arc::new(Semaphore::new(opts.max_in_flight));
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &tls {
         builder = builder
@@ -130,11 +152,14 @@ async fn serve_clients(
         .max_concurrent_streams(opts.max_streams_per_connection)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .http2_max_local_error_reset_streams(Some(l.http2_max_local_error_reset_streams))
+        .http2_max_pending_accept_reset_streams(Some(l.http2_max_pending_accept_reset_streams))
+        .layer(limits::RequestLayer::new(Some(decoding)))
         .add_service(crate::auth::grpc::Guarded::new(
             kv,
             crate::auth::Authenticator::new(&config.auth),
         ))
-        .serve_with_incoming_shutdown(incoming(listener, opts.max_connections), signal);
+        .serve_with_incoming_shutdown(limits::incoming(listener, tracker), signal);
     let grace = Duration::from_millis(opts.shutdown_timeout_ms);
     tokio::select! {
         result = serve => result.map_err(|e| Error::Internal(format!("server failed: {e}")))?,
@@ -150,113 +175,16 @@ async fn serve_clients(
     Ok(())
 }
 
-/// The node-to-node listener's accepted connections, with `TCP_NODELAY`
-/// set. tonic's own `tcp_nodelay` only applies to listeners it binds: without
-/// this, Nagle held small fetch answers back until the follower's delayed
-/// ACK (40 ms), which was the p999 of every `acks: all` write.
-fn nodelay_incoming(
-    listener: TcpListener,
-) -> impl futures_util::Stream<Item = io::Result<TcpStream>> {
-    futures_util::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        |conn| {
-            if let Ok(stream) = &conn
-                && let Err(e) = stream.set_nodelay(true)
-            {
-                tracing::debug!("cannot set TCP_NODELAY: {e}");
-            }
-            conn
-        },
-    )
-}
-
-/// The stream of accepted connections, each holding a connection slot.
-/// Dropping it (tonic does on shutdown) closes the listener.
-fn incoming(
-    listener: TcpListener,
-    max_connections: usize,
-) -> impl futures_util::Stream<Item = io::Result<Conn>> {
-    let slots = Arc::new(Semaphore::new(max_connections));
-    futures_util::stream::unfold((listener, slots), |(listener, slots)| async move {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return None; // never closed; keeps the types honest
-        };
-        loop {
-            match listener.accept().await {
-                Ok((stream, peer)) => {
-                    if let Err(e) = stream.set_nodelay(true) {
-                        tracing::debug!(%peer, "cannot set TCP_NODELAY: {e}");
-                    }
-                    tracing::debug!(%peer, "connection accepted");
-                    let conn = Conn {
-                        stream,
-                        _slot: slot,
-                    };
-                    return Some((Ok(conn), (listener, slots)));
-                }
-                // Out of file descriptors and the like: back off instead of spinning.
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    })
-}
-
-/// An accepted TCP connection and its connection slot, released on drop.
-struct Conn {
-    /// The socket.
-    stream: TcpStream,
-    /// Held for the connection's lifetime.
-    _slot: OwnedSemaphorePermit,
-}
-
-impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
-    }
-}
-
-impl AsyncRead for Conn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+/// The connection limits of a gRPC listener of `config` serving at most
+/// `max` connections.
+fn conn_limits(config: &Config, max: usize) -> limits::ConnLimits {
+    let l = &config.limits;
+    limits::ConnLimits {
+        max,
+        per_ip: l.max_connections_per_ip,
+        handshake: Some(Duration::from_millis(l.handshake_timeout_ms)),
+        handshake_bytes: limits::HTTP2_HANDSHAKE_BYTES,
+        idle: (l.idle_timeout_ms > 0).then(|| Duration::from_millis(l.idle_timeout_ms)),
     }
 }
 
@@ -280,6 +208,7 @@ pub fn raise_open_files_limit(partitions: u32) {
 #[cfg(test)]
 mod tests {
     use futures_util::StreamExt;
+    use tokio::net::TcpStream;
 
     use super::*;
 
@@ -287,9 +216,11 @@ mod tests {
     async fn node_to_node_connections_have_nagle_off() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut incoming = std::pin::pin!(nodelay_incoming(listener));
+        let config = Config::default();
+        let tracker = limits::Tracker::new("replication", conn_limits(&config, 8));
+        let mut incoming = std::pin::pin!(limits::incoming(listener, tracker));
         let _client = TcpStream::connect(addr).await.unwrap();
         let accepted = incoming.next().await.unwrap().unwrap();
-        assert!(accepted.nodelay().unwrap());
+        assert!(accepted.stream().nodelay().unwrap());
     }
 }

@@ -26,8 +26,10 @@
 //! Invariants: a scrape never touches the request path (it reads the
 //! atomics and runs engine `status` on the blocking pool); a bad request
 //! gets a 404/405, never a panic; a slow or silent client is dropped after
-//! [`READ_TIMEOUT`]; at most [`MAX_CONNECTIONS`] connections are served at
-//! once.
+//! [`READ_TIMEOUT`]; at most `limits.metrics_max_connections` connections
+//! are served at once, and `limits.max_connections_per_ip` per address,
+//! taken after `accept` (a full endpoint closes its oldest connection for a
+//! newcomer: see [`super::limits`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -58,23 +60,29 @@ pub async fn bind(addr: &str) -> Result<TcpListener> {
         .map_err(|e| Error::Unavailable(format!("cannot listen on {addr} (metrics.listen): {e}")))
 }
 
-/// Connections served at once; further scrapers wait in the backlog.
-pub const MAX_CONNECTIONS: usize = 16;
-
 /// Serves `GET /metrics` on `listener` for as long as the task runs.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return; // never closed
-        };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::warn!("metrics endpoint: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    limits: &crate::config::limits::Limits,
+) {
+    // Every scrape is one request on a fresh or kept-alive connection:
+    // each counts as half-open until hyper ends it, so a full endpoint
+    // closes its oldest connection for a newcomer.
+    let tracker = super::limits::Tracker::new(
+        "metrics",
+        super::limits::ConnLimits {
+            max: limits.metrics_max_connections,
+            per_ip: limits.max_connections_per_ip,
+            handshake: None,
+            handshake_bytes: usize::MAX,
+            idle: None,
+        },
+    );
+    let mut incoming = std::pin::pin!(super::limits::incoming(listener, tracker));
+    while let Some(conn) = futures_util::StreamExt::next(&mut incoming).await {
+        let Ok(conn) = conn else {
+            continue;
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {
@@ -82,11 +90,10 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(conn), service);
             if let Err(e) = conn.await {
                 tracing::debug!("metrics endpoint: connection failed: {e}");
             }
-            drop(slot);
         });
     }
 }

@@ -2,6 +2,8 @@
 //! default `acks` / `consistency`, calls the [`Node`], encodes replies.
 //!
 //! Invariants:
+//! - a request naming more than `limits.max_keys_per_request` keys is
+//!   refused with `INVALID_ARGUMENT` before any of them is touched;
 //! - at most `server.max_in_flight` requests run at once (a tokio semaphore;
 //!   a waiting request holds no engine resources);
 //! - every error leaves through `impl From<Error> for Status` (src/error.rs),
@@ -54,6 +56,8 @@ pub struct KvService {
     peers: Arc<Mutex<HashMap<String, KvClient<Channel>>>>,
     /// Request figures, and what `Info` reports.
     metrics: Arc<Metrics>,
+    /// Most keys one request may name (`limits.max_keys_per_request`).
+    max_keys: usize,
 }
 
 /// Deadline of a forwarded request (for error messages; the caller's own
@@ -96,7 +100,27 @@ impl KvService {
             default_consistency,
             peers: Arc::default(),
             metrics,
+            max_keys: crate::config::limits::Limits::default().max_keys_per_request,
         }
+    }
+
+    /// Refuses requests naming more than `max_keys` keys (`MGET`, `MSET`,
+    /// `DEL`, `EXISTS`) with `INVALID_ARGUMENT`.
+    pub fn with_max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// `INVALID_ARGUMENT` if a request names more than `max_keys` keys.
+    fn check_keys(&self, count: usize) -> crate::Result<()> {
+        if count > self.max_keys {
+            return Err(Error::InvalidInput(format!(
+                "too many keys in one request: {count}, at most {} \
+                 (limits.max_keys_per_request)",
+                self.max_keys
+            )));
+        }
+        Ok(())
     }
 
     /// A client of the node at `addr` (connections are made lazily and
@@ -332,6 +356,7 @@ impl Kv for KvService {
         let r = request.into_inner();
         tracing::Span::current().record("keys", r.keys.len());
         self.run(Command::Del, async {
+            self.check_keys(r.keys.len())?;
             let acks = self.acks(r.acks);
             let result = self.node.del(r.keys.clone(), acks).await;
             if leader_of(&result).is_none() || !again {
@@ -420,6 +445,7 @@ impl Kv for KvService {
         let r = request.into_inner();
         tracing::Span::current().record("keys", r.keys.len());
         self.run(Command::Exists, async {
+            self.check_keys(r.keys.len())?;
             let consistency = self.consistency(r.consistency);
             let result = self.node.exists(r.keys.clone(), consistency).await;
             if leader_of(&result).is_none() || !again {

@@ -265,15 +265,35 @@ pub fn node_endpoint(addr: &str) -> Result<Endpoint, String> {
 /// subject CN of its verified client certificate. `None` on a plaintext
 /// connection (the peer is unknown) or without a client certificate.
 pub fn peer_node_id<T>(request: &tonic::Request<T>) -> Option<String> {
-    let certs = request.peer_certs()?;
+    let certs = tls_info(request)?.peer_certs()?;
     common_name(certs.first()?)
 }
 
 /// Whether `request` came over TLS (then [`peer_node_id`] is the peer's
 /// proven identity, and `None` means it proved none).
 pub fn is_tls<T>(request: &tonic::Request<T>) -> bool {
-    request
-        .extensions()
-        .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()
-        .is_some()
+    tls_info(request).is_some()
+}
+
+/// The TLS session of `request`'s connection. The listeners serve
+/// connections admitted by `server::limits` (whose connect info is
+/// `limits::ConnInfo`); a plain TCP stream is looked up as well.
+fn tls_info<T>(request: &tonic::Request<T>) -> Option<TlsSession> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let ext = request.extensions();
+    if let Some(t) = ext.get::<TlsConnectInfo<crate::server::limits::ConnInfo>>() {
+        return Some(TlsSession(t.peer_certs()));
+    }
+    ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+        .map(|t| TlsSession(t.peer_certs()))
+}
+
+/// The peer certificates of a TLS session (`None`: the peer sent none).
+struct TlsSession(Option<std::sync::Arc<Vec<rustls::pki_types::CertificateDer<'static>>>>);
+
+impl TlsSession {
+    /// The peer's certificate chain, if it sent one.
+    fn peer_certs(self) -> Option<std::sync::Arc<Vec<rustls::pki_types::CertificateDer<'static>>>> {
+        self.0
+    }
 }

@@ -251,6 +251,7 @@ impl KvService {
         let again = !forwarded(&request);
         let r = request.into_inner();
         self.run(Command::MGet, async {
+            self.check_keys(r.keys.len())?;
             let consistency = self.consistency(r.consistency);
             let result = self.node.mget(r.keys.clone(), consistency).await;
             let values = if leader_of(&result).is_none() || !again {
@@ -304,6 +305,7 @@ impl KvService {
         let again = !forwarded(&request);
         let r = request.into_inner();
         self.run(Command::MSet, async {
+            self.check_keys(r.pairs.len())?;
             let acks = self.acks(r.acks);
             let pairs = |idx: &[usize]| -> Vec<(Bytes, Bytes)> {
                 idx.iter()
