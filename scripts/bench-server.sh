@@ -8,10 +8,14 @@
 # Usage: scripts/bench-server.sh [policy ...]   (default: always every_ms never)
 # Env: N1 (requests with 1 client, default 20000), N50 (with 50, default 200000),
 #      DATA (data directory root, default ./data/bench; must be on a real disk),
-#      CONNECTIONS (HTTP/2 connections the 50 clients share; default: one each).
+#      CONNECTIONS (HTTP/2 connections the 50 clients share; default: one each),
+#      BIN_DIR (binaries; default: the release directory of cargo's target dir).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bin caskade-server -p caskade -p caskade-cli >&2
+# The build's real output directory (CARGO_TARGET_DIR, .cargo/config, or
+# ./target), as cargo itself resolves it.
+BIN_DIR=${BIN_DIR:-$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/release}
 N1=${N1:-20000}
 N50=${N50:-200000}
 DATA=${DATA:-./data/bench}
@@ -26,7 +30,7 @@ for policy in "${policies[@]}"; do
   rm -rf "$DATA/$policy"
   mkdir -p "$DATA"
   out=$(mktemp)
-  CASKADE_STORAGE_FSYNC=$fsync ./target/release/caskade-server \
+  CASKADE_STORAGE_FSYNC=$fsync "$BIN_DIR/caskade-server" \
     --data-dir "$DATA/$policy" --listen 127.0.0.1:0 --log-level warn >"$out" 2>&2 &
   pid=$!
   trap 'kill $pid 2>/dev/null || true' EXIT
@@ -39,7 +43,7 @@ for policy in "${policies[@]}"; do
     [ "$clients" != 1 ] && [ -n "${CONNECTIONS:-}" ] && conns=(--connections "$CONNECTIONS")
     # set before get, so gets find their keys (keyspace 100000)
     for op in ping set get; do
-      ./target/release/caskade-cli --addr "$addr" bench --op "$op" --clients "$clients" \
+      "$BIN_DIR/caskade-cli" --addr "$addr" bench --op "$op" --clients "$clients" \
         --requests "$n" --value-size 100 --keyspace 100000 "${conns[@]}" --json \
         | sed "s/^{/{\"fsync\":\"$policy\",/"
     done

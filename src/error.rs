@@ -70,8 +70,14 @@ pub enum Error {
     /// Stored data failed its checksum; the value is not served.
     #[error("corrupt data: {0}")]
     Corrupt(String),
-    /// The node cannot serve this right now (disk full, failed fsync,
-    /// shutting down, ...), or the connection was lost after the request
+    /// The partition's disk is full: the write was refused before it was
+    /// applied (the storage layer cut its bytes back); reads go on, and
+    /// writes resume once space is freed. The message is the storage
+    /// layer's (`disk full: ...`). RESP answers it as `READONLY ...`.
+    #[error("{0}")]
+    DiskFull(String),
+    /// The node cannot serve this right now (writes refused after a failed
+    /// fsync, shutting down, ...), or the connection was lost after the request
     /// may have been sent: the effect of a write is then unknown.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -129,6 +135,7 @@ impl Error {
             Error::Timeout(_) => "TIMEOUT",
             Error::Unreachable { .. } => "UNREACHABLE",
             Error::Corrupt(_) => "CORRUPT",
+            Error::DiskFull(_) => "DISK_FULL",
             Error::Unavailable(_) => "UNAVAILABLE",
             Error::Internal(_) => "INTERNAL",
             Error::FencedEpoch(_) => "FENCED_LEADER_EPOCH",
@@ -151,6 +158,10 @@ impl Error {
             Error::Timeout(_) => Code::DeadlineExceeded,
             Error::Unreachable { .. } => Code::Unavailable,
             Error::Corrupt(_) => Code::DataLoss,
+            // gRPC's own words: "perhaps the entire file system is out of
+            // space". Not UNAVAILABLE: that one says "retry", and its
+            // outcome is unknown.
+            Error::DiskFull(_) => Code::ResourceExhausted,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Internal(_) => Code::Internal,
             Error::FencedEpoch(_) | Error::StaleController(_) => Code::FailedPrecondition,
@@ -165,7 +176,8 @@ impl Error {
 
     /// Whether this error proves the request was not applied, so a write
     /// may be retried without being applied twice: refused before any
-    /// change (`NOT_LEADER`, `NOT_ENOUGH_REPLICAS`, `INVALID_ARGUMENT`) or
+    /// change (`NOT_LEADER`, `NOT_ENOUGH_REPLICAS`, `DISK_FULL`,
+    /// `INVALID_ARGUMENT`) or
     /// never processed by a server ([`Error::Unreachable`]). Every other
     /// error leaves the outcome unknown. The client's retry loop and the
     /// torture history (`tests/torture/runner.rs`) both use this.
@@ -175,6 +187,7 @@ impl Error {
             Error::NotLeader { .. }
                 | Error::NotEnoughReplicas { .. }
                 | Error::Unreachable { .. }
+                | Error::DiskFull(_)
                 | Error::InvalidInput(_)
                 | Error::NotInteger
                 | Error::Overflow
@@ -206,6 +219,7 @@ impl Error {
             Error::InvalidInput(m)
             | Error::Timeout(m)
             | Error::Corrupt(m)
+            | Error::DiskFull(m)
             | Error::Unavailable(m)
             | Error::Internal(m)
             | Error::FencedEpoch(m)
@@ -228,9 +242,13 @@ impl From<storage::Error> for Error {
         match err {
             storage::Error::InvalidInput(msg) => Error::InvalidInput(msg),
             storage::Error::Corrupt(msg) => Error::Corrupt(msg),
-            e @ (storage::Error::DiskFull(_)
-            | storage::Error::WritesRefused(_)
-            | storage::Error::Closed) => Error::Unavailable(e.to_string()),
+            // A definite refusal: the engine cut the write back.
+            e @ storage::Error::DiskFull(_) => Error::DiskFull(e.to_string()),
+            // After a failed fsync, a write may have reached the file before
+            // the refusal: its outcome is unknown.
+            e @ (storage::Error::WritesRefused(_) | storage::Error::Closed) => {
+                Error::Unavailable(e.to_string())
+            }
             // The replication layer answers NOT_LEADER with the partition
             // and leader it knows; here neither is known.
             storage::Error::NotLeader(msg) => Error::Unavailable(msg),
@@ -332,6 +350,7 @@ impl From<Status> for Error {
                 reason: msg,
             },
             Some("CORRUPT") => Error::Corrupt(msg),
+            Some("DISK_FULL") => Error::DiskFull(msg),
             Some("UNAVAILABLE") => Error::Unavailable(msg),
             Some("INTERNAL") => Error::Internal(msg),
             Some("FENCED_LEADER_EPOCH") => Error::FencedEpoch(msg),
@@ -386,6 +405,7 @@ mod tests {
                 reason: "connection refused".into(),
             },
             Error::Corrupt("bad crc".into()),
+            Error::DiskFull("disk full: write segment: No space left on device".into()),
             Error::Unavailable("disk full".into()),
             Error::Internal("boom".into()),
             Error::FencedEpoch("partition 1: epoch 3 < 4".into()),

@@ -442,3 +442,29 @@ fn usage_errors_exit_2() {
         )
     );
 }
+
+/// A host name that does not resolve is named as a DNS failure, with the
+/// resolver's reason, not as `uncategorized error` (std's kind for
+/// getaddrinfo failures, which the client used to print alone).
+#[test]
+fn an_unresolvable_host_is_a_dns_error() {
+    let (code, out, err) = cli_bytes(&[b"--addr", b"nosuch.invalid:7379", b"ping"]);
+    assert_eq!((code, out.as_slice()), (1, &b""[..]), "{err}");
+    let prefix = "could not connect to caskade at nosuch.invalid:7379: \
+                  DNS resolution failed for nosuch.invalid: ";
+    let reason = err
+        .strip_prefix(prefix)
+        .and_then(|r| r.strip_suffix('\n'))
+        .unwrap_or_else(|| panic!("{err:?}"));
+    // getaddrinfo's words (gai_strerror), which depend on whether a DNS
+    // server answered.
+    assert!(
+        [
+            "Name or service not known",
+            "Temporary failure in name resolution",
+            "No address associated with hostname",
+        ]
+        .contains(&reason),
+        "{err:?}"
+    );
+}

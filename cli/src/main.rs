@@ -20,6 +20,8 @@
 //! - credentials: `auth: {user, password}` in the config, overridden by
 //!   `CASKADE_USER` / `CASKADE_PASSWORD`; the REPL prompts for them when
 //!   the server asks (src/login.rs);
+//! - `caskade-cli resp-bench ...` loads a RESP server (caskade's or
+//!   Redis'), with `WAIT` after writes (src/resp_bench.rs);
 //! - `caskade-cli probe ...` writes one key in a loop and times how long
 //!   writes are unavailable, e.g. across a leader kill (src/probe.rs).
 //!
@@ -38,6 +40,7 @@ mod reassign;
 mod reassign_watch;
 mod repl;
 mod reply;
+mod resp_bench;
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
@@ -164,6 +167,12 @@ fn main() -> ExitCode {
         Some("bench") => {
             return match tool_args::<bench::BenchArgs>(&args.command) {
                 Ok(a) => ExitCode::from(bench::run(&runtime, &config, &a) as u8),
+                Err(code) => code,
+            };
+        }
+        Some("resp-bench") => {
+            return match tool_args::<resp_bench::RespBenchArgs>(&args.command) {
+                Ok(a) => ExitCode::from(resp_bench::run(&runtime, &a) as u8),
                 Err(code) => code,
             };
         }

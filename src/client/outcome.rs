@@ -47,7 +47,7 @@ pub fn map_status(addr: &str, timeout: Duration, status: tonic::Status) -> Error
     if status.metadata().get("caskade-reason").is_some() {
         return Error::from(status);
     }
-    match verdict(&status) {
+    match verdict(addr, &status) {
         Some(Verdict::NotSent(reason)) => Error::Unreachable {
             addr: addr.to_string(),
             reason,
@@ -67,13 +67,13 @@ pub fn map_status(addr: &str, timeout: Duration, status: tonic::Status) -> Error
 /// Reads the transport's verdict from the error chain under `status`;
 /// `None` when no transport error is underneath (a status some non-caskade
 /// server sent, or one of tonic's own limits), mapped by code instead.
-fn verdict(status: &tonic::Status) -> Option<Verdict> {
+fn verdict(addr: &str, status: &tonic::Status) -> Option<Verdict> {
     let mut source = status.source();
     let mut transport = false;
     let mut innermost = None;
     while let Some(err) = source {
         if err.is::<tonic::ConnectError>() {
-            return Some(Verdict::NotSent(connect_reason(err)));
+            return Some(Verdict::NotSent(connect_reason(addr, err)));
         }
         if err.is::<tonic::TimeoutExpired>() {
             return Some(Verdict::TimedOut);
@@ -119,14 +119,32 @@ fn h2_verdict(e: &h2::Error) -> Option<Verdict> {
     None
 }
 
-/// Why a connection could not be made, lower-case (`connection refused`).
-fn connect_reason(err: &(dyn StdError + 'static)) -> String {
+/// Why a connection to `addr` could not be made, lower-case (`connection
+/// refused`). A host name that did not resolve says so, with the
+/// resolver's reason (`DNS resolution failed for h: Name or service not
+/// known`): hyper's connector reports it as `dns error` over std's
+/// `io::Error` of kind `Uncategorized`, whose kind alone reads
+/// `uncategorized error`.
+fn connect_reason(addr: &str, err: &(dyn StdError + 'static)) -> String {
     let mut source = Some(err);
+    let mut dns = false;
     while let Some(e) = source {
+        dns |= e.to_string() == "dns error";
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if dns {
+                let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+                let text = io.to_string();
+                let why = text
+                    .strip_prefix("failed to lookup address information: ")
+                    .unwrap_or(&text);
+                return format!("DNS resolution failed for {host}: {why}");
+            }
             return match io.kind() {
                 std::io::ErrorKind::Other => io.to_string(),
                 std::io::ErrorKind::TimedOut => "connection timed out".into(),
+                // Kinds std has no name for yet (`Uncategorized`): the
+                // message says more than the kind.
+                kind if format!("{kind:?}") == "Uncategorized" => io.to_string(),
                 kind => kind.to_string(),
             };
         }
@@ -208,6 +226,36 @@ mod tests {
             Error::Unreachable {
                 addr: "h:1".into(),
                 reason: "connection refused".into()
+            }
+        );
+    }
+
+    /// hyper's connector wraps a failed lookup as `dns error` over std's
+    /// `io::Error`; the kind alone printed `uncategorized error`.
+    #[test]
+    fn a_failed_lookup_names_the_host() {
+        #[derive(Debug)]
+        struct Dns(std::io::Error);
+        impl std::fmt::Display for Dns {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("dns error")
+            }
+        }
+        impl StdError for Dns {
+            fn source(&self) -> Option<&(dyn StdError + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let io = std::io::Error::other(
+            "failed to lookup address information: Name or service not known",
+        );
+        let status = tonic::Status::from_error(Box::new(tonic::ConnectError(Box::new(Dns(io)))));
+        assert_eq!(
+            map_status("nosuch.invalid:7379", Duration::from_millis(250), status),
+            Error::Unreachable {
+                addr: "nosuch.invalid:7379".into(),
+                reason: "DNS resolution failed for nosuch.invalid: Name or service not known"
+                    .into()
             }
         );
     }

@@ -74,7 +74,8 @@ pub fn refusal(e: Error) -> Reply {
     match e {
         Error::NotLeader { .. } => Reply::Error(format!("NOTLEADER {e}")),
         Error::NotEnoughReplicas { .. } => Reply::Error(format!("NOREPLICAS {e} (min_insync)")),
-        Error::Unavailable(m) if m.contains("disk full") || m.contains("writes refused") => {
+        Error::DiskFull(m) => Reply::Error(format!("READONLY {m}")),
+        Error::Unavailable(m) if m.starts_with("writes refused") => {
             Reply::Error(format!("READONLY {m}"))
         }
         e => Reply::err(e),

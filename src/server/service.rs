@@ -13,10 +13,12 @@
 //!   leader once (marked `caskade-forwarded`); a forwarded request is never
 //!   forwarded again, so a moving leadership cannot make it loop;
 //! - a forward's failure is mapped as the client maps it
-//!   ([`crate::client::map_status`]): `UNREACHABLE` only when the leader
-//!   provably did not process it; a multi-key `DEL` that fails after some
-//!   keys were written never answers an error that claims nothing was
-//!   ([`Error::after_partial_write`]);
+//!   ([`crate::client::map_status`]), except that a leader which provably
+//!   did not get the request (unreachable) is answered as `NOT_LEADER`
+//!   naming it, as without a forward (nothing applied either way; the
+//!   client never tried to connect there itself); a multi-key `DEL` that
+//!   fails after some keys were written never answers an error that claims
+//!   nothing was ([`Error::after_partial_write`]);
 //! - every request is timed into the node's [`Metrics`] from its arrival
 //!   (before it waits for a slot) to its answer, with its outcome, by
 //!   array index: no allocation, no lock (src/server/metrics.rs).
@@ -73,12 +75,24 @@ fn forwarded<T>(request: &Request<T>) -> bool {
     request.metadata().contains_key(FORWARDED)
 }
 
-/// The leader address of a `NOT_LEADER` error, when forwarding applies.
-fn leader_of<T>(result: &crate::Result<T>) -> Option<String> {
+/// Where a request goes when this node does not lead its partition.
+struct Leader {
+    /// The key's partition.
+    partition: u32,
+    /// The leader's client address.
+    addr: String,
+}
+
+/// The leader named by a `NOT_LEADER` error, when forwarding applies.
+fn leader_of<T>(result: &crate::Result<T>) -> Option<Leader> {
     match result {
         Err(Error::NotLeader {
-            leader: Some(addr), ..
-        }) => Some(addr.clone()),
+            partition,
+            leader: Some(addr),
+        }) => Some(Leader {
+            partition: *partition,
+            addr: addr.clone(),
+        }),
         _ => None,
     }
 }
@@ -155,7 +169,7 @@ impl KvService {
     where
         L: Fn(bytes::Bytes) -> LF,
         LF: Future<Output = crate::Result<u64>>,
-        R: Fn(String, bytes::Bytes) -> RF,
+        R: Fn(Leader, bytes::Bytes) -> RF,
         RF: Future<Output = crate::Result<u64>>,
     {
         let mut total = 0;
@@ -173,13 +187,16 @@ impl KvService {
         Ok(total)
     }
 
-    /// Sends `message` to the leader at `addr` with `call`, marked as
-    /// forwarded.
-    async fn forward<Q, A, F, Fut>(&self, addr: &str, message: Q, call: F) -> crate::Result<A>
+    /// Sends `message` to `leader` with `call`, marked as forwarded. A
+    /// leader that provably did not get it (not reachable: killed, and its
+    /// session has not expired yet, so no other leader exists) answers as
+    /// if no forward had been tried: `NOT_LEADER` naming it.
+    async fn forward<Q, A, F, Fut>(&self, leader: &Leader, message: Q, call: F) -> crate::Result<A>
     where
         F: FnOnce(KvClient<Channel>, Request<Q>) -> Fut,
         Fut: Future<Output = Result<Response<A>, Status>>,
     {
+        let addr = leader.addr.as_str();
         let client = self.peer(addr)?;
         let mut request = Request::new(message);
         request
@@ -197,7 +214,16 @@ impl KvService {
             // The client's mapping (src/client/outcome.rs): UNREACHABLE
             // only when the leader provably did not process the request,
             // else an unknown outcome, passed on as is.
-            Err(status) => Err(crate::client::map_status(addr, FORWARD_TIMEOUT, status)),
+            Err(status) => match crate::client::map_status(addr, FORWARD_TIMEOUT, status) {
+                Error::Unreachable { reason, .. } => {
+                    tracing::debug!("the leader at {addr} is unreachable: {reason}");
+                    Err(Error::NotLeader {
+                        partition: leader.partition,
+                        leader: Some(leader.addr.clone()),
+                    })
+                }
+                e => Err(e),
+            },
         }
     }
 
@@ -682,9 +708,9 @@ mod tests {
                         })
                     }
                 },
-                |addr, _key| async move {
+                |leader, _key| async move {
                     Err(Error::Unreachable {
-                        addr,
+                        addr: leader.addr,
                         reason: "connection refused".into(),
                     })
                 },

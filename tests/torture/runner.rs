@@ -396,12 +396,12 @@ async fn client_loop(
 }
 
 /// Whether a client backs off (1 s) after `outcome`: a full disk's
-/// `UNAVAILABLE` comes at once and its outcome is unknown (API.md);
-/// retrying at full speed would fill the history with unknown writes
-/// (each one multiplies the linearizability search) and is not what a
-/// client does.
+/// refusal (`DISK_FULL`, nothing applied) comes at once, as does
+/// `UNAVAILABLE` after a failed write (outcome unknown, API.md); retrying
+/// at full speed would fill the history (each unknown write multiplies the
+/// linearizability search) and is not what a client does.
 fn backs_off(outcome: &Outcome) -> bool {
-    matches!(outcome, Outcome::Info(e) if e.contains("disk full") || e.contains("No space"))
+    matches!(outcome, Outcome::Info(e) | Outcome::Fail(e) if e.contains("disk full") || e.contains("No space"))
 }
 
 /// Polls every node's `Metadata` until `stop`, recording high watermarks.

@@ -1,0 +1,329 @@
+#!/usr/bin/env bash
+# caskade against Redis over RESP, side by side in one run (issue 11,
+# docs/BENCHMARKS.md "caskade vs Redis over RESP"). Self-contained: builds
+# release, starts every server it measures on loopback, on free ports, in a
+# temporary directory on disk, and kills all of them on exit (trap), also on
+# Ctrl-C or failure.
+#
+# Standalone, for each durability pair (Redis AOF `appendfsync everysec`
+# against caskade `fsync: {every_ms: 1000}`, then `always` against
+# `always`), a fresh Debian redis-server (appendonly yes, no RDB snapshots)
+# and a fresh caskade-server (RESP listener, 8 partitions, acks all) get
+# the same
+#     redis-benchmark -t set,get -n 200000 -c 50 -d 100 -r 100000 [-P 16] --csv
+# without and with -P 16, Redis first, then caskade.
+#
+# Cluster, for each durability pair in CLUSTER_POLICIES: three caskade
+# nodes (ZooKeeper from scripts/zk.sh; replication_factor 3, min_insync 2,
+# default_acks all) against a Redis master with one replica (a second
+# redis-server with --replicaof). redis-benchmark cannot send WAIT, so both
+# get `caskade-cli resp-bench` (cli/src/resp_bench.rs), the same client
+# for both: 50 connections, each sending its SETs and then `WAIT 1 0` in one
+# write per round trip (Redis' nearest equivalent of `acks: all`: the
+# master answers WAIT once one replica has acknowledged every earlier write
+# of the connection), then GETs. caskade's connections are spread over the
+# three nodes' RESP listeners (a node forwards keys it does not lead);
+# Redis' all go to the master.
+#
+# Output: progress on stderr; a markdown table on stdout: test, pipeline,
+# durability, Redis ops/s, caskade ops/s, caskade/Redis. The raw outputs and
+# logs stay in the work directory with KEEP=1 (or on failure).
+#
+# Env: N (200000), CLIENTS (50), POLICIES ("everysec always"),
+#      CLUSTER_POLICIES ("everysec"; "" skips the cluster), SKIP_BUILD=1,
+#      KEEP=1, TMPDIR (work directory's parent; must be on a real disk).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+readonly N=${N:-200000}
+readonly CLIENTS=${CLIENTS:-50}
+readonly POLICIES=${POLICIES:-"everysec always"}
+readonly CLUSTER_POLICIES=${CLUSTER_POLICIES-"everysec"}
+readonly PARTITIONS=8
+readonly KEYSPACE=100000
+readonly VALUE_SIZE=100
+
+log() { echo "bench-vs-redis: $*" >&2; }
+die() {
+  echo "bench-vs-redis: FAILED: $*" >&2
+  exit 1
+}
+
+for tool in redis-server redis-benchmark redis-cli jq nc; do
+  command -v "$tool" >/dev/null 2>&1 || die "$tool not found (scripts/ensure-deps.sh installs redis-server, redis-tools, jq)"
+done
+
+# The build's real output directory (CARGO_TARGET_DIR, .cargo/config, or
+# ./target), as cargo itself resolves it.
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
+readonly BIN_DIR=${BIN_DIR:-$TARGET_DIR/release}
+readonly SERVER=$BIN_DIR/caskade-server
+readonly CLI=$BIN_DIR/caskade-cli
+
+if [ "${SKIP_BUILD:-}" != 1 ]; then
+  log "building release"
+  cargo build --release -p caskade -p caskade-cli --bins >&2
+fi
+[ -x "$SERVER" ] && [ -x "$CLI" ] || die "$SERVER or $CLI missing"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/caskade-vs-redis.XXXXXX")
+readonly WORK
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+
+# Every process we start, by name.
+declare -A PIDS=()
+
+cleanup() {
+  local status=$? name
+  trap - EXIT INT TERM
+  for name in "${!PIDS[@]}"; do kill -KILL "${PIDS[$name]}" 2>/dev/null || true; done
+  for name in "${!PIDS[@]}"; do wait "${PIDS[$name]}" 2>/dev/null || true; done
+  scripts/zk.sh stop "$WORK/zk" >/dev/null 2>&1 || true
+  if [ "${KEEP:-}" = 1 ] || [ "$status" -ne 0 ]; then
+    log "work directory kept: $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# free_port: sets PORT to a TCP port nothing listens on and that this run
+# has not handed out (not in a subshell, so USED_PORTS remembers it), below
+# the ephemeral range, so no outgoing connection takes it before the bind.
+declare -A USED_PORTS=()
+EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+readonly EPHEMERAL_LOW
+free_port() {
+  local p
+  while :; do
+    p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
+    [ -z "${USED_PORTS[$p]:-}" ] || continue
+    nc -z 127.0.0.1 "$p" >/dev/null 2>&1 && continue
+    USED_PORTS[$p]=1
+    PORT=$p
+    return
+  done
+}
+
+stop() {
+  local pid=${PIDS[$1]:-}
+  [ -n "$pid" ] || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  local i
+  for i in $(seq 100); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  unset "PIDS[$1]"
+}
+
+# wait_resp NAME PORT: until PORT answers PING (30 s).
+wait_resp() {
+  local deadline=$((SECONDS + 30))
+  until [ "$(redis-cli -h 127.0.0.1 -p "$2" ping 2>/dev/null)" = PONG ]; do
+    kill -0 "${PIDS[$1]}" 2>/dev/null || die "$1 exited during startup; see $WORK"
+    [ "$SECONDS" -lt "$deadline" ] || die "$1 does not answer PING on port $2 after 30 s"
+    sleep 0.1
+  done
+}
+
+# caskade's name of a durability: everysec -> every_ms, always -> always.
+caskade_fsync() {
+  case $1 in
+    everysec) echo '{every_ms: 1000}' ;;
+    always) echo always ;;
+    *) die "unknown durability '$1' (everysec, always)" ;;
+  esac
+}
+
+# start_redis NAME POLICY [MASTER_PORT]: sets PORT_OF[NAME].
+declare -A PORT_OF=()
+start_redis() {
+  local name=$1 policy=$2 dir=$WORK/$1 port
+  mkdir -p "$dir"
+  free_port
+  port=$PORT
+  local extra=()
+  [ -n "${3:-}" ] && extra=(--replicaof 127.0.0.1 "$3")
+  redis-server --bind 127.0.0.1 --port "$port" --dir "$dir" --daemonize no \
+    --appendonly yes --appendfsync "$policy" --save '' --protected-mode no \
+    --logfile "$dir/redis.log" "${extra[@]}" </dev/null >/dev/null 2>&1 &
+  PIDS[$name]=$!
+  PORT_OF[$name]=$port
+  wait_resp "$name" "$port"
+  log "$name: redis-server (appendfsync $policy${3:+, replica of $3}) on 127.0.0.1:$port, pid ${PIDS[$name]}"
+}
+
+# caskade_yaml NAME POLICY RESP_PORT GRPC_PORT: a node's config on stdout;
+# the cluster section comes from CLUSTER_YAML when set.
+caskade_yaml() {
+  cat <<EOF
+node_id: $1
+listen: 127.0.0.1:$4
+data_dir: $WORK/$1/data
+partitions: $PARTITIONS
+log_level: warn
+engine: bitcask
+default_acks: all
+default_consistency: leader
+storage:
+  fsync: $(caskade_fsync "$2")
+resp:
+  listen: 127.0.0.1:$3
+EOF
+  [ -z "${CLUSTER_YAML:-}" ] || printf '%s\n' "$CLUSTER_YAML"
+}
+
+# start_caskade NAME POLICY: sets PORT_OF[NAME] (its RESP port).
+start_caskade() {
+  local name=$1 dir=$WORK/$1 port
+  mkdir -p "$dir"
+  free_port
+  port=$PORT
+  free_port
+  caskade_yaml "$name" "$2" "$port" "$PORT" >"$dir/server.yaml"
+  "$SERVER" --config "$dir/server.yaml" </dev/null >>"$dir/server.log" 2>&1 &
+  PIDS[$name]=$!
+  PORT_OF[$name]=$port
+}
+
+# redis_benchmark SYSTEM POLICY PIPELINE PORT: one redis-benchmark run
+# (set, then get), one TSV line per test into RESULTS.
+redis_benchmark() {
+  local system=$1 policy=$2 pipeline=$3 port=$4 out
+  local args=(-h 127.0.0.1 -p "$port" -t set,get -n "$N" -c "$CLIENTS" -d "$VALUE_SIZE" -r "$KEYSPACE")
+  [ "$pipeline" -gt 1 ] && args+=(-P "$pipeline")
+  out=$WORK/$system-$policy-P$pipeline.out
+  log "$system ($policy): redis-benchmark ${args[*]:2}"
+  redis-benchmark "${args[@]}" --csv >"$out" 2>&1 || die "redis-benchmark failed against $system: $(tail -3 "$out")"
+  if grep -qi 'error' "$out"; then
+    die "redis-benchmark saw errors from $system: $(grep -i -m3 error "$out")"
+  fi
+  local test rps
+  for test in SET GET; do
+    rps=$(awk -F'","' -v t="\"$test" '$1 == t {print $2}' "$out")
+    [ -n "$rps" ] || die "no $test line in $out"
+    printf '%s\t%s\t%s\t%s\t%s\n' standalone "$test" "$pipeline" "$policy" "$system=$rps" >>"$RESULTS"
+    log "  $test: $rps ops/s"
+  done
+}
+
+# resp_bench SYSTEM POLICY OP PIPELINE WAIT PORT...: one caskade-cli
+# resp-bench run, one TSV line into RESULTS.
+resp_bench() {
+  local system=$1 policy=$2 op=$3 pipeline=$4 wait=$5 out p
+  shift 5
+  local args=(--op "$op" -c "$CLIENTS" -n "$N" -d "$VALUE_SIZE" -r "$KEYSPACE" -P "$pipeline" --wait-replicas "$wait")
+  for p in "$@"; do args+=(--addr "127.0.0.1:$p"); done
+  out=$WORK/cluster-$system-$policy-$op-P$pipeline.json
+  log "$system cluster ($policy): caskade-cli resp-bench ${args[*]}"
+  "$CLI" resp-bench "${args[@]}" >"$out" 2>"$out.err" ||
+    die "resp-bench failed against $system: $(cat "$out.err")"
+  local rps label
+  rps=$(jq -r '.ops_per_sec' "$out")
+  label=$(echo "$op" | tr a-z A-Z)
+  [ "$wait" -gt 0 ] && label="$label+WAIT $wait 0"
+  printf '%s\t%s\t%s\t%s\t%s\n' cluster "$label" "$pipeline" "$policy" "$system=$rps" >>"$RESULTS"
+  log "  $(jq -r '"\(.ops_per_sec | floor) ops/s, p50 \(.p50_us) us, p99 \(.p99_us) us, errors \(.errors)"' "$out")"
+}
+
+# --- standalone ------------------------------------------------------------
+
+for policy in $POLICIES; do
+  start_redis redis "$policy"
+  start_caskade caskade "$policy"
+  wait_resp caskade "${PORT_OF[caskade]}"
+  log "caskade: caskade-server (fsync $(caskade_fsync "$policy")) RESP on 127.0.0.1:${PORT_OF[caskade]}, pid ${PIDS[caskade]}"
+  for pipeline in 1 16; do
+    redis_benchmark redis "$policy" "$pipeline" "${PORT_OF[redis]}"
+    redis_benchmark caskade "$policy" "$pipeline" "${PORT_OF[caskade]}"
+  done
+  stop redis
+  stop caskade
+  rm -rf "$WORK/redis" "$WORK/caskade"
+done
+
+# --- cluster ---------------------------------------------------------------
+
+# wait_cluster_healthy: every partition has a leader and a full ISR (60 s).
+wait_cluster_healthy() {
+  local deadline=$((SECONDS + 60)) json="" n addr
+  while :; do
+    for n in 1 2 3; do
+      addr=$(sed -n 's/^listen: //p' "$WORK/node$n/server.yaml")
+      json=$("$CLI" --addr "$addr" --timeout-ms 2000 cluster --json 2>/dev/null) && break
+    done
+    if [ -n "$json" ] && [ "$(jq "[.partitions[] | select(.leader != null and (.isr | length) == 3)] | length" <<<"$json")" -eq "$PARTITIONS" ]; then
+      return 0
+    fi
+    [ "$SECONDS" -lt "$deadline" ] || die "cluster not healthy after 60 s: $json"
+    sleep 0.25
+  done
+}
+
+# wait_replica_linked: the Redis replica is connected and in sync (30 s).
+wait_replica_linked() {
+  local deadline=$((SECONDS + 30))
+  until redis-cli -p "${PORT_OF[redis-replica]}" info replication | grep -q '^master_link_status:up' &&
+    redis-cli -p "${PORT_OF[redis-master]}" info replication | grep -q '^connected_slaves:1'; do
+    [ "$SECONDS" -lt "$deadline" ] || die "the Redis replica is not linked after 30 s"
+    sleep 0.1
+  done
+}
+
+for policy in $CLUSTER_POLICIES; do
+  if [ ! -f "$WORK/zk/zk.pid" ]; then
+    free_port
+    zk_port=$PORT
+    scripts/zk.sh start "$WORK/zk" "$zk_port" >&2
+  fi
+  for n in 1 2 3; do
+    free_port
+    CLUSTER_YAML="cluster:
+  name: vs-redis-$policy
+  zk_connect: 127.0.0.1:$zk_port
+  session_timeout_ms: 6000
+  replication_listen: 127.0.0.1:$PORT
+  replication_factor: 3
+  min_insync: 2" start_caskade "node$n" "$policy"
+  done
+  for n in 1 2 3; do wait_resp "node$n" "${PORT_OF[node$n]}"; done
+  wait_cluster_healthy
+  log "caskade cluster ($policy): RESP on ${PORT_OF[node1]}, ${PORT_OF[node2]}, ${PORT_OF[node3]}"
+  start_redis redis-master "$policy"
+  start_redis redis-replica "$policy" "${PORT_OF[redis-master]}"
+  wait_replica_linked
+  for pipeline in 1 16; do
+    resp_bench redis "$policy" set "$pipeline" 1 "${PORT_OF[redis-master]}"
+    resp_bench caskade "$policy" set "$pipeline" 1 "${PORT_OF[node1]}" "${PORT_OF[node2]}" "${PORT_OF[node3]}"
+    resp_bench redis "$policy" get "$pipeline" 0 "${PORT_OF[redis-master]}"
+    resp_bench caskade "$policy" get "$pipeline" 0 "${PORT_OF[node1]}" "${PORT_OF[node2]}" "${PORT_OF[node3]}"
+  done
+  for name in redis-master redis-replica node1 node2 node3; do stop "$name"; done
+  rm -rf "$WORK/redis-master" "$WORK/redis-replica" "$WORK"/node?
+done
+
+# --- table -----------------------------------------------------------------
+
+echo
+echo "| setup | test | pipeline | durability | Redis ops/s | caskade ops/s | caskade/Redis |"
+echo "|---|---|---:|---|---:|---:|---:|"
+awk -F'\t' '
+  { key = $1 "\t" $2 "\t" $3 "\t" $4
+    split($5, kv, "=")
+    if (!(key in seen)) { seen[key] = 1; order[++n] = key }
+    val[key, kv[1]] = kv[2] }
+  END {
+    for (i = 1; i <= n; i++) {
+      split(order[i], f, "\t")
+      r = val[order[i], "redis"]; c = val[order[i], "caskade"]
+      dur = f[4] == "everysec" ? "everysec / every_ms: 1000" : "always / always"
+      printf "| %s | %s | %s | %s | %.0f | %.0f | %.2fx |\n", f[1], f[2], (f[3] == 1 ? "none" : "-P " f[3]), dur, r, c, (r > 0 ? c / r : 0)
+    }
+  }' "$RESULTS"
