@@ -31,6 +31,7 @@ mod tls;
 pub use tls::{ClientTlsOptions, TlsOptions};
 pub mod auth;
 pub mod limits;
+mod validate;
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,28 @@ pub enum ConfigError {
     /// The values parsed but do not make sense together.
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// A value of the config file (or of the environment layered over it)
+    /// parsed but cannot work; the message names the key.
+    #[error("config file {}: {message}", path.display())]
+    InvalidValue {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// Names `file` in an [`ConfigError::Invalid`] error, when there is one.
+    fn in_file(self, file: Option<&Path>) -> ConfigError {
+        match (self, file) {
+            (ConfigError::Invalid(message), Some(path)) => ConfigError::InvalidValue {
+                path: path.to_path_buf(),
+                message,
+            },
+            (e, _) => e,
+        }
+    }
 }
 
 /// The storage engine each partition replica runs on.
@@ -177,19 +200,6 @@ pub struct MetricsOptions {
     /// endpoint (the figures are still recorded and `caskade-cli info`
     /// shows them).
     pub listen: String,
-}
-
-impl MetricsOptions {
-    /// Checks that `listen` is empty or an `ip:port` address.
-    fn validate(&self) -> Result<(), ConfigError> {
-        if !self.listen.is_empty() && self.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(ConfigError::Invalid(format!(
-                "metrics.listen must be ip:port (e.g. 127.0.0.1:9580) or empty for no endpoint, got {:?}",
-                self.listen
-            )));
-        }
-        Ok(())
-    }
 }
 
 impl Default for Config {
@@ -311,40 +321,6 @@ impl ClusterOptions {
             self.zk_root.trim_end_matches('/').to_string()
         }
     }
-
-    /// Checks values that parse but cannot work.
-    fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.replication_factor == 0 {
-            return bad("cluster.replication_factor must be at least 1".into());
-        }
-        if self.min_insync == 0 || self.min_insync > self.replication_factor {
-            return bad(format!(
-                "cluster.min_insync must be between 1 and replication_factor ({}), got {}",
-                self.replication_factor, self.min_insync
-            ));
-        }
-        if self.session_timeout_ms < 1000 {
-            return bad(format!(
-                "cluster.session_timeout_ms must be at least 1000, got {}",
-                self.session_timeout_ms
-            ));
-        }
-        if self.zk_connect.is_empty() {
-            return bad("cluster.zk_connect must not be empty".into());
-        }
-        let root = self.root();
-        if !root.starts_with('/') || root.len() < 2 || root.contains("//") {
-            return bad(format!("cluster.zk_root {root:?} is not a ZooKeeper path"));
-        }
-        if self.name.is_empty() || self.name.contains('/') {
-            return bad(format!(
-                "cluster.name {:?} must be non-empty, without '/'",
-                self.name
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// Limits and timeouts of the gRPC server.
@@ -396,56 +372,8 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(format!("cannot serialize config: {e}")))?;
         let (config, warnings) =
             load_layered::<Config>(file, Self::ENV_PREFIX, env, &[("cluster", cluster)])?;
-        config.validate()?;
+        config.validate().map_err(|e| e.in_file(file))?;
         Ok((config, warnings))
-    }
-
-    /// Checks values that parse but cannot work.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.partitions == 0 || self.partitions > 65_536 {
-            return Err(ConfigError::Invalid(format!(
-                "partitions must be between 1 and 65536, got {}",
-                self.partitions
-            )));
-        }
-        if self.node_id.is_empty() {
-            return Err(ConfigError::Invalid("node_id must not be empty".into()));
-        }
-        if self.server.max_connections == 0 || self.server.max_in_flight == 0 {
-            return Err(ConfigError::Invalid(
-                "server.max_connections and server.max_in_flight must be at least 1".into(),
-            ));
-        }
-        if self.storage.limits.max_key_bytes == 0 {
-            return Err(ConfigError::Invalid(
-                "storage.limits.max_key_bytes must be at least 1".into(),
-            ));
-        }
-        self.metrics.validate()?;
-        self.tls.validate()?;
-        self.auth.validate()?;
-        self.limits.validate()?;
-        if !self.resp.listen.is_empty() && self.resp.listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            return Err(ConfigError::Invalid(format!(
-                "resp.listen must be ip:port (e.g. 127.0.0.1:6380) or empty for no listener, got {:?}",
-                self.resp.listen
-            )));
-        }
-        if self.resp.maxclients == 0 || self.resp.max_args == 0 {
-            return Err(ConfigError::Invalid(
-                "resp.maxclients and resp.max_args must be at least 1".into(),
-            ));
-        }
-        if let Some(cluster) = &self.cluster {
-            cluster.validate()?;
-            if self.engine != EngineKind::Bitcask {
-                return Err(ConfigError::Invalid(
-                    "cluster mode needs engine: bitcask (replication ships its log)".into(),
-                ));
-            }
-        }
-        Ok(())
     }
 
     /// The largest gRPC message the server accepts: one maximal key and value
@@ -509,9 +437,7 @@ impl ClientConfig {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(ClientConfig, Vec<String>), ConfigError> {
         let (config, warnings) = load_layered::<ClientConfig>(file, Self::ENV_PREFIX, env, &[])?;
-        if config.addrs.is_empty() {
-            return Err(ConfigError::Invalid("addrs must not be empty".into()));
-        }
+        config.validate().map_err(|e| e.in_file(file))?;
         Ok((config, warnings))
     }
 }
@@ -669,7 +595,9 @@ mod tests {
 
     #[test]
     fn layering_file_then_env() {
-        let f = yaml_file("listen: 0.0.0.0:9000\npartitions: 4\nstorage:\n  fsync: always\n");
+        let f = yaml_file(
+            "listen: 0.0.0.0:9000\nadvertise: 10.0.0.5:9000\npartitions: 4\nstorage:\n  fsync: always\n",
+        );
         let (c, _) = Config::load(Some(f.path()), env(&[])).unwrap();
         assert_eq!(c.listen, "0.0.0.0:9000");
         assert_eq!(c.partitions, 4);

@@ -491,8 +491,9 @@ fn request(m: &ReplicaManager, s: &Session, fetch: &FetchSet) -> (FetchRequest, 
     let (partitions, forgotten, pending) = wire.request(now);
     let req = FetchRequest {
         follower_id: m.me().id.clone(),
-        max_bytes: m.options().fetch_max_bytes as u32,
-        max_wait_ms: m.options().fetch_max_wait_ms as u32,
+        // Both fit: the config refuses larger values (config/validate.rs).
+        max_bytes: u32::try_from(m.options().fetch_max_bytes).unwrap_or(u32::MAX),
+        max_wait_ms: u32::try_from(m.options().fetch_max_wait_ms).unwrap_or(u32::MAX),
         partitions,
         session_id: wire.id,
         session_epoch: pending.epoch,

@@ -313,7 +313,7 @@ pub(crate) fn failover(
         let chosen = ranked.remove(best);
         let stale = stale_leader(state, live).filter(|s| **s != chosen.0);
         next.leader = Some(chosen.0.clone());
-        next.leader_epoch = state.leader_epoch + 1;
+        next.leader_epoch = next_leader_epoch(state)?;
         next.leader_node_epoch = live.get(&chosen.0).copied().unwrap_or(0);
         next.isr
             .retain(|m| live.contains_key(m) && Some(m) != stale);
@@ -335,7 +335,7 @@ pub(crate) fn failover(
         let (best, mut ranked) = pick(p, &replicas, offsets);
         let chosen = ranked.remove(best);
         next.leader = Some(chosen.0.clone());
-        next.leader_epoch = state.leader_epoch + 1;
+        next.leader_epoch = next_leader_epoch(state)?;
         next.leader_node_epoch = live.get(&chosen.0).copied().unwrap_or(0);
         next.isr = vec![chosen.0.clone()];
         return Some(Decision {
@@ -349,11 +349,39 @@ pub(crate) fn failover(
     // Already offline: nothing new.
     state.leader.as_ref()?;
     next.leader = None;
-    next.leader_epoch = state.leader_epoch + 1;
+    next.leader_epoch = next_leader_epoch(state)?;
     next.leader_node_epoch = 0;
     Some(Decision {
         state: next,
         reason: Reason::Offline,
+    })
+}
+
+/// The leader epoch after `state`'s, or `None` (logged as an error) when
+/// it is at `u32::MAX`: a crafted or corrupt state in ZooKeeper gets no new
+/// decision, never a wrapped epoch (which followers would take as older) or
+/// a panic.
+pub(crate) fn next_leader_epoch(state: &LeaderAndIsr) -> Option<u32> {
+    let next = state.leader_epoch.checked_add(1);
+    if next.is_none() {
+        tracing::error!(
+            "partition {}: leader epoch {} is at its maximum; no new leader can be elected \
+             (the state in ZooKeeper is crafted or corrupt)",
+            state.partition,
+            state.leader_epoch
+        );
+    }
+    next
+}
+
+/// The controller epoch after `epoch` (read from `path`), or an error when
+/// it is at `u64::MAX` (crafted or corrupt): never a wrap or a panic.
+pub(crate) fn next_controller_epoch(path: &str, epoch: u64) -> crate::Result<u64> {
+    epoch.checked_add(1).ok_or_else(|| {
+        crate::Error::Unavailable(format!(
+            "ZooKeeper znode {path} holds controller epoch {epoch}, its maximum: no controller \
+             can be elected (crafted or corrupt)"
+        ))
     })
 }
 
@@ -371,7 +399,7 @@ pub(crate) fn preferred(
     }
     let mut next = state.clone();
     next.leader = Some(first.clone());
-    next.leader_epoch = state.leader_epoch + 1;
+    next.leader_epoch = next_leader_epoch(state)?;
     next.leader_node_epoch = node_epoch;
     next.controller_epoch = controller_epoch;
     Some(Decision {
@@ -522,6 +550,46 @@ pub(super) mod tests {
             "partition 3: n3 left the ISR (not live), isr [n1, n2], epoch 2"
         );
         assert_eq!(failover(&d.state, &l, &Offsets::new(), false, 4), None);
+    }
+
+    #[test]
+    fn epochs_at_their_maximum_never_wrap() {
+        let l = live(&["n1", "n2", "n3"]);
+        // The leader n9 is gone: a failover would elect at leader_epoch + 1.
+        let st = state(
+            Some("n9"),
+            u32::MAX,
+            &["n9", "n2", "n3"],
+            &["n9", "n2", "n3"],
+        );
+        assert_eq!(failover(&st, &l, &Offsets::new(), false, 1), None);
+        let st = state(
+            Some("n9"),
+            u32::MAX - 1,
+            &["n9", "n2", "n3"],
+            &["n9", "n2", "n3"],
+        );
+        let d = failover(&st, &l, &Offsets::new(), false, 1).unwrap();
+        assert_eq!(d.state.leader_epoch, u32::MAX);
+        // The preferred replica n1 is back in the ISR: a move would bump it.
+        let st = state(
+            Some("n2"),
+            u32::MAX,
+            &["n1", "n2", "n3"],
+            &["n1", "n2", "n3"],
+        );
+        assert_eq!(preferred(&st, &l, 1), None);
+        assert_eq!(
+            next_controller_epoch("/c/controller_epoch", u64::MAX)
+                .unwrap_err()
+                .to_string(),
+            "unavailable: ZooKeeper znode /c/controller_epoch holds controller epoch \
+             18446744073709551615, its maximum: no controller can be elected (crafted or corrupt)"
+        );
+        assert_eq!(
+            next_controller_epoch("/c/controller_epoch", 41).unwrap(),
+            42
+        );
     }
 
     #[test]

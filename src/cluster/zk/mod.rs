@@ -538,7 +538,7 @@ async fn update_isr(
         Ok(results) => {
             let zk_version = match results.first() {
                 Some(zk::MultiWriteResult::SetData { stat }) => stat.version,
-                _ => proposed.zk_version + 1,
+                _ => proposed.zk_version.wrapping_add(1),
             };
             return Ok(IsrUpdate::Updated { zk_version });
         }

@@ -148,11 +148,17 @@ pub(crate) fn next(
             target.join(", ")
         ));
     }
+    let Some(next_epoch) = state.leader_epoch.checked_add(1) else {
+        return Step::Invalid(format!(
+            "leader epoch {} of partition {} is at its maximum (crafted or corrupt state)",
+            state.leader_epoch, state.partition
+        ));
+    };
     let bump = |replicas: Vec<String>, isr: Vec<String>| {
         let mut s = state.clone();
         s.replicas = replicas;
         s.isr = isr;
-        s.leader_epoch = state.leader_epoch + 1;
+        s.leader_epoch = next_epoch;
         s.controller_epoch = controller_epoch;
         s
     };
@@ -378,6 +384,20 @@ mod tests {
         assert_eq!(next(&e, &t, true, &l, 2), Step::Done);
         let f = st("n1", 9, &["n1", "n2", "n4"], &["n1", "n2", "n4"]);
         assert_eq!(next(&f, &t, true, &l, 2), Step::Done);
+    }
+
+    #[test]
+    fn a_leader_epoch_at_its_maximum_is_refused_not_wrapped() {
+        let s0 = st("n1", u32::MAX, &["n1", "n2", "n3"], &["n1", "n2", "n3"]);
+        let l = live(&["n1", "n2", "n3", "n4"]);
+        assert_eq!(
+            next(&s0, &s(&["n1", "n2", "n4"]), false, &l, 1),
+            Step::Invalid(
+                "leader epoch 4294967295 of partition 3 is at its maximum (crafted or corrupt \
+                 state)"
+                    .into()
+            )
+        );
     }
 
     #[test]

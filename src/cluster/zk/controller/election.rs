@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use zookeeper_client as zk;
 
+use super::super::decide;
 use super::super::znode::{self, ControllerZnode, decode, encode};
 use super::super::{Shared, session_over};
 use super::{Exit, Won};
@@ -22,7 +23,7 @@ pub(super) async fn campaign(shared: &Shared, client: &zk::Client) -> Result<Opt
             .await
             .map_err(|e| Exit::zk(&format!("read {epoch_path}"), e))?;
         let epoch: u64 = decode(&epoch_path, &data)?;
-        let next = epoch + 1;
+        let next = decide::next_controller_epoch(&epoch_path, epoch)?;
         let me = ControllerZnode {
             node_id: shared.me.id.clone(),
             controller_epoch: next,
@@ -37,7 +38,7 @@ pub(super) async fn campaign(shared: &Shared, client: &zk::Client) -> Result<Opt
             Ok(results) => {
                 let epoch_version = match results.get(1) {
                     Some(zk::MultiWriteResult::SetData { stat }) => stat.version,
-                    _ => stat.version + 1,
+                    _ => stat.version.wrapping_add(1),
                 };
                 return Ok(Some(Won {
                     epoch: next,
