@@ -197,7 +197,7 @@ fn admin_rpcs_write_and_rewrite_the_reassign_znode() {
 
     // The controller adds node-9 to both partitions (step 1), and there
     // they stay: node-9 is registered by hand and never fetches, so it
-    // never joins the ISR. Status: node-9 has 0 of the leader's log end 0.
+    // never joins the ISR. Status: node-9 has not started (it never fetched).
     wait_assigned(&c, "node-9 added", |a| {
         a[&0].contains(&"node-9".to_string()) && a[&1].contains(&"node-9".to_string())
     });
@@ -207,8 +207,8 @@ fn admin_rpcs_write_and_rewrite_the_reassign_znode() {
         out,
         "reassignment in progress: 2 partition(s) left, throttle 20 MiB/s\n\
          PARTITION  REPLICAS                     TARGET                ADDING\n\
-         0          node-1,node-2,node-3,node-9  node-9,node-1,node-2  node-9 0/0 (100%)\n\
-         1          node-2,node-3,node-1,node-9  node-2,node-3,node-9  node-9 0/0 (100%)\n"
+         0          node-1,node-2,node-3,node-9  node-9,node-1,node-2  node-9 not started\n\
+         1          node-2,node-3,node-1,node-9  node-2,node-3,node-9  node-9 not started\n"
     );
 
     let (code, out, _) = cli_at(&addr, &["cluster", "reassign", "cancel"]);
