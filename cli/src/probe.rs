@@ -185,7 +185,7 @@ enum Writer {
         kv: KvClient<Channel>,
         timeout: Duration,
     },
-    Client(Client),
+    Client(Box<Client>),
 }
 
 impl Writer {
@@ -239,7 +239,7 @@ pub async fn probe(config: &ClientConfig, args: &ProbeArgs) -> Result<ProbeRepor
     };
     let timeout = Duration::from_millis(config.timeout_ms.max(1));
     let writer = match args.via {
-        Via::Client => Writer::Client(client),
+        Via::Client => Writer::Client(Box::new(client)),
         Via::Forward => {
             let addr = client.addr().to_string();
             let endpoint = Endpoint::from_shared(format!("http://{addr}"))
