@@ -109,6 +109,17 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The smallest encoded entry: offset, pos, len, expire_at, kind, key
+/// length and a one-byte key.
+const MIN_ENTRY: usize = 8 + 4 + 4 + 8 + 1 + 4 + 1;
+
+/// Entries to reserve room for when a hint declares `count` and `rest`
+/// bytes follow: never more than those bytes can hold, so a crafted count
+/// cannot make a small file reserve a large buffer.
+fn capacity_for(count: u64, rest: usize) -> usize {
+    usize::try_from(count).unwrap_or(usize::MAX).min(rest / MIN_ENTRY)
+}
+
 /// Decodes hint bytes; `None` if anything is off.
 fn decode(bytes: &[u8], log_len: u64) -> Option<Vec<HintEntry>> {
     let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
@@ -123,7 +134,7 @@ fn decode(bytes: &[u8], log_len: u64) -> Option<Vec<HintEntry>> {
         return None;
     }
     let count = u64::from_le_bytes(c.int()?);
-    let mut entries = Vec::with_capacity(count.min(1 << 24) as usize);
+    let mut entries = Vec::with_capacity(capacity_for(count, c.rest.len()));
     for _ in 0..count {
         let offset = u64::from_le_bytes(c.int()?);
         let pos = u32::from_le_bytes(c.int()?);
@@ -188,6 +199,18 @@ pub fn tmp_path(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_declared_count_reserves_no_more_than_the_bytes_can_hold() {
+        // A 40-byte body declaring 2^24 entries reserved 2^24 entries
+        // (~1 GB of address space) before this bound.
+        assert_eq!(capacity_for(1 << 24, 40), 1);
+        assert_eq!(capacity_for(u64::MAX, 0), 0);
+        assert_eq!(capacity_for(3, 10 * MIN_ENTRY), 3);
+        // The real encoding of three entries fits the bound.
+        let bytes = encode(1000, &entries());
+        assert_eq!(decode(&bytes, 1000).map(|e| e.len()), Some(3));
+    }
 
     fn entries() -> Vec<HintEntry> {
         (0..3u64)
