@@ -117,7 +117,9 @@ const MIN_ENTRY: usize = 8 + 4 + 4 + 8 + 1 + 4 + 1;
 /// bytes follow: never more than those bytes can hold, so a crafted count
 /// cannot make a small file reserve a large buffer.
 fn capacity_for(count: u64, rest: usize) -> usize {
-    usize::try_from(count).unwrap_or(usize::MAX).min(rest / MIN_ENTRY)
+    usize::try_from(count)
+        .unwrap_or(usize::MAX)
+        .min(rest / MIN_ENTRY)
 }
 
 /// Decodes hint bytes; `None` if anything is off.
