@@ -284,6 +284,34 @@ fn bad_input_through_grpc_exact_errors() {
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert_eq!(status.message(), "unknown condition 7");
         assert_eq!(status.metadata().get("caskade-reason").unwrap(), "INVALID_ARGUMENT");
+        // Unknown acks and consistency values are refused too, not taken
+        // as the server's default (issue 13).
+        let status = raw
+            .set(proto::SetRequest {
+                key: b("k"),
+                value: b("v"),
+                acks: 7,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "unknown acks 7: expected 0 (server default), 1 (leader) or 2 (all)"
+        );
+        let status = raw
+            .get(proto::GetRequest {
+                key: b("k"),
+                consistency: 9,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "unknown consistency 9: expected 0 (server default), 1 (leader) or 2 (any)"
+        );
         // Nothing was written by any of the failed requests.
         assert_eq!(c.exists(vec![b("k")]).await.unwrap(), 0);
         assert!(c.set("k", "fine", plain).await.unwrap());

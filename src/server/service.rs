@@ -249,20 +249,26 @@ impl KvService {
     }
 
     /// The request's acks, or the default.
-    fn acks(&self, raw: i32) -> Acks {
+    fn acks(&self, raw: i32) -> crate::Result<Acks> {
         match proto::Acks::try_from(raw) {
-            Ok(proto::Acks::Leader) => Acks::Leader,
-            Ok(proto::Acks::All) => Acks::All,
-            _ => self.default_acks,
+            Ok(proto::Acks::Unspecified) => Ok(self.default_acks),
+            Ok(proto::Acks::Leader) => Ok(Acks::Leader),
+            Ok(proto::Acks::All) => Ok(Acks::All),
+            Err(_) => Err(Error::InvalidInput(format!(
+                "unknown acks {raw}: expected 0 (server default), 1 (leader) or 2 (all)"
+            ))),
         }
     }
 
     /// The request's consistency, or the default.
-    fn consistency(&self, raw: i32) -> Consistency {
+    fn consistency(&self, raw: i32) -> crate::Result<Consistency> {
         match proto::Consistency::try_from(raw) {
-            Ok(proto::Consistency::Leader) => Consistency::Leader,
-            Ok(proto::Consistency::Any) => Consistency::Any,
-            _ => self.default_consistency,
+            Ok(proto::Consistency::Unspecified) => Ok(self.default_consistency),
+            Ok(proto::Consistency::Leader) => Ok(Consistency::Leader),
+            Ok(proto::Consistency::Any) => Ok(Consistency::Any),
+            Err(_) => Err(Error::InvalidInput(format!(
+                "unknown consistency {raw}: expected 0 (server default), 1 (leader) or 2 (any)"
+            ))),
         }
     }
 }
@@ -334,7 +340,7 @@ impl Kv for KvService {
             let args = SetArgs {
                 ttl_ms: r.ttl_ms,
                 condition: condition(r.condition)?,
-                acks: self.acks(r.acks),
+                acks: self.acks(r.acks)?,
             };
             let result = self.node.set(r.key.clone(), r.value.clone(), args).await;
             if result.is_ok() {
@@ -361,7 +367,7 @@ impl Kv for KvService {
         self.run(Command::Get, async {
             let result = self
                 .node
-                .get(r.key.clone(), self.consistency(r.consistency))
+                .get(r.key.clone(), self.consistency(r.consistency)?)
                 .await;
             if let Some(addr) = leader_of(&result).filter(|_| again) {
                 return self
@@ -383,7 +389,7 @@ impl Kv for KvService {
         tracing::Span::current().record("keys", r.keys.len());
         self.run(Command::Del, async {
             self.check_keys(r.keys.len())?;
-            let acks = self.acks(r.acks);
+            let acks = self.acks(r.acks)?;
             let result = self.node.del(r.keys.clone(), acks).await;
             if leader_of(&result).is_none() || !again {
                 return Ok(proto::DelResponse { deleted: result? });
@@ -422,7 +428,7 @@ impl Kv for KvService {
         self.run(Command::Expire, async {
             let result = self
                 .node
-                .expire(r.key.clone(), r.ttl_ms, self.acks(r.acks))
+                .expire(r.key.clone(), r.ttl_ms, self.acks(r.acks)?)
                 .await;
             if let Some(addr) = leader_of(&result).filter(|_| again) {
                 return self
@@ -445,7 +451,7 @@ impl Kv for KvService {
         self.run(Command::Ttl, async {
             let result = self
                 .node
-                .ttl(r.key.clone(), self.consistency(r.consistency))
+                .ttl(r.key.clone(), self.consistency(r.consistency)?)
                 .await;
             if let Some(addr) = leader_of(&result).filter(|_| again) {
                 return self
@@ -472,7 +478,7 @@ impl Kv for KvService {
         tracing::Span::current().record("keys", r.keys.len());
         self.run(Command::Exists, async {
             self.check_keys(r.keys.len())?;
-            let consistency = self.consistency(r.consistency);
+            let consistency = self.consistency(r.consistency)?;
             let result = self.node.exists(r.keys.clone(), consistency).await;
             if leader_of(&result).is_none() || !again {
                 return Ok(proto::ExistsResponse { count: result? });

@@ -88,7 +88,7 @@ impl KvService {
                 keep_ttl: r.keep_ttl,
                 condition: super::condition(r.condition)?,
                 get: r.get,
-                acks: self.acks(r.acks),
+                acks: self.acks(r.acks)?,
             };
             self.node.set_with(r.key, r.value, args).await
         };
@@ -106,7 +106,9 @@ impl KvService {
         &self,
         request: Request<proto::KeyWriteRequest>,
     ) -> Reply<proto::ValueResponse> {
-        let local = |r: proto::KeyWriteRequest| self.node.getdel(r.key, self.acks(r.acks));
+        let local = |r: proto::KeyWriteRequest| async move {
+            self.node.getdel(r.key, self.acks(r.acks)?).await
+        };
         let encode = |value| proto::ValueResponse { value };
         let remote = |mut c: proto::kv_client::KvClient<_>, q| async move { c.get_del(q).await };
         self.one(Command::GetDel, request, local, encode, remote)
@@ -125,7 +127,7 @@ impl KvService {
                 (None, true) => GetExpiry::Persist,
                 (None, false) => GetExpiry::Keep,
             };
-            self.node.getex(r.key, expiry, self.acks(r.acks)).await
+            self.node.getex(r.key, expiry, self.acks(r.acks)?).await
         };
         let encode = |value| proto::ValueResponse { value };
         let remote = |mut c: proto::kv_client::KvClient<_>, q| async move { c.get_ex(q).await };
@@ -148,7 +150,7 @@ impl KvService {
                 lt: r.lt,
             };
             self.node
-                .expire_with(r.key, when, flags, self.acks(r.acks))
+                .expire_with(r.key, when, flags, self.acks(r.acks)?)
                 .await
         };
         let encode = |done| proto::FlagResponse { done };
@@ -163,7 +165,9 @@ impl KvService {
         &self,
         request: Request<proto::KeyWriteRequest>,
     ) -> Reply<proto::FlagResponse> {
-        let local = |r: proto::KeyWriteRequest| self.node.persist(r.key, self.acks(r.acks));
+        let local = |r: proto::KeyWriteRequest| async move {
+            self.node.persist(r.key, self.acks(r.acks)?).await
+        };
         let encode = |done| proto::FlagResponse { done };
         let remote = |mut c: proto::kv_client::KvClient<_>, q| async move { c.persist(q).await };
         self.one(Command::Persist, request, local, encode, remote)
@@ -175,7 +179,9 @@ impl KvService {
         &self,
         request: Request<proto::IncrByRequest>,
     ) -> Reply<proto::IntResponse> {
-        let local = |r: proto::IncrByRequest| self.node.incr_by(r.key, r.delta, self.acks(r.acks));
+        let local = |r: proto::IncrByRequest| async move {
+            self.node.incr_by(r.key, r.delta, self.acks(r.acks)?).await
+        };
         let encode = |value| proto::IntResponse { value };
         let remote = |mut c: proto::kv_client::KvClient<_>, q| async move { c.incr_by(q).await };
         self.one(Command::IncrBy, request, local, encode, remote)
@@ -187,7 +193,9 @@ impl KvService {
         &self,
         request: Request<proto::AppendRequest>,
     ) -> Reply<proto::IntResponse> {
-        let local = |r: proto::AppendRequest| self.node.append(r.key, r.value, self.acks(r.acks));
+        let local = |r: proto::AppendRequest| async move {
+            self.node.append(r.key, r.value, self.acks(r.acks)?).await
+        };
         let encode = |len: u64| proto::IntResponse {
             value: i64::try_from(len).unwrap_or(i64::MAX),
         };
@@ -201,8 +209,11 @@ impl KvService {
         &self,
         request: Request<proto::KeyReadRequest>,
     ) -> Reply<proto::IntResponse> {
-        let local =
-            |r: proto::KeyReadRequest| self.node.strlen(r.key, self.consistency(r.consistency));
+        let local = |r: proto::KeyReadRequest| async move {
+            self.node
+                .strlen(r.key, self.consistency(r.consistency)?)
+                .await
+        };
         let encode = |len: u64| proto::IntResponse {
             value: i64::try_from(len).unwrap_or(i64::MAX),
         };
@@ -216,9 +227,10 @@ impl KvService {
         &self,
         request: Request<proto::KeyReadRequest>,
     ) -> Reply<proto::IntResponse> {
-        let local = |r: proto::KeyReadRequest| {
+        let local = |r: proto::KeyReadRequest| async move {
             self.node
-                .expire_time(r.key, self.consistency(r.consistency))
+                .expire_time(r.key, self.consistency(r.consistency)?)
+                .await
         };
         let encode = |e| proto::IntResponse {
             value: match e {
@@ -252,7 +264,7 @@ impl KvService {
         let r = request.into_inner();
         self.run(Command::MGet, async {
             self.check_keys(r.keys.len())?;
-            let consistency = self.consistency(r.consistency);
+            let consistency = self.consistency(r.consistency)?;
             let result = self.node.mget(r.keys.clone(), consistency).await;
             let values = if leader_of(&result).is_none() || !again {
                 result?
@@ -306,7 +318,7 @@ impl KvService {
         let r = request.into_inner();
         self.run(Command::MSet, async {
             self.check_keys(r.pairs.len())?;
-            let acks = self.acks(r.acks);
+            let acks = self.acks(r.acks)?;
             let pairs = |idx: &[usize]| -> Vec<(Bytes, Bytes)> {
                 idx.iter()
                     .map(|&i| (r.pairs[i].key.clone(), r.pairs[i].value.clone()))
