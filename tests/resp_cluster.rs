@@ -12,16 +12,6 @@ use std::time::Duration;
 
 use harness::cluster::{ClusterOpts, TestCluster};
 
-/// The RESP address node `i` logged.
-fn resp_addr(c: &TestCluster, i: usize) -> String {
-    let log = c.log(i);
-    let line = log
-        .lines()
-        .find_map(|l| l.split("RESP (Redis protocol) on ").nth(1))
-        .unwrap_or_else(|| panic!("no RESP address in the log:\n{log}"));
-    line.trim().to_string()
-}
-
 /// A blocking RESP connection.
 struct Conn(TcpStream);
 
@@ -77,7 +67,7 @@ fn any_node_answers_through_resp_and_refuses_without_replicas() {
     let leader = c.leader(0).expect("partition 0 has a leader");
     let other = (0..3).find(|&i| i != leader).unwrap();
     let key = c.key_in(0, 0);
-    let mut r = Conn::open(&resp_addr(&c, other));
+    let mut r = Conn::open(&c.resp_addr(other));
     // Through a node that does not lead the key's partition.
     r.cmd(&["SET", &key, "v1", "EX", "100"], "+OK\r\n");
     r.cmd(&["GET", &key], "$2\r\nv1\r\n");
@@ -93,7 +83,7 @@ fn any_node_answers_through_resp_and_refuses_without_replicas() {
     r.cmd(&["DEL", &key], ":1\r\n");
     r.cmd(&["GET", &key], "$-1\r\n");
     // The same at the leader.
-    let mut l = Conn::open(&resp_addr(&c, leader));
+    let mut l = Conn::open(&c.resp_addr(leader));
     l.cmd(&["SET", &key, "v3"], "+OK\r\n");
     r.cmd(&["GET", &key], "$2\r\nv3\r\n");
 

@@ -204,16 +204,6 @@ mod disk_full {
     }
 }
 
-/// The RESP address node `i` logged.
-fn resp_addr(c: &TestCluster, i: usize) -> String {
-    let log = c.log(i);
-    let line = log
-        .lines()
-        .find_map(|l| l.split("RESP (Redis protocol) on ").nth(1))
-        .unwrap_or_else(|| panic!("no RESP address in the log:\n{log}"));
-    line.trim().to_string()
-}
-
 #[test]
 fn an_unreachable_leader_is_notleader_on_resp_and_grpc() {
     let mut c = TestCluster::start(ClusterOpts {
@@ -226,7 +216,7 @@ fn an_unreachable_leader_is_notleader_on_resp_and_grpc() {
     let other = (0..3).find(|&i| i != leader).unwrap();
     let key = c.key_in(0, 0);
     let leader_addr = c.specs[leader].addr.clone();
-    let other_resp = resp_addr(&c, other);
+    let other_resp = c.resp_addr(other);
     let mut r = open(&other_resp);
     assert_eq!(call(&mut r, &["SET", &key, "v1"]), "+OK\r\n");
 

@@ -233,6 +233,16 @@ impl TestCluster {
             .unwrap_or_default()
     }
 
+    /// The RESP listener address node `i` logged at startup.
+    pub fn resp_addr(&self, i: usize) -> String {
+        let log = self.log(i);
+        let addr = log
+            .lines()
+            .find_map(|l| l.split("RESP (Redis protocol) on ").nth(1))
+            .unwrap_or_else(|| panic!("no RESP address in the log:\n{log}"));
+        addr.trim().to_string()
+    }
+
     /// Index of node `id`.
     pub fn index(&self, id: &str) -> usize {
         self.specs

@@ -28,13 +28,8 @@ pub fn leads_nothing(c: &TestCluster, i: usize) -> bool {
 
 /// The RESP port node `i` logged.
 pub fn resp_port(c: &TestCluster, i: usize) -> u16 {
-    let log = c.log(i);
-    let addr = log
-        .lines()
-        .find_map(|l| l.split("RESP (Redis protocol) on ").nth(1))
-        .unwrap_or_else(|| panic!("no RESP address in the log:\n{log}"));
-    addr.trim()
-        .rsplit_once(':')
+    let addr = c.resp_addr(i);
+    addr.rsplit_once(':')
         .and_then(|(_, p)| p.parse().ok())
         .unwrap_or_else(|| panic!("bad RESP address {addr:?}"))
 }
