@@ -19,6 +19,9 @@
 //!   client never tried to connect there itself); a multi-key `DEL` that
 //!   fails after some keys were written never answers an error that claims
 //!   nothing was ([`Error::after_partial_write`]);
+//! - an enum field a request carries (`condition`, `acks`, `consistency`)
+//!   with a value this server does not know is refused with
+//!   `INVALID_ARGUMENT` before anything runs, never read as the default;
 //! - every request is timed into the node's [`Metrics`] from its arrival
 //!   (before it waits for a slot) to its answer, with its outcome, by
 //!   array index: no allocation, no lock (src/server/metrics.rs).

@@ -13,7 +13,9 @@
 //! - a hint is used only if its checksum matches, it parses exactly, and its
 //!   `log_len` equals the segment file's length; otherwise recovery scans the
 //!   segment (a hint is an optimisation, never a source of truth);
-//! - hints are written to a temporary name, fsynced and renamed into place.
+//! - hints are written to a temporary name, fsynced and renamed into place;
+//! - the entry count a hint declares never sizes a buffer beyond what its
+//!   bytes can hold (a crafted count reserves nothing large).
 
 use std::fs;
 use std::io::Write;
