@@ -32,6 +32,7 @@ pub use tls::{ClientTlsOptions, TlsOptions};
 pub mod auth;
 pub mod limits;
 mod validate;
+pub mod zookeeper;
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +239,9 @@ pub struct ClusterOptions {
     pub zk_connect: String,
     /// ZooKeeper root of this cluster; empty = `/caskade/<name>`.
     pub zk_root: String,
+    /// ZooKeeper authentication and the ACL of caskade's znodes
+    /// (`config/zookeeper.rs`). Default: off, world-writable znodes.
+    pub zk_auth: zookeeper::ZkAuthOptions,
     /// ZooKeeper session timeout in ms. A node that has not heard from
     /// ZooKeeper for this long stops acting as a leader on its own timer.
     /// Default 6000.
@@ -294,6 +298,7 @@ impl Default for ClusterOptions {
             name: "default".into(),
             zk_connect: "127.0.0.1:2181".into(),
             zk_root: String::new(),
+            zk_auth: zookeeper::ZkAuthOptions::default(),
             session_timeout_ms: 6000,
             replication_listen: "127.0.0.1:7380".into(),
             replication_advertise: String::new(),
@@ -772,6 +777,7 @@ mod tests {
                     name: "local".into(),
                     zk_connect: "127.0.0.1:2181".into(),
                     zk_root: String::new(),
+                    zk_auth: Default::default(),
                     session_timeout_ms: 6000,
                     replication_listen: format!("127.0.0.1:748{n}"),
                     replication_advertise: String::new(),

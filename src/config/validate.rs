@@ -123,6 +123,7 @@ impl ClusterOptions {
                 self.name
             ));
         }
+        self.zk_auth.validate()?;
         nonzero("cluster.replica_lag_ms", self.replica_lag_ms)?;
         nonzero("cluster.fetch_max_wait_ms", self.fetch_max_wait_ms)?;
         fits_u32("cluster.fetch_max_wait_ms", self.fetch_max_wait_ms)?;

@@ -277,10 +277,10 @@ impl ZkCluster {
                     "unknown node {node}: not registered and hosting no replica"
                 )));
             }
-            znode::mkdir(&client, &decommissioned_path(paths))
+            znode::mkdir(&client, paths, &decommissioned_path(paths))
                 .await
                 .map_err(|e| zk_error(&format!("create {}", decommissioned_path(paths)), e))?;
-            znode::create_if_missing(&client, &path, b"{}")
+            znode::create_if_missing(&client, paths, &path, b"{}")
                 .await
                 .map_err(|e| zk_error(&format!("create {path}"), e))?;
         } else {
@@ -300,12 +300,12 @@ pub(crate) async fn create_reassignment(
     plan: &Reassignment,
 ) -> crate::Result<()> {
     let admin = admin_path(paths);
-    znode::mkdir(client, &admin)
+    znode::mkdir(client, paths, &admin)
         .await
         .map_err(|e| zk_error(&format!("create {admin}"), e))?;
     let path = reassign_path(paths);
     let data = encode(plan);
-    let opts = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    let opts = paths.options(zk::CreateMode::Persistent);
     let mut lost = false;
     for _ in 0..=znode::LOSS_RETRIES {
         match client.create(&path, &data, &opts).await {

@@ -46,6 +46,10 @@
 //!   node, not P.
 //!
 //! Invariants:
+//! - with `cluster.zk_auth`, the session is authenticated from its
+//!   handshake on, and the cluster root's ACL is checked before anything
+//!   is written in a session (`acl.rs`); every znode created carries the
+//!   configured ACL (`znode.rs`).
 //! - every controller write is a multi that starts with a version check of
 //!   `/controller_epoch`: a deposed controller cannot write.
 //! - every write of a partition state is a compare-and-set on its znode
@@ -69,6 +73,7 @@
 //!   multi with an ISR change notification (`/isr_change/<p>-<seq>`): the
 //!   controller learns of every ISR change without re-reading states.
 
+mod acl;
 mod admin;
 mod controller;
 mod decide;
@@ -117,6 +122,9 @@ pub enum IsrUpdate {
 pub(crate) struct Shared {
     /// The cluster options this node started with.
     opts: ClusterOptions,
+    /// This node's ZooKeeper credentials (`cluster.zk_auth`); `None`
+    /// without authentication.
+    creds: Option<acl::Credentials>,
     /// Znode paths under the cluster root.
     paths: Paths,
     /// This node's addresses (`/nodes/<id>`).
@@ -224,9 +232,16 @@ impl ZkCluster {
         listener: Arc<dyn StateListener>,
         rpc: Arc<dyn NodeRpc>,
     ) -> crate::Result<Arc<ZkCluster>> {
+        let creds = acl::Credentials::load(&opts.zk_auth)?;
+        let paths = Paths::new(opts.root(), acl::Credentials::acl(creds.as_ref()));
+        let far = [me.client_addr.as_str(), me.replication_addr.as_str()];
+        if let Some(line) = acl::open_acl_warning(&paths.root, creds.as_ref(), &far) {
+            tracing::warn!("{line}");
+        }
         let shared = Arc::new(Shared {
             opts: opts.clone(),
-            paths: Paths { root: opts.root() },
+            creds,
+            paths,
             me,
             partition_count,
             listener,
@@ -409,7 +424,7 @@ impl ZkCluster {
         let data = encode(&drain::DrainingZnode {
             node_epoch: self.node_epoch(),
         });
-        let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+        let ephemeral = paths.options(zk::CreateMode::Ephemeral);
         // `/draining` was made when the session began (`establish`).
         for _ in 0..2 {
             match znode::retry_loss(|| client.create(&path, &data, &ephemeral)).await {
@@ -488,15 +503,18 @@ impl Drop for ZkCluster {
 /// the listener. Stores the client in `shared` and returns it.
 async fn establish(shared: &Shared) -> crate::Result<zk::Client> {
     let timeout = Duration::from_millis(shared.opts.session_timeout_ms);
-    let client = session::connect(&shared.opts.zk_connect, timeout).await?;
+    let client = acl::connect(&shared.opts.zk_connect, timeout, shared.creds.as_ref()).await?;
     *shared.client.lock() = Some(client.clone());
     let paths = &shared.paths;
+    // Before anything is created or written: a root this node may not
+    // write refuses the start with one line (acl.rs).
+    acl::check_root(&client, &paths.root, shared.creds.as_ref()).await?;
     let ensure = async {
-        znode::mkdir(&client, &paths.nodes()).await?;
-        znode::mkdir(&client, &paths.partitions()).await?;
-        znode::mkdir(&client, &paths.draining()).await?;
-        znode::mkdir(&client, &paths.isr_change()).await?;
-        znode::create_if_missing(&client, &paths.controller_epoch(), &encode(&0u64)).await
+        znode::mkdir(&client, paths, &paths.nodes()).await?;
+        znode::mkdir(&client, paths, &paths.partitions()).await?;
+        znode::mkdir(&client, paths, &paths.draining()).await?;
+        znode::mkdir(&client, paths, &paths.isr_change()).await?;
+        znode::create_if_missing(&client, paths, &paths.controller_epoch(), &encode(&0u64)).await
     };
     ensure
         .await
@@ -529,7 +547,7 @@ async fn update_isr(
     let data = encode(&StateZnode::of(proposed));
     // The state and the controller's ISR change notification, together.
     let note = shared.paths.isr_change_of(p);
-    let sequential = zk::CreateMode::PersistentSequential.with_acls(zk::Acls::anyone_all());
+    let sequential = shared.paths.options(zk::CreateMode::PersistentSequential);
     let mut w = client.new_multi_writer();
     w.add_set_data(&path, &data, Some(proposed.zk_version))
         .and_then(|()| w.add_create(&note, &[], &sequential))

@@ -153,26 +153,6 @@ impl Lease {
     }
 }
 
-/// Opens a session to `connect` with `session_timeout`, failing after
-/// about the session timeout when ZooKeeper cannot be reached.
-pub(crate) async fn connect(connect: &str, session_timeout: Duration) -> crate::Result<zk::Client> {
-    let bound = session_timeout + Duration::from_millis(500);
-    let attempt = zk::Client::connector()
-        .with_session_timeout(session_timeout)
-        .connect(connect);
-    match tokio::time::timeout(bound, attempt).await {
-        Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => Err(Error::Unavailable(format!(
-            "cannot reach ZooKeeper at {connect}: {e} (within {} ms)",
-            session_timeout.as_millis()
-        ))),
-        Err(_) => Err(Error::Unavailable(format!(
-            "cannot reach ZooKeeper at {connect}: no session within {} ms",
-            bound.as_millis()
-        ))),
-    }
-}
-
 /// Creates `/nodes/<me.id>` (ephemeral, JSON [`NodeAddr`]) in the session
 /// of `client`; returns the registration's node epoch (the znode's czxid).
 ///
@@ -186,7 +166,7 @@ pub(crate) async fn register(
 ) -> crate::Result<i64> {
     let path = paths.node(&me.id);
     let data = encode(me);
-    let opts = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+    let opts = paths.options(zk::CreateMode::Ephemeral);
     let deadline = Instant::now() + client.session_timeout() + Duration::from_millis(500);
     let mut told = false;
     loop {

@@ -24,6 +24,12 @@
 //! epochs existed, when there is no leader).
 //!
 //! Invariants:
+//! - every znode caskade creates carries the configured ACL
+//!   (`cluster.zk_auth`, `acl.rs`): create options are built only by
+//!   [`Paths::options`], from the ACL the [`Paths`] of the node hold, so no
+//!   call site can forget it. With `zk_auth` that ACL gives ALL only to
+//!   the cluster's digest identity (and READ to everyone with
+//!   `world_read`); without it, ALL to everyone.
 //! - `/partitions/<p>`, its `replicas` and its `state` are created together
 //!   in one multi, so a partition either has all three or none.
 //! - `replicas` changes only in a reassignment (`reassign.rs`): written by
@@ -105,14 +111,31 @@ where
     }
 }
 
-/// The znode paths of one cluster.
+/// The znode paths of one cluster, and the ACL its znodes are created
+/// with.
 #[derive(Clone, Debug)]
 pub(crate) struct Paths {
     /// The cluster root, e.g. `/caskade/default`, without a trailing `/`.
     pub root: String,
+    /// The ACL of every znode this node creates (`acl.rs`).
+    acl: std::sync::Arc<[zk::Acl]>,
 }
 
 impl Paths {
+    /// The paths under `root`, whose znodes get `acl`.
+    pub fn new(root: String, acl: Vec<zk::Acl>) -> Paths {
+        Paths {
+            root,
+            acl: acl.into(),
+        }
+    }
+
+    /// Create options of `mode` carrying the configured ACL: the only
+    /// place the ZooKeeper layer builds create options.
+    pub fn options(&self, mode: zk::CreateMode) -> zk::CreateOptions<'_> {
+        mode.with_acls(zk::Acls::new(&self.acl))
+    }
+
     /// `<root>/nodes`.
     pub fn nodes(&self) -> String {
         format!("{}/nodes", self.root)
@@ -275,19 +298,21 @@ where
     }
 }
 
-/// Creates `path` (persistent, empty) and its missing ancestors.
-pub(crate) async fn mkdir(client: &zk::Client, path: &str) -> Result<(), zk::Error> {
-    let opts = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+/// Creates `path` (persistent, empty) and its missing ancestors, all with
+/// the ACL of `paths`.
+pub(crate) async fn mkdir(client: &zk::Client, paths: &Paths, path: &str) -> Result<(), zk::Error> {
+    let opts = paths.options(zk::CreateMode::Persistent);
     retry_loss(|| client.mkdir(path, &opts)).await
 }
 
 /// Creates `path` holding `data` unless it exists.
 pub(crate) async fn create_if_missing(
     client: &zk::Client,
+    paths: &Paths,
     path: &str,
     data: &[u8],
 ) -> Result<(), zk::Error> {
-    let opts = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    let opts = paths.options(zk::CreateMode::Persistent);
     match retry_loss(|| client.create(path, data, &opts)).await {
         Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
         Err(e) => Err(e),

@@ -28,7 +28,7 @@ pub(super) async fn campaign(shared: &Shared, client: &zk::Client) -> Result<Opt
             node_id: shared.me.id.clone(),
             controller_epoch: next,
         };
-        let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+        let ephemeral = paths.options(zk::CreateMode::Ephemeral);
         let mut w = client.new_multi_writer();
         w.add_create(&ctrl_path, &encode(&me), &ephemeral)
             .map_err(|e| Exit::zk("build the election multi", e))?;

@@ -145,7 +145,7 @@ impl Controller {
     async fn watch_draining(&mut self) -> Result<zk::OneshotWatcher, Exit> {
         let paths = self.shared.paths.clone();
         let path = paths.draining();
-        znode::mkdir(&self.client, &path)
+        znode::mkdir(&self.client, &self.shared.paths, &path)
             .await
             .map_err(|e| Exit::zk(&format!("create {path}"), e))?;
         let (ids, _, watcher) = znode::retry_loss(|| self.client.get_and_watch_children(&path))
@@ -171,7 +171,7 @@ impl Controller {
     /// written after the read leaves a new notification).
     async fn take_isr_changes(&mut self) -> Result<(Vec<u32>, zk::OneshotWatcher), Exit> {
         let path = self.shared.paths.isr_change();
-        znode::mkdir(&self.client, &path)
+        znode::mkdir(&self.client, &self.shared.paths, &path)
             .await
             .map_err(|e| Exit::zk(&format!("create {path}"), e))?;
         let (names, _, watcher) = znode::retry_loss(|| self.client.get_and_watch_children(&path))

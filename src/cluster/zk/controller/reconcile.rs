@@ -110,7 +110,7 @@ impl Controller {
         self.waiting_logged = None;
         let paths = self.shared.paths.clone();
         let epoch_path = paths.controller_epoch();
-        let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+        let persistent = paths.options(zk::CreateMode::Persistent);
         let planned: Vec<LeaderAndIsr> = ids
             .iter()
             .map(|&p| {
