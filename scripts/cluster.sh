@@ -38,6 +38,13 @@
 # CASKADE_CLI_TLS_{CA,CERT,KEY} (ca.pem, client.pem, client.key). See
 # docs/SECURITY.md.
 #
+# ZK_AUTH=1 (`make cluster ZK_AUTH=1`): the nodes authenticate to ZooKeeper
+# as digest user `caskade` with the password of $RUN_DIR/zk.password (made,
+# random and 0600, when missing) and create every znode with the ACL
+# digest:caskade ALL + world READ (CASKADE_CLUSTER_ZK_AUTH_{USER,PASSWORD_FILE};
+# docs/SECURITY.md, "ZooKeeper ACLs"). A cluster root created earlier without
+# it stays world-writable: each node logs the setAcl command that closes it.
+#
 # Errors are one line on stderr and exit 1: a port already taken (with who
 # holds it when `ss` can tell), a node that exits during startup or does not
 # answer in time (followed by the tail of its log).
@@ -66,6 +73,17 @@ die() {
   echo "cluster.sh: $*" >&2
   exit 1
 }
+
+readonly ZK_AUTH=${ZK_AUTH:-}
+if [ -n "$ZK_AUTH" ] && [ "$ZK_AUTH" != 0 ]; then
+  mkdir -p "$RUN_DIR"
+  if [ ! -s "$RUN_DIR/zk.password" ]; then
+    (umask 077 && head -c 24 /dev/urandom | base64 >"$RUN_DIR/zk.password") ||
+      die "cannot write $RUN_DIR/zk.password"
+  fi
+  export CASKADE_CLUSTER_ZK_AUTH_USER=caskade
+  export CASKADE_CLUSTER_ZK_AUTH_PASSWORD_FILE=$RUN_DIR/zk.password
+fi
 
 usage() {
   cat >&2 <<'EOF'
