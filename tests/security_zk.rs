@@ -250,3 +250,105 @@ fn another_zookeeper_user_cannot_rewrite_partition_state() {
     let log = c.log(leader);
     assert!(!log.contains(PASSWORD), "the password is logged:\n{log}");
 }
+
+/// Runs ZooKeeper's own `zkCli` (ZooKeeperMain, as `zkCli.sh` does)
+/// against the cluster's ZooKeeper with `commands` on stdin, bounded;
+/// returns its output.
+fn zk_cli(c: &TestCluster, commands: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("timeout")
+        .args(["60", "java", "-cp"])
+        .arg("/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar")
+        .args(["org.apache.zookeeper.ZooKeeperMain", "-server"])
+        .arg(c.zk.connect_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run zkCli (java)");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(format!("{commands}\nquit\n").as_bytes())
+        .expect("write zkCli commands");
+    let out = child.wait_with_output().expect("wait for zkCli");
+    assert_eq!(out.status.code(), Some(0), "zkCli failed");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// The documented migration of a cluster created without ZooKeeper
+/// authentication: a rolling restart with `zk_auth` makes every node log
+/// the world-writable root with the command that closes it (another user
+/// can still write meanwhile); after that command, run in ZooKeeper's own
+/// zkCli exactly as docs/SECURITY.md gives it, the state is closed to
+/// other users and a restarted node logs nothing.
+#[test]
+fn an_open_cluster_is_reported_then_closed_by_the_documented_set_acl() {
+    let mut c = TestCluster::start(ClusterOpts::default());
+    let state = format!("{ROOT}/partitions/0/state");
+    let warning = "ZooKeeper: the cluster root /caskade/test is writable by anyone (ACL world: \
+                   ALL), created before cluster.zk_auth: other ZooKeeper users can rewrite \
+                   partition state until you run, in zkCli.sh: `addauth digest \
+                   caskade:<password>` then `setAcl -R /caskade/test \
+                   auth::cdrwa,world:anyone:r` (docs/SECURITY.md, \"ZooKeeper ACLs\")";
+    let auth = [
+        ("CASKADE_CLUSTER_ZK_AUTH_USER", USER),
+        ("CASKADE_CLUSTER_ZK_AUTH_PASSWORD", PASSWORD),
+    ];
+    for i in 0..c.specs.len() {
+        c.stop_node(i);
+        c.start_node_with(i, &auth);
+        c.wait_until("every partition is led with a full ISR", |c| {
+            c.all_led() && c.full_isr()
+        });
+        let log = c.log(i);
+        assert_eq!(
+            log.lines().filter(|l| l.contains(warning)).count(),
+            1,
+            "node {i} log:\n{log}"
+        );
+    }
+    let rt = runtime();
+    rt.block_on(async {
+        // Still open: another user writes (and puts it back).
+        let other = session(&c, None).await;
+        let (was, _) = other.get_data(&state).await.unwrap();
+        other.set_data(&state, &was, None).await.unwrap();
+    });
+    let out = zk_cli(
+        &c,
+        &format!(
+            "addauth digest {USER}:{PASSWORD}\nsetAcl -R {ROOT} auth::cdrwa,world:anyone:r\n\
+             getAcl {state}"
+        ),
+    );
+    assert!(out.contains("cdrwa") && out.contains("'world,'anyone\n: r"), "{out}");
+    rt.block_on(async {
+        let other = session(&c, Some("mallory:pw")).await;
+        let (was, _) = other.get_data(&state).await.unwrap();
+        assert_eq!(
+            other.set_data(&state, b"{}", None).await.err(),
+            Some(zk::Error::NoAuth)
+        );
+        let ours = session(&c, Some(&format!("{USER}:{PASSWORD}"))).await;
+        let want = expected_acl(&digest_id(USER, PASSWORD));
+        for path in [ROOT, &state, &format!("{ROOT}/controller_epoch")] {
+            assert_eq!(ours.get_acl(path).await.unwrap().0, want, "ACL of {path}");
+        }
+        assert_eq!(ours.get_data(&state).await.unwrap().0, was);
+    });
+    // A node restarted now finds nothing to report, and the cluster works.
+    c.stop_node(0);
+    c.start_node_with(0, &auth);
+    c.wait_until("every partition is led with a full ISR", |c| {
+        c.all_led() && c.full_isr()
+    });
+    let log = c.log(0);
+    assert!(!log.contains("writable by anyone"), "{log}");
+    let client = c.client(&rt);
+    rt.block_on(async {
+        client.set("after", "migration", SetOptions::default()).await.unwrap();
+        assert_eq!(client.get("after").await.unwrap(), Some(b("migration")));
+    });
+}
