@@ -155,7 +155,10 @@ fn another_zookeeper_user_cannot_rewrite_partition_state() {
                 let (data, _) = other.get_data(path).await.unwrap();
                 assert!(!data.is_empty(), "{path}");
                 assert_eq!(
-                    other.set_data(path, b"{\"leader\":\"evil\"}", None).await.err(),
+                    other
+                        .set_data(path, b"{\"leader\":\"evil\"}", None)
+                        .await
+                        .err(),
                     Some(zk::Error::NoAuth),
                     "setData {path} as {auth:?}"
                 );
@@ -234,7 +237,11 @@ fn another_zookeeper_user_cannot_rewrite_partition_state() {
          \"caskade\" with this password write (its ACL: digest user \"caskade\": ALL, world: \
          READ): wrong cluster.zk_auth password or user?",
     );
-    assert!(!wrong.stderr.contains("not-the-password"), "{}", wrong.stderr);
+    assert!(
+        !wrong.stderr.contains("not-the-password"),
+        "{}",
+        wrong.stderr
+    );
     // Without credentials at all: one line, exit 1.
     start_failing(&c, leader, &[]).assert_exits_with_line(
         "caskade-server: ZooKeeper: the cluster root /caskade/test is protected by a ZooKeeper \
@@ -323,7 +330,10 @@ fn an_open_cluster_is_reported_then_closed_by_the_documented_set_acl() {
              getAcl {state}"
         ),
     );
-    assert!(out.contains("cdrwa") && out.contains("'world,'anyone\n: r"), "{out}");
+    assert!(
+        out.contains("cdrwa") && out.contains("'world,'anyone\n: r"),
+        "{out}"
+    );
     rt.block_on(async {
         let other = session(&c, Some("mallory:pw")).await;
         let (was, _) = other.get_data(&state).await.unwrap();
@@ -348,7 +358,10 @@ fn an_open_cluster_is_reported_then_closed_by_the_documented_set_acl() {
     assert!(!log.contains("writable by anyone"), "{log}");
     let client = c.client(&rt);
     rt.block_on(async {
-        client.set("after", "migration", SetOptions::default()).await.unwrap();
+        client
+            .set("after", "migration", SetOptions::default())
+            .await
+            .unwrap();
         assert_eq!(client.get("after").await.unwrap(), Some(b("migration")));
     });
 }

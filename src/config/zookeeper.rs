@@ -222,7 +222,10 @@ mod tests {
         let e = serde_yaml_ng::from_str::<ZkAuthOptions>("{scheme: sasl, user: a}")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("unknown variant `sasl`, expected `digest`"), "{e}");
+        assert!(
+            e.contains("unknown variant `sasl`, expected `digest`"),
+            "{e}"
+        );
     }
 
     #[test]

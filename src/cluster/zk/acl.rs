@@ -178,9 +178,8 @@ pub(crate) enum RootAcl {
 pub(crate) fn judge(root: &str, acl: Option<&[zk::Acl]>, creds: Option<&Credentials>) -> RootAcl {
     let need = writes();
     let world_writes = acl.is_some_and(|acl| {
-        acl.iter().any(|a| {
-            a.scheme() == "world" && a.id() == "anyone" && a.permission().has(need)
-        })
+        acl.iter()
+            .any(|a| a.scheme() == "world" && a.id() == "anyone" && a.permission().has(need))
     });
     let shown = acl.map_or_else(
         || "not readable with these credentials".to_string(),
@@ -232,7 +231,12 @@ pub(crate) async fn check_root(
         Ok((acl, _)) => Some(acl),
         Err(zk::Error::NoNode) => return Ok(()),
         Err(zk::Error::NoAuth) => None,
-        Err(e) => return Err(super::znode::zk_error(&format!("read the ACL of {root}"), e)),
+        Err(e) => {
+            return Err(super::znode::zk_error(
+                &format!("read the ACL of {root}"),
+                e,
+            ));
+        }
     };
     match judge(root, acl.as_deref(), creds) {
         RootAcl::Fine => Ok(()),
@@ -394,7 +398,8 @@ mod tests {
                 let text = std::fs::read_to_string(&p).unwrap_or_default();
                 let name = p.file_name().unwrap().to_str().unwrap();
                 for (n, line) in text.lines().enumerate() {
-                    let hit = line.contains(concat!("with_", "acls(")) || line.contains(concat!("Acls", "::"));
+                    let hit = line.contains(concat!("with_", "acls("))
+                        || line.contains(concat!("Acls", "::"));
                     if hit && name != "znode.rs" {
                         offenders.push(format!("{}:{}", p.display(), n + 1));
                     }
