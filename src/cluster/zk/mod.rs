@@ -224,7 +224,10 @@ impl ZkCluster {
     /// ZooKeeper cannot be reached within about the session timeout, and
     /// when another live node is registered with the same id (after
     /// waiting one session timeout for a previous incarnation's session
-    /// to expire).
+    /// to expire); with [`Error::PermissionDenied`] when the cluster
+    /// root's ACL does not let this node's ZooKeeper identity
+    /// (`cluster.zk_auth`, or none) write, and with
+    /// [`Error::Unauthenticated`] when ZooKeeper refuses the credentials.
     pub async fn start(
         opts: &ClusterOptions,
         me: NodeAddr,
