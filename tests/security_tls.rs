@@ -602,3 +602,98 @@ fn without_tls_a_forged_controller_epoch_is_refused_and_does_not_lock_out_the_co
             .unwrap_or_else(|e| panic!("write to partition {p} after the failover: {e}"));
     }
 }
+
+/// A TLS connection to the RESP listener at `addr`, trusting the CA of
+/// `certs`, without a client certificate: the handshake's outcome.
+async fn resp_tls_connect(
+    addr: &str,
+    certs: &Path,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(certs.join("ca.pem")).expect("ca") {
+        roots.add(cert.expect("ca cert")).expect("add ca");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("127.0.0.1").expect("name").to_owned();
+    connector.connect(name, tcp).await
+}
+
+/// Over TLS, a RESP client beyond `resp.maxclients` completes its TLS
+/// handshake and reads Redis' refusal inside TLS, then the end of the
+/// stream (it used to get the refusal in plaintext, which its TLS stack
+/// saw as a corrupt handshake).
+#[test]
+fn resp_max_clients_over_tls_is_refused_inside_tls() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let certs = dir.path().join("certs");
+    generate(
+        &certs,
+        &Plan {
+            ca_name: "test CA".into(),
+            nodes: ids(1),
+            clients: vec![],
+            hosts: vec![],
+        },
+    )
+    .expect("certificates");
+    let resp = format!("127.0.0.1:{}", free_port());
+    let config = dir.path().join("server.yaml");
+    let c = |f: &str| certs.join(f).display().to_string();
+    std::fs::write(
+        &config,
+        format!(
+            "node_id: node-1\nengine: memory\nresp:\n  listen: {resp}\n  maxclients: 1\n\
+             tls:\n  cert: {}\n  key: {}\n  ca: {}\n",
+            c("node-1.pem"),
+            c("node-1.key"),
+            c("ca.pem")
+        ),
+    )
+    .expect("config");
+    let _server = Server::start(
+        &dir.path().join("data"),
+        ServerOpts::default()
+            .arg("--config")
+            .arg(config.to_str().expect("utf-8 path")),
+    );
+    let rt = runtime();
+    rt.block_on(async {
+        let mut first = resp_tls_connect(&resp, &certs).await.expect("first client");
+        first
+            .write_all(b"*1\r\n$4\r\nPING\r\n")
+            .await
+            .expect("write");
+        let mut buf = vec![0u8; 64];
+        let n = first.read(&mut buf).await.expect("read");
+        assert_eq!(&buf[..n], b"+PONG\r\n");
+
+        let second = tokio::time::timeout(Duration::from_secs(15), async {
+            let mut s = resp_tls_connect(&resp, &certs).await?;
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await?;
+            Ok::<_, std::io::Error>(got)
+        })
+        .await
+        .expect("the refusal comes in time");
+        assert_eq!(
+            String::from_utf8_lossy(&second.expect("a clean TLS refusal")),
+            "-ERR max number of clients reached\r\n"
+        );
+        // The first client is still served.
+        first
+            .write_all(b"*1\r\n$4\r\nPING\r\n")
+            .await
+            .expect("write");
+        let n = first.read(&mut buf).await.expect("read");
+        assert_eq!(&buf[..n], b"+PONG\r\n");
+    });
+}
