@@ -409,11 +409,11 @@ pub(super) fn sync_dir(dir: &Path) -> Result<()> {
             Some(s) if !dir.ends_with(&s) => Ok(()),
             _ => Err(std::io::Error::from_raw_os_error(libc::EIO)),
         }
-        .ctx_at("fsync directory", &dir)
+        .ctx_at("fsync directory", dir)
     });
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .ctx_at("fsync directory", &dir)
+        .ctx_at("fsync directory", dir)
 }
 
 /// Creates `dir` and its missing parents, fsyncing the parent of each one
@@ -423,7 +423,7 @@ pub(super) fn create_dir_durably(dir: &Path) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    crate::storage::owner_only::create_dir_all(dir).ctx_at("create data directory", &dir)?;
+    crate::storage::owner_only::create_dir_all(dir).ctx_at("create data directory", dir)?;
     for created in missing.iter().rev() {
         let parent = match created.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,

@@ -185,7 +185,7 @@ pub fn read(path: &Path, log_len: u64) -> Result<Option<Vec<HintEntry>>> {
     match fs::read(path) {
         Ok(bytes) => Ok(decode(&bytes, log_len)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(crate::storage::Error::io_at("read", &path, e)),
+        Err(e) => Err(crate::storage::Error::io_at("read", path, e)),
     }
 }
 

@@ -274,7 +274,7 @@ impl Inner {
                 Err(e) => return Err((Error::io_at("remove", &hint, e), true)),
             }
             fs::rename(copy, &seg.path)
-                .ctx_at("rename", &copy)
+                .ctx_at("rename", copy)
                 .map_err(destructive)?;
         }
         if cut.kept_end.is_none_or(|end| end < offset) {

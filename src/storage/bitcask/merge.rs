@@ -577,7 +577,7 @@ fn remove_merge_dir(mdir: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io_at("remove", &commit, e)),
     }
-    fs::remove_dir_all(mdir).ctx_at("remove", &mdir)
+    fs::remove_dir_all(mdir).ctx_at("remove", mdir)
 }
 
 /// Step 6: deletes inputs that no output replaced, with their hints; the

@@ -87,8 +87,8 @@ pub(super) fn lock_dir(dir: &Path) -> Result<File> {
 /// Base offsets of the segment files in `dir`, sorted.
 pub(super) fn segment_bases(dir: &Path) -> Result<Vec<u64>> {
     let mut bases = Vec::new();
-    for entry in fs::read_dir(dir).ctx_at("list", &dir)? {
-        let entry = entry.ctx_at("list", &dir)?;
+    for entry in fs::read_dir(dir).ctx_at("list", dir)? {
+        let entry = entry.ctx_at("list", dir)?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if let Some(base) = segment::parse_name(name, LOG_SUFFIX) {
@@ -352,7 +352,7 @@ fn cut_after(dir: &Path, bases: &[u64]) -> Result<()> {
 /// Removes a file; a missing one is fine.
 fn remove_if_present(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io_at("remove", &path, e)),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io_at("remove", path, e)),
         _ => Ok(()),
     }
 }
