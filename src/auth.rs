@@ -14,17 +14,29 @@
 //! - argon2 runs on the blocking pool (never on a runtime thread), at most
 //!   [`MAX_VERIFYING`] at once; a verified password is remembered per user
 //!   as a keyed BLAKE2s digest (key random per process), so each later
-//!   request costs one digest and one comparison. An argon2 hash verifies
-//!   one password, so a digest that differs from the remembered one is a
-//!   wrong password, refused without running argon2 again;
+//!   request with that password costs one digest and one comparison; any
+//!   other password runs argon2 (a refusal costs the same for every user,
+//!   cached or not, known or not; [`limiter`] bounds how many a peer gets);
+//! - an unknown user costs the same as a wrong password: its password is
+//!   verified with argon2 against a dummy hash made at startup with the
+//!   parameters of the first configured user's hash, so response time
+//!   does not tell which users exist (every argon2 run goes through
+//!   [`Authenticator::argon2`], counted by [`Authenticator::argon2_runs`]);
+//! - failed logins are limited per peer address ([`limiter`],
+//!   `auth.max_failed_logins` per `auth.failed_login_window_ms`): an
+//!   address past the limit is refused with [`AuthError::Throttled`]
+//!   before its password is looked at (no argon2), until the lock lapses;
+//!   each listener (gRPC, RESP) counts its own failures;
 //! - neither passwords nor digests are logged or sent in an error;
 //! - a request this node forwards to the partition's leader carries the
 //!   caller's credentials ([`forwarded_credentials`]), so the leader checks
 //!   the same user: forwarding never widens what a caller may do.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
@@ -35,6 +47,7 @@ use tokio::sync::Semaphore;
 use crate::config::auth::{AuthOptions, Permission};
 
 pub mod grpc;
+pub mod limiter;
 pub mod permissions;
 
 /// Argon2 verifications running at once; more wait (each costs tens of ms
@@ -56,6 +69,13 @@ pub enum AuthError {
     /// Unknown user or wrong password (not told apart, as Redis).
     #[error("invalid username-password pair")]
     WrongPass,
+    /// Too many failed logins from the caller's address
+    /// (`auth.max_failed_logins`); the password was not looked at.
+    #[error("too many failed authentication attempts, retry in {retry_secs}s")]
+    Throttled {
+        /// Whole seconds until the address may try again.
+        retry_secs: u64,
+    },
     /// The user lacks the permission the request needs.
     #[error("user '{user}' has no '{}' permission, which {what} needs", .need.as_str())]
     Denied {
@@ -132,6 +152,13 @@ pub struct Authenticator {
     key: [u8; 32],
     /// Bounds the argon2 verifications running at once.
     verifying: Semaphore,
+    /// What an unknown user's password is verified against, so that it
+    /// costs what a wrong password costs.
+    dummy: String,
+    /// Failed logins per peer address.
+    failures: limiter::FailedLogins,
+    /// argon2 verifications run so far.
+    argon2_runs: AtomicU64,
 }
 
 impl Authenticator {
@@ -167,7 +194,61 @@ impl Authenticator {
             users,
             key,
             verifying: Semaphore::new(MAX_VERIFYING),
+            dummy: dummy_hash(opts.users.first().map(|u| u.password_hash.as_str())),
+            failures: limiter::FailedLogins::new(
+                opts.max_failed_logins,
+                Duration::from_millis(opts.failed_login_window_ms),
+            ),
+            argon2_runs: AtomicU64::new(0),
         }))
+    }
+
+    /// argon2 verifications run so far (known and unknown users alike).
+    pub fn argon2_runs(&self) -> u64 {
+        self.argon2_runs.load(Ordering::Relaxed)
+    }
+
+    /// Whether `password` matches the PHC string `hash`: one argon2 run on
+    /// the blocking pool, at most [`MAX_VERIFYING`] at once. Every
+    /// verification, of a known user or of an unknown one (against the
+    /// dummy hash), goes through here.
+    async fn argon2(&self, hash: &str, password: &[u8]) -> bool {
+        let _slot = self.verifying.acquire().await;
+        self.argon2_runs.fetch_add(1, Ordering::Relaxed);
+        let (hash, password) = (hash.to_string(), password.to_vec());
+        tokio::task::spawn_blocking(move || {
+            argon2::PasswordHash::new(&hash).is_ok_and(|h| {
+                argon2::Argon2::default()
+                    .verify_password(&password, &h)
+                    .is_ok()
+            })
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// [`Authenticator::verify`] for a caller at `peer` (`None`: unknown,
+    /// not limited): refused at once while `peer` is locked, and a failure
+    /// counts against `peer`.
+    pub async fn verify_from(
+        &self,
+        peer: Option<IpAddr>,
+        user: &str,
+        password: &[u8],
+    ) -> Result<Arc<Principal>, AuthError> {
+        if let Some(ip) = peer
+            && let Err(l) = self.failures.check(ip, Instant::now())
+        {
+            return Err(AuthError::Throttled {
+                retry_secs: l.retry_secs,
+            });
+        }
+        let r = self.verify(user, password).await;
+        if let (Some(ip), Err(AuthError::WrongPass)) = (peer, &r) {
+            self.failures.failed(ip, Instant::now());
+            tracing::info!(%ip, "failed login");
+        }
+        r
     }
 
     /// The keyed digest of `password`.
@@ -182,48 +263,60 @@ impl Authenticator {
     /// cost): the user on success, [`AuthError::WrongPass`] otherwise.
     pub async fn verify(&self, user: &str, password: &[u8]) -> Result<Arc<Principal>, AuthError> {
         let Some(u) = self.users.get(user) else {
+            // As long as a wrong password: no telling which users exist.
+            self.argon2(&self.dummy, password).await;
             return Err(AuthError::WrongPass);
         };
         let digest = self.digest(password);
-        let known = |d: &Option<[u8; 32]>| {
-            d.map(|v| {
-                if same(&v, &digest) {
-                    Ok(u.principal.clone())
-                } else {
-                    Err(AuthError::WrongPass)
-                }
-            })
-        };
-        if let Some(r) = known(&u.verified.read()) {
-            return r;
+        if u.verified.read().is_some_and(|v| same(&v, &digest)) {
+            return Ok(u.principal.clone());
         }
-        let _slot = self.verifying.acquire().await;
-        // Another request may have verified it while this one waited.
-        if let Some(r) = known(&u.verified.read()) {
-            return r;
-        }
-        let (hash, password) = (u.hash.clone(), password.to_vec());
-        let ok = tokio::task::spawn_blocking(move || {
-            argon2::PasswordHash::new(&hash).is_ok_and(|h| {
-                argon2::Argon2::default()
-                    .verify_password(&password, &h)
-                    .is_ok()
-            })
-        })
-        .await
-        .unwrap_or(false);
-        if !ok {
+        // Any other password runs argon2, as an unknown user's does: a
+        // refusal costs the same whoever the user is.
+        if !self.argon2(&u.hash, password).await {
             return Err(AuthError::WrongPass);
         }
         *u.verified.write() = Some(digest);
         Ok(u.principal.clone())
     }
 
-    /// Checks an `authorization` header value (`Basic base64(user:password)`).
-    pub async fn verify_basic(&self, header: &[u8]) -> Result<Arc<Principal>, AuthError> {
+    /// Checks an `authorization` header value (`Basic base64(user:password)`)
+    /// from `peer`, as [`Authenticator::verify_from`].
+    pub async fn verify_basic(
+        &self,
+        peer: Option<IpAddr>,
+        header: &[u8],
+    ) -> Result<Arc<Principal>, AuthError> {
         let (user, password) = parse_basic(header)?;
-        self.verify(&user, &password).await
+        self.verify_from(peer, &user, &password).await
     }
+}
+
+/// A PHC string of a random password, made with the algorithm and the
+/// parameters of `like` (argon2's defaults when there is none), for
+/// unknown users: verifying against it costs what verifying a real user's
+/// hash costs.
+fn dummy_hash(like: Option<&str>) -> String {
+    let parsed = like.and_then(|h| argon2::PasswordHash::new(h).ok());
+    let params = parsed
+        .as_ref()
+        .and_then(|h| argon2::Params::try_from(h).ok())
+        .unwrap_or_default();
+    let algorithm = parsed
+        .as_ref()
+        .and_then(|h| argon2::Algorithm::try_from(h.algorithm).ok())
+        .unwrap_or_default();
+    let mut secret = [0u8; 32];
+    let _ = getrandom::getrandom(&mut secret);
+    let a = argon2::Argon2::new(algorithm, argon2::Version::V0x13, params);
+    let Ok(salt) = SaltString::encode_b64(&secret[..16]) else {
+        return String::new();
+    };
+    a.hash_password(&secret[16..], &salt)
+        .map(|h| h.to_string())
+        // Unreachable with valid parameters; an unparsable dummy still
+        // refuses, only faster.
+        .unwrap_or_default()
 }
 
 /// Constant-time equality of two digests.
@@ -343,7 +436,7 @@ mod tests {
                     permissions: vec![Permission::Read, Permission::Write],
                 },
             ],
-            protected_mode: true,
+            ..AuthOptions::default()
         }
     }
 
@@ -354,27 +447,92 @@ mod tests {
             a.verify("ro", b"nope").await.unwrap_err(),
             AuthError::WrongPass
         );
+        assert_eq!(a.argon2_runs(), 1);
         assert!(a.users["ro"].verified.read().is_none());
         let p = a.verify("ro", b"ropw").await.unwrap();
         assert_eq!(p.name, "ro");
         assert!(p.may(Permission::Read) && !p.may(Permission::Write));
         assert!(a.users["ro"].verified.read().is_some());
-        // Cached: the same answers without argon2.
+        assert_eq!(a.argon2_runs(), 2);
+        // Cached: the same answer without argon2.
         assert!(a.verify("ro", b"ropw").await.is_ok());
-        assert_eq!(
-            a.verify("ro", b"ropw2").await.unwrap_err(),
-            AuthError::WrongPass
-        );
-        assert_eq!(
-            a.verify("nobody", b"ropw").await.unwrap_err(),
-            AuthError::WrongPass
-        );
+        assert_eq!(a.argon2_runs(), 2);
         let e = p.check(Some(Permission::Write), "Set").unwrap_err();
         assert_eq!(
             e.to_string(),
             "user 'ro' has no 'write' permission, which Set needs"
         );
         assert_eq!(e.to_status().code(), tonic::Code::PermissionDenied);
+    }
+
+    /// Every refusal runs argon2 once, whether the user exists (cached or
+    /// not) or not: response time does not tell which users exist.
+    #[tokio::test]
+    async fn unknown_users_and_wrong_passwords_both_run_argon2() {
+        let a = Authenticator::new(&opts()).unwrap();
+        assert!(
+            a.dummy.starts_with("$argon2id$v=19$m=64,t=1,p=1$"),
+            "{}",
+            a.dummy
+        );
+        let runs = |want| assert_eq!(a.argon2_runs(), want);
+        runs(0);
+        assert_eq!(
+            a.verify("nobody", b"x").await.unwrap_err(),
+            AuthError::WrongPass
+        );
+        runs(1);
+        assert_eq!(
+            a.verify("rw", b"x").await.unwrap_err(),
+            AuthError::WrongPass
+        );
+        runs(2);
+        assert!(a.verify("rw", b"rwpw").await.is_ok());
+        runs(3);
+        // A wrong password for a user whose password is cached: argon2 too.
+        assert_eq!(
+            a.verify("rw", b"y").await.unwrap_err(),
+            AuthError::WrongPass
+        );
+        runs(4);
+        assert_eq!(
+            a.verify("nobody", b"rwpw").await.unwrap_err(),
+            AuthError::WrongPass
+        );
+        runs(5);
+    }
+
+    /// After `max_failed_logins` failures from one address, its logins are
+    /// refused without argon2, even with the right password; other
+    /// addresses log in; the lock lapses after the window.
+    #[tokio::test]
+    async fn failed_logins_lock_the_address_for_a_window() {
+        let a = Authenticator::new(&AuthOptions {
+            max_failed_logins: 2,
+            failed_login_window_ms: 300,
+            ..opts()
+        })
+        .unwrap();
+        let (bad, good): (IpAddr, IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        for user in ["nobody", "rw"] {
+            assert_eq!(
+                a.verify_from(Some(bad), user, b"guess").await.unwrap_err(),
+                AuthError::WrongPass
+            );
+        }
+        let runs = a.argon2_runs();
+        let refused = a.verify_from(Some(bad), "rw", b"rwpw").await.unwrap_err();
+        assert_eq!(refused, AuthError::Throttled { retry_secs: 1 });
+        assert_eq!(
+            refused.to_string(),
+            "too many failed authentication attempts, retry in 1s"
+        );
+        assert_eq!(refused.to_status().code(), tonic::Code::Unauthenticated);
+        assert_eq!(a.argon2_runs(), runs, "no argon2 for a locked address");
+        assert!(a.verify_from(Some(good), "rw", b"rwpw").await.is_ok());
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(a.verify_from(Some(bad), "rw", b"rwpw").await.is_ok());
     }
 
     #[tokio::test]
@@ -386,7 +544,7 @@ mod tests {
             ("rw".to_string(), b"rw:pw:with:colons".to_vec())
         );
         assert!(
-            a.verify_basic(basic("rw", b"rwpw").as_bytes())
+            a.verify_basic(None, basic("rw", b"rwpw").as_bytes())
                 .await
                 .is_ok()
         );

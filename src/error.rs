@@ -13,9 +13,17 @@
 //!   from that metadata, and falls back on the gRPC code for statuses that
 //!   did not come from a caskade handler (transport failures, tonic limits).
 //!
-//! Invariant: for every variant, `Error::from(Status::from(e))` displays the
-//! same text as `e` (tested below), so the CLI prints exactly what the server
-//! decided, as `(error) <message>`.
+//! Invariants:
+//! - for every variant, `Error::from(Status::from(e))` displays the same
+//!   text as `e` (tested below), so the CLI prints exactly what the server
+//!   decided, as `(error) <message>`;
+//! - an [`Error`] names no filesystem path: a storage error enters it only
+//!   through `From<storage::Error>`, which keeps the storage layer's
+//!   path-free text and logs the full one (src/storage/error.rs). Every
+//!   edge to clients starts from an [`Error`]: the gRPC status
+//!   (`From<Error> for Status`, used by the client API, the admin API and
+//!   the replication service), the RESP reply (`resp::commands::refusal`)
+//!   and a fetch answer's per-partition error (`replication::serve`).
 
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
@@ -237,26 +245,29 @@ impl Error {
     }
 }
 
+/// The one conversion of storage errors into what a client may see: the
+/// storage layer's path-free text ([`storage::Error::client_message`]);
+/// when the full text differs (it names files), it goes to the log.
 impl From<storage::Error> for Error {
     fn from(err: storage::Error) -> Self {
+        let client = err.client_message();
+        if client != err.to_string() {
+            tracing::warn!("storage error: {err}");
+        }
         match err {
             storage::Error::InvalidInput(msg) => Error::InvalidInput(msg),
-            storage::Error::Corrupt(msg) => Error::Corrupt(msg),
+            storage::Error::Corrupt(_) => Error::Corrupt(client),
             // A definite refusal: the engine cut the write back.
-            e @ storage::Error::DiskFull(_) => Error::DiskFull(e.to_string()),
+            storage::Error::DiskFull(_) => Error::DiskFull(client),
             // After a failed fsync, a write may have reached the file before
             // the refusal: its outcome is unknown.
-            e @ (storage::Error::WritesRefused(_) | storage::Error::Closed) => {
-                Error::Unavailable(e.to_string())
-            }
+            storage::Error::WritesRefused(_) | storage::Error::Closed => Error::Unavailable(client),
             // The replication layer answers NOT_LEADER with the partition
             // and leader it knows; here neither is known.
             storage::Error::NotLeader(msg) => Error::Unavailable(msg),
             storage::Error::NotInteger => Error::NotInteger,
             storage::Error::Overflow => Error::Overflow,
-            e @ (storage::Error::Locked(_) | storage::Error::Io { .. }) => {
-                Error::Internal(e.to_string())
-            }
+            storage::Error::Locked(_) | storage::Error::Io { .. } => Error::Internal(client),
         }
     }
 }

@@ -4,6 +4,10 @@
 //! before the method runs.
 //!
 //! Invariants:
+//! - failed logins count against the peer's address, and a locked address
+//!   is refused `UNAUTHENTICATED` ("too many failed authentication
+//!   attempts, retry in Ns") before its credentials are checked
+//!   ([`super::limiter`]);
 //! - no or unverifiable credentials: `UNAUTHENTICATED`; a user without the
 //!   method's permission ([`super::permissions::grpc`]):
 //!   `PERMISSION_DENIED`; both before the request body is decoded and
@@ -73,9 +77,15 @@ where
             let method = req.uri().path().rsplit('/').next().unwrap_or("");
             let need = super::permissions::grpc(method);
             let header = req.headers().get(http::header::AUTHORIZATION);
+            // Inserted by `server::limits::RequestLayer` (plain and TLS).
+            let peer = req
+                .extensions()
+                .get::<tonic::transport::server::TcpConnectInfo>()
+                .and_then(|i| i.remote_addr())
+                .map(|a| a.ip());
             let checked = match header {
                 None => Err(AuthError::Missing),
-                Some(h) => match auth.verify_basic(h.as_bytes()).await {
+                Some(h) => match auth.verify_basic(peer, h.as_bytes()).await {
                     Ok(p) => p
                         .check(need, method)
                         .map(|()| h.to_str().ok().map(Arc::from)),

@@ -10,7 +10,9 @@
 //! - every `password_hash` is an argon2 PHC string (`$argon2id$v=19$...`,
 //!   as `caskade-cli hash-password` prints);
 //! - permissions are `read`, `write` or `admin`; an unknown word is an
-//!   error naming it, never a silent default.
+//!   error naming it, never a silent default;
+//! - `failed_login_window_ms` is at least 1 when `max_failed_logins` is
+//!   not 0 (a zero window would never lock).
 
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +66,14 @@ pub struct AuthOptions {
     /// Refuse to start when the client or the RESP listener binds a
     /// non-loopback address while `users` is empty. Default true.
     pub protected_mode: bool,
+    /// Failed logins allowed from one address within
+    /// `failed_login_window_ms`; the one that reaches it locks the address
+    /// for one window (every login refused, no password checked). 0 = no
+    /// limit. Default 10.
+    pub max_failed_logins: u32,
+    /// The window of `max_failed_logins`, and how long a lock lasts, in
+    /// milliseconds. Default 60000.
+    pub failed_login_window_ms: u64,
 }
 
 impl Default for AuthOptions {
@@ -71,6 +81,8 @@ impl Default for AuthOptions {
         AuthOptions {
             users: Vec::new(),
             protected_mode: true,
+            max_failed_logins: 10,
+            failed_login_window_ms: 60_000,
         }
     }
 }
@@ -83,6 +95,13 @@ impl AuthOptions {
 
     /// Checks the module invariants.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_failed_logins > 0 && self.failed_login_window_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "auth.failed_login_window_ms must be at least 1 when auth.max_failed_logins is \
+                 not 0 (set auth.max_failed_logins: 0 to turn the limit off)"
+                    .into(),
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, u) in self.users.iter().enumerate() {
             if u.name.is_empty()

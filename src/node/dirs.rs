@@ -47,19 +47,17 @@ pub(super) struct PartitionDirs {
 impl Engines for PartitionDirs {
     fn open(&self, p: u32) -> Result<Arc<dyn ReplicaLog>> {
         let pdir = self.dir.join(p.to_string());
+        // At run time these answer the controller's notices: the path goes
+        // to the log only (docs/SECURITY.md, "Input validation").
         owner_only::create_dir_all(&pdir).map_err(|e| {
-            Error::Unavailable(format!(
-                "cannot create partition directory {}: {e}",
-                pdir.display()
-            ))
+            tracing::error!("cannot create partition directory {}: {e}", pdir.display());
+            Error::Unavailable(format!("cannot create the directory of partition {p}: {e}"))
         })?;
         let engine =
             storage::Bitcask::open_replica(&pdir, self.storage.clone(), self.clock.clone())
                 .map_err(|e| {
-                    Error::Unavailable(format!(
-                        "cannot open partition {p} in {}: {e}",
-                        pdir.display()
-                    ))
+                    tracing::error!("cannot open partition {p} in {}: {e}", pdir.display());
+                    Error::Unavailable(format!("cannot open partition {p}: {}", e.client_message()))
                 })?;
         let engine = Arc::new(engine);
         self.open.lock().insert(p, engine.clone());
@@ -77,7 +75,8 @@ impl Engines for PartitionDirs {
     fn remove(&self, p: u32) -> Result<()> {
         let pdir = self.dir.join(p.to_string());
         let gone = |e: std::io::Error| {
-            Error::Unavailable(format!("cannot delete {}: {e}", pdir.display()))
+            tracing::error!("cannot delete {}: {e}", pdir.display());
+            Error::Unavailable(format!("cannot delete the directory of partition {p}: {e}"))
         };
         match fs::remove_dir_all(&pdir) {
             Ok(()) => {}

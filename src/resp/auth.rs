@@ -6,6 +6,11 @@
 //!   username-password pair or user is disabled.` and leaves the
 //!   connection as it was; `HELLO <2|3> AUTH user password` does the same
 //!   after HELLO's own checks (version, options, SETNAME), before its reply;
+//! - failed logins count against the client's address: past
+//!   `auth.max_failed_logins` within `auth.failed_login_window_ms`, every
+//!   `AUTH` / `HELLO ... AUTH` from it is `-ERR too many failed
+//!   authentication attempts, retry in Ns` (no password checked) until the
+//!   lock lapses (src/auth/limiter.rs; Redis has no such limit);
 //! - with users configured, a connection is unauthenticated until then:
 //!   every command but `AUTH`, `HELLO`, `QUIT` and `RESET` is answered
 //!   `-NOAUTH Authentication required.` (unknown commands and wrong
@@ -137,7 +142,13 @@ async fn login(sh: &Shared, c: &mut Client, user: &[u8], password: &[u8]) -> Res
         };
     };
     let user = std::str::from_utf8(user).map_err(|_| wrong())?;
-    let principal = auth.verify(user, password).await.map_err(|_| wrong())?;
+    let principal = auth
+        .verify_from(Some(c.peer.ip()), user, password)
+        .await
+        .map_err(|e| match e {
+            e @ crate::auth::AuthError::Throttled { .. } => Reply::err(e),
+            _ => wrong(),
+        })?;
     c.user = Some(principal);
     c.credentials = Some(Arc::from(crate::auth::basic(user, password)));
     Ok(())

@@ -30,7 +30,10 @@
 //! - with `tls.cert` set the listener speaks TLS only (a client
 //!   certificate is required with `tls.require_client_cert`); a client
 //!   that has not finished its handshake within
-//!   [`crate::tls::HANDSHAKE_TIMEOUT`] is disconnected;
+//!   [`crate::tls::HANDSHAKE_TIMEOUT`] is disconnected; the two refusals
+//!   above are sent inside TLS, after the handshake (bounded by the same
+//!   timeout) and before a `close_notify`, never as plaintext on a TLS
+//!   port (a TLS client reads Redis' error, as from a TLS redis-server);
 //! - when `shutdown` completes the listener closes at once; each
 //!   connection finishes the commands it has read, writes their answers
 //!   and closes; [`serve`] returns when every connection is closed or
@@ -182,28 +185,33 @@ pub async fn serve(
                     let stopped = stopped.clone();
                     let tls = tls.clone();
                     tasks.spawn(async move {
-                        if open >= shared.opts.maxclients {
-                            let mut stream = stream;
-                            let _ = stream
-                                .write_all(b"-ERR max number of clients reached\r\n")
-                                .await;
+                        let refusal: Option<&[u8]> = if open >= shared.opts.maxclients {
+                            Some(b"-ERR max number of clients reached\r\n")
                         } else if slot.is_err() {
-                            let mut stream = stream;
-                            let _ = stream
-                                .write_all(b"-ERR max number of clients per address reached\r\n")
-                                .await;
-                        } else if let Some(tls) = tls {
+                            Some(b"-ERR max number of clients per address reached\r\n")
+                        } else {
+                            None
+                        };
+                        if let Some(tls) = tls {
                             let handshake = tokio::time::timeout(
                                 crate::tls::HANDSHAKE_TIMEOUT,
                                 tls.accept(stream),
                             );
-                            match handshake.await {
-                                Ok(Ok(stream)) => {
+                            match (handshake.await, refusal) {
+                                // The refusal inside TLS, then close_notify.
+                                (Ok(Ok(mut stream)), Some(refusal)) => {
+                                    let _ = stream.write_all(refusal).await;
+                                    let _ = stream.shutdown().await;
+                                }
+                                (Ok(Ok(stream)), None) => {
                                     connection::run(stream, peer, &shared, stopped).await
                                 }
-                                Ok(Err(e)) => tracing::debug!(%peer, "RESP TLS handshake failed: {e}"),
-                                Err(_) => tracing::debug!(%peer, "RESP TLS handshake timed out"),
+                                (Ok(Err(e)), _) => tracing::debug!(%peer, "RESP TLS handshake failed: {e}"),
+                                (Err(_), _) => tracing::debug!(%peer, "RESP TLS handshake timed out"),
                             }
+                        } else if let Some(refusal) = refusal {
+                            let mut stream = stream;
+                            let _ = stream.write_all(refusal).await;
                         } else {
                             connection::run(stream, peer, &shared, stopped).await;
                         }

@@ -29,7 +29,7 @@ pub use bitcask::{
     Record, Submitted, ValueCache, Workers,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::{Error, Result};
+pub use error::{Error, Result, Text};
 pub use histogram::{BOUNDS_US, Histogram, HistogramSnapshot};
 pub use memory::Memory;
 pub use ops::{

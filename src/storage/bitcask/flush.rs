@@ -46,7 +46,7 @@ use super::segment::Segment;
 use super::writer::{Location, Queued, Writer};
 use super::{Inner, apply_one};
 use crate::storage::error::IoContext;
-use crate::storage::{Durability, Error, Result};
+use crate::storage::{Durability, Error, Result, Text};
 
 /// Longest time a group-commit leader waits for writers that are on their
 /// way (inside `write`, not yet queued) to join its batch. Without it, N
@@ -176,7 +176,7 @@ impl Inner {
             let started = Instant::now();
             let r = active.sync_data();
             self.stats.fsync_latency.observe(started.elapsed());
-            r.ctx(|| format!("fsync {}", active.path.display()))
+            r.ctx_at("fsync", &active.path)
         });
         w.syncing = false;
         if let Err(e) = &result {
@@ -190,7 +190,7 @@ impl Inner {
 
     /// Puts the engine in the refuse-writes state until it is reopened
     /// (the first reason is kept). Callers hold the writer mutex.
-    pub(super) fn refuse(&self, w: &mut Writer, why: String) {
+    pub(super) fn refuse(&self, w: &mut Writer, why: Text) {
         tracing::error!(dir = %self.dir.display(), "refusing writes until reopened: {why}");
         if w.refused.is_none() {
             w.refused = Some(why);
@@ -198,7 +198,7 @@ impl Inner {
     }
 
     /// [`Inner::refuse`] for callers without the writer mutex.
-    pub(super) fn refuse_unlocked(&self, why: String) {
+    pub(super) fn refuse_unlocked(&self, why: Text) {
         let mut w = self.writer.lock();
         self.refuse(&mut w, why);
     }
@@ -215,15 +215,22 @@ impl Inner {
 }
 
 /// The refusal reason after a failed fsync.
-pub(super) fn fsync_failed(e: &dyn std::fmt::Display) -> String {
-    format!(
-        "fsync failed ({e}); writes acknowledged since the previous fsync may not be durable; reopen the engine (restart the node)"
+pub(super) fn fsync_failed(e: &Error) -> Text {
+    const REST: &str = "writes acknowledged since the previous fsync may not be durable; reopen the engine (restart the node)";
+    // Clients get the OS error alone: the operation is this text's own.
+    let os = match e {
+        Error::Io { source, .. } => source.to_string(),
+        e => e.client_message(),
+    };
+    Text::new(
+        format!("fsync failed ({e}); {REST}"),
+        format!("fsync failed ({os}); {REST}"),
     )
 }
 
 /// A failed step of the leader's I/O: the error, and the reason to refuse
 /// writes from now on if the failure calls for it.
-type Failed = (Error, Option<String>);
+type Failed = (Error, Option<Text>);
 
 /// What the leader's I/O achieved.
 pub(super) struct WriteOut {
@@ -235,7 +242,7 @@ pub(super) struct WriteOut {
     pub(super) error: Option<Error>,
     /// Why writes must be refused from now on: an fsync failed, or a
     /// failure could not be cleaned up.
-    pub(super) refuse: Option<String>,
+    pub(super) refuse: Option<Text>,
 }
 
 impl Inner {
@@ -315,9 +322,12 @@ impl Inner {
         if !bytes.is_empty()
             && let Err(e) = seg.file().and_then(|f| write_all(&f, bytes))
         {
-            let err = Error::io(format!("write {}", seg.path.display()), e);
+            let err = Error::io_at("write", &seg.path, e);
             let refuse = seg.file().and_then(|f| f.set_len(before)).err().map(|cut_err| {
-                format!("an I/O error could not be undone ({err}, then {cut_err}); reopen the engine (restart the node)")
+                Text::new(
+                    format!("an I/O error could not be undone ({err}, then {cut_err}); reopen the engine (restart the node)"),
+                    format!("an I/O error could not be undone ({}, then {cut_err}); reopen the engine (restart the node)", err.client_message()),
+                )
             });
             return Err((err, refuse));
         }
@@ -327,7 +337,7 @@ impl Inner {
             let synced = seg.file().and_then(|f| fsync(&f));
             self.stats.fsync_latency.observe(started.elapsed());
             if let Err(e) = synced {
-                let err = Error::io(format!("fsync {}", seg.path.display()), e);
+                let err = Error::io_at("fsync", &seg.path, e);
                 if let Err(cut_err) = cut(seg, before) {
                     tracing::error!(dir = %self.dir.display(), "cutting {} after a failed fsync: {cut_err}", seg.path.display());
                 }
@@ -399,11 +409,11 @@ pub(super) fn sync_dir(dir: &Path) -> Result<()> {
             Some(s) if !dir.ends_with(&s) => Ok(()),
             _ => Err(std::io::Error::from_raw_os_error(libc::EIO)),
         }
-        .ctx(|| format!("fsync directory {}", dir.display()))
+        .ctx_at("fsync directory", dir)
     });
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .ctx(|| format!("fsync directory {}", dir.display()))
+        .ctx_at("fsync directory", dir)
 }
 
 /// Creates `dir` and its missing parents, fsyncing the parent of each one
@@ -413,8 +423,7 @@ pub(super) fn create_dir_durably(dir: &Path) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    crate::storage::owner_only::create_dir_all(dir)
-        .ctx(|| format!("create data directory {}", dir.display()))?;
+    crate::storage::owner_only::create_dir_all(dir).ctx_at("create data directory", dir)?;
     for created in missing.iter().rev() {
         let parent = match created.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,

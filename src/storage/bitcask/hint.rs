@@ -172,11 +172,10 @@ fn decode(bytes: &[u8], log_len: u64) -> Option<Vec<HintEntry>> {
 pub fn write(path: &Path, log_len: u64, entries: &[HintEntry]) -> Result<()> {
     let tmp = tmp_path(path);
     let bytes = encode(log_len, entries);
-    let mut f = owner_only::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
-    f.write_all(&bytes)
-        .ctx(|| format!("write {}", tmp.display()))?;
-    f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
-    fs::rename(&tmp, path).ctx(|| format!("rename {}", tmp.display()))?;
+    let mut f = owner_only::create(&tmp).ctx_at("create", &tmp)?;
+    f.write_all(&bytes).ctx_at("write", &tmp)?;
+    f.sync_all().ctx_at("fsync", &tmp)?;
+    fs::rename(&tmp, path).ctx_at("rename", &tmp)?;
     Ok(())
 }
 
@@ -186,10 +185,7 @@ pub fn read(path: &Path, log_len: u64) -> Result<Option<Vec<HintEntry>>> {
     match fs::read(path) {
         Ok(bytes) => Ok(decode(&bytes, log_len)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(crate::storage::Error::io(
-            format!("read {}", path.display()),
-            e,
-        )),
+        Err(e) => Err(crate::storage::Error::io_at("read", path, e)),
     }
 }
 

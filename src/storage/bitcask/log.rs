@@ -40,7 +40,7 @@ use super::writer::Writer;
 use super::{Inner, Segments, fsync, recovery, replica, sync_dir};
 use crate::storage::error::IoContext;
 use crate::storage::owner_only;
-use crate::storage::{Error, Result};
+use crate::storage::{Error, Result, Text};
 
 /// A record read from the log.
 pub type LogRecord = Record;
@@ -82,10 +82,13 @@ impl Inner {
                 let mut at = 0usize;
                 while at < raw.len() {
                     let header = record::decode(&raw[at..]).map_err(|_| {
-                        Error::Corrupt(format!(
-                            "checksum mismatch in record at {}:{}",
-                            seg.path.display(),
-                            a + at as u64
+                        Error::Corrupt(crate::storage::Text::naming(
+                            format!(
+                                "checksum mismatch in record at {}:{}",
+                                seg.path.display(),
+                                a + at as u64
+                            ),
+                            &seg.path,
                         ))
                     })?;
                     let len = header.record_len();
@@ -196,7 +199,10 @@ impl Inner {
                 // are reference counted); writes stop until reopen.
                 self.refuse(
                     &mut w,
-                    format!("truncation to offset {offset} failed part-way ({e}); reopen the engine (restart the node)"),
+                    Text::new(
+                        format!("truncation to offset {offset} failed part-way ({e}); reopen the engine (restart the node)"),
+                        format!("truncation to offset {offset} failed part-way ({}); reopen the engine (restart the node)", e.client_message()),
+                    ),
                 );
                 Err(e)
             }
@@ -220,7 +226,7 @@ impl Inner {
     ) -> Result<()> {
         let Some(active) = loaded.segments.last().cloned() else {
             let e = Error::Corrupt("no active segment after truncation".into());
-            self.refuse(w, e.to_string());
+            self.refuse(w, e.text());
             return Err(e);
         };
         *self.segments.write() = Segments::new(loaded.segments);
@@ -265,10 +271,10 @@ impl Inner {
             match fs::remove_file(&hint) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err((Error::io(format!("remove {}", hint.display()), e), true)),
+                Err(e) => return Err((Error::io_at("remove", &hint, e), true)),
             }
             fs::rename(copy, &seg.path)
-                .ctx(|| format!("rename {}", copy.display()))
+                .ctx_at("rename", copy)
                 .map_err(destructive)?;
         }
         if cut.kept_end.is_none_or(|end| end < offset) {
@@ -279,7 +285,7 @@ impl Inner {
             if let Some(seg) = keep.filter(|_| cut.copy.is_none()) {
                 // It stops being the active segment: make it durable first.
                 seg.sync_data()
-                    .ctx(|| format!("fsync {}", seg.path.display()))
+                    .ctx_at("fsync", &seg.path)
                     .map_err(destructive)?;
             }
             let id = self.next_segment_id.fetch_add(1, Ordering::Relaxed);
@@ -309,7 +315,7 @@ fn remove_segment_files(seg: &Segment) -> Result<()> {
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("remove {}", path.display()), e)),
+            Err(e) => return Err(Error::io_at("remove", &path, e)),
         }
     }
     Ok(())
@@ -342,20 +348,21 @@ fn prepare_cut(seg: &Segment, offset: u64) -> Step<Cut> {
     let copy = || -> Step<()> {
         let prefix = seg.read(0, cut_at as usize).map_err(|e| (e, false))?;
         fail::fail_point!("log::write_prefix", |_| Err((
-            Error::io(
-                format!("write {}", tmp.display()),
+            Error::io_at(
+                "write",
+                &tmp,
                 std::io::Error::from_raw_os_error(libc::ENOSPC)
             ),
             false
         )));
         owner_only::create(&tmp)
             .and_then(|mut f| std::io::Write::write_all(&mut f, &prefix))
-            .ctx(|| format!("write {}", tmp.display()))
+            .ctx_at("write", &tmp)
             .map_err(|e| (e, false))?;
         // fsyncgate: a failed fsync refuses writes, even of this copy.
         fs::File::open(&tmp)
             .and_then(|f| fsync(&f))
-            .ctx(|| format!("fsync {}", tmp.display()))
+            .ctx_at("fsync", &tmp)
             .map_err(|e| (e, true))
     };
     if let Err(e) = copy() {

@@ -226,14 +226,17 @@ impl Inner {
             if mdir.join(COMMIT).exists() {
                 // Only a merge of this engine can leave one (open rolls any
                 // earlier one forward), and it would be in `maintenance`.
-                return Err(Error::Corrupt(format!(
-                    "{} holds a committed merge this engine does not know; reopen the engine to roll it forward",
-                    mdir.display()
+                return Err(Error::Corrupt(crate::storage::Text::naming(
+                    format!(
+                        "{} holds a committed merge this engine does not know; reopen the engine to roll it forward",
+                        mdir.display()
+                    ),
+                    &mdir,
                 )));
             }
-            fs::remove_dir_all(&mdir).ctx(|| format!("remove stale {}", mdir.display()))?;
+            fs::remove_dir_all(&mdir).ctx_at("remove stale", &mdir)?;
         }
-        owner_only::create_dir(&mdir).ctx(|| format!("create {}", mdir.display()))?;
+        owner_only::create_dir(&mdir).ctx_at("create", &mdir)?;
         // Its entry must be durable before anything in it counts.
         self.sync_data_dir()?;
         let discard = |e: Error| {
@@ -335,9 +338,7 @@ impl Inner {
                 }
                 let index = outputs.len() - 1;
                 let out = &mut outputs[index];
-                out.file
-                    .write_all(raw)
-                    .ctx(|| format!("write {}", out.path.display()))?;
+                out.file.write_all(raw).ctx_at("write", &out.path)?;
                 out.hints.push(HintEntry::new(out.len, &header, key));
                 if live {
                     moves.push(Move {
@@ -430,8 +431,9 @@ impl Inner {
         for &(base, _) in &plan.outputs {
             let id = self.next_segment_id.fetch_add(1, Ordering::Relaxed);
             let path = segment::file_path(&self.dir, base, LOG_SUFFIX);
-            fail::fail_point!("merge::open_output", |_| Err(Error::io(
-                format!("open segment {}", path.display()),
+            fail::fail_point!("merge::open_output", |_| Err(Error::io_at(
+                "open segment",
+                &path,
                 std::io::Error::from_raw_os_error(libc::EMFILE)
             )));
             let seg = Arc::new(Segment::open(path, id, base)?);
@@ -482,6 +484,7 @@ impl Inner {
 fn failpoint() -> Error {
     Error::Io {
         context: "failpoint".into(),
+        path: None,
         source: std::io::Error::other("injected crash"),
     }
 }
@@ -493,7 +496,7 @@ fn new_output(mdir: &Path, base: u64) -> Result<Output> {
         .write(true)
         .create_new(true)
         .open(&path)
-        .ctx(|| format!("create {}", path.display()))?;
+        .ctx_at("create", &path)?;
     Ok(Output {
         base,
         path,
@@ -505,9 +508,7 @@ fn new_output(mdir: &Path, base: u64) -> Result<Output> {
 
 /// fsyncs a finished output.
 fn finish_output(o: &mut Output) -> Result<()> {
-    o.file
-        .sync_all()
-        .ctx(|| format!("fsync {}", o.path.display()))
+    o.file.sync_all().ctx_at("fsync", &o.path)
 }
 
 /// The hint path for `base` in `dir`.
@@ -526,11 +527,11 @@ fn write_commit(mdir: &Path, inputs: &[u64], outputs: &[u64]) -> Result<()> {
     }
     text.push_str("end\n");
     let tmp = mdir.join("COMMIT.tmp");
-    let mut f = owner_only::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
+    let mut f = owner_only::create(&tmp).ctx_at("create", &tmp)?;
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
-        .ctx(|| format!("write {}", tmp.display()))?;
-    fs::rename(&tmp, mdir.join(COMMIT)).ctx(|| format!("rename {}", tmp.display()))?;
+        .ctx_at("write", &tmp)?;
+    fs::rename(&tmp, mdir.join(COMMIT)).ctx_at("rename", &tmp)?;
     sync_dir(mdir)
 }
 
@@ -560,7 +561,7 @@ fn install(mdir: &Path, outputs: &[u64]) -> Result<()> {
             let from = segment::file_path(mdir, base, suffix);
             let to = segment::file_path(dir, base, suffix);
             if from.exists() {
-                fs::rename(&from, &to).ctx(|| format!("rename {}", from.display()))?;
+                fs::rename(&from, &to).ctx_at("rename", &from)?;
             }
         }
     }
@@ -574,9 +575,9 @@ fn remove_merge_dir(mdir: &Path) -> Result<()> {
     match fs::remove_file(&commit) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(format!("remove {}", commit.display()), e)),
+        Err(e) => return Err(Error::io_at("remove", &commit, e)),
     }
-    fs::remove_dir_all(mdir).ctx(|| format!("remove {}", mdir.display()))
+    fs::remove_dir_all(mdir).ctx_at("remove", mdir)
 }
 
 /// Step 6: deletes inputs that no output replaced, with their hints; the
@@ -588,7 +589,7 @@ fn cleanup_inputs(dir: &Path, inputs: &[u64], outputs: &[u64]) -> Result<()> {
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(format!("remove {}", path.display()), e)),
+                Err(e) => return Err(Error::io_at("remove", &path, e)),
             }
         }
     }
@@ -605,10 +606,13 @@ pub(super) fn recover(dir: &Path) -> Result<()> {
     match fs::read_to_string(&commit) {
         Ok(text) => {
             let (inputs, outputs) = parse_commit(&text).ok_or_else(|| {
-                Error::Corrupt(format!(
-                    "merge commit marker {} is damaged; move {} aside to open the directory",
-                    commit.display(),
-                    mdir.display()
+                Error::Corrupt(crate::storage::Text::naming(
+                    format!(
+                        "merge commit marker {} is damaged; move {} aside to open the directory",
+                        commit.display(),
+                        mdir.display()
+                    ),
+                    &commit,
                 ))
             })?;
             tracing::info!(dir = %dir.display(), "finishing a merge interrupted after its commit");
@@ -620,7 +624,7 @@ pub(super) fn recover(dir: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             tracing::info!(dir = %dir.display(), "discarding a merge interrupted before its commit");
         }
-        Err(e) => return Err(Error::io(format!("read {}", commit.display()), e)),
+        Err(e) => return Err(Error::io_at("read", &commit, e)),
     }
     remove_merge_dir(&mdir)?;
     sync_dir(dir)

@@ -551,10 +551,13 @@ impl Inner {
         let (header, buf) = seg.read_record(entry.pos as u64, entry.len as usize)?;
         let key_end = record::HEADER_LEN + header.key_len as usize;
         if &buf[record::HEADER_LEN..key_end] != key {
-            return Err(Error::Corrupt(format!(
-                "record at {}:{} holds another key",
-                seg.path.display(),
-                entry.pos
+            return Err(Error::Corrupt(crate::storage::Text::naming(
+                format!(
+                    "record at {}:{} holds another key",
+                    seg.path.display(),
+                    entry.pos
+                ),
+                &seg.path,
             )));
         }
         Ok(Some(Bytes::from(buf).slice(key_end..)))
@@ -589,6 +592,7 @@ impl Inner {
         }
         Err(Error::Io {
             context: "read".into(),
+            path: None,
             source: std::io::Error::other("record kept moving under concurrent merges"),
         })
     }

@@ -75,20 +75,20 @@ pub(super) fn lock_dir(dir: &Path) -> Result<File> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .ctx(|| format!("open {}", path.display()))?;
+        .ctx_at("open", &path)?;
     // fs4's flock, called by path: std's inherent `try_lock` needs Rust 1.89.
     match fs4::FileExt::try_lock(&file) {
         Ok(()) => Ok(file),
         Err(fs4::TryLockError::WouldBlock) => Err(Error::Locked(dir.to_path_buf())),
-        Err(fs4::TryLockError::Error(e)) => Err(Error::io(format!("lock {}", path.display()), e)),
+        Err(fs4::TryLockError::Error(e)) => Err(Error::io_at("lock", &path, e)),
     }
 }
 
 /// Base offsets of the segment files in `dir`, sorted.
 pub(super) fn segment_bases(dir: &Path) -> Result<Vec<u64>> {
     let mut bases = Vec::new();
-    for entry in fs::read_dir(dir).ctx(|| format!("list {}", dir.display()))? {
-        let entry = entry.ctx(|| format!("list {}", dir.display()))?;
+    for entry in fs::read_dir(dir).ctx_at("list", dir)? {
+        let entry = entry.ctx_at("list", dir)?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if let Some(base) = segment::parse_name(name, LOG_SUFFIX) {
@@ -352,9 +352,7 @@ fn cut_after(dir: &Path, bases: &[u64]) -> Result<()> {
 /// Removes a file; a missing one is fine.
 fn remove_if_present(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(Error::io(format!("remove {}", path.display()), e))
-        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io_at("remove", path, e)),
         _ => Ok(()),
     }
 }
@@ -363,7 +361,7 @@ fn remove_if_present(path: &Path) -> Result<()> {
 fn cut_segment(seg: &Segment, len: u64) -> Result<()> {
     seg.file()
         .and_then(|f| f.set_len(len).and_then(|()| f.sync_data()))
-        .ctx(|| format!("cut damaged tail of {}", seg.path.display()))?;
+        .ctx_at("cut damaged tail of", &seg.path)?;
     seg.set_len(len);
     Ok(())
 }
@@ -379,9 +377,9 @@ pub(super) fn hint_entries(seg: &Segment) -> Result<Vec<HintEntry>> {
             out.push(HintEntry::new(pos, &header, key));
         } else {
             // Never describe a damaged segment with a hint: keep scanning it.
-            return Err(Error::Corrupt(format!(
-                "segment {} has damaged records",
-                seg.path.display()
+            return Err(Error::Corrupt(crate::storage::Text::naming(
+                format!("segment {} has damaged records", seg.path.display()),
+                &seg.path,
             )));
         }
     }

@@ -111,7 +111,7 @@ impl Segment {
             .append(true)
             .create_new(true)
             .open(&path)
-            .ctx(|| format!("create segment {}", path.display()))?;
+            .ctx_at("create segment", &path)?;
         Ok(Segment::from_file(id, base, path, file, 0))
     }
 
@@ -121,11 +121,8 @@ impl Segment {
             .read(true)
             .append(true)
             .open(&path)
-            .ctx(|| format!("open segment {}", path.display()))?;
-        let len = file
-            .metadata()
-            .ctx(|| format!("stat segment {}", path.display()))?
-            .len();
+            .ctx_at("open segment", &path)?;
+        let len = file.metadata().ctx_at("stat segment", &path)?.len();
         Ok(Segment::from_file(id, base, path, file, len))
     }
 
@@ -205,16 +202,16 @@ impl Segment {
                 }
             };
             let header = record::decode_header(head).map_err(|_| {
-                Error::Corrupt(format!(
-                    "damaged record header at {}:{pos}",
-                    self.path.display()
+                Error::Corrupt(crate::storage::Text::naming(
+                    format!("damaged record header at {}:{pos}", self.path.display()),
+                    &self.path,
                 ))
             })?;
             let next = pos + header.record_len() as u64;
             if next > end {
-                return Err(Error::Corrupt(format!(
-                    "record at {}:{pos} runs past {end}",
-                    self.path.display()
+                return Err(Error::Corrupt(crate::storage::Text::naming(
+                    format!("record at {}:{pos} runs past {end}", self.path.display()),
+                    &self.path,
                 )));
             }
             if !visit(pos, &header) {
@@ -284,7 +281,7 @@ impl Segment {
         let Some(f) = file.as_ref() else {
             return Ok(());
         };
-        let map = unsafe { Mmap::map(f) }.ctx(|| format!("map segment {}", self.path.display()))?;
+        let map = unsafe { Mmap::map(f) }.ctx_at("map segment", &self.path)?;
         let _ = self.map.set(map);
         // The map keeps the inode alive: the descriptor is not needed any
         // more (readers that found no map retry through it, see `read`).
@@ -306,10 +303,13 @@ impl Segment {
     /// Reads `len` bytes at `pos` into a new buffer.
     pub fn read(&self, pos: u64, len: usize) -> Result<Vec<u8>> {
         if pos + len as u64 > self.len() {
-            return Err(Error::Corrupt(format!(
-                "read past the end of {} ({pos}+{len} > {})",
-                self.path.display(),
-                self.len()
+            return Err(Error::Corrupt(crate::storage::Text::naming(
+                format!(
+                    "read past the end of {} ({pos}+{len} > {})",
+                    self.path.display(),
+                    self.len()
+                ),
+                &self.path,
             )));
         }
         if let Some(map) = self.map.get() {
@@ -321,14 +321,14 @@ impl Segment {
             if let Some(map) = self.map.get() {
                 return Ok(map[pos as usize..pos as usize + len].to_vec());
             }
-            return Err(Error::Corrupt(format!(
-                "{} has neither a file nor a map",
-                self.path.display()
+            return Err(Error::Corrupt(crate::storage::Text::naming(
+                format!("{} has neither a file nor a map", self.path.display()),
+                &self.path,
             )));
         };
         let mut buf = vec![0u8; len];
         file.read_exact_at(&mut buf, pos)
-            .ctx(|| format!("read {}", self.path.display()))?;
+            .ctx_at("read", &self.path)?;
         Ok(buf)
     }
 
@@ -337,9 +337,12 @@ impl Segment {
         let buf = self.read(pos, len)?;
         match record::decode(&buf) {
             Ok(h) if h.record_len() == len => Ok((h, buf)),
-            _ => Err(Error::Corrupt(format!(
-                "checksum mismatch in record at {}:{pos}",
-                self.path.display()
+            _ => Err(Error::Corrupt(crate::storage::Text::naming(
+                format!(
+                    "checksum mismatch in record at {}:{pos}",
+                    self.path.display()
+                ),
+                &self.path,
             ))),
         }
     }

@@ -195,7 +195,7 @@ pub(super) struct Writer {
     /// Newest unapplied state per key.
     pub unapplied: HashMap<Key, Unapplied>,
     /// Set after an I/O failure that could not be undone: writes are refused.
-    pub refused: Option<String>,
+    pub refused: Option<crate::storage::Text>,
     /// Bytes were written since the last fsync.
     pub dirty: bool,
     /// The engine is closed.

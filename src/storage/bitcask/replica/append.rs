@@ -31,10 +31,13 @@ pub(super) fn parse_replicated(bytes: &[u8], segment_bytes: u64) -> Result<Parse
                 DecodeError::Incomplete => "is cut short",
                 DecodeError::Invalid => "fails its checksum or is malformed",
             };
-            Error::Corrupt(format!(
-                "replicated record {} (byte {at}) {what}; nothing appended",
-                queue.len()
-            ))
+            Error::Corrupt(
+                format!(
+                    "replicated record {} (byte {at}) {what}; nothing appended",
+                    queue.len()
+                )
+                .into(),
+            )
         })?;
         if let Some(prev) = queue.last() {
             if header.offset <= prev.offset {

@@ -43,8 +43,8 @@ impl CommitFile {
             first.extend_from_slice(&encode_slot(1, 0));
             owner_only::create(&tmp)
                 .and_then(|mut f| f.write_all(&first).and_then(|()| fsync(&f)))
-                .ctx(|| format!("write {}", tmp.display()))?;
-            fs::rename(&tmp, &path).ctx(|| format!("rename {}", tmp.display()))?;
+                .ctx_at("write", &tmp)?;
+            fs::rename(&tmp, &path).ctx_at("rename", &tmp)?;
             sync_dir(dir)?;
         } else if tmp.exists() {
             // A creation interrupted before its rename; the file is there.
@@ -54,12 +54,15 @@ impl CommitFile {
             .read(true)
             .write(true)
             .open(&path)
-            .ctx(|| format!("open {}", path.display()))?;
-        let bytes = fs::read(&path).ctx(|| format!("read {}", path.display()))?;
+            .ctx_at("open", &path)?;
+        let bytes = fs::read(&path).ctx_at("read", &path)?;
         let (seq, value) = read_slots(&bytes).ok_or_else(|| {
-            Error::Corrupt(format!(
-                "commit point file {} is damaged; move it aside to open with commit point 0",
-                path.display()
+            Error::Corrupt(crate::storage::Text::naming(
+                format!(
+                    "commit point file {} is damaged; move it aside to open with commit point 0",
+                    path.display()
+                ),
+                &path,
             ))
         })?;
         Ok(CommitFile {
@@ -85,7 +88,7 @@ impl CommitFile {
             let at = (seq % 2) * SLOT_STRIDE;
             self.file
                 .write_all_at(&slot, at)
-                .ctx(|| format!("write {}", self.path.display()))?;
+                .ctx_at("write", &self.path)?;
             self.seq = seq;
             self.value = value;
             self.dirty = true;
@@ -99,11 +102,12 @@ impl CommitFile {
     /// fsyncs the file if a write is not durable yet.
     pub fn sync(&mut self) -> Result<()> {
         if self.dirty {
-            fail::fail_point!("replica::sync_commit", |_| Err(Error::io(
-                format!("fsync {}", self.path.display()),
+            fail::fail_point!("replica::sync_commit", |_| Err(Error::io_at(
+                "fsync",
+                &self.path,
                 std::io::Error::from_raw_os_error(libc::EIO)
             )));
-            fsync(&self.file).ctx(|| format!("fsync {}", self.path.display()))?;
+            fsync(&self.file).ctx_at("fsync", &self.path)?;
             self.dirty = false;
         }
         Ok(())

@@ -65,11 +65,11 @@ pub(super) fn decode_epochs(b: &[u8]) -> Option<Vec<(u32, u64)>> {
 pub(in crate::storage::bitcask) fn save_epochs(dir: &Path, epochs: &[(u32, u64)]) -> Result<()> {
     let path = dir.join(EPOCHS_FILE);
     let tmp = dir.join(format!("{EPOCHS_FILE}.tmp"));
-    let mut f = owner_only::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
+    let mut f = owner_only::create(&tmp).ctx_at("create", &tmp)?;
     f.write_all(&encode_epochs(epochs))
         .and_then(|()| f.sync_all())
-        .ctx(|| format!("write {}", tmp.display()))?;
-    fs::rename(&tmp, &path).ctx(|| format!("rename {}", tmp.display()))?;
+        .ctx_at("write", &tmp)?;
+    fs::rename(&tmp, &path).ctx_at("rename", &tmp)?;
     sync_dir(dir)
 }
 
@@ -119,7 +119,7 @@ pub(in crate::storage::bitcask) fn load_epochs(
     let stored = match fs::read(&path) {
         Ok(b) => decode_epochs(&b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
+        Err(e) => return Err(Error::io_at("read", &path, e)),
     };
     let last = last_record_epoch(segments)?;
     if let Some(mut epochs) = stored {

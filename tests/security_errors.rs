@@ -1,0 +1,194 @@
+//! Errors sent to clients name what failed, never a filesystem path
+//! (issue 13): an `EIO` injected on the real write path (the
+//! `bitcask::fsync` failpoint, `storage.fsync: always`) reaches a gRPC
+//! client and a RESP client of an in-process server with the exact,
+//! path-free text, while the server's log names the segment's path.
+
+mod harness;
+
+#[cfg(feature = "failpoints")]
+mod eio {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use caskade::cluster::partition_for;
+    use caskade::config::Config;
+    use caskade::node::Node;
+    use caskade::proto::kv_client::KvClient;
+    use caskade::server::metrics::Metrics;
+    use caskade::storage::{Durability, SystemClock};
+    use tokio::net::TcpListener;
+
+    use super::harness;
+
+    /// What the storage layer says about the injected `EIO`.
+    const EIO: &str = "Input/output error (os error 5)";
+
+    /// The server's log, captured in memory.
+    #[derive(Clone, Default)]
+    struct Log(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Log {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Sends `args` as a multibulk and reads one line of answer.
+    fn call(s: &mut TcpStream, args: &[&str]) -> String {
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let mut b = [0u8; 1];
+        while !got.ends_with(b"\r\n") {
+            s.read_exact(&mut b).unwrap();
+            got.push(b[0]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    /// A raw gRPC `Set` of `key`: the status exactly as the server sent it.
+    fn grpc_set(rt: &tokio::runtime::Runtime, addr: &str, key: &str) -> tonic::Status {
+        rt.block_on(async {
+            let mut kv = KvClient::connect(format!("http://{addr}")).await.unwrap();
+            kv.set(caskade::proto::SetRequest {
+                key: key.as_bytes().to_vec().into(),
+                value: b"v".to_vec().into(),
+                ttl_ms: None,
+                condition: 0,
+                acks: 0,
+            })
+            .await
+            .expect_err("the write is refused")
+        })
+    }
+
+    /// `(code, caskade-reason, message)` of a status.
+    fn parts(s: &tonic::Status) -> (tonic::Code, String, String) {
+        let reason = s
+            .metadata()
+            .get("caskade-reason")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        (s.code(), reason, s.message().to_string())
+    }
+
+    /// A key of partition `p` of 2.
+    fn key_in(p: u32) -> String {
+        (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| partition_for(k.as_bytes(), 2) == p)
+            .unwrap()
+    }
+
+    #[test]
+    fn storage_io_errors_reach_clients_without_paths_and_the_log_with_them() {
+        let log = Log::default();
+        let writer = log.clone();
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || writer.clone())
+            .init();
+        let _scenario = fail::FailScenario::setup();
+        let rt = harness::runtime();
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data-dir-xyz");
+        let mut config = Config {
+            data_dir: data.clone(),
+            partitions: 2,
+            ..Config::default()
+        };
+        config.storage.fsync = Durability::Always;
+        let (grpc, resp, stop) = rt.block_on(async {
+            let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let advertised = grpc.local_addr().unwrap().to_string();
+            let node = {
+                let config = config.clone();
+                tokio::task::spawn_blocking(move || {
+                    Node::open_standalone(&config, advertised, Arc::new(SystemClock))
+                })
+                .await
+                .unwrap()
+                .unwrap()
+            };
+            let node = Arc::new(node);
+            let metrics = Metrics::new(node.clone(), None);
+            let resp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addrs = (
+                grpc.local_addr().unwrap().to_string(),
+                resp.local_addr().unwrap().to_string(),
+            );
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            let (n, c, m, rx) = (
+                node.clone(),
+                config.clone(),
+                metrics.clone(),
+                stopped.clone(),
+            );
+            tokio::spawn(async move {
+                // Its final flush fails: writes are refused by then.
+                let _ = caskade::server::run(grpc, n, &c, None, m, until(rx)).await;
+            });
+            let c = config.clone();
+            tokio::spawn(async move {
+                let _ = caskade::resp::serve(resp, node, &c, metrics, until(stopped)).await;
+            });
+            (addrs.0, addrs.1, stop)
+        });
+        let mut r = TcpStream::connect(&resp).unwrap();
+        r.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let (k0, k1) = (key_in(0), key_in(1));
+        assert_eq!(call(&mut r, &["SET", &k0, "v"]), "+OK\r\n");
+
+        fail::cfg("bitcask::fsync", "return").unwrap();
+        // The failed fsync itself: partition 0 through RESP, partition 1
+        // through gRPC.
+        let io = format!("storage I/O error: fsync failed: {EIO}");
+        assert_eq!(
+            call(&mut r, &["SET", &k0, "v2"]),
+            format!("-ERR internal error: {io}\r\n")
+        );
+        assert_eq!(
+            parts(&grpc_set(&rt, &grpc, &k1)),
+            (tonic::Code::Internal, "INTERNAL".to_string(), io.clone())
+        );
+        // Every later write of both partitions: refused until a restart.
+        let refused = format!(
+            "writes refused: fsync failed ({EIO}); writes acknowledged since the previous fsync \
+             may not be durable; reopen the engine (restart the node)"
+        );
+        assert_eq!(
+            call(&mut r, &["SET", &k1, "v3"]),
+            format!("-READONLY {refused}\r\n")
+        );
+        assert_eq!(
+            parts(&grpc_set(&rt, &grpc, &k0)),
+            (tonic::Code::Unavailable, "UNAVAILABLE".to_string(), refused)
+        );
+        fail::remove("bitcask::fsync");
+        stop.send_replace(true);
+
+        // The log names the segment that failed, under the data directory.
+        let log = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+        let seg = data.display().to_string();
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("fsync {seg}/")) && l.contains(EIO)),
+            "{log}"
+        );
+    }
+}
