@@ -71,6 +71,7 @@ fn reads() -> [u64; 3] {
 
 #[test]
 fn controller_failover_20_nodes_2000_partitions() {
+    let _one = harness::cluster::OneCluster::take();
     let zk = Zk::standalone();
     let addr: SocketAddr = zk.connect_string().parse().expect("a single host:port");
     harness::runtime().block_on(async {

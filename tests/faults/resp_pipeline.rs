@@ -24,6 +24,10 @@ async fn figures(node: &caskade::node::Node) -> (u64, u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(
+    clippy::await_holding_lock,
+    reason = "the gate, like the FailScenario, is held for the whole test; no task takes it"
+)]
 async fn a_pipeline_of_writes_shares_one_group_commit() {
     let _gate = crate::GATE.lock();
     let _scenario = fail::FailScenario::setup();
