@@ -135,7 +135,11 @@ impl OneCluster {
                 "another test cluster of this process ran for {:?}",
                 Self::HOLD
             );
-            busy = BUSY.1.wait_timeout(busy, left).unwrap_or_else(|e| e.into_inner()).0;
+            busy = BUSY
+                .1
+                .wait_timeout(busy, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
         *busy = (true, busy.1 + 1);
         OneCluster(())
