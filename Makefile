@@ -3,7 +3,7 @@ CARGO ?= cargo
 
 # Where cargo puts release binaries: $CARGO_TARGET_DIR/release when that is
 # set, else ./target/release. Every target that runs a binary runs it from
-# here (tests/make_targets.rs checks it).
+# here (tests/cli/make_targets.rs checks it).
 export BIN_DIR ?= $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),./target)/release
 
 .PHONY: help build release test dev fmt clippy deps standalone cli zk zk-stop cluster cluster-stop demo-failover bench-standalone bench-engine clean certs
@@ -87,14 +87,14 @@ bench-standalone: ## Load the running standalone node: ping, set, get; 1 and 50 
 bench-cluster: ## Standalone vs 3-node cluster (set acks leader/all, get; 50 clients) and failover time; ~7 min
 	@scripts/bench-cluster.sh
 
-# Jepsen-style fault scenarios (tests/torture.rs, tests/storage_powerloss.rs,
+# Jepsen-style fault scenarios (tests/torture/main.rs, tests/torture/storage_powerloss.rs,
 # docs/RELIABILITY.md): one
 # line per scenario, non-zero exit on any violation. TORTURE_SECS of faults
 # per scenario (make test runs 4 s each); TORTURE_SEED=S replays a schedule.
 TORTURE_SECS ?= 10
 .PHONY: torture
 torture: deps ## Every fault scenario for TORTURE_SECS (10) s each, with history checkers; ~8 min
-	TORTURE_SECS=$(TORTURE_SECS) $(CARGO) test --release --features caskade/failpoints --test torture --test storage_powerloss -- --nocapture --test-threads=1 --include-ignored
+	TORTURE_SECS=$(TORTURE_SECS) $(CARGO) test --release --features caskade/failpoints --test torture -- --nocapture --test-threads=1 --include-ignored
 
 bench-engine: ## Storage-engine benchmarks vs fjall/sled/redb (ARGS=--quick for a smoke test)
 	cd benches/engine && $(CARGO) run --release -- $(ARGS) all

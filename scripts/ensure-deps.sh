@@ -19,7 +19,7 @@ command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 # The RESP tests compare caskade with a real Redis through its own clients.
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-# tests/resp_python.rs makes a venv for the Python `redis` package.
+# tests/resp/resp_python.rs makes a venv for the Python `redis` package.
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 

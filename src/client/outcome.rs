@@ -6,7 +6,7 @@
 //! which [`Error::nothing_applied`] lets a writer retry) only when the
 //! transport proves no server processed the request; every other transport
 //! failure is an unknown outcome. How tonic 0.14 / hyper 1 / h2 0.4 report
-//! each case (read in their sources, pinned by tests/client_outcome.rs):
+//! each case (read in their sources, pinned by tests/cli/client_outcome.rs):
 //!
 //! | what happened | error chain under the status | verdict |
 //! |---|---|---|

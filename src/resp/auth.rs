@@ -1,5 +1,5 @@
 //! Authentication on the RESP listener, answered as Redis 7 answers
-//! (`redis-server --requirepass` / ACL users; tests/security_auth.rs
+//! (`redis-server --requirepass` / ACL users; tests/security/security_auth.rs
 //! compares the bytes with a real redis-server):
 //! - `AUTH password` logs in as the user named `default`, `AUTH user
 //!   password` as `user`; a wrong pair is `-WRONGPASS invalid

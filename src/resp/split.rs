@@ -13,7 +13,7 @@
 //! - a closing quote must be followed by a blank or the end of the line.
 //!
 //! Invariant: the result is what redis-cli would send for the same line,
-//! byte for byte (tests/cli_repl.rs compares a session's stored values),
+//! byte for byte (tests/cli/cli_repl.rs compares a session's stored values),
 //! and what Redis makes of the same inline command.
 
 /// Splits `line`; the error says what is wrong with the quoting (the CLI

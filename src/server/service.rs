@@ -278,7 +278,7 @@ impl KvService {
 
 /// Test builds only: the failpoint `server::after_write` (`return(MS)`)
 /// holds the reply of an applied `Set` for MS ms, so a test can kill the
-/// server after the write and before the answer (tests/client_outcome.rs).
+/// server after the write and before the answer (tests/cli/client_outcome.rs).
 /// It logs one line when it starts waiting, which the test waits for.
 async fn after_write_pause() {
     #[cfg(feature = "failpoints")]

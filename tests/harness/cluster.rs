@@ -3,6 +3,12 @@
 //! its own config file and data directory under one temporary directory.
 //! Nodes can be killed (SIGKILL), stopped (SIGSTOP/SIGCONT), restarted on
 //! the same ports and data. Everything is killed on drop.
+//!
+//! One cluster at a time per test process ([`OneCluster`], held by every
+//! [`TestCluster`] for its whole life): the test binaries group many files,
+//! and two clusters side by side on a loaded machine miss elections'
+//! timing, and a node restarted on its old port could find it taken by
+//! the other cluster's probe.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -95,6 +101,56 @@ pub struct TestCluster {
     pub guards: Vec<Box<dyn std::any::Any + Send>>,
     /// Holds every file.
     _dir: tempfile::TempDir,
+    /// This process's one cluster at a time; released last.
+    _one: OneCluster,
+}
+
+/// Whether a cluster runs in this process, and how many have taken it.
+static BUSY: (std::sync::Mutex<(bool, u64)>, std::sync::Condvar) =
+    (std::sync::Mutex::new((false, 0)), std::sync::Condvar::new());
+
+/// The right to run this process's one test cluster (module docs), until
+/// dropped. Tests that load the machine as much as a cluster (the
+/// controller simulation) take it too.
+pub struct OneCluster(());
+
+impl OneCluster {
+    /// Longest one holder may keep the others waiting (a `make torture`
+    /// soak scenario runs `TORTURE_SECS` plus set-up).
+    const HOLD: Duration = Duration::from_secs(1800);
+
+    /// Waits until no other cluster runs in this process. Panics when one
+    /// holder keeps it past [`OneCluster::HOLD`] (e.g. a test starting a
+    /// second cluster while its first is alive).
+    pub fn take() -> OneCluster {
+        let mut busy = BUSY.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut holder, mut since) = (busy.1, Instant::now());
+        while busy.0 {
+            if busy.1 != holder {
+                (holder, since) = (busy.1, Instant::now());
+            }
+            let left = Self::HOLD.saturating_sub(since.elapsed());
+            assert!(
+                !left.is_zero(),
+                "another test cluster of this process ran for {:?}",
+                Self::HOLD
+            );
+            busy = BUSY
+                .1
+                .wait_timeout(busy, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *busy = (true, busy.1 + 1);
+        OneCluster(())
+    }
+}
+
+impl Drop for OneCluster {
+    fn drop(&mut self) {
+        BUSY.0.lock().unwrap_or_else(|e| e.into_inner()).0 = false;
+        BUSY.1.notify_all();
+    }
 }
 
 impl TestCluster {
@@ -112,6 +168,7 @@ impl TestCluster {
 
     /// As [`TestCluster::start_on`], node `i` running as group `gids[i]`.
     pub fn start_as(opts: ClusterOpts, zk: Zk, gids: Vec<Option<u32>>) -> TestCluster {
+        let one = OneCluster::take();
         let dir = tempfile::tempdir().expect("temp dir");
         let specs = (0..opts.nodes)
             .map(|i| {
@@ -159,6 +216,7 @@ impl TestCluster {
             gids,
             guards: Vec::new(),
             _dir: dir,
+            _one: one,
         };
         for i in 0..cluster.specs.len() {
             cluster.start_node(i);

@@ -1,6 +1,6 @@
 """The Python `redis` package (PyPI) against caskade's RESP listener.
 
-Run by tests/resp_python.rs, which creates a venv with a pinned `redis`,
+Run by tests/resp/resp_python.rs, which creates a venv with a pinned `redis`,
 starts caskade (standalone, or a 3-node cluster) and runs:
 
     python test_redis_client.py --port PORT [--cluster]

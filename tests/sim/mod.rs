@@ -1,7 +1,7 @@
 //! A simulation of a large cluster's coordination on a real ZooKeeper
 //! (issue 12): N in-process nodes, each a real [`ZkCluster`] with its own
 //! ZooKeeper session, over a simulated replica layer. Used by
-//! `tests/controller_sim.rs` (small, exact end states) and
+//! `tests/cluster/controller_sim.rs` (small, exact end states) and
 //! `benches/controller_sim.rs` (100 nodes x 100,000 partitions, figures).
 //!
 //! - Each node's [`StateListener`] records the newest full state it learned

@@ -63,7 +63,7 @@ pub(crate) const LOSS_RETRIES: usize = 20;
 pub(crate) const LOSS_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Znodes read by every node of this process, by kind: the controller
-/// simulation (`tests/controller_sim.rs`) asserts on them.
+/// simulation (`tests/cluster/controller_sim.rs`) asserts on them.
 #[doc(hidden)]
 pub mod reads {
     use std::sync::atomic::AtomicU64;

@@ -1,0 +1,51 @@
+//! Tests that change state global to this process: they arm the `fail`
+//! crate's failpoints on the real code paths of an engine or node running in
+//! this process (failpoints are process-global), or lower this process's
+//! open-files limit. One test binary (linked once); each file is a module,
+//! named as its old test binary was: `cargo test --release --features
+//! caskade/failpoints --test faults storage_fsyncgate::` runs one file.
+//!
+//! Every test here takes [`GATE`]: exclusively ([`Gate::lock`] or
+//! [`Gate::write`]) when it arms a failpoint or changes a process limit,
+//! shared ([`Gate::read`]) otherwise, so no test ever runs while another
+//! one's failpoint is armed. (Each `SERIAL`/`GATE` the files had on their own
+//! is this one gate now.) A test added here must take it too.
+
+#[path = "../harness/mod.rs"]
+mod harness;
+#[path = "../resp_common/mod.rs"]
+mod resp_common;
+
+mod resp_pipeline;
+mod resp_refusals;
+mod server_fd_limit;
+mod storage_faults;
+mod storage_fsyncgate;
+mod storage_merge_faults;
+mod storage_replica;
+
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// The one gate of this binary (see the module docs).
+pub struct Gate(RwLock<()>);
+
+impl Gate {
+    /// This test alone in the process (it arms a failpoint or changes a
+    /// process-wide limit).
+    pub fn lock(&self) -> RwLockWriteGuard<'_, ()> {
+        self.0.write()
+    }
+
+    /// Same as [`Gate::lock`].
+    pub fn write(&self) -> RwLockWriteGuard<'_, ()> {
+        self.0.write()
+    }
+
+    /// Alongside other tests that arm nothing.
+    pub fn read(&self) -> RwLockReadGuard<'_, ()> {
+        self.0.read()
+    }
+}
+
+/// Failpoints and process limits are process-wide: see the module docs.
+pub static GATE: Gate = Gate(RwLock::new(()));

@@ -1,0 +1,102 @@
+//! RESP against a real three-node cluster (real ZooKeeper): a node that
+//! does not lead a key's partition forwards, as the gRPC API does, so
+//! every command answers through any node; `WAIT` counts the in-sync
+//! followers; `INFO replication` shows this node's partitions; and with
+//! too few in-sync replicas a write is refused with `NOREPLICAS`.
+
+use crate::harness;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use harness::cluster::{ClusterOpts, TestCluster};
+
+/// A blocking RESP connection.
+struct Conn(TcpStream);
+
+impl Conn {
+    fn open(addr: &str) -> Conn {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        Conn(s)
+    }
+
+    /// Sends `args` and reads until the answer is `want.len()` bytes long.
+    fn cmd(&mut self, args: &[&str], want: &str) {
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        self.0.write_all(req.as_bytes()).unwrap();
+        let mut got = vec![0; want.len()];
+        self.0.read_exact(&mut got).unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), want, "{args:?}");
+    }
+
+    /// Sends `args`, reads one bulk answer's text.
+    fn bulk(&mut self, args: &[&str]) -> String {
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        self.0.write_all(req.as_bytes()).unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n") {
+            self.0.read_exact(&mut b).unwrap();
+            head.push(b[0]);
+        }
+        let n: usize = String::from_utf8_lossy(&head[1..head.len() - 2])
+            .parse()
+            .unwrap();
+        let mut body = vec![0; n + 2];
+        self.0.read_exact(&mut body).unwrap();
+        String::from_utf8_lossy(&body[..n]).into_owned()
+    }
+}
+
+#[test]
+fn any_node_answers_through_resp_and_refuses_without_replicas() {
+    let mut c = TestCluster::start(ClusterOpts {
+        min_insync: 3,
+        env: vec![("CASKADE_RESP_LISTEN".into(), "127.0.0.1:0".into())],
+        ..ClusterOpts::default()
+    });
+    c.wait_until("every ISR is full", |c| c.all_led() && c.full_isr());
+    let leader = c.leader(0).expect("partition 0 has a leader");
+    let other = (0..3).find(|&i| i != leader).unwrap();
+    let key = c.key_in(0, 0);
+    let mut r = Conn::open(&c.resp_addr(other));
+    // Through a node that does not lead the key's partition.
+    r.cmd(&["SET", &key, "v1", "EX", "100"], "+OK\r\n");
+    r.cmd(&["GET", &key], "$2\r\nv1\r\n");
+    r.cmd(&["TTL", &key], ":100\r\n");
+    r.cmd(&["SET", &key, "v2", "NX"], "$-1\r\n");
+    r.cmd(&["EXISTS", &key, "nope"], ":1\r\n");
+    r.cmd(&["MGET", &key, "nope"], "*2\r\n$2\r\nv1\r\n$-1\r\n");
+    // Both followers are in the ISR and hold the write.
+    r.cmd(&["WAIT", "2", "1000"], ":2\r\n");
+    let info = r.bulk(&["INFO", "replication"]);
+    let want = format!("partition_0:role=follower,leader={},", c.specs[leader].id);
+    assert!(info.contains(&want), "{want} not in\n{info}");
+    r.cmd(&["DEL", &key], ":1\r\n");
+    r.cmd(&["GET", &key], "$-1\r\n");
+    // The same at the leader.
+    let mut l = Conn::open(&c.resp_addr(leader));
+    l.cmd(&["SET", &key, "v3"], "+OK\r\n");
+    r.cmd(&["GET", &key], "$2\r\nv3\r\n");
+
+    // One follower of partition 0 down: the ISR shrinks to 2 < min_insync 3.
+    let third = (0..3).find(|&i| i != leader && i != other).unwrap();
+    c.kill(third);
+    c.wait_until("the ISR of partition 0 shrinks to 2", |c| {
+        c.partition(0).is_some_and(|p| p.isr.len() == 2)
+    });
+    r.cmd(
+        &["SET", &key, "v4"],
+        "-NOREPLICAS not enough in-sync replicas for partition 0: 2, at least 3 needed \
+         (min_insync)\r\n",
+    );
+    r.cmd(&["GET", &key], "$2\r\nv3\r\n");
+}
