@@ -18,6 +18,7 @@ mod resp_common;
 
 mod resp_pipeline;
 mod resp_refusals;
+mod security_errors;
 mod server_fd_limit;
 mod storage_faults;
 mod storage_fsyncgate;

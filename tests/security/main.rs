@@ -10,3 +10,4 @@ mod harness;
 mod security_auth;
 mod security_limits;
 mod security_tls;
+mod security_zk;

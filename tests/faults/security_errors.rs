@@ -4,7 +4,7 @@
 //! client and a RESP client of an in-process server with the exact,
 //! path-free text, while the server's log names the segment's path.
 
-mod harness;
+use crate::harness;
 
 #[cfg(feature = "failpoints")]
 mod eio {
@@ -93,6 +93,9 @@ mod eio {
 
     #[test]
     fn storage_io_errors_reach_clients_without_paths_and_the_log_with_them() {
+        // Arms a failpoint and installs this binary's only global log
+        // subscriber: alone in the process (tests/faults/main.rs).
+        let _gate = crate::GATE.lock();
         let log = Log::default();
         let writer = log.clone();
         tracing_subscriber::fmt()

@@ -10,7 +10,7 @@
 //! node with the wrong password, or with none, refuses to start with one
 //! line and exit status 1.
 
-mod harness;
+use crate::harness;
 
 use std::time::Duration;
 
