@@ -503,11 +503,9 @@ fn connect(
         Some(_) => endpoint.connect_lazy(),
         None => endpoint.connect_with_connector_lazy(sniff::Connector::new(true)),
     };
-    Ok(
-        KvClient::with_interceptor(channel, credentials.clone())
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX),
-    )
+    Ok(KvClient::with_interceptor(channel, credentials.clone())
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX))
 }
 
 /// The wire form of [`Acks`].

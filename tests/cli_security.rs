@@ -282,7 +282,11 @@ fn a_client_of_the_wrong_transport_is_told_so() {
     let rt = runtime();
     let _in_runtime = rt.enter();
     let err = rt
-        .block_on(Client::for_addr(tls.addr.clone()).unwrap().get(b"k".to_vec()))
+        .block_on(
+            Client::for_addr(tls.addr.clone())
+                .unwrap()
+                .get(b"k".to_vec()),
+        )
         .unwrap_err();
     assert_eq!(
         err,
@@ -294,7 +298,10 @@ fn a_client_of_the_wrong_transport_is_told_so() {
     assert!(err.nothing_applied());
     // The same client settings work with --tls-ca.
     assert_eq!(
-        run(&["--addr", &tls.addr, "--tls-ca", ca_s, "set", "k", "v"], &[]),
+        run(
+            &["--addr", &tls.addr, "--tls-ca", ca_s, "set", "k", "v"],
+            &[]
+        ),
         (Some(0), "OK\n".into(), String::new())
     );
 

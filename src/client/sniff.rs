@@ -225,7 +225,10 @@ impl AsyncWrite for Sniff {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if !this.checked {
-            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
             return Pin::new(this).poll_write(cx, first);
         }
         match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
