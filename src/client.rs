@@ -46,12 +46,13 @@ use crate::storage::Condition;
 mod admin;
 mod ops;
 mod outcome;
+mod sniff;
 
 pub use outcome::map_status;
 
 /// The gRPC stub of one server: every request carries the client's
 /// credentials ([`Credentials`]).
-type Stub = KvClient<InterceptedService<Channel, Credentials>>;
+pub type Stub = KvClient<InterceptedService<Channel, Credentials>>;
 
 /// Adds `authorization: Basic ...` (src/auth.rs) to every request when the
 /// client has a password; the value is never logged or displayed.
@@ -199,6 +200,13 @@ impl Client {
     /// The address this client talks to.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The gRPC stub of the first seed address, unrouted (its connection,
+    /// TLS and credentials shared with this client): for callers that
+    /// must send every request to that one server (`caskade-cli probe`).
+    pub fn seed_stub(&self) -> Stub {
+        self.kv.clone()
     }
 
     /// A connection to `addr`, made lazily and shared.
@@ -489,11 +497,15 @@ fn connect(
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(false);
-    Ok(
-        KvClient::with_interceptor(endpoint.connect_lazy(), credentials.clone())
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX),
-    )
+    // Plaintext connections check that the server does not speak TLS
+    // (src/client/sniff.rs), for a clear error.
+    let channel = match tls {
+        Some(_) => endpoint.connect_lazy(),
+        None => endpoint.connect_with_connector_lazy(sniff::Connector::new(true)),
+    };
+    Ok(KvClient::with_interceptor(channel, credentials.clone())
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX))
 }
 
 /// The wire form of [`Acks`].

@@ -10,6 +10,11 @@
 //! before the call to the reply, into HDR histograms (microseconds, 3
 //! significant digits) merged at the end.
 //!
+//! Connections, TLS and credentials are the client's (`caskade::client::
+//! Client` built from the CLI's settings: `tls:`/`--tls-ca`, `auth:`,
+//! `CASKADE_USER`/`CASKADE_PASSWORD`, `--user`); a server asking for a
+//! login prompts for it on a terminal, as the REPL does.
+//!
 //! Output: throughput (completed requests / wall time) and p50/p99/p999/max
 //! latency, as text or, with `--json`, one JSON object. The exit code is 1
 //! if any request failed (the first error is printed).
@@ -187,11 +192,16 @@ struct Shared {
 
 async fn bench(config: &ClientConfig, args: &BenchArgs) -> caskade::Result<Report> {
     let connections = args.connections.unwrap_or(args.clients).min(args.clients);
-    let clients: Vec<Client> = (0..connections)
-        .map(|_| Client::new(config))
-        .collect::<caskade::Result<_>>()?;
-    // Fail fast, with one clear line, when the server is not there.
-    clients[0].ping().await?;
+    // Fail fast, with one clear line, when the server is not there or
+    // refuses the credentials; log in first when it asks and stdin is a
+    // terminal (src/login.rs, as the REPL).
+    let mut config = config.clone();
+    let mut first = Client::new(&config)?;
+    crate::login::with_login(&mut first, &mut config, |c| async move { c.ping().await }).await?;
+    let mut clients = vec![first];
+    for _ in 1..connections {
+        clients.push(Client::new(&config)?);
+    }
     let acks = args.acks.unwrap_or(config.acks);
     let value = Bytes::from(vec![b'x'; args.value_size]);
     let shared = Arc::new(Shared {

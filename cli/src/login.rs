@@ -2,8 +2,11 @@
 //! - from the config file (`auth: {user, password}`) or
 //!   `CASKADE_CLI_AUTH_USER` / `CASKADE_CLI_AUTH_PASSWORD`, overridden by
 //!   `CASKADE_USER` / `CASKADE_PASSWORD` ([`apply_env`]);
-//! - in the REPL, a prompt when the server answers `UNAUTHENTICATED`
-//!   ([`prompt`]): the password is read from the terminal without echo;
+//! - `--user NAME` (main.rs) overrides the user;
+//! - in the REPL, `bench` and `probe`, a prompt when the server answers
+//!   `UNAUTHENTICATED` and stdin is a terminal ([`with_login`], the one
+//!   place that does it): the password is read from the terminal without
+//!   echo; without a terminal the error is returned as it came;
 //! - `caskade-cli hash-password` prints the argon2 hash of a password read
 //!   without echo (or one line of stdin when it is not a terminal), for
 //!   `auth.users[].password_hash` in the server config.
@@ -14,8 +17,35 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
+use caskade::client::Client;
 use caskade::config::ClientConfig;
 use caskade::config::auth::ClientAuth;
+
+/// Runs `call` with `client`. When the server answers `UNAUTHENTICATED`
+/// and credentials can be asked for ([`prompt`]), stores them in `config`,
+/// replaces `client` with one that sends them and runs `call` once more;
+/// otherwise returns the first outcome. Shared by the REPL, `bench` and
+/// `probe`, so every command logs in the same way.
+pub async fn with_login<T, F, Fut>(
+    client: &mut Client,
+    config: &mut ClientConfig,
+    mut call: F,
+) -> caskade::Result<T>
+where
+    F: FnMut(Client) -> Fut,
+    Fut: std::future::Future<Output = caskade::Result<T>>,
+{
+    let first = call(client.clone()).await;
+    let Err(caskade::Error::Unauthenticated(msg)) = first else {
+        return first;
+    };
+    let Some(auth) = prompt(&config.auth) else {
+        return Err(caskade::Error::Unauthenticated(msg));
+    };
+    config.auth = auth;
+    *client = Client::new(config)?;
+    call(client.clone()).await
+}
 
 /// Applies `CASKADE_USER` / `CASKADE_PASSWORD` from `env` to `config`.
 pub fn apply_env(config: &mut ClientConfig, env: impl IntoIterator<Item = (String, String)>) {

@@ -18,8 +18,12 @@
 //! - `caskade-cli hash-password` prints the argon2 hash of a password read
 //!   without echo, for the server's `auth.users` (src/login.rs);
 //! - credentials: `auth: {user, password}` in the config, overridden by
-//!   `CASKADE_USER` / `CASKADE_PASSWORD`; the REPL prompts for them when
-//!   the server asks (src/login.rs);
+//!   `CASKADE_USER` / `CASKADE_PASSWORD` and `--user`; the REPL, `bench`
+//!   and `probe` prompt for them when the server asks (src/login.rs);
+//! - TLS: `tls: {ca, cert, key}` in the config, overridden by `--tls-ca`,
+//!   `--tls-cert`, `--tls-key`; every command (REPL, one-shot, `bench`,
+//!   `load`, `probe`, `cluster`) connects through `caskade::client::Client`
+//!   with these settings;
 //! - `caskade-cli resp-bench ...` loads a RESP server (caskade's or
 //!   Redis'), with `WAIT` after writes (src/resp_bench.rs);
 //! - `caskade-cli probe ...` writes one key in a loop and times how long
@@ -78,6 +82,22 @@ struct Args {
     /// Read consistency: leader | any (overrides `consistency`).
     #[arg(long, value_parser = parse_consistency)]
     consistency: Option<Consistency>,
+    /// PEM file of the CA of the server's certificate: TLS on (overrides
+    /// `tls.ca`).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// PEM file of this client's certificate, for servers with
+    /// `tls.require_client_cert` (overrides `tls.cert`; with --tls-key).
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM file of the client certificate's key (overrides `tls.key`).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// User to log in as (overrides `auth.user` and CASKADE_USER); the
+    /// password comes from the config, CASKADE_PASSWORD or a prompt, never
+    /// from a flag.
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
     /// REPL history file, "" for none (overrides `history_file`).
     #[arg(long, value_name = "FILE")]
     history_file: Option<String>,
@@ -139,6 +159,18 @@ fn main() -> ExitCode {
     }
     if let Some(c) = args.consistency {
         config.consistency = c;
+    }
+    if let Some(ca) = args.tls_ca {
+        config.tls.ca = ca;
+    }
+    if let Some(cert) = args.tls_cert {
+        config.tls.cert = cert;
+    }
+    if let Some(key) = args.tls_key {
+        config.tls.key = key;
+    }
+    if let Some(user) = args.user {
+        config.auth.user = user;
     }
     if let Some(h) = args.history_file {
         config.history_file = h;

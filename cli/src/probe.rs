@@ -22,6 +22,13 @@
 //! 100, 200, 400 ms on an unreachable leader), which is what an application
 //! sees.
 //!
+//! Both routes share the client's connection set-up (`caskade::client::
+//! Client`: TLS from `tls:`/`--tls-ca`, credentials from `auth:`,
+//! `CASKADE_USER`/`CASKADE_PASSWORD`, `--user`, or the login prompt on a
+//! terminal, src/login.rs). A write refused for its credentials
+//! (`UNAUTHENTICATED`, `PERMISSION_DENIED`) ends the probe at once with
+//! that error: no failover makes it succeed.
+//!
 //! Output: one line for people, or one JSON object with `--json`. Exit 0
 //! when an acknowledged write was measured, 1 when none came before
 //! `--deadline-s` or the kill failed, 2 on bad usage.
@@ -30,15 +37,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use caskade::client::{Client, SetOptions, map_status};
+use caskade::client::{Client, SetOptions, Stub, map_status};
 use caskade::cluster::partition_for;
 use caskade::config::ClientConfig;
 use caskade::node::Acks;
 use caskade::proto;
-use caskade::proto::kv_client::KvClient;
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
 
 /// How the probe's writes reach the leader.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -181,10 +186,14 @@ fn print_text(r: &ProbeReport) {
 /// One way of sending a write.
 enum Writer {
     Forward {
+        /// The first address.
         addr: String,
-        kv: KvClient<Channel>,
+        /// Its stub, with the client's TLS and credentials.
+        kv: Stub,
+        /// The request timeout, for error messages.
         timeout: Duration,
     },
+    /// The routing client.
     Client(Box<Client>),
 }
 
@@ -223,7 +232,16 @@ impl Writer {
 /// The probe itself; errors carry their exit code.
 pub async fn probe(config: &ClientConfig, args: &ProbeArgs) -> Result<ProbeReport, (i32, String)> {
     let fail = |e: caskade::Error| (1, e.to_string());
-    let client = Client::new(config).map_err(|e| (2, e.to_string()))?;
+    let mut config = config.clone();
+    let mut client = Client::new(&config).map_err(|e| (2, e.to_string()))?;
+    // Log in first when the server asks (a prompt on a terminal); any
+    // other failure is left to the warm-up, which waits for the server.
+    match crate::login::with_login(&mut client, &mut config, |c| async move { c.ping().await })
+        .await
+    {
+        Err(e) if refused_login(&e) => return Err(fail(e)),
+        _ => {}
+    }
     let key = match (&args.key, args.partition) {
         (Some(k), _) => k.clone(),
         (None, Some(p)) => {
@@ -240,19 +258,11 @@ pub async fn probe(config: &ClientConfig, args: &ProbeArgs) -> Result<ProbeRepor
     let timeout = Duration::from_millis(config.timeout_ms.max(1));
     let writer = match args.via {
         Via::Client => Writer::Client(Box::new(client)),
-        Via::Forward => {
-            let addr = client.addr().to_string();
-            let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| (2, format!("invalid server address '{addr}': {e}")))?
-                .connect_timeout(Duration::from_millis(config.connect_timeout_ms.max(1)))
-                .timeout(timeout)
-                .tcp_nodelay(true);
-            Writer::Forward {
-                addr,
-                kv: KvClient::new(endpoint.connect_lazy()),
-                timeout,
-            }
-        }
+        Via::Forward => Writer::Forward {
+            addr: client.addr().to_string(),
+            kv: client.seed_stub(),
+            timeout,
+        },
     };
     let key_bytes = Bytes::from(key.clone());
     let deadline = Duration::from_secs(args.deadline_s.max(1));
@@ -269,6 +279,7 @@ pub async fn probe(config: &ClientConfig, args: &ProbeArgs) -> Result<ProbeRepor
     while in_a_row < args.warmup {
         match writer.set(&key_bytes, value(), args.acks).await {
             Ok(()) => in_a_row += 1,
+            Err(e) if refused_login(&e) => return Err(fail(e)),
             Err(e) => {
                 in_a_row = 0;
                 if started.elapsed() > deadline {
@@ -324,6 +335,7 @@ pub async fn probe(config: &ClientConfig, args: &ProbeArgs) -> Result<ProbeRepor
                     last_error_at_ms: last_error_at,
                 });
             }
+            Err(e) if refused_login(&e) => return Err(fail(e)),
             Err(e) => {
                 failed += 1;
                 *errors.entry(e.reason().to_string()).or_default() += 1;
@@ -346,6 +358,14 @@ pub async fn probe(config: &ClientConfig, args: &ProbeArgs) -> Result<ProbeRepor
             }
         }
     }
+}
+
+/// Whether `e` refuses the credentials: no retry makes the write succeed.
+fn refused_login(e: &caskade::Error) -> bool {
+    matches!(
+        e,
+        caskade::Error::Unauthenticated(_) | caskade::Error::PermissionDenied(_)
+    )
 }
 
 fn ms(d: Duration) -> f64 {

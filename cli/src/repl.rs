@@ -176,19 +176,13 @@ pub fn run(
 /// Runs `cmd`; on `UNAUTHENTICATED`, asks for credentials and runs it
 /// again with a client that sends them.
 async fn run_logged_in(client: &mut Client, config: &mut ClientConfig, cmd: Command) -> Reply {
-    let first = command::try_execute(client, config, cmd.clone()).await;
-    let Err(caskade::Error::Unauthenticated(msg)) = first else {
-        return first.unwrap_or_else(|e| Reply::Error(e.to_string()));
-    };
-    let Some(auth) = crate::login::prompt(&config.auth) else {
-        return Reply::Error(msg);
-    };
-    config.auth = auth;
-    match Client::new(config) {
-        Ok(c) => *client = c,
-        Err(e) => return Reply::Error(e.to_string()),
-    }
-    command::execute(client, config, cmd).await
+    let settings = config.clone();
+    crate::login::with_login(client, config, |c| {
+        let (settings, cmd) = (settings.clone(), cmd.clone());
+        async move { command::try_execute(&c, &settings, cmd).await }
+    })
+    .await
+    .unwrap_or_else(|e| Reply::Error(e.to_string()))
 }
 
 #[cfg(test)]

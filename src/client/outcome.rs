@@ -47,7 +47,18 @@ pub fn map_status(addr: &str, timeout: Duration, status: tonic::Status) -> Error
     if status.metadata().get("caskade-reason").is_some() {
         return Error::from(status);
     }
-    match verdict(addr, &status) {
+    let verdict = verdict(addr, &status);
+    // A plaintext connection found a TLS server (src/client/sniff.rs):
+    // however the transport reported it, nothing was processed.
+    if matches!(verdict, Some(Verdict::NotSent(_) | Verdict::Lost(_)))
+        && super::sniff::speaks_tls(addr)
+    {
+        return Error::Unreachable {
+            addr: addr.to_string(),
+            reason: super::sniff::SPEAKS_TLS.into(),
+        };
+    }
+    match verdict {
         Some(Verdict::NotSent(reason)) => Error::Unreachable {
             addr: addr.to_string(),
             reason,
@@ -119,6 +130,12 @@ fn h2_verdict(e: &h2::Error) -> Option<Verdict> {
     None
 }
 
+/// Why a TLS client cannot talk to a server that answered its handshake
+/// with something that is not TLS (rustls' `InvalidMessage`), as printed.
+pub const NOT_TLS: &str = "the server does not speak TLS (it answered the TLS handshake with \
+     something else, e.g. a plaintext caskade port): unset tls.ca (and --tls-ca, \
+     CASKADE_CLI_TLS_CA) for a plaintext server, or check the port";
+
 /// Why a connection to `addr` could not be made, lower-case (`connection
 /// refused`). A host name that did not resolve says so, with the
 /// resolver's reason (`DNS resolution failed for h: Name or service not
@@ -131,6 +148,11 @@ fn connect_reason(addr: &str, err: &(dyn StdError + 'static)) -> String {
     while let Some(e) = source {
         dns |= e.to_string() == "dns error";
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(rustls::Error::InvalidMessage(_)) =
+                io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>())
+            {
+                return NOT_TLS.into();
+            }
             if dns {
                 let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
                 let text = io.to_string();
