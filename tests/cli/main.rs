@@ -13,5 +13,6 @@ mod cli_load;
 mod cli_oneshot;
 mod cli_pty;
 mod cli_repl;
+mod cli_security;
 mod client_outcome;
 mod make_targets;

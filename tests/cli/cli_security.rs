@@ -10,7 +10,7 @@
 //! - the REPL asks for a login on a pseudo-terminal (util-linux `script`)
 //!   without echoing the password.
 
-mod harness;
+use crate::harness;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
