@@ -199,11 +199,8 @@ async fn execute(
             i += 1;
             continue;
         }
-        let replies = crate::auth::with_caller(
-            caller,
-            commands::run_batch(shared, &frames[i..j]),
-        )
-        .await;
+        let replies =
+            crate::auth::with_caller(caller, commands::run_batch(shared, &frames[i..j])).await;
         shared.commands.fetch_add((j - i) as u64, Ordering::Relaxed);
         let now = Instant::now();
         for (f, reply) in frames[i..j].iter().zip(replies) {

@@ -51,7 +51,11 @@ impl KvService {
             .iter()
             .map(|_| self.metrics.requests.start(Command::Get))
             .collect();
-        let Ok(_slots) = self.in_flight.acquire_many(self.batch_slots(keys.len())).await else {
+        let Ok(_slots) = self
+            .in_flight
+            .acquire_many(self.batch_slots(keys.len()))
+            .await
+        else {
             return finish(timers, shutting_down(keys.len()));
         };
         let consistency = self.default_consistency;
@@ -104,7 +108,11 @@ impl KvService {
             .iter()
             .map(|_| self.metrics.requests.start(Command::Set))
             .collect();
-        let Ok(_slots) = self.in_flight.acquire_many(self.batch_slots(pairs.len())).await else {
+        let Ok(_slots) = self
+            .in_flight
+            .acquire_many(self.batch_slots(pairs.len()))
+            .await
+        else {
             return finish(timers, shutting_down(pairs.len()));
         };
         let args = SetArgs {
@@ -156,7 +164,10 @@ impl KvService {
                         .map(|((i, _), r)| (i, r.map(|_| ())))
                         .collect::<Vec<_>>()
                 }
-                Err(e) => group.into_iter().map(|(i, _)| (i, Err(e.clone()))).collect(),
+                Err(e) => group
+                    .into_iter()
+                    .map(|(i, _)| (i, Err(e.clone())))
+                    .collect(),
             }
         });
         for (i, r) in join_all(forwards).await.into_iter().flatten() {
