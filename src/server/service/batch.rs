@@ -62,7 +62,7 @@ impl KvService {
         let mut results: Vec<crate::Result<Option<Bytes>>> =
             join_all(keys.iter().map(|k| self.node.get(k.clone(), consistency))).await;
         let groups = leaders(&results);
-        let forwards = groups.into_iter().map(|(_, group)| async move {
+        let forwards = groups.into_values().map(|group| async move {
             let q = proto::MGetRequest {
                 keys: group.iter().map(|(i, _)| keys[*i].clone()).collect(),
                 consistency: 0,
@@ -129,7 +129,7 @@ impl KvService {
         });
         let mut results: Vec<crate::Result<()>> = join_all(local).await;
         let groups = leaders(&results);
-        let forwards = groups.into_iter().map(|(_, group)| async move {
+        let forwards = groups.into_values().map(|group| async move {
             let q = proto::MSetRequest {
                 pairs: group
                     .iter()
