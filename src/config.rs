@@ -31,6 +31,7 @@ mod tls;
 pub use tls::{ClientTlsOptions, TlsOptions};
 pub mod auth;
 pub mod limits;
+pub mod runtime;
 mod validate;
 pub mod zookeeper;
 
@@ -154,6 +155,8 @@ pub struct Config {
     /// Connection and request limits of every listener (docs/SECURITY.md,
     /// "Listener limits").
     pub limits: limits::Limits,
+    /// Thread counts of the server process (src/config/runtime.rs).
+    pub runtime: runtime::RuntimeOptions,
 }
 
 /// The RESP (Redis protocol) listener (`resp:` in the server config).
@@ -223,6 +226,7 @@ impl Default for Config {
             tls: TlsOptions::default(),
             auth: auth::AuthOptions::default(),
             limits: limits::Limits::default(),
+            runtime: runtime::RuntimeOptions::default(),
         }
     }
 }

@@ -74,6 +74,8 @@ fn run(args: Args) -> Result<(), String> {
     }
     caskade::server::raise_open_files_limit(config.partitions);
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.runtime.workers())
+        .max_blocking_threads(config.runtime.blocking_threads)
         .enable_all()
         .thread_name("caskade-worker")
         .build()

@@ -172,6 +172,7 @@ impl Config {
         self.tls.validate()?;
         self.auth.validate()?;
         self.limits.validate()?;
+        self.runtime.validate()?;
         if !self.resp.listen.is_empty() && self.resp.listen.parse::<std::net::SocketAddr>().is_err()
         {
             return Err(ConfigError::Invalid(format!(

@@ -1,7 +1,20 @@
 //! The client commands of a node (`set`, `get`, `del`, `expire`, `ttl`,
 //! `exists`, `flush`, `status`): edge validation, routing to the replica of
 //! the key's partition, and the hand-off of engine work (group commit or
-//! tokio's blocking pool; never disk I/O on a runtime worker).
+//! tokio's blocking pool).
+//!
+//! Invariants:
+//! - no fsync and no segment roll on a runtime worker: writes go through
+//!   [`Engine::submit`] (group commit; under `every_ms` / `never` a
+//!   submitted write is one `write(2)` to the page cache on the caller's
+//!   thread) or, when it declines, to the blocking pool;
+//! - a `get` never changes threads: memory answers it
+//!   ([`Engine::get_cached`]) or the record is read on the caller's
+//!   thread (one copy from the segment's map or one `pread`, from the OS
+//!   page cache for any record written or read recently). Handing the
+//!   read to the blocking pool cost more than the read itself: two thread
+//!   wake-ups per request (docs/BENCHMARKS.md, "caskade vs Redis over
+//!   RESP", "Where the time goes").
 
 use std::sync::Arc;
 
@@ -42,7 +55,8 @@ impl Node {
         if let Some(answer) = engine.get_cached(&key)? {
             return Ok(answer);
         }
-        blocking(move || engine.get(&key)).await
+        // A value not cached yet: read on this thread (see the module doc).
+        Ok(engine.get(&key)?)
     }
 
     /// Deletes `keys`; returns how many existed.

@@ -270,6 +270,59 @@ pub async fn run(sh: &Shared, f: &[Bytes]) -> Reply {
     }
 }
 
+/// Runs the key commands of one batch (src/resp/connection.rs), answers in
+/// order. Its `GET key`s and plain `SET key value`s go to the service
+/// together ([`crate::server::KvService::get_many`], `set_many`: the same
+/// requests, with one forward per other leader instead of one per key);
+/// every other command runs as [`run`].
+pub async fn run_batch(sh: &Shared, frames: &[Vec<Bytes>]) -> Vec<Reply> {
+    let plain_get = |f: &Vec<Bytes>| f.len() == 2 && f[0].eq_ignore_ascii_case(b"get");
+    let plain_set = |f: &Vec<Bytes>| {
+        f.len() == 3 && f[0].eq_ignore_ascii_case(b"set") && value_too_long(sh, &f[2]).is_none()
+    };
+    let (mut gets, mut sets, mut others) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, f) in frames.iter().enumerate() {
+        match () {
+            _ if plain_get(f) => gets.push(i),
+            _ if plain_set(f) => sets.push(i),
+            _ => others.push(i),
+        }
+    }
+    if gets.len() + sets.len() < 2 {
+        return futures_util::future::join_all(frames.iter().map(|f| run(sh, f))).await;
+    }
+    let keys: Vec<Bytes> = gets.iter().map(|&i| frames[i][1].clone()).collect();
+    let pairs: Vec<(Bytes, Bytes)> = sets
+        .iter()
+        .map(|&i| (frames[i][1].clone(), frames[i][2].clone()))
+        .collect();
+    let (got, set, ran) = tokio::join!(
+        sh.svc.get_many(&keys),
+        sh.svc.set_many(&pairs),
+        futures_util::future::join_all(others.iter().map(|&i| run(sh, &frames[i]))),
+    );
+    let mut replies: Vec<Option<Reply>> = (0..frames.len()).map(|_| None).collect();
+    for (&i, r) in gets.iter().zip(got) {
+        replies[i] = Some(match r {
+            Ok(v) => v.map_or(Reply::Nil, Reply::Bulk),
+            Err(s) => status(s),
+        });
+    }
+    for (&i, r) in sets.iter().zip(set) {
+        replies[i] = Some(match r {
+            Ok(()) => Reply::OK,
+            Err(s) => status(s),
+        });
+    }
+    for (&i, r) in others.iter().zip(ran) {
+        replies[i] = Some(r);
+    }
+    replies
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Reply::err("internal error: a command was not run")))
+        .collect()
+}
+
 /// `MSET key value [key value ...]`: every value checked against the limit
 /// first, then the gRPC `MSet` (split by partition, each part written or
 /// forwarded to its leader; not atomic across partitions).

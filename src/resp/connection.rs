@@ -13,7 +13,14 @@
 //! the order sent; commands on different keys within a batch may run in
 //! any order, which no client can observe since none of their answers was
 //! sent yet. Connection commands (`SELECT`, `HELLO`, `CLIENT`, ...) run
-//! alone, in order.
+//! alone, in order. A batch's `GET key`s and plain `SET key value`s go to
+//! the service together ([`commands::run_batch`]): in a cluster, those for
+//! partitions another node leads are forwarded to it in one request.
+//!
+//! Nothing of a batch changes threads on its way: the connection task
+//! parses, runs the reads (memory, or the page cache), submits the writes
+//! (one `write(2)` each under `every_ms`/`never`, a shared group commit
+//! under `always`) and writes every answer with one `write_all`.
 //!
 //! Authentication (src/resp/auth.rs): with users configured, a command
 //! joins a batch only if the connection's user may run it; every other
@@ -192,11 +199,8 @@ async fn execute(
             i += 1;
             continue;
         }
-        let replies = crate::auth::with_caller(
-            caller,
-            futures_util::future::join_all(frames[i..j].iter().map(|f| commands::run(shared, f))),
-        )
-        .await;
+        let replies =
+            crate::auth::with_caller(caller, commands::run_batch(shared, &frames[i..j])).await;
         shared.commands.fetch_add((j - i) as u64, Ordering::Relaxed);
         let now = Instant::now();
         for (f, reply) in frames[i..j].iter().zip(replies) {

@@ -44,6 +44,7 @@ use crate::proto::kv_server::Kv;
 use crate::server::metrics::{Command, Metrics};
 use crate::storage::{Condition, Ttl};
 
+mod batch;
 mod ops;
 
 /// The service object tonic clones per connection (cheap: a few `Arc`s).
@@ -63,6 +64,9 @@ pub struct KvService {
     metrics: Arc<Metrics>,
     /// Most keys one request may name (`limits.max_keys_per_request`).
     max_keys: usize,
+    /// Slots in `in_flight` (`server.max_in_flight`): the most one batch
+    /// of [`KvService::get_many`] / [`KvService::set_many`] takes.
+    slots: u32,
 }
 
 /// Deadline of a forwarded request (for error messages; the caller's own
@@ -118,6 +122,7 @@ impl KvService {
             peers: Arc::default(),
             metrics,
             max_keys: crate::config::limits::Limits::default().max_keys_per_request,
+            slots: u32::try_from(max_in_flight).unwrap_or(u32::MAX),
         }
     }
 

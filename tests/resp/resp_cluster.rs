@@ -100,3 +100,66 @@ fn any_node_answers_through_resp_and_refuses_without_replicas() {
     );
     r.cmd(&["GET", &key], "$2\r\nv3\r\n");
 }
+
+/// A pipeline through a node that does not lead every partition: plain
+/// SETs and GETs of keys in every partition, in
+/// one write, mixed with commands that run alone (`INCR`, `SET ... NX`)
+/// and an absent key. The GETs and plain SETs of a batch are forwarded
+/// together, one request per other leader (src/server/service/batch.rs);
+/// every answer is exact and in the order sent, and a second node reads
+/// every value back.
+#[test]
+fn a_pipeline_through_a_non_leader_is_answered_in_order_with_exact_values() {
+    let c = TestCluster::start(ClusterOpts {
+        partitions: 8,
+        env: vec![("CASKADE_RESP_LISTEN".into(), "127.0.0.1:0".into())],
+        ..ClusterOpts::default()
+    });
+    c.wait_until("every ISR is full", |c| c.all_led() && c.full_isr());
+    let via = (0..3)
+        .find(|&i| (0..8).any(|p| c.leader(p) != Some(i)))
+        .unwrap();
+    let keys: Vec<String> = (0..16).map(|i| c.key_in(i % 8, i as usize)).collect();
+    let mut req = String::new();
+    let mut want = String::new();
+    let mb = |args: &[&str]| {
+        let mut s = format!("*{}\r\n", args.len());
+        for a in args {
+            s.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s
+    };
+    // One batch of 16 plain SETs (and an INCR and an NX SET among them).
+    for (i, k) in keys.iter().enumerate() {
+        req.push_str(&mb(&["SET", k, &format!("v{i}")]));
+        want.push_str("+OK\r\n");
+        if i == 5 {
+            req.push_str(&mb(&["INCR", "counter"]));
+            want.push_str(":1\r\n");
+            req.push_str(&mb(&["SET", "nx-key", "first", "NX"]));
+            want.push_str("+OK\r\n");
+        }
+    }
+    // Then (a new batch: the keys were written) their GETs, an absent key.
+    for (i, k) in keys.iter().enumerate().rev() {
+        req.push_str(&mb(&["GET", k]));
+        let v = format!("v{i}");
+        want.push_str(&format!("${}\r\n{v}\r\n", v.len()));
+    }
+    req.push_str(&mb(&["GET", "absent-key"]));
+    want.push_str("$-1\r\n");
+    req.push_str(&mb(&["GET", "counter"]));
+    want.push_str("$1\r\n1\r\n");
+    let mut r = Conn::open(&c.resp_addr(via));
+    r.0.write_all(req.as_bytes()).unwrap();
+    let mut got = vec![0; want.len()];
+    r.0.read_exact(&mut got).unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), want);
+    // Another node reads the same values (acks: all, leader reads).
+    let mut o = Conn::open(&c.resp_addr((via + 1) % 3));
+    for (i, k) in keys.iter().enumerate() {
+        let v = format!("v{i}");
+        o.cmd(&["GET", k], &format!("${}\r\n{v}\r\n", v.len()));
+    }
+    o.cmd(&["GET", "nx-key"], "$5\r\nfirst\r\n");
+}

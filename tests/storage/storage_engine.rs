@@ -410,27 +410,32 @@ fn merge_starts_on_its_own_past_the_dead_ratio() {
     }
 }
 
-/// `submit` queues writes only under `always`; a close writes what is
-/// queued before it returns, so every completion succeeds and every value
-/// is there after a reopen.
+/// Under `every_ms` (and `never`) `submit` writes the record itself (one
+/// `write(2)`, no thread hand-off: `Done`, the record readable at once);
+/// under `always` it queues writes for the group commit; a close writes
+/// what is queued before it returns, so every completion succeeds and
+/// every value is there after a reopen.
 #[test]
-fn submit_queues_only_under_always_and_close_writes_the_queue() {
+fn submit_writes_at_once_under_every_ms_queues_under_always_and_close_writes_the_queue() {
     let dir = TempDir::new().unwrap();
+    let every_ms_dir = TempDir::new().unwrap();
     let set = |v: &'static [u8]| WriteOp::Set(Bytes::from_static(v), SetOptions::default());
     {
         let e = Bitcask::open(
-            dir.path(),
+            every_ms_dir.path(),
             Options {
                 fsync: Durability::EveryMs(1000),
                 ..Options::default()
             },
         )
         .unwrap();
-        assert!(
-            matches!(e.submit(b"k", &set(b"v")).unwrap(), Submitted::Blocking),
-            "under every_ms a blocking thread writes"
-        );
-        assert_eq!(e.next_offset(), 0, "and submit wrote nothing");
+        match e.submit(b"k", &set(b"v")).unwrap() {
+            Submitted::Done(w) => assert_eq!((w.done, w.until), (true, 1)),
+            other => panic!("under every_ms submit writes at once: {other:?}"),
+        }
+        assert_eq!(e.next_offset(), 1, "submit wrote the record");
+        assert_eq!(e.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+        assert_eq!(e.status().unwrap().fsyncs, 0, "and did not fsync it");
     }
     let always = || Options {
         fsync: Durability::Always,

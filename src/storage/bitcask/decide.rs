@@ -11,8 +11,15 @@
 //! - a decision that writes nothing (an `NX` that did not hold, a refused
 //!   `INCRBY`) but rests on a record whose batch is in flight waits for that
 //!   batch and decides again, so it never answers from a write that fails;
-//! - the async path never does I/O: it declines (`Submitted::Blocking`)
-//!   when the decision needs a value that memory does not hold.
+//! - the async path never reads the disk and never fsyncs: it declines
+//!   (`Submitted::Blocking`) when the decision needs a value that memory
+//!   does not hold; under `always` it queues the record for a commit
+//!   worker. Under `every_ms` and `never` it writes the batch itself
+//!   when no flush is running and the batch fits the active segment:
+//!   one `write(2)` to the page cache (no fsync, no roll), which costs
+//!   less than waking any other thread for it (docs/BENCHMARKS.md,
+//!   "caskade vs Redis over RESP"); otherwise it queues it for a commit
+//!   worker.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -186,9 +193,6 @@ impl Inner {
         leader: Option<u32>,
     ) -> Result<Submitted> {
         self.check_op(key, op)?;
-        if self.opts.fsync != Durability::Always {
-            return Ok(Submitted::Blocking);
-        }
         let mut w = self.writer.lock();
         w.check_writable()?;
         self.check_role(leader)?;
@@ -209,6 +213,19 @@ impl Inner {
             (Some((kind, value, expire_at)), answer, _) => {
                 let reply = answer?;
                 let (batch, index, offset) = w.enqueue(key, kind, value, expire_at);
+                if self.opts.fsync != Durability::Always
+                    && !w.flushing
+                    && w.active.len() + w.buf.len() as u64 <= self.opts.segment_bytes
+                {
+                    // No fsync to share and no roll (which fsyncs): the
+                    // batch is one write(2) to the page cache, cheaper here
+                    // than any hand-off to another thread.
+                    self.lead(&mut w);
+                    drop(w);
+                    return batch
+                        .result_for(index)
+                        .map(|()| Submitted::Done(Written::new(reply, offset + 1)));
+                }
                 drop(w);
                 // A commit worker leads it (unless a blocking writer does
                 // first); the engine is queued at most once.

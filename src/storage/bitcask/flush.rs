@@ -114,16 +114,14 @@ impl Inner {
     }
 
     /// Ends the I/O that set `flushing`: wakes the blocking writers waiting
-    /// for it and, when records were queued meanwhile under `always`, queues
-    /// the engine for a commit worker (which leads them unless a blocking
-    /// writer or `close` does first). Every path that sets `flushing` ends
-    /// through here, so no queued record is stranded. (Under the other
-    /// policies only blocking writers queue records, and each waits on
-    /// `batch_done` and leads.)
+    /// for it and, when records were queued meanwhile, queues the engine
+    /// for a commit worker (which leads them unless a blocking writer,
+    /// an async submitter or `close` does first). Every path that sets
+    /// `flushing` ends through here, so no queued record is stranded.
     pub(super) fn end_flush(&self, w: &mut Writer) {
         w.flushing = false;
         self.batch_done.notify_all();
-        if !w.queue.is_empty() && self.opts.fsync == Durability::Always {
+        if !w.queue.is_empty() {
             self.schedule(super::workers::Job::Commit);
         }
     }

@@ -374,14 +374,18 @@ impl Bitcask {
     /// [`Completion`] to await. A waiting write then costs a task, not a
     /// thread parked until its fsync.
     ///
+    /// Under `every_ms` and `never` there is no fsync to share: when no
+    /// flush is running and the batch fits the active segment, the caller
+    /// writes it itself (one `write(2)` of about a microsecond to the page
+    /// cache; no fsync, no segment roll) and gets [`Submitted::Done`],
+    /// which costs less than waking any thread for it (docs/BENCHMARKS.md,
+    /// "caskade vs Redis over RESP"); otherwise the record is queued as
+    /// under `always`.
+    ///
     /// Returns [`Submitted::Blocking`] (the caller then runs
     /// [`Bitcask::write`] on a blocking thread) when the decision itself
     /// may need I/O (an `expire`, whose record carries the value, or an
-    /// answer resting on a record still being written), and under `every_ms`
-    /// and `never`. There the write is one `write(2)` of about a
-    /// microsecond with nothing to share, and a blocking-pool thread that
-    /// is usually awake already does it for less than waking a commit worker
-    /// (measured: docs/BENCHMARKS.md, "Cluster", run 3).
+    /// answer resting on a record still being written).
     pub fn submit(&self, key: &[u8], op: &WriteOp) -> Result<Submitted> {
         self.inner.submit(key, op, None)
     }
