@@ -8,13 +8,11 @@
 //!   [`Engine::submit`] (group commit; under `every_ms` / `never` a
 //!   submitted write is one `write(2)` to the page cache on the caller's
 //!   thread) or, when it declines, to the blocking pool;
-//! - a `get` never changes threads: memory answers it
-//!   ([`Engine::get_cached`]) or the record is read on the caller's
-//!   thread (one copy from the segment's map or one `pread`, from the OS
-//!   page cache for any record written or read recently). Handing the
-//!   read to the blocking pool cost more than the read itself: two thread
-//!   wake-ups per request (docs/BENCHMARKS.md, "caskade vs Redis over
-//!   RESP", "Where the time goes").
+//! - a `get` that memory answers ([`Engine::get_cached`]) stays on the
+//!   caller's thread; one whose value is not cached reads the disk (a
+//!   page fault on the segment's map or a `pread` that may wait for the
+//!   device when the data set exceeds the page cache), so it goes to the
+//!   blocking pool: a runtime worker never waits for the device.
 
 use std::sync::Arc;
 
@@ -55,8 +53,8 @@ impl Node {
         if let Some(answer) = engine.get_cached(&key)? {
             return Ok(answer);
         }
-        // A value not cached yet: read on this thread (see the module doc).
-        Ok(engine.get(&key)?)
+        // Not cached: the read may wait for the device (see the module doc).
+        blocking(move || engine.get(&key)).await
     }
 
     /// Deletes `keys`; returns how many existed.

@@ -6,11 +6,13 @@
 //! its partition ([`crate::cluster::partition_for`]) -> ask the
 //! [`Coordinator`] for this node's role (`NOT_LEADER` otherwise; for
 //! `acks: all`, `NOT_ENOUGH_REPLICAS` when the ISR is too small) -> offer
-//! a write to the engine's group commit and await it ([`Engine::submit`]:
-//! no I/O on the caller's thread; Bitcask takes it under `fsync: always`),
-//! answer a read from memory when memory knows the answer
-//! ([`Engine::get_cached`], [`Engine::ttl_cached`]), or else run the engine
-//! call on tokio's blocking pool; a runtime worker never does disk I/O.
+//! a write to the engine and await it ([`Engine::submit`]: no fsync and no
+//! segment roll on the caller's thread; under `every_ms` / `never` Bitcask
+//! does the one `write(2)` to the page cache there), answer a read from
+//! memory when memory knows the answer ([`Engine::get_cached`],
+//! [`Engine::ttl_cached`]), or else run the engine call on tokio's blocking
+//! pool; a runtime worker never waits for the device (fsync, roll, or a
+//! read of a value that is not cached).
 //!
 //! Data directory layout:
 //!
