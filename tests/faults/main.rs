@@ -50,3 +50,60 @@ impl Gate {
 
 /// Failpoints and process limits are process-wide: see the module docs.
 pub static GATE: Gate = Gate(RwLock::new(()));
+
+/// A standalone node served in this process (failpoints reach it): its gRPC
+/// and RESP listeners on free loopback ports, until the returned sender is
+/// set to `true`. Returns (gRPC address, RESP address, stop). The servers'
+/// own results are not checked: with a failpoint armed their final flush
+/// may fail, which is what the tests provoke.
+#[cfg(feature = "failpoints")]
+pub fn serve_in_process(
+    rt: &tokio::runtime::Runtime,
+    config: &caskade::config::Config,
+) -> (String, String, tokio::sync::watch::Sender<bool>) {
+    use std::sync::Arc;
+
+    use caskade::node::Node;
+    use caskade::server::metrics::Metrics;
+    use caskade::storage::SystemClock;
+    use tokio::net::TcpListener;
+
+    rt.block_on(async {
+        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let advertised = grpc.local_addr().unwrap().to_string();
+        let node = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || {
+                Node::open_standalone(&config, advertised, Arc::new(SystemClock))
+            })
+            .await
+            .unwrap()
+            .unwrap()
+        };
+        let node = Arc::new(node);
+        let metrics = Metrics::new(node.clone(), None);
+        let resp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addrs = (
+            grpc.local_addr().unwrap().to_string(),
+            resp.local_addr().unwrap().to_string(),
+        );
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let (n, c, m, rx) = (
+            node.clone(),
+            config.clone(),
+            metrics.clone(),
+            stopped.clone(),
+        );
+        tokio::spawn(async move {
+            let _ = caskade::server::run(grpc, n, &c, None, m, until(rx)).await;
+        });
+        let c = config.clone();
+        tokio::spawn(async move {
+            let _ = caskade::resp::serve(resp, node, &c, metrics, until(stopped)).await;
+        });
+        (addrs.0, addrs.1, stop)
+    })
+}

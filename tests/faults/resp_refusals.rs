@@ -81,15 +81,11 @@ fn reason(s: &tonic::Status) -> &str {
 
 #[cfg(feature = "failpoints")]
 mod disk_full {
-    use std::sync::Arc;
 
     use caskade::client::{Client, SetOptions};
     use caskade::config::{ClientConfig, Config};
     use caskade::error::Error;
-    use caskade::node::Node;
-    use caskade::server::metrics::Metrics;
-    use caskade::storage::{Durability, SystemClock};
-    use tokio::net::TcpListener;
+    use caskade::storage::Durability;
 
     use super::*;
 
@@ -109,48 +105,7 @@ mod disk_full {
             ..Config::default()
         };
         config.storage.fsync = Durability::Always;
-        let (grpc, resp, stop) = rt.block_on(async {
-            let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let advertised = grpc.local_addr().unwrap().to_string();
-            let node = {
-                let config = config.clone();
-                tokio::task::spawn_blocking(move || {
-                    Node::open_standalone(&config, advertised, Arc::new(SystemClock))
-                })
-                .await
-                .unwrap()
-                .unwrap()
-            };
-            let node = Arc::new(node);
-            let metrics = Metrics::new(node.clone(), None);
-            let resp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addrs = (
-                grpc.local_addr().unwrap().to_string(),
-                resp.local_addr().unwrap().to_string(),
-            );
-            let (stop, stopped) = tokio::sync::watch::channel(false);
-            let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-                let _ = rx.wait_for(|s| *s).await;
-            };
-            let (n, c, m, rx) = (
-                node.clone(),
-                config.clone(),
-                metrics.clone(),
-                stopped.clone(),
-            );
-            tokio::spawn(async move {
-                caskade::server::run(grpc, n, &c, None, m, until(rx))
-                    .await
-                    .unwrap();
-            });
-            let c = config.clone();
-            tokio::spawn(async move {
-                caskade::resp::serve(resp, node, &c, metrics, until(stopped))
-                    .await
-                    .unwrap();
-            });
-            (addrs.0, addrs.1, stop)
-        });
+        let (grpc, resp, stop) = crate::serve_in_process(&rt, &config);
 
         let mut r = open(&resp);
         assert_eq!(call(&mut r, &["SET", "before", "v0"]), "+OK\r\n");

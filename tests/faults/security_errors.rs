@@ -15,11 +15,8 @@ mod eio {
 
     use caskade::cluster::partition_for;
     use caskade::config::Config;
-    use caskade::node::Node;
     use caskade::proto::kv_client::KvClient;
-    use caskade::server::metrics::Metrics;
-    use caskade::storage::{Durability, SystemClock};
-    use tokio::net::TcpListener;
+    use caskade::storage::Durability;
 
     use super::harness;
 
@@ -113,45 +110,7 @@ mod eio {
             ..Config::default()
         };
         config.storage.fsync = Durability::Always;
-        let (grpc, resp, stop) = rt.block_on(async {
-            let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let advertised = grpc.local_addr().unwrap().to_string();
-            let node = {
-                let config = config.clone();
-                tokio::task::spawn_blocking(move || {
-                    Node::open_standalone(&config, advertised, Arc::new(SystemClock))
-                })
-                .await
-                .unwrap()
-                .unwrap()
-            };
-            let node = Arc::new(node);
-            let metrics = Metrics::new(node.clone(), None);
-            let resp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addrs = (
-                grpc.local_addr().unwrap().to_string(),
-                resp.local_addr().unwrap().to_string(),
-            );
-            let (stop, stopped) = tokio::sync::watch::channel(false);
-            let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-                let _ = rx.wait_for(|s| *s).await;
-            };
-            let (n, c, m, rx) = (
-                node.clone(),
-                config.clone(),
-                metrics.clone(),
-                stopped.clone(),
-            );
-            tokio::spawn(async move {
-                // Its final flush fails: writes are refused by then.
-                let _ = caskade::server::run(grpc, n, &c, None, m, until(rx)).await;
-            });
-            let c = config.clone();
-            tokio::spawn(async move {
-                let _ = caskade::resp::serve(resp, node, &c, metrics, until(stopped)).await;
-            });
-            (addrs.0, addrs.1, stop)
-        });
+        let (grpc, resp, stop) = crate::serve_in_process(&rt, &config);
         let mut r = TcpStream::connect(&resp).unwrap();
         r.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
         let (k0, k1) = (key_in(0), key_in(1));
