@@ -6,9 +6,8 @@
 
 use crate::harness;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use harness::{Server, ServerOpts, WAIT, cli_bin};
@@ -50,24 +49,9 @@ fn repl_on_a_pseudo_terminal() {
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
     let guard = Guard(child);
-    let output = Arc::new(Mutex::new(String::new()));
-    {
-        let output = output.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                output
-                    .lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-    }
+    let output = crate::collect_output(stdout);
     // Waits until the output after `from` contains `needle`; returns the end.
     let wait_for = |from: usize, needle: &str| -> usize {
         let deadline = Instant::now() + WAIT;
