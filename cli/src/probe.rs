@@ -188,8 +188,9 @@ enum Writer {
     Forward {
         /// The first address.
         addr: String,
-        /// Its stub, with the client's TLS and credentials.
-        kv: Stub,
+        /// Its stub, with the client's TLS and credentials (boxed: a
+        /// stub is much larger than the other variant).
+        kv: Box<Stub>,
         /// The request timeout, for error messages.
         timeout: Duration,
     },
@@ -260,7 +261,7 @@ pub async fn probe(config: &ClientConfig, args: &ProbeArgs) -> Result<ProbeRepor
         Via::Client => Writer::Client(Box::new(client)),
         Via::Forward => Writer::Forward {
             addr: client.addr().to_string(),
-            kv: client.seed_stub(),
+            kv: Box::new(client.seed_stub()),
             timeout,
         },
     };

@@ -4,8 +4,6 @@
 //! client and a RESP client of an in-process server with the exact,
 //! path-free text, while the server's log names the segment's path.
 
-use crate::harness;
-
 #[cfg(feature = "failpoints")]
 mod eio {
     use std::io::{Read, Write};
@@ -18,7 +16,7 @@ mod eio {
     use caskade::proto::kv_client::KvClient;
     use caskade::storage::Durability;
 
-    use super::harness;
+    use crate::harness;
 
     /// What the storage layer says about the injected `EIO`.
     const EIO: &str = "Input/output error (os error 5)";
