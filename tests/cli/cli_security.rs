@@ -92,23 +92,7 @@ fn start(dir: &Path, tls: bool, auth: bool) -> Server {
 /// Runs the CLI with `args` and `env` (no CASKADE_* credentials otherwise,
 /// stdin not a terminal); `(exit code, stdout, stderr)`.
 fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let out = Command::new(cli_bin())
-        .args(args)
-        .env_remove("CASKADE_USER")
-        .env_remove("CASKADE_PASSWORD")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let (o, e) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    assert!(
-        !o.contains("-pw") && !e.contains("-pw"),
-        "password printed: {o} {e}"
-    );
-    (out.status.code(), o, e)
+    harness::run_cli_hiding(args, env, "-pw")
 }
 
 /// A Rust client of `addr` with the test CA and `password` for `default`.

@@ -107,3 +107,32 @@ pub fn serve_in_process(
         (addrs.0, addrs.1, stop)
     })
 }
+
+/// Sends `args` as a RESP multibulk on a blocking connection and reads one
+/// answer: a line (`+OK`, `-ERR ...`, `$-1`) or a bulk string.
+pub fn call(s: &mut std::net::TcpStream, args: &[&str]) -> String {
+    use std::io::{Read, Write};
+
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut b = [0u8; 1];
+    // Every answer of these tests is one line (+OK, -ERR, $-1) or a short
+    // bulk string, read line by line.
+    while !got.ends_with(b"\r\n") {
+        s.read_exact(&mut b).unwrap();
+        got.push(b[0]);
+    }
+    if got[0] == b'$' && got != b"$-1\r\n" {
+        let n: usize = String::from_utf8_lossy(&got[1..got.len() - 2])
+            .parse()
+            .unwrap();
+        let mut body = vec![0; n + 2];
+        s.read_exact(&mut body).unwrap();
+        got.extend_from_slice(&body);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}

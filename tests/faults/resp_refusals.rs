@@ -13,39 +13,13 @@
 
 use crate::harness;
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
 use caskade::proto::kv_client::KvClient;
 use harness::cluster::{ClusterOpts, TestCluster};
 
-/// Sends `args` as a multibulk on a blocking connection and reads exactly
-/// `n` bytes of answer, or until a full line when `n` is 0.
-fn call(s: &mut TcpStream, args: &[&str]) -> String {
-    let mut req = format!("*{}\r\n", args.len());
-    for a in args {
-        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    s.write_all(req.as_bytes()).unwrap();
-    let mut got = Vec::new();
-    let mut b = [0u8; 1];
-    // Every answer of these tests is one line (+OK, -ERR, $-1) or a short
-    // bulk string, read line by line.
-    while !got.ends_with(b"\r\n") {
-        s.read_exact(&mut b).unwrap();
-        got.push(b[0]);
-    }
-    if got[0] == b'$' && got != b"$-1\r\n" {
-        let n: usize = String::from_utf8_lossy(&got[1..got.len() - 2])
-            .parse()
-            .unwrap();
-        let mut body = vec![0; n + 2];
-        s.read_exact(&mut body).unwrap();
-        got.extend_from_slice(&body);
-    }
-    String::from_utf8_lossy(&got).into_owned()
-}
+use crate::call;
 
 /// A blocking RESP connection to `addr`.
 fn open(addr: &str) -> TcpStream {

@@ -6,7 +6,7 @@
 
 #[cfg(feature = "failpoints")]
 mod eio {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::net::TcpStream;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
@@ -16,7 +16,7 @@ mod eio {
     use caskade::proto::kv_client::KvClient;
     use caskade::storage::Durability;
 
-    use crate::harness;
+    use crate::{call, harness};
 
     /// What the storage layer says about the injected `EIO`.
     const EIO: &str = "Input/output error (os error 5)";
@@ -33,22 +33,6 @@ mod eio {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
-    }
-
-    /// Sends `args` as a multibulk and reads one line of answer.
-    fn call(s: &mut TcpStream, args: &[&str]) -> String {
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        s.write_all(req.as_bytes()).unwrap();
-        let mut got = Vec::new();
-        let mut b = [0u8; 1];
-        while !got.ends_with(b"\r\n") {
-            s.read_exact(&mut b).unwrap();
-            got.push(b[0]);
-        }
-        String::from_utf8_lossy(&got).into_owned()
     }
 
     /// A raw gRPC `Set` of `key`: the status exactly as the server sent it.

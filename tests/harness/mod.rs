@@ -58,6 +58,34 @@ pub fn cli_bin() -> PathBuf {
         .clone()
 }
 
+/// Runs `caskade-cli` with `args` and `env`, without the CASKADE_USER and
+/// CASKADE_PASSWORD of the test's own environment and with stdin not a
+/// terminal; asserts that `secret` is printed on neither stream. Returns
+/// (exit code, stdout, stderr).
+pub fn run_cli_hiding(
+    args: &[&str],
+    env: &[(&str, &str)],
+    secret: &str,
+) -> (Option<i32>, String, String) {
+    let out = Command::new(cli_bin())
+        .args(args)
+        .env_remove("CASKADE_USER")
+        .env_remove("CASKADE_PASSWORD")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        !o.contains(secret) && !e.contains(secret),
+        "password printed: {o} {e}"
+    );
+    (out.status.code(), o, e)
+}
+
 /// A port that was free a moment ago (bound, then released), chosen
 /// below the kernel's ephemeral range (`ip_local_port_range`), so no
 /// outgoing connection can take it before the server binds it. (A port

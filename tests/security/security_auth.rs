@@ -213,24 +213,11 @@ fn cli_takes_credentials_from_env_and_config_and_never_prints_them() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), auth_yaml(), ServerOpts::default()).unwrap();
     let run = |env: &[(&str, &str)], args: &[&str]| {
-        let out = Command::new(cli_bin())
-            .args(["--addr", &server.addr])
-            .args(args)
-            .env_remove("CASKADE_USER")
-            .env_remove("CASKADE_PASSWORD")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let (o, e) = (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        );
-        assert!(
-            !o.contains("-pw") && !e.contains("-pw"),
-            "password printed: {o} {e}"
-        );
-        (out.status.code(), o, e)
+        let args: Vec<&str> = ["--addr", server.addr.as_str()]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        harness::run_cli_hiding(&args, env, "-pw")
     };
     assert_eq!(
         run(&[], &["get", "k"]),
