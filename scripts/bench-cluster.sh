@@ -75,47 +75,9 @@ FAILOVERS=$WORK/failover.jsonl
 : >"$RESULTS"
 : >"$FAILOVERS"
 
-# Every server we start: pid by name (standalone, node1..3 per cluster).
-declare -A PIDS=()
-
-cleanup() {
-  local status=$? name pid
-  trap - EXIT INT TERM
-  for name in "${!PIDS[@]}"; do
-    pid=${PIDS[$name]}
-    kill -KILL "$pid" 2>/dev/null || true
-  done
-  for name in "${!PIDS[@]}"; do
-    wait "${PIDS[$name]}" 2>/dev/null || true
-  done
-  scripts/zk.sh stop "$WORK/zk" >/dev/null 2>&1 || true
-  if [ "${KEEP:-}" = 1 ] || [ "$status" -ne 0 ]; then
-    log "work directory kept: $WORK"
-  else
-    rm -rf "$WORK"
-  fi
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# A TCP port nothing listens on and that this run has not handed out, below
-# the kernel's ephemeral range (ip_local_port_range), so no outgoing
-# connection can take it between this check and the server's bind.
-declare -A USED_PORTS=()
-EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-readonly EPHEMERAL_LOW
-free_port() {
-  local p
-  while :; do
-    p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
-    [ -z "${USED_PORTS[$p]:-}" ] || continue
-    nc -z 127.0.0.1 "$p" >/dev/null 2>&1 && continue
-    USED_PORTS[$p]=1
-    echo "$p"
-    return
-  done
-}
+# Every server we start (PIDS: standalone, node1..3 per cluster), clean-up
+# on exit and free_port.
+. scripts/lib-bench.sh
 
 fsync_yaml() {
   case $1 in
@@ -161,7 +123,8 @@ stop_server() {
 start_standalone() {
   local dir=$WORK/standalone-$1
   mkdir -p "$dir"
-  SA_ADDR=127.0.0.1:$(free_port)
+  free_port
+  SA_ADDR=127.0.0.1:$PORT
   cat >"$dir/server.yaml" <<EOF
 node_id: standalone
 listen: $SA_ADDR
@@ -222,12 +185,16 @@ start_cluster() {
   local policy=$1 tag=$2 dir=$WORK/cluster-$2 n zk_port
   mkdir -p "$dir"
   if [ ! -f "$WORK/zk/zk.pid" ]; then
-    zk_port=$(free_port)
+    free_port
+    zk_port=$PORT
     scripts/zk.sh start "$WORK/zk" "$zk_port" >&2
     ZK_CONNECT=127.0.0.1:$zk_port
   fi
   for n in 1 2 3; do
-    NODE_ADDR[n]=127.0.0.1:$(free_port)
+    free_port
+    NODE_ADDR[n]=127.0.0.1:$PORT
+    free_port
+    local repl_port=$PORT
     NODE_CONF[n]=$dir/node$n.yaml
     NODE_LOG[n]=$dir/node$n.log
     cat >"${NODE_CONF[n]}" <<EOF
@@ -245,7 +212,7 @@ cluster:
   name: bench-$tag
   zk_connect: $ZK_CONNECT
   session_timeout_ms: $SESSION_TIMEOUT_MS
-  replication_listen: 127.0.0.1:$(free_port)
+  replication_listen: 127.0.0.1:$repl_port
   replication_factor: 3
   min_insync: 2
   replica_lag_ms: 10000

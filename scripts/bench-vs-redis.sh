@@ -72,42 +72,8 @@ readonly WORK
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
 
-# Every process we start, by name.
-declare -A PIDS=()
-
-cleanup() {
-  local status=$? name
-  trap - EXIT INT TERM
-  for name in "${!PIDS[@]}"; do kill -KILL "${PIDS[$name]}" 2>/dev/null || true; done
-  for name in "${!PIDS[@]}"; do wait "${PIDS[$name]}" 2>/dev/null || true; done
-  scripts/zk.sh stop "$WORK/zk" >/dev/null 2>&1 || true
-  if [ "${KEEP:-}" = 1 ] || [ "$status" -ne 0 ]; then
-    log "work directory kept: $WORK"
-  else
-    rm -rf "$WORK"
-  fi
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# free_port: sets PORT to a TCP port nothing listens on and that this run
-# has not handed out (not in a subshell, so USED_PORTS remembers it), below
-# the ephemeral range, so no outgoing connection takes it before the bind.
-declare -A USED_PORTS=()
-EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-readonly EPHEMERAL_LOW
-free_port() {
-  local p
-  while :; do
-    p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
-    [ -z "${USED_PORTS[$p]:-}" ] || continue
-    nc -z 127.0.0.1 "$p" >/dev/null 2>&1 && continue
-    USED_PORTS[$p]=1
-    PORT=$p
-    return
-  done
-}
+# Process bookkeeping, clean-up on exit and free_port.
+. scripts/lib-bench.sh
 
 stop() {
   local pid=${PIDS[$1]:-}
