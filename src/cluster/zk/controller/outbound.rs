@@ -25,27 +25,17 @@ impl Controller {
         let paths = &self.shared.paths;
         let epoch_path = paths.controller_epoch();
         let chunks: Vec<&[Decision]> = decisions.chunks(BATCH).collect();
-        let answers = znode::windowed(&chunks, MULTI_WINDOW, |chunk| {
-            let mut w = self.client.new_multi_writer();
-            let build = |w: &mut zk::MultiWriter<'_>| -> Result<(), zk::Error> {
-                w.add_check_version(&epoch_path, self.won.epoch_version)?;
-                for d in chunk.iter() {
-                    let s = &d.state;
-                    let data = encode(&StateZnode::of(s));
-                    w.add_set_data(&paths.state(s.partition), &data, Some(s.zk_version))?;
-                }
-                Ok(())
-            };
-            // Sent now (when `commit` is called), answered when awaited.
-            let sent = build(&mut w).map(|()| w.commit());
-            async move {
-                match sent {
-                    Ok(answer) => Ok(answer.await),
-                    Err(e) => Err(Exit::zk("build a multi", e)),
-                }
-            }
-        })
-        .await;
+        let answers = self
+            .fenced_multis(&chunks, |w, d| {
+                let s = &d.state;
+                w.add_set_data(
+                    &paths.state(s.partition),
+                    &encode(&StateZnode::of(s)),
+                    Some(s.zk_version),
+                )
+                .map(drop)
+            })
+            .await;
         let mut written = Vec::new();
         let mut unsure = Vec::new();
         for (chunk, answer) in chunks.into_iter().zip(answers) {
@@ -83,6 +73,37 @@ impl Controller {
 
     /// Asks every node in `asks` (one call per node, all at once) for the
     /// log end offsets of its partitions. Nodes that fail or time out are
+
+    /// Sends one ZooKeeper multi per chunk, at most [`MULTI_WINDOW`] in
+    /// flight (`znode::windowed`), each fenced: its first operation checks
+    /// that `/controller_epoch` still has the version this controller won
+    /// with, so a deposed controller's multis all fail whole; `add` adds a
+    /// chunk item's operations after it. One answer per chunk, in order;
+    /// an answer's results include the check's, first.
+    pub(super) async fn fenced_multis<T>(
+        &self,
+        chunks: &[&[T]],
+        add: impl Fn(&mut zk::MultiWriter<'_>, &T) -> Result<(), zk::Error>,
+    ) -> Vec<Result<Result<Vec<zk::MultiWriteResult>, zk::MultiWriteError>, Exit>> {
+        let epoch_path = self.shared.paths.controller_epoch();
+        znode::windowed(chunks, MULTI_WINDOW, |chunk| {
+            let mut w = self.client.new_multi_writer();
+            let build = |w: &mut zk::MultiWriter<'_>| -> Result<(), zk::Error> {
+                w.add_check_version(&epoch_path, self.won.epoch_version)?;
+                chunk.iter().try_for_each(|item| add(w, item))
+            };
+            // Sent now (when `commit` is called), answered when awaited.
+            let sent = build(&mut w).map(|()| w.commit());
+            async move {
+                match sent {
+                    Ok(answer) => Ok(answer.await),
+                    Err(e) => Err(Exit::zk("build a multi", e)),
+                }
+            }
+        })
+        .await
+    }
+
     /// logged and left out.
     pub(super) async fn ask_offsets(&self, asks: BTreeMap<String, Vec<u32>>) -> Offsets {
         let mut calls = JoinSet::new();

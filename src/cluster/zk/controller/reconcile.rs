@@ -15,7 +15,7 @@ use super::super::drain;
 use super::super::handover;
 use super::super::reassign_ctl;
 use super::super::znode::{self, StateZnode, encode};
-use super::{BATCH, Controller, Exit, FullTo, MULTI_WINDOW, RETRY, ROUNDS};
+use super::{BATCH, Controller, Exit, FullTo, RETRY, ROUNDS};
 use crate::cluster::LeaderAndIsr;
 
 impl Controller {
@@ -132,28 +132,15 @@ impl Controller {
             })
             .collect();
         let chunks: Vec<&[LeaderAndIsr]> = planned.chunks(BATCH).collect();
-        let answers = znode::windowed(&chunks, MULTI_WINDOW, |chunk| {
-            let mut w = self.client.new_multi_writer();
-            let build = |w: &mut zk::MultiWriter<'_>| -> Result<(), zk::Error> {
-                w.add_check_version(&epoch_path, self.won.epoch_version)?;
-                for s in chunk.iter() {
-                    let p = s.partition;
-                    w.add_create(&paths.partition(p), &[], &persistent)?;
-                    w.add_create(&paths.replicas(p), &encode(&s.replicas), &persistent)?;
-                    w.add_create(&paths.state(p), &encode(&StateZnode::of(s)), &persistent)?;
-                }
-                Ok(())
-            };
-            // Sent now (when `commit` is called), answered when awaited.
-            let sent = build(&mut w).map(|()| w.commit());
-            async move {
-                match sent {
-                    Ok(answer) => Ok(answer.await),
-                    Err(e) => Err(Exit::zk("build a multi", e)),
-                }
-            }
-        })
-        .await;
+        let answers = self
+            .fenced_multis(&chunks, |w, s| {
+                let p = s.partition;
+                w.add_create(&paths.partition(p), &[], &persistent)?;
+                w.add_create(&paths.replicas(p), &encode(&s.replicas), &persistent)?;
+                w.add_create(&paths.state(p), &encode(&StateZnode::of(s)), &persistent)
+                    .map(drop)
+            })
+            .await;
         let mut created = BTreeMap::new();
         let mut unsure = Vec::new();
         for (chunk, answer) in chunks.into_iter().zip(answers) {
