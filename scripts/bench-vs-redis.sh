@@ -26,8 +26,15 @@
 # Redis' all go to the master.
 #
 # Output: progress on stderr; a markdown table on stdout: test, pipeline,
-# durability, Redis ops/s, caskade ops/s, caskade/Redis. The raw outputs and
-# logs stay in the work directory with KEEP=1 (or on failure).
+# durability, Redis ops/s, caskade ops/s, caskade/Redis, and for each side
+# the server CPU per request (utime + stime from /proc/PID/stat of the
+# server processes: redis-server, or the master and the replica; the
+# caskade node, or all three) and how busy the machine was during the
+# test (/proc/stat, all cores; 100% = both cores saturated). Server CPU
+# per request moves much less with the machine's load than ops/s do. Each
+# test is its own client run (redis-benchmark -t set, then -t get), so the
+# CPU figures cover one test each. The raw outputs and logs stay in the
+# work directory with KEEP=1 (or on failure).
 #
 # Env: N (200000), CLIENTS (50), POLICIES ("everysec always"),
 #      CLUSTER_POLICIES ("everysec"; "" skips the cluster), SKIP_BUILD=1,
@@ -108,6 +115,38 @@ caskade_fsync() {
   esac
 }
 
+# cpu_ticks PID...: utime + stime of the processes, in clock ticks.
+cpu_ticks() {
+  local p total=0
+  for p in "$@"; do
+    # Fields after "pid (comm) ": utime and stime are the 12th and 13th.
+    total=$((total + $(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+  done
+  echo "$total"
+}
+
+# machine_ticks: "busy total" clock ticks of all cores since boot.
+machine_ticks() {
+  awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t}' /proc/stat
+}
+
+# measured NAME... -- CMD...: runs CMD and sets CPU_US (server CPU of the
+# processes NAME... per request, over N requests, in microseconds) and
+# BUSY (percent of all cores busy meanwhile).
+measured() {
+  local pids=() before m0 m1 status=0
+  while [ "$1" != -- ]; do pids+=("${PIDS[$1]}"); shift; done
+  shift
+  before=$(cpu_ticks "${pids[@]}")
+  read -r -a m0 <<<"$(machine_ticks)"
+  "$@" || status=$?
+  read -r -a m1 <<<"$(machine_ticks)"
+  CPU_US=$(awk -v t="$(($(cpu_ticks "${pids[@]}") - before))" -v hz="$(getconf CLK_TCK)" -v n="$N" \
+    'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+  BUSY=$(awk -v b="$((m1[0] - m0[0]))" -v t="$((m1[1] - m0[1]))" 'BEGIN {printf "%.0f", (t > 0 ? 100 * b / t : 0)}')
+  return "$status"
+}
+
 # start_redis NAME POLICY [MASTER_PORT]: sets PORT_OF[NAME].
 declare -A PORT_OF=()
 start_redis() {
@@ -159,29 +198,30 @@ start_caskade() {
   PORT_OF[$name]=$port
 }
 
-# redis_benchmark SYSTEM POLICY PIPELINE PORT: one redis-benchmark run
-# (set, then get), one TSV line per test into RESULTS.
+# redis_benchmark SYSTEM POLICY PIPELINE PORT: one redis-benchmark run per
+# test (set, then get), one TSV line per test into RESULTS.
 redis_benchmark() {
-  local system=$1 policy=$2 pipeline=$3 port=$4 out
-  local args=(-h 127.0.0.1 -p "$port" -t set,get -n "$N" -c "$CLIENTS" -d "$VALUE_SIZE" -r "$KEYSPACE")
-  [ "$pipeline" -gt 1 ] && args+=(-P "$pipeline")
-  out=$WORK/$system-$policy-P$pipeline.out
-  log "$system ($policy): redis-benchmark ${args[*]:2}"
-  redis-benchmark "${args[@]}" --csv >"$out" 2>&1 || die "redis-benchmark failed against $system: $(tail -3 "$out")"
-  if grep -qi 'error' "$out"; then
-    die "redis-benchmark saw errors from $system: $(grep -i -m3 error "$out")"
-  fi
-  local test rps
+  local system=$1 policy=$2 pipeline=$3 port=$4 out test rps
   for test in SET GET; do
+    local args=(-h 127.0.0.1 -p "$port" -t "${test,,}" -n "$N" -c "$CLIENTS" -d "$VALUE_SIZE" -r "$KEYSPACE")
+    [ "$pipeline" -gt 1 ] && args+=(-P "$pipeline")
+    out=$WORK/$system-$policy-P$pipeline-$test.out
+    log "$system ($policy): redis-benchmark ${args[*]:2}"
+    measured "$system" -- redis-benchmark "${args[@]}" --csv >"$out" 2>&1 ||
+      die "redis-benchmark failed against $system: $(tail -3 "$out")"
+    if grep -qi 'error' "$out"; then
+      die "redis-benchmark saw errors from $system: $(grep -i -m3 error "$out")"
+    fi
     rps=$(awk -F'","' -v t="\"$test" '$1 == t {print $2}' "$out")
     [ -n "$rps" ] || die "no $test line in $out"
-    printf '%s\t%s\t%s\t%s\t%s\n' standalone "$test" "$pipeline" "$policy" "$system=$rps" >>"$RESULTS"
-    log "  $test: $rps ops/s"
+    printf '%s\t%s\t%s\t%s\t%s\n' standalone "$test" "$pipeline" "$policy" "$system=$rps=$CPU_US=$BUSY" >>"$RESULTS"
+    log "  $test: $rps ops/s, server CPU $CPU_US us/request, machine $BUSY% busy"
   done
 }
 
 # resp_bench SYSTEM POLICY OP PIPELINE WAIT PORT...: one caskade-cli
-# resp-bench run, one TSV line into RESULTS.
+# resp-bench run, one TSV line into RESULTS. The server CPU counted is that
+# of the processes named in SERVERS.
 resp_bench() {
   local system=$1 policy=$2 op=$3 pipeline=$4 wait=$5 out p
   shift 5
@@ -189,14 +229,15 @@ resp_bench() {
   for p in "$@"; do args+=(--addr "127.0.0.1:$p"); done
   out=$WORK/cluster-$system-$policy-$op-P$pipeline.json
   log "$system cluster ($policy): caskade-cli resp-bench ${args[*]}"
-  "$CLI" resp-bench "${args[@]}" >"$out" 2>"$out.err" ||
+  # shellcheck disable=SC2086 # SERVERS is a list of names
+  measured $SERVERS -- "$CLI" resp-bench "${args[@]}" >"$out" 2>"$out.err" ||
     die "resp-bench failed against $system: $(cat "$out.err")"
   local rps label
   rps=$(jq -r '.ops_per_sec' "$out")
   label=$(echo "$op" | tr a-z A-Z)
   [ "$wait" -gt 0 ] && label="$label+WAIT $wait 0"
-  printf '%s\t%s\t%s\t%s\t%s\n' cluster "$label" "$pipeline" "$policy" "$system=$rps" >>"$RESULTS"
-  log "  $(jq -r '"\(.ops_per_sec | floor) ops/s, p50 \(.p50_us) us, p99 \(.p99_us) us, errors \(.errors)"' "$out")"
+  printf '%s\t%s\t%s\t%s\t%s\n' cluster "$label" "$pipeline" "$policy" "$system=$rps=$CPU_US=$BUSY" >>"$RESULTS"
+  log "  $(jq -r '"\(.ops_per_sec | floor) ops/s, p50 \(.p50_us) us, p99 \(.p99_us) us, errors \(.errors)"' "$out"), server CPU $CPU_US us/request, machine $BUSY% busy"
 }
 
 # --- standalone ------------------------------------------------------------
@@ -266,10 +307,10 @@ for policy in $CLUSTER_POLICIES; do
   start_redis redis-replica "$policy" "${PORT_OF[redis-master]}"
   wait_replica_linked
   for pipeline in 1 16; do
-    resp_bench redis "$policy" set "$pipeline" 1 "${PORT_OF[redis-master]}"
-    resp_bench caskade "$policy" set "$pipeline" 1 "${PORT_OF[node1]}" "${PORT_OF[node2]}" "${PORT_OF[node3]}"
-    resp_bench redis "$policy" get "$pipeline" 0 "${PORT_OF[redis-master]}"
-    resp_bench caskade "$policy" get "$pipeline" 0 "${PORT_OF[node1]}" "${PORT_OF[node2]}" "${PORT_OF[node3]}"
+    SERVERS="redis-master redis-replica" resp_bench redis "$policy" set "$pipeline" 1 "${PORT_OF[redis-master]}"
+    SERVERS="node1 node2 node3" resp_bench caskade "$policy" set "$pipeline" 1 "${PORT_OF[node1]}" "${PORT_OF[node2]}" "${PORT_OF[node3]}"
+    SERVERS="redis-master redis-replica" resp_bench redis "$policy" get "$pipeline" 0 "${PORT_OF[redis-master]}"
+    SERVERS="node1 node2 node3" resp_bench caskade "$policy" get "$pipeline" 0 "${PORT_OF[node1]}" "${PORT_OF[node2]}" "${PORT_OF[node3]}"
   done
   for name in redis-master redis-replica node1 node2 node3; do stop "$name"; done
   rm -rf "$WORK/redis-master" "$WORK/redis-replica" "$WORK"/node?
@@ -278,18 +319,19 @@ done
 # --- table -----------------------------------------------------------------
 
 echo
-echo "| setup | test | pipeline | durability | Redis ops/s | caskade ops/s | caskade/Redis |"
-echo "|---|---|---:|---|---:|---:|---:|"
+echo "| setup | test | pipeline | durability | Redis ops/s | caskade ops/s | caskade/Redis | server CPU µs/req, Redis | server CPU µs/req, caskade | machine busy, Redis / caskade |"
+echo "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"
 awk -F'\t' '
   { key = $1 "\t" $2 "\t" $3 "\t" $4
     split($5, kv, "=")
     if (!(key in seen)) { seen[key] = 1; order[++n] = key }
-    val[key, kv[1]] = kv[2] }
+    val[key, kv[1]] = kv[2]; cpu[key, kv[1]] = kv[3]; busy[key, kv[1]] = kv[4] }
   END {
     for (i = 1; i <= n; i++) {
-      split(order[i], f, "\t")
-      r = val[order[i], "redis"]; c = val[order[i], "caskade"]
+      k = order[i]
+      split(k, f, "\t")
+      r = val[k, "redis"]; c = val[k, "caskade"]
       dur = f[4] == "everysec" ? "everysec / every_ms: 1000" : "always / always"
-      printf "| %s | %s | %s | %s | %.0f | %.0f | %.2fx |\n", f[1], f[2], (f[3] == 1 ? "none" : "-P " f[3]), dur, r, c, (r > 0 ? c / r : 0)
+      printf "| %s | %s | %s | %s | %.0f | %.0f | %.2fx | %s | %s | %s%% / %s%% |\n", f[1], f[2], (f[3] == 1 ? "none" : "-P " f[3]), dur, r, c, (r > 0 ? c / r : 0), cpu[k, "redis"], cpu[k, "caskade"], busy[k, "redis"], busy[k, "caskade"]
     }
   }' "$RESULTS"
