@@ -66,7 +66,7 @@ use parking_lot::Mutex;
 
 use super::flush::fsync_failed;
 use super::keydir::Entry;
-use super::writer::{Location, Pending, Queued, Writer};
+use super::writer::{Location, Pending, Queued, State, Writer};
 use super::{Inner, apply_one};
 use crate::storage::{Durability, Error, Result};
 
@@ -264,15 +264,26 @@ impl Inner {
             let Some(p) = w.pending.pop_front() else {
                 break;
             };
-            apply_one(&self.keydir, &p.key, p.kind, p.entry, &mut |id, bytes| {
+            // The key's newest unapplied state, if this record left it: a
+            // local write (on a leader) holds its value in memory, which is
+            // offered to the value cache; a record appended from a leader
+            // holds only its location, and is not cached (see `cache.rs`).
+            let newest = w
+                .unapplied
+                .get(&p.key)
+                .is_some_and(|u| u.offset == p.offset);
+            let state = if newest {
+                w.unapplied.remove(&p.key).map(|u| u.state)
+            } else {
+                None
+            };
+            let value = match &state {
+                Some(State::Value(v, _)) => Some(&v[..]),
+                _ => None,
+            };
+            apply_one(&self.keydir, &p.key, p.kind, p.entry, value, &mut |id, bytes| {
                 segments.add_dead(id, bytes)
             });
-            if w.unapplied
-                .get(&p.key)
-                .is_some_and(|u| u.offset == p.offset)
-            {
-                w.unapplied.remove(&p.key);
-            }
         }
     }
 
