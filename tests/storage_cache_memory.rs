@@ -221,7 +221,10 @@ fn writes_fill_the_cache_within_the_budget() {
         "the cache holds {grew} bytes of heap for a budget of {budget}"
     );
     let s = e.status().unwrap();
-    assert_eq!((s.cache_fills, s.cache_misses, s.cache_hits), (2 * n as u64, 0, 0));
+    assert_eq!(
+        (s.cache_fills, s.cache_misses, s.cache_hits),
+        (2 * n as u64, 0, 0)
+    );
     // The newest writes are the ones cached.
     let (k, v) = kv(n - 1, 100);
     assert_eq!(e.get_cached(&k).unwrap(), Some(Some(v)));

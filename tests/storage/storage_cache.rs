@@ -158,7 +158,11 @@ fn replica_mode_caches_local_writes_on_commit_only() {
     let leader = Bitcask::open_replica(dl.path(), opts(), clock.clone()).unwrap();
     leader.set_epoch(1).unwrap();
     leader
-        .write_at(b"k", WriteOp::Set(Bytes::from_static(b"v1"), SetOptions::default()), 1)
+        .write_at(
+            b"k",
+            WriteOp::Set(Bytes::from_static(b"v1"), SetOptions::default()),
+            1,
+        )
         .unwrap();
     assert_eq!(cached(&leader, "k"), Some(None), "not committed yet");
     assert_eq!(stats(&leader), (0, 0, 0));
@@ -175,7 +179,11 @@ fn replica_mode_caches_local_writes_on_commit_only() {
     assert_eq!(cached(&leader, "k"), Some(Some("v3".into())));
     // An uncommitted write is cut off: the committed value is served.
     leader
-        .write_at(b"k", WriteOp::Set(Bytes::from_static(b"v4"), SetOptions::default()), 1)
+        .write_at(
+            b"k",
+            WriteOp::Set(Bytes::from_static(b"v4"), SetOptions::default()),
+            1,
+        )
         .unwrap();
     leader.truncate(3).unwrap();
     assert_eq!(get(&leader, "k").as_deref(), Some("v3"));

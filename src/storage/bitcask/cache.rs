@@ -500,20 +500,24 @@ mod tests {
         for i in 0..10_000u32 {
             c.fill(2, &i.to_le_bytes(), 1, i, &[7u8; 100]);
         }
-        assert!(c.charged() <= c.budget(), "{} > {}", c.charged(), c.budget());
+        assert!(
+            c.charged() <= c.budget(),
+            "{} > {}",
+            c.charged(),
+            c.budget()
+        );
         assert!(c.len() > 1000, "{}", c.len());
-        let sum: usize = c
-            .0
-            .shards
-            .iter()
-            .map(|s| {
-                let s = s.lock();
-                s.lru
-                    .iter()
-                    .map(|(k, v)| entry_charge(k.key.len(), v.value.len()))
-                    .sum::<usize>()
-            })
-            .sum();
+        let sum: usize =
+            c.0.shards
+                .iter()
+                .map(|s| {
+                    let s = s.lock();
+                    s.lru
+                        .iter()
+                        .map(|(k, v)| entry_charge(k.key.len(), v.value.len()))
+                        .sum::<usize>()
+                })
+                .sum();
         let entries: usize = c.0.shards.iter().map(|s| s.lock().entries).sum();
         assert_eq!(entries, sum, "the charge is the entries' charges");
         assert_eq!(c.stats().1, 0);

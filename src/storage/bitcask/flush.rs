@@ -143,9 +143,14 @@ impl Inner {
             // The record is header, key, value (record.rs).
             let end = at + q.len as usize;
             let value = buf.get(at + HEADER_LEN + q.key.len()..end);
-            apply_one(&self.keydir, &q.key, q.kind, entry, value, &mut |id, bytes| {
-                segments.add_dead(id, bytes)
-            });
+            apply_one(
+                &self.keydir,
+                &q.key,
+                q.kind,
+                entry,
+                value,
+                &mut |id, bytes| segments.add_dead(id, bytes),
+            );
             at = end;
         }
     }

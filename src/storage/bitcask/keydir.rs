@@ -76,6 +76,10 @@ impl Entry {
     }
 }
 
+/// A written record's value to offer to the value cache: its key, where it
+/// is, and the value (see [`KeyDir::fill`]).
+pub type Fill = (Key, Entry, Bytes);
+
 /// A keydir slot: a key and where its live record is.
 struct Slot {
     /// The key; empty when the slot is free.
@@ -327,6 +331,15 @@ impl KeyDir {
     /// shared); 0 without a cache.
     pub fn cache_fills(&self) -> u64 {
         self.cache.as_ref().map_or(0, |(c, _)| c.fills())
+    }
+
+    /// Offers `value`, the value of the written record at `entry`, to the
+    /// value cache, without the keydir shard's mutex (the cache's location
+    /// tag keeps a late fill from ever being served once the key moved).
+    pub fn fill(&self, key: &[u8], entry: Entry, value: &[u8]) {
+        if let Some((cache, engine)) = &self.cache {
+            cache.fill(*engine, key, entry.seg, entry.pos, value);
+        }
     }
 
     /// The shard `key` belongs to, locked.

@@ -65,7 +65,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 use super::flush::fsync_failed;
-use super::keydir::Entry;
+use super::keydir::{Entry, Fill};
 use super::writer::{Location, Pending, Queued, State, Writer};
 use super::{Inner, apply_one};
 use crate::storage::{Durability, Error, Result};
@@ -258,7 +258,14 @@ impl Inner {
     }
 
     /// Applies the pending records below `target`, in offset order.
-    pub(super) fn apply_pending(&self, w: &mut Writer, target: u64) {
+    /// Returns the values of the local writes among them, for the caller
+    /// to offer to the value cache once it has released the writer mutex
+    /// ([`super::keydir::KeyDir::fill`]): a fill is a lock, a copy and an allocation per
+    /// record, and writers contend for that mutex. A late fill is safe: it
+    /// is tagged with its record's location, served only while the key's
+    /// entry still points there.
+    pub(super) fn apply_pending(&self, w: &mut Writer, target: u64) -> Vec<Fill> {
+        let mut fills = Vec::new();
         let segments = self.segments.read();
         while w.pending.front().is_some_and(|p| p.offset < target) {
             let Some(p) = w.pending.pop_front() else {
@@ -277,14 +284,21 @@ impl Inner {
             } else {
                 None
             };
-            let value = match &state {
-                Some(State::Value(v, _)) => Some(&v[..]),
-                _ => None,
-            };
-            apply_one(&self.keydir, &p.key, p.kind, p.entry, value, &mut |id, bytes| {
-                segments.add_dead(id, bytes)
-            });
+            apply_one(
+                &self.keydir,
+                &p.key,
+                p.kind,
+                p.entry,
+                None,
+                &mut |id, bytes| segments.add_dead(id, bytes),
+            );
+            if let Some(State::Value(value, _)) = state
+                && p.kind.is_put_like()
+            {
+                fills.push((p.key, p.entry, value));
+            }
         }
+        fills
     }
 
     /// See [`super::Bitcask::commit`].
@@ -316,8 +330,12 @@ impl Inner {
             if target <= current {
                 return Ok(current);
             }
-            self.apply_pending(&mut w, target);
+            let fills = self.apply_pending(&mut w, target);
             rep.committed.store(target, Ordering::Release);
+            drop(w);
+            for (key, entry, value) in fills {
+                self.keydir.fill(&key, entry, &value);
+            }
         }
         // No I/O here: the commit point is checkpointed to `COMMITTED` in
         // the background (`sync_commit`), as Kafka checkpoints its high
