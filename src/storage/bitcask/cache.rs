@@ -10,16 +10,22 @@
 //! The cache is filled two ways. A read that went to disk offers the value
 //! it read ([`ValueCache::put`]). A write offers the value of the record it
 //! wrote ([`ValueCache::fill`]), when the record is applied to the keydir:
-//! in standalone mode when its batch is written, in replica mode when the
-//! commit point passes it, and only for a local write (a leader's), whose
-//! value is in memory. A record appended from a leader is not offered: a
-//! follower answers reads only under `consistency: any`, and copying every
-//! replicated value on the fetch path would spend its CPU and budget on
-//! values it may never serve (such reads fill the cache as any read does).
-//! Recovery at open offers nothing. Without write-fills the first `GET` of
-//! each key after its `SET` missed and went to the blocking pool (two
-//! thread hand-offs; about a third of redis-benchmark's GETs,
-//! docs/BENCHMARKS.md "caskade vs Redis over RESP").
+//! in standalone mode when its batch is written (under the keydir shard
+//! lock that points the entry at it), in replica mode when the commit point
+//! passes it (after the commit released the writer mutex: the location tag
+//! makes a late fill harmless), and only for a local write (a leader's),
+//! whose value is in memory. A record appended from a leader is not
+//! offered: a follower answers reads only under `consistency: any`, and
+//! copying every replicated value on the fetch path would spend its CPU
+//! and budget on values it may never serve (such reads fill the cache as
+//! any read does). Recovery at open offers nothing. Without write-fills the
+//! first `GET` of each key after its `SET` missed and went to the blocking
+//! pool (two thread hand-offs; 43 % of redis-benchmark's GETs). A fill
+//! costs the write one more probe of an LRU shard, a copy and an
+//! allocation: about 1 to 2 µs of server CPU per SET, against about 7 to
+//! 8 µs saved per first GET (docs/BENCHMARKS.md, "caskade vs Redis over
+//! RESP", run 3). A fill over a cached entry does not move it in the LRU
+//! order: reads alone make a value recently used.
 //!
 //! Invariants:
 //! - the bytes charged are what the process pays for the cache, not the
@@ -218,8 +224,12 @@ impl Shard {
     /// Caches a copy of `value` for `key` of `engine` at (`seg`, `pos`),
     /// replacing the key's entry in place if it has one, then evicts least
     /// recently used values until the shard is within its budget. A value
-    /// over an eighth of the budget is not cached.
-    fn store(&mut self, engine: u64, key: &[u8], seg: u32, pos: u32, value: &[u8]) {
+    /// over an eighth of the budget is not cached. A `read` value becomes
+    /// the most recently used; a written one replacing a cached entry keeps
+    /// that entry's place (only reads make a value recently used: a value
+    /// written often but never read ages out, and the write does not pay
+    /// for moving the node, which writes two neighbours' cache lines).
+    fn store(&mut self, engine: u64, key: &[u8], seg: u32, pos: u32, value: &[u8], read: bool) {
         let cost = entry_charge(key.len(), value.len());
         if cost > self.budget / 8 {
             return;
@@ -227,7 +237,12 @@ impl Shard {
         // An exactly sized block: never the buffer it came from.
         let value = Bytes::copy_from_slice(value);
         let lookup: &dyn Lookup = &(engine, key);
-        if let Some(c) = self.lru.get_mut(lookup) {
+        let found = if read {
+            self.lru.get_mut(lookup)
+        } else {
+            self.lru.peek_mut(lookup)
+        };
+        if let Some(c) = found {
             // Same node and key block: only the value changes.
             let old = entry_charge(key.len(), c.value.len());
             *c = Cached { value, seg, pos };
@@ -369,7 +384,7 @@ impl ValueCache {
     pub(super) fn put(&self, engine: u64, key: &[u8], seg: u32, pos: u32, value: &[u8]) {
         let mut shard = self.shard(engine, key);
         shard.misses += 1;
-        shard.store(engine, key, seg, pos, value);
+        shard.store(engine, key, seg, pos, value, true);
     }
 
     /// Caches a copy of `value` for `key` of `engine`, the value of the
@@ -382,7 +397,7 @@ impl ValueCache {
         }
         let mut shard = self.shard(engine, key);
         shard.fills += 1;
-        shard.store(engine, key, seg, pos, value);
+        shard.store(engine, key, seg, pos, value, false);
     }
 
     /// Values offered by writes ([`ValueCache::fill`]) since the cache was
@@ -521,6 +536,25 @@ mod tests {
         let entries: usize = c.0.shards.iter().map(|s| s.lock().entries).sum();
         assert_eq!(entries, sum, "the charge is the entries' charges");
         assert_eq!(c.stats().1, 0);
+    }
+
+    /// A read makes its value the most recently used; a write-fill over a
+    /// cached entry keeps that entry's place in the LRU order.
+    #[test]
+    fn a_fill_keeps_its_place_a_read_moves_it() {
+        let c = ValueCache::new((SHARDS * 8192) as u64);
+        let mut s = c.0.shards[0].lock();
+        let oldest = |s: &Shard| s.lru.peek_lru().map(|(k, _)| k.key.to_vec());
+        s.store(1, b"a", 0, 0, b"1", true);
+        s.store(1, b"b", 0, 1, b"2", true);
+        s.store(1, b"a", 0, 2, b"3", false);
+        assert_eq!(oldest(&s), Some(b"a".to_vec()), "a fill does not move it");
+        assert_eq!(
+            s.lru.peek(&(1u64, &b"a"[..]) as &dyn Lookup).map(|c| c.pos),
+            Some(2)
+        );
+        s.store(1, b"a", 0, 3, b"4", true);
+        assert_eq!(oldest(&s), Some(b"b".to_vec()), "a read does");
     }
 
     #[test]
