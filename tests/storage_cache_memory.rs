@@ -96,6 +96,14 @@ fn fill(e: &Bitcask, n: usize, len: usize) {
     }
 }
 
+/// Writes every key once more (each write fills the cache); returns the
+/// heap growth. The keys exist already, so the keydir does not grow.
+fn write_all(e: &Bitcask, n: usize, len: usize) -> i64 {
+    let before = LIVE.load(Ordering::SeqCst);
+    fill(e, n, len);
+    LIVE.load(Ordering::SeqCst) - before
+}
+
 /// Reads every key once (each read fills the cache); returns the heap growth.
 fn read_all(engines: &[&Bitcask], n: usize, len: usize) -> i64 {
     let before = LIVE.load(Ordering::SeqCst);
@@ -121,6 +129,14 @@ fn two_engines_sharing_a_budget_stay_within_it() {
     let n = 12_000;
     fill(&a, n, 100);
     fill(&b, n, 100);
+    // The writes filled the cache, within the budget.
+    let charged = cache.charged();
+    assert!(charged <= budget, "charged {charged} > budget {budget}");
+    assert!(charged > budget * 9 / 10, "writes filled it: {charged}");
+    // Reopened: the engines' values are dropped; reads fill the cache.
+    drop((a, b));
+    let (a, b) = (open(da.path(), &o), open(db.path(), &o));
+    assert_eq!(cache.len(), 0);
     let grew = read_all(&[&a, &b], n, 100);
     let charged = cache.charged();
     assert!(charged <= budget, "charged {charged} > budget {budget}");
@@ -152,18 +168,64 @@ fn the_charge_is_what_the_heap_pays() {
     let cache = o.shared_cache.clone().expect("a shared cache");
     let dir = TempDir::new().unwrap();
     let e = open(dir.path(), &o);
+    let mut e = e;
     for len in [1usize, 100, 1000] {
         fill(&e, 2000, len);
-        let charged_before = cache.charged() as i64;
-        let grew = read_all(&[&e], 2000, len);
-        let charged = cache.charged() as i64 - charged_before;
-        assert!(
-            grew <= charged + (16 << 10),
-            "{len}-byte values: heap grew {grew}, charged {charged}"
-        );
-        assert!(
-            grew >= charged * 7 / 10,
-            "{len}-byte values: charged {charged} for {grew} bytes of heap"
-        );
+        // Filled by reads, then by writes, from empty each time (a reopen
+        // drops the engine's values).
+        for by_writes in [false, true] {
+            drop(e);
+            e = open(dir.path(), &o);
+            assert_eq!(cache.len(), 0);
+            let charged_before = cache.charged() as i64;
+            let grew = if by_writes {
+                write_all(&e, 2000, len)
+            } else {
+                read_all(&[&e], 2000, len)
+            };
+            let charged = cache.charged() as i64 - charged_before;
+            assert_eq!(cache.len(), 2000, "{len}-byte values, writes {by_writes}");
+            assert!(
+                grew <= charged + (16 << 10),
+                "{len}-byte values, writes {by_writes}: heap grew {grew}, charged {charged}"
+            );
+            assert!(
+                grew >= charged * 7 / 10,
+                "{len}-byte values, writes {by_writes}: charged {charged} for {grew} bytes of heap"
+            );
+        }
     }
+}
+
+/// Writes alone fill the cache within the budget, as charged and as
+/// measured, and every value written is counted as a fill, none as a miss.
+#[test]
+fn writes_fill_the_cache_within_the_budget() {
+    let _g = GATE.lock();
+    let budget: u64 = 1 << 20;
+    let o = opts(budget).with_shared_cache();
+    let cache = o.shared_cache.clone().expect("a shared cache");
+    let dir = TempDir::new().unwrap();
+    let n = 12_000;
+    let e = open(dir.path(), &o);
+    fill(&e, n, 100);
+    drop(e);
+    let e = open(dir.path(), &o);
+    assert_eq!(cache.len(), 0);
+    let grew = write_all(&e, n, 100);
+    let charged = cache.charged();
+    assert!(charged <= budget, "charged {charged} > budget {budget}");
+    assert!(charged > budget * 9 / 10, "writes filled it: {charged}");
+    assert!(
+        grew <= (budget + (64 << 10)) as i64,
+        "the cache holds {grew} bytes of heap for a budget of {budget}"
+    );
+    let s = e.status().unwrap();
+    assert_eq!(
+        (s.cache_fills, s.cache_misses, s.cache_hits),
+        (2 * n as u64, 0, 0)
+    );
+    // The newest writes are the ones cached.
+    let (k, v) = kv(n - 1, 100);
+    assert_eq!(e.get_cached(&k).unwrap(), Some(Some(v)));
 }

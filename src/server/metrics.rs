@@ -256,6 +256,8 @@ pub struct StorageFigures {
     pub cache_hits: u64,
     /// Value cache misses (node-wide).
     pub cache_misses: u64,
+    /// Values offered to the value cache by writes (node-wide).
+    pub cache_fills: u64,
     /// Corrupt byte ranges found at open.
     pub corrupt_ranges: u64,
 }
@@ -370,6 +372,7 @@ impl Metrics {
             // The cache is per node: every engine reports the same figure.
             storage.cache_hits = storage.cache_hits.max(s.cache_hits);
             storage.cache_misses = storage.cache_misses.max(s.cache_misses);
+            storage.cache_fills = storage.cache_fills.max(s.cache_fills);
         }
         Ok(Snapshot {
             node_id: me,
@@ -468,6 +471,7 @@ impl Snapshot {
             kv("cache_hits", s.cache_hits.to_string()),
             kv("cache_misses", s.cache_misses.to_string()),
             kv("cache_hit_ratio", format!("{ratio:.3}")),
+            kv("cache_fills", s.cache_fills.to_string()),
             kv("corrupt_ranges", s.corrupt_ranges.to_string()),
         ];
         let mut replication = vec![

@@ -14,7 +14,7 @@
 //! | `partition_log_end_offset`, `partition_high_watermark`, `partition_leader_epoch`, `partition_isr_size`, `partition_replicas`, `partition_is_leader` | gauge | `partition` |
 //! | `partitions_offline`, `partitions_under_replicated` | gauge | |
 //! | `storage_keys`, `storage_segments`, `storage_disk_bytes`, `storage_dead_bytes`, `storage_corrupt_ranges` | gauge | |
-//! | `storage_records_written_total`, `storage_fsyncs_total`, `storage_merges_total`, `storage_merge_bytes_written_total`, `cache_hits_total`, `cache_misses_total` | counter | |
+//! | `storage_records_written_total`, `storage_fsyncs_total`, `storage_merges_total`, `storage_merge_bytes_written_total`, `cache_hits_total`, `cache_misses_total`, `cache_fills_total` | counter | |
 //! | `storage_fsync_duration_seconds` | histogram | |
 //! | `is_controller` | gauge | |
 //! | `zk_session_connected`, `zk_lease_valid`, `cluster_live_nodes` | gauge (cluster mode) | |
@@ -282,7 +282,7 @@ impl Collector for Exposition {
             s.under_replicated,
         )?;
         let st = &s.storage;
-        let storage: [(&str, &str, MetricType, u64); 12] = [
+        let storage: [(&str, &str, MetricType, u64); 13] = [
             ("storage_keys", "Live keys, all partitions", gauge, st.keys),
             ("storage_segments", "Segment files", gauge, st.segments),
             (
@@ -333,6 +333,12 @@ impl Collector for Exposition {
                 "Reads of a live key whose value was not cached",
                 counter,
                 st.cache_misses,
+            ),
+            (
+                "cache_fills",
+                "Values of written records offered to the value cache",
+                counter,
+                st.cache_fills,
             ),
             (
                 "is_controller",

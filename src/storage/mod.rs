@@ -172,6 +172,9 @@ pub struct Status {
     /// Reads of a live key whose value was not cached (read from disk),
     /// node-wide as `cache_hits`.
     pub cache_misses: u64,
+    /// Values of records just written (local writes) offered to the value
+    /// cache, node-wide as `cache_hits`. Not reads: neither hits nor misses.
+    pub cache_fills: u64,
     /// Byte ranges found corrupt (checksum failure) at open; never served.
     pub corrupt_ranges: u64,
 }

@@ -177,9 +177,10 @@ fn endpoint_counts_requests_and_partitions_exactly() {
     assert_eq!(value(&s, "caskade_partitions_under_replicated"), 0);
     assert_eq!(value(&s, "caskade_storage_keys"), N as u64);
     assert_eq!(value(&s, "caskade_storage_records_written_total"), N as u64);
-    // Every key read once from disk, then M - N reads from the cache.
-    assert_eq!(value(&s, "caskade_cache_misses_total"), N as u64);
-    assert_eq!(value(&s, "caskade_cache_hits_total"), (M - N) as u64);
+    // Every written value was cached by its write: all M reads hit.
+    assert_eq!(value(&s, "caskade_cache_fills_total"), N as u64);
+    assert_eq!(value(&s, "caskade_cache_misses_total"), 0);
+    assert_eq!(value(&s, "caskade_cache_hits_total"), M as u64);
     // fsync: always, nothing in flight: one observation per fsync.
     let fsyncs = value(&s, "caskade_storage_fsyncs_total");
     assert!(fsyncs >= 1);
@@ -235,9 +236,10 @@ fn cli_info_prints_the_sections_with_exact_figures() {
         format!("metrics_listen:{metrics}"),
         "keys:20".into(),
         "records_written:20".into(),
-        "cache_hits:10".into(),
-        "cache_misses:20".into(),
-        "cache_hit_ratio:0.333".into(),
+        "cache_hits:30".into(),
+        "cache_misses:0".into(),
+        "cache_hit_ratio:1.000".into(),
+        "cache_fills:20".into(),
         "partitions_hosted:8".into(),
         "partitions_led:8".into(),
         "controller:".into(),

@@ -13,6 +13,7 @@ mod config_validation;
 mod fuzz_decoders;
 mod fuzz_replication;
 mod node_ops;
+mod storage_cache;
 mod storage_concurrency;
 mod storage_diskfull;
 mod storage_engine;

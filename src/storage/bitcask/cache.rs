@@ -7,6 +7,26 @@
 //! [`SHARDS`] LRU shards by a hash of (engine, key), each with its own mutex
 //! and an equal part of the budget.
 //!
+//! The cache is filled two ways. A read that went to disk offers the value
+//! it read ([`ValueCache::put`]). A write offers the value of the record it
+//! wrote ([`ValueCache::fill`]), when the record is applied to the keydir:
+//! in standalone mode when its batch is written (under the keydir shard
+//! lock that points the entry at it), in replica mode when the commit point
+//! passes it (after the commit released the writer mutex: the location tag
+//! makes a late fill harmless), and only for a local write (a leader's),
+//! whose value is in memory. A record appended from a leader is not
+//! offered: a follower answers reads only under `consistency: any`, and
+//! copying every replicated value on the fetch path would spend its CPU
+//! and budget on values it may never serve (such reads fill the cache as
+//! any read does). Recovery at open offers nothing. Without write-fills the
+//! first `GET` of each key after its `SET` missed and went to the blocking
+//! pool (two thread hand-offs; 43 % of redis-benchmark's GETs). A fill
+//! costs the write one more probe of an LRU shard, a copy and an
+//! allocation: about 1 to 2 µs of server CPU per SET, against about 7 to
+//! 8 µs saved per first GET (docs/BENCHMARKS.md, "caskade vs Redis over
+//! RESP", run 3). A fill over a cached entry does not move it in the LRU
+//! order: reads alone make a value recently used.
+//!
 //! Invariants:
 //! - the bytes charged are what the process pays for the cache, not the
 //!   payload: each entry is charged its value's and key's heap blocks as the
@@ -17,10 +37,13 @@
 //!   so the whole cache stays within `cache_bytes` (test
 //!   `tests/storage_cache_memory.rs` measures the allocations);
 //! - a cached value owns an exactly sized copy of its bytes: it never pins
-//!   the read buffer it came from (record header, key, neighbours);
+//!   the read buffer or the write batch it came from (record header, key,
+//!   neighbours, the client's request);
 //! - a cached value is tagged with the location (segment id, position) of
-//!   the record it was read from, and served only while the key's keydir
-//!   entry still points there. Segment ids are never reused within an engine
+//!   the record it was read from or written to, and served only while the
+//!   key's keydir entry still points there (an overwrite, delete, expiry,
+//!   merge or truncation moves or removes the entry, so the old value stops
+//!   being served at once). Segment ids are never reused within an engine
 //!   instance and each engine instance has its own id ([`engine_id`]), so a
 //!   stale value can never be served; stale values are dropped when found,
 //!   replaced when the key is cached again, or evicted as they age;
@@ -31,7 +54,8 @@
 //!   line. A hit is a read answered here; a miss is a read of a live key
 //!   that went to disk, counted when its value is offered to the cache
 //!   ([`ValueCache::put`]), so a read that looked twice counts once;
-//!   [`ValueCache::stats`] sums the shards.
+//!   [`ValueCache::stats`] sums the shards. A write-fill is not a read:
+//!   neither a hit nor a miss; it is counted apart ([`ValueCache::fills`]).
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -187,12 +211,57 @@ struct Shard {
     hits: u64,
     /// Values read from disk and offered to this shard.
     misses: u64,
+    /// Values of records just written offered to this shard.
+    fills: u64,
 }
 
 impl Shard {
     /// Bytes charged in all.
     fn charged(&self) -> usize {
         self.entries + table_charge(self.high_water)
+    }
+
+    /// Caches a copy of `value` for `key` of `engine` at (`seg`, `pos`),
+    /// replacing the key's entry in place if it has one, then evicts least
+    /// recently used values until the shard is within its budget. A value
+    /// over an eighth of the budget is not cached. A `read` value becomes
+    /// the most recently used; a written one replacing a cached entry keeps
+    /// that entry's place (only reads make a value recently used: a value
+    /// written often but never read ages out, and the write does not pay
+    /// for moving the node, which writes two neighbours' cache lines).
+    fn store(&mut self, engine: u64, key: &[u8], seg: u32, pos: u32, value: &[u8], read: bool) {
+        let cost = entry_charge(key.len(), value.len());
+        if cost > self.budget / 8 {
+            return;
+        }
+        // An exactly sized block: never the buffer it came from.
+        let value = Bytes::copy_from_slice(value);
+        let lookup: &dyn Lookup = &(engine, key);
+        let found = if read {
+            self.lru.get_mut(lookup)
+        } else {
+            self.lru.peek_mut(lookup)
+        };
+        if let Some(c) = found {
+            // Same node and key block: only the value changes.
+            let old = entry_charge(key.len(), c.value.len());
+            *c = Cached { value, seg, pos };
+            self.entries = self.entries - old + cost;
+        } else {
+            let k = CacheKey {
+                engine,
+                key: Key::from_slice(key),
+            };
+            self.lru.put(k, Cached { value, seg, pos });
+            self.entries += cost;
+            self.high_water = self.high_water.max(self.lru.len());
+        }
+        while self.charged() > self.budget {
+            match self.lru.pop_lru() {
+                Some((k, v)) => self.entries -= entry_charge(k.key.len(), v.value.len()),
+                None => break,
+            }
+        }
     }
 
     /// Drops `key`'s entry, if any.
@@ -212,6 +281,8 @@ struct Shared {
     hasher: FixedState,
     /// The whole budget in bytes.
     budget: u64,
+    /// Each shard's part of it.
+    part: usize,
 }
 
 /// A value cache with one byte budget, shared by the engines it is given to
@@ -232,6 +303,7 @@ impl ValueCache {
                     budget: part,
                     hits: 0,
                     misses: 0,
+                    fills: 0,
                 })
             })
             .collect();
@@ -239,6 +311,7 @@ impl ValueCache {
             shards,
             hasher: FixedState::with_seed(0x0063_6163_6865),
             budget,
+            part,
         }))
     }
 
@@ -307,34 +380,30 @@ impl ValueCache {
 
     /// Caches a copy of `value` for `key` of `engine`, read from the record
     /// at (`seg`, `pos`), evicting least recently used values to stay within
-    /// the shard's budget.
+    /// the shard's budget. Counts a miss: the read went to disk.
     pub(super) fn put(&self, engine: u64, key: &[u8], seg: u32, pos: u32, value: &[u8]) {
-        let cost = entry_charge(key.len(), value.len());
         let mut shard = self.shard(engine, key);
         shard.misses += 1;
-        if cost > shard.budget / 8 {
+        shard.store(engine, key, seg, pos, value, true);
+    }
+
+    /// Caches a copy of `value` for `key` of `engine`, the value of the
+    /// record just written at (`seg`, `pos`) (a write-fill: no read, so not
+    /// a miss; counted in [`ValueCache::fills`]). Values too large to cache
+    /// cost no lock.
+    pub(super) fn fill(&self, engine: u64, key: &[u8], seg: u32, pos: u32, value: &[u8]) {
+        if entry_charge(key.len(), value.len()) > self.0.part / 8 {
             return;
         }
-        shard.pop(engine, key);
-        let cached = Cached {
-            // An exactly sized block: never the read buffer it came from.
-            value: Bytes::copy_from_slice(value),
-            seg,
-            pos,
-        };
-        let k = CacheKey {
-            engine,
-            key: Key::from_slice(key),
-        };
-        shard.lru.put(k, cached);
-        shard.entries += cost;
-        shard.high_water = shard.high_water.max(shard.lru.len());
-        while shard.charged() > shard.budget {
-            match shard.lru.pop_lru() {
-                Some((k, v)) => shard.entries -= entry_charge(k.key.len(), v.value.len()),
-                None => break,
-            }
-        }
+        let mut shard = self.shard(engine, key);
+        shard.fills += 1;
+        shard.store(engine, key, seg, pos, value, false);
+    }
+
+    /// Values offered by writes ([`ValueCache::fill`]) since the cache was
+    /// created, over all shards (too large ones not counted).
+    pub fn fills(&self) -> u64 {
+        self.0.shards.iter().map(|s| s.lock().fills).sum()
     }
 
     /// Drops every value of `engine` (it closed or rebuilt its keydir).
@@ -417,6 +486,75 @@ mod tests {
         assert_eq!(c.get(1, b"k", 0, 1), None, "stale: not a hit");
         c.put(1, b"big", 0, 0, &[0u8; 1024]); // too big to keep, still read
         assert_eq!(c.stats(), (2, 2));
+    }
+
+    /// A write-fill is neither a hit nor a miss; it replaces the key's
+    /// entry in place (exact charge), is served only at its location, and
+    /// keeps the shard within its budget.
+    #[test]
+    fn fills_are_not_misses_and_stay_within_budget() {
+        let c = ValueCache::new((SHARDS * 8192) as u64);
+        c.fill(1, b"k", 0, 0, b"v1");
+        assert_eq!(c.stats(), (0, 0));
+        assert_eq!(c.fills(), 1);
+        assert_eq!(c.get(1, b"k", 0, 0).as_deref(), Some(&b"v1"[..]));
+        let one = c.charged();
+        c.fill(1, b"k", 0, 7, b"a longer value, another block");
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            c.charged() - one,
+            (entry_charge(1, 29) - entry_charge(1, 2)) as u64
+        );
+        assert_eq!(c.get(1, b"k", 0, 0), None, "old location");
+        c.fill(1, b"k", 0, 8, b"v3");
+        assert_eq!(c.get(1, b"k", 0, 8).as_deref(), Some(&b"v3"[..]));
+        assert_eq!(c.stats(), (2, 0));
+        c.fill(1, b"big", 0, 0, &[0u8; 1024]);
+        assert_eq!(c.get(1, b"big", 0, 0), None, "too large to cache");
+        assert_eq!(c.fills(), 3, "a value too large is not counted");
+        for i in 0..10_000u32 {
+            c.fill(2, &i.to_le_bytes(), 1, i, &[7u8; 100]);
+        }
+        assert!(
+            c.charged() <= c.budget(),
+            "{} > {}",
+            c.charged(),
+            c.budget()
+        );
+        assert!(c.len() > 1000, "{}", c.len());
+        let sum: usize =
+            c.0.shards
+                .iter()
+                .map(|s| {
+                    let s = s.lock();
+                    s.lru
+                        .iter()
+                        .map(|(k, v)| entry_charge(k.key.len(), v.value.len()))
+                        .sum::<usize>()
+                })
+                .sum();
+        let entries: usize = c.0.shards.iter().map(|s| s.lock().entries).sum();
+        assert_eq!(entries, sum, "the charge is the entries' charges");
+        assert_eq!(c.stats().1, 0);
+    }
+
+    /// A read makes its value the most recently used; a write-fill over a
+    /// cached entry keeps that entry's place in the LRU order.
+    #[test]
+    fn a_fill_keeps_its_place_a_read_moves_it() {
+        let c = ValueCache::new((SHARDS * 8192) as u64);
+        let mut s = c.0.shards[0].lock();
+        let oldest = |s: &Shard| s.lru.peek_lru().map(|(k, _)| k.key.to_vec());
+        s.store(1, b"a", 0, 0, b"1", true);
+        s.store(1, b"b", 0, 1, b"2", true);
+        s.store(1, b"a", 0, 2, b"3", false);
+        assert_eq!(oldest(&s), Some(b"a".to_vec()), "a fill does not move it");
+        assert_eq!(
+            s.lru.peek(&(1u64, &b"a"[..]) as &dyn Lookup).map(|c| c.pos),
+            Some(2)
+        );
+        s.store(1, b"a", 0, 3, b"4", true);
+        assert_eq!(oldest(&s), Some(b"b".to_vec()), "a read does");
     }
 
     #[test]

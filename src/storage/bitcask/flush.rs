@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 use parking_lot::MutexGuard;
 
 use super::keydir::Entry;
+use super::record::HEADER_LEN;
 use super::segment::Segment;
 use super::writer::{Location, Queued, Writer};
 use super::{Inner, apply_one};
@@ -87,7 +88,7 @@ impl Inner {
             // Replica mode: applied on commit; `unapplied` keeps the state.
             self.stage(w, &queue[..ok], &written.locations);
         } else {
-            self.apply(&queue[..ok], &written.locations);
+            self.apply(&buf, &queue[..ok], &written.locations);
             w.settle(&queue);
         }
         if ok > 0 {
@@ -126,9 +127,12 @@ impl Inner {
         }
     }
 
-    /// Applies written records to the keydir.
-    fn apply(&self, queue: &[Queued], locations: &[Location]) {
+    /// Applies written records to the keydir (standalone mode), offering
+    /// each put-like record's value, sliced from the batch buffer `buf` the
+    /// records were encoded in, to the value cache.
+    fn apply(&self, buf: &[u8], queue: &[Queued], locations: &[Location]) {
         let segments = self.segments.read();
+        let mut at = 0usize;
         for (q, loc) in queue.iter().zip(locations) {
             let entry = Entry {
                 seg: loc.seg,
@@ -136,9 +140,18 @@ impl Inner {
                 len: q.len,
                 expire_at: q.expire_at,
             };
-            apply_one(&self.keydir, &q.key, q.kind, entry, &mut |id, bytes| {
-                segments.add_dead(id, bytes)
-            });
+            // The record is header, key, value (record.rs).
+            let end = at + q.len as usize;
+            let value = buf.get(at + HEADER_LEN + q.key.len()..end);
+            apply_one(
+                &self.keydir,
+                &q.key,
+                q.kind,
+                entry,
+                value,
+                &mut |id, bytes| segments.add_dead(id, bytes),
+            );
+            at = end;
         }
     }
 

@@ -4,11 +4,14 @@
 //!
 //! The keydir is split into [`SHARDS`] shards by a hash of the key, one
 //! mutex each. A cached value is tagged with the location of the record it
-//! was read from and served only while the key's entry (read under the
-//! shard mutex) still points there, so updating an entry needs no cache
-//! invalidation and a stale value can never be served. A reader that misses
-//! the cache reads the disk without any lock, then re-checks under the shard
-//! mutex that the entry did not move before it fills the cache.
+//! was read from or written to and served only while the key's entry (read
+//! under the shard mutex) still points there, so updating an entry needs no
+//! cache invalidation and a stale value can never be served. A reader that
+//! misses the cache reads the disk without any lock, then re-checks under
+//! the shard mutex that the entry did not move before it fills the cache. A
+//! local write offers its value ([`Shard::fill`]) in the same shard lock
+//! scope that points the entry at its record (lock order: keydir shard,
+//! then cache shard, as a lookup).
 //!
 //! Hash seeds are random (hash flooding): the shard choice and each
 //! shard's table hash use per-keydir seeds and a per-process shared seed,
@@ -72,6 +75,10 @@ impl Entry {
         self.seg == seg && self.pos == pos
     }
 }
+
+/// A written record's value to offer to the value cache: its key, where it
+/// is, and the value (see [`KeyDir::fill`]).
+pub type Fill = (Key, Entry, Bytes);
 
 /// A keydir slot: a key and where its live record is.
 struct Slot {
@@ -246,6 +253,16 @@ impl Shard {
         }
     }
 
+    /// Offers `value`, the value of the record `entry` points at, just
+    /// written and applied, to the value cache (a copy; a write-fill, not a
+    /// miss). The caller holds this shard's mutex and has just made `entry`
+    /// the key's entry.
+    pub fn fill(&self, key: &[u8], entry: Entry, value: &[u8]) {
+        if let Some((cache, engine)) = &self.cache {
+            cache.fill(*engine, key, entry.seg, entry.pos, value);
+        }
+    }
+
     /// Removes the entries expired at `now` and returns them with their keys.
     pub fn drain_expired(&mut self, now: u64) -> Vec<(Key, Entry)> {
         if self.with_ttl == 0 {
@@ -308,6 +325,21 @@ impl KeyDir {
     /// `(0, 0)` without a cache.
     pub fn cache_stats(&self) -> (u64, u64) {
         self.cache.as_ref().map_or((0, 0), |(c, _)| c.stats())
+    }
+
+    /// Values offered to the value cache by writes (node-wide when it is
+    /// shared); 0 without a cache.
+    pub fn cache_fills(&self) -> u64 {
+        self.cache.as_ref().map_or(0, |(c, _)| c.fills())
+    }
+
+    /// Offers `value`, the value of the written record at `entry`, to the
+    /// value cache, without the keydir shard's mutex (the cache's location
+    /// tag keeps a late fill from ever being served once the key moved).
+    pub fn fill(&self, key: &[u8], entry: Entry, value: &[u8]) {
+        if let Some((cache, engine)) = &self.cache {
+            cache.fill(*engine, key, entry.seg, entry.pos, value);
+        }
     }
 
     /// The shard `key` belongs to, locked.

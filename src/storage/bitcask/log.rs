@@ -238,7 +238,8 @@ impl Inner {
         w.dirty = false;
         if let Some(rep) = &self.replica {
             w.pending = loaded.pending.into();
-            self.apply_pending(w, rep.committed.load(Ordering::Acquire));
+            // Rebuilt from disk: no value in memory, nothing to fill.
+            let _ = self.apply_pending(w, rep.committed.load(Ordering::Acquire));
             w.rebuild_unapplied();
             w.epochs = epochs;
         }

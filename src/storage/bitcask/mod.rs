@@ -624,16 +624,24 @@ impl Inner {
 }
 
 /// Applies one record to the keydir, reporting bytes that became dead.
+/// `value`, the value of a put-like record written by this engine (not
+/// recovered, not appended from a leader), is offered to the value cache
+/// in the same shard lock scope (see `keydir::Shard::fill`).
 fn apply_one(
     keydir: &KeyDir,
     key: &[u8],
     kind: Kind,
     entry: Entry,
+    value: Option<&[u8]>,
     dead: &mut impl FnMut(u32, u64),
 ) {
     let mut shard = keydir.shard(key);
     let old = if kind.is_put_like() {
-        shard.insert(key, entry)
+        let old = shard.insert(key, entry);
+        if let Some(value) = value {
+            shard.fill(key, entry, value);
+        }
+        old
     } else {
         // A tombstone is itself dead weight from the moment it is written.
         dead(entry.seg, entry.len as u64);
@@ -770,6 +778,7 @@ impl Engine for Bitcask {
             fsync_latency: self.inner.stats.fsync_latency.snapshot(),
             cache_hits,
             cache_misses,
+            cache_fills: self.inner.keydir.cache_fills(),
             corrupt_ranges: self.inner.stats.corrupt_ranges.load(Ordering::Relaxed),
         })
     }

@@ -200,7 +200,7 @@ fn apply_hints(
             len: e.len,
             expire_at: e.expire_at,
         };
-        apply_one(keydir, &e.key, e.kind, entry, dead);
+        apply_one(keydir, &e.key, e.kind, entry, None, dead);
     }
     entries.last().map(|e| e.offset)
 }
@@ -256,7 +256,7 @@ fn scan_segment(
                         entry,
                     });
                 } else {
-                    apply_one(keydir, key, header.kind, entry, dead);
+                    apply_one(keydir, key, header.kind, entry, None, dead);
                 }
                 result.last_offset = Some(header.offset);
             }

@@ -65,8 +65,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 use super::flush::fsync_failed;
-use super::keydir::Entry;
-use super::writer::{Location, Pending, Queued, Writer};
+use super::keydir::{Entry, Fill};
+use super::writer::{Location, Pending, Queued, State, Writer};
 use super::{Inner, apply_one};
 use crate::storage::{Durability, Error, Result};
 
@@ -258,22 +258,47 @@ impl Inner {
     }
 
     /// Applies the pending records below `target`, in offset order.
-    pub(super) fn apply_pending(&self, w: &mut Writer, target: u64) {
+    /// Returns the values of the local writes among them, for the caller
+    /// to offer to the value cache once it has released the writer mutex
+    /// ([`super::keydir::KeyDir::fill`]): a fill is a lock, a copy and an allocation per
+    /// record, and writers contend for that mutex. A late fill is safe: it
+    /// is tagged with its record's location, served only while the key's
+    /// entry still points there.
+    pub(super) fn apply_pending(&self, w: &mut Writer, target: u64) -> Vec<Fill> {
+        let mut fills = Vec::new();
         let segments = self.segments.read();
         while w.pending.front().is_some_and(|p| p.offset < target) {
             let Some(p) = w.pending.pop_front() else {
                 break;
             };
-            apply_one(&self.keydir, &p.key, p.kind, p.entry, &mut |id, bytes| {
-                segments.add_dead(id, bytes)
-            });
-            if w.unapplied
+            // The key's newest unapplied state, if this record left it: a
+            // local write (on a leader) holds its value in memory, which is
+            // offered to the value cache; a record appended from a leader
+            // holds only its location, and is not cached (see `cache.rs`).
+            let newest = w
+                .unapplied
                 .get(&p.key)
-                .is_some_and(|u| u.offset == p.offset)
+                .is_some_and(|u| u.offset == p.offset);
+            let state = if newest {
+                w.unapplied.remove(&p.key).map(|u| u.state)
+            } else {
+                None
+            };
+            apply_one(
+                &self.keydir,
+                &p.key,
+                p.kind,
+                p.entry,
+                None,
+                &mut |id, bytes| segments.add_dead(id, bytes),
+            );
+            if let Some(State::Value(value, _)) = state
+                && p.kind.is_put_like()
             {
-                w.unapplied.remove(&p.key);
+                fills.push((p.key, p.entry, value));
             }
         }
+        fills
     }
 
     /// See [`super::Bitcask::commit`].
@@ -305,8 +330,12 @@ impl Inner {
             if target <= current {
                 return Ok(current);
             }
-            self.apply_pending(&mut w, target);
+            let fills = self.apply_pending(&mut w, target);
             rep.committed.store(target, Ordering::Release);
+            drop(w);
+            for (key, entry, value) in fills {
+                self.keydir.fill(&key, entry, &value);
+            }
         }
         // No I/O here: the commit point is checkpointed to `COMMITTED` in
         // the background (`sync_commit`), as Kafka checkpoints its high
