@@ -259,9 +259,11 @@ impl Kind for Option<Bytes> {
             consistency: 0,
         };
         let reply = svc
-            .forward(&batch[0].leader, q, |mut c, q| async move {
-                c.m_get(q).await
-            })
+            .forward(
+                &batch[0].leader,
+                q,
+                |mut c, q| async move { c.m_get(q).await },
+            )
             .await;
         match reply {
             Ok(r) if r.values.len() == batch.len() => {
@@ -304,9 +306,11 @@ impl Kind for () {
             acks: 0,
         };
         let reply = svc
-            .forward(&batch[0].leader, q, |mut c, q| async move {
-                c.m_set(q).await
-            })
+            .forward(
+                &batch[0].leader,
+                q,
+                |mut c, q| async move { c.m_set(q).await },
+            )
             .await;
         match reply {
             Ok(_) => {
