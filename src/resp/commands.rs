@@ -273,8 +273,9 @@ pub async fn run(sh: &Shared, f: &[Bytes]) -> Reply {
 /// Runs the key commands of one batch (src/resp/connection.rs), answers in
 /// order. Its `GET key`s and plain `SET key value`s go to the service
 /// together ([`crate::server::KvService::get_many`], `set_many`: the same
-/// requests, with one forward per other leader instead of one per key);
-/// every other command runs as [`run`].
+/// requests, with one forward per other leader instead of one per key,
+/// coalesced with the forwards of other connections), also when there is
+/// only one; every other command runs as [`run`].
 pub async fn run_batch(sh: &Shared, frames: &[Vec<Bytes>]) -> Vec<Reply> {
     let plain_get = |f: &Vec<Bytes>| f.len() == 2 && f[0].eq_ignore_ascii_case(b"get");
     let plain_set = |f: &Vec<Bytes>| {
@@ -288,7 +289,7 @@ pub async fn run_batch(sh: &Shared, frames: &[Vec<Bytes>]) -> Vec<Reply> {
             _ => others.push(i),
         }
     }
-    if gets.len() + sets.len() < 2 {
+    if gets.is_empty() && sets.is_empty() {
         return futures_util::future::join_all(frames.iter().map(|f| run(sh, f))).await;
     }
     let keys: Vec<Bytes> = gets.iter().map(|&i| frames[i][1].clone()).collect();

@@ -45,6 +45,7 @@ use crate::server::metrics::{Command, Metrics};
 use crate::storage::{Condition, Ttl};
 
 mod batch;
+mod coalesce;
 mod ops;
 
 /// The service object tonic clones per connection (cheap: a few `Arc`s).
@@ -67,6 +68,9 @@ pub struct KvService {
     /// Slots in `in_flight` (`server.max_in_flight`): the most one batch
     /// of [`KvService::get_many`] / [`KvService::set_many`] takes.
     slots: u32,
+    /// Forwards of [`KvService::get_many`] / [`KvService::set_many`],
+    /// coalesced per leader across connections (`service/coalesce.rs`).
+    lanes: Arc<coalesce::Lanes>,
 }
 
 /// Deadline of a forwarded request (for error messages; the caller's own
@@ -83,6 +87,7 @@ fn forwarded<T>(request: &Request<T>) -> bool {
 }
 
 /// Where a request goes when this node does not lead its partition.
+#[derive(Clone)]
 struct Leader {
     /// The key's partition.
     partition: u32,
@@ -123,6 +128,7 @@ impl KvService {
             metrics,
             max_keys: crate::config::limits::Limits::default().max_keys_per_request,
             slots: u32::try_from(max_in_flight).unwrap_or(u32::MAX),
+            lanes: Arc::default(),
         }
     }
 

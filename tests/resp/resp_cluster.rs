@@ -163,3 +163,60 @@ fn a_pipeline_through_a_non_leader_is_answered_in_order_with_exact_values() {
     }
     o.cmd(&["GET", "nx-key"], "$5\r\nfirst\r\n");
 }
+
+/// The `calls` of `cmd_NAME` in the `INFO stats` text of a node (0 when
+/// the command never ran there).
+fn calls(info: &str, name: &str) -> u64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmd_{name}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// Single `SET`s and `GET`s of many connections through a node that does
+/// not lead their partition are coalesced into one forwarded `MSet` /
+/// `MGet` per leader (src/server/service/coalesce.rs), not one forwarded
+/// request per command; every connection still gets its own exact answer.
+/// The failpoint `server::coalesce_pause` holds each pump for 1 s before
+/// it takes a batch, so the 8 commands, sent at once, all wait in the
+/// lane: the leader counts exactly 1 `MSet` and 1 `MGet` and no `Set` or
+/// `Get` (before coalescing: 8 `Set`s and 8 `Get`s).
+#[test]
+fn single_commands_of_many_connections_are_forwarded_together() {
+    let c = TestCluster::start(ClusterOpts {
+        env: vec![
+            ("CASKADE_RESP_LISTEN".into(), "127.0.0.1:0".into()),
+            (
+                "FAILPOINTS".into(),
+                "server::coalesce_pause=return(1000)".into(),
+            ),
+        ],
+        ..ClusterOpts::default()
+    });
+    c.wait_until("every ISR is full", |c| c.all_led() && c.full_isr());
+    let leader = c.leader(0).expect("partition 0 has a leader");
+    let via = (0..3).find(|&i| i != leader).unwrap();
+    let keys: Vec<String> = (0..8).map(|i| c.key_in(0, i)).collect();
+    let addr = c.resp_addr(via);
+    let round = |cmd: fn(&mut Conn, &str, usize)| {
+        let start = std::sync::Arc::new(std::sync::Barrier::new(keys.len()));
+        std::thread::scope(|s| {
+            for (i, k) in keys.iter().enumerate() {
+                let (start, addr) = (start.clone(), addr.clone());
+                s.spawn(move || {
+                    let mut r = Conn::open(&addr);
+                    start.wait();
+                    cmd(&mut r, k, i);
+                });
+            }
+        });
+    };
+    round(|r, k, i| r.cmd(&["SET", k, &format!("v{i}")], "+OK\r\n"));
+    round(|r, k, i| r.cmd(&["GET", k], &format!("$2\r\nv{i}\r\n")));
+    let info = Conn::open(&c.resp_addr(leader)).bulk(&["INFO", "stats"]);
+    let counts: Vec<u64> = ["mset", "set", "mget", "get"]
+        .iter()
+        .map(|n| calls(&info, n))
+        .collect();
+    assert_eq!(counts, vec![1, 0, 1, 0], "mset, set, mget, get in\n{info}");
+}

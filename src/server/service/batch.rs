@@ -2,28 +2,27 @@
 //! (src/resp/connection.rs), served as that many `Get` / `Set` requests of
 //! this service (same defaults, slots, metrics and answers) except for the
 //! forwarding: the keys of partitions led by one other node travel there
-//! together, one forwarded `MGet` / `MSet` per leader, instead of one
-//! forwarded request per key. A pipeline of 16 commands through a node
-//! that leads a third of the partitions took about 11 forwards; it takes
-//! at most one per other node.
+//! together, in one forwarded `MGet` / `MSet`, instead of one forwarded
+//! request per key, and together with the forwards of every other
+//! connection that wait for the same leader at that moment
+//! (`coalesce.rs`). A pipeline of 16 commands through a node that leads a
+//! third of the partitions took about 11 forwards; it takes at most one
+//! per other node, and 50 single-command connections take about one per
+//! other node and round trip instead of one per command.
 //!
 //! Invariants:
 //! - every key is tried here first, exactly as [`Kv::get`] / [`Kv::set`]
 //!   do; only a key refused with `NOT_LEADER` naming a leader is
 //!   forwarded, and a forwarded request is never forwarded again (the
 //!   leader serves the whole group or refuses it);
-//! - a grouped forward never gives a key a wrong answer: a failed `MGet`
-//!   falls back to one forwarded `Get` per key; an `MSet` refused with
-//!   `NOT_LEADER` (the leader checks every key's partition before writing
-//!   any, so nothing was written) falls back to one forwarded `Set` per
-//!   key; any other `MSet` failure is every key's answer (its outcome is
-//!   unknown, as that of one failed forwarded `Set`);
+//! - a grouped forward never gives a key a wrong answer (the fallbacks of
+//!   `coalesce.rs`: a failed `MGet` is retried key by key, an `MSet`
+//!   refused with `NOT_LEADER` too, any other `MSet` failure is every
+//!   key's answer, an unknown outcome as that of one failed `Set`);
 //! - every key is one request of its command in the metrics, timed from
 //!   its arrival to its answer with its own outcome, and holds one
 //!   `max_in_flight` slot meanwhile (a batch larger than
 //!   `max_in_flight` holds them all).
-
-use std::collections::HashMap;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
@@ -32,7 +31,6 @@ use tonic::Status;
 use super::{KvService, Leader, after_write_pause, leader_of};
 use crate::error::Error;
 use crate::node::SetArgs;
-use crate::proto;
 use crate::server::metrics::Command;
 use crate::storage::Condition;
 
@@ -61,40 +59,13 @@ impl KvService {
         let consistency = self.default_consistency;
         let mut results: Vec<crate::Result<Option<Bytes>>> =
             join_all(keys.iter().map(|k| self.node.get(k.clone(), consistency))).await;
-        let groups = leaders(&results);
-        let forwards = groups.into_values().map(|group| async move {
-            let q = proto::MGetRequest {
-                keys: group.iter().map(|(i, _)| keys[*i].clone()).collect(),
-                consistency: 0,
-            };
-            let reply = self
-                .forward(&group[0].1, q, |mut c, q| async move { c.m_get(q).await })
-                .await;
-            match reply {
-                Ok(r) if r.values.len() == group.len() => group
-                    .into_iter()
-                    .zip(r.values)
-                    .map(|((i, _), v)| (i, Ok(v.value)))
-                    .collect(),
-                // One forwarded Get per key, each answered on its own.
-                _ => {
-                    let singles = group.iter().map(|(i, leader)| {
-                        let q = proto::GetRequest {
-                            key: keys[*i].clone(),
-                            consistency: 0,
-                        };
-                        self.forward(leader, q, |mut c, q| async move { c.get(q).await })
-                    });
-                    let answers = join_all(singles).await;
-                    group
-                        .into_iter()
-                        .zip(answers)
-                        .map(|((i, _), r)| (i, r.map(|g| g.value)))
-                        .collect::<Vec<_>>()
-                }
-            }
-        });
-        for (i, r) in join_all(forwards).await.into_iter().flatten() {
+        let refused = refused(&results);
+        let items = refused
+            .iter()
+            .map(|(i, leader)| (keys[*i].clone(), Bytes::new(), leader.clone()))
+            .collect();
+        let answers = self.coalesced::<Option<Bytes>>(items).await;
+        for ((i, _), r) in refused.into_iter().zip(answers) {
             results[i] = r;
         }
         finish(timers, results)
@@ -128,68 +99,27 @@ impl KvService {
             r
         });
         let mut results: Vec<crate::Result<()>> = join_all(local).await;
-        let groups = leaders(&results);
-        let forwards = groups.into_values().map(|group| async move {
-            let q = proto::MSetRequest {
-                pairs: group
-                    .iter()
-                    .map(|(i, _)| proto::KeyValue {
-                        key: pairs[*i].0.clone(),
-                        value: pairs[*i].1.clone(),
-                    })
-                    .collect(),
-                acks: 0,
-            };
-            let reply = self
-                .forward(&group[0].1, q, |mut c, q| async move { c.m_set(q).await })
-                .await;
-            match reply {
-                Ok(_) => group.into_iter().map(|(i, _)| (i, Ok(()))).collect(),
-                // Nothing was written: one forwarded Set per key.
-                Err(Error::NotLeader { .. }) => {
-                    let singles = group.iter().map(|(i, leader)| {
-                        let q = proto::SetRequest {
-                            key: pairs[*i].0.clone(),
-                            value: pairs[*i].1.clone(),
-                            ttl_ms: None,
-                            condition: proto::Condition::Always as i32,
-                            acks: 0,
-                        };
-                        self.forward(leader, q, |mut c, q| async move { c.set(q).await })
-                    });
-                    let answers = join_all(singles).await;
-                    group
-                        .into_iter()
-                        .zip(answers)
-                        .map(|((i, _), r)| (i, r.map(|_| ())))
-                        .collect::<Vec<_>>()
-                }
-                Err(e) => group
-                    .into_iter()
-                    .map(|(i, _)| (i, Err(e.clone())))
-                    .collect(),
-            }
-        });
-        for (i, r) in join_all(forwards).await.into_iter().flatten() {
+        let refused = refused(&results);
+        let items = refused
+            .iter()
+            .map(|(i, leader)| (pairs[*i].0.clone(), pairs[*i].1.clone(), leader.clone()))
+            .collect();
+        let answers = self.coalesced::<()>(items).await;
+        for ((i, _), r) in refused.into_iter().zip(answers) {
             results[i] = r;
         }
         finish(timers, results)
     }
 }
 
-/// The keys refused with `NOT_LEADER` naming a leader, grouped by that
-/// leader's address: (index, leader) each.
-fn leaders<T>(results: &[crate::Result<T>]) -> HashMap<String, Vec<(usize, Leader)>> {
-    let mut groups: HashMap<String, Vec<(usize, Leader)>> = HashMap::new();
-    for (i, r) in results.iter().enumerate() {
-        if let Some(leader) = leader_of(r) {
-            groups
-                .entry(leader.addr.clone())
-                .or_default()
-                .push((i, leader));
-        }
-    }
-    groups
+/// The keys refused with `NOT_LEADER` naming a leader: (index, leader)
+/// each, in order.
+fn refused<T>(results: &[crate::Result<T>]) -> Vec<(usize, Leader)> {
+    results
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| leader_of(r).map(|l| (i, l)))
+        .collect()
 }
 
 /// `n` refusals: the server is shutting down (its slots are closed).
