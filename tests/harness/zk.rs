@@ -20,7 +20,7 @@
 //!   is retried on fresh ports.
 
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -52,10 +52,19 @@ struct Shared {
     dir: PathBuf,
     /// Its client port.
     port: u16,
-    /// The write end of the watchdog's stdin, closed when this process
-    /// ends or the server is replaced; the watchdog then kills the server
-    /// and removes `dir`.
-    _watchdog: ChildStdin,
+    /// The watchdog, its stdin (a pipe only this process holds) kept open:
+    /// closed when this process ends or the server is replaced, and the
+    /// watchdog then kills the server and removes `dir`.
+    watchdog: Child,
+}
+
+impl Drop for Shared {
+    /// Only when the server is replaced (statics are never dropped): lets
+    /// the watchdog clean up, and reaps it.
+    fn drop(&mut self) {
+        drop(self.watchdog.stdin.take());
+        let _ = self.watchdog.wait();
+    }
 }
 
 /// The shared server, once started.
@@ -185,7 +194,7 @@ impl Shared {
             .tempdir()
             .expect("temp dir for the shared ZooKeeper")
             .keep();
-        let mut watchdog = Command::new("bash")
+        let watchdog = Command::new("bash")
             .args(["-c", WATCHDOG, "zk-watchdog"])
             .arg(&dir)
             .stdin(Stdio::piped())
@@ -193,13 +202,14 @@ impl Shared {
             .stderr(Stdio::null())
             .spawn()
             .expect("start the shared ZooKeeper's watchdog");
-        let pipe = watchdog.stdin.take().expect("piped stdin");
-        let port = start_in(&dir);
-        Shared {
+        // Made before the server starts, so a failed start is cleaned up too.
+        let mut shared = Shared {
             dir,
-            port,
-            _watchdog: pipe,
-        }
+            port: 0,
+            watchdog,
+        };
+        shared.port = start_in(&shared.dir);
+        shared
     }
 }
 
