@@ -58,7 +58,7 @@ fn wait_replicated(c: &TestCluster, i: usize) {
 #[test]
 fn every_command_type_replicates_to_every_replica() {
     let _s = serial();
-    let c = TestCluster::start(ClusterOpts::default());
+    let c = TestCluster::start_shared(ClusterOpts::default());
     let rt = runtime();
     let client = c.client(&rt);
     rt.block_on(async {
@@ -195,7 +195,7 @@ async fn missing(client: &Client, acked: &BTreeMap<String, String>) -> Vec<Strin
 #[test]
 fn leader_kill_under_acks_all_load_loses_no_acknowledged_write() {
     let _s = serial();
-    let mut c = TestCluster::start(ClusterOpts::default());
+    let mut c = TestCluster::start_shared(ClusterOpts::default());
     let victim = c.leader(0).unwrap();
     let victim_id = c.specs[victim].id.clone();
     let rt = runtime();
@@ -233,7 +233,7 @@ fn leader_kill_under_acks_all_load_loses_no_acknowledged_write() {
 #[test]
 fn follower_kill_and_rejoin() {
     let _s = serial();
-    let mut c = TestCluster::start(ClusterOpts::default());
+    let mut c = TestCluster::start_shared(ClusterOpts::default());
     let leader = c.leader(0).unwrap();
     let follower = (0..3).find(|&i| i != leader).unwrap();
     let fid = c.specs[follower].id.clone();
@@ -272,7 +272,7 @@ fn follower_kill_and_rejoin() {
 #[test]
 fn isr_shrinks_on_lag_and_expands_on_catch_up() {
     let _s = serial();
-    let c = TestCluster::start(ClusterOpts {
+    let c = TestCluster::start_shared(ClusterOpts {
         session_timeout_ms: 8000,
         replica_lag_ms: 1000,
         ..ClusterOpts::default()
@@ -325,7 +325,7 @@ fn isr_shrinks_on_lag_and_expands_on_catch_up() {
 #[test]
 fn min_insync_refusal_is_never_visible() {
     let _s = serial();
-    let c = TestCluster::start(ClusterOpts {
+    let c = TestCluster::start_shared(ClusterOpts {
         session_timeout_ms: 10_000,
         replica_lag_ms: 800,
         ..ClusterOpts::default()
@@ -374,7 +374,7 @@ fn min_insync_refusal_is_never_visible() {
 #[test]
 fn controller_kill_and_reelection() {
     let _s = serial();
-    let mut c = TestCluster::start(ClusterOpts::default());
+    let mut c = TestCluster::start_shared(ClusterOpts::default());
     let m = c.metadata(0).unwrap();
     let old = m.controller.clone();
     assert!(!old.is_empty(), "a controller is known");
@@ -418,7 +418,7 @@ fn paused_leader_is_fenced_after_resume() {
     use caskade::proto::replication::{FetchRequest, PartitionFetch};
 
     let _s = serial();
-    let c = TestCluster::start(ClusterOpts::default());
+    let c = TestCluster::start_shared(ClusterOpts::default());
     let old = c.leader(0).unwrap();
     let old_epoch = c.partition(0).unwrap().leader_epoch as u32;
     let rt = runtime();
@@ -522,7 +522,7 @@ fn paused_leader_is_fenced_after_resume() {
 #[test]
 fn whole_cluster_restart_keeps_acknowledged_writes() {
     let _s = serial();
-    let mut c = TestCluster::start(ClusterOpts {
+    let mut c = TestCluster::start_shared(ClusterOpts {
         fsync: "always",
         ..ClusterOpts::default()
     });
@@ -568,7 +568,7 @@ fn whole_cluster_restart_keeps_acknowledged_writes() {
 #[test]
 fn divergent_log_is_truncated_by_leader_epoch() {
     let _s = serial();
-    let mut c = TestCluster::start(ClusterOpts {
+    let mut c = TestCluster::start_shared(ClusterOpts {
         partitions: 1,
         session_timeout_ms: 4000,
         replica_lag_ms: 1000,
@@ -694,7 +694,7 @@ fn any_node_forwards_to_the_partition_leader() {
     use caskade::proto::{GetRequest, SetRequest};
 
     let _s = serial();
-    let c = TestCluster::start(ClusterOpts::default());
+    let c = TestCluster::start_shared(ClusterOpts::default());
     let rt = runtime();
     for p in 0..c.opts.partitions {
         let leader = c.leader(p).unwrap();
@@ -762,7 +762,7 @@ fn a_fetch_session_serves_and_refuses_partitions_independently() {
     use caskade::proto::replication::{FetchRequest, PartitionFetch};
 
     let _s = serial();
-    let c = TestCluster::start(ClusterOpts::default());
+    let c = TestCluster::start_shared(ClusterOpts::default());
     let rt = runtime();
     let node = 0;
     let id = c.specs[node].id.clone();
@@ -860,7 +860,7 @@ fn a_fetch_session_serves_and_refuses_partitions_independently() {
 #[test]
 fn maximal_values_in_four_partitions_replicate_under_acks_all() {
     let _s = serial();
-    let c = TestCluster::start(ClusterOpts {
+    let c = TestCluster::start_shared(ClusterOpts {
         partitions: 12,
         ..ClusterOpts::default()
     });

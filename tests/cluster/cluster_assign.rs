@@ -68,7 +68,7 @@ fn reported(c: &TestCluster, i: usize) -> BTreeSet<u32> {
 
 #[test]
 fn four_nodes_host_exactly_their_assigned_partitions_and_forward_the_rest() {
-    let c = TestCluster::start(ClusterOpts {
+    let c = TestCluster::start_shared(ClusterOpts {
         nodes: 4,
         partitions: 8,
         replication_factor: 3,

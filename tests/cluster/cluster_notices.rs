@@ -150,7 +150,7 @@ fn direct_set(c: &TestCluster, i: usize, key: &str, value: &str) -> Result<(), E
 #[test]
 fn restarted_leader_never_resumes_its_old_leadership() {
     let _s = serial();
-    let mut c = TestCluster::start(ClusterOpts {
+    let mut c = TestCluster::start_shared(ClusterOpts {
         env: vec![(
             "FAILPOINTS".into(),
             "controller::before_state_write=return(1500)".into(),
@@ -252,7 +252,7 @@ fn restarted_leader_never_resumes_its_old_leadership() {
 #[test]
 fn notices_are_retried_until_the_node_acknowledges_them() {
     let _s = serial();
-    let mut c = TestCluster::start(ClusterOpts {
+    let mut c = TestCluster::start_shared(ClusterOpts {
         rebalance: true,
         ..ClusterOpts::default()
     });

@@ -26,7 +26,7 @@ const ALL: i32 = proto::Acks::All as i32;
 
 #[test]
 fn string_ops_through_a_non_leader_replicate_exactly() {
-    let c = TestCluster::start(ClusterOpts::default());
+    let c = TestCluster::start_shared(ClusterOpts::default());
     c.wait_until("every partition has its full ISR", |c| c.full_isr());
     let rt = runtime();
     let key = c.key_in(0, 1);

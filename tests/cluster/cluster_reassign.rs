@@ -29,7 +29,7 @@ const ROOT: &str = "/caskade/test";
 /// A 3-node cluster (replication factor 3: every partition on nodes 1-3),
 /// then node-4 started; returns once node-4 is known to node-1.
 fn three_then_four(partitions: u32) -> TestCluster {
-    let mut c = TestCluster::start(ClusterOpts {
+    let mut c = TestCluster::start_shared(ClusterOpts {
         nodes: 3,
         partitions,
         initial_nodes: 3,

@@ -101,7 +101,7 @@ fn counts_after(
 /// hand (never catches up), so the plan stays pending.
 #[test]
 fn admin_rpcs_write_and_rewrite_the_reassign_znode() {
-    let c = TestCluster::start(ClusterOpts::default());
+    let c = TestCluster::start_shared(ClusterOpts::default());
     let addr = c.specs[0].addr.clone();
     let rt = runtime();
     let zk = rt.block_on(raw(&c));
@@ -255,7 +255,7 @@ fn admin_rpcs_write_and_rewrite_the_reassign_znode() {
 /// with 8 each; `recommission` removes the marker.
 #[test]
 fn decommission_marks_the_node_and_plans_it_empty() {
-    let c = TestCluster::start(ClusterOpts {
+    let c = TestCluster::start_shared(ClusterOpts {
         nodes: 4,
         partitions: 8,
         initial_nodes: 4,
@@ -332,7 +332,7 @@ fn decommission_marks_the_node_and_plans_it_empty() {
 #[test]
 fn auto_rebalance_plans_a_share_for_a_joined_node() {
     let grace_ms = 3000;
-    let mut c = TestCluster::start(ClusterOpts {
+    let mut c = TestCluster::start_shared(ClusterOpts {
         nodes: 3,
         partitions: 8,
         initial_nodes: 3,

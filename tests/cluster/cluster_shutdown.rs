@@ -59,7 +59,7 @@ fn names(v: &Value, field: &str) -> Vec<String> {
 /// while clients write; returns what the test checks.
 fn shutdown_under_load(pick: impl Fn(&TestCluster) -> usize) {
     let _s = serial();
-    let mut c = TestCluster::start(ClusterOpts {
+    let mut c = TestCluster::start_shared(ClusterOpts {
         partitions: 12,
         // Long: a leadership that only moved when the session closed would
         // still be moved at once; the log and the epochs tell them apart.

@@ -72,22 +72,24 @@ fn reads() -> [u64; 3] {
 #[test]
 fn controller_failover_20_nodes_2000_partitions() {
     let _one = harness::cluster::OneCluster::take();
-    let zk = Zk::standalone();
-    let addr: SocketAddr = zk.connect_string().parse().expect("a single host:port");
+    // The shared server; the simulation's root under this test's chroot.
+    let zk = Zk::shared();
+    let addr = SocketAddr::from(([127, 0, 0, 1], zk.client_ports()[0]));
+    let root = format!("{}/caskade/sim-test", zk.chroot());
     harness::runtime().block_on(async {
-        tokio::time::timeout(BOUND, scenario(addr))
+        tokio::time::timeout(BOUND, scenario(addr, root))
             .await
             .expect("the simulation did not finish in time")
     });
 }
 
-async fn scenario(addr: SocketAddr) {
+async fn scenario(addr: SocketAddr, root: String) {
     let holder = raw_client(addr).await;
     let cfg = SimConfig {
         nodes: NODES,
         partitions: PARTITIONS,
         session_ms: 2000,
-        root: "/caskade/sim-test".into(),
+        root,
     };
     let mut sim = Sim::start(cfg, addr, &holder).await;
     assert_eq!(sim.calls().notices, 0, "no controller before the release");

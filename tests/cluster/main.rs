@@ -22,6 +22,7 @@ mod cluster_reassign;
 mod cluster_reassign_admin;
 mod cluster_shutdown;
 mod controller_sim;
+mod harness_zk;
 
 use std::sync::Mutex;
 

@@ -1,4 +1,5 @@
-//! A real cluster for tests: a throwaway ZooKeeper ([`Zk`]) and N
+//! A real cluster for tests: a throwaway ZooKeeper ([`Zk`]; or a chroot
+//! of the process's shared one, [`TestCluster::start_shared`]) and N
 //! `caskade-server` processes on fixed free ports of 127.0.0.1, each with
 //! its own config file and data directory under one temporary directory.
 //! Nodes can be killed (SIGKILL), stopped (SIGSTOP/SIGCONT), restarted on
@@ -158,6 +159,14 @@ impl TestCluster {
     /// a leader known to every node.
     pub fn start(opts: ClusterOpts) -> TestCluster {
         TestCluster::start_on(opts, Zk::standalone())
+    }
+
+    /// As [`TestCluster::start`], on a fresh chroot of the process's shared
+    /// ZooKeeper ([`Zk::shared`]) instead of a server of its own: for tests
+    /// that never kill, pause or restart ZooKeeper. Saves a ZooKeeper start
+    /// and kill (~3.5 s on a loaded 2-core machine).
+    pub fn start_shared(opts: ClusterOpts) -> TestCluster {
+        TestCluster::start_on(opts, Zk::shared())
     }
 
     /// As [`TestCluster::start`], on a given ZooKeeper (e.g. an ensemble).

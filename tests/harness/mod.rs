@@ -32,8 +32,11 @@ pub fn server_bin() -> PathBuf {
 /// found next to the server binary (same target dir and profile) and built
 /// once with cargo if it is not there yet (`cargo test -p caskade` on a
 /// fresh target dir). `cargo test --workspace` (what `make test` runs)
-/// always builds it first; with `-p caskade` alone an existing binary is
-/// used as is, so rebuild it after changing `cli/`.
+/// builds it before any test runs, with the tests' features, because the
+/// CLI package has an integration test (cli/tests/binary.rs); without that
+/// the fallback build ran in the middle of the test phase and rebuilt the
+/// library with other features. With `-p caskade` alone an existing binary
+/// is used as is, so rebuild it after changing `cli/`.
 pub fn cli_bin() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT

@@ -218,12 +218,7 @@ impl<'a> Ctx<'a> {
 
     /// ZooKeeper's client ports.
     fn zk_ports(&self) -> Vec<u16> {
-        self.cluster
-            .zk
-            .connect_string()
-            .split(',')
-            .map(netpart::port)
-            .collect()
+        self.cluster.zk.client_ports().to_vec()
     }
 
     /// Nodes `a` and `b` cannot reach each other (both directions).

@@ -469,10 +469,16 @@ async fn hw_poller(
 pub fn run(s: Scenario) {
     let seed = seed();
     let secs = secs();
+    // A scenario that kills ZooKeeper members has an ensemble of its own;
+    // a network scenario runs in its own namespace (and process), on a
+    // server of its own; the others share one server, each on a chroot of
+    // its own (`Zk::shared`: no JVM start and kill per scenario).
     let zk = if s.ensemble {
         Zk::ensemble()
-    } else {
+    } else if s.network {
         Zk::standalone()
+    } else {
+        Zk::shared()
     };
     let gids = (0..s.opts.nodes)
         .map(|i| s.network.then_some(super::netpart::GIDS[i]))
