@@ -260,10 +260,10 @@ impl Inner {
     /// Applies the pending records below `target`, in offset order.
     /// Returns the values of the local writes among them, for the caller
     /// to offer to the value cache once it has released the writer mutex
-    /// ([`super::keydir::KeyDir::fill`]): a fill is a lock, a copy and an allocation per
-    /// record, and writers contend for that mutex. A late fill is safe: it
-    /// is tagged with its record's location, served only while the key's
-    /// entry still points there.
+    /// ([`super::keydir::KeyDir::fill`]): a fill is a lock, a copy and an
+    /// allocation per record, and writers contend for that mutex. A late
+    /// fill is safe: it is tagged with its record's location, served only
+    /// while the key's entry still points there.
     pub(super) fn apply_pending(&self, w: &mut Writer, target: u64) -> Vec<Fill> {
         let mut fills = Vec::new();
         let segments = self.segments.read();
