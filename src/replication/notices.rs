@@ -188,14 +188,23 @@ impl ReplicaManager {
         if let RoleState::Leader(l) = &part.state.lock().role {
             isr = l.isr.clone();
         }
+        // Read (and let go of) the high watermark before `offsets` takes
+        // the state lock: `hw_candidate` takes state, then the watermark,
+        // and a watermark writer waiting between the two would deadlock
+        // all three (parking_lot queues new readers behind a writer).
+        let high_watermark = part.progress.borrow().hw;
         PartitionState {
             id: part.id,
             leader,
             leader_epoch,
             replicas,
             isr,
-            high_watermark: part.progress.borrow().hw,
-            offsets: part.offsets(&self.me.id),
+            high_watermark,
+            offsets: {
+                // A test pauses here (tests.rs, hosted_state_..._lock).
+                fail::fail_point!("replication::hosted_state_offsets");
+                part.offsets(&self.me.id)
+            },
         }
     }
 

@@ -761,3 +761,49 @@ fn a_restarted_new_leaders_conditional_writes_see_its_uncommitted_log() {
     drop(m);
     drop(rt);
 }
+
+/// `hosted_state` (behind `Metadata`, RESP `WAIT` and `INFO`) must not
+/// hold the high watermark's read lock while it takes the partition's
+/// state lock: `hw_candidate` takes them in the other order, and with a
+/// `publish_hw` writer waiting in between (parking_lot's lock makes new
+/// readers wait behind a waiting writer) the three deadlock, which froze a
+/// node under SET + WAIT in the cluster benchmark. The failpoint holds
+/// `hosted_state` just before it takes the state lock for the offsets; a
+/// high watermark writer must still get through.
+#[cfg(feature = "failpoints")]
+#[test]
+fn hosted_state_does_not_hold_the_high_watermark_while_taking_the_state_lock() {
+    let _one = FAILPOINT.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = TempDir::new().unwrap();
+    let (_n, m) = takeover_node(dir.path(), &rt, &["d"], &["a", "b"]);
+    let part = m.partition(0).unwrap();
+    let name = "replication::hosted_state_offsets";
+    let (reached, release) = pause_at(name);
+    let writer_done = std::thread::scope(|s| {
+        let reader = s.spawn(|| m.hosted_state(&part));
+        reached
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("hosted_state reaches the failpoint");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = &part;
+        s.spawn(move || {
+            p.progress.send_modify(|_| {});
+            let _ = tx.send(());
+        });
+        let done = rx.recv_timeout(std::time::Duration::from_secs(2)).is_ok();
+        let _ = release.send(());
+        reader.join().unwrap();
+        fail::remove(name);
+        done
+    });
+    assert!(
+        writer_done,
+        "a high watermark writer waited for hosted_state's read lock"
+    );
+    drop(rt);
+}
