@@ -19,7 +19,12 @@
 //!   `acks: all` write is readable at once;
 //! - a leader reads only once its high watermark reached the log end it had
 //!   when it took over (`epoch_start`): before that, a committed write of the
-//!   previous leader may not be applied here yet.
+//!   previous leader may not be applied here yet;
+//! - lock order: `state`, then `progress` (the high-watermark watch, whose
+//!   `borrow` holds its read lock). Nothing takes `state` while it holds a
+//!   `progress` borrow: with a watermark publisher waiting to write, readers
+//!   queue behind it and the two orders deadlock (it froze a node under
+//!   `SET`+`WAIT`; test `hosted_state_does_not_hold_the_high_watermark_while_taking_the_state_lock`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -38,7 +38,11 @@ impl ReplicaManager {
             RoleState::Leader(l) if l.epoch < target.leader_epoch => l.epoch,
             _ => return false,
         };
-        if part.progress.borrow().leading != Some(old) || part.leading_epoch() != Some(old) {
+        // The watch's read guard must be gone before `leading_epoch` takes
+        // the state lock (lock order, partition.rs): a temporary in the
+        // first operand of `||` would live through the second.
+        let leading = part.progress.borrow().leading;
+        if leading != Some(old) || part.leading_epoch() != Some(old) {
             return false;
         }
         let log = part.log.clone();
