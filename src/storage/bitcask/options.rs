@@ -130,23 +130,13 @@ impl Default for MergeOptions {
     }
 }
 
-/// Commit workers when `background.commit_threads` is 0. Not derived from
-/// the cores: a commit worker spends its time waiting for an fsync, and
-/// fsyncs of different engines' files issued side by side share the
-/// filesystem's journal commit and the device's cache flush (on the
-/// development VM's ext4, 8 concurrent `fdatasync`s of 8 files took as long
-/// as one, 8 in sequence 8 times as long; docs/STORAGE.md "Background
-/// threads"). Under `always`, every engine with writes waiting needs a
-/// worker of its own to be in that shared flush.
-pub const AUTO_COMMIT_THREADS: usize = 16;
-
 /// Sizes of the node's background thread pool (see [`Workers`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackgroundOptions {
     /// Threads that lead the group commits of submitted writes (`always`)
     /// and run the periodic fsync (`every_ms`) of all the node's engines.
-    /// 0 = [`AUTO_COMMIT_THREADS`]. Default 0.
+    /// 0 = from the number of cores, between 2 and 4. Default 0.
     pub commit_threads: usize,
     /// Threads that run merges (their bytes/s budget is per node). Default 1.
     pub merge_threads: usize,
@@ -165,7 +155,9 @@ impl BackgroundOptions {
     /// The number of commit workers to start.
     pub fn commit_threads(&self) -> usize {
         match self.commit_threads {
-            0 => AUTO_COMMIT_THREADS,
+            0 => std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .clamp(2, 4),
             n => n,
         }
     }

@@ -3,11 +3,9 @@
 //! thousands of partitions runs a handful of background threads.
 //!
 //! Roles, each a plain OS thread (all of the work is blocking disk I/O):
-//! - *commit workers* (`storage.background.commit_threads`, default
-//!   [`AUTO_COMMIT_THREADS`](super::options::AUTO_COMMIT_THREADS): they
-//!   wait on fsyncs, which run side by side, rather than use the CPU)
-//!   lead the group commits of submitted writes (`always`) and run the
-//!   periodic fsync and commit-point checkpoint (`every_ms`).
+//! - *commit workers* (`storage.background.commit_threads`, default 2 to 4
+//!   from the cores) lead the group commits of submitted writes (`always`)
+//!   and run the periodic fsync and commit-point checkpoint (`every_ms`).
 //!   They take engines from one ready queue; an engine is in it at most
 //!   once per kind of job, and its batches are ordered by the writer's
 //!   `flushing` flag whichever worker leads. A worker leads one batch per
