@@ -71,9 +71,6 @@ impl Controller {
         Ok((written, unsure))
     }
 
-    /// Asks every node in `asks` (one call per node, all at once) for the
-    /// log end offsets of its partitions. Nodes that fail or time out are
-
     /// Sends one ZooKeeper multi per chunk, at most [`MULTI_WINDOW`] in
     /// flight (`znode::windowed`), each fenced: its first operation checks
     /// that `/controller_epoch` still has the version this controller won
@@ -104,6 +101,8 @@ impl Controller {
         .await
     }
 
+    /// Asks every node in `asks` (one call per node, all at once) for the
+    /// log end offsets of its partitions. Nodes that fail or time out are
     /// logged and left out.
     pub(super) async fn ask_offsets(&self, asks: BTreeMap<String, Vec<u32>>) -> Offsets {
         let mut calls = JoinSet::new();
