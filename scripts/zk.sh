@@ -70,7 +70,7 @@ alive() {
   local pid
   [ -f "$1" ] || return 1
   pid=$(cat "$1" 2>/dev/null || true)
-  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null
+  [[ "$pid" =~ ^[0-9]+$ ]] && pid_running "$pid"
 }
 
 # Answer of four-letter command $2 on port $1 (empty if none).
@@ -136,19 +136,27 @@ wait_imok() {
 }
 
 # Stops the process in pid file $1: TERM, then KILL after 5 s.
+# pid_running PID: the process exists and is not a zombie. The JVM is
+# started in the background by a shell that exits, so once it dies it may
+# stay a zombie until init reaps it (1-2 s here); it then holds no port or
+# file.
+pid_running() {
+  kill -0 "$1" 2>/dev/null && [ "$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)" != Z ]
+}
+
 stop_pidfile() {
   local file=$1 pid
   pid=$(cat "$file" 2>/dev/null || true)
-  if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
+  if [[ "$pid" =~ ^[0-9]+$ ]] && pid_running "$pid"; then
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 50); do
-      kill -0 "$pid" 2>/dev/null || break
+      pid_running "$pid" || break
       sleep 0.1
     done
-    if kill -0 "$pid" 2>/dev/null; then
+    if pid_running "$pid"; then
       kill -KILL "$pid" 2>/dev/null || true
       for _ in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
+        pid_running "$pid" || break
         sleep 0.1
       done
     fi
