@@ -124,7 +124,16 @@ fn a_demoted_leaders_paused_write_is_refused_and_not_in_the_follower_log() {
     }
 }
 
-/// Tests that configure `replication::write_after_check` run one at a time.
+/// A multi-threaded runtime with `workers` worker threads and every driver
+/// enabled, as the tests below run their nodes on.
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Arms failpoint `name` to stop whoever reaches it: `reached` gets one
 /// message per arrival, and each arrival waits for one message on
 /// `release`. Returns `(reached, release)`.
@@ -142,6 +151,7 @@ fn pause_at(name: &str) -> (std::sync::mpsc::Receiver<()>, std::sync::mpsc::Send
     (reached, release)
 }
 
+/// Tests that arm failpoints in this process run one at a time.
 #[cfg(feature = "failpoints")]
 static FAILPOINT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -149,11 +159,7 @@ static FAILPOINT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn demoted_write(fsync: Durability) {
     let _one = FAILPOINT.lock().unwrap_or_else(|e| e.into_inner());
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime(4);
     let (_dir, e) = engine(fsync);
     let opts = ClusterOptions {
         min_insync: 2,
@@ -324,11 +330,7 @@ fn fetch_answers_fit_the_message_limit_with_maximal_values() {
     use crate::proto::replication as pb;
     use prost::Message;
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime(2);
     let mut dirs = Vec::new();
     let mut logs: Vec<Arc<dyn ReplicaLog>> = Vec::new();
     for _ in 0..4 {
@@ -442,11 +444,7 @@ fn key_in(p: u32) -> Bytes {
 /// `a`, deleting it, and then failed on the empty key).
 #[test]
 fn a_multi_key_del_validates_every_key_before_leadership() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime(2);
     let dir = TempDir::new().unwrap();
     let (n, _m) = cluster_node(dir.path(), &rt, "b");
     let r = rt.block_on(n.del(vec![key_in(1), Bytes::new()], crate::node::Acks::Leader));
@@ -463,11 +461,7 @@ fn a_partly_applied_del_is_not_answered_not_leader() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc;
     let _one = FAILPOINT.lock().unwrap_or_else(|e| e.into_inner());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime(4);
     let dir = TempDir::new().unwrap();
     let (n, m) = cluster_node(dir.path(), &rt, "a");
     let n = Arc::new(n);
@@ -594,11 +588,7 @@ fn takeover_node(
 fn a_new_leaders_conditional_writes_see_its_uncommitted_log() {
     use crate::node::{Acks, Consistency, SetArgs};
     use crate::storage::Condition;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime(2);
     let dir = TempDir::new().unwrap();
     let (n, _m) = takeover_node(dir.path(), &rt, &["d", "nx", "xx", "ex"], &["a"]);
     let args = |condition| SetArgs {
@@ -643,11 +633,7 @@ fn a_new_leaders_conditional_writes_see_its_uncommitted_log() {
 fn a_new_leader_behind_its_barrier_answers_nothing_from_the_committed_state_alone() {
     use crate::node::{Acks, Consistency, SetArgs};
     use crate::storage::Condition;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime(2);
     let dir = TempDir::new().unwrap();
     let (n, m) = takeover_node(dir.path(), &rt, &["d", "nx", "xx", "ex"], &["a", "b"]);
     assert_eq!(m.partition(0).unwrap().progress.borrow().hw, 0);
@@ -701,11 +687,7 @@ fn a_new_leader_behind_its_barrier_answers_nothing_from_the_committed_state_alon
 #[test]
 fn a_restarted_new_leaders_conditional_writes_see_its_uncommitted_log() {
     use crate::node::Acks;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime(2);
     let dir = TempDir::new().unwrap();
     let opts = Options {
         fsync: Durability::Never,
@@ -774,11 +756,7 @@ fn a_restarted_new_leaders_conditional_writes_see_its_uncommitted_log() {
 #[test]
 fn hosted_state_does_not_hold_the_high_watermark_while_taking_the_state_lock() {
     let _one = FAILPOINT.lock().unwrap_or_else(|e| e.into_inner());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime(2);
     let dir = TempDir::new().unwrap();
     let (_n, m) = takeover_node(dir.path(), &rt, &["d"], &["a", "b"]);
     let part = m.partition(0).unwrap();

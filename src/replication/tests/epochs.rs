@@ -148,11 +148,7 @@ fn state_of(p: usize, epoch: u32) -> LeaderAndIsr {
 /// returns how many `EpochEndOffset` calls `b` served. `legacy`: `b`
 /// answers as a leader that predates batched lookups.
 fn run(specs: &[Spec], legacy: bool) -> usize {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = super::runtime(2);
     let mut dirs = Vec::new();
     let (mut a_logs, mut b_logs) = (Vec::new(), Vec::new());
     for s in specs {
@@ -345,11 +341,7 @@ fn a_leader_without_batched_lookups_is_asked_one_partition_per_call() {
 /// form still answers as before.
 #[test]
 fn a_batched_lookup_answers_and_refuses_each_partition_on_its_own() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = super::runtime(2);
     let (_d0, l0) = build(&[(1, 2), (3, 1)], 0, "b");
     let (_d1, l1) = build(&[], 0, "b");
     let logs: Vec<Arc<dyn ReplicaLog>> = vec![l0, l1];

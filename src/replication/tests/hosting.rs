@@ -238,11 +238,7 @@ async fn states_arriving_while_an_engine_opens_are_applied_newest_first() {
 fn a_write_paused_while_its_partition_closes_is_refused_and_not_written() {
     use super::pause_at;
     let _one = super::FAILPOINT.lock().unwrap_or_else(|e| e.into_inner());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = super::runtime(4);
     let (m, dirs) = {
         let _in = rt.enter();
         manager()

@@ -42,11 +42,7 @@ fn tombstones(e: &Bitcask) -> Vec<u64> {
 
 #[test]
 fn a_kept_leader_leads_on_and_an_added_replica_holds_the_merge_horizon() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = super::runtime(2);
     let dir = TempDir::new().unwrap();
     let mut o = Options {
         fsync: Durability::Never,
@@ -181,11 +177,7 @@ impl crate::replication::Engines for Dirs {
 /// the engine, and the data is there when the node is listed again.
 #[test]
 fn a_removed_replica_deletes_its_directory_only_on_a_state_newer_than_its_data() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = super::runtime(2);
     let dirs = Arc::new(Dirs {
         root: TempDir::new().unwrap(),
         open: Default::default(),

@@ -181,11 +181,7 @@ struct Pair {
 
 impl Pair {
     fn start(n: u32) -> Pair {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = super::runtime(2);
         let mut dirs = Vec::new();
         let (mut a_logs, mut b_logs) = (Vec::new(), Vec::new());
         for _ in 0..n {
@@ -421,11 +417,7 @@ fn a_lost_session_falls_back_to_a_full_request_and_loses_nothing() {
 #[test]
 fn idle_round_bytes_with_333_partitions() {
     use prost::Message;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = super::runtime(2);
     let n = 333u32;
     let mut dirs = Vec::new();
     let mut logs: Vec<Arc<dyn ReplicaLog>> = Vec::new();
