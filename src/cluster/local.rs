@@ -63,4 +63,8 @@ impl Coordinator for LocalCoordinator {
             })
             .collect()
     }
+
+    fn isr_len(&self, partition: u32) -> usize {
+        usize::from(partition < self.partition_count)
+    }
 }

@@ -250,6 +250,15 @@ pub trait Coordinator: Send + Sync + 'static {
     /// The state of every partition, ordered by id.
     fn partitions(&self) -> Vec<PartitionState>;
 
+    /// The size of `partition`'s in-sync replica set as
+    /// [`Coordinator::partitions`] reports it (0 when unknown), without
+    /// building every partition's state: `WAIT` asks this per command.
+    fn isr_len(&self, partition: u32) -> usize {
+        self.partitions()
+            .get(partition as usize)
+            .map_or(0, |p| p.isr.len())
+    }
+
     /// Node id of the controller, when there is one.
     fn controller(&self) -> Option<String> {
         None

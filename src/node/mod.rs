@@ -336,6 +336,19 @@ impl Node {
         self.coordinator.controller()
     }
 
+    /// `WAIT`'s answer: the fewest replicas besides the leader in the
+    /// in-sync replica sets of `partitions` (of every partition when there
+    /// is none), 0 when none is known.
+    pub fn wait_count(&self, partitions: impl ExactSizeIterator<Item = u32>) -> i64 {
+        let count = |p: u32| self.coordinator.isr_len(p).saturating_sub(1) as i64;
+        if partitions.len() == 0 {
+            (0..self.partition_count()).map(count).min()
+        } else {
+            partitions.map(count).min()
+        }
+        .unwrap_or(0)
+    }
+
     /// The nodes and the state of every partition, for `Metadata`.
     pub fn metadata(&self) -> (Vec<NodeInfo>, Vec<PartitionState>) {
         let mut partitions = self.coordinator.partitions();

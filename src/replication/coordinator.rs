@@ -127,6 +127,30 @@ impl Coordinator for ReplicaManager {
             .collect()
     }
 
+    /// As [`Coordinator::partitions`] would report it: a hosted partition's
+    /// ISR as its leader keeps it (or as last known), another's as last
+    /// learned, none when a newer routing entry replaced that.
+    fn isr_len(&self, partition: u32) -> usize {
+        if partition >= self.count {
+            return 0;
+        }
+        if let Ok(part) = self.partition(partition) {
+            let state = part.state.lock();
+            return match &state.role {
+                RoleState::Leader(l) => l.isr.len(),
+                _ => state.known.as_ref().map_or(0, |k| k.isr.len()),
+            };
+        }
+        let (epoch, isr, no_replicas) = match self.learned(partition) {
+            Some(k) => (k.leader_epoch, k.isr.len(), k.replicas.is_empty()),
+            None => (0, 0, true),
+        };
+        match self.routed(partition) {
+            Some((_, e, _)) if e > epoch || no_replicas => 0,
+            _ => isr,
+        }
+    }
+
     fn controller(&self) -> Option<String> {
         self.cluster.get().and_then(|c| c.controller())
     }

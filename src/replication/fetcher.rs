@@ -544,25 +544,44 @@ async fn apply(s: &Session, fetch: &mut FetchSet, resp: FetchResponse) -> Result
             hw: d.high_watermark,
         });
     }
-    let step = |w: Work| {
-        let r = (|| {
-            if !w.records.is_empty() {
-                w.part.log.append(&w.records, w.hw)?;
-            }
+    // After the append, the commit (no I/O); then the append lock goes.
+    let settle = |w: Work, appended: crate::storage::Result<usize>| {
+        let r = appended.and_then(|_| {
             let end = w.part.log.written_end();
             w.part.log.commit(w.hw.min(end))
-        })();
+        });
         drop(w.guard);
         (w.part, w.epoch, r)
     };
-    // Nothing to append (commits do no I/O): nothing that may block.
-    let inline = work.iter().all(|w| w.records.is_empty());
-    let done = if inline {
-        work.into_iter().map(step).collect()
-    } else {
-        super::in_place(move || Ok::<_, Error>(work.into_iter().map(step).collect::<Vec<_>>()))
-            .await?
+    let step = move |w: Work| {
+        let appended = match w.records.is_empty() {
+            true => Ok(0),
+            false => w.part.log.append(&w.records, w.hw),
+        };
+        settle(w, appended)
     };
+    // Nothing to append, or an append that is one write(2) to the page
+    // cache (as a leader's submitted write): here, without a hand-off.
+    // The others (an fsync under `always`, a roll, another batch's I/O to
+    // wait for) run in place, off the runtime's worker.
+    let mut done = Vec::with_capacity(work.len());
+    let mut rest = Vec::new();
+    for w in work {
+        let now = match w.records.is_empty() {
+            true => Some(Ok(0)),
+            false => w.part.log.append_now(&w.records, w.hw),
+        };
+        match now {
+            Some(appended) => done.push(settle(w, appended)),
+            None => rest.push(w),
+        }
+    }
+    if !rest.is_empty() {
+        done.extend(
+            super::in_place(move || Ok::<_, Error>(rest.into_iter().map(step).collect::<Vec<_>>()))
+                .await?,
+        );
+    }
     for (part, epoch, r) in done {
         match r {
             Ok(committed) => {

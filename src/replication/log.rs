@@ -5,8 +5,9 @@
 //! (records become visible only when committed). The methods that touch
 //! files may block on disk I/O, and the replication layer calls them off
 //! the async runtime's workers (the blocking pool, or `block_in_place`);
-//! `commit`, `committed` and `written_end` do no I/O and are called
-//! directly.
+//! `commit`, `committed`, `written_end` and `read_raw_memory` do no I/O,
+//! and `append_now` at most one `write(2)` to the page cache (else it
+//! declines): they are called directly.
 //!
 //! Invariants the implementation keeps (see `docs/STORAGE.md`):
 //! - `written_end` only moves forward, except through `truncate*`;
@@ -39,6 +40,12 @@ pub trait ReplicaLog: Engine {
     /// high watermark: its log has gaps only where merge removed committed
     /// records) is refused. Returns how many were appended.
     fn append(&self, records: &[u8], dense_from: u64) -> storage::Result<usize>;
+    /// [`ReplicaLog::append`] when it is one `write(2)` to the page cache
+    /// (no fsync, no roll, no other batch's I/O to wait for), or `None`
+    /// (nothing done) when it is more: callable on a runtime thread.
+    fn append_now(&self, _records: &[u8], _dense_from: u64) -> Option<storage::Result<usize>> {
+        None
+    }
     /// Applies records below `hw`; returns the commit point. No I/O (the
     /// engine checkpoints the commit point in the background). Follower.
     fn commit(&self, hw: u64) -> storage::Result<u64>;
@@ -52,6 +59,16 @@ pub trait ReplicaLog: Engine {
     /// Raw records from `from`, concatenated, as many as `budget` allows
     /// (see [`ReadBudget::keep`]), and how many.
     fn read_raw(&self, from: u64, budget: ReadBudget) -> storage::Result<(Bytes, u32)>;
+    /// [`ReplicaLog::read_raw`] answered from memory without I/O (the
+    /// log's last batches), or `None` when that needs a file: callable on
+    /// a runtime thread.
+    fn read_raw_memory(
+        &self,
+        _from: u64,
+        _budget: ReadBudget,
+    ) -> Option<storage::Result<(Bytes, u32)>> {
+        None
+    }
     /// Removes records `>= offset`; refused below the commit point.
     fn truncate_to(&self, offset: u64) -> storage::Result<()>;
     /// Removes records `>= offset` even below the commit point (unclean).
@@ -83,6 +100,10 @@ impl ReplicaLog for Bitcask {
         self.append_replicated_dense(records, dense_from)
     }
 
+    fn append_now(&self, records: &[u8], dense_from: u64) -> Option<storage::Result<usize>> {
+        self.append_replicated_now(records, dense_from)
+    }
+
     fn commit(&self, hw: u64) -> storage::Result<u64> {
         Bitcask::commit(self, hw)
     }
@@ -105,17 +126,20 @@ impl ReplicaLog for Bitcask {
         }
         // `read_log` returns at least one record and may pass its bound by
         // one record: read up to the bound, keep what the budget allows.
-        let mut records = self.read_log(from, budget.want.min(budget.room).max(1))?;
-        records.truncate(budget.keep(records.iter().map(|r| r.raw.len())));
-        let count = records.len() as u32;
-        if records.len() == 1 {
-            return Ok((records[0].raw.clone(), 1));
+        let records = self.read_log(from, budget.want.min(budget.room).max(1))?;
+        Ok(pack(records, budget))
+    }
+
+    fn read_raw_memory(
+        &self,
+        from: u64,
+        budget: ReadBudget,
+    ) -> Option<storage::Result<(Bytes, u32)>> {
+        if budget.room == 0 && !budget.first {
+            return Some(Ok((Bytes::new(), 0)));
         }
-        let mut buf = Vec::with_capacity(records.iter().map(|r| r.raw.len()).sum());
-        for r in &records {
-            buf.extend_from_slice(&r.raw);
-        }
-        Ok((Bytes::from(buf), count))
+        let read = self.read_log_memory(from, budget.want.min(budget.room).max(1))?;
+        Some(read.map(|records| pack(records, budget)))
     }
 
     fn truncate_to(&self, offset: u64) -> storage::Result<()> {
@@ -222,4 +246,18 @@ mod tests {
         assert_eq!(epoch_end(&starts, 7, 9), Some((5, 9)));
         assert_eq!(epoch_end(&[], 7, 9), None);
     }
+}
+
+/// The records the budget keeps, concatenated, and how many.
+fn pack(mut records: Vec<storage::Record>, budget: ReadBudget) -> (Bytes, u32) {
+    records.truncate(budget.keep(records.iter().map(|r| r.raw.len())));
+    let count = records.len() as u32;
+    if records.len() == 1 {
+        return (records[0].raw.clone(), 1);
+    }
+    let mut buf = Vec::with_capacity(records.iter().map(|r| r.raw.len()).sum());
+    for r in &records {
+        buf.extend_from_slice(&r.raw);
+    }
+    (Bytes::from(buf), count)
 }

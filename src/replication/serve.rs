@@ -29,7 +29,7 @@ use prost::Message;
 
 use super::partition::{Partition, check_epoch};
 use super::session::{FetchCounts, Fetched};
-use super::{ReadBudget, ReplicaManager, in_place};
+use super::{ReadBudget, ReplicaLog, ReplicaManager, in_place};
 use crate::error::{Error, Result};
 use crate::proto::replication as pb;
 
@@ -175,9 +175,8 @@ impl ReplicaManager {
         }
 
         // Leadership may have moved during the wait: refuse what is no
-        // longer ours, read the rest in place (the records were just
-        // written, so they are in the page cache, but a read may still
-        // touch the disk: see `in_place`).
+        // longer ours, read the rest (from the logs' tails in memory, or
+        // in place: see below).
         let mut reads = Vec::new();
         for slot in &mut slots {
             let Ok((part, f)) = slot else {
@@ -208,35 +207,52 @@ impl ReplicaManager {
             let first = turn % reads.len();
             reads.rotate_left(first);
         }
-        let throttle = self.throttle.clone();
-        let mut read = in_place(move || {
-            let mut used = 0usize;
-            let mut out = HashMap::with_capacity(reads.len());
-            for (p, log, offset, throttled) in reads {
-                let mut want = share;
-                if throttled && let Some(tokens) = throttle.available() {
-                    if tokens == 0 {
-                        continue;
+        // A follower in sync reads the last batches written: the log keeps
+        // them in memory, so the round is answered here without I/O. Any
+        // other read (a follower catching up, a throttled one) runs in
+        // place, off the runtime's worker.
+        let from_memory = if reads.is_empty() {
+            Some(HashMap::new())
+        } else if reads.iter().any(|r| r.3) {
+            None
+        } else {
+            read_memory(&reads, share, max)
+                .inspect(|_| _ = stats.memory_rounds.fetch_add(1, Ordering::Relaxed))
+        };
+        let mut read = match from_memory {
+            Some(read) => read,
+            None => {
+                let throttle = self.throttle.clone();
+                in_place(move || {
+                    let mut used = 0usize;
+                    let mut out = HashMap::with_capacity(reads.len());
+                    for (p, log, offset, throttled) in reads {
+                        let mut want = share;
+                        if throttled && let Some(tokens) = throttle.available() {
+                            if tokens == 0 {
+                                continue;
+                            }
+                            want = want.min(tokens);
+                        }
+                        let budget = ReadBudget {
+                            want,
+                            room: max.saturating_sub(used),
+                            first: used == 0,
+                        };
+                        let r = log.read_raw(offset, budget).map_err(Error::from);
+                        if let Ok((records, _)) = &r {
+                            used = used.saturating_add(records.len());
+                            if throttled {
+                                throttle.take(records.len());
+                            }
+                        }
+                        out.insert(p, r);
                     }
-                    want = want.min(tokens);
-                }
-                let budget = ReadBudget {
-                    want,
-                    room: max.saturating_sub(used),
-                    first: used == 0,
-                };
-                let r = log.read_raw(offset, budget).map_err(Error::from);
-                if let Ok((records, _)) = &r {
-                    used = used.saturating_add(records.len());
-                    if throttled {
-                        throttle.take(records.len());
-                    }
-                }
-                out.insert(p, r);
+                    Ok::<_, Error>(out)
+                })
+                .await?
             }
-            Ok::<_, Error>(out)
-        })
-        .await?;
+        };
 
         let partitions = slots
             .into_iter()
@@ -370,4 +386,34 @@ fn refusal(partition: u32, e: &Error) -> pb::PartitionData {
         error_message: e.message(),
         ..Default::default()
     }
+}
+
+/// One partition's read of a fetch round: partition, log, offset, whether
+/// the throttle applies.
+type Read = (u32, Arc<dyn ReplicaLog>, u64, bool);
+
+/// The reads of a round answered from the logs' tails in memory
+/// ([`ReplicaLog::read_raw_memory`]), with the budgets the read in place
+/// would give them; `None` when one of them is not there (then the round
+/// reads in place). No I/O.
+fn read_memory(
+    reads: &[Read],
+    share: usize,
+    max: usize,
+) -> Option<HashMap<u32, Result<(Bytes, u32)>>> {
+    let mut used = 0usize;
+    let mut out = HashMap::with_capacity(reads.len());
+    for (p, log, offset, _) in reads {
+        let budget = ReadBudget {
+            want: share,
+            room: max.saturating_sub(used),
+            first: used == 0,
+        };
+        let r = log.read_raw_memory(*offset, budget)?.map_err(Error::from);
+        if let Ok((records, _)) = &r {
+            used = used.saturating_add(records.len());
+        }
+        out.insert(*p, r);
+    }
+    Some(out)
 }

@@ -148,6 +148,9 @@ pub struct FetchStats {
     pub request_bytes: AtomicU64,
     /// Encoded bytes of the answers.
     pub answer_bytes: AtomicU64,
+    /// Rounds whose records were all read from the logs' tails in memory
+    /// (no read in place, see serve.rs).
+    pub memory_rounds: AtomicU64,
 }
 
 /// A snapshot of [`FetchStats`].
@@ -167,6 +170,8 @@ pub struct FetchCounts {
     pub request_bytes: u64,
     /// Encoded bytes of the answers.
     pub answer_bytes: u64,
+    /// Rounds whose records were all read from the logs' tails in memory.
+    pub memory_rounds: u64,
 }
 
 impl FetchStats {
@@ -181,6 +186,7 @@ impl FetchStats {
             session_errors: l(&self.session_errors),
             request_bytes: l(&self.request_bytes),
             answer_bytes: l(&self.answer_bytes),
+            memory_rounds: l(&self.memory_rounds),
         }
     }
 }

@@ -363,13 +363,7 @@ async fn wait(sh: &Shared, c: &Client, f: &[Bytes]) -> Reply {
     }
     let started = Instant::now();
     loop {
-        let (_, states) = sh.node.metadata();
-        let count = states
-            .iter()
-            .filter(|p| c.written.is_empty() || c.written.contains_key(&p.id))
-            .map(|p| p.isr.len().saturating_sub(1) as i64)
-            .min()
-            .unwrap_or(0);
+        let count = sh.node.wait_count(c.written.keys().copied());
         let expired = timeout > 0 && started.elapsed() >= Duration::from_millis(timeout as u64);
         if count >= want || expired {
             return Reply::Int(count);

@@ -281,6 +281,7 @@ impl Pair {
             session_errors: c1.session_errors - c0.session_errors,
             request_bytes: c1.request_bytes - c0.request_bytes,
             answer_bytes: c1.answer_bytes - c0.answer_bytes,
+            memory_rounds: c1.memory_rounds - c0.memory_rounds,
         }
     }
 
@@ -503,4 +504,23 @@ fn idle_round_bytes_with_333_partitions() {
     drop(m);
     drop(rt);
     drop(dirs);
+}
+
+/// Session 11: a follower in sync fetches what was just written, and the
+/// leader answers it from the log's tail in memory (no read in place, no
+/// thread hand-off): every round with records in this test is one.
+#[test]
+fn a_follower_in_sync_is_served_from_the_tail_in_memory() {
+    let pair = Pair::start(4);
+    let writes = pair.during(|| {
+        for i in 0..20 {
+            pair.write(i % 4, &format!("k{i}"));
+        }
+        pair.converged();
+    });
+    assert!(writes.answer_entries >= 4, "{writes:?}");
+    assert!(writes.memory_rounds >= 5, "{writes:?}");
+    for p in 0..4 {
+        assert_eq!(pair.a_logs[p as usize].written_end(), 5, "partition {p}");
+    }
 }

@@ -80,6 +80,7 @@ impl Inner {
         }
         let active = w.active.clone();
         let written = MutexGuard::unlocked(w, || self.write_out(active, &buf, &queue, sync));
+        let rolled = written.new_active.is_some();
         if let Some(seg) = written.new_active {
             w.active = seg;
         }
@@ -90,6 +91,9 @@ impl Inner {
         } else {
             self.apply(&buf, &queue[..ok], &written.locations);
             w.settle(&queue);
+        }
+        if self.replica.is_some() {
+            w.keep_tail(&buf, &queue, ok, rolled || written.error.is_some());
         }
         if ok > 0 {
             w.written_end = queue[ok - 1].offset + 1;

@@ -6,8 +6,10 @@
 //! - `read_log` returns records in offset order, each CRC-checked, exactly
 //!   as stored (replication ships them unchanged), and only records below
 //!   the written end: never a record of a batch that may still fail;
-//! - it finds its start through the segment's sparse offset index, so a read
-//!   at the tail walks at most a few KiB of headers;
+//! - it answers from the log's last batches in memory when they reach back
+//!   to the offset asked (replica mode, `tail.rs`: no I/O, the same records
+//!   the files hold), else it finds its start through the segment's sparse
+//!   offset index, so a read at the tail walks at most a few KiB of headers;
 //! - `truncate(o)` removes every record with offset `>= o` durably (rewritten
 //!   segment renamed over, directory fsynced) before the keydir is rebuilt,
 //!   and never modifies a file in place that a reader may have mapped;
@@ -48,6 +50,15 @@ pub type LogRecord = Record;
 impl Inner {
     /// See [`super::Bitcask::read_log`].
     pub(super) fn read_log(&self, from: u64, max_bytes: usize) -> Result<Vec<Record>> {
+        match self.read_log_memory(from, max_bytes) {
+            Some(read) => read,
+            None => self.read_log_files(from, max_bytes),
+        }
+    }
+
+    /// [`Inner::read_log`] from the segment files (the tail in memory
+    /// does not reach back to `from`).
+    pub(super) fn read_log_files(&self, from: u64, max_bytes: usize) -> Result<Vec<Record>> {
         // The end first: every record below it is in a segment of the
         // snapshot taken next.
         let end = self.writer.lock().written_end;
@@ -160,6 +171,7 @@ impl Inner {
         w.truncating = true;
         // Nothing at or above `offset` is served or committed from now on.
         w.written_end = written_end.min(offset);
+        w.tail.clear();
         let epochs: Vec<(u32, u64)> = w.epochs.iter().copied().filter(|e| e.1 < offset).collect();
         let epochs_changed = epochs.len() != w.epochs.len();
         let segs: Vec<Arc<Segment>> = self.segments.read().ordered.clone();

@@ -52,6 +52,7 @@ mod record;
 mod recovery;
 mod replica;
 mod segment;
+mod tail;
 mod workers;
 mod writer;
 
@@ -332,6 +333,14 @@ impl Bitcask {
     /// For replication: a sparse per-segment index finds the start.
     pub fn read_log(&self, from: u64, max_bytes: usize) -> Result<Vec<LogRecord>> {
         self.inner.read_log(from, max_bytes)
+    }
+
+    /// [`Bitcask::read_log`] when the log's last batches in memory hold
+    /// `from` (replica mode: a follower fetching at or near the log end);
+    /// `None` otherwise. Does no I/O, so async callers may call it on a
+    /// runtime thread and fall back to `read_log` off it.
+    pub fn read_log_memory(&self, from: u64, max_bytes: usize) -> Option<Result<Vec<LogRecord>>> {
+        self.inner.read_log_memory(from, max_bytes)
     }
 
     /// Removes every record with offset `>= offset` and rebuilds the keydir;

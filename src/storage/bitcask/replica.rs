@@ -133,6 +133,18 @@ impl super::Bitcask {
         self.inner.append_replicated_dense(records, dense_from)
     }
 
+    /// [`super::Bitcask::append_replicated_dense`] when it is one `write(2)`
+    /// to the page cache (no fsync under `every_ms`/`never`, no roll, no
+    /// other batch's I/O to wait for); `None`, nothing done, otherwise.
+    /// Async callers call it on a runtime thread, as a submitted write
+    /// writes (docs/STORAGE.md, "Submitted writes"), and fall back to the
+    /// blocking call off it.
+    pub fn append_replicated_now(&self, records: &[u8], dense_from: u64) -> Option<Result<usize>> {
+        self.inner
+            .append_replicated_as(records, dense_from, true)
+            .transpose()
+    }
+
     /// A leader's [`super::Bitcask::write`], stamped with its leader
     /// `epoch`: refused with [`Error::NotLeader`] (nothing written) unless
     /// the engine leads at `epoch` ([`super::Bitcask::set_epoch`], and no

@@ -207,6 +207,9 @@ pub(super) struct Writer {
     /// Leader-epoch cache: (epoch, offset of its first record), ascending
     /// (replica mode only).
     pub epochs: Vec<(u32, u64)>,
+    /// The last batches written, in memory (replica mode only; see
+    /// [`super::tail`]).
+    pub tail: super::tail::Tail,
 }
 
 impl Writer {
@@ -230,6 +233,7 @@ impl Writer {
             pending: VecDeque::new(),
             written_end: next_offset,
             epochs: Vec::new(),
+            tail: super::tail::Tail::default(),
         }
     }
 

@@ -86,10 +86,25 @@ impl Inner {
         bytes: &[u8],
         dense_from: u64,
     ) -> Result<usize> {
+        self.append_replicated_as(bytes, dense_from, false)
+            .map(Option::unwrap_or_default)
+    }
+
+    /// [`Inner::append_replicated_dense`]; with `page_cache_only`, `None`
+    /// (nothing done) when the append would wait for another batch's I/O,
+    /// fsync (`always`) or roll (which fsyncs the full segment): what is
+    /// left is one `write(2)` to the page cache, as a submitted write's
+    /// (docs/STORAGE.md, "Submitted writes").
+    pub(in crate::storage::bitcask) fn append_replicated_as(
+        &self,
+        bytes: &[u8],
+        dense_from: u64,
+        page_cache_only: bool,
+    ) -> Result<Option<usize>> {
         self.replica("append_replicated")?;
         let Parsed { queue } = parse_replicated(bytes, self.opts.segment_bytes)?;
         let (Some(first), Some(last)) = (queue.first(), queue.last()) else {
-            return Ok(0);
+            return Ok(Some(0));
         };
         let (first, last) = (first.offset, last.offset);
         // The log end after the append; `u64::MAX` is never an offset.
@@ -118,7 +133,9 @@ impl Inner {
         // Local writes queued before us go first (a follower has none).
         loop {
             w.check_writable()?;
-            if w.flushing {
+            if (w.flushing || !w.queue.is_empty()) && page_cache_only {
+                return Ok(None);
+            } else if w.flushing {
                 self.batch_done.wait(&mut w);
             } else if !w.queue.is_empty() {
                 self.lead(&mut w);
@@ -148,15 +165,22 @@ impl Inner {
             )));
         }
         let sync = self.opts.fsync == Durability::Always;
+        if page_cache_only
+            && (sync || w.active.len() + bytes.len() as u64 > self.opts.segment_bytes)
+        {
+            return Ok(None);
+        }
         let old_next = w.next_offset;
         w.flushing = true;
         w.next_offset = new_next;
         let active = w.active.clone();
         let written = MutexGuard::unlocked(&mut w, || self.write_out(active, bytes, &queue, sync));
+        let rolled = written.new_active.is_some();
         if let Some(seg) = written.new_active {
             w.active = seg;
         }
         let ok = written.locations.len();
+        w.keep_tail(bytes, &queue, ok, rolled || written.error.is_some());
         self.stage(&mut w, &queue[..ok], &written.locations);
         let done = Arc::new(Batch::default());
         done.finish(Ok(()));
@@ -172,7 +196,7 @@ impl Inner {
         w.dirty |= ok > 0 && !sync;
         self.stats.records.fetch_add(ok as u64, Ordering::Relaxed);
         let result = match written.error {
-            None => Ok(ok),
+            None => Ok(Some(ok)),
             Some(err) => {
                 tracing::error!(dir = %self.dir.display(), "append of replicated records failed after {ok} of {}: {err}", queue.len());
                 if let Some(why) = written.refuse {
