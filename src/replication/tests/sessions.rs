@@ -523,4 +523,13 @@ fn a_follower_in_sync_is_served_from_the_tail_in_memory() {
     for p in 0..4 {
         assert_eq!(pair.a_logs[p as usize].written_end(), 5, "partition {p}");
     }
+    // `WAIT`'s ISR sizes are those the partition states report, on the
+    // leader and on the follower.
+    let (states_a, states_b) = (pair.a.partitions(), pair.b.partitions());
+    for p in 0..4u32 {
+        assert_eq!(pair.b.isr_len(p), 2, "partition {p}");
+        assert_eq!(pair.b.isr_len(p), states_b[p as usize].isr.len());
+        assert_eq!(pair.a.isr_len(p), states_a[p as usize].isr.len());
+    }
+    assert_eq!(pair.b.isr_len(4), 0, "no such partition");
 }
