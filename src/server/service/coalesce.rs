@@ -190,15 +190,18 @@ impl<T> Drop for PumpGuard<T> {
 /// that task drops it unfinished (its connection closed), the rest runs
 /// on a spawned task: the batch on the way and the commands waiting are
 /// answered as if nothing happened.
-struct Inline(Option<Pin<Box<dyn Future<Output = ()> + Send>>>);
+struct Inline {
+    /// The pump's rest; `None` once it has finished.
+    rest: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
 
 impl Future for Inline {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if let Some(f) = &mut self.0 {
+        if let Some(f) = &mut self.rest {
             std::task::ready!(f.as_mut().poll(cx));
-            self.0 = None;
+            self.rest = None;
         }
         Poll::Ready(())
     }
@@ -206,7 +209,7 @@ impl Future for Inline {
 
 impl Drop for Inline {
     fn drop(&mut self) {
-        if let Some(rest) = self.0.take()
+        if let Some(rest) = self.rest.take()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             rt.spawn(rest);
@@ -283,10 +286,12 @@ impl KvService {
             if let Some((conn, own)) = lane.push(items) {
                 let guard = PumpGuard { lane, armed: true };
                 let pump = own_pump(self.clone(), guard, conn, own);
-                pumps.push(Inline(Some(Box::pin(crate::auth::with_caller(
-                    credentials.clone(),
-                    pump,
-                )))));
+                pumps.push(Inline {
+                    rest: Some(Box::pin(crate::auth::with_caller(
+                        credentials.clone(),
+                        pump,
+                    ))),
+                });
             }
         }
         let (answers, _) = futures_util::future::join(join_all(answers), join_all(pumps)).await;
@@ -560,7 +565,9 @@ mod tests {
                 let _ = done.send(7);
             }
         };
-        let mut pump = Inline(Some(Box::pin(rest)));
+        let mut pump = Inline {
+            rest: Some(Box::pin(rest)),
+        };
         assert!(futures_util::poll!(&mut pump).is_pending());
         drop(pump);
         go.notify_one();
