@@ -12,7 +12,9 @@
 //! - a batch that was not sent on a stream (none could be opened, the
 //!   open stream was found ended, or the leader ended it OK without
 //!   answering, which proves the message unprocessed) is sent as the
-//!   unary request instead: its answer is exactly the unary one;
+//!   unary request instead: its answer is exactly the unary one (a leader
+//!   that could not be reached at all is answered as the unary call
+//!   would be, `NOT_LEADER` naming it, without a second attempt);
 //! - once a message was sent, a broken stream (an error, a reset, an
 //!   answer with another id) is that batch's failure, mapped as a failed
 //!   unary call whose request may have been processed: never
@@ -82,7 +84,10 @@ impl KvService {
             conn.open = None;
         }
         if conn.open.is_none() {
-            conn.open = Some(self.open_stream(conn, leader).await?);
+            match self.open_stream(conn, leader).await {
+                Ok(o) => conn.open = Some(o),
+                Err(answer) => return answer,
+            }
         }
         let o = conn.open.as_mut()?;
         let id = o.next_id;
@@ -136,11 +141,19 @@ impl KvService {
         })
     }
 
-    /// Opens a stream to `leader` with the caller's credentials; `None`
-    /// when it cannot (marking `conn` unary-only if the leader refused the
-    /// method).
-    async fn open_stream(&self, conn: &mut Conn, leader: &Leader) -> Option<Open> {
-        let mut client = self.peer(&leader.addr).ok()?;
+    /// Opens a stream to `leader` with the caller's credentials. When it
+    /// cannot: `Err(Some(e))` if the leader could not be reached (`e` is
+    /// what the unary call would answer: `NOT_LEADER` naming it), else
+    /// `Err(None)`: send the unary call (and `conn` is unary-only for a
+    /// while if the leader refused the method).
+    async fn open_stream<R>(
+        &self,
+        conn: &mut Conn,
+        leader: &Leader,
+    ) -> Result<Open, Option<crate::Result<R>>> {
+        let Ok(mut client) = self.peer(&leader.addr) else {
+            return Err(None);
+        };
         let (tx, rx) = mpsc::channel(1);
         let mut request = Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
         request
@@ -154,7 +167,7 @@ impl KvService {
         match client.forward(request).await {
             Ok(r) => {
                 tracing::debug!("opened a forward stream to the leader at {}", leader.addr);
-                Some(Open {
+                Ok(Open {
                     tx,
                     rx: r.into_inner(),
                     next_id: 0,
@@ -172,8 +185,15 @@ impl KvService {
                         RETRY_STREAM_AFTER.as_secs()
                     );
                     conn.unary_until = Some(Instant::now() + RETRY_STREAM_AFTER);
+                    return Err(None);
                 }
-                None
+                // Not reachable (nothing sent): the unary call's answer
+                // without a second connection attempt (another connect
+                // timeout to a leader that does not answer).
+                match forward_failure(leader, s) {
+                    e @ Error::NotLeader { .. } => Err(Some(Err(e))),
+                    _ => Err(None),
+                }
             }
         }
     }
