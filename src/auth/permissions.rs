@@ -40,6 +40,9 @@ pub const GRPC: &[(&str, Need)] = &[
     ("IncrBy", Some(Permission::Write)),
     ("Append", Some(Permission::Write)),
     ("MSet", Some(Permission::Write)),
+    // Any user may open it; each message is checked as MGet / MSet
+    // (src/server/service/forward.rs).
+    ("Forward", None),
     ("Reassign", Some(Permission::Admin)),
     ("ReassignStatus", Some(Permission::Admin)),
     ("ReassignCancel", Some(Permission::Admin)),

@@ -73,10 +73,12 @@ pub enum Command {
     MSet,
     /// `DbSize`.
     DbSize,
+    /// `Forward`: a stream opened (its messages count as `MGet` / `MSet`).
+    Forward,
 }
 
 /// The `command` label of each [`Command`].
-pub const COMMAND_NAMES: [&str; 21] = [
+pub const COMMAND_NAMES: [&str; 22] = [
     "ping",
     "set",
     "get",
@@ -98,6 +100,7 @@ pub const COMMAND_NAMES: [&str; 21] = [
     "mget",
     "mset",
     "dbsize",
+    "forward",
 ];
 
 /// The `outcome` label values: `ok`, each error reason of

@@ -126,6 +126,11 @@ async fn serve_clients(
         metrics,
     )
     .with_max_keys(config.limits.max_keys_per_request);
+    // One authenticator (cache, failed logins) for the listener's check
+    // and the per-message check of `Forward` streams.
+    let auth = crate::auth::Authenticator::new(&config.auth);
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
+    let service = service.with_auth(auth.clone()).with_shutdown(stopped);
     let kv = KvServer::new(service)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
@@ -134,6 +139,7 @@ async fn serve_clients(
     let signal = async {
         shutdown.await;
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        stopping.send_replace(true);
         fired.notify_one();
     };
     let l = &config.limits;
@@ -155,10 +161,7 @@ async fn serve_clients(
         .http2_max_local_error_reset_streams(Some(l.http2_max_local_error_reset_streams))
         .http2_max_pending_accept_reset_streams(Some(l.http2_max_pending_accept_reset_streams))
         .layer(limits::RequestLayer::new(Some(decoding)))
-        .add_service(crate::auth::grpc::Guarded::new(
-            kv,
-            crate::auth::Authenticator::new(&config.auth),
-        ))
+        .add_service(crate::auth::grpc::Guarded::new(kv, auth))
         .serve_with_incoming_shutdown(limits::incoming(listener, tracker), signal);
     let grace = Duration::from_millis(opts.shutdown_timeout_ms);
     tokio::select! {

@@ -46,6 +46,8 @@ use crate::storage::{Condition, Ttl};
 
 mod batch;
 mod coalesce;
+mod forward;
+mod lane_stream;
 mod ops;
 
 /// The service object tonic clones per connection (cheap: a few `Arc`s).
@@ -71,6 +73,12 @@ pub struct KvService {
     /// Forwards of [`KvService::get_many`] / [`KvService::set_many`],
     /// coalesced per leader across connections (`service/coalesce.rs`).
     lanes: Arc<coalesce::Lanes>,
+    /// The users `Forward` checks each message against (the ones the
+    /// listener's [`crate::auth::grpc::Guarded`] checks); `None`: off.
+    auth: Option<Arc<crate::auth::Authenticator>>,
+    /// Turns true when the server starts shutting down: `Forward` streams
+    /// then stop reading and end (service/forward.rs).
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Deadline of a forwarded request (for error messages; the caller's own
@@ -80,6 +88,24 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Metadata key marking a request forwarded by another node: it is served
 /// here or refused, never forwarded again (no loops while leadership moves).
 const FORWARDED: &str = "caskade-forwarded";
+
+/// The answer of a forward to `leader` that failed with `status`: the
+/// client's mapping (src/client/outcome.rs), UNREACHABLE only when the
+/// leader provably did not process the request (answered as `NOT_LEADER`
+/// naming it), else an unknown outcome, passed on as is.
+fn forward_failure(leader: &Leader, status: Status) -> Error {
+    let addr = leader.addr.as_str();
+    match crate::client::map_status(addr, FORWARD_TIMEOUT, status) {
+        Error::Unreachable { reason, .. } => {
+            tracing::debug!("the leader at {addr} is unreachable: {reason}");
+            Error::NotLeader {
+                partition: leader.partition,
+                leader: Some(leader.addr.clone()),
+            }
+        }
+        e => e,
+    }
+}
 
 /// Whether `request` was forwarded by another node.
 fn forwarded<T>(request: &Request<T>) -> bool {
@@ -129,7 +155,22 @@ impl KvService {
             max_keys: crate::config::limits::Limits::default().max_keys_per_request,
             slots: u32::try_from(max_in_flight).unwrap_or(u32::MAX),
             lanes: Arc::default(),
+            auth: None,
+            stopping: tokio::sync::watch::channel(false).1,
         }
+    }
+
+    /// Checks each `Forward` message's credentials with `auth` (the
+    /// listener's authenticator; `None`: authentication off).
+    pub fn with_auth(mut self, auth: Option<Arc<crate::auth::Authenticator>>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Ends `Forward` streams once `stopping` turns true (server shutdown).
+    pub fn with_shutdown(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stopping = stopping;
+        self
     }
 
     /// Refuses requests naming more than `max_keys` keys (`MGET`, `MSET`,
@@ -225,19 +266,7 @@ impl KvService {
         tracing::debug!("forwarding to the leader at {addr}");
         match call(client, request).await {
             Ok(reply) => Ok(reply.into_inner()),
-            // The client's mapping (src/client/outcome.rs): UNREACHABLE
-            // only when the leader provably did not process the request,
-            // else an unknown outcome, passed on as is.
-            Err(status) => match crate::client::map_status(addr, FORWARD_TIMEOUT, status) {
-                Error::Unreachable { reason, .. } => {
-                    tracing::debug!("the leader at {addr} is unreachable: {reason}");
-                    Err(Error::NotLeader {
-                        partition: leader.partition,
-                        leader: Some(leader.addr.clone()),
-                    })
-                }
-                e => Err(e),
-            },
+            Err(status) => Err(forward_failure(leader, status)),
         }
     }
 
@@ -688,6 +717,15 @@ impl Kv for KvService {
         request: Request<proto::DbSizeRequest>,
     ) -> Result<Response<proto::IntResponse>, Status> {
         self.db_size_rpc(request).await
+    }
+
+    type ForwardStream = forward::Answers;
+
+    async fn forward(
+        &self,
+        request: Request<tonic::Streaming<proto::ForwardRequest>>,
+    ) -> Result<Response<Self::ForwardStream>, Status> {
+        self.forward_rpc(request).await
     }
 }
 

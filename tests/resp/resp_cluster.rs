@@ -164,13 +164,83 @@ fn a_pipeline_through_a_non_leader_is_answered_in_order_with_exact_values() {
     o.cmd(&["GET", "nx-key"], "$5\r\nfirst\r\n");
 }
 
-/// The `calls` of `cmd_NAME` in the `INFO stats` text of a node (0 when
-/// the command never ran there).
-fn calls(info: &str, name: &str) -> u64 {
-    info.lines()
+/// `(calls, errors)` of `cmd_NAME` in the `INFO stats` text of a node.
+fn calls_errors(info: &str, name: &str) -> (u64, u64) {
+    let Some(rest) = info
+        .lines()
         .find_map(|l| l.strip_prefix(&format!("cmd_{name}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
+    else {
+        return (0, 0);
+    };
+    let mut parts = rest.split(',');
+    let calls = parts.next().unwrap().parse().unwrap();
+    let errors = parts
+        .next()
+        .and_then(|e| e.strip_prefix("errors="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    (calls, errors)
+}
+
+/// A three-node cluster whose nodes run with `failpoints` (each pump waits
+/// 1 s before it takes a batch, `server::coalesce_pause`, plus `extra`),
+/// the leader of partition 0, and a node that is not.
+fn coalescing_cluster(extra: &str) -> (TestCluster, usize, usize) {
+    let c = TestCluster::start(ClusterOpts {
+        env: vec![
+            ("CASKADE_RESP_LISTEN".into(), "127.0.0.1:0".into()),
+            (
+                "FAILPOINTS".into(),
+                format!("server::coalesce_pause=return(1000){extra}"),
+            ),
+        ],
+        ..ClusterOpts::default()
+    });
+    c.wait_until("every ISR is full", |c| c.all_led() && c.full_isr());
+    let leader = c.leader(0).expect("partition 0 has a leader");
+    let via = (0..3).find(|&i| i != leader).unwrap();
+    (c, leader, via)
+}
+
+/// Runs `cmd(conn, key i, i)` for 8 keys of partition 0, each on its own
+/// connection to `addr`, all at once.
+fn round(c: &TestCluster, addr: &str, cmd: impl Fn(&mut Conn, &str, usize) + Sync) {
+    let keys: Vec<String> = (0..8).map(|i| c.key_in(0, i)).collect();
+    let start = std::sync::Arc::new(std::sync::Barrier::new(keys.len()));
+    std::thread::scope(|s| {
+        for (i, k) in keys.iter().enumerate() {
+            let (start, cmd) = (start.clone(), &cmd);
+            s.spawn(move || {
+                let mut r = Conn::open(addr);
+                start.wait();
+                cmd(&mut r, k, i);
+            });
+        }
+    });
+}
+
+/// The leader's `(calls, errors)` of `mset`, `set`, `mget`, `get`, `forward`.
+fn leader_counts(c: &TestCluster, leader: usize) -> Vec<(u64, u64)> {
+    let info = Conn::open(&c.resp_addr(leader)).bulk(&["INFO", "stats"]);
+    ["mset", "set", "mget", "get", "forward"]
+        .iter()
+        .map(|n| calls_errors(&info, n))
+        .collect()
+}
+
+/// Two rounds of 8 single `SET`s then 8 `GET`s, each round's commands on 8
+/// connections at once through `via`, with exact answers.
+fn set_get_twice(c: &TestCluster, via: usize) {
+    let addr = c.resp_addr(via);
+    for v in ["v", "w"] {
+        round(c, &addr, |r, k, i| {
+            r.cmd(&["SET", k, &format!("{v}{i}")], "+OK\r\n")
+        });
+        round(c, &addr, |r, k, i| {
+            r.cmd(&["GET", k], &format!("$2\r\n{v}{i}\r\n"))
+        });
+    }
 }
 
 /// Single `SET`s and `GET`s of many connections through a node that does
@@ -179,44 +249,67 @@ fn calls(info: &str, name: &str) -> u64 {
 /// request per command; every connection still gets its own exact answer.
 /// The failpoint `server::coalesce_pause` holds each pump for 1 s before
 /// it takes a batch, so the 8 commands, sent at once, all wait in the
-/// lane: the leader counts exactly 1 `MSet` and 1 `MGet` and no `Set` or
-/// `Get` (before coalescing: 8 `Set`s and 8 `Get`s).
+/// lane: the leader counts exactly 1 `MSet` and 1 `MGet` per round and no
+/// `Set` or `Get` (before coalescing: 8 `Set`s and 8 `Get`s per round).
+/// The batches travel on one `Forward` stream per lane, opened by its
+/// first batch and reused by the next: two rounds, 2 streams (the `SET`
+/// lane's and the `GET` lane's), not 4.
 #[test]
 fn single_commands_of_many_connections_are_forwarded_together() {
-    let c = TestCluster::start(ClusterOpts {
-        env: vec![
-            ("CASKADE_RESP_LISTEN".into(), "127.0.0.1:0".into()),
-            (
-                "FAILPOINTS".into(),
-                "server::coalesce_pause=return(1000)".into(),
-            ),
-        ],
-        ..ClusterOpts::default()
-    });
-    c.wait_until("every ISR is full", |c| c.all_led() && c.full_isr());
-    let leader = c.leader(0).expect("partition 0 has a leader");
-    let via = (0..3).find(|&i| i != leader).unwrap();
-    let keys: Vec<String> = (0..8).map(|i| c.key_in(0, i)).collect();
+    let (c, leader, via) = coalescing_cluster("");
+    set_get_twice(&c, via);
+    assert_eq!(
+        leader_counts(&c, leader),
+        vec![(2, 0), (0, 0), (2, 0), (0, 0), (2, 0)],
+        "mset, set, mget, get, forward"
+    );
+}
+
+/// The same rounds when the leader refuses `Forward` with UNIMPLEMENTED,
+/// as a node of an older version does (failpoint `server::forward_refuse`
+/// on every node): the same exact answers and the same `MSet` / `MGet`
+/// counts, sent as unary calls; each lane tried a stream once (2 refused
+/// `forward` calls) and then kept to unary calls.
+#[test]
+fn a_leader_refusing_forward_streams_gets_unary_forwards() {
+    let (c, leader, via) = coalescing_cluster(";server::forward_refuse=return");
+    set_get_twice(&c, via);
+    assert_eq!(
+        leader_counts(&c, leader),
+        vec![(2, 0), (0, 0), (2, 0), (0, 0), (2, 2)],
+        "mset, set, mget, get, forward"
+    );
+}
+
+/// A stream that breaks with a batch on it (failpoint
+/// `server::forward_break` on the leader: the stream ends with an error
+/// when the 1st and the 3rd message arrive, before they are served) gives
+/// the answers of a failed unary forward: every `SET` of the batch gets
+/// the failure (an unknown outcome; here nothing was written), the `GET`s
+/// fall back to one forwarded `Get` each and get their exact values. The
+/// next batch of each lane opens a new stream: 4 streams, 1 `MSet` and
+/// 1 `MGet` served, 8 `Get`s.
+#[test]
+fn a_stream_broken_mid_batch_answers_as_a_failed_unary_forward() {
+    let (c, leader, via) = coalescing_cluster(";server::forward_break=1*return->1*off->1*return");
     let addr = c.resp_addr(via);
-    let round = |cmd: fn(&mut Conn, &str, usize)| {
-        let start = std::sync::Arc::new(std::sync::Barrier::new(keys.len()));
-        std::thread::scope(|s| {
-            for (i, k) in keys.iter().enumerate() {
-                let (start, addr) = (start.clone(), addr.clone());
-                s.spawn(move || {
-                    let mut r = Conn::open(&addr);
-                    start.wait();
-                    cmd(&mut r, k, i);
-                });
-            }
+    round(&c, &addr, |r, k, _| {
+        r.cmd(
+            &["SET", k, "lost"],
+            "-ERR unavailable: the forward stream broke (failpoint server::forward_break)\r\n",
+        )
+    });
+    round(&c, &addr, |r, k, i| {
+        r.cmd(&["SET", k, &format!("w{i}")], "+OK\r\n")
+    });
+    for _ in 0..2 {
+        round(&c, &addr, |r, k, i| {
+            r.cmd(&["GET", k], &format!("$2\r\nw{i}\r\n"))
         });
-    };
-    round(|r, k, i| r.cmd(&["SET", k, &format!("v{i}")], "+OK\r\n"));
-    round(|r, k, i| r.cmd(&["GET", k], &format!("$2\r\nv{i}\r\n")));
-    let info = Conn::open(&c.resp_addr(leader)).bulk(&["INFO", "stats"]);
-    let counts: Vec<u64> = ["mset", "set", "mget", "get"]
-        .iter()
-        .map(|n| calls(&info, n))
-        .collect();
-    assert_eq!(counts, vec![1, 0, 1, 0], "mset, set, mget, get in\n{info}");
+    }
+    assert_eq!(
+        leader_counts(&c, leader),
+        vec![(1, 0), (0, 0), (1, 0), (8, 0), (4, 0)],
+        "mset, set, mget, get, forward"
+    );
 }

@@ -613,3 +613,107 @@ fn a_failed_login_lock_lapses_after_the_window() {
     std::thread::sleep(Duration::from_millis(1600));
     assert_eq!(auth_from("127.0.0.1", &addr, "ro", RO_PW), "+OK\r\n");
 }
+
+/// One message of a `Forward` stream: its id and what it asks.
+fn forward_msg(id: u64, request: proto::forward_request::Request) -> proto::ForwardRequest {
+    proto::ForwardRequest {
+        id,
+        request: Some(request),
+    }
+}
+
+/// The node-to-node `Forward` stream (src/server/service/forward.rs)
+/// checks every message as the unary call it carries: a read-only user
+/// may open it and read, but its `MSet` is refused PERMISSION_DENIED with
+/// the unary `MSet` refusal, and the stream stays open; once the peer's
+/// address is locked by failed logins (`auth.max_failed_logins: 2`), the
+/// next message of the stream opened before is refused as a unary call
+/// would be, although its credentials were checked at open. Without
+/// credentials the stream is not opened.
+#[test]
+fn a_forward_stream_checks_every_message_as_its_unary_call() {
+    use proto::forward_request::Request as Ask;
+    use proto::forward_response::Reply;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "{}  max_failed_logins: 2\n  failed_login_window_ms: 60000\n",
+        auth_yaml()
+    );
+    let server = start(dir.path(), &yaml, ServerOpts::default()).unwrap();
+    runtime().block_on(bounded(async {
+        let mut kv = stub(&server.addr).await;
+        kv.set(req(set("k"), Some(("rw", RW_PW)))).await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let open = kv
+            .forward(req(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+                Some(("ro", RO_PW)),
+            ))
+            .await;
+        let mut answers = open.unwrap().into_inner();
+        let mut ask = async |id, request| {
+            tx.send(forward_msg(id, request)).await.unwrap();
+            let a = answers.message().await.unwrap().unwrap();
+            assert_eq!(a.id, id);
+            a.reply.unwrap()
+        };
+        let mget = || {
+            Ask::MGet(proto::MGetRequest {
+                keys: vec!["k".into(), "absent".into()],
+                consistency: 0,
+            })
+        };
+        let mset = || {
+            Ask::MSet(proto::MSetRequest {
+                pairs: vec![proto::KeyValue {
+                    key: "k".into(),
+                    value: "ro-wrote".into(),
+                }],
+                acks: 0,
+            })
+        };
+        let values = |r: Reply| match r {
+            Reply::MGet(r) => r.values.into_iter().map(|v| v.value).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        let refused = |r: Reply| match r {
+            Reply::Error(e) => (e.code, e.message, e.metadata["caskade-reason"].clone()),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(values(ask(1, mget()).await), vec![Some("v".into()), None]);
+        assert_eq!(
+            refused(ask(2, mset()).await),
+            (
+                Code::PermissionDenied as i32,
+                "user 'ro' has no 'write' permission, which MSet needs".to_string(),
+                "PERMISSION_DENIED".to_string()
+            )
+        );
+        // The same stream still serves reads; nothing was written.
+        assert_eq!(values(ask(3, mget()).await), vec![Some("v".into()), None]);
+        // Two failed logins lock 127.0.0.1: the open stream's next message
+        // is refused, as a new unary call is.
+        for _ in 0..2 {
+            let r = kv.get(req(get("k"), Some(("ro", "guess")))).await;
+            assert_eq!(refusal(r).0, Code::Unauthenticated);
+        }
+        let locked = refused(ask(4, mget()).await);
+        assert_eq!(
+            (locked.0, locked.2.as_str()),
+            (Code::Unauthenticated as i32, "UNAUTHENTICATED")
+        );
+        assert!(
+            locked
+                .1
+                .starts_with("too many failed authentication attempts, retry in "),
+            "{}",
+            locked.1
+        );
+        // Without credentials: no stream.
+        let (_tx2, rx2) = tokio::sync::mpsc::channel::<proto::ForwardRequest>(1);
+        let none = kv
+            .forward(req(tokio_stream::wrappers::ReceiverStream::new(rx2), None))
+            .await;
+        assert_eq!(refusal(none).0, Code::Unauthenticated);
+    }));
+}

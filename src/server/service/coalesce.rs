@@ -1,18 +1,21 @@
 //! Forwards of many RESP connections to one leader, coalesced: the `GET`s
 //! and plain `SET`s that [`KvService::get_many`] / [`KvService::set_many`]
 //! must forward join a lane per leader (and per caller's credentials), and
-//! one pump task per lane sends what waits there as one `MGet` / `MSet`.
+//! the lane sends what waits there as one `MGet` / `MSet`, a message of
+//! the lane's `Forward` stream to that leader (`lane_stream.rs`; a unary
+//! call to a leader that does not serve `Forward`).
 //!
 //! Why: without it every forwarded command of every connection was its own
 //! gRPC request (tonic's buffer task, the HTTP/2 connection tasks of both
 //! nodes, a spawned request task on the leader, about 6 system calls and 5
 //! task wake-ups across threads), and at 50 connections through three
 //! nodes that cost more CPU than the commands themselves (docs/BENCHMARKS.md,
-//! "Cluster latency (session 10)"). Now a lane sends one batch at a time:
-//! a command arriving while its lane's batch is on the way waits for it and
-//! leaves with the next one, together with every other command that came
-//! meanwhile. An idle lane sends at once (no timer, no added delay beyond
-//! the pump's wake-up).
+//! "Cluster latency (session 10)", "Forward streams (session 11)"). Now a
+//! lane sends one batch at a time: a command arriving while its lane's
+//! batch is on the way waits for it and leaves with the next one, together
+//! with every other command that came meanwhile. An idle lane sends at
+//! once, from the task of the command that found it idle (no timer, no
+//! spawned task: that cost ~20 µs p50 on an idle cluster).
 //!
 //! Invariants:
 //! - answers are exactly those of the uncoalesced forwards
@@ -21,32 +24,43 @@
 //!   with `NOT_LEADER` (the leader checks every key's partition before
 //!   writing any, so nothing was written) falls back to one forwarded `Set`
 //!   per key; any other `MSet` failure is every key's answer (an unknown
-//!   outcome, as that of one failed forwarded `Set`);
-//! - commands of different callers' credentials never share a request
-//!   (the leader checks the request's one `authorization`);
+//!   outcome, as that of one failed forwarded `Set`); a batch whose stream
+//!   broke after it was sent is such a failure (`lane_stream.rs`);
+//! - commands of different callers' credentials never share a request or
+//!   a stream (the leader checks the stream's one `authorization`);
 //! - a batch carries at most `limits.max_keys_per_request` (and
 //!   [`MAX_KEYS`]) keys, and at most [`MAX_BYTES`] of keys and values
 //!   unless it is a single command, so it fits the leader's limits
 //!   whenever the commands alone do;
-//! - a lane has at most one batch on the way, and a pump runs while its
-//!   lane has commands waiting (the one that finds the lane idle starts
-//!   it); a pump that dies (panic, runtime shutdown) answers what waits
-//!   with an error instead of leaving it waiting, and the next command
-//!   starts a new pump;
+//! - a lane has at most one batch on the way, and one pump while it has
+//!   commands waiting. The command that finds the lane idle pumps it from
+//!   its own task until its own commands are answered; if commands still
+//!   wait then, the pump goes on in a spawned task (one per busy period)
+//!   so that caller is not held by others' load;
+//! - a dropped caller never strands waiting commands: a pump its task
+//!   drops unfinished goes on in a spawned task (the batch on the way
+//!   included); a pump that dies (panic, runtime shutdown) answers what
+//!   waits with an error instead of leaving it waiting, and the next
+//!   command starts a new pump;
 //! - a command whose caller stopped waiting (its connection task was
 //!   dropped) is not sent.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::future::join_all;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
+use super::lane_stream::Conn;
 use super::{KvService, Leader};
 use crate::error::Error;
 use crate::proto;
+use crate::proto::forward_request::Request as Ask;
+use crate::proto::forward_response::Reply;
 
 /// Most keys one coalesced forward carries.
 pub const MAX_KEYS: usize = 256;
@@ -65,11 +79,13 @@ pub(super) struct Item<T> {
     leader: Leader,
     /// Where its answer goes.
     answer: oneshot::Sender<crate::Result<T>>,
+    /// Its place in the lane's arrival order (set when queued).
+    ticket: u64,
 }
 
-/// The commands waiting for one leader, and whether a pump runs.
+/// The commands waiting for one leader, whether a pump runs, the stream.
 pub(super) struct Lane<T> {
-    /// Queue and pump flag, under one lock.
+    /// Queue, pump flag and idle connection, under one lock.
     state: Mutex<LaneState<T>>,
 }
 
@@ -77,8 +93,12 @@ pub(super) struct Lane<T> {
 struct LaneState<T> {
     /// Commands not sent yet, in arrival order.
     queue: Vec<Item<T>>,
-    /// A pump task runs (and will look at the queue again).
+    /// A pump runs (and will look at the queue again).
     pumping: bool,
+    /// The ticket of the next command queued.
+    tickets: u64,
+    /// The lane's stream, while no pump holds it.
+    conn: Conn,
 }
 
 impl<T> Default for Lane<T> {
@@ -87,27 +107,36 @@ impl<T> Default for Lane<T> {
             state: Mutex::new(LaneState {
                 queue: Vec::new(),
                 pumping: false,
+                tickets: 0,
+                conn: Conn::default(),
             }),
         }
     }
 }
 
 impl<T> Lane<T> {
-    /// Queues `items`; true when the caller must start the pump.
-    fn push(&self, items: Vec<Item<T>>) -> bool {
+    /// Queues `items`; when the lane was idle, the caller must pump it:
+    /// the connection and the ticket of the caller's last command.
+    fn push(&self, items: Vec<Item<T>>) -> Option<(Conn, u64)> {
         let mut s = self.state.lock();
-        s.queue.extend(items);
-        !std::mem::replace(&mut s.pumping, true)
+        for mut it in items {
+            it.ticket = s.tickets;
+            s.tickets += 1;
+            s.queue.push(it);
+        }
+        let last = s.tickets.wrapping_sub(1);
+        (!std::mem::replace(&mut s.pumping, true)).then(|| (std::mem::take(&mut s.conn), last))
     }
 
     /// The next batch (at most `max_keys` keys, [`MAX_BYTES`] bytes unless
     /// one command), dropping commands nobody waits for; `None`, and the
-    /// pump stops, when nothing waits.
-    fn next(&self, max_keys: usize) -> Option<Vec<Item<T>>> {
+    /// pump stops, leaving `conn` to the lane, when nothing waits.
+    fn next(&self, max_keys: usize, conn: &mut Conn) -> Option<Vec<Item<T>>> {
         let mut s = self.state.lock();
         s.queue.retain(|it| !it.answer.is_closed());
         if s.queue.is_empty() {
             s.pumping = false;
+            s.conn = std::mem::take(conn);
             return None;
         }
         let mut bytes = 0usize;
@@ -122,25 +151,71 @@ impl<T> Lane<T> {
         }
         Some(s.queue.drain(..n).collect())
     }
+
+    /// Whether commands wait (the pump must go on); when none does, the
+    /// pump stops, leaving `conn` to the lane.
+    fn waiting(&self, conn: &mut Conn) -> bool {
+        let mut s = self.state.lock();
+        s.queue.retain(|it| !it.answer.is_closed());
+        if s.queue.is_empty() {
+            s.pumping = false;
+            s.conn = std::mem::take(conn);
+            return false;
+        }
+        true
+    }
 }
 
 /// Answers what waits in a lane with an error if its pump dies (dropped
 /// while armed): the waiters get "abandoned", the next command starts a
-/// new pump.
-struct PumpGuard<'a, T> {
+/// new pump (and opens a new stream).
+struct PumpGuard<T> {
     /// The pump's lane.
-    lane: &'a Lane<T>,
+    lane: Arc<Lane<T>>,
     /// Still running (disarmed when the pump ends normally).
     armed: bool,
 }
 
-impl<T> Drop for PumpGuard<'_, T> {
+impl<T> Drop for PumpGuard<T> {
     fn drop(&mut self) {
         if self.armed {
             let mut s = self.lane.state.lock();
             s.pumping = false;
             s.queue.clear();
         }
+    }
+}
+
+/// A pump run by the task of the command that found its lane idle. If
+/// that task drops it unfinished (its connection closed), the rest runs
+/// on a spawned task: the batch on the way and the commands waiting are
+/// answered as if nothing happened.
+struct Inline {
+    /// The pump's rest; `None` once it has finished.
+    rest: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl Future for Inline {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(f) = &mut self.rest {
+            std::task::ready!(f.as_mut().poll(cx));
+            self.rest = None;
+        }
+        Poll::Ready(())
+    }
+}
+
+impl Drop for Inline {
+    fn drop(&mut self) {
+        if let Some(rest) = self.rest.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(rest);
+        }
+        // Without a runtime `rest` is dropped: its guard answers the
+        // waiters with an error.
     }
 }
 
@@ -161,8 +236,12 @@ pub struct Lanes {
 pub(super) trait Kind: Sized + Send + 'static {
     /// The lanes of this kind.
     fn lanes(l: &Lanes) -> &Mutex<HashMap<LaneKey, Arc<Lane<Self>>>>;
-    /// Sends `batch` (one leader) and answers each command.
-    fn send(svc: &KvService, batch: Vec<Item<Self>>) -> impl Future<Output = ()> + Send;
+    /// Sends `batch` (one leader) over `conn` and answers each command.
+    fn send(
+        svc: &KvService,
+        conn: &mut Conn,
+        batch: Vec<Item<Self>>,
+    ) -> impl Future<Output = ()> + Send;
 }
 
 /// The answer of a command whose batch was abandoned (its pump died).
@@ -194,39 +273,76 @@ impl KvService {
                     value,
                     leader,
                     answer,
+                    ticket: 0,
                 });
         }
+        let mut pumps = Vec::new();
         for (addr, items) in by_leader {
             let lane = T::lanes(&self.lanes)
                 .lock()
                 .entry((addr, credentials.clone()))
                 .or_default()
                 .clone();
-            if lane.push(items) {
-                let svc = self.clone();
-                let pump = async move { svc.pump(&lane).await };
-                tokio::spawn(crate::auth::with_caller(credentials.clone(), pump));
+            if let Some((conn, own)) = lane.push(items) {
+                let guard = PumpGuard { lane, armed: true };
+                let pump = own_pump(self.clone(), guard, conn, own);
+                pumps.push(Inline {
+                    rest: Some(Box::pin(crate::auth::with_caller(
+                        credentials.clone(),
+                        pump,
+                    ))),
+                });
             }
         }
-        join_all(answers)
-            .await
+        let (answers, _) = futures_util::future::join(join_all(answers), join_all(pumps)).await;
+        answers
             .into_iter()
             .map(|r| r.unwrap_or_else(|_| Err(abandoned())))
             .collect()
     }
+}
 
-    /// Sends the batches of `lane` one after the other until it is empty.
-    async fn pump<T: Kind>(&self, lane: &Lane<T>) {
-        let mut guard = PumpGuard { lane, armed: true };
-        loop {
-            pump_pause().await;
-            let Some(batch) = lane.next(self.max_keys.clamp(1, MAX_KEYS)) else {
-                break;
-            };
-            T::send(self, batch).await;
+/// The pump of the command whose last queued command has ticket `own`:
+/// sends batches until that one's is answered, then leaves what still
+/// waits to a spawned pump.
+async fn own_pump<T: Kind>(svc: KvService, guard: PumpGuard<T>, mut conn: Conn, own: u64) {
+    let mut guard = guard;
+    let max_keys = svc.max_keys.clamp(1, MAX_KEYS);
+    loop {
+        pump_pause().await;
+        let Some(batch) = guard.lane.next(max_keys, &mut conn) else {
+            guard.armed = false;
+            return;
+        };
+        let last = batch.last().map_or(0, |it| it.ticket);
+        T::send(&svc, &mut conn, batch).await;
+        if last >= own {
+            break;
         }
-        guard.armed = false;
     }
+    if !guard.lane.waiting(&mut conn) {
+        guard.armed = false;
+        return;
+    }
+    let rest = async move { pump(&svc, guard, conn).await };
+    tokio::spawn(crate::auth::with_caller(
+        crate::auth::forwarded_credentials(),
+        rest,
+    ));
+}
+
+/// Sends the batches of `guard`'s lane one after the other until it is
+/// empty.
+async fn pump<T: Kind>(svc: &KvService, mut guard: PumpGuard<T>, mut conn: Conn) {
+    let max_keys = svc.max_keys.clamp(1, MAX_KEYS);
+    loop {
+        pump_pause().await;
+        let Some(batch) = guard.lane.next(max_keys, &mut conn) else {
+            break;
+        };
+        T::send(svc, &mut conn, batch).await;
+    }
+    guard.armed = false;
 }
 
 /// Test builds only: the failpoint `server::coalesce_pause` (`return(MS)`)
@@ -253,18 +369,23 @@ impl Kind for Option<Bytes> {
         &l.gets
     }
 
-    async fn send(svc: &KvService, batch: Vec<Item<Self>>) {
-        let q = proto::MGetRequest {
+    async fn send(svc: &KvService, conn: &mut Conn, batch: Vec<Item<Self>>) {
+        let q = || proto::MGetRequest {
             keys: batch.iter().map(|it| it.key.clone()).collect(),
             consistency: 0,
         };
-        let reply = svc
-            .forward(
-                &batch[0].leader,
-                q,
-                |mut c, q| async move { c.m_get(q).await },
-            )
-            .await;
+        let leader = &batch[0].leader;
+        let pick = |r: Reply| match r {
+            Reply::MGet(r) => Some(r),
+            _ => None,
+        };
+        let reply = match svc.over_stream(conn, leader, Ask::MGet(q()), pick).await {
+            Some(r) => r,
+            None => {
+                svc.forward(leader, q(), |mut c, q| async move { c.m_get(q).await })
+                    .await
+            }
+        };
         match reply {
             Ok(r) if r.values.len() == batch.len() => {
                 for (it, v) in batch.into_iter().zip(r.values) {
@@ -294,8 +415,8 @@ impl Kind for () {
         &l.sets
     }
 
-    async fn send(svc: &KvService, batch: Vec<Item<Self>>) {
-        let q = proto::MSetRequest {
+    async fn send(svc: &KvService, conn: &mut Conn, batch: Vec<Item<Self>>) {
+        let q = || proto::MSetRequest {
             pairs: batch
                 .iter()
                 .map(|it| proto::KeyValue {
@@ -305,13 +426,18 @@ impl Kind for () {
                 .collect(),
             acks: 0,
         };
-        let reply = svc
-            .forward(
-                &batch[0].leader,
-                q,
-                |mut c, q| async move { c.m_set(q).await },
-            )
-            .await;
+        let leader = &batch[0].leader;
+        let pick = |r: Reply| match r {
+            Reply::MSet(r) => Some(r),
+            _ => None,
+        };
+        let reply = match svc.over_stream(conn, leader, Ask::MSet(q()), pick).await {
+            Some(r) => r,
+            None => {
+                svc.forward(leader, q(), |mut c, q| async move { c.m_set(q).await })
+                    .await
+            }
+        };
         match reply {
             Ok(_) => {
                 for it in batch {
@@ -358,59 +484,94 @@ mod tests {
                 addr: "127.0.0.1:1".into(),
             },
             answer,
+            ticket: 0,
         };
         (it, rx)
     }
 
-    /// The first push starts the pump, later ones join its queue; batches
-    /// respect the key and byte caps but always carry one command; the
-    /// pump stops on an empty queue and a push after that starts it again.
+    /// The first push makes its caller the pump (with the ticket of its
+    /// last command), later ones join its queue; batches respect the key
+    /// and byte caps but always carry one command; the pump stops on an
+    /// empty queue and a push after that makes a new pump.
     #[test]
     fn lane_batches_within_caps_and_restarts_its_pump() {
         let lane: Lane<()> = Lane::default();
         let mut rxs = Vec::new();
         let (a, ra) = item("a", 10);
-        assert!(lane.push(vec![a]));
-        rxs.push(ra);
-        for i in 0..4 {
+        let (a2, ra2) = item("a2", 10);
+        let (mut conn, own) = lane.push(vec![a, a2]).expect("the first push pumps");
+        assert_eq!(own, 1);
+        rxs.extend([ra, ra2]);
+        for i in 0..3 {
             let (it, rx) = item(&format!("k{i}"), 10);
-            assert!(!lane.push(vec![it]));
+            assert!(lane.push(vec![it]).is_none());
             rxs.push(rx);
         }
         let (big, rb) = item("big", MAX_BYTES);
-        assert!(!lane.push(vec![big]));
+        assert!(lane.push(vec![big]).is_none());
         rxs.push(rb);
-        let sizes: Vec<usize> = std::iter::from_fn(|| lane.next(3).map(|b| b.len())).collect();
+        let batches: Vec<Vec<u64>> = std::iter::from_fn(|| {
+            lane.next(3, &mut conn)
+                .map(|b| b.iter().map(|it| it.ticket).collect())
+        })
+        .collect();
         // 3 keys (cap), then 2 small ones (the big one would pass the byte
-        // cap), then the big one alone.
-        assert_eq!(sizes, vec![3, 2, 1]);
+        // cap), then the big one alone; tickets in arrival order.
+        assert_eq!(batches, vec![vec![0, 1, 2], vec![3, 4], vec![5]]);
         let (c, _rc) = item("c", 1);
-        assert!(lane.push(vec![c]));
+        assert_eq!(lane.push(vec![c]).map(|(_, own)| own), Some(6));
     }
 
     /// A command whose waiter is gone is not sent; a pump that dies
     /// answers the waiting ones (their senders dropped) and frees the lane.
     #[test]
     fn lane_drops_abandoned_commands_and_survives_a_dead_pump() {
-        let lane: Lane<()> = Lane::default();
+        let lane: Arc<Lane<()>> = Arc::default();
         let (a, ra) = item("a", 1);
         let (b, rb) = item("b", 1);
-        assert!(lane.push(vec![a, b]));
+        let (mut conn, _) = lane.push(vec![a, b]).unwrap();
         drop(ra);
-        let batch = lane.next(10).unwrap();
+        let batch = lane.next(10, &mut conn).unwrap();
         assert_eq!(batch.len(), 1);
         assert_eq!(&batch[0].key[..], b"b");
         drop(batch);
         assert!(rb.blocking_recv().is_err());
         let (c, mut rc) = item("c", 1);
-        assert!(!lane.push(vec![c]));
+        assert!(lane.push(vec![c]).is_none());
+        assert!(lane.waiting(&mut conn), "c waits: the pump goes on");
         drop(PumpGuard {
-            lane: &lane,
+            lane: lane.clone(),
             armed: true,
         });
         assert!(rc.try_recv().is_err());
         assert!(lane.state.lock().queue.is_empty());
         let (d, _rd) = item("d", 1);
-        assert!(lane.push(vec![d]), "a new pump starts after a dead one");
+        assert!(
+            lane.push(vec![d]).is_some(),
+            "a new pump starts after a dead one"
+        );
+    }
+
+    /// An inline pump dropped unfinished by its caller's task goes on in a
+    /// spawned task: what it was doing completes.
+    #[tokio::test]
+    async fn an_inline_pump_dropped_unfinished_goes_on() {
+        let go = Arc::new(tokio::sync::Notify::new());
+        let (done, finished) = oneshot::channel();
+        let rest = {
+            let go = go.clone();
+            async move {
+                go.notified().await;
+                let _ = done.send(7);
+            }
+        };
+        let mut pump = Inline {
+            rest: Some(Box::pin(rest)),
+        };
+        assert!(futures_util::poll!(&mut pump).is_pending());
+        drop(pump);
+        go.notify_one();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), finished).await;
+        assert_eq!(got.unwrap().unwrap(), 7);
     }
 }

@@ -1,0 +1,214 @@
+//! A lane's stream to its leader (`Forward`, proto/kv.proto): the batches
+//! of a lane (src/server/service/coalesce.rs) travel as messages of one
+//! long-lived HTTP/2 stream, one DATA frame each way, instead of one unary
+//! `MGet` / `MSet` call each (HEADERS, DATA and trailers, and a spawned
+//! task and a tower stack on the leader).
+//!
+//! Invariants:
+//! - a lane's stream is opened lazily, by the lane's first batch, with the
+//!   metadata of a unary forward (`caskade-forwarded`, the caller's
+//!   `authorization`), and carries one message at a time (a lane has one
+//!   batch on the way);
+//! - a batch that was not sent on a stream (none could be opened, the
+//!   open stream was found ended, or the leader ended it OK without
+//!   answering, which proves the message unprocessed) is sent as the
+//!   unary request instead: its answer is exactly the unary one (a leader
+//!   that could not be reached at all is answered as the unary call
+//!   would be, `NOT_LEADER` naming it, without a second attempt);
+//! - once a message was sent, a broken stream (an error, a reset, an
+//!   answer with another id) is that batch's failure, mapped as a failed
+//!   unary call whose request may have been processed: never
+//!   `UNREACHABLE`/`NOT_LEADER` (nothing is resent), so the lane's rules
+//!   for a failed `MGet` / `MSet` apply unchanged; the stream is dropped
+//!   and the next batch opens a new one;
+//! - a leader that refuses the stream with UNIMPLEMENTED (an older
+//!   version) or PERMISSION_DENIED (an older version, to which `Forward`
+//!   is an unknown method needing `admin`) gets unary requests from this
+//!   lane for [`RETRY_STREAM_AFTER`], then the stream is tried again.
+
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use tokio::sync::mpsc;
+use tonic::{Request, Status, Streaming};
+
+use super::{FORWARD_TIMEOUT, FORWARDED, KvService, Leader, forward, forward_failure};
+use crate::error::Error;
+use crate::proto;
+use crate::proto::forward_request::Request as Ask;
+use crate::proto::forward_response::Reply;
+
+/// How long a lane whose leader refused `Forward` sends unary requests
+/// before it tries a stream again (a rolling upgrade restarts the leader).
+pub const RETRY_STREAM_AFTER: Duration = Duration::from_secs(30);
+
+/// A lane's connection to its leader: its stream, or why there is none.
+#[derive(Default)]
+pub(super) struct Conn {
+    /// The open stream, if any.
+    open: Option<Open>,
+    /// Until then, unary requests only (the leader refused the stream).
+    unary_until: Option<Instant>,
+}
+
+/// An open `Forward` stream.
+struct Open {
+    /// Messages to the leader (piped into the request body by hyper).
+    tx: mpsc::Sender<proto::ForwardRequest>,
+    /// The leader's answers.
+    rx: Streaming<proto::ForwardResponse>,
+    /// The id of the next message.
+    next_id: u64,
+}
+
+impl KvService {
+    /// Sends `ask` to `leader` as one message of `conn`'s stream (opened
+    /// first if none is open) and reads its answer, `pick`ed out of the
+    /// reply (`None` from `pick`: an answer of the wrong kind). `None`:
+    /// nothing was processed (see the module doc); send the unary request.
+    pub(super) async fn over_stream<R>(
+        &self,
+        conn: &mut Conn,
+        leader: &Leader,
+        ask: Ask,
+        pick: fn(Reply) -> Option<R>,
+    ) -> Option<crate::Result<R>> {
+        if conn.unary_until.is_some_and(|t| Instant::now() < t) {
+            return None;
+        }
+        // An answer, an end or an error before anything was asked: the
+        // stream is over (e.g. the leader restarted meanwhile).
+        if let Some(o) = &mut conn.open
+            && o.rx.message().now_or_never().is_some()
+        {
+            conn.open = None;
+        }
+        if conn.open.is_none() {
+            match self.open_stream(conn, leader).await {
+                Ok(o) => conn.open = Some(o),
+                Err(answer) => return answer,
+            }
+        }
+        let o = conn.open.as_mut()?;
+        let id = o.next_id;
+        o.next_id += 1;
+        let message = proto::ForwardRequest {
+            id,
+            request: Some(ask),
+        };
+        if o.tx.send(message).await.is_err() {
+            // The body's pipe is gone: the message never left.
+            conn.open = None;
+            return None;
+        }
+        let answer = match o.rx.message().await {
+            Ok(Some(a)) if a.id == id => a.reply,
+            // Ended OK: the leader answers every message it read first.
+            Ok(None) => {
+                conn.open = None;
+                return None;
+            }
+            Ok(Some(a)) => {
+                conn.open = None;
+                return Some(Err(Error::Unavailable(format!(
+                    "the leader at {} answered forwarded message {} instead of {id}; the \
+                     request may or may not have been applied",
+                    leader.addr, a.id
+                ))));
+            }
+            Err(status) => {
+                conn.open = None;
+                return Some(Err(broken(leader, status)));
+            }
+        };
+        Some(match answer {
+            Some(Reply::Error(e)) => Err(forward_failure(leader, forward::from_message(e))),
+            Some(r) => pick(r).ok_or_else(|| {
+                conn.open = None;
+                Error::Internal(format!(
+                    "the leader at {} answered a forwarded message with the wrong kind of \
+                     reply",
+                    leader.addr
+                ))
+            }),
+            None => {
+                conn.open = None;
+                Err(Error::Internal(format!(
+                    "the leader at {} answered a forwarded message with no reply",
+                    leader.addr
+                )))
+            }
+        })
+    }
+
+    /// Opens a stream to `leader` with the caller's credentials. When it
+    /// cannot: `Err(Some(e))` if the leader could not be reached (`e` is
+    /// what the unary call would answer: `NOT_LEADER` naming it), else
+    /// `Err(None)`: send the unary call (and `conn` is unary-only for a
+    /// while if the leader refused the method).
+    async fn open_stream<R>(
+        &self,
+        conn: &mut Conn,
+        leader: &Leader,
+    ) -> Result<Open, Option<crate::Result<R>>> {
+        let Ok(mut client) = self.peer(&leader.addr) else {
+            return Err(None);
+        };
+        let (tx, rx) = mpsc::channel(1);
+        let mut request = Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        request
+            .metadata_mut()
+            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        if let Some(c) = crate::auth::forwarded_credentials()
+            && let Ok(v) = tonic::metadata::MetadataValue::try_from(&*c)
+        {
+            request.metadata_mut().insert("authorization", v);
+        }
+        match client.forward(request).await {
+            Ok(r) => {
+                tracing::debug!("opened a forward stream to the leader at {}", leader.addr);
+                Ok(Open {
+                    tx,
+                    rx: r.into_inner(),
+                    next_id: 0,
+                })
+            }
+            Err(s) => {
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unimplemented | tonic::Code::PermissionDenied
+                ) {
+                    tracing::info!(
+                        "the leader at {} refused a forward stream ({}); unary forwards for {} s",
+                        leader.addr,
+                        s.message(),
+                        RETRY_STREAM_AFTER.as_secs()
+                    );
+                    conn.unary_until = Some(Instant::now() + RETRY_STREAM_AFTER);
+                    return Err(None);
+                }
+                // Not reachable (nothing sent): the unary call's answer
+                // without a second connection attempt (another connect
+                // timeout to a leader that does not answer).
+                match forward_failure(leader, s) {
+                    e @ Error::NotLeader { .. } => Err(Some(Err(e))),
+                    _ => Err(None),
+                }
+            }
+        }
+    }
+}
+
+/// The failure of a message sent on a stream that then broke: the client's
+/// mapping, except that nothing proves the message unprocessed, so never
+/// `UNREACHABLE` (which a forward would answer as `NOT_LEADER`, resent).
+fn broken(leader: &Leader, status: Status) -> Error {
+    let addr = leader.addr.as_str();
+    match crate::client::map_status(addr, FORWARD_TIMEOUT, status) {
+        Error::Unreachable { reason, .. } => Error::Unavailable(format!(
+            "the forward stream to {addr} broke mid-request ({reason}); the request may or may \
+             not have been applied"
+        )),
+        e => e,
+    }
+}
