@@ -45,6 +45,87 @@ impl Node {
         write(engine, key, WriteOp::Set(value, opts)).await
     }
 
+    /// [`Node::set`] of every `(key, value)` of `pairs` with no TTL and no
+    /// condition, answers in order. Standalone, the pairs of one partition
+    /// are submitted to its engine together ([`Engine::submit_many`]: under
+    /// `every_ms` one writer-mutex take and one `write(2)` per partition
+    /// instead of one per key); in a cluster each pair is one `set`.
+    pub async fn set_many(&self, pairs: &[(Bytes, Bytes)], acks: Acks) -> Vec<Result<()>> {
+        let args = SetArgs {
+            ttl_ms: None,
+            condition: storage::Condition::Always,
+            acks,
+        };
+        if let [(key, value)] = pairs {
+            // One pair (no pipelining): nothing to group.
+            return vec![self.set(key.clone(), value.clone(), args).await.map(|_| ())];
+        }
+        if self.replication.is_some() {
+            let each = pairs.iter().map(|(k, v)| async move {
+                self.set(k.clone(), v.clone(), args).await.map(|_| ())
+            });
+            return futures_util::future::join_all(each).await;
+        }
+        let mut results: Vec<Option<Result<()>>> = (0..pairs.len()).map(|_| None).collect();
+        // Each engine and the indexes of its pairs, in order.
+        let mut groups: Vec<(Arc<dyn Engine>, Vec<usize>)> = Vec::new();
+        for (i, (key, value)) in pairs.iter().enumerate() {
+            let engine = self
+                .limits
+                .check_key(key)
+                .and_then(|()| self.limits.check_value(value))
+                .map_err(Error::from)
+                .and_then(|()| self.writable(key, acks));
+            match engine {
+                Err(e) => results[i] = Some(Err(e)),
+                Ok(engine) => match groups.iter_mut().find(|(e, _)| Arc::ptr_eq(e, &engine)) {
+                    Some((_, of)) => of.push(i),
+                    None => groups.push((engine, vec![i])),
+                },
+            }
+        }
+        let opts = SetOptions {
+            expire_at_ms: None,
+            condition: storage::Condition::Always,
+        };
+        let mut queued = Vec::new();
+        let mut declined = Vec::new();
+        for (engine, of) in groups {
+            let ops: Vec<WriteOp> = of
+                .iter()
+                .map(|&i| WriteOp::Set(pairs[i].1.clone(), opts))
+                .collect();
+            let submitted = {
+                let refs: Vec<(&[u8], &WriteOp)> = of
+                    .iter()
+                    .zip(&ops)
+                    .map(|(&i, op)| (&pairs[i].0[..], op))
+                    .collect();
+                engine.submit_many(&refs)
+            };
+            for ((&i, answer), op) in of.iter().zip(submitted).zip(ops) {
+                match answer {
+                    Ok(Submitted::Done(_)) => results[i] = Some(Ok(())),
+                    Ok(Submitted::Queued(c)) => queued.push((i, c)),
+                    Ok(Submitted::Blocking) => declined.push((i, engine.clone(), op)),
+                    Err(e) => results[i] = Some(Err(e.into())),
+                }
+            }
+        }
+        for (i, c) in queued {
+            results[i] = Some(c.wait().await.map(|_| ()).map_err(Error::from));
+        }
+        // Declined ops run in order, each after the ones before it.
+        for (i, engine, op) in declined {
+            let key = pairs[i].0.clone();
+            results[i] = Some(blocking(move || engine.write(&key, op)).await.map(|_| ()));
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Internal("a write was not run".into()))))
+            .collect()
+    }
+
     /// Reads `key`.
     pub async fn get(&self, key: Bytes, consistency: Consistency) -> Result<Option<Bytes>> {
         self.limits.check_key(&key)?;
@@ -55,6 +136,54 @@ impl Node {
         }
         // Not cached: the read may wait for the device (see the module doc).
         blocking(move || engine.get(&key)).await
+    }
+
+    /// [`Node::get`] of every key of `keys`, answers in order. Standalone,
+    /// the keys that memory answers ([`Engine::get_cached`]) are answered
+    /// in one pass on the caller's thread, with no future per key; the
+    /// others read the disk on the blocking pool, as `get` does. In a
+    /// cluster each key is one `get`.
+    pub async fn get_many(
+        &self,
+        keys: &[Bytes],
+        consistency: Consistency,
+    ) -> Vec<Result<Option<Bytes>>> {
+        if self.replication.is_some() {
+            let each = keys.iter().map(|k| self.get(k.clone(), consistency));
+            return futures_util::future::join_all(each).await;
+        }
+        let mut results = Vec::with_capacity(keys.len());
+        let mut misses = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let cached = self
+                .limits
+                .check_key(key)
+                .map_err(Error::from)
+                .and_then(|()| self.readable(key, consistency))
+                .and_then(|engine| match engine.get_cached(key) {
+                    Ok(Some(answer)) => Ok(Some(answer)),
+                    Ok(None) => {
+                        misses.push((i, engine));
+                        Ok(None)
+                    }
+                    Err(e) => Err(e.into()),
+                });
+            results.push(cached);
+        }
+        if !misses.is_empty() {
+            // Not cached: the reads may wait for the device (module doc).
+            let reads = misses.into_iter().map(|(i, engine)| {
+                let key = keys[i].clone();
+                async move { (i, blocking(move || engine.get(&key)).await) }
+            });
+            for (i, r) in futures_util::future::join_all(reads).await {
+                results[i] = r.map(Some);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.and_then(|a| a.ok_or_else(|| Error::Internal("a read was not run".into()))))
+            .collect()
     }
 
     /// Deletes `keys`; returns how many existed.

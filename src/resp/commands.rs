@@ -29,16 +29,24 @@ use crate::error::Error;
 use crate::proto;
 use crate::proto::kv_server::Kv;
 
-/// The keys of a key command and whether it writes them; `None` for every
-/// other command (and for a key command with too few arguments, which is
-/// answered alone).
-pub fn keys_of(frame: &[Bytes]) -> Option<(Vec<&[u8]>, bool)> {
-    let name = frame.first()?;
-    let spec = table::lookup(name)?;
-    if !table::arity_ok(spec.arity, frame.len()) {
-        return None;
-    }
-    let write = match spec.name {
+/// Where a key command's keys are among its arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// The first argument.
+    First,
+    /// Every argument.
+    All,
+    /// Every other argument from the first (`MSET key value ...`).
+    Pairs,
+}
+
+/// A key command's keys and whether it writes them; `None` for every other
+/// command.
+type Class = Option<(Shape, bool)>;
+
+/// The class of the command named `name` (a row of the table).
+fn class(name: &str) -> Class {
+    let write = match name {
         "set" | "setnx" | "getset" | "mset" | "getdel" | "getex" | "expire" | "pexpire"
         | "expireat" | "pexpireat" | "persist" | "incr" | "decr" | "incrby" | "decrby"
         | "append" | "del" | "unlink" => true,
@@ -46,12 +54,53 @@ pub fn keys_of(frame: &[Bytes]) -> Option<(Vec<&[u8]>, bool)> {
         | "strlen" => false,
         _ => return None,
     };
-    let keys = match spec.name {
-        "mget" | "exists" | "del" | "unlink" => frame[1..].iter().map(|k| &k[..]).collect(),
-        "mset" => frame[1..].iter().step_by(2).map(|k| &k[..]).collect(),
-        _ => vec![&frame[1][..]],
+    let shape = match name {
+        "mget" | "exists" | "del" | "unlink" => Shape::All,
+        "mset" => Shape::Pairs,
+        _ => Shape::First,
     };
-    Some((keys, write))
+    Some((shape, write))
+}
+
+/// The keys of one key command, in argument order (see [`keys_of`]).
+#[derive(Clone, Debug)]
+pub struct Keys<'a> {
+    /// The arguments not looked at yet.
+    rest: std::slice::Iter<'a, Bytes>,
+    /// Where the keys are among them.
+    shape: Shape,
+}
+
+impl<'a> Iterator for Keys<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let key = self.rest.next()?;
+        match self.shape {
+            Shape::First => self.rest = [].iter(),
+            Shape::All => {}
+            Shape::Pairs => {
+                self.rest.next();
+            }
+        }
+        Some(key)
+    }
+}
+
+/// The keys of a key command and whether it writes them; `None` for every
+/// other command (and for a key command with too few arguments, which is
+/// answered alone). Allocates nothing: every command of a pipeline passes
+/// here (src/resp/connection.rs).
+pub fn keys_of(frame: &[Bytes]) -> Option<(Keys<'_>, bool)> {
+    static CLASSES: std::sync::OnceLock<Vec<Class>> = std::sync::OnceLock::new();
+    let i = table::index(frame.first()?)?;
+    let classes = CLASSES.get_or_init(|| table::COMMANDS.iter().map(|s| class(s.name)).collect());
+    let (shape, write) = (*classes.get(i)?)?;
+    if !table::arity_ok(table::COMMANDS[i].arity, frame.len()) {
+        return None;
+    }
+    let rest = frame.get(1..).unwrap_or_default().iter();
+    Some((Keys { rest, shape }, write))
 }
 
 /// `ERR wrong number of arguments for 'x' command`.
@@ -370,4 +419,55 @@ fn get_req(key: &Bytes) -> Request<proto::GetRequest> {
         key: key.clone(),
         consistency: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(args: &[&str]) -> Vec<Bytes> {
+        args.iter()
+            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+            .collect()
+    }
+
+    fn keys(args: &[&str]) -> Option<(Vec<Vec<u8>>, bool)> {
+        let f = frame(args);
+        keys_of(&f).map(|(k, w)| (k.map(<[u8]>::to_vec).collect(), w))
+    }
+
+    fn v(ks: &[&str]) -> Vec<Vec<u8>> {
+        ks.iter().map(|k| k.as_bytes().to_vec()).collect()
+    }
+
+    /// Every shape of key command, any case; not a key command, or a key
+    /// command with too few arguments: `None`.
+    #[test]
+    fn keys_of_each_shape() {
+        assert_eq!(keys(&["SET", "k", "v"]), Some((v(&["k"]), true)));
+        assert_eq!(
+            keys(&["set", "k", "v", "EX", "10"]),
+            Some((v(&["k"]), true))
+        );
+        assert_eq!(keys(&["GeT", "k"]), Some((v(&["k"]), false)));
+        assert_eq!(
+            keys(&["mget", "a", "b", "c"]),
+            Some((v(&["a", "b", "c"]), false))
+        );
+        assert_eq!(keys(&["DEL", "a", "b"]), Some((v(&["a", "b"]), true)));
+        assert_eq!(keys(&["exists", "a"]), Some((v(&["a"]), false)));
+        assert_eq!(
+            keys(&["MSET", "a", "1", "b", "2"]),
+            Some((v(&["a", "b"]), true))
+        );
+        assert_eq!(keys(&["mset", "a", "1", "b"]), Some((v(&["a", "b"]), true)));
+        assert_eq!(keys(&["incrby", "n", "5"]), Some((v(&["n"]), true)));
+        assert_eq!(keys(&["ttl", "n"]), Some((v(&["n"]), false)));
+        assert_eq!(keys(&["get"]), None, "too few arguments");
+        assert_eq!(keys(&["get", "a", "b"]), None, "too many arguments");
+        assert_eq!(keys(&["ping"]), None);
+        assert_eq!(keys(&["client", "info"]), None);
+        assert_eq!(keys(&["nosuch", "k"]), None);
+        assert_eq!(keys_of(&[]).map(|(k, w)| (k.count(), w)), None);
+    }
 }

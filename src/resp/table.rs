@@ -52,9 +52,17 @@ pub struct Spec {
 
 /// The row of `name` (any case).
 pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
+    index(name).map(|i| &COMMANDS[i])
+}
+
+/// The position of `name`'s row (any case) in [`COMMANDS`]. A linear scan
+/// that compares lengths first: most rows fail on the length alone, which
+/// measured cheaper than a binary search on a lower-cased copy (every
+/// command runs through here).
+pub fn index(name: &[u8]) -> Option<usize> {
     COMMANDS
         .iter()
-        .find(|s| s.name.as_bytes().eq_ignore_ascii_case(name))
+        .position(|s| s.name.len() == name.len() && s.name.as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// Whether `argc` arguments (name included) fit `arity`.
@@ -150,6 +158,16 @@ mod tests {
         sorted.dedup();
         assert_eq!(names, sorted);
         assert!(lookup(b"GeT").is_some());
+        assert!(
+            names
+                .iter()
+                .all(|n| n.len() <= 32 && *n == n.to_ascii_lowercase())
+        );
+        for (i, s) in COMMANDS.iter().enumerate() {
+            assert_eq!(index(s.name.to_ascii_uppercase().as_bytes()), Some(i));
+        }
+        assert_eq!(lookup(b"nosuchcommand").map(|s| s.name), None);
+        assert_eq!(lookup(&[b'g'; 40]).map(|s| s.name), None);
         assert!(arity_ok(-3, 5) && !arity_ok(-3, 2) && arity_ok(2, 2) && !arity_ok(2, 3));
     }
 }

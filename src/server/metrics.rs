@@ -162,6 +162,19 @@ impl Requests {
         }
     }
 
+    /// `n` timers of `command` started now, with one clock read (the
+    /// requests of one pipelined read arrive together).
+    pub fn start_many(&self, command: Command, n: usize) -> Vec<Timer<'_>> {
+        let started = Instant::now();
+        (0..n)
+            .map(|_| Timer {
+                series: &self.series[command as usize],
+                started,
+                done: false,
+            })
+            .collect()
+    }
+
     /// The counts so far, `[command][outcome]`.
     pub fn snapshot(&self) -> [[HistogramSnapshot; OUTCOMES.len()]; COMMAND_NAMES.len()] {
         std::array::from_fn(|c| std::array::from_fn(|o| self.series[c][o].snapshot()))
@@ -186,6 +199,19 @@ impl Timer<'_> {
             Err(e) => outcome_of(e),
         };
         self.series[outcome].observe(self.started.elapsed());
+        self.done = true;
+    }
+}
+
+impl Timer<'_> {
+    /// [`Timer::finish`] for a request answered at `now` (the answers of
+    /// one batch leave together: one clock read for all).
+    pub fn finish_at<T>(mut self, result: &Result<T>, now: Instant) {
+        let outcome = match result {
+            Ok(_) => 0,
+            Err(e) => outcome_of(e),
+        };
+        self.series[outcome].observe(now.saturating_duration_since(self.started));
         self.done = true;
     }
 }

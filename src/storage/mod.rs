@@ -245,6 +245,25 @@ pub trait Engine: Send + Sync + 'static {
         Ok(Submitted::Blocking)
     }
 
+    /// [`Engine::submit`] of every op of `ops`, in order; once an op
+    /// answers [`Submitted::Blocking`] the ops after it are not started and
+    /// answer `Blocking` too (run the declined ones in order on a blocking
+    /// thread). An engine may decide them together (Bitcask: one writer
+    /// mutex take and one `write(2)` for all). The default submits them one
+    /// by one.
+    fn submit_many(&self, ops: &[(&[u8], &WriteOp)]) -> Vec<Result<Submitted>> {
+        let mut out: Vec<Result<Submitted>> = Vec::with_capacity(ops.len());
+        for (key, op) in ops {
+            let blocked = matches!(out.last(), Some(Ok(Submitted::Blocking)));
+            out.push(if blocked {
+                Ok(Submitted::Blocking)
+            } else {
+                self.submit(key, op)
+            });
+        }
+        out
+    }
+
     /// [`Engine::get`] without I/O, for callers on an async runtime:
     /// `Some(answer)` when memory alone answers it (no such key, expired,
     /// or its value cached), `None` when the value must be read from disk

@@ -468,3 +468,48 @@ fn writes_go_on_during_an_fsync() {
     assert_eq!(e.get(b"b").unwrap().as_deref(), Some(&b"2"[..]));
     scenario.teardown();
 }
+
+/// `submit_many` under `every_ms` writes its records with one `write(2)`:
+/// when that write fails (ENOSPC, the first write only), every record of
+/// the call fails with it and gives its offset back (op by op, only the
+/// first would have failed); the next call writes all of them.
+#[test]
+fn submit_many_writes_its_records_with_one_write() {
+    let _serial = SERIAL.lock();
+    let scenario = FailScenario::setup();
+    let dir = TempDir::new().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let e = open(dir.path(), &clock, Durability::EveryMs(1000));
+    let ops: Vec<WriteOp> = (0..3)
+        .map(|i| WriteOp::Set(Bytes::from(format!("v{i}")), SetOptions::default()))
+        .collect();
+    let keys = [b"k0", b"k1", b"k2"];
+    let refs: Vec<(&[u8], &WriteOp)> = keys.iter().map(|k| &k[..]).zip(&ops).collect();
+    fail::cfg("bitcask::write", "1*return->off").unwrap();
+    let answers: Vec<String> = e
+        .submit_many(&refs)
+        .into_iter()
+        .map(|a| match a {
+            Err(e) => e.to_string(),
+            Ok(other) => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(answers.len(), 3);
+    for a in &answers {
+        assert!(a.starts_with("disk full: write "), "{answers:?}");
+    }
+    assert_eq!(e.next_offset(), 0, "every offset given back");
+    assert_eq!(e.get(b"k1").unwrap(), None);
+    let untils: Vec<u64> = e
+        .submit_many(&refs)
+        .into_iter()
+        .map(|a| match a {
+            Ok(Submitted::Done(w)) => w.until,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(untils, [1, 2, 3]);
+    assert_eq!(e.get(b"k2").unwrap().as_deref(), Some(&b"v2"[..]));
+    fail::remove("bitcask::write");
+    scenario.teardown();
+}

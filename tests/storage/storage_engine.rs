@@ -530,3 +530,96 @@ fn cached_reads_answer_from_memory_or_decline() {
     let err = e.get_cached(b"").unwrap_err();
     assert!(matches!(err, Error::InvalidInput(_)), "{err}");
 }
+
+/// `submit_many` decides its ops in order under one take of the writer
+/// mutex: each answers as `submit` would have, op after op; an op whose
+/// answer rests on a record of the same (unwritten) batch declines, and
+/// every op after it is not started (`Blocking` too), so running the
+/// declined ones in order keeps the order. Under `every_ms` the records
+/// are written before it returns (`Done`); under `always` they are queued
+/// for one group commit.
+#[test]
+fn submit_many_answers_in_order_as_submit_would() {
+    let set = |v: &'static [u8], condition| {
+        WriteOp::Set(
+            Bytes::from_static(v),
+            SetOptions {
+                expire_at_ms: None,
+                condition,
+            },
+        )
+    };
+    let dir = TempDir::new().unwrap();
+    let e = Bitcask::open(
+        dir.path(),
+        Options {
+            fsync: Durability::EveryMs(1000),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let (v1, v2) = (set(b"v1", Condition::Always), set(b"v2", Condition::Always));
+    let (nx, v4) = (
+        set(b"v3", Condition::IfAbsent),
+        set(b"v4", Condition::Always),
+    );
+    let empty = set(b"v", Condition::Always);
+    let ops: Vec<(&[u8], &WriteOp)> = vec![
+        (b"a", &v1),
+        (b"", &empty),
+        (b"b", &v2),
+        (b"a", &nx),
+        (b"c", &v4),
+    ];
+    let answers: Vec<String> = e
+        .submit_many(&ops)
+        .into_iter()
+        .map(|a| match a {
+            Ok(Submitted::Done(w)) => format!("done {} until {}", w.done, w.until),
+            Ok(Submitted::Queued(_)) => "queued".into(),
+            Ok(Submitted::Blocking) => "blocking".into(),
+            Err(e) => format!("error {e}"),
+        })
+        .collect();
+    assert_eq!(
+        answers,
+        [
+            "done true until 1",
+            "error empty key",
+            "done true until 2",
+            "blocking",
+            "blocking",
+        ]
+    );
+    assert_eq!(e.next_offset(), 2, "written before it returned");
+    assert_eq!(e.get(b"a").unwrap().as_deref(), Some(&b"v1"[..]));
+    assert_eq!(e.get(b"c").unwrap(), None, "not started");
+    // The declined ops, in order.
+    assert!(!e.write(b"a", nx.clone()).unwrap().done, "a exists");
+    assert!(e.write(b"c", v4.clone()).unwrap().done);
+    assert_eq!(e.get(b"c").unwrap().as_deref(), Some(&b"v4"[..]));
+    drop(e);
+
+    let dir = TempDir::new().unwrap();
+    let e = Bitcask::open(
+        dir.path(),
+        Options {
+            fsync: Durability::Always,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let ops: Vec<(&[u8], &WriteOp)> = vec![(b"x", &v1), (b"y", &v2)];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut untils = Vec::new();
+    for answer in e.submit_many(&ops) {
+        match answer.unwrap() {
+            Submitted::Queued(c) => untils.push(rt.block_on(c.wait()).unwrap().until),
+            other => panic!("under always submit_many queues: {other:?}"),
+        }
+    }
+    assert_eq!(untils, [1, 2]);
+    assert_eq!(e.get(b"y").unwrap().as_deref(), Some(&b"v2"[..]));
+}

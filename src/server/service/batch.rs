@@ -10,6 +10,10 @@
 //! per other node, and 50 single-command connections take about one per
 //! other node and round trip instead of one per command.
 //!
+//! Standalone, a batch's `SET`s of one partition reach its engine in one
+//! submission ([`crate::node::Node::set_many`], `Engine::submit_many`):
+//! one writer-mutex take and one `write(2)` per partition, not per key.
+//!
 //! Invariants:
 //! - every key is tried here first, exactly as [`Kv::get`] / [`Kv::set`]
 //!   do; only a key refused with `NOT_LEADER` naming a leader is
@@ -25,14 +29,11 @@
 //!   `max_in_flight` holds them all).
 
 use bytes::Bytes;
-use futures_util::future::join_all;
 use tonic::Status;
 
 use super::{KvService, Leader, after_write_pause, leader_of};
 use crate::error::Error;
-use crate::node::SetArgs;
 use crate::server::metrics::Command;
-use crate::storage::Condition;
 
 /// One answer per key of a batch.
 type Answers<T> = Vec<Result<T, Status>>;
@@ -45,10 +46,7 @@ impl KvService {
 
     /// `Get` of every key of `keys` (default consistency), in order.
     pub async fn get_many(&self, keys: &[Bytes]) -> Answers<Option<Bytes>> {
-        let timers: Vec<_> = keys
-            .iter()
-            .map(|_| self.metrics.requests.start(Command::Get))
-            .collect();
+        let timers = self.metrics.requests.start_many(Command::Get, keys.len());
         let Ok(_slots) = self
             .in_flight
             .acquire_many(self.batch_slots(keys.len()))
@@ -57,8 +55,7 @@ impl KvService {
             return finish(timers, shutting_down(keys.len()));
         };
         let consistency = self.default_consistency;
-        let mut results: Vec<crate::Result<Option<Bytes>>> =
-            join_all(keys.iter().map(|k| self.node.get(k.clone(), consistency))).await;
+        let mut results = self.node.get_many(keys, consistency).await;
         let refused = refused(&results);
         let items = refused
             .iter()
@@ -75,10 +72,7 @@ impl KvService {
     /// default acks), in order; `Ok(())` once written as the acks ask.
     /// The keys are distinct (the caller's batch never writes a key twice).
     pub async fn set_many(&self, pairs: &[(Bytes, Bytes)]) -> Answers<()> {
-        let timers: Vec<_> = pairs
-            .iter()
-            .map(|_| self.metrics.requests.start(Command::Set))
-            .collect();
+        let timers = self.metrics.requests.start_many(Command::Set, pairs.len());
         let Ok(_slots) = self
             .in_flight
             .acquire_many(self.batch_slots(pairs.len()))
@@ -86,19 +80,10 @@ impl KvService {
         else {
             return finish(timers, shutting_down(pairs.len()));
         };
-        let args = SetArgs {
-            ttl_ms: None,
-            condition: Condition::Always,
-            acks: self.default_acks,
-        };
-        let local = pairs.iter().map(|(k, v)| async move {
-            let r = self.node.set(k.clone(), v.clone(), args).await.map(|_| ());
-            if r.is_ok() {
-                after_write_pause().await;
-            }
-            r
-        });
-        let mut results: Vec<crate::Result<()>> = join_all(local).await;
+        let mut results = self.node.set_many(pairs, self.default_acks).await;
+        if results.iter().any(|r| r.is_ok()) {
+            after_write_pause().await;
+        }
         let refused = refused(&results);
         let items = refused
             .iter()
@@ -135,11 +120,12 @@ fn finish<T>(
     timers: Vec<crate::server::metrics::Timer<'_>>,
     results: Vec<crate::Result<T>>,
 ) -> Answers<T> {
+    let now = std::time::Instant::now();
     timers
         .into_iter()
         .zip(results)
         .map(|(timer, r)| {
-            timer.finish(&r);
+            timer.finish_at(&r, now);
             r.map_err(|err| {
                 tracing::debug!(reason = err.reason(), "request failed: {err}");
                 Status::from(err)

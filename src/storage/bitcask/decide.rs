@@ -19,10 +19,17 @@
 //!   one `write(2)` to the page cache (no fsync, no roll), which costs
 //!   less than waking any other thread for it (docs/BENCHMARKS.md,
 //!   "caskade vs Redis over RESP"); otherwise it queues it for a commit
-//!   worker.
+//!   worker;
+//! - `submit_many` decides its ops in order under one take of the writer
+//!   mutex, each exactly as `submit` would op after op, their records in
+//!   one batch (one `write(2)` under `every_ms` / `never`); once an op
+//!   declines, the ops after it are not started and decline too, so the
+//!   caller's blocking writes keep the order.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+
+use parking_lot::MutexGuard;
 
 use bytes::Bytes;
 
@@ -32,6 +39,14 @@ use super::{Completion, Inner, Submitted, workers};
 use crate::storage::{
     Condition, Current, Durability, Effect, Error, Reply, Result, WriteOp, Written, decide,
 };
+
+/// One submitted op after its decision.
+enum Step {
+    /// Answered (or declined, or refused) without a record.
+    Ready(Result<Submitted>),
+    /// Its record is in the batch being built.
+    Queued(Completion),
+}
 
 /// The unapplied record a decision rests on: its batch and its offset.
 type Dependency = (Arc<Batch>, u64);
@@ -137,13 +152,13 @@ impl Inner {
         op: &WriteOp,
         in_memory: bool,
     ) -> Result<Option<Decision>> {
-        let now = self.clock.now_ms();
         match op {
             // An unconditional set that does not expire at once needs no
-            // look at the current state: the fast path.
+            // look at the current state (nor the clock, without a TTL):
+            // the fast path.
             WriteOp::Set(v, opts)
                 if opts.condition == Condition::Always
-                    && opts.expire_at_ms.is_none_or(|at| at > now) =>
+                    && opts.expire_at_ms.is_none_or(|at| at > self.clock.now_ms()) =>
             {
                 let put = (Kind::Put, v.clone(), opts.expire_at_ms.unwrap_or(0));
                 let reply = Reply {
@@ -153,6 +168,7 @@ impl Inner {
                 Ok(Some((Some(put), Ok(reply), None)))
             }
             _ => {
+                let now = self.clock.now_ms();
                 let need = match (op.needs_value(), in_memory) {
                     (false, _) => Need::Presence,
                     (true, false) => Need::Value,
@@ -194,49 +210,117 @@ impl Inner {
     ) -> Result<Submitted> {
         self.check_op(key, op)?;
         let mut w = self.writer.lock();
-        w.check_writable()?;
-        self.check_role(leader)?;
-        if w.truncating {
-            // Waiting for the truncation needs a blocking thread.
-            return Ok(Submitted::Blocking);
+        let step = self.submit_step(&mut w, key, op, leader);
+        let mut answers = self.finish_submits(w, vec![step]);
+        answers.pop().unwrap_or(Ok(Submitted::Blocking))
+    }
+
+    /// See [`Bitcask::submit_many`]: every op decided under one take of the
+    /// writer mutex, in order, their records in one batch, which the caller
+    /// writes itself (one `write(2)`) under `every_ms` / `never` when
+    /// [`Inner::submit`] would, else a commit worker leads it.
+    pub(super) fn submit_many(
+        &self,
+        ops: &[(&[u8], &WriteOp)],
+        leader: Option<u32>,
+    ) -> Vec<Result<Submitted>> {
+        let mut steps = Vec::with_capacity(ops.len());
+        let mut w = self.writer.lock();
+        for (key, op) in ops {
+            let blocked = matches!(steps.last(), Some(Step::Ready(Ok(Submitted::Blocking))));
+            steps.push(if blocked {
+                // Not started: run after the declined op, in order.
+                Step::Ready(Ok(Submitted::Blocking))
+            } else {
+                match self.check_op(key, op) {
+                    Ok(()) => self.submit_step(&mut w, key, op, leader),
+                    Err(e) => Step::Ready(Err(e)),
+                }
+            });
         }
-        let Some(decision) = self.decide_now(&w, key, op, true)? else {
+        self.finish_submits(w, steps)
+    }
+
+    /// Decides one submitted op under the writer mutex and queues its
+    /// record, if any, in the batch being built.
+    fn submit_step(
+        &self,
+        w: &mut MutexGuard<'_, Writer>,
+        key: &[u8],
+        op: &WriteOp,
+        leader: Option<u32>,
+    ) -> Step {
+        let decided = w
+            .check_writable()
+            .and_then(|()| self.check_role(leader))
+            .and_then(|()| {
+                if w.truncating {
+                    // Waiting for the truncation needs a blocking thread.
+                    return Ok(None);
+                }
+                self.decide_now(w, key, op, true)
+            });
+        let decision = match decided {
+            Err(e) => return Step::Ready(Err(e)),
             // The value is on disk only: read it on a blocking thread.
-            return Ok(Submitted::Blocking);
+            Ok(None) => return Step::Ready(Ok(Submitted::Blocking)),
+            Ok(Some(decision)) => decision,
         };
         match decision {
-            (None, answer, dep) => Ok(match dep {
-                Some((batch, _)) if !batch.is_done() => Submitted::Blocking,
-                Some((_, offset)) => Submitted::Done(Written::new(answer?, offset + 1)),
-                None => Submitted::Done(Written::new(answer?, self.applied_end(&w))),
+            (None, answer, dep) => Step::Ready(match dep {
+                Some((batch, _)) if !batch.is_done() => Ok(Submitted::Blocking),
+                Some((_, offset)) => answer.map(|r| Submitted::Done(Written::new(r, offset + 1))),
+                None => answer.map(|r| Submitted::Done(Written::new(r, self.applied_end(w)))),
             }),
-            (Some((kind, value, expire_at)), answer, _) => {
-                let reply = answer?;
-                let (batch, index, offset) = w.enqueue(key, kind, value, expire_at);
-                if self.opts.fsync != Durability::Always
-                    && !w.flushing
-                    && w.active.len() + w.buf.len() as u64 <= self.opts.segment_bytes
-                {
-                    // No fsync to share and no roll (which fsyncs): the
-                    // batch is one write(2) to the page cache, cheaper here
-                    // than any hand-off to another thread.
-                    self.lead(&mut w);
-                    drop(w);
-                    return batch
-                        .result_for(index)
-                        .map(|()| Submitted::Done(Written::new(reply, offset + 1)));
+            (Some((kind, value, expire_at)), answer, _) => match answer {
+                Err(e) => Step::Ready(Err(e)),
+                Ok(reply) => {
+                    let (batch, index, offset) = w.enqueue(key, kind, value, expire_at);
+                    Step::Queued(Completion {
+                        batch,
+                        index,
+                        written: Written::new(reply, offset + 1),
+                    })
                 }
-                drop(w);
-                // A commit worker leads it (unless a blocking writer does
-                // first); the engine is queued at most once.
-                self.schedule(workers::Job::Commit);
-                Ok(Submitted::Queued(Completion {
-                    batch,
-                    index,
-                    written: Written::new(reply, offset + 1),
-                }))
-            }
+            },
         }
+    }
+
+    /// Ends a submission: with records queued, writes their batch here
+    /// under `every_ms` / `never` when no flush runs and it fits the active
+    /// segment (no fsync to share, no roll: one `write(2)` to the page
+    /// cache, cheaper than any hand-off to another thread), else queues the
+    /// engine once for a commit worker. Releases the writer mutex.
+    fn finish_submits(
+        &self,
+        mut w: MutexGuard<'_, Writer>,
+        steps: Vec<Step>,
+    ) -> Vec<Result<Submitted>> {
+        let queued = steps.iter().any(|s| matches!(s, Step::Queued(_)));
+        let here = queued
+            && self.opts.fsync != Durability::Always
+            && !w.flushing
+            && w.active.len() + w.buf.len() as u64 <= self.opts.segment_bytes;
+        if here {
+            self.lead(&mut w);
+        }
+        drop(w);
+        if queued && !here {
+            // A commit worker leads it (unless a blocking writer does
+            // first); the engine is queued at most once.
+            self.schedule(workers::Job::Commit);
+        }
+        steps
+            .into_iter()
+            .map(|step| match step {
+                Step::Ready(answer) => answer,
+                Step::Queued(c) if here => c
+                    .batch
+                    .result_for(c.index)
+                    .map(|()| Submitted::Done(c.written)),
+                Step::Queued(c) => Ok(Submitted::Queued(c)),
+            })
+            .collect()
     }
 
     /// Decides and performs a write. Returns the answer the caller reports

@@ -399,6 +399,19 @@ impl Bitcask {
         self.inner.submit(key, op, None)
     }
 
+    /// [`Bitcask::submit`] of every op of `ops`, in order, under one take
+    /// of the writer mutex: their records join one batch, so under
+    /// `every_ms` / `never` the caller writes them with one `write(2)` (and
+    /// one keydir pass) instead of one each, and under `always` a commit
+    /// worker is woken once. Each op's answer is what `submit` would have
+    /// given it, called op after op; once an op answers
+    /// [`Submitted::Blocking`], the ops after it are not started and answer
+    /// `Blocking` too, so running the declined ops in order on a blocking
+    /// thread keeps the order of `ops`.
+    pub fn submit_many(&self, ops: &[(&[u8], &WriteOp)]) -> Vec<Result<Submitted>> {
+        self.inner.submit_many(ops, None)
+    }
+
     /// Follower side (replica mode): appends records fetched from the leader
     /// unchanged, offsets and epochs kept. `records` is a concatenation of
     /// encoded records as in segment files (what [`Bitcask::read_log`]
@@ -670,13 +683,17 @@ impl Engine for Bitcask {
         Bitcask::submit(self, key, op)
     }
 
+    fn submit_many(&self, ops: &[(&[u8], &WriteOp)]) -> Vec<Result<Submitted>> {
+        Bitcask::submit_many(self, ops)
+    }
+
     fn get_cached(&self, key: &[u8]) -> Result<Option<Option<Bytes>>> {
         self.inner.opts.limits.check_key(key)?;
-        let now = self.inner.clock.now_ms();
         let mut shard = self.inner.keydir.shard(key);
         Ok(match shard.get(key) {
             None => Some(None),
-            Some(e) if e.expired(now) => Some(None),
+            // The clock is read only for a key that can expire.
+            Some(e) if e.expire_at != 0 && e.expired(self.inner.clock.now_ms()) => Some(None),
             Some(_) => shard.cached(key).map(Some),
         })
     }
