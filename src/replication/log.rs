@@ -211,6 +211,20 @@ pub fn epoch_end(starts: &[(u32, u64)], epoch: u32, end: u64) -> Option<(u32, u6
     Some((found, end))
 }
 
+/// The records the budget keeps, concatenated, and how many.
+fn pack(mut records: Vec<storage::Record>, budget: ReadBudget) -> (Bytes, u32) {
+    records.truncate(budget.keep(records.iter().map(|r| r.raw.len())));
+    let count = records.len() as u32;
+    if records.len() == 1 {
+        return (records[0].raw.clone(), 1);
+    }
+    let mut buf = Vec::with_capacity(records.iter().map(|r| r.raw.len()).sum());
+    for r in &records {
+        buf.extend_from_slice(&r.raw);
+    }
+    (Bytes::from(buf), count)
+}
+
 #[cfg(test)]
 mod tests {
     use super::{ReadBudget, epoch_end};
@@ -246,18 +260,4 @@ mod tests {
         assert_eq!(epoch_end(&starts, 7, 9), Some((5, 9)));
         assert_eq!(epoch_end(&[], 7, 9), None);
     }
-}
-
-/// The records the budget keeps, concatenated, and how many.
-fn pack(mut records: Vec<storage::Record>, budget: ReadBudget) -> (Bytes, u32) {
-    records.truncate(budget.keep(records.iter().map(|r| r.raw.len())));
-    let count = records.len() as u32;
-    if records.len() == 1 {
-        return (records[0].raw.clone(), 1);
-    }
-    let mut buf = Vec::with_capacity(records.iter().map(|r| r.raw.len()).sum());
-    for r in &records {
-        buf.extend_from_slice(&r.raw);
-    }
-    (Bytes::from(buf), count)
 }
