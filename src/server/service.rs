@@ -89,6 +89,22 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// here or refused, never forwarded again (no loops while leadership moves).
 const FORWARDED: &str = "caskade-forwarded";
 
+/// `message` as a request to a leader: marked forwarded (the leader never
+/// forwards it again) and carrying the caller's credentials
+/// (src/auth.rs), so the leader checks the same user.
+fn forwarded_request<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    if let Some(c) = crate::auth::forwarded_credentials()
+        && let Ok(v) = tonic::metadata::MetadataValue::try_from(&*c)
+    {
+        request.metadata_mut().insert("authorization", v);
+    }
+    request
+}
+
 /// The answer of a forward to `leader` that failed with `status`: the
 /// client's mapping (src/client/outcome.rs), UNREACHABLE only when the
 /// leader provably did not process the request (answered as `NOT_LEADER`
@@ -253,16 +269,7 @@ impl KvService {
     {
         let addr = leader.addr.as_str();
         let client = self.peer(addr)?;
-        let mut request = Request::new(message);
-        request
-            .metadata_mut()
-            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-        // The caller's credentials (src/auth.rs), so the leader checks the same user.
-        if let Some(c) = crate::auth::forwarded_credentials()
-            && let Ok(v) = tonic::metadata::MetadataValue::try_from(&*c)
-        {
-            request.metadata_mut().insert("authorization", v);
-        }
+        let request = forwarded_request(message);
         tracing::debug!("forwarding to the leader at {addr}");
         match call(client, request).await {
             Ok(reply) => Ok(reply.into_inner()),

@@ -30,9 +30,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
-use tonic::{Request, Status, Streaming};
+use tonic::{Status, Streaming};
 
-use super::{FORWARD_TIMEOUT, FORWARDED, KvService, Leader, forward, forward_failure};
+use super::{FORWARD_TIMEOUT, KvService, Leader, forward, forward_failure};
 use crate::error::Error;
 use crate::proto;
 use crate::proto::forward_request::Request as Ask;
@@ -155,15 +155,7 @@ impl KvService {
             return Err(None);
         };
         let (tx, rx) = mpsc::channel(1);
-        let mut request = Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-        request
-            .metadata_mut()
-            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-        if let Some(c) = crate::auth::forwarded_credentials()
-            && let Ok(v) = tonic::metadata::MetadataValue::try_from(&*c)
-        {
-            request.metadata_mut().insert("authorization", v);
-        }
+        let request = super::forwarded_request(tokio_stream::wrappers::ReceiverStream::new(rx));
         match client.forward(request).await {
             Ok(r) => {
                 tracing::debug!("opened a forward stream to the leader at {}", leader.addr);
