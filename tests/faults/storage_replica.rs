@@ -1492,3 +1492,48 @@ fn mid_log_corruption_cuts_the_replica_log_and_the_records_are_refetched() {
     assert_eq!(follower.status().unwrap().corrupt_ranges, 0);
     assert_eq!(state(&follower), state(&leader));
 }
+
+/// Session 11 (src/storage/bitcask/tail.rs): a failed write forgets the
+/// log's tail in memory, on a leader and on a follower: nothing before the
+/// failure is answered from memory any more, and what memory answers after
+/// the next write equals the files.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_failed_write_forgets_the_tail_in_memory() {
+    let _g = GATE.write();
+    let scenario = fail::FailScenario::setup();
+    let clock = clock();
+    let dir = TempDir::new().unwrap();
+    let e = open(dir.path(), &clock);
+    set(&e, "a", "1");
+    set(&e, "b", "2");
+    assert_eq!(e.read_log_memory(0, usize::MAX).unwrap().unwrap().len(), 2);
+    fail::cfg("bitcask::write", "1*return->off").unwrap();
+    let err = e
+        .write(
+            b"c",
+            WriteOp::Set(Bytes::from_static(b"3"), SetOptions::default()),
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::DiskFull(_)), "{err}");
+    assert!(e.read_log_memory(0, usize::MAX).is_none(), "forgotten");
+    set(&e, "c", "3");
+    assert!(e.read_log_memory(1, usize::MAX).is_none());
+    let mem = e.read_log_memory(2, usize::MAX).unwrap().unwrap();
+    assert_eq!(mem.len(), 1);
+    assert_eq!(mem, e.read_log(2, usize::MAX).unwrap());
+
+    let fdir = TempDir::new().unwrap();
+    let f = open(fdir.path(), &clock);
+    assert_eq!(f.append_replicated(&shipped(&e, 0)).unwrap(), 3);
+    assert_eq!(f.read_log_memory(0, usize::MAX).unwrap().unwrap().len(), 3);
+    set(&e, "d", "4");
+    fail::cfg("bitcask::write", "1*return->off").unwrap();
+    assert!(matches!(
+        f.append_replicated(&shipped(&e, 3)),
+        Err(Error::DiskFull(_))
+    ));
+    assert!(f.read_log_memory(0, usize::MAX).is_none(), "forgotten");
+    fail::remove("bitcask::write");
+    scenario.teardown();
+}
