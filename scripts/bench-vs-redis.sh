@@ -36,7 +36,8 @@
 # CPU figures cover one test each. The raw outputs and logs stay in the
 # work directory with KEEP=1 (or on failure).
 #
-# Env: N (200000), CLIENTS (50), POLICIES ("everysec always"),
+# Env: N (200000), CLIENTS (50), POLICIES ("everysec always"; "" skips
+#      the standalone part),
 #      CLUSTER_POLICIES ("everysec"; "" skips the cluster), CLUSTER_RF (3),
 #      SKIP_BUILD=1,
 #      KEEP=1, TMPDIR (work directory's parent; must be on a real disk).
@@ -46,7 +47,7 @@ cd "$(dirname "$0")/.."
 
 readonly N=${N:-200000}
 readonly CLIENTS=${CLIENTS:-50}
-readonly POLICIES=${POLICIES:-"everysec always"}
+readonly POLICIES=${POLICIES-"everysec always"}
 readonly CLUSTER_POLICIES=${CLUSTER_POLICIES-"everysec"}
 # Copies of each partition in the cluster (min_insync is the same, so with
 # `acks: all` every write is on CLUSTER_RF nodes before it is answered):
