@@ -34,13 +34,22 @@ const WRONGPASS: &str = "-WRONGPASS invalid username-password pair or user is di
 /// `admin`), RESP on, and `failpoints` (e.g. `server::coalesce_pause`)
 /// in every node when given; every ISR full.
 fn auth_cluster(failpoints: Option<&str>) -> TestCluster {
+    auth_cluster_with(USERS, "", failpoints)
+}
+
+/// As [`auth_cluster`], with `users` and `extra` in every node's `auth:`.
+fn auth_cluster_with(
+    users: &[(&str, &str, &[&str])],
+    extra: &str,
+    failpoints: Option<&str>,
+) -> TestCluster {
     let mut env = vec![("CASKADE_RESP_LISTEN".into(), "127.0.0.1:0".into())];
     if let Some(f) = failpoints {
         env.push(("FAILPOINTS".into(), f.into()));
     }
     let c = TestCluster::start_shared(ClusterOpts {
         env,
-        auth: Some(ClusterAuth::users(USERS, "admin", "")),
+        auth: Some(ClusterAuth::users(users, "admin", extra)),
         ..ClusterOpts::default()
     });
     c.wait_until("every ISR is full", |c| c.all_led() && c.full_isr());
@@ -438,4 +447,73 @@ fn a_leader_refusing_forwarded_commands_answers_them_and_keeps_the_lane() {
     assert_eq!(counted, vec![], "the leader served nothing");
     let mut l = Conn::login(&c.resp_addr(leader), "ro", "ro-pw");
     assert_eq!(l.ask(&["MGET", &k0, &k1]), "*2\r\n$-1\r\n$2\r\nrw\r\n");
+}
+
+/// A user whose password the forwarding node accepts and the leader does
+/// not (the nodes disagree on `auth:`, e.g. half-way through changing a
+/// password): a batch of its `GET`s through that node is refused with the
+/// leader's `invalid username-password pair`, and costs one failed login
+/// at the leader (the refused stream open), not one more for the unary
+/// `MGet` and one per key for the `Get`s a failed `MGet` falls back to:
+/// none of those could pass with the same credentials. The forwarding
+/// node's address is therefore not locked out at the leader for every
+/// other user (here `auth.max_failed_logins: 3`): `rw`'s reads through it
+/// still work after two such batches.
+#[test]
+fn a_user_the_leader_does_not_know_costs_one_failed_login_per_batch() {
+    let users: Vec<(&str, &str, &[&str])> = USERS
+        .iter()
+        .copied()
+        .chain([("rot", "old-pw", &["read", "write"][..])])
+        .collect();
+    let mut c = auth_cluster_with(&users, "  max_failed_logins: 3\n", None);
+    let leader = c.leader(0).expect("partition 0 has a leader");
+    let via = (0..3).find(|&i| i != leader).unwrap();
+    let keys: Vec<String> = (0..4).map(|i| c.key_in(0, i)).collect();
+    let new_hash = caskade::auth::hash_password(b"new-pw").unwrap();
+    restart_with(&mut c, via, |y| {
+        y.lines()
+            .map(|l| match l.trim_start().starts_with("- {name: rot,") {
+                true => format!(
+                    "    - {{name: rot, password_hash: '{new_hash}', permissions: [read, write]}}"
+                ),
+                false => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
+    });
+    assert_eq!(c.leader(0), Some(leader), "partition 0 kept its leader");
+    let addr = c.resp_addr(via);
+    let failed = |c: &TestCluster| c.log(leader).matches("failed login").count();
+    assert_eq!(failed(&c), 0);
+    let mut r = Conn::login(&addr, "rot", "new-pw");
+    let wrong = "-ERR invalid username-password pair\r\n";
+    for batch in 1..=2 {
+        // One write: the four GETs are one batch, one lane.
+        let mut pipeline = Vec::new();
+        for k in &keys {
+            pipeline.extend_from_slice(
+                format!("*2\r\n$3\r\nGET\r\n${}\r\n{k}\r\n", k.len()).as_bytes(),
+            );
+        }
+        r.0.write_all(&pipeline).unwrap();
+        let mut got = Vec::new();
+        for _ in &keys {
+            r.reply(&mut got);
+        }
+        assert_eq!(
+            String::from_utf8(got).unwrap(),
+            wrong.repeat(keys.len()),
+            "batch {batch}"
+        );
+        assert_eq!(
+            failed(&c),
+            batch,
+            "failed logins at the leader after batch {batch}"
+        );
+    }
+    let mut w = Conn::login(&addr, "rw", "rw-pw");
+    assert_eq!(w.ask(&["SET", &keys[0], "ok"]), "+OK\r\n");
+    assert_eq!(w.ask(&["GET", &keys[0]]), "$2\r\nok\r\n");
 }

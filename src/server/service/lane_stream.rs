@@ -14,7 +14,10 @@
 //!   answering, which proves the message unprocessed) is sent as the
 //!   unary request instead: its answer is exactly the unary one (a leader
 //!   that could not be reached at all is answered as the unary call
-//!   would be, `NOT_LEADER` naming it, without a second attempt);
+//!   would be, `NOT_LEADER` naming it, without a second attempt; a leader
+//!   that refused the stream's credentials, `UNAUTHENTICATED`, with that
+//!   refusal: the unary call, with the same credentials from the same
+//!   address, would be refused alike, one more failed login there);
 //! - once a message was sent, a broken stream (an error, a reset, an
 //!   answer with another id) is that batch's failure, mapped as a failed
 //!   unary call whose request may have been processed: never
@@ -181,9 +184,11 @@ impl KvService {
                 }
                 // Not reachable (nothing sent): the unary call's answer
                 // without a second connection attempt (another connect
-                // timeout to a leader that does not answer).
+                // timeout to a leader that does not answer). Credentials
+                // refused: the unary call's answer too, without counting
+                // a second failed login against this node's address there.
                 match forward_failure(leader, s) {
-                    e @ Error::NotLeader { .. } => Err(Some(Err(e))),
+                    e @ (Error::NotLeader { .. } | Error::Unauthenticated(_)) => Err(Some(Err(e))),
                     _ => Err(None),
                 }
             }
