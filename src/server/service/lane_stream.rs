@@ -27,7 +27,11 @@
 //! - a leader that refuses the stream with UNIMPLEMENTED (an older
 //!   version) or PERMISSION_DENIED (an older version, to which `Forward`
 //!   is an unknown method needing `admin`) gets unary requests from this
-//!   lane for [`RETRY_STREAM_AFTER`], then the stream is tried again.
+//!   lane for [`RETRY_STREAM_AFTER`], then the stream is tried again; only
+//!   this lane (one leader, one caller's credentials) switches, and only
+//!   on a refused open: a refused message (e.g. `PERMISSION_DENIED` for a
+//!   user the leader lets do less) is that batch's answer, and the stream
+//!   stays open (tests/security/security_resp_cluster.rs).
 
 use std::time::{Duration, Instant};
 
