@@ -5,6 +5,11 @@
 //! Nodes can be killed (SIGKILL), stopped (SIGSTOP/SIGCONT), restarted on
 //! the same ports and data. Everything is killed on drop.
 //!
+//! With [`ClusterOpts::auth`] every node requires authentication (the
+//! `auth:` section of docs/SECURITY.md in each node's config), and the
+//! harness itself (metadata, leader and ISR waits, [`TestCluster::client`])
+//! logs in as the user it names.
+//!
 //! One cluster at a time per test process ([`OneCluster`], held by every
 //! [`TestCluster`] for its whole life): the test binaries group many files,
 //! and two clusters side by side on a loaded machine miss elections'
@@ -16,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use caskade::client::Client;
 use caskade::config::ClientConfig;
+use caskade::config::auth::ClientAuth;
+use caskade::error::Error;
 use caskade::proto::MetadataResponse;
 
 use super::zk::Zk;
@@ -49,6 +56,51 @@ pub struct ClusterOpts {
     /// `cluster.initial_nodes`: the controller creates the partitions once
     /// this many nodes are live (0: `replication_factor`).
     pub initial_nodes: u32,
+    /// Users every node requires, and the one the harness logs in as
+    /// (`None`: authentication off, as before).
+    pub auth: Option<ClusterAuth>,
+}
+
+/// The users of an authenticating cluster ([`ClusterOpts::auth`]).
+#[derive(Clone, Debug)]
+pub struct ClusterAuth {
+    /// The `auth:` section of every node's config, as YAML.
+    pub yaml: String,
+    /// The user the harness reads metadata as, and [`TestCluster::client`]
+    /// calls as.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl ClusterAuth {
+    /// Every node requires `users` (name, password, permissions such as
+    /// `["read", "write"]`; passwords hashed here with argon2, as
+    /// `caskade-cli hash-password` does), plus `extra` appended to the
+    /// `auth:` section (e.g. `"  max_failed_logins: 0\n"`); the harness
+    /// logs in as `harness_user`, which must be one of them.
+    pub fn users(users: &[(&str, &str, &[&str])], harness_user: &str, extra: &str) -> ClusterAuth {
+        let mut yaml = String::from("auth:\n  users:\n");
+        for (name, password, permissions) in users {
+            let hash = caskade::auth::hash_password(password.as_bytes()).expect("hash a password");
+            yaml.push_str(&format!(
+                "    - {{name: {name}, password_hash: '{hash}', permissions: [{}]}}\n",
+                permissions.join(", ")
+            ));
+        }
+        yaml.push_str(extra);
+        let password = users
+            .iter()
+            .find(|(n, _, _)| *n == harness_user)
+            .unwrap_or_else(|| panic!("the harness user {harness_user} is not among the users"))
+            .1
+            .to_string();
+        ClusterAuth {
+            yaml,
+            user: harness_user.to_string(),
+            password,
+        }
+    }
 }
 
 impl Default for ClusterOpts {
@@ -66,6 +118,7 @@ impl Default for ClusterOpts {
             request_timeout_ms: 5000,
             env: Vec::new(),
             initial_nodes: 0,
+            auth: None,
         }
     }
 }
@@ -207,6 +260,10 @@ impl TestCluster {
                     rb = opts.rebalance,
                     initial = opts.initial_nodes,
                 );
+                let yaml = match &opts.auth {
+                    Some(a) => format!("{yaml}{}", a.yaml),
+                    None => yaml,
+                };
                 std::fs::write(&config, yaml).expect("write node config");
                 NodeSpec {
                     id,
@@ -318,42 +375,62 @@ impl TestCluster {
             .unwrap_or_else(|| panic!("no node {id}"))
     }
 
-    /// A client seeded with every node, bound to `rt`.
+    /// A client seeded with every node, bound to `rt` (logged in as the
+    /// harness user when the cluster authenticates).
     pub fn client(&self, rt: &tokio::runtime::Runtime) -> Client {
         let _in = rt.enter();
-        Client::new(&ClientConfig {
-            addrs: self.specs.iter().map(|s| s.addr.clone()).collect(),
-            timeout_ms: 8000,
-            ..ClientConfig::default()
-        })
-        .expect("client")
+        Client::new(&self.client_config(self.specs.iter().map(|s| s.addr.clone()).collect(), 8000))
+            .expect("client")
     }
 
     /// A client of node `i` alone (it forwards what it does not lead),
-    /// bound to `rt`.
+    /// bound to `rt` (logged in as the harness user when the cluster
+    /// authenticates).
     pub fn client_of(&self, i: usize, rt: &tokio::runtime::Runtime) -> Client {
         let _in = rt.enter();
-        Client::new(&ClientConfig {
-            addrs: vec![self.specs[i].addr.clone()],
-            timeout_ms: 8000,
-            ..ClientConfig::default()
-        })
-        .expect("client")
+        Client::new(&self.client_config(vec![self.specs[i].addr.clone()], 8000)).expect("client")
     }
 
-    /// Metadata as node `i` sees it, `None` when it does not answer.
+    /// A client config for `addrs` with the harness user's credentials
+    /// ([`ClusterOpts::auth`]), if any.
+    pub fn client_config(&self, addrs: Vec<String>, timeout_ms: u64) -> ClientConfig {
+        let auth = self
+            .opts
+            .auth
+            .as_ref()
+            .map(|a| ClientAuth {
+                user: a.user.clone(),
+                password: a.password.clone(),
+            })
+            .unwrap_or_default();
+        ClientConfig {
+            addrs,
+            timeout_ms,
+            auth,
+            ..ClientConfig::default()
+        }
+    }
+
+    /// Metadata as node `i` sees it, `None` when it does not answer (read
+    /// as the harness user when the cluster authenticates).
     pub fn metadata(&self, i: usize) -> Option<MetadataResponse> {
         self.servers[i].as_ref()?;
-        let addr = self.specs[i].addr.clone();
-        super::runtime().block_on(async move {
-            let c = Client::new(&ClientConfig {
-                addrs: vec![addr],
-                timeout_ms: 1000,
-                ..ClientConfig::default()
-            })
-            .ok()?;
-            c.metadata().await.ok()
-        })
+        let config = self.client_config(vec![self.specs[i].addr.clone()], 1000);
+        let m = super::runtime().block_on(async move {
+            let c = Client::new(&config).ok()?;
+            Some(c.metadata().await)
+        })?;
+        match m {
+            Ok(m) => Some(m),
+            // Not a node still starting: the harness's credentials are wrong.
+            Err(e @ (Error::Unauthenticated(_) | Error::PermissionDenied(_))) => {
+                panic!(
+                    "{} refused the harness's metadata request: {e}",
+                    self.specs[i].id
+                )
+            }
+            Err(_) => None,
+        }
     }
 
     /// Indexes of the running nodes.

@@ -17,14 +17,13 @@ use caskade::node::{Acks, Consistency};
 use super::cluster::TestCluster;
 
 /// A client of node `i` alone, reading with `consistency: any` (its own
-/// replica, no routing).
+/// replica, no routing; the harness user's credentials when the cluster
+/// authenticates).
 pub fn local_reader(c: &TestCluster, i: usize, rt: &tokio::runtime::Runtime) -> Client {
     let _in = rt.enter();
     Client::new(&ClientConfig {
-        addrs: vec![c.specs[i].addr.clone()],
         consistency: Consistency::Any,
-        timeout_ms: 5000,
-        ..ClientConfig::default()
+        ..c.client_config(vec![c.specs[i].addr.clone()], 5000)
     })
     .unwrap()
 }

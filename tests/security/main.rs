@@ -9,5 +9,6 @@ mod harness;
 
 mod security_auth;
 mod security_limits;
+mod security_resp_cluster;
 mod security_tls;
 mod security_zk;

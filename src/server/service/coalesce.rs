@@ -20,7 +20,11 @@
 //! Invariants:
 //! - answers are exactly those of the uncoalesced forwards
 //!   (src/server/service/batch.rs): a failed `MGet` falls back to one
-//!   forwarded `Get` per key, each answered on its own; an `MSet` refused
+//!   forwarded `Get` per key, each answered on its own, unless the leader
+//!   refused the credentials (`UNAUTHENTICATED`): then that refusal is
+//!   every key's answer, as each `Get` would be refused alike (and count
+//!   one more failed login against this node's address at the leader, so
+//!   one user's batch could lock out every user's forwards); an `MSet` refused
 //!   with `NOT_LEADER` (the leader checks every key's partition before
 //!   writing any, so nothing was written) falls back to one forwarded `Set`
 //!   per key; any other `MSet` failure is every key's answer (an unknown
@@ -390,6 +394,13 @@ impl Kind for Option<Bytes> {
             Ok(r) if r.values.len() == batch.len() => {
                 for (it, v) in batch.into_iter().zip(r.values) {
                     let _ = it.answer.send(Ok(v.value));
+                }
+            }
+            // The same credentials from the same address: each Get would
+            // be refused too, one more failed login at the leader apiece.
+            Err(e @ Error::Unauthenticated(_)) => {
+                for it in batch {
+                    let _ = it.answer.send(Err(e.clone()));
                 }
             }
             // One forwarded Get per key, each answered on its own.

@@ -14,7 +14,10 @@
 //!   answering, which proves the message unprocessed) is sent as the
 //!   unary request instead: its answer is exactly the unary one (a leader
 //!   that could not be reached at all is answered as the unary call
-//!   would be, `NOT_LEADER` naming it, without a second attempt);
+//!   would be, `NOT_LEADER` naming it, without a second attempt; a leader
+//!   that refused the stream's credentials, `UNAUTHENTICATED`, with that
+//!   refusal: the unary call, with the same credentials from the same
+//!   address, would be refused alike, one more failed login there);
 //! - once a message was sent, a broken stream (an error, a reset, an
 //!   answer with another id) is that batch's failure, mapped as a failed
 //!   unary call whose request may have been processed: never
@@ -24,7 +27,11 @@
 //! - a leader that refuses the stream with UNIMPLEMENTED (an older
 //!   version) or PERMISSION_DENIED (an older version, to which `Forward`
 //!   is an unknown method needing `admin`) gets unary requests from this
-//!   lane for [`RETRY_STREAM_AFTER`], then the stream is tried again.
+//!   lane for [`RETRY_STREAM_AFTER`], then the stream is tried again; only
+//!   this lane (one leader, one caller's credentials) switches, and only
+//!   on a refused open: a refused message (e.g. `PERMISSION_DENIED` for a
+//!   user the leader lets do less) is that batch's answer, and the stream
+//!   stays open (tests/security/security_resp_cluster.rs).
 
 use std::time::{Duration, Instant};
 
@@ -181,9 +188,11 @@ impl KvService {
                 }
                 // Not reachable (nothing sent): the unary call's answer
                 // without a second connection attempt (another connect
-                // timeout to a leader that does not answer).
+                // timeout to a leader that does not answer). Credentials
+                // refused: the unary call's answer too, without counting
+                // a second failed login against this node's address there.
                 match forward_failure(leader, s) {
-                    e @ Error::NotLeader { .. } => Err(Some(Err(e))),
+                    e @ (Error::NotLeader { .. } | Error::Unauthenticated(_)) => Err(Some(Err(e))),
                     _ => Err(None),
                 }
             }
