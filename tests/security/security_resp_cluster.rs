@@ -213,7 +213,8 @@ fn run_script(conn: &mut Conn, script: &[(Vec<String>, &str)]) {
 /// forwarded on its own lane (a third stream: lanes are per credentials).
 /// Without `AUTH`, or after a wrong password, every command is `NOAUTH`
 /// and nothing is forwarded. `HELLO 3 AUTH` logs in too (RESP3 answers,
-/// two more streams for `default`'s lanes).
+/// two more streams for `default`'s lanes). The harness's own gRPC client
+/// is logged in; one without credentials is refused.
 #[test]
 fn authenticated_resp_through_a_non_leader_answers_as_the_leader_over_forward_streams() {
     let c = auth_cluster(None);
@@ -334,6 +335,25 @@ fn authenticated_resp_through_a_non_leader_answers_as_the_leader_over_forward_st
     assert_eq!(
         l.ask(&["MGET", &kv[0], &kv[1], &kv[2], &kv[3]]),
         "*4\r\n$-1\r\n$1\r\nw\r\n$2\r\nh3\r\n$1\r\n2\r\n"
+    );
+
+    // The harness's gRPC client logs in (as `admin`); one without
+    // credentials is refused.
+    let rt = harness::runtime();
+    let got = rt.block_on(c.client_of(via, &rt).get(harness::b(&kv[1])));
+    assert_eq!(got.unwrap(), Some(harness::b("w")));
+    let anon = {
+        let _in = rt.enter();
+        caskade::client::Client::new(&caskade::config::ClientConfig {
+            addrs: vec![c.specs[via].addr.clone()],
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let refused = rt.block_on(anon.get(harness::b(&kv[1]))).unwrap_err();
+    assert!(
+        matches!(refused, caskade::Error::Unauthenticated(_)),
+        "{refused:?}"
     );
 }
 
