@@ -130,7 +130,8 @@ fn hello(c: &mut Client, f: &[Bytes]) -> Reply {
         let opt = f[j].to_ascii_lowercase();
         let left = f.len() - j - 1;
         match opt.as_slice() {
-            // No authentication yet (issue 13): the default user takes any password.
+            // Its credentials were checked by resp/auth.rs (`hello`)
+            // before this runs; here only its syntax.
             b"auth" if left >= 2 => j += 3,
             b"setname" if left >= 1 => {
                 if !valid_name(&f[j + 1]) {
