@@ -22,7 +22,9 @@
 //! first `GET` of each key after its `SET` missed and went to the blocking
 //! pool (two thread hand-offs; 43 % of redis-benchmark's GETs). A fill
 //! costs the write one more probe of an LRU shard, a copy and an
-//! allocation: about 1 to 2 µs of server CPU per SET, against about 7 to
+//! allocation (none when it overwrites a cached value of the same length
+//! that no reader holds: the copy goes into that value's block):
+//! about 1 to 2 µs of server CPU per SET, against about 7 to
 //! 8 µs saved per first GET (docs/BENCHMARKS.md, "caskade vs Redis over
 //! RESP", run 3). A fill over a cached entry does not move it in the LRU
 //! order: reads alone make a value recently used.
@@ -38,7 +40,9 @@
 //!   `tests/storage_cache_memory.rs` measures the allocations);
 //! - a cached value owns an exactly sized copy of its bytes: it never pins
 //!   the read buffer or the write batch it came from (record header, key,
-//!   neighbours, the client's request);
+//!   neighbours, the client's request); a value is overwritten in place
+//!   only while the cache alone holds it, so bytes a reader was given never
+//!   change;
 //! - a cached value is tagged with the location (segment id, position) of
 //!   the record it was read from or written to, and served only while the
 //!   key's keydir entry still points there (an overwrite, delete, expiry,
