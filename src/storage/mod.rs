@@ -25,8 +25,8 @@ mod ops;
 pub mod owner_only;
 
 pub use bitcask::{
-    BackgroundOptions, Bitcask, Completion, Header, Kind, MergeOptions, MergeReport, Options,
-    Record, Submitted, ValueCache, Workers,
+    BackgroundOptions, Bitcask, CommitCounts, Completion, Header, Kind, MergeOptions, MergeReport,
+    Options, Record, Submitted, ValueCache, Workers,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result, Text};

@@ -22,6 +22,7 @@ mod security_errors;
 mod server_fd_limit;
 mod storage_faults;
 mod storage_fsyncgate;
+mod storage_group_commit;
 mod storage_merge_faults;
 mod storage_replica;
 

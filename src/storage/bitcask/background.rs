@@ -11,6 +11,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use super::flush::Leader;
 use super::hint;
 use super::recovery::hint_entries;
 use super::segment::{self, HINT_SUFFIX};
@@ -21,15 +22,20 @@ use crate::storage::Result;
 
 impl Inner {
     /// Runs one job the pool took for this engine.
-    pub(super) fn run_job(&self, job: Job) {
+    /// Returns false for a commit job that found nothing to lead.
+    pub(super) fn run_job(&self, job: Job) -> bool {
         match job {
             Job::Commit => {
                 // One batch per turn: `end_flush` queues the engine again
                 // if records wait, so engines take turns on the workers.
                 let mut w = self.writer.lock();
-                if !w.flushing && !w.queue.is_empty() {
-                    self.lead(&mut w);
+                // From here on, records queued are this job's to lead (or
+                // the running flush's): a new submitter calls a new job.
+                w.leader_called = false;
+                if w.flushing || w.queue.is_empty() {
+                    return false;
                 }
+                self.lead_as(&mut w, Leader::Worker);
             }
             Job::Sync => {
                 // A failure is logged and turns writes off inside sync().
@@ -49,6 +55,7 @@ impl Inner {
                 }
             }
         }
+        true
     }
 
     /// Queues a job of this engine on the pool.

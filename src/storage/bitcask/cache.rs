@@ -22,7 +22,9 @@
 //! first `GET` of each key after its `SET` missed and went to the blocking
 //! pool (two thread hand-offs; 43 % of redis-benchmark's GETs). A fill
 //! costs the write one more probe of an LRU shard, a copy and an
-//! allocation: about 1 to 2 µs of server CPU per SET, against about 7 to
+//! allocation (none when it overwrites a cached value of the same length
+//! that no reader holds: the copy goes into that value's block):
+//! about 1 to 2 µs of server CPU per SET, against about 7 to
 //! 8 µs saved per first GET (docs/BENCHMARKS.md, "caskade vs Redis over
 //! RESP", run 3). A fill over a cached entry does not move it in the LRU
 //! order: reads alone make a value recently used.
@@ -38,7 +40,9 @@
 //!   `tests/storage_cache_memory.rs` measures the allocations);
 //! - a cached value owns an exactly sized copy of its bytes: it never pins
 //!   the read buffer or the write batch it came from (record header, key,
-//!   neighbours, the client's request);
+//!   neighbours, the client's request); a value is overwritten in place
+//!   only while the cache alone holds it, so bytes a reader was given never
+//!   change;
 //! - a cached value is tagged with the location (segment id, position) of
 //!   the record it was read from or written to, and served only while the
 //!   key's keydir entry still points there (an overwrite, delete, expiry,
@@ -234,8 +238,6 @@ impl Shard {
         if cost > self.budget / 8 {
             return;
         }
-        // An exactly sized block: never the buffer it came from.
-        let value = Bytes::copy_from_slice(value);
         let lookup: &dyn Lookup = &(engine, key);
         let found = if read {
             self.lru.get_mut(lookup)
@@ -245,6 +247,7 @@ impl Shard {
         if let Some(c) = found {
             // Same node and key block: only the value changes.
             let old = entry_charge(key.len(), c.value.len());
+            let value = overwrite(std::mem::take(&mut c.value), value);
             *c = Cached { value, seg, pos };
             self.entries = self.entries - old + cost;
         } else {
@@ -252,6 +255,8 @@ impl Shard {
                 engine,
                 key: Key::from_slice(key),
             };
+            // An exactly sized block: never the buffer it came from.
+            let value = Bytes::copy_from_slice(value);
             self.lru.put(k, Cached { value, seg, pos });
             self.entries += cost;
             self.high_water = self.high_water.max(self.lru.len());
@@ -271,6 +276,23 @@ impl Shard {
             self.entries -= entry_charge(key.len(), old.value.len());
         }
     }
+}
+
+/// `value` in an exactly sized block: `old`'s own, overwritten, when it has
+/// the same length and nobody else holds it (a reader's clone is never
+/// touched), else a new copy. An overwrite of a key with a value of the
+/// same size (the common case of a write-fill) then costs no allocation
+/// and no free: a free of a block another thread allocated costs more than
+/// the copy (profile of `SET -P 16` under `always`, docs/BENCHMARKS.md
+/// "`always` writes (session 12)").
+fn overwrite(old: Bytes, value: &[u8]) -> Bytes {
+    if old.len() == value.len()
+        && let Ok(mut own) = old.try_into_mut()
+    {
+        own.copy_from_slice(value);
+        return own.freeze();
+    }
+    Bytes::copy_from_slice(value)
 }
 
 /// The shared part of a [`ValueCache`].
@@ -441,6 +463,42 @@ impl PartialEq for ValueCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fill over a cached value of the same length writes the new value
+    /// into the old one's block when nobody holds it; a value a reader
+    /// holds is never changed (a new block is made), nor one of another
+    /// length (its block would not be exactly sized).
+    #[test]
+    fn a_fill_of_the_same_length_reuses_the_block_nobody_holds() {
+        let c = ValueCache::new((SHARDS * 8192) as u64);
+        c.fill(1, b"k", 0, 0, &[1u8; 100]);
+        let first = c.get(1, b"k", 0, 0).unwrap();
+        let block = first.as_ptr();
+        drop(first);
+        c.fill(1, b"k", 0, 1, &[2u8; 100]);
+        let second = c.get(1, b"k", 0, 1).unwrap();
+        assert_eq!(second, Bytes::from(vec![2u8; 100]));
+        assert_eq!(second.as_ptr(), block, "the unshared block was reused");
+        // `second` is held: the next fill must not touch it.
+        c.fill(1, b"k", 0, 2, &[3u8; 100]);
+        assert_eq!(
+            second,
+            Bytes::from(vec![2u8; 100]),
+            "a held value never changes"
+        );
+        let third = c.get(1, b"k", 0, 2).unwrap();
+        assert_eq!(third, Bytes::from(vec![3u8; 100]));
+        assert_ne!(third.as_ptr(), block, "a held block is not reused");
+        drop((second, third));
+        let charged = c.charged();
+        c.fill(1, b"k", 0, 3, &[4u8; 50]);
+        assert_eq!(c.get(1, b"k", 0, 3).unwrap(), Bytes::from(vec![4u8; 50]));
+        assert_eq!(
+            charged - c.charged(),
+            (entry_charge(1, 100) - entry_charge(1, 50)) as u64,
+            "another length: charged as its own exactly sized block"
+        );
+    }
 
     #[test]
     fn stays_within_budget_and_serves_only_the_tagged_location() {

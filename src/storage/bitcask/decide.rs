@@ -35,7 +35,7 @@ use bytes::Bytes;
 
 use super::record::Kind;
 use super::writer::{Batch, State, Writer};
-use super::{Completion, Inner, Submitted, workers};
+use super::{Completion, Inner, Submitted};
 use crate::storage::{
     Condition, Current, Durability, Effect, Error, Reply, Result, WriteOp, Written, decide,
 };
@@ -304,11 +304,13 @@ impl Inner {
         if here {
             self.lead(&mut w);
         }
+        // A commit worker leads it (unless a blocking writer does first):
+        // queued once per batch, not while a flush runs (see
+        // `Inner::call_leader`). The wake-up happens outside the mutex.
+        let call = queued && !here && w.needs_leader();
         drop(w);
-        if queued && !here {
-            // A commit worker leads it (unless a blocking writer does
-            // first); the engine is queued at most once.
-            self.schedule(workers::Job::Commit);
+        if call {
+            self.workers.schedule_commit(&self.slot, false);
         }
         steps
             .into_iter()

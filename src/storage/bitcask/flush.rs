@@ -29,6 +29,13 @@
 //! - a roll publishes the full segment as sealed before the batch that
 //!   rolled is applied; merge therefore bounds its inputs by the applied
 //!   end (see `merge.rs`), not by what is sealed;
+//! - one commit job per batch of submitted records: a submitter queues one
+//!   only when no flush runs and none is queued that has not yet looked at
+//!   the records (`Writer::leader_called`, cleared by the job under the
+//!   writer mutex); a flush's end queues the next if records wait. So
+//!   records are never stranded (whoever ends a flush sees them, and a
+//!   queued job takes the mutex after the records it was called for), and
+//!   the submitters of a batch that forms during an fsync wake no thread;
 //! - every fsync of a segment file, failed or not, is counted and its
 //!   latency recorded (`Status::fsync_latency`: relaxed atomics, no lock),
 //!   outside the writer mutex like the fsync itself.
@@ -49,6 +56,15 @@ use super::{Inner, apply_one};
 use crate::storage::error::IoContext;
 use crate::storage::{Durability, Error, Result, Text};
 
+/// Who leads a group commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Leader {
+    /// A writer, `close`, or any caller other than a commit job.
+    Caller,
+    /// A commit worker running the engine's commit job.
+    Worker,
+}
+
 /// Longest time a group-commit leader waits for writers that are on their
 /// way (inside `write`, not yet queued) to join its batch. Without it, N
 /// writers settle into two alternating groups of N/2 per fsync.
@@ -63,6 +79,12 @@ impl Inner {
     /// runtime threads). Under `always` the leader first gathers the
     /// blocking writers on their way, so they share the fsync.
     pub(super) fn lead(&self, w: &mut MutexGuard<'_, Writer>) {
+        self.lead_as(w, Leader::Caller);
+    }
+
+    /// [`Inner::lead`] by `who`: a commit worker leading its job hands the
+    /// records queued meanwhile to itself (see [`Inner::end_flush_as`]).
+    pub(super) fn lead_as(&self, w: &mut MutexGuard<'_, Writer>, who: Leader) {
         let sync = self.opts.fsync == Durability::Always;
         w.flushing = true;
         if sync {
@@ -75,7 +97,7 @@ impl Inner {
         if queue.is_empty() {
             batch.finish(Ok(()));
             w.recycle(buf, queue);
-            self.end_flush(w);
+            self.end_flush_as(w, who);
             return;
         }
         let active = w.active.clone();
@@ -115,7 +137,7 @@ impl Inner {
             }
         }
         w.recycle(buf, queue);
-        self.end_flush(w);
+        self.end_flush_as(w, who);
     }
 
     /// Ends the I/O that set `flushing`: wakes the blocking writers waiting
@@ -124,10 +146,30 @@ impl Inner {
     /// an async submitter or `close` does first). Every path that sets
     /// `flushing` ends through here, so no queued record is stranded.
     pub(super) fn end_flush(&self, w: &mut Writer) {
+        self.end_flush_as(w, Leader::Caller);
+    }
+
+    /// [`Inner::end_flush`] by `who`. A commit worker ending its own batch
+    /// queues the engine without waking another worker when nothing else
+    /// waits in the queue: it takes that job itself as soon as it returns,
+    /// so back-to-back batches cost no thread wake-up.
+    pub(super) fn end_flush_as(&self, w: &mut Writer, who: Leader) {
         w.flushing = false;
         self.batch_done.notify_all();
         if !w.queue.is_empty() {
-            self.schedule(super::workers::Job::Commit);
+            self.call_leader(w, who == Leader::Worker);
+        }
+    }
+
+    /// Queues a commit job for the records waiting unless one is queued
+    /// that has not looked at them yet (`leader_called`) or a flush runs
+    /// (its `end_flush` calls one). So while a batch is written, the
+    /// submitters of the next one wake no thread, and one commit job is
+    /// queued per batch. `by_worker`: called by a commit worker that takes
+    /// the job itself (no wake-up when the queue is otherwise empty).
+    pub(super) fn call_leader(&self, w: &mut Writer, by_worker: bool) {
+        if w.needs_leader() {
+            self.workers.schedule_commit(&self.slot, by_worker);
         }
     }
 

@@ -61,7 +61,7 @@ pub use log::LogRecord;
 pub use merge::MergeReport;
 pub use options::{BackgroundOptions, MergeOptions, Options};
 pub use record::{Header, Kind, Record};
-pub use workers::Workers;
+pub use workers::{CommitCounts, Workers};
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -10,7 +10,11 @@
 //!   once per kind of job, and its batches are ordered by the writer's
 //!   `flushing` flag whichever worker leads. A worker leads one batch per
 //!   turn and queues the engine again if more records wait, so engines take
-//!   turns, and a slow fsync of one engine holds one worker, not the node;
+//!   turns, and a slow fsync of one engine holds one worker, not the node.
+//!   When nothing else waits in the queue it wakes no other worker for
+//!   that job: it takes it itself as it returns, so back-to-back batches
+//!   cost no thread wake-up (`CommitCounts` counts jobs, jobs that found
+//!   nothing to lead, and wake-ups);
 //! - the *timer* decides when each engine's periodic work is due and queues
 //!   it; it does no I/O, so a slow job never delays another engine's timer;
 //! - the *janitor* runs each engine's periodic maintenance: expiry sweep,
@@ -205,6 +209,40 @@ struct Shared {
     stopping: AtomicBool,
     /// The node's merge budget.
     budget: Budget,
+    /// Commit jobs and wake-ups, counted.
+    counts: Counts,
+}
+
+/// Who queues a job (see [`Shared::schedule`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Waker {
+    /// Any thread but one of the job's queue: a thread is woken for it.
+    Other,
+    /// A thread of the job's queue, which serves the queue next.
+    Own,
+}
+
+/// Counters of the commit jobs, for tests and profiles (relaxed atomics).
+#[derive(Default)]
+struct Counts {
+    /// Commit jobs run.
+    jobs: AtomicU64,
+    /// Commit jobs that found nothing to lead.
+    idle: AtomicU64,
+    /// Commit-queue wake-ups (`notify_one` for a commit job).
+    wakes: AtomicU64,
+}
+
+/// What a node's commit workers did since the pool started
+/// ([`Workers::commit_counts`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitCounts {
+    /// Commit jobs run (each leads at most one group commit).
+    pub jobs: u64,
+    /// Commit jobs that found nothing to lead: a thread woken for nothing.
+    pub idle: u64,
+    /// Times a sleeping commit worker was signalled for a commit job.
+    pub wakes: u64,
 }
 
 impl Shared {
@@ -218,8 +256,10 @@ impl Shared {
     }
 
     /// Queues `job` for `slot` unless it is queued already or the engine
-    /// is closed.
-    fn schedule(&self, slot: &Arc<Slot>, job: Job) {
+    /// is closed, and wakes a thread of its queue for it. `Own`: the caller
+    /// is a thread of that queue, which takes the job itself when nothing
+    /// else waits in the queue (then no thread is woken).
+    fn schedule(&self, slot: &Arc<Slot>, job: Job, who: Waker) {
         {
             let mut s = slot.state.lock();
             if s.closed || s.queued[job as usize] {
@@ -228,8 +268,18 @@ impl Shared {
             s.queued[job as usize] = true;
         }
         let q = self.queue(job);
-        q.jobs.lock().push_back((slot.clone(), job));
-        q.ready.notify_one();
+        let wake = {
+            let mut jobs = q.jobs.lock();
+            let wake = who == Waker::Other || !jobs.is_empty();
+            jobs.push_back((slot.clone(), job));
+            wake
+        };
+        if wake {
+            if job == Job::Commit {
+                self.counts.wakes.fetch_add(1, Ordering::Relaxed);
+            }
+            q.ready.notify_one();
+        }
     }
 
     /// Serves `queue` until the pool stops.
@@ -259,8 +309,14 @@ impl Shared {
                 s.busy += 1;
                 engine
             };
-            engine.run_job(job);
+            let worked = engine.run_job(job);
             drop(engine);
+            if job == Job::Commit {
+                self.counts.jobs.fetch_add(1, Ordering::Relaxed);
+                if !worked {
+                    self.counts.idle.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             let mut s = slot.state.lock();
             s.busy -= 1;
             if s.busy == 0 {
@@ -284,7 +340,7 @@ impl Shared {
                     if t.slot.state.lock().closed {
                         continue; // dropped: the engine is gone
                     }
-                    self.schedule(&t.slot, t.job);
+                    self.schedule(&t.slot, t.job, Waker::Other);
                     // Fixed rate; a job still queued is not queued twice.
                     t.at = (t.at + t.every).max(now);
                     heap.push(t);
@@ -360,6 +416,7 @@ impl Workers {
                 rate: merge_rate,
                 paid_until: Mutex::new(None),
             },
+            counts: Counts::default(),
         });
         let pool = Pool {
             shared: shared.clone(),
@@ -414,7 +471,25 @@ impl Workers {
 
     /// Queues `job` for the engine of `slot` (at most once).
     pub(super) fn schedule(&self, slot: &Arc<Slot>, job: Job) {
-        self.0.shared.schedule(slot, job);
+        self.0.shared.schedule(slot, job, Waker::Other);
+    }
+
+    /// Queues the commit job of the engine of `slot` (at most once);
+    /// `by_worker`: the caller is a commit worker ending a commit job (see
+    /// [`Shared::schedule`]).
+    pub(super) fn schedule_commit(&self, slot: &Arc<Slot>, by_worker: bool) {
+        let who = if by_worker { Waker::Own } else { Waker::Other };
+        self.0.shared.schedule(slot, Job::Commit, who);
+    }
+
+    /// What the commit workers did since the pool started.
+    pub fn commit_counts(&self) -> CommitCounts {
+        let c = &self.0.shared.counts;
+        CommitCounts {
+            jobs: c.jobs.load(Ordering::Relaxed),
+            idle: c.idle.load(Ordering::Relaxed),
+            wakes: c.wakes.load(Ordering::Relaxed),
+        }
     }
 
     /// Takes `n` bytes from the node's merge budget, sleeping as needed.

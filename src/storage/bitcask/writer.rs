@@ -187,6 +187,9 @@ pub(super) struct Writer {
     pub batch: Arc<Batch>,
     /// A leader is doing I/O.
     pub flushing: bool,
+    /// A commit job was queued for the records waiting and has not yet
+    /// looked at them (see `Inner::call_leader`): no other is queued.
+    pub leader_called: bool,
     /// A background or explicit fsync is running (writers go on).
     pub syncing: bool,
     /// A truncation is rewriting the log (with `flushing` set): no record
@@ -224,6 +227,7 @@ impl Writer {
             spare: (Vec::new(), Vec::new()),
             batch: Arc::new(Batch::default()),
             flushing: false,
+            leader_called: false,
             syncing: false,
             truncating: false,
             unapplied: HashMap::new(),
@@ -256,6 +260,17 @@ impl Writer {
             return false;
         }
         self.epochs.push((epoch, offset));
+        true
+    }
+
+    /// Whether a commit job must be queued for the records waiting: none
+    /// is queued that has not looked at them yet and no flush runs (its
+    /// end queues one). Notes the job as queued; the caller queues it.
+    pub fn needs_leader(&mut self) -> bool {
+        if self.flushing || self.leader_called || self.queue.is_empty() {
+            return false;
+        }
+        self.leader_called = true;
         true
     }
 
