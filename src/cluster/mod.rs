@@ -259,6 +259,13 @@ pub trait Coordinator: Send + Sync + 'static {
             .map_or(0, |p| p.isr.len())
     }
 
+    /// In-sync replicas an `acks: all` write needs (`cluster.min_insync`;
+    /// 1 standalone): every write acknowledged under `acks: all` is on at
+    /// least this many replicas, whatever this node knows of the ISR.
+    fn min_insync(&self) -> u32 {
+        1
+    }
+
     /// Node id of the controller, when there is one.
     fn controller(&self) -> Option<String> {
         None

@@ -336,11 +336,23 @@ impl Node {
         self.coordinator.controller()
     }
 
-    /// `WAIT`'s answer: the fewest replicas besides the leader in the
-    /// in-sync replica sets of `partitions` (of every partition when there
-    /// is none), 0 when none is known.
-    pub fn wait_count(&self, partitions: impl ExactSizeIterator<Item = u32>) -> i64 {
-        let count = |p: u32| self.coordinator.isr_len(p).saturating_sub(1) as i64;
+    /// `WAIT`'s answer for writes acknowledged under `acks`: the fewest
+    /// replicas besides the leader in the in-sync replica sets of
+    /// `partitions` (of every partition when there is none). A partition
+    /// whose ISR this node does not know (one it does not host: it knows
+    /// only its leader) counts the replicas every write acknowledged there
+    /// is on: under `acks: all`, `min_insync` (the leader refuses such a
+    /// write with fewer in sync), less the leader; under `acks: leader`,
+    /// none.
+    pub fn wait_count(&self, partitions: impl ExactSizeIterator<Item = u32>, acks: Acks) -> i64 {
+        let floor = match acks {
+            Acks::All => self.coordinator.min_insync().saturating_sub(1) as i64,
+            Acks::Leader => 0,
+        };
+        let count = |p: u32| match self.coordinator.isr_len(p) {
+            0 => floor,
+            n => n as i64 - 1,
+        };
         if partitions.len() == 0 {
             (0..self.partition_count()).map(count).min()
         } else {

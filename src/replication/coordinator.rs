@@ -151,6 +151,10 @@ impl Coordinator for ReplicaManager {
         }
     }
 
+    fn min_insync(&self) -> u32 {
+        self.opts.min_insync
+    }
+
     fn controller(&self) -> Option<String> {
         self.cluster.get().and_then(|c| c.controller())
     }

@@ -12,7 +12,11 @@
 //!   connection wrote to (every partition when it wrote nothing): a record
 //!   acknowledged under `acks: all` is on every member of its partition's
 //!   ISR, so the smallest ISR, less the leader, is the number of replicas
-//!   holding all of this connection's writes.
+//!   holding all of this connection's writes. A partition this node does
+//!   not host is known here by its leader only, not its ISR: it counts
+//!   `min_insync - 1` under `acks: all` (the leader acknowledges no such
+//!   write with fewer in sync), never 0 for a write that is replicated,
+//!   so `WAIT n 0` cannot wait forever for a count it already has.
 
 use std::time::{Duration, Instant};
 
@@ -367,7 +371,9 @@ async fn wait(sh: &Shared, c: &Client, f: &[Bytes]) -> Reply {
     }
     let started = Instant::now();
     loop {
-        let count = sh.node.wait_count(c.written.keys().copied());
+        let count = sh
+            .node
+            .wait_count(c.written.keys().copied(), sh.svc.default_acks());
         let expired = timeout > 0 && started.elapsed() >= Duration::from_millis(timeout as u64);
         if count >= want || expired {
             return Reply::Int(count);

@@ -189,6 +189,11 @@ impl KvService {
         self
     }
 
+    /// The acknowledgement a request that names none gets.
+    pub fn default_acks(&self) -> Acks {
+        self.default_acks
+    }
+
     /// Refuses requests naming more than `max_keys` keys (`MGET`, `MSET`,
     /// `DEL`, `EXISTS`) with `INVALID_ARGUMENT`.
     pub fn with_max_keys(mut self, max_keys: usize) -> Self {

@@ -313,3 +313,48 @@ fn a_stream_broken_mid_batch_answers_as_a_failed_unary_forward() {
         "mset, set, mget, get, forward"
     );
 }
+
+/// `WAIT` through a node that does not host the partitions written: with
+/// `replication_factor: 2` on three nodes some node does not host a
+/// partition and knows it only by its leader, not its ISR. An `acks: all` write acknowledged there is on at least
+/// `min_insync` replicas (the leader refuses it otherwise), so `WAIT`
+/// counts `min_insync - 1` for such a partition: it answered 0 and, with
+/// timeout 0, never returned (found by scripts/bench-vs-redis.sh with
+/// `CLUSTER_RF=2`).
+#[test]
+fn wait_through_a_node_that_does_not_host_the_partition_counts_min_insync() {
+    let c = TestCluster::start(ClusterOpts {
+        replication_factor: 2,
+        min_insync: 2,
+        env: vec![("CASKADE_RESP_LISTEN".into(), "127.0.0.1:0".into())],
+        ..ClusterOpts::default()
+    });
+    c.wait_until("every ISR is full", |c| c.all_led() && c.full_isr());
+    // A partition node `via` does not host.
+    let (p, via) = (0..c.opts.partitions)
+        .find_map(|p| {
+            let info = c.partition(p)?;
+            (0..3)
+                .find(|&i| !info.replicas.contains(&c.specs[i].id))
+                .map(|i| (p, i))
+        })
+        .expect("with 2 replicas of each partition on 3 nodes, some node lacks one");
+    let key = c.key_in(p, 0);
+    let mut r = Conn::open(&c.resp_addr(via));
+    r.cmd(&["SET", &key, "v"], "+OK\r\n");
+    r.cmd(&["WAIT", "1", "1000"], ":1\r\n");
+    // Timeout 0 waits without limit: it returns at once, the count reached.
+    r.cmd(&["WAIT", "1", "0"], ":1\r\n");
+    r.cmd(&["WAIT", "2", "100"], ":1\r\n");
+    // A node hosting the partition counts its ISR: its leader, and its
+    // follower from what it last learned.
+    let info = c.partition(0).expect("partition 0 is led");
+    for id in &info.replicas {
+        let i = (0..3)
+            .find(|&i| &c.specs[i].id == id)
+            .expect("a node of the cluster");
+        let mut h = Conn::open(&c.resp_addr(i));
+        h.cmd(&["SET", &c.key_in(0, 1), "v"], "+OK\r\n");
+        h.cmd(&["WAIT", "1", "1000"], ":1\r\n");
+    }
+}
