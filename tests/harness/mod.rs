@@ -20,6 +20,26 @@ use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+/// `(calls, errors)` of `cmd_NAME` in a node's RESP `INFO stats` text,
+/// `(0, 0)` when the command was never counted.
+pub fn calls_errors(info: &str, name: &str) -> (u64, u64) {
+    let Some(rest) = info
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmd_{name}:calls=")))
+    else {
+        return (0, 0);
+    };
+    let mut parts = rest.split(',');
+    let calls = parts.next().unwrap().parse().unwrap();
+    let errors = parts
+        .next()
+        .and_then(|e| e.strip_prefix("errors="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    (calls, errors)
+}
+
 /// Longest time a server may take to start or stop.
 pub const WAIT: Duration = Duration::from_secs(20);
 

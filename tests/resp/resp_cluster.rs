@@ -164,25 +164,6 @@ fn a_pipeline_through_a_non_leader_is_answered_in_order_with_exact_values() {
     o.cmd(&["GET", "nx-key"], "$5\r\nfirst\r\n");
 }
 
-/// `(calls, errors)` of `cmd_NAME` in the `INFO stats` text of a node.
-fn calls_errors(info: &str, name: &str) -> (u64, u64) {
-    let Some(rest) = info
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("cmd_{name}:calls=")))
-    else {
-        return (0, 0);
-    };
-    let mut parts = rest.split(',');
-    let calls = parts.next().unwrap().parse().unwrap();
-    let errors = parts
-        .next()
-        .and_then(|e| e.strip_prefix("errors="))
-        .unwrap()
-        .parse()
-        .unwrap();
-    (calls, errors)
-}
-
 /// A three-node cluster whose nodes run with `failpoints` (each pump waits
 /// 1 s before it takes a batch, `server::coalesce_pause`, plus `extra`),
 /// the leader of partition 0, and a node that is not.
@@ -225,7 +206,7 @@ fn leader_counts(c: &TestCluster, leader: usize) -> Vec<(u64, u64)> {
     let info = Conn::open(&c.resp_addr(leader)).bulk(&["INFO", "stats"]);
     ["mset", "set", "mget", "get", "forward"]
         .iter()
-        .map(|n| calls_errors(&info, n))
+        .map(|n| harness::calls_errors(&info, n))
         .collect()
 }
 

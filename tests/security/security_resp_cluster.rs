@@ -137,23 +137,7 @@ fn counts_at(addr: &str) -> Vec<(u64, u64)> {
     let info = Conn::login(addr, "admin", "admin-pw").bulk(&["INFO", "stats"]);
     COUNTED
         .iter()
-        .map(|name| {
-            let Some(rest) = info
-                .lines()
-                .find_map(|l| l.strip_prefix(&format!("cmd_{name}:calls=")))
-            else {
-                return (0, 0);
-            };
-            let mut parts = rest.split(',');
-            let calls = parts.next().unwrap().parse().unwrap();
-            let errors = parts
-                .next()
-                .and_then(|e| e.strip_prefix("errors="))
-                .unwrap()
-                .parse()
-                .unwrap();
-            (calls, errors)
-        })
+        .map(|name| harness::calls_errors(&info, name))
         .collect()
 }
 
