@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod load;
+pub mod resp;
 pub mod zk;
 
 use std::io::{BufRead, BufReader, Write};

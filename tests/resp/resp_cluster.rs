@@ -7,54 +7,9 @@
 use crate::harness;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
 
 use harness::cluster::{ClusterOpts, TestCluster};
-
-/// A blocking RESP connection.
-struct Conn(TcpStream);
-
-impl Conn {
-    fn open(addr: &str) -> Conn {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-        Conn(s)
-    }
-
-    /// Sends `args` and reads until the answer is `want.len()` bytes long.
-    fn cmd(&mut self, args: &[&str], want: &str) {
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        self.0.write_all(req.as_bytes()).unwrap();
-        let mut got = vec![0; want.len()];
-        self.0.read_exact(&mut got).unwrap();
-        assert_eq!(String::from_utf8_lossy(&got), want, "{args:?}");
-    }
-
-    /// Sends `args`, reads one bulk answer's text.
-    fn bulk(&mut self, args: &[&str]) -> String {
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        self.0.write_all(req.as_bytes()).unwrap();
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n") {
-            self.0.read_exact(&mut b).unwrap();
-            head.push(b[0]);
-        }
-        let n: usize = String::from_utf8_lossy(&head[1..head.len() - 2])
-            .parse()
-            .unwrap();
-        let mut body = vec![0; n + 2];
-        self.0.read_exact(&mut body).unwrap();
-        String::from_utf8_lossy(&body[..n]).into_owned()
-    }
-}
+use harness::resp::Conn;
 
 #[test]
 fn any_node_answers_through_resp_and_refuses_without_replicas() {

@@ -10,11 +10,10 @@
 
 use crate::harness;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
+use std::io::Write;
 
 use harness::cluster::{ClusterAuth, ClusterOpts, TestCluster};
+use harness::resp::Conn;
 
 /// The users of every node: (name, password, permissions).
 const USERS: &[(&str, &str, &[&str])] = &[
@@ -54,70 +53,6 @@ fn auth_cluster_with(
     });
     c.wait_until("every ISR is full", |c| c.all_led() && c.full_isr());
     c
-}
-
-/// A blocking RESP connection.
-struct Conn(TcpStream);
-
-impl Conn {
-    fn open(addr: &str) -> Conn {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        Conn(s)
-    }
-
-    /// A connection to `addr` logged in as `user`.
-    fn login(addr: &str, user: &str, password: &str) -> Conn {
-        let mut c = Conn::open(addr);
-        assert_eq!(c.ask(&["AUTH", user, password]), "+OK\r\n");
-        c
-    }
-
-    /// Sends `args` as one command.
-    fn send(&mut self, args: &[&str]) {
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        self.0.write_all(req.as_bytes()).unwrap();
-    }
-
-    /// Sends `args` and returns the whole answer, byte for byte.
-    fn ask(&mut self, args: &[&str]) -> String {
-        self.send(args);
-        let mut out = Vec::new();
-        self.reply(&mut out);
-        String::from_utf8(out).unwrap()
-    }
-
-    /// Reads one complete RESP2 / RESP3 reply into `out`.
-    fn reply(&mut self, out: &mut Vec<u8>) {
-        let start = out.len();
-        let mut b = [0u8; 1];
-        while !out[start..].ends_with(b"\r\n") {
-            self.0.read_exact(&mut b).unwrap();
-            out.push(b[0]);
-        }
-        let head = String::from_utf8_lossy(&out[start + 1..out.len() - 2]).into_owned();
-        let n = || head.parse::<i64>().unwrap();
-        match out[start] {
-            b'$' | b'=' | b'!' if n() >= 0 => {
-                let mut body = vec![0; n() as usize + 2];
-                self.0.read_exact(&mut body).unwrap();
-                out.extend_from_slice(&body);
-            }
-            b'*' | b'~' | b'>' => (0..n().max(0)).for_each(|_| self.reply(out)),
-            b'%' | b'|' => (0..2 * n()).for_each(|_| self.reply(out)),
-            _ => {}
-        }
-    }
-
-    /// One bulk (or verbatim) answer's text.
-    fn bulk(&mut self, args: &[&str]) -> String {
-        let a = self.ask(args);
-        let body = a.split_once("\r\n").unwrap().1;
-        body.strip_suffix("\r\n").unwrap().to_string()
-    }
 }
 
 /// What a leader counts of forwarded work: `(calls, errors)` of these
