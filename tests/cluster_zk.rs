@@ -231,6 +231,21 @@ fn log_lines(needle: &str) -> Vec<String> {
         .collect()
 }
 
+/// Log lines containing `needle`, once there are at least `want` of them
+/// (or after 5 s). A node logs a decision after its ZooKeeper write
+/// returns, so a test that has seen the written state may be ahead of the
+/// log line; callers still assert the exact count.
+async fn logged(needle: &str, want: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let lines = log_lines(needle);
+        if lines.len() >= want || Instant::now() >= deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Runs a test body on a fresh runtime, bounded by [`TEST_BOUND`], with the
 /// log captured.
 fn run<F: Future<Output = ()>>(f: F) {
@@ -606,7 +621,9 @@ fn initial_assignment_of_8_partitions_over_3_nodes() {
         }
         assert_eq!(rpc.offset_calls(), vec![]);
         assert_eq!(
-            log_lines("assigned 8 partitions over [as-n1, as-n2, as-n3]").len(),
+            logged("assigned 8 partitions over [as-n1, as-n2, as-n3]", 1)
+                .await
+                .len(),
             1
         );
         for n in [n1, n2, n3] {
@@ -651,9 +668,13 @@ fn leader_loss_elects_the_isr_member_with_the_highest_offset() {
                 json!({"leader": "fo-n3", "leader_epoch": 2, "isr": ["fo-n2", "fo-n3"], "controller_epoch": 2})
             );
             assert_eq!(
-                log_lines(&format!(
-                    "partition {p}: leader fo-n3 (log end 1042) chosen over fo-n2 (log end 1040), epoch 2"
-                ))
+                logged(
+                    &format!(
+                        "partition {p}: leader fo-n3 (log end 1042) chosen over fo-n2 (log end 1040), epoch 2"
+                    ),
+                    1
+                )
+                .await
                 .len(),
                 1
             );
@@ -761,8 +782,12 @@ fn no_live_isr_member_takes_the_partition_offline() {
             json!({"leader": null, "leader_epoch": 2, "isr": ["off-n1"], "controller_epoch": 2})
         );
         assert_eq!(
-            log_lines("partition 0: offline: no live in-sync replica (isr [off-n1]), epoch 2")
-                .len(),
+            logged(
+                "partition 0: offline: no live in-sync replica (isr [off-n1]), epoch 2",
+                1
+            )
+            .await
+            .len(),
             1
         );
     });
@@ -779,9 +804,11 @@ fn unclean_election_picks_the_live_replica_with_the_highest_offset() {
             s,
             json!({"leader": "unc-n3", "leader_epoch": 2, "isr": ["unc-n3"], "controller_epoch": 2})
         );
-        let lines = log_lines(
+        let lines = logged(
             "partition 0: UNCLEAN leader election: unc-n3 (log end 7) elected although not in the ISR [unc-n1]; records it lacks are lost, epoch 2",
-        );
+            1,
+        )
+        .await;
         assert_eq!(lines.len(), 1);
         assert!(lines[0].contains("ERROR"), "{}", lines[0]);
     });
@@ -885,9 +912,11 @@ fn deposed_controller_cannot_write() {
                 "partition {p}"
             );
         }
-        let deposed = log_lines(
+        let deposed = logged(
             "deposed as controller (epoch 1): /t-deposed/controller_epoch moved past version 1",
-        );
+            1,
+        )
+        .await;
         assert_eq!(deposed.len(), 1, "{deposed:?}");
         assert!(
             deposed[0].ends_with(
@@ -1032,9 +1061,11 @@ fn preferred_leader_is_restored() {
             json!({"leader": "pl-n1", "leader_epoch": 3, "isr": ["pl-n2", "pl-n3", "pl-n1"], "controller_epoch": 2})
         );
         assert_eq!(
-            log_lines(
-                "partition 0: leadership moved to preferred replica pl-n1 (from pl-n2), epoch 3"
+            logged(
+                "partition 0: leadership moved to preferred replica pl-n1 (from pl-n2), epoch 3",
+                1
             )
+            .await
             .len(),
             1
         );
