@@ -119,6 +119,11 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let idle = (shared.opts.timeout > 0).then(|| Duration::from_secs(shared.opts.timeout));
     // The commands of one read; kept across reads (no allocation per read).
     let mut frames = Vec::new();
+    // One wait for the shutdown signal for the connection's life: made
+    // per read, it would join and leave the channel's waiter list (a
+    // mutex every connection shares) once per command.
+    let stop = stopped.wait_for(|s| *s);
+    tokio::pin!(stop);
     loop {
         let want = parser.need().saturating_sub(buf.len());
         buf.reserve(want.clamp(READ_CHUNK, MAX_RESERVE));
@@ -138,7 +143,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     return;
                 }
             },
-            _ = stopped.wait_for(|s| *s) => return,
+            _ = &mut stop => return,
         };
         if n == 0 {
             return; // EOF (or idle timeout): a partial frame is dropped.

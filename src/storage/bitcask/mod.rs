@@ -602,7 +602,7 @@ impl Inner {
                 if entry.expired(now) {
                     return Ok(None);
                 }
-                if let Some(v) = shard.cached(key) {
+                if let Some(v) = shard.cached_at(key, entry) {
                     return Ok(Some(v));
                 }
                 entry
@@ -694,7 +694,7 @@ impl Engine for Bitcask {
             None => Some(None),
             // The clock is read only for a key that can expire.
             Some(e) if e.expire_at != 0 && e.expired(self.inner.clock.now_ms()) => Some(None),
-            Some(_) => shard.cached(key).map(Some),
+            Some(e) => shard.cached_at(key, e).map(Some),
         })
     }
 
