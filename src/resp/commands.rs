@@ -8,7 +8,8 @@
 //!   is sent to the node, in Redis' exact words;
 //! - every refusal of the node leaves through [`refusal`]: `NOTLEADER`,
 //!   `NOREPLICAS`, `READONLY` (disk full, or writes refused after a failed
-//!   fsync) or `ERR <caskade's message>`;
+//!   fsync), `NOPERM` (a leader refusing what this node let through) or
+//!   `ERR <caskade's message>`;
 //! - every read-modify-write (`GETSET`, `GETDEL`, `GETEX`, `INCR`...,
 //!   `APPEND`, `PERSIST`, conditional `SET`/`EXPIRE`) is one call of the
 //!   node operation that decides it atomically on the partition leader
@@ -124,6 +125,9 @@ pub fn refusal(e: Error) -> Reply {
         Error::NotLeader { .. } => Reply::Error(format!("NOTLEADER {e}")),
         Error::NotEnoughReplicas { .. } => Reply::Error(format!("NOREPLICAS {e} (min_insync)")),
         Error::DiskFull(m) => Reply::Error(format!("READONLY {m}")),
+        // This node let the command through and the partition's leader,
+        // configured with other permissions, refused it.
+        Error::PermissionDenied(m) => Reply::Error(format!("NOPERM {m}")),
         Error::Unavailable(m) if m.starts_with("writes refused") => {
             Reply::Error(format!("READONLY {m}"))
         }

@@ -353,7 +353,7 @@ fn a_leader_refusing_forwarded_commands_answers_them_and_keeps_the_lane() {
     });
     assert_eq!(c.leader(0), Some(leader), "partition 0 kept its leader");
     let addr = c.resp_addr(via);
-    let denied = "-ERR user 'ro' has no 'write' permission, which MSet needs\r\n";
+    let denied = "-NOPERM user 'ro' has no 'write' permission, which MSet needs\r\n";
     let counted = counted_during(&c, leader, || {
         let mut r = Conn::login(&addr, "ro", "ro-pw");
         assert_eq!(r.ask(&["SET", &k0, "ro"]), denied);
