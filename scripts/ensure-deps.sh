@@ -2,10 +2,12 @@
 # Installs what `make test` and the cluster scripts need and the machine
 # lacks: ZooKeeper, netcat, jq (the failover demo reads the cluster
 # table as JSON), iproute2 and iptables (the torture scenarios' network
-# partitions), redis-tools and redis-server (the RESP tests run
-# redis-cli and redis-benchmark against caskade and a real Redis), python3
-# and python3-venv (the Python `redis` package tests) from Debian's packages. Runs `apt-get update` only when
-# something must be installed. Idempotent and quiet when everything is present.
+# partitions), libfaketime (the clock-skew scenario), redis-tools and
+# redis-server (the RESP tests run redis-cli and redis-benchmark against
+# caskade and a real Redis), python3 and python3-venv (the Python `redis`
+# package tests) from Debian's packages. Runs `apt-get update` only when
+# something must be installed. Idempotent and quiet when everything is
+# present.
 set -euo pipefail
 
 missing=()
@@ -16,6 +18,10 @@ command -v jq >/dev/null 2>&1 || missing+=(jq)
 # The torture scenarios' network partitions: namespaces, veth pairs, iptables.
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+# The torture scenario clock-skew runs one node under libfaketime (the path
+# tests/torture/skew.rs preloads); without it the scenario only says it
+# is skipped.
+[ -f /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || missing+=(libfaketime)
 # The RESP tests compare caskade with a real Redis through its own clients.
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
