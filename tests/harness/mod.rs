@@ -145,10 +145,17 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     }
     // Start somewhere that differs between test processes, then walk a
     // stride coprime with the range, holding each port found until all are.
-    let seed = u64::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+    // One start per process: with a start per call, two tests' calls could
+    // hand out the same port (free again once the first call returned,
+    // until its server binds it), and a server then failed with "Address
+    // already in use". One walk hands out each port once per process.
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        u64::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+    });
     let mut held = Vec::with_capacity(n);
     let mut ports = Vec::with_capacity(n);
     for _ in 0..count {

@@ -321,3 +321,19 @@ fn cluster_node_with_unreachable_zookeeper_fails_clearly() {
     ));
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
+
+/// The harness hands out each port once per process, so two tests that
+/// start servers at once never get the same one. It used to pick a new
+/// random start per call: in CI a node of one test then failed with
+/// "cannot listen on 127.0.0.1:11861 (cluster.replication_listen): Address
+/// already in use" (session 13). With a start per call, 4,000 ports drawn
+/// from the ~22,000 below the ephemeral range repeat one almost surely.
+#[test]
+fn free_ports_never_hands_out_a_port_twice() {
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..2000 {
+        for p in harness::free_ports(2) {
+            assert!(seen.insert(p), "port {p} handed out twice");
+        }
+    }
+}
