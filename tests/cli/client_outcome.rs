@@ -300,14 +300,33 @@ fn stream_reset_after_the_request_is_an_unknown_outcome() {
 
 /// Through the whole client: a write whose connection is lost after it was
 /// sent is returned to the caller, never sent again.
+///
+/// The server closes the connection after the client's first request (the
+/// metadata request: the map is learned first). Whether the `Set` then
+/// goes out depends on when hyper sees the close: queued on the closing
+/// connection it is handed back unsent ("nothing sent", and rightly so:
+/// the server counted no second request); sent on a new connection, it
+/// is closed after the request too (an unknown outcome). Both are
+/// checked each time, and the sent case, the one this test is about, must
+/// come up within 20 tries (it is the usual one; CI once got the other).
 #[test]
 fn client_does_not_resend_a_write_with_an_unknown_outcome() {
     runtime().block_on(async {
-        let (addr, requests) = fake_server(Answer::CloseAfterRequest).await;
-        let c = client(&addr);
-        let err = bounded(c.set(b("k"), b("v"), NX)).await.unwrap_err();
-        assert!(!err.nothing_applied(), "{err:?}");
-        // One metadata request (the map is learned first), one Set.
-        assert_eq!(requests.load(Ordering::SeqCst), 2);
+        for _ in 0..20 {
+            let (addr, requests) = fake_server(Answer::CloseAfterRequest).await;
+            let c = client(&addr);
+            let err = bounded(c.set(b("k"), b("v"), NX)).await.unwrap_err();
+            match requests.load(Ordering::SeqCst) {
+                // The metadata request only: the Set was never written.
+                1 => assert!(err.nothing_applied(), "{err:?}"),
+                // Metadata, then one Set, not sent again.
+                2 => {
+                    assert!(!err.nothing_applied(), "{err:?}");
+                    return;
+                }
+                n => panic!("{n} requests: the Set was sent again ({err:?})"),
+            }
+        }
+        panic!("the Set was never sent in 20 tries");
     });
 }
