@@ -85,6 +85,13 @@ fn a_batch_costs_one_commit_job_and_no_wakeup_for_nothing() {
         assert_eq!((w.done, w.until), (true, i as u64 + 1), "k{i}");
     }
     fail::remove("bitcask::fsync");
+    // A worker counts its job after the job returns, which is after it has
+    // answered the waiters: the second job may not be counted yet.
+    wait_until("the second commit job to be counted", || {
+        workers.commit_counts().jobs - before.jobs >= 2
+    });
+    // Time for a third job, or one that found nothing, to be counted.
+    std::thread::sleep(Duration::from_millis(50));
     assert_eq!(
         e.status().unwrap().fsyncs - fsyncs,
         2,

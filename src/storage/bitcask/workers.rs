@@ -234,7 +234,9 @@ struct Counts {
 }
 
 /// What a node's commit workers did since the pool started
-/// ([`Workers::commit_counts`]).
+/// ([`Workers::commit_counts`]). A job is counted when it returns, which is
+/// after the writers it committed have been answered: a writer that has its
+/// answer may read a count without its job.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CommitCounts {
     /// Commit jobs run (each leads at most one group commit).
