@@ -54,6 +54,9 @@
 //!   `/controller_epoch`: a deposed controller cannot write.
 //! - every write of a partition state is a compare-and-set on its znode
 //!   version (controller and leaders alike).
+//! - a session's lease starts only after its partition states have been
+//!   handed to the listener: a valid lease never goes with the states of
+//!   an older session.
 //! - [`StateListener::fence`] is called before any other node can have
 //!   been given this node's leaderships (lease lapse, session expiry,
 //!   shutdown). It may be called more than once for one loss.
@@ -530,12 +533,17 @@ async fn establish(shared: &Shared) -> crate::Result<zk::Client> {
     *shared.nodes.write() = nodes.clone();
     let mine = shared.listener.replica_of();
     let states = znode::states_of(&client, paths, &shared.me.id, mine).await?;
-    // Registered and read: the lease may start now (not earlier, so a
-    // wait in `register` cannot lapse a lease nobody renews yet). The
-    // states make this node follow; it leads only once a notice for this
-    // registration says so.
-    shared.lease.begin(client.session_timeout(), sent);
+    // The states make this node follow; it leads only once a notice for
+    // this registration says so. They are applied before the lease starts,
+    // so a node whose lease is valid never acts on the states of an older
+    // session (before, a reader could see the lease valid and the new
+    // states not yet applied: tests/cluster_zk.rs,
+    // frozen_node_sees_its_lease_lapsed_on_resume).
     shared.listener.apply(states, nodes);
+    // Registered, read and applied: the lease may start now (not earlier,
+    // so a wait in `register` cannot lapse a lease nobody renews yet). It
+    // counts from `sent`, so applying first costs it nothing.
+    shared.lease.begin(client.session_timeout(), sent);
     Ok(client)
 }
 
