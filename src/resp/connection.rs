@@ -90,13 +90,18 @@ pub struct Client {
 }
 
 /// Serves one connection until it closes, errs, idles out or the listener
-/// shuts down.
+/// shuts down. Returns `true` when the server ends it (`QUIT`, a protocol
+/// error) and the caller should shut the stream down (FIN, TLS
+/// `close_notify`). The caller owns the stream, so it can give the
+/// connection's place back (`maxclients`, the per-address cap) before the
+/// client sees the close: a client that reconnects at once is not refused
+/// for its own old connection.
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
+    stream: &mut S,
     peer: SocketAddr,
     shared: &Arc<Shared>,
     mut stopped: watch::Receiver<bool>,
-) {
+) -> bool {
     let mut client = Client {
         id: shared.next_id.fetch_add(1, Ordering::Relaxed),
         peer,
@@ -140,13 +145,13 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(n) => n,
                 Err(e) => {
                     tracing::debug!(%peer, "RESP read failed: {e}");
-                    return;
+                    return false;
                 }
             },
-            _ = &mut stop => return,
+            _ = &mut stop => return false,
         };
         if n == 0 {
-            return; // EOF (or idle timeout): a partial frame is dropped.
+            return false; // EOF (or idle timeout): a partial frame is dropped.
         }
         let mut error = None;
         loop {
@@ -171,12 +176,11 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         }
         if let Err(e) = stream.write_all(&out).await {
             tracing::debug!(%peer, "RESP write failed: {e}");
-            return;
+            return false;
         }
         out.clear();
         if error.is_some() || client.quit {
-            let _ = stream.shutdown().await;
-            return;
+            return true;
         }
     }
 }

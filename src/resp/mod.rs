@@ -192,6 +192,16 @@ pub async fn serve(
                         } else {
                             None
                         };
+                        // The connection's place (`maxclients`, the
+                        // per-address cap) is given back before the client
+                        // can see the close (see `connection::run`).
+                        let mut seat = Some((slot, shared.clone()));
+                        let mut leave = || {
+                            if let Some((slot, shared)) = seat.take() {
+                                shared.clients.fetch_sub(1, Ordering::AcqRel);
+                                drop(slot);
+                            }
+                        };
                         if let Some(tls) = tls {
                             let handshake = tokio::time::timeout(
                                 crate::tls::HANDSHAKE_TIMEOUT,
@@ -201,10 +211,16 @@ pub async fn serve(
                                 // The refusal inside TLS, then close_notify.
                                 (Ok(Ok(mut stream)), Some(refusal)) => {
                                     let _ = stream.write_all(refusal).await;
+                                    leave();
                                     let _ = stream.shutdown().await;
                                 }
-                                (Ok(Ok(stream)), None) => {
-                                    connection::run(stream, peer, &shared, stopped).await
+                                (Ok(Ok(mut stream)), None) => {
+                                    let close =
+                                        connection::run(&mut stream, peer, &shared, stopped).await;
+                                    leave();
+                                    if close {
+                                        let _ = stream.shutdown().await;
+                                    }
                                 }
                                 (Ok(Err(e)), _) => tracing::debug!(%peer, "RESP TLS handshake failed: {e}"),
                                 (Err(_), _) => tracing::debug!(%peer, "RESP TLS handshake timed out"),
@@ -212,11 +228,16 @@ pub async fn serve(
                         } else if let Some(refusal) = refusal {
                             let mut stream = stream;
                             let _ = stream.write_all(refusal).await;
+                            leave();
                         } else {
-                            connection::run(stream, peer, &shared, stopped).await;
+                            let mut stream = stream;
+                            let close = connection::run(&mut stream, peer, &shared, stopped).await;
+                            leave();
+                            if close {
+                                let _ = stream.shutdown().await;
+                            }
                         }
-                        shared.clients.fetch_sub(1, Ordering::AcqRel);
-                        drop(slot);
+                        leave();
                     });
                 }
                 // Out of file descriptors and the like: back off instead of spinning.

@@ -729,6 +729,31 @@ async fn maxclients_and_idle_timeout() {
     s.stop().await;
 }
 
+/// A connection's place under `maxclients` is given back before its
+/// client sees the close: with `maxclients: 1`, a client that sends `QUIT`,
+/// reads the close and reconnects at once is served every time. Before
+/// the fix the count went down only after the socket was closed, and a
+/// reconnect could be refused for the client's own old connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_quits_and_reconnects_at_once_is_served() {
+    let s = start(|c| c.resp.maxclients = 1).await;
+    let mut c = s.connect().await;
+    for i in 0..300 {
+        c.cmd(&["PING"], "+PONG\r\n").await;
+        c.0.write_all(multibulk(&["QUIT"]).as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&c.read_to_close().await),
+            "+OK\r\n",
+            "round {i}"
+        );
+        c = s.connect().await;
+    }
+    c.cmd(&["PING"], "+PONG\r\n").await;
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_closes_idle_connections_and_the_listener() {
     let s = start(|_| {}).await;
