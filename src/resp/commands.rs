@@ -26,6 +26,7 @@ use super::options;
 use super::parse::parse_i64;
 use super::reply::Reply;
 use super::table;
+use crate::auth::AuthError;
 use crate::error::Error;
 use crate::proto;
 use crate::proto::kv_server::Kv;
@@ -128,6 +129,21 @@ pub fn refusal(e: Error) -> Reply {
         // This node let the command through and the partition's leader,
         // configured with other permissions, refused it.
         Error::PermissionDenied(m) => Reply::Error(format!("NOPERM {m}")),
+        // This node let the command through and the leader did not accept
+        // the credentials forwarded with it (or that none were): the
+        // leader's gRPC advice (metadata, caskade-cli settings) means
+        // nothing to a Redis client, so the answer says what is wrong.
+        Error::Unauthenticated(m) if m == AuthError::Missing.to_string() => Reply::Error(
+            "NOAUTH the partition's leader requires authentication and this node, which has \
+             no auth: users, has no credentials to forward: give every node the same auth: \
+             section"
+                .into(),
+        ),
+        Error::Unauthenticated(m) if m == AuthError::WrongPass.to_string() => Reply::Error(
+            "WRONGPASS the partition's leader refused this user's credentials, which this \
+             node accepted: give every node the same auth: section"
+                .into(),
+        ),
         Error::Unavailable(m) if m.starts_with("writes refused") => {
             Reply::Error(format!("READONLY {m}"))
         }
@@ -181,12 +197,15 @@ pub async fn run(sh: &Shared, f: &[Bytes]) -> Reply {
                 Err(s) => status(s),
             }
         }
+        // The keys go the way a pipeline's `GET`s go: answered from memory
+        // in one pass where they can be, the others read or forwarded
+        // together (one message per leader on its forward stream), not as
+        // one unary `Get` per key.
         "mget" => {
-            let all = futures_util::future::join_all(f[1..].iter().map(|k| svc.get(get_req(k))));
             let mut values = Vec::with_capacity(f.len() - 1);
-            for r in all.await {
+            for r in svc.get_many(&f[1..]).await {
                 match r {
-                    Ok(r) => values.push(r.into_inner().value.map_or(Reply::Nil, Reply::Bulk)),
+                    Ok(v) => values.push(v.map_or(Reply::Nil, Reply::Bulk)),
                     Err(s) => return status(s),
                 }
             }
@@ -473,5 +492,36 @@ mod tests {
         assert_eq!(keys(&["client", "info"]), None);
         assert_eq!(keys(&["nosuch", "k"]), None);
         assert_eq!(keys_of(&[]).map(|(k, w)| (k.count(), w)), None);
+    }
+
+    /// A leader's authentication refusal of a forwarded command is
+    /// answered with Redis' prefixes and what to fix, not with the gRPC
+    /// advice of its text; the leader's other refusals keep theirs.
+    #[test]
+    fn a_leaders_authentication_refusal_gets_a_redis_prefix() {
+        let text = |e: Error| match refusal(e) {
+            Reply::Error(m) => m,
+            other => panic!("{other:?}"),
+        };
+        let missing = text(Error::Unauthenticated(AuthError::Missing.to_string()));
+        assert!(
+            missing.starts_with("NOAUTH the partition's leader"),
+            "{missing}"
+        );
+        assert!(!missing.contains("metadata"), "{missing}");
+        let wrong = text(Error::Unauthenticated(AuthError::WrongPass.to_string()));
+        assert!(
+            wrong.starts_with("WRONGPASS the partition's leader"),
+            "{wrong}"
+        );
+        let throttled = AuthError::Throttled { retry_secs: 3 }.to_string();
+        assert_eq!(
+            text(Error::Unauthenticated(throttled.clone())),
+            format!("ERR {throttled}")
+        );
+        assert_eq!(
+            text(Error::PermissionDenied("no".into())),
+            "NOPERM no".to_string()
+        );
     }
 }
