@@ -303,7 +303,9 @@ fn submitted_writes_share_the_next_group_commit() {
     e.write(b"ondisk", set("ondisk", SetOptions::default()))
         .unwrap();
     let before = e.status().unwrap();
-    fail::cfg("bitcask::fsync", "sleep(300)").unwrap();
+    // Held until every write is submitted (a fixed delay could run out on
+    // a loaded machine and split the writes into more batches).
+    fail::cfg("bitcask::fsync", "pause").unwrap();
     let Submitted::Queued(first) = e.submit(b"k0", &set("k0", SetOptions::default())).unwrap()
     else {
         panic!("an unconditional set under always is queued");
@@ -354,6 +356,7 @@ fn submitted_writes_share_the_next_group_commit() {
     let Submitted::Queued(expire) = e.submit(b"k1", &WriteOp::Expire(T0 + 10_000)).unwrap() else {
         panic!("an expire of a value in memory is queued");
     };
+    fail::remove("bitcask::fsync");
     for (i, c) in queued.into_iter().enumerate() {
         let w = rt.block_on(c.wait()).unwrap();
         assert!(w.done);
@@ -374,7 +377,6 @@ fn submitted_writes_share_the_next_group_commit() {
         "one fsync for k0, one for the other 63 and the expire"
     );
     assert_eq!(after.segments, 1);
-    fail::remove("bitcask::fsync");
     drop(e);
     let e = Bitcask::open_with_clock(dir.path(), one_segment(), clock.clone()).unwrap();
     for i in 0..64 {

@@ -2,7 +2,7 @@
 //! workers (src/storage/bitcask/flush.rs, `Inner::call_leader`; workers.rs):
 //! one commit job per batch, no worker woken for nothing, and a worker that
 //! ends a batch with the next one waiting leads it without waking another.
-//! The fsync is held up by a failpoint so the next batch forms during it.
+//! The fsync is held by a failpoint (`pause`) until the next batch has formed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,7 +66,9 @@ fn a_batch_costs_one_commit_job_and_no_wakeup_for_nothing() {
     let set = |k: &str| WriteOp::Set(Bytes::from(format!("v-{k}")), SetOptions::default());
     let before = workers.commit_counts();
     let fsyncs = e.status().unwrap().fsyncs;
-    fail::cfg("bitcask::fsync", "sleep(300)").unwrap();
+    // Held until every write is submitted (a fixed delay could run out on
+    // a loaded machine and split the writes into more batches).
+    fail::cfg("bitcask::fsync", "pause").unwrap();
     let mut queued = Vec::new();
     for i in 0..64 {
         let k = format!("k{i}");
@@ -80,11 +82,11 @@ fn a_batch_costs_one_commit_job_and_no_wakeup_for_nothing() {
     }
     // Time for a worker woken for nothing to run its job.
     std::thread::sleep(Duration::from_millis(50));
+    fail::remove("bitcask::fsync");
     for (i, c) in queued.into_iter().enumerate() {
         let w = rt.block_on(c.wait()).unwrap();
         assert_eq!((w.done, w.until), (true, i as u64 + 1), "k{i}");
     }
-    fail::remove("bitcask::fsync");
     // A worker counts its job after the job returns, which is after it has
     // answered the waiters: the second job may not be counted yet.
     wait_until("the second commit job to be counted", || {

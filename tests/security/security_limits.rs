@@ -177,9 +177,20 @@ fn per_address_cap_closes_the_newcomer() {
         );
     }));
     held.pop();
-    std::thread::sleep(Duration::from_millis(100));
+    // The server frees the address's slot when its connection task sees
+    // the close, some time after it: retried until then (5 s at most).
     rt.block_on(bounded(async {
-        client(&server.addr, 2000).ping().await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match client(&server.addr, 2000).ping().await {
+                Ok(_) => break,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("not admitted yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("a slot was freed 5 s ago and still: {e:?}"),
+            }
+        }
     }));
 
     let mut r: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(&resp).unwrap()).collect();

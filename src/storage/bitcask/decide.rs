@@ -114,15 +114,25 @@ impl Inner {
             };
             return Ok(Some((state, Some((u.batch.clone(), u.offset)))));
         }
-        let Some(entry) = self.keydir.get(key) else {
-            return Ok(Some((None, None)));
+        // One take of the shard lock and one probe for the entry and, when
+        // only memory may answer, its cached value.
+        let (entry, cached) = {
+            let mut shard = self.keydir.shard(key);
+            let Some(entry) = shard.get(key) else {
+                return Ok(Some((None, None)));
+            };
+            if entry.expired(now) {
+                return Ok(Some((None, None)));
+            }
+            let cached = match need {
+                Need::ValueInMemory => shard.cached_at(key, entry),
+                Need::Presence | Need::Value => None,
+            };
+            (entry, cached)
         };
-        if entry.expired(now) {
-            return Ok(Some((None, None)));
-        }
         let value = match need {
             Need::Presence => None,
-            Need::ValueInMemory => match self.keydir.shard(key).cached(key) {
+            Need::ValueInMemory => match cached {
                 Some(v) => Some(v),
                 None => return Ok(None),
             },

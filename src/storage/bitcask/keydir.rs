@@ -235,6 +235,7 @@ impl Shard {
     }
 
     /// The cached value of `key`'s live record, marking it recently used.
+    #[cfg(test)]
     pub fn cached(&mut self, key: &[u8]) -> Option<Bytes> {
         let e = self.get(key)?;
         self.cached_at(key, e)
