@@ -8,13 +8,15 @@
 //!   is sent to the node, in Redis' exact words;
 //! - every refusal of the node leaves through [`refusal`]: `NOTLEADER`,
 //!   `NOREPLICAS`, `READONLY` (disk full, or writes refused after a failed
-//!   fsync), `NOPERM` (a leader refusing what this node let through) or
+//!   fsync), `NOPERM`, `NOAUTH` or `WRONGPASS` (a leader refusing what this
+//!   node let through, or the credentials it forwarded) or
 //!   `ERR <caskade's message>`;
 //! - every read-modify-write (`GETSET`, `GETDEL`, `GETEX`, `INCR`...,
 //!   `APPEND`, `PERSIST`, conditional `SET`/`EXPIRE`) is one call of the
 //!   node operation that decides it atomically on the partition leader
 //!   (src/node/ops.rs), forwarded there by a node that does not lead it;
-//! - `MGET` reads each key as `GET` does and `MSET` splits its pairs by
+//! - `MGET` reads its keys as a pipeline's `GET`s are read (one
+//!   `get_many`: one forward message per other leader) and `MSET` splits its pairs by
 //!   partition: keys of different partitions are allowed (no `CROSSSLOT`),
 //!   and neither is atomic across partitions (docs/API.md).
 
