@@ -36,8 +36,17 @@
 # CPU figures cover one test each. The raw outputs and logs stay in the
 # work directory with KEEP=1 (or on failure).
 #
-# Env: N (200000), CLIENTS (50), POLICIES ("everysec always"; "" skips
-#      the standalone part),
+# ROUNDS=R (default 1) runs every line R times, the two systems taking
+# turns to go first (round 1 Redis first, round 2 caskade first, ...), and
+# the table gives the medians: of each system's ops/s, CPU and busy
+# figures, and of the per-round caskade/Redis ratios (each round's pair ran
+# minutes apart at most). On this 2-core VM a pipelined line of 200,000
+# requests lasts under a second and moves by up to 40 % from run to run
+# (docs/BENCHMARKS.md, run 8), so one round can put it on either side of
+# 1.0x.
+#
+# Env: N (200000), CLIENTS (50), ROUNDS (1), POLICIES ("everysec always";
+#      "" skips the standalone part),
 #      CLUSTER_POLICIES ("everysec"; "" skips the cluster), CLUSTER_RF (3),
 #      SKIP_BUILD=1,
 #      KEEP=1, TMPDIR (work directory's parent; must be on a real disk).
@@ -47,6 +56,10 @@ cd "$(dirname "$0")/.."
 
 readonly N=${N:-200000}
 readonly CLIENTS=${CLIENTS:-50}
+readonly ROUNDS=${ROUNDS:-1}
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS must be a positive integer, not '$ROUNDS'" >&2; exit 2; }
+# The round being run (file names and the results' last column).
+ROUND=1
 readonly POLICIES=${POLICIES-"everysec always"}
 readonly CLUSTER_POLICIES=${CLUSTER_POLICIES-"everysec"}
 # Copies of each partition in the cluster (min_insync is the same, so with
@@ -212,7 +225,7 @@ redis_benchmark() {
   for test in SET GET; do
     local args=(-h 127.0.0.1 -p "$port" -t "${test,,}" -n "$N" -c "$CLIENTS" -d "$VALUE_SIZE" -r "$KEYSPACE")
     [ "$pipeline" -gt 1 ] && args+=(-P "$pipeline")
-    out=$WORK/$system-$policy-P$pipeline-$test.out
+    out=$WORK/$system-$policy-P$pipeline-$test-r$ROUND.out
     log "$system ($policy): redis-benchmark ${args[*]:2}"
     measured "$system" -- redis-benchmark "${args[@]}" --csv >"$out" 2>&1 ||
       die "redis-benchmark failed against $system: $(tail -3 "$out")"
@@ -221,7 +234,7 @@ redis_benchmark() {
     fi
     rps=$(awk -F'","' -v t="\"$test" '$1 == t {print $2}' "$out")
     [ -n "$rps" ] || die "no $test line in $out"
-    printf '%s\t%s\t%s\t%s\t%s\n' standalone "$test" "$pipeline" "$policy" "$system=$rps=$CPU_US=$BUSY" >>"$RESULTS"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' standalone "$test" "$pipeline" "$policy" "$system=$rps=$CPU_US=$BUSY" "$ROUND" >>"$RESULTS"
     log "  $test: $rps ops/s, server CPU $CPU_US us/request, machine $BUSY% busy"
   done
 }
@@ -234,7 +247,7 @@ resp_bench() {
   shift 5
   local args=(--op "$op" -c "$CLIENTS" -n "$N" -d "$VALUE_SIZE" -r "$KEYSPACE" -P "$pipeline" --wait-replicas "$wait")
   for p in "$@"; do args+=(--addr "127.0.0.1:$p"); done
-  out=$WORK/cluster-$system-$policy-$op-P$pipeline.json
+  out=$WORK/cluster-$system-$policy-$op-P$pipeline-r$ROUND.json
   log "$system cluster ($policy): caskade-cli resp-bench ${args[*]}"
   # shellcheck disable=SC2086 # SERVERS is a list of names
   measured $SERVERS -- "$CLI" resp-bench "${args[@]}" >"$out" 2>"$out.err" ||
@@ -243,7 +256,7 @@ resp_bench() {
   rps=$(jq -r '.ops_per_sec' "$out")
   label=$(echo "$op" | tr a-z A-Z)
   [ "$wait" -gt 0 ] && label="$label+WAIT $wait 0"
-  printf '%s\t%s\t%s\t%s\t%s\n' "cluster RF $CLUSTER_RF" "$label" "$pipeline" "$policy" "$system=$rps=$CPU_US=$BUSY" >>"$RESULTS"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "cluster RF $CLUSTER_RF" "$label" "$pipeline" "$policy" "$system=$rps=$CPU_US=$BUSY" "$ROUND" >>"$RESULTS"
   log "  $(jq -r '"\(.ops_per_sec | floor) ops/s, p50 \(.p50_us) us, p99 \(.p99_us) us, errors \(.errors)"' "$out"), server CPU $CPU_US us/request, machine $BUSY% busy"
 }
 
@@ -255,8 +268,15 @@ for policy in $POLICIES; do
   wait_resp caskade "${PORT_OF[caskade]}"
   log "caskade: caskade-server (fsync $(caskade_fsync "$policy")) RESP on 127.0.0.1:${PORT_OF[caskade]}, pid ${PIDS[caskade]}"
   for pipeline in 1 16; do
-    redis_benchmark redis "$policy" "$pipeline" "${PORT_OF[redis]}"
-    redis_benchmark caskade "$policy" "$pipeline" "${PORT_OF[caskade]}"
+    for ROUND in $(seq "$ROUNDS"); do
+      if [ $((ROUND % 2)) = 1 ]; then
+        redis_benchmark redis "$policy" "$pipeline" "${PORT_OF[redis]}"
+        redis_benchmark caskade "$policy" "$pipeline" "${PORT_OF[caskade]}"
+      else
+        redis_benchmark caskade "$policy" "$pipeline" "${PORT_OF[caskade]}"
+        redis_benchmark redis "$policy" "$pipeline" "${PORT_OF[redis]}"
+      fi
+    done
   done
   stop redis
   stop caskade
@@ -313,11 +333,21 @@ for policy in $CLUSTER_POLICIES; do
   start_redis redis-master "$policy"
   start_redis redis-replica "$policy" "${PORT_OF[redis-master]}"
   wait_replica_linked
+  nodes=("${PORT_OF[node1]}" "${PORT_OF[node2]}" "${PORT_OF[node3]}")
   for pipeline in 1 16; do
-    SERVERS="redis-master redis-replica" resp_bench redis "$policy" set "$pipeline" 1 "${PORT_OF[redis-master]}"
-    SERVERS="node1 node2 node3" resp_bench caskade "$policy" set "$pipeline" 1 "${PORT_OF[node1]}" "${PORT_OF[node2]}" "${PORT_OF[node3]}"
-    SERVERS="redis-master redis-replica" resp_bench redis "$policy" get "$pipeline" 0 "${PORT_OF[redis-master]}"
-    SERVERS="node1 node2 node3" resp_bench caskade "$policy" get "$pipeline" 0 "${PORT_OF[node1]}" "${PORT_OF[node2]}" "${PORT_OF[node3]}"
+    for op in set get; do
+      wait=0
+      [ "$op" = set ] && wait=1
+      for ROUND in $(seq "$ROUNDS"); do
+        if [ $((ROUND % 2)) = 1 ]; then
+          SERVERS="redis-master redis-replica" resp_bench redis "$policy" "$op" "$pipeline" "$wait" "${PORT_OF[redis-master]}"
+          SERVERS="node1 node2 node3" resp_bench caskade "$policy" "$op" "$pipeline" "$wait" "${nodes[@]}"
+        else
+          SERVERS="node1 node2 node3" resp_bench caskade "$policy" "$op" "$pipeline" "$wait" "${nodes[@]}"
+          SERVERS="redis-master redis-replica" resp_bench redis "$policy" "$op" "$pipeline" "$wait" "${PORT_OF[redis-master]}"
+        fi
+      done
+    done
   done
   for name in redis-master redis-replica node1 node2 node3; do stop "$name"; done
   rm -rf "$WORK/redis-master" "$WORK/redis-replica" "$WORK"/node?
@@ -326,19 +356,42 @@ done
 # --- table -----------------------------------------------------------------
 
 echo
+[ "$ROUNDS" -gt 1 ] && echo "Medians of $ROUNDS rounds (caskade/Redis: the median of the rounds' ratios)."
 echo "| setup | test | pipeline | durability | Redis ops/s | caskade ops/s | caskade/Redis | server CPU µs/req, Redis | server CPU µs/req, caskade | machine busy, Redis / caskade |"
 echo "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"
 awk -F'\t' '
+  # median(list): the median of the numbers in list, a space-separated
+  # string (the mean of the middle two for an even count).
+  function median(list,   a, m, i, j, t) {
+    m = split(list, a, " ")
+    for (i = 2; i <= m; i++) {
+      t = a[i] + 0
+      for (j = i - 1; j >= 1 && a[j] + 0 > t; j--) a[j + 1] = a[j]
+      a[j + 1] = t
+    }
+    return m % 2 ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2
+  }
   { key = $1 "\t" $2 "\t" $3 "\t" $4
     split($5, kv, "=")
     if (!(key in seen)) { seen[key] = 1; order[++n] = key }
-    val[key, kv[1]] = kv[2]; cpu[key, kv[1]] = kv[3]; busy[key, kv[1]] = kv[4] }
+    val[key, kv[1]] = val[key, kv[1]] " " kv[2]
+    cpu[key, kv[1]] = cpu[key, kv[1]] " " kv[3]
+    busy[key, kv[1]] = busy[key, kv[1]] " " kv[4]
+    one[key, kv[1], $6] = kv[2]; rounds[key] = rounds[key] " " $6 }
   END {
     for (i = 1; i <= n; i++) {
       k = order[i]
       split(k, f, "\t")
-      r = val[k, "redis"]; c = val[k, "caskade"]
+      # Per-round ratios, each round once.
+      ratios = ""; delete done
+      m = split(rounds[k], rs, " ")
+      for (j = 1; j <= m; j++) {
+        if (rs[j] in done) continue
+        done[rs[j]] = 1
+        r = one[k, "redis", rs[j]]; c = one[k, "caskade", rs[j]]
+        if (r > 0) ratios = ratios " " c / r
+      }
       dur = f[4] == "everysec" ? "everysec / every_ms: 1000" : "always / always"
-      printf "| %s | %s | %s | %s | %.0f | %.0f | %.2fx | %s | %s | %s%% / %s%% |\n", f[1], f[2], (f[3] == 1 ? "none" : "-P " f[3]), dur, r, c, (r > 0 ? c / r : 0), cpu[k, "redis"], cpu[k, "caskade"], busy[k, "redis"], busy[k, "caskade"]
+      printf "| %s | %s | %s | %s | %.0f | %.0f | %.2fx | %s | %s | %s%% / %s%% |\n", f[1], f[2], (f[3] == 1 ? "none" : "-P " f[3]), dur, median(val[k, "redis"]), median(val[k, "caskade"]), (ratios == "" ? 0 : median(ratios)), median(cpu[k, "redis"]), median(cpu[k, "caskade"]), median(busy[k, "redis"]), median(busy[k, "caskade"])
     }
   }' "$RESULTS"
