@@ -67,6 +67,21 @@ use crate::server::KvService;
 use crate::server::metrics::Metrics;
 use crate::storage::Durability;
 
+/// A RESP connection's place, counted in `maxclients` and (`_slot`) in the
+/// per-address cap; given back on drop.
+struct Seat {
+    /// Holds the count of open connections.
+    shared: Arc<Shared>,
+    /// The place under the per-address cap (a refused one holds none).
+    _slot: std::result::Result<crate::server::limits::Slot, crate::server::limits::Refused>,
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.shared.clients.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// What every connection of one listener shares.
 pub struct Shared {
     /// The same service the gRPC API runs (defaults, slots, forwarding).
@@ -192,15 +207,11 @@ pub async fn serve(
                         } else {
                             None
                         };
-                        // The connection's place (`maxclients`, the
-                        // per-address cap) is given back before the client
-                        // can see the close (see `connection::run`).
-                        let mut seat = Some((slot, shared.clone()));
-                        let mut leave = || {
-                            if let Some((slot, shared)) = seat.take() {
-                                shared.clients.fetch_sub(1, Ordering::AcqRel);
-                                drop(slot);
-                            }
+                        // Dropped before the stream wherever the client can
+                        // see the close (see `connection::run`).
+                        let seat = Seat {
+                            shared: shared.clone(),
+                            _slot: slot,
                         };
                         if let Some(tls) = tls {
                             let handshake = tokio::time::timeout(
@@ -211,13 +222,13 @@ pub async fn serve(
                                 // The refusal inside TLS, then close_notify.
                                 (Ok(Ok(mut stream)), Some(refusal)) => {
                                     let _ = stream.write_all(refusal).await;
-                                    leave();
+                                    drop(seat);
                                     let _ = stream.shutdown().await;
                                 }
                                 (Ok(Ok(mut stream)), None) => {
                                     let close =
                                         connection::run(&mut stream, peer, &shared, stopped).await;
-                                    leave();
+                                    drop(seat);
                                     if close {
                                         let _ = stream.shutdown().await;
                                     }
@@ -228,16 +239,15 @@ pub async fn serve(
                         } else if let Some(refusal) = refusal {
                             let mut stream = stream;
                             let _ = stream.write_all(refusal).await;
-                            leave();
+                            drop(seat);
                         } else {
                             let mut stream = stream;
                             let close = connection::run(&mut stream, peer, &shared, stopped).await;
-                            leave();
+                            drop(seat);
                             if close {
                                 let _ = stream.shutdown().await;
                             }
                         }
-                        leave();
                     });
                 }
                 // Out of file descriptors and the like: back off instead of spinning.
