@@ -51,6 +51,11 @@ struct Recorder {
     events: Mutex<Vec<Event>>,
     /// What `replica_of` answers (`None`: not known).
     hosts: Option<Vec<u32>>,
+    /// The node this listener serves, once started: each `apply` then
+    /// records whether the node's lease was valid when it was called.
+    node: std::sync::OnceLock<Weak<ZkCluster>>,
+    /// The lease at each `apply` after `node` was set.
+    lease_at_apply: Mutex<Vec<bool>>,
 }
 
 impl StateListener for Recorder {
@@ -61,6 +66,9 @@ impl StateListener for Recorder {
     }
 
     fn apply(&self, states: Vec<LeaderAndIsr>, nodes: Vec<NodeAddr>) {
+        if let Some(node) = self.node.get().and_then(Weak::upgrade) {
+            self.lease_at_apply.lock().unwrap().push(node.lease_valid());
+        }
         let ids = nodes.into_iter().map(|n| n.id).collect();
         self.events.lock().unwrap().push(Event::Apply(states, ids));
     }
@@ -1078,7 +1086,8 @@ fn preferred_leader_is_restored() {
 /// ZooKeeper down: the lease lapses on the node's own clock within 2/3 of
 /// the session timeout (fence), the session expires (fence again); when
 /// ZooKeeper is back the node opens a new session, registers again and
-/// gets its states and controllership back.
+/// gets its states and controllership back. The new session's states are
+/// applied while its lease is not yet valid (the lease starts after them).
 #[test]
 fn zookeeper_outage_fences_then_rejoins_with_a_new_session() {
     run(async {
@@ -1130,6 +1139,8 @@ fn zookeeper_outage_fences_then_rejoins_with_a_new_session() {
         assert!(!n.zk.lease_valid());
         assert_eq!(n.zk.controller(), None);
         let before = n.rec.events().len();
+        // From here each `apply` records the lease it was called under.
+        assert!(n.rec.node.set(Arc::downgrade(&n.zk)).is_ok());
 
         zk.restart_member(0);
         let c = raw(&zk).await;
@@ -1155,6 +1166,10 @@ fn zookeeper_outage_fences_then_rejoins_with_a_new_session() {
             })
             .collect();
         assert_eq!(after, vec![Event::Apply(expected, ids(&["out-1"]))]);
+        // The new session's states were applied before its lease started
+        // (before, the lease started first, and a reader could see it
+        // valid with the old session's states).
+        assert_eq!(n.rec.lease_at_apply.lock().unwrap().first(), Some(&false));
         wait_until("controller again", Duration::from_secs(5), || {
             n.zk.controller().as_deref() == Some("out-1")
         })
