@@ -70,8 +70,13 @@ pub fn cli_bin() -> PathBuf {
                 let mut cmd = Command::new(cargo);
                 cmd.args(["build", "-p", "caskade-cli", "--bin", "caskade-cli"])
                     .current_dir(env!("CARGO_MANIFEST_DIR"));
-                if dir.file_name().is_some_and(|n| n == "release") {
-                    cmd.arg("--release");
+                // The profile the tests were built with (`ci` under
+                // `make test`) is the directory's name; `debug` is the
+                // default profile's.
+                if let Some(profile) = dir.file_name().and_then(|n| n.to_str())
+                    && profile != "debug"
+                {
+                    cmd.args(["--profile", profile]);
                 }
                 let status = cmd.status().expect("run cargo build for caskade-cli");
                 assert!(status.success(), "cargo build -p caskade-cli failed");
