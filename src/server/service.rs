@@ -234,31 +234,35 @@ impl KvService {
     }
 
     /// A multi-key count (`DEL`, `EXISTS`) whose keys are led by several
-    /// nodes: one key at a time, `local` where this node leads the key's
-    /// partition, `remote(leader, key)` elsewhere.
-    async fn per_key<L, LF, R, RF>(
+    /// nodes: one partition at a time (as `MGet` and `MSet`), `local` with
+    /// the partition's keys where this node leads it, `remote(leader,
+    /// keys)` with them elsewhere: one call per partition, not per key.
+    async fn per_partition<L, LF, R, RF>(
         &self,
         keys: Vec<bytes::Bytes>,
         local: L,
         remote: R,
     ) -> crate::Result<u64>
     where
-        L: Fn(bytes::Bytes) -> LF,
+        L: Fn(Vec<bytes::Bytes>) -> LF,
         LF: Future<Output = crate::Result<u64>>,
-        R: Fn(Leader, bytes::Bytes) -> RF,
+        R: Fn(Leader, Vec<bytes::Bytes>) -> RF,
         RF: Future<Output = crate::Result<u64>>,
     {
         let mut total = 0;
+        let mut done = 0;
         let count = keys.len();
-        for (done, key) in keys.into_iter().enumerate() {
-            let one = local(key.clone()).await;
+        for (_, idx) in self.by_partition(&keys) {
+            let part: Vec<bytes::Bytes> = idx.iter().map(|&i| keys[i].clone()).collect();
+            let one = local(part.clone()).await;
             let r = match leader_of(&one) {
-                Some(addr) => remote(addr, key).await,
+                Some(addr) => remote(addr, part).await,
                 None => one,
             };
             // Keys already done: NOT_LEADER, or UNREACHABLE from the
             // forward, would claim nothing was.
             total += r.map_err(|e| e.after_partial_write(done, count))?;
+            done += idx.len();
         }
         Ok(total)
     }
@@ -450,12 +454,12 @@ impl Kv for KvService {
                 return Ok(proto::DelResponse { deleted: result? });
             }
             let deleted = self
-                .per_key(
+                .per_partition(
                     r.keys,
-                    |key| self.node.del(vec![key], acks),
-                    |addr, key| async move {
+                    |keys| self.node.del(keys, acks),
+                    |addr, keys| async move {
                         let q = proto::DelRequest {
-                            keys: vec![key],
+                            keys,
                             acks: r.acks,
                         };
                         let reply = self
@@ -539,12 +543,12 @@ impl Kv for KvService {
                 return Ok(proto::ExistsResponse { count: result? });
             }
             let count = self
-                .per_key(
+                .per_partition(
                     r.keys,
-                    |key| self.node.exists(vec![key], consistency),
-                    |addr, key| async move {
+                    |keys| self.node.exists(keys, consistency),
+                    |addr, keys| async move {
                         let q = proto::ExistsRequest {
-                            keys: vec![key],
+                            keys,
                             consistency: r.consistency,
                         };
                         let reply = self
@@ -749,36 +753,57 @@ mod tests {
     use crate::config::Config;
     use crate::storage::SystemClock;
 
-    /// `DEL a b`: `a` is deleted here, `b`'s leader cannot be reached. The
-    /// answer must not be UNREACHABLE ("nothing sent"): a client would retry
-    /// the whole DEL and count `a` as absent.
-    #[tokio::test]
-    async fn del_failing_after_a_key_was_written_is_not_nothing_sent() {
-        let dir = tempfile::tempdir().unwrap();
+    fn service(dir: &std::path::Path) -> KvService {
         let config = Config {
-            data_dir: dir.path().to_path_buf(),
+            data_dir: dir.to_path_buf(),
             ..Config::default()
         };
         let node =
             Node::open_standalone(&config, "127.0.0.1:1".into(), Arc::new(SystemClock)).unwrap();
         let node = Arc::new(node);
         let metrics = Metrics::new(node.clone(), None);
-        let svc = KvService::new(node, 4, Acks::Leader, Consistency::Leader, metrics);
-        let keys = vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")];
+        KvService::new(node, 4, Acks::Leader, Consistency::Leader, metrics)
+    }
+
+    /// Two keys in different partitions, the first one's partition the
+    /// lower (partitions are visited in order).
+    fn keys_in_two_partitions(svc: &KvService) -> (Bytes, Bytes) {
+        let n = svc.node.partition_count();
+        let part = |k: &Bytes| crate::cluster::partition_for(k, n);
+        let a = Bytes::from_static(b"a");
+        (0..1000)
+            .map(|i| Bytes::from(format!("b{i}")))
+            .find(|b| part(b) > part(&a))
+            .map(|b| (a, b))
+            .expect("a key in a higher partition")
+    }
+
+    /// `DEL a b`: `a` is deleted here, `b`'s leader cannot be reached. The
+    /// answer must not be UNREACHABLE ("nothing sent"): a client would retry
+    /// the whole DEL and count `a` as absent.
+    #[tokio::test]
+    async fn del_failing_after_a_key_was_written_is_not_nothing_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path());
+        let (a, b) = keys_in_two_partitions(&svc);
+        let first = a.clone();
         let err = svc
-            .per_key(
-                keys,
-                |key| async move {
-                    if key == b"a"[..] {
-                        Ok(1)
-                    } else {
-                        Err(Error::NotLeader {
-                            partition: 1,
-                            leader: Some("127.0.0.1:2".into()),
-                        })
+            .per_partition(
+                vec![a, b],
+                |keys| {
+                    let first = first.clone();
+                    async move {
+                        if keys == [first] {
+                            Ok(1)
+                        } else {
+                            Err(Error::NotLeader {
+                                partition: 1,
+                                leader: Some("127.0.0.1:2".into()),
+                            })
+                        }
                     }
                 },
-                |leader, _key| async move {
+                |leader, _keys| async move {
                     Err(Error::Unreachable {
                         addr: leader.addr,
                         reason: "connection refused".into(),
@@ -796,5 +821,52 @@ mod tests {
                     .into()
             )
         );
+    }
+
+    /// A multi-key `DEL`/`EXISTS` whose keys this node does not all lead
+    /// costs one call per partition, with that partition's keys, not one
+    /// per key (each a forward to another node in a cluster).
+    #[tokio::test]
+    async fn multi_key_counts_go_one_call_per_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path());
+        let keys: Vec<Bytes> = (0..40).map(|i| Bytes::from(format!("k{i}"))).collect();
+        let n = svc.node.partition_count();
+        let mut expected: Vec<Vec<Bytes>> = Vec::new();
+        for p in 0..n {
+            let part: Vec<Bytes> = keys
+                .iter()
+                .filter(|k| crate::cluster::partition_for(k, n) == p)
+                .cloned()
+                .collect();
+            if !part.is_empty() {
+                expected.push(part);
+            }
+        }
+        assert!(expected.len() > 1, "40 keys fall in one partition");
+        let local = parking_lot::Mutex::new(Vec::new());
+        let remote = parking_lot::Mutex::new(Vec::new());
+        let total = svc
+            .per_partition(
+                keys.clone(),
+                |part| {
+                    local.lock().push(part.clone());
+                    async move {
+                        Err(Error::NotLeader {
+                            partition: 0,
+                            leader: Some("127.0.0.1:2".into()),
+                        })
+                    }
+                },
+                |_leader, part| {
+                    remote.lock().push(part.clone());
+                    async move { Ok(part.len() as u64) }
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(total, 40);
+        assert_eq!(*local.lock(), expected);
+        assert_eq!(*remote.lock(), expected);
     }
 }

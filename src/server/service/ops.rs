@@ -246,7 +246,7 @@ impl KvService {
     }
 
     /// Indexes of `keys` grouped by partition.
-    fn by_partition(&self, keys: &[Bytes]) -> BTreeMap<u32, Vec<usize>> {
+    pub(super) fn by_partition(&self, keys: &[Bytes]) -> BTreeMap<u32, Vec<usize>> {
         let mut groups: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         for (i, key) in keys.iter().enumerate() {
             let p = crate::cluster::partition_for(key, self.node.partition_count());
