@@ -458,10 +458,7 @@ impl Kv for KvService {
                     r.keys,
                     |keys| self.node.del(keys, acks),
                     |addr, keys| async move {
-                        let q = proto::DelRequest {
-                            keys,
-                            acks: r.acks,
-                        };
+                        let q = proto::DelRequest { keys, acks: r.acks };
                         let reply = self
                             .forward(&addr, q, |mut c, q| async move { c.del(q).await })
                             .await?;

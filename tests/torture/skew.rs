@@ -23,8 +23,17 @@ use std::collections::HashSet;
 use super::history::{Func, History, Op, Outcome, Ret};
 use super::nemesis::Ctx;
 
-/// libfaketime, the multi-threaded build (the server is multi-threaded).
-pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+/// libfaketime, the multi-threaded build (the server is multi-threaded),
+/// as Debian installs it: `/usr/lib/<multiarch triple>/faketime/`, the
+/// triple that of the machine (scripts/ensure-deps.sh looks for the same
+/// file). `None` when it is not installed.
+pub fn libfaketime() -> Option<std::path::PathBuf> {
+    const FILE: &str = "faketime/libfaketimeMT.so.1";
+    std::fs::read_dir("/usr/lib")
+        .ok()?
+        .filter_map(|dir| Some(dir.ok()?.path().join(FILE)))
+        .find(|path| path.exists())
+}
 
 /// Margin of the TTL check beyond the skew: request latency, a
 /// millisecond clock, a leader change between the `PEXPIRE` and the read.
@@ -32,11 +41,12 @@ pub const MARGIN_MS: u64 = 1000;
 
 /// Whether libfaketime is installed; the reason when not.
 pub fn available() -> Result<(), String> {
-    match std::path::Path::new(LIBFAKETIME).exists() {
-        true => Ok(()),
-        false => Err(format!(
-            "{LIBFAKETIME} not installed (apt-get install libfaketime)"
-        )),
+    match libfaketime() {
+        Some(_) => Ok(()),
+        None => Err(
+            "/usr/lib/*/faketime/libfaketimeMT.so.1 not installed (apt-get install libfaketime)"
+                .into(),
+        ),
     }
 }
 
@@ -58,8 +68,11 @@ pub fn clock_skew(ctx: &mut Ctx) {
     let skew = skew_ms(ctx.seed);
     // FAKETIME="+3": seconds ahead of the real clock, fixed.
     let spec = format!("{:+}", skew as f64 / 1000.0);
+    let Some(lib) = libfaketime() else {
+        panic!("clock-skew runs only where libfaketime is installed (skew::available)");
+    };
     ctx.env[s] = vec![
-        ("LD_PRELOAD".into(), LIBFAKETIME.into()),
+        ("LD_PRELOAD".into(), lib.display().to_string()),
         ("FAKETIME".into(), spec.clone()),
         ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
         ("FAKETIME_NO_CACHE".into(), "1".into()),
