@@ -12,6 +12,9 @@
 //!   method's permission ([`super::permissions::grpc`]):
 //!   `PERMISSION_DENIED`; both before the request body is decoded and
 //!   before the method runs, with `caskade-reason` set;
+//! - every refusal is reported to the `on_refusal` hook, if set, with the
+//!   method's name (the server counts it in the method's request figures,
+//!   src/server/metrics.rs);
 //! - the method runs inside [`super::with_caller`], so a request it
 //!   forwards carries the same credentials;
 //! - with authentication off the inner service is called as is.
@@ -27,6 +30,9 @@ use tower_service::Service;
 
 use super::{AuthError, Authenticator};
 
+/// Told of each refused request: the method's name and why.
+pub type OnRefusal = Arc<dyn Fn(&str, &AuthError) + Send + Sync>;
+
 /// `S` behind the credential check.
 #[derive(Clone)]
 pub struct Guarded<S> {
@@ -34,12 +40,24 @@ pub struct Guarded<S> {
     inner: S,
     /// `None` when authentication is off.
     auth: Option<Arc<Authenticator>>,
+    /// Told of every refusal.
+    on_refusal: Option<OnRefusal>,
 }
 
 impl<S> Guarded<S> {
     /// `inner` checked by `auth` (`None`: not checked).
     pub fn new(inner: S, auth: Option<Arc<Authenticator>>) -> Self {
-        Guarded { inner, auth }
+        Guarded {
+            inner,
+            auth,
+            on_refusal: None,
+        }
+    }
+
+    /// Calls `hook` for every refused request.
+    pub fn on_refusal(mut self, hook: OnRefusal) -> Self {
+        self.on_refusal = Some(hook);
+        self
     }
 }
 
@@ -73,6 +91,7 @@ where
         // The service that was polled ready serves this request.
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
+        let on_refusal = self.on_refusal.clone();
         Box::pin(async move {
             let method = req.uri().path().rsplit('/').next().unwrap_or("");
             let need = super::permissions::grpc(method);
@@ -96,6 +115,9 @@ where
                 Ok(caller) => super::with_caller(caller, inner.call(req)).await,
                 Err(e) => {
                     tracing::debug!(method, "request refused: {e}");
+                    if let Some(hook) = &on_refusal {
+                        hook(method, &e);
+                    }
                     Ok(e.to_status().into_http())
                 }
             }

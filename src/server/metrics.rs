@@ -77,6 +77,38 @@ pub enum Command {
     Forward,
 }
 
+impl Command {
+    /// The command of a `caskade.v1.Kv` method (`"Set"`, `"MGet"`, ...);
+    /// `None` for the admin methods, which have no series.
+    pub fn of_method(method: &str) -> Option<Command> {
+        Some(match method {
+            "Ping" => Command::Ping,
+            "Set" => Command::Set,
+            "Get" => Command::Get,
+            "Del" => Command::Del,
+            "Expire" => Command::Expire,
+            "Ttl" => Command::Ttl,
+            "Exists" => Command::Exists,
+            "Metadata" => Command::Metadata,
+            "Info" => Command::Info,
+            "SetWith" => Command::SetWith,
+            "GetDel" => Command::GetDel,
+            "GetEx" => Command::GetEx,
+            "ExpireWith" => Command::ExpireWith,
+            "Persist" => Command::Persist,
+            "IncrBy" => Command::IncrBy,
+            "Append" => Command::Append,
+            "Strlen" => Command::Strlen,
+            "ExpireTime" => Command::ExpireTime,
+            "MGet" => Command::MGet,
+            "MSet" => Command::MSet,
+            "DbSize" => Command::DbSize,
+            "Forward" => Command::Forward,
+            _ => return None,
+        })
+    }
+}
+
 /// The `command` label of each [`Command`].
 pub const COMMAND_NAMES: [&str; 22] = [
     "ping",
@@ -105,7 +137,7 @@ pub const COMMAND_NAMES: [&str; 22] = [
 
 /// The `outcome` label values: `ok`, each error reason of
 /// [`Error::reason`] in lower case, and `cancelled`.
-pub const OUTCOMES: [&str; 15] = [
+pub const OUTCOMES: [&str; 19] = [
     "ok",
     "invalid_argument",
     "not_leader",
@@ -120,6 +152,10 @@ pub const OUTCOMES: [&str; 15] = [
     "stale_controller_epoch",
     "not_integer",
     "overflow",
+    "disk_full",
+    "failed_precondition",
+    "unauthenticated",
+    "permission_denied",
     "cancelled",
 ];
 
@@ -173,6 +209,16 @@ impl Requests {
                 done: false,
             })
             .collect()
+    }
+
+    /// Records a request of gRPC `method` refused before its handler ran
+    /// (authentication, permissions: src/auth/grpc.rs, a forwarded
+    /// message's check), with the refusal's outcome and no duration to
+    /// speak of. Admin methods have no series and are not recorded.
+    pub fn refused(&self, method: &str, e: &Error) {
+        if let Some(command) = Command::of_method(method) {
+            self.series[command as usize][outcome_of(e)].observe(Duration::ZERO);
+        }
     }
 
     /// The counts so far, `[command][outcome]`.
@@ -562,33 +608,90 @@ impl Snapshot {
 mod tests {
     use super::*;
 
+    /// Every variant's reason is an outcome of its own: none falls into
+    /// `internal` (a full disk, a refused login used to).
     #[test]
     fn every_error_reason_has_its_own_outcome() {
         use crate::error::Error::*;
+        let s = String::new;
         let errors = [
-            InvalidInput(String::new()),
+            InvalidInput(s()),
             NotLeader {
                 partition: 0,
                 leader: None,
             },
-            Timeout(String::new()),
-            Corrupt(String::new()),
-            Unavailable(String::new()),
-            Internal(String::new()),
+            NotEnoughReplicas {
+                partition: 0,
+                isr: 1,
+                min_insync: 2,
+            },
+            Timeout(s()),
+            Unreachable {
+                addr: s(),
+                reason: s(),
+            },
+            Corrupt(s()),
+            DiskFull(s()),
+            Unavailable(s()),
+            Internal(s()),
+            FencedEpoch(s()),
+            UnknownEpoch(s()),
+            StaleController(s()),
+            FailedPrecondition(s()),
+            NotInteger,
+            Overflow,
+            Unauthenticated(s()),
+            PermissionDenied(s()),
         ];
         assert_eq!(OUTCOMES[INTERNAL], "internal");
-        let labels: Vec<&str> = errors.iter().map(|e| OUTCOMES[outcome_of(e)]).collect();
-        assert_eq!(
-            labels,
-            [
-                "invalid_argument",
-                "not_leader",
-                "timeout",
-                "corrupt",
-                "unavailable",
-                "internal"
-            ]
-        );
+        assert_eq!(OUTCOMES[CANCELLED], "cancelled");
+        for e in &errors {
+            assert_eq!(
+                OUTCOMES[outcome_of(e)],
+                e.reason().to_ascii_lowercase(),
+                "{e:?}"
+            );
+        }
+        // Every outcome but `ok` and `cancelled` is some variant's.
+        assert_eq!(errors.len(), OUTCOMES.len() - 2);
+    }
+
+    /// A request refused before its handler ran counts in its method's
+    /// series; an admin method, which has none, is not counted.
+    #[test]
+    fn refusals_count_in_their_method() {
+        let r = Requests::new();
+        r.refused("Get", &Error::Unauthenticated("no".into()));
+        r.refused("MSet", &Error::PermissionDenied("no".into()));
+        r.refused("Decommission", &Error::PermissionDenied("no".into()));
+        let snap = r.snapshot();
+        let at = |c: Command, o: &str| {
+            snap[c as usize][OUTCOMES.iter().position(|x| *x == o).unwrap()].count()
+        };
+        assert_eq!(at(Command::Get, "unauthenticated"), 1);
+        assert_eq!(at(Command::MSet, "permission_denied"), 1);
+        let total: u64 = snap.iter().flatten().map(|h| h.count()).sum();
+        assert_eq!(total, 2);
+        assert_eq!(Command::of_method("Decommission"), None);
+        for (c, name) in COMMAND_NAMES.iter().enumerate() {
+            let method = match *name {
+                "set_with" => "SetWith".to_string(),
+                "getdel" => "GetDel".into(),
+                "getex" => "GetEx".into(),
+                "expire_with" => "ExpireWith".into(),
+                "incrby" => "IncrBy".into(),
+                "expiretime" => "ExpireTime".into(),
+                "mget" => "MGet".into(),
+                "mset" => "MSet".into(),
+                "dbsize" => "DbSize".into(),
+                n => n[..1].to_ascii_uppercase() + &n[1..],
+            };
+            assert_eq!(
+                Command::of_method(&method).map(|c| c as usize),
+                Some(c),
+                "{method}"
+            );
+        }
     }
 
     /// What recording one request costs, on this machine, from two

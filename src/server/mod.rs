@@ -118,6 +118,14 @@ async fn serve_clients(
 ) -> Result<()> {
     let opts = &config.server;
     let max_message = config.max_message_bytes();
+    // Requests the listener refuses (credentials, permissions) count in
+    // their method's figures, as `unauthenticated` / `permission_denied`.
+    let counted = metrics.clone();
+    let refusals: crate::auth::grpc::OnRefusal = Arc::new(move |method, e| {
+        counted
+            .requests
+            .refused(method, &crate::Error::from(e.to_status()));
+    });
     let service = KvService::new(
         node.clone(),
         opts.max_in_flight,
@@ -161,7 +169,7 @@ async fn serve_clients(
         .http2_max_local_error_reset_streams(Some(l.http2_max_local_error_reset_streams))
         .http2_max_pending_accept_reset_streams(Some(l.http2_max_pending_accept_reset_streams))
         .layer(limits::RequestLayer::new(Some(decoding)))
-        .add_service(crate::auth::grpc::Guarded::new(kv, auth))
+        .add_service(crate::auth::grpc::Guarded::new(kv, auth).on_refusal(refusals))
         .serve_with_incoming_shutdown(limits::incoming(listener, tracker), signal);
     let grace = Duration::from_millis(opts.shutdown_timeout_ms);
     tokio::select! {

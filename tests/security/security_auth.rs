@@ -120,6 +120,25 @@ fn refusal<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> (Code, String, St
     (s.code(), s.message().to_string(), reason)
 }
 
+/// The first two fields (`calls=N,errors=E`) of the `Info` line of
+/// `command` (`cmd_<command>`), read as admin; `None` if never called.
+async fn calls_errors(
+    kv: &mut KvClient<tonic::transport::Channel>,
+    command: &str,
+) -> Option<String> {
+    let info = kv
+        .info(req(proto::InfoRequest {}, Some(("admin", ADMIN_PW))))
+        .await
+        .unwrap()
+        .into_inner();
+    let key = format!("cmd_{command}");
+    info.sections
+        .iter()
+        .flat_map(|s| &s.fields)
+        .find(|f| f.key == key)
+        .map(|f| f.value.splitn(3, ',').take(2).collect::<Vec<_>>().join(","))
+}
+
 #[test]
 fn grpc_refuses_missing_and_wrong_credentials_and_missing_permissions() {
     let dir = tempfile::tempdir().unwrap();
@@ -203,6 +222,21 @@ fn grpc_refuses_missing_and_wrong_credentials_and_missing_permissions() {
                 Code::FailedPrecondition,
                 "reassignment needs a cluster: this node runs standalone (no `cluster:` section)"
             )
+        );
+
+        // Every refusal counts in its method's figures (8 Gets, 5 of
+        // them refused; the Ping refused; one Set of two refused).
+        assert_eq!(
+            calls_errors(&mut kv, "get").await.as_deref(),
+            Some("calls=8,errors=5")
+        );
+        assert_eq!(
+            calls_errors(&mut kv, "ping").await.as_deref(),
+            Some("calls=1,errors=1")
+        );
+        assert_eq!(
+            calls_errors(&mut kv, "set").await.as_deref(),
+            Some("calls=2,errors=1")
         );
     }));
     assert!(!server.log().contains(RO_PW), "a password reached the log");
@@ -691,6 +725,15 @@ fn a_forward_stream_checks_every_message_as_its_unary_call() {
         );
         // The same stream still serves reads; nothing was written.
         assert_eq!(values(ask(3, mget()).await), vec![Some("v".into()), None]);
+        // The refused message counts as a refused MSet call would.
+        assert_eq!(
+            calls_errors(&mut kv, "mset").await.as_deref(),
+            Some("calls=1,errors=1")
+        );
+        assert_eq!(
+            calls_errors(&mut kv, "mget").await.as_deref(),
+            Some("calls=2,errors=0")
+        );
         // Two failed logins lock 127.0.0.1: the open stream's next message
         // is refused, as a new unary call is.
         for _ in 0..2 {

@@ -15,7 +15,8 @@
 //!   once, at open) is verified again for every message (a lockout of
 //!   the peer's address or a wrong password refuses it) and the user must
 //!   hold the unary method's permission (`MGet`: read, `MSet`: write); a
-//!   refusal is that message's error status, the stream stays open;
+//!   refusal is that message's error status, counted in the method's
+//!   figures as the unary call's refusal is, and the stream stays open;
 //! - a stream holds at most [`MAX_IN_FLIGHT`] messages being served, and
 //!   reads no more until one is answered; each message is at most the
 //!   listener's `max_message_bytes` (tonic refuses larger ones) and names
@@ -127,6 +128,17 @@ impl KvService {
     }
 }
 
+impl KvService {
+    /// A message refused by [`Caller::check`], counted as the unary call's
+    /// refusal would be (src/auth/grpc.rs).
+    fn refused(&self, method: &str, s: Status) -> Status {
+        self.metrics
+            .requests
+            .refused(method, &Error::from(s.clone()));
+        s
+    }
+}
+
 /// Serves one message of a stream: its answer, or the stream's error.
 async fn serve(
     svc: KvService,
@@ -141,14 +153,14 @@ async fn serve(
                 .m_get_rpc(marked(q))
                 .await
                 .map(|r| Reply::MGet(r.into_inner())),
-            Err(s) => Err(s),
+            Err(s) => Err(svc.refused("MGet", s)),
         },
         Some(Ask::MSet(q)) => match caller.check("MSet").await {
             Ok(()) => svc
                 .m_set_rpc(marked(q))
                 .await
                 .map(|r| Reply::MSet(r.into_inner())),
-            Err(s) => Err(s),
+            Err(s) => Err(svc.refused("MSet", s)),
         },
         None => Err(Status::from(Error::InvalidInput(
             "a forwarded message carries neither MGet nor MSet".into(),
