@@ -47,12 +47,18 @@
 //!   waits with an error instead of leaving it waiting, and the next
 //!   command starts a new pump;
 //! - a command whose caller stopped waiting (its connection task was
-//!   dropped) is not sent.
+//!   dropped) is not sent;
+//! - a lane idle for [`LANE_IDLE`] (nothing queued since, nothing waiting
+//!   or on the way) is removed, its stream closed, when the next new lane
+//!   is made: the lanes, and the streams they hold open at each leader
+//!   (`server.max_streams_per_connection`), are bounded by the leaders
+//!   and credentials in use, not by all ever seen.
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::join_all;
@@ -72,6 +78,10 @@ pub const MAX_KEYS: usize = 256;
 /// Most key and value bytes one coalesced forward carries (a single
 /// command may carry more: its own limits apply).
 pub const MAX_BYTES: usize = 32 << 10;
+
+/// A lane with nothing to send for this long is removed, its stream
+/// closed, the next time a lane is made.
+pub const LANE_IDLE: Duration = Duration::from_secs(60);
 
 /// One command waiting in a lane.
 pub(super) struct Item<T> {
@@ -103,6 +113,8 @@ struct LaneState<T> {
     tickets: u64,
     /// The lane's stream, while no pump holds it.
     conn: Conn,
+    /// When commands last joined the queue.
+    used: Instant,
 }
 
 impl<T> Default for Lane<T> {
@@ -113,6 +125,7 @@ impl<T> Default for Lane<T> {
                 pumping: false,
                 tickets: 0,
                 conn: Conn::default(),
+                used: Instant::now(),
             }),
         }
     }
@@ -123,6 +136,7 @@ impl<T> Lane<T> {
     /// the connection and the ticket of the caller's last command.
     fn push(&self, items: Vec<Item<T>>) -> Option<(Conn, u64)> {
         let mut s = self.state.lock();
+        s.used = Instant::now();
         for mut it in items {
             it.ticket = s.tickets;
             s.tickets += 1;
@@ -154,6 +168,13 @@ impl<T> Lane<T> {
             n += 1;
         }
         Some(s.queue.drain(..n).collect())
+    }
+
+    /// Whether nothing was queued since `since` and nothing waits or is
+    /// on the way: the lane can go.
+    fn idle_since(&self, since: Instant) -> bool {
+        let s = self.state.lock();
+        !s.pumping && s.queue.is_empty() && s.used <= since
     }
 
     /// Whether commands wait (the pump must go on); when none does, the
@@ -226,6 +247,15 @@ impl Drop for Inline {
 /// The key of a lane: the leader's address and the caller's credentials.
 type LaneKey = (String, Option<Arc<str>>);
 
+/// Removes the lanes idle for [`LANE_IDLE`] at `now` (their streams close
+/// as their connections drop). A caller that took such a lane out of the
+/// map just before still pumps it; later callers get a new lane.
+fn sweep<T>(lanes: &mut HashMap<LaneKey, Arc<Lane<T>>>, now: Instant) {
+    if let Some(since) = now.checked_sub(LANE_IDLE) {
+        lanes.retain(|_, lane| !lane.idle_since(since));
+    }
+}
+
 /// Every lane of a service (shared by its clones).
 #[derive(Default)]
 pub struct Lanes {
@@ -282,11 +312,14 @@ impl KvService {
         }
         let mut pumps = Vec::new();
         for (addr, items) in by_leader {
-            let lane = T::lanes(&self.lanes)
-                .lock()
-                .entry((addr, credentials.clone()))
-                .or_default()
-                .clone();
+            let lane = {
+                let mut lanes = T::lanes(&self.lanes).lock();
+                let key = (addr, credentials.clone());
+                if !lanes.contains_key(&key) {
+                    sweep(&mut lanes, Instant::now());
+                }
+                lanes.entry(key).or_default().clone()
+            };
             if let Some((conn, own)) = lane.push(items) {
                 let guard = PumpGuard { lane, armed: true };
                 let pump = own_pump(self.clone(), guard, conn, own);
@@ -498,6 +531,30 @@ mod tests {
             ticket: 0,
         };
         (it, rx)
+    }
+
+    /// Only lanes idle for [`LANE_IDLE`] go: not one used since, one whose
+    /// pump runs, or one with commands waiting.
+    #[test]
+    fn sweep_removes_only_lanes_idle_long_enough() {
+        let key = |n: &str| (n.to_string(), None);
+        let mut lanes: HashMap<LaneKey, Arc<Lane<()>>> = HashMap::new();
+        for n in ["idle", "recent", "pumping", "queued"] {
+            lanes.insert(key(n), Arc::default());
+        }
+        let (a, _ra) = item("a", 1);
+        let (_conn, _) = lanes[&key("pumping")].push(vec![a]).expect("pumps");
+        lanes[&key("pumping")].state.lock().queue.clear();
+        let (b, _rb) = item("b", 1);
+        lanes[&key("queued")].state.lock().queue.push(b);
+        let later = Instant::now() + LANE_IDLE + Duration::from_millis(1);
+        lanes[&key("recent")].state.lock().used = later;
+        sweep(&mut lanes, later);
+        let mut left: Vec<&str> = lanes.keys().map(|(n, _)| n.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["pumping", "queued", "recent"]);
+        sweep(&mut lanes, Instant::now());
+        assert_eq!(lanes.len(), 3, "nothing is idle for long yet");
     }
 
     /// The first push makes its caller the pump (with the ticket of its
