@@ -19,9 +19,9 @@ command -v jq >/dev/null 2>&1 || missing+=(jq)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 # The torture scenario clock-skew runs one node under libfaketime (the file
-# tests/torture/skew.rs preloads, in the machine's multiarch directory);
-# without it the scenario only says it is skipped.
-compgen -G '/usr/lib/*/faketime/libfaketimeMT.so.1' >/dev/null || missing+=(libfaketime)
+# tests/torture/skew.rs preloads, in the multiarch directory of this
+# machine's architecture); without it the scenario only says it is skipped.
+compgen -G "/usr/lib/$(uname -m)-linux-*/faketime/libfaketimeMT.so.1" >/dev/null || missing+=(libfaketime)
 # The RESP tests compare caskade with a real Redis through its own clients.
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)

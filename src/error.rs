@@ -133,6 +133,23 @@ fn not_leader_message(partition: u32, leader: Option<&str>) -> String {
     }
 }
 
+/// The middle of the message of [`Error::after_partial_write`]:
+/// `{done} of {total}`, this, the cause, [`RETRY`].
+const PARTIAL: &str = " keys were written before this failed: ";
+
+/// The end of the message of [`Error::after_partial_write`].
+const RETRY: &str = "; retry the rest";
+
+/// `(k, cause)` of a message [`Error::after_partial_write`] made (`k of m
+/// keys were written before this failed: cause; retry the rest`).
+fn partial_write(message: &str) -> Option<(usize, &str)> {
+    let (k, rest) = message.split_once(" of ")?;
+    let (m, rest) = rest.split_once(PARTIAL)?;
+    let cause = rest.strip_suffix(RETRY)?;
+    m.parse::<usize>().ok()?;
+    Some((k.parse().ok()?, cause))
+}
+
 impl Error {
     /// The machine-readable reason sent as `caskade-reason`.
     pub fn reason(&self) -> &'static str {
@@ -209,13 +226,23 @@ impl Error {
     /// applied ([`Error::nothing_applied`]) would make the caller retry the
     /// keys already done, so it becomes [`Error::Unavailable`] naming how
     /// many were; other errors already leave the outcome open.
+    ///
+    /// An error that is itself such an answer for a part of the request
+    /// (`k of m keys were written ...`, from the partition or leader that
+    /// served the part) is restated for the whole: `done + k of total`.
     pub fn after_partial_write(self, done: usize, total: usize) -> Error {
+        if let Error::Unavailable(m) = &self
+            && let Some((k, cause)) = partial_write(m)
+        {
+            return Error::Unavailable(format!(
+                "{} of {total}{PARTIAL}{cause}{RETRY}",
+                done.saturating_add(k)
+            ));
+        }
         if done == 0 || !self.nothing_applied() {
             return self;
         }
-        Error::Unavailable(format!(
-            "{done} of {total} keys were written before this failed: {self}; retry the rest"
-        ))
+        Error::Unavailable(format!("{done} of {total}{PARTIAL}{self}{RETRY}"))
     }
 
     /// The variant's own text, without the category prefix `Display` adds
@@ -480,6 +507,29 @@ mod tests {
         assert!(!partial.nothing_applied());
         let timeout = Error::Timeout("late".into());
         assert_eq!(timeout.clone().after_partial_write(1, 2), timeout);
+
+        // A part's own partial answer (2 of its 3 keys) after 4 keys of
+        // other parts: 6 of the request's 10, the cause kept.
+        let Error::Unavailable(m) = partial.clone().after_partial_write(0, 3) else {
+            panic!("not Unavailable");
+        };
+        assert!(m.starts_with("1 of 3 keys were written"), "{m}");
+        let part = Error::Unreachable {
+            addr: "h:1".into(),
+            reason: "connection refused".into(),
+        }
+        .after_partial_write(2, 3);
+        assert_eq!(
+            part.after_partial_write(4, 10),
+            Error::Unavailable(
+                "6 of 10 keys were written before this failed: could not connect to caskade at \
+                 h:1: connection refused; retry the rest"
+                    .into()
+            )
+        );
+        // Other Unavailable messages are not taken for one.
+        let other = Error::Unavailable("writes refused: 1 of 2 disks".into());
+        assert_eq!(other.clone().after_partial_write(3, 4), other);
     }
 
     #[test]

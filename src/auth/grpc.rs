@@ -30,8 +30,9 @@ use tower_service::Service;
 
 use super::{AuthError, Authenticator};
 
-/// Told of each refused request: the method's name and why.
-pub type OnRefusal = Arc<dyn Fn(&str, &AuthError) + Send + Sync>;
+/// Told of each refused request: the method's name, why, and how long
+/// the check took (a password hash when the credentials were not cached).
+pub type OnRefusal = Arc<dyn Fn(&str, &AuthError, std::time::Duration) + Send + Sync>;
 
 /// `S` behind the credential check.
 #[derive(Clone)]
@@ -93,6 +94,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, ready);
         let on_refusal = self.on_refusal.clone();
         Box::pin(async move {
+            let started = std::time::Instant::now();
             let method = req.uri().path().rsplit('/').next().unwrap_or("");
             let need = super::permissions::grpc(method);
             let header = req.headers().get(http::header::AUTHORIZATION);
@@ -116,7 +118,7 @@ where
                 Err(e) => {
                     tracing::debug!(method, "request refused: {e}");
                     if let Some(hook) = &on_refusal {
-                        hook(method, &e);
+                        hook(method, &e, started.elapsed());
                     }
                     Ok(e.to_status().into_http())
                 }

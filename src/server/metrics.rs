@@ -213,11 +213,11 @@ impl Requests {
 
     /// Records a request of gRPC `method` refused before its handler ran
     /// (authentication, permissions: src/auth/grpc.rs, a forwarded
-    /// message's check), with the refusal's outcome and no duration to
-    /// speak of. Admin methods have no series and are not recorded.
-    pub fn refused(&self, method: &str, e: &Error) {
+    /// message's check), with the refusal's outcome and the time the check
+    /// took (`took`). Admin methods have no series and are not recorded.
+    pub fn refused(&self, method: &str, e: &Error, took: Duration) {
         if let Some(command) = Command::of_method(method) {
-            self.series[command as usize][outcome_of(e)].observe(Duration::ZERO);
+            self.series[command as usize][outcome_of(e)].observe(took);
         }
     }
 
@@ -646,6 +646,13 @@ mod tests {
         assert_eq!(OUTCOMES[INTERNAL], "internal");
         assert_eq!(OUTCOMES[CANCELLED], "cancelled");
         for e in &errors {
+            // Does not compile when a variant is added: list it above.
+            match e {
+                InvalidInput(_) | NotLeader { .. } | NotEnoughReplicas { .. } | Timeout(_) => {}
+                Unreachable { .. } | Corrupt(_) | DiskFull(_) | Unavailable(_) | Internal(_) => {}
+                FencedEpoch(_) | UnknownEpoch(_) | StaleController(_) | FailedPrecondition(_) => {}
+                NotInteger | Overflow | Unauthenticated(_) | PermissionDenied(_) => {}
+            }
             assert_eq!(
                 OUTCOMES[outcome_of(e)],
                 e.reason().to_ascii_lowercase(),
@@ -661,9 +668,10 @@ mod tests {
     #[test]
     fn refusals_count_in_their_method() {
         let r = Requests::new();
-        r.refused("Get", &Error::Unauthenticated("no".into()));
-        r.refused("MSet", &Error::PermissionDenied("no".into()));
-        r.refused("Decommission", &Error::PermissionDenied("no".into()));
+        let ms = Duration::from_millis(1);
+        r.refused("Get", &Error::Unauthenticated("no".into()), ms);
+        r.refused("MSet", &Error::PermissionDenied("no".into()), ms);
+        r.refused("Decommission", &Error::PermissionDenied("no".into()), ms);
         let snap = r.snapshot();
         let at = |c: Command, o: &str| {
             snap[c as usize][OUTCOMES.iter().position(|x| *x == o).unwrap()].count()

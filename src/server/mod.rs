@@ -121,10 +121,10 @@ async fn serve_clients(
     // Requests the listener refuses (credentials, permissions) count in
     // their method's figures, as `unauthenticated` / `permission_denied`.
     let counted = metrics.clone();
-    let refusals: crate::auth::grpc::OnRefusal = Arc::new(move |method, e| {
+    let refusals: crate::auth::grpc::OnRefusal = Arc::new(move |method, e, took| {
         counted
             .requests
-            .refused(method, &crate::Error::from(e.to_status()));
+            .refused(method, &crate::Error::from(e.to_status()), took);
     });
     let service = KvService::new(
         node.clone(),

@@ -820,6 +820,55 @@ mod tests {
         );
     }
 
+    /// A partition whose own call fails part-way (`1 of 2` of its keys)
+    /// after another partition's 2 keys were written: the answer counts
+    /// for the whole request, `3 of 4`.
+    #[tokio::test]
+    async fn a_partitions_own_partial_write_counts_in_the_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path());
+        let n = svc.node.partition_count();
+        let part = |k: &Bytes| crate::cluster::partition_for(k, n);
+        let keys: Vec<Bytes> = (0..1000).map(|i| Bytes::from(format!("k{i}"))).collect();
+        let first = part(&keys[0]);
+        let other = keys.iter().map(part).find(|&p| p != first).unwrap();
+        let (low, high) = (first.min(other), first.max(other));
+        let pick = |p: u32| -> Vec<Bytes> {
+            keys.iter()
+                .filter(|k| part(k) == p)
+                .take(2)
+                .cloned()
+                .collect()
+        };
+        let request: Vec<Bytes> = [pick(low), pick(high)].concat();
+        let err = svc
+            .per_partition(
+                request,
+                |keys| async move {
+                    if part(&keys[0]) == low {
+                        Ok(2)
+                    } else {
+                        Err(Error::Unreachable {
+                            addr: "127.0.0.1:2".into(),
+                            reason: "connection refused".into(),
+                        }
+                        .after_partial_write(1, 2))
+                    }
+                },
+                |_leader, _keys| async move { Ok(0) },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            Error::Unavailable(
+                "3 of 4 keys were written before this failed: could not connect to caskade at \
+                 127.0.0.1:2: connection refused; retry the rest"
+                    .into()
+            )
+        );
+    }
+
     /// A multi-key `DEL`/`EXISTS` whose keys this node does not all lead
     /// costs one call per partition, with that partition's keys, not one
     /// per key (each a forward to another node in a cluster).

@@ -5,8 +5,9 @@
 //! caller's credentials: plain `GET`s and `SET`s on the lane of (leader,
 //! credentials) and its `Forward` stream (src/server/service/coalesce.rs,
 //! lane_stream.rs), the other commands as unary calls. The leader's
-//! `INFO stats` counters (`cmd_forward`: streams opened; a stream's
-//! messages count as `mget` / `mset`) show exactly what was forwarded.
+//! `INFO stats` counters (`cmd_forward`: streams opened, or refused; a
+//! stream's messages count as `mget` / `mset`, refused ones too) show
+//! exactly what was forwarded.
 
 use crate::harness;
 

@@ -242,8 +242,9 @@ fn leader_mute() {
     net("leader_mute", s);
 }
 
-/// Checks a saved history: `TORTURE_CHECK=path cargo test --release
-/// --test torture -- --nocapture check_saved_history` (does nothing
+/// Checks a saved history: `TORTURE_CHECK=path cargo test --profile ci
+/// --features caskade/failpoints --test torture -- --nocapture
+/// check_saved_history` (does nothing
 /// without the variable).
 #[test]
 fn check_saved_history() {

@@ -25,13 +25,18 @@ use super::nemesis::Ctx;
 
 /// libfaketime, the multi-threaded build (the server is multi-threaded),
 /// as Debian installs it: `/usr/lib/<multiarch triple>/faketime/`, the
-/// triple that of the machine (scripts/ensure-deps.sh looks for the same
-/// file). `None` when it is not installed.
+/// triple that of this machine's architecture (`x86_64-linux-gnu`, ...),
+/// not a foreign one a multiarch install may add (the loader would skip
+/// it and the node would run unskewed). scripts/ensure-deps.sh looks for
+/// the same file. `None` when it is not installed.
 pub fn libfaketime() -> Option<std::path::PathBuf> {
     const FILE: &str = "faketime/libfaketimeMT.so.1";
+    let triple = format!("{}-linux-", std::env::consts::ARCH);
     std::fs::read_dir("/usr/lib")
         .ok()?
-        .filter_map(|dir| Some(dir.ok()?.path().join(FILE)))
+        .filter_map(|dir| dir.ok())
+        .filter(|dir| dir.file_name().to_string_lossy().starts_with(&triple))
+        .map(|dir| dir.path().join(FILE))
         .find(|path| path.exists())
 }
 
@@ -44,7 +49,7 @@ pub fn available() -> Result<(), String> {
     match libfaketime() {
         Some(_) => Ok(()),
         None => Err(
-            "/usr/lib/*/faketime/libfaketimeMT.so.1 not installed (apt-get install libfaketime)"
+            "/usr/lib/<arch>-linux-*/faketime/libfaketimeMT.so.1 not installed (apt-get install libfaketime)"
                 .into(),
         ),
     }

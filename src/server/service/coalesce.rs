@@ -21,10 +21,12 @@
 //! - answers are exactly those of the uncoalesced forwards
 //!   (src/server/service/batch.rs): a failed `MGet` falls back to one
 //!   forwarded `Get` per key, each answered on its own, unless the leader
-//!   refused the credentials (`UNAUTHENTICATED`): then that refusal is
-//!   every key's answer, as each `Get` would be refused alike (and count
-//!   one more failed login against this node's address at the leader, so
-//!   one user's batch could lock out every user's forwards); an `MSet` refused
+//!   refused the credentials (`UNAUTHENTICATED`) or the permission
+//!   (`PERMISSION_DENIED`: `Get` needs the read permission `MGet` needs):
+//!   then that refusal is every key's answer, as each `Get` would be
+//!   refused alike (and, for credentials, count one more failed login
+//!   against this node's address at the leader, so one user's batch
+//!   could lock out every user's forwards); an `MSet` refused
 //!   with `NOT_LEADER` (the leader checks every key's partition before
 //!   writing any, so nothing was written) falls back to one forwarded `Set`
 //!   per key; any other `MSet` failure is every key's answer (an unknown
@@ -430,8 +432,9 @@ impl Kind for Option<Bytes> {
                 }
             }
             // The same credentials from the same address: each Get would
-            // be refused too, one more failed login at the leader apiece.
-            Err(e @ Error::Unauthenticated(_)) => {
+            // be refused too, one more failed login at the leader apiece;
+            // or the user may not read there, which Get needs as MGet does.
+            Err(e @ (Error::Unauthenticated(_) | Error::PermissionDenied(_))) => {
                 for it in batch {
                     let _ = it.answer.send(Err(e.clone()));
                 }

@@ -34,6 +34,7 @@
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -65,11 +66,13 @@ struct Caller {
 
 impl Caller {
     /// What [`crate::auth::grpc::Guarded`] would answer a unary call of
-    /// `method` with these credentials: `Ok` to serve it.
-    async fn check(&self, method: &str) -> Result<(), Status> {
+    /// `method` with these credentials: `Ok` to serve it, else the refusal
+    /// and how long the check took.
+    async fn check(&self, method: &str) -> Result<(), (Status, Duration)> {
         let Some(auth) = &self.auth else {
             return Ok(());
         };
+        let started = Instant::now();
         let need = crate::auth::permissions::grpc(method);
         let checked = match &self.header {
             None => Err(crate::auth::AuthError::Missing),
@@ -80,7 +83,7 @@ impl Caller {
         };
         checked.map_err(|e| {
             tracing::debug!(method, "forwarded message refused: {e}");
-            e.to_status()
+            (e.to_status(), started.elapsed())
         })
     }
 }
@@ -131,10 +134,10 @@ impl KvService {
 impl KvService {
     /// A message refused by [`Caller::check`], counted as the unary call's
     /// refusal would be (src/auth/grpc.rs).
-    fn refused(&self, method: &str, s: Status) -> Status {
+    fn refused(&self, method: &str, s: Status, took: Duration) -> Status {
         self.metrics
             .requests
-            .refused(method, &Error::from(s.clone()));
+            .refused(method, &Error::from(s.clone()), took);
         s
     }
 }
@@ -153,14 +156,14 @@ async fn serve(
                 .m_get_rpc(marked(q))
                 .await
                 .map(|r| Reply::MGet(r.into_inner())),
-            Err(s) => Err(svc.refused("MGet", s)),
+            Err((s, took)) => Err(svc.refused("MGet", s, took)),
         },
         Some(Ask::MSet(q)) => match caller.check("MSet").await {
             Ok(()) => svc
                 .m_set_rpc(marked(q))
                 .await
                 .map(|r| Reply::MSet(r.into_inner())),
-            Err(s) => Err(svc.refused("MSet", s)),
+            Err((s, took)) => Err(svc.refused("MSet", s, took)),
         },
         None => Err(Status::from(Error::InvalidInput(
             "a forwarded message carries neither MGet nor MSet".into(),
