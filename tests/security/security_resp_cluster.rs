@@ -454,3 +454,38 @@ fn a_user_the_leader_does_not_know_costs_one_failed_login_per_batch() {
     assert_eq!(w.ask(&["SET", &keys[0], "ok"]), "+OK\r\n");
     assert_eq!(w.ask(&["GET", &keys[0]]), "$2\r\nok\r\n");
 }
+
+/// A user the forwarding node lets read and the leader does not (the nodes
+/// disagree on `auth:`): its `GET`s through that node get the leader's
+/// refusal of the batched `MGet`, as `NOPERM`, and the leader counts just
+/// that refused `MGet` per batch, not a refused `Get` per key on top: a
+/// `Get` needs the read permission `MGet` needs, so retrying key by key
+/// could only be refused again.
+#[test]
+fn a_read_the_leader_refuses_is_not_retried_key_by_key() {
+    let users: Vec<(&str, &str, &[&str])> = USERS
+        .iter()
+        .copied()
+        .chain([("wo", "wo-pw", &["write"][..])])
+        .collect();
+    let mut c = auth_cluster_with(&users, "", None);
+    let leader = c.leader(0).expect("partition 0 has a leader");
+    let via = (0..3).find(|&i| i != leader).unwrap();
+    let k0 = c.key_in(0, 0);
+    restart_with(&mut c, via, |y| {
+        y.replace("permissions: [write]}", "permissions: [read, write]}")
+    });
+    assert_eq!(c.leader(0), Some(leader), "partition 0 kept its leader");
+    let addr = c.resp_addr(via);
+    let denied = "-NOPERM user 'wo' has no 'read' permission, which MGet needs\r\n";
+    let counted = counted_during(&c, leader, || {
+        let mut r = Conn::login(&addr, "wo", "wo-pw");
+        assert_eq!(r.ask(&["GET", &k0]), denied);
+        assert_eq!(r.ask(&["GET", &k0]), denied);
+    });
+    assert_eq!(
+        counted,
+        vec![("mget", 2, 2), ("forward", 1, 0)],
+        "one stream, one refused MGet per GET, no Get retried"
+    );
+}
