@@ -456,6 +456,12 @@ async fn info(sh: &Shared, f: &[Bytes]) -> Reply {
                 .load(std::sync::atomic::Ordering::Relaxed)
                 .to_string(),
         ),
+        kv(
+            "total_error_replies",
+            sh.error_replies
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .to_string(),
+        ),
     ];
     stats.extend(extra("requests"));
     sections.push(("Stats", stats));

@@ -172,6 +172,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         frames.clear();
         if let Some(e) = &error {
             tracing::debug!(%peer, "RESP protocol error: {e}");
+            shared.error_replies.fetch_add(1, Ordering::Relaxed);
             Reply::err(e).encode(client.resp, &mut out);
         }
         if let Err(e) = stream.write_all(&out).await {
@@ -208,6 +209,9 @@ async fn execute(shared: &Shared, client: &mut Client, frames: &[Frame], out: &m
                 }
             };
             shared.commands.fetch_add(1, Ordering::Relaxed);
+            if reply.is_error() {
+                shared.error_replies.fetch_add(1, Ordering::Relaxed);
+            }
             reply.encode(client.resp, out);
             i += 1;
             continue;
@@ -218,10 +222,11 @@ async fn execute(shared: &Shared, client: &mut Client, frames: &[Frame], out: &m
         let mut now = None;
         // Partitions below 128 already noted for this batch.
         let mut noted = 0u128;
+        let mut errors = 0;
         for (f, reply) in frames[i..j].iter().zip(replies) {
-            if !reply.is_error()
-                && let Some((keys, true)) = commands::keys_of(f)
-            {
+            if reply.is_error() {
+                errors += 1;
+            } else if let Some((keys, true)) = commands::keys_of(f) {
                 let now = *now.get_or_insert_with(Instant::now);
                 for k in keys {
                     let p = shared.node_partition(k);
@@ -233,6 +238,9 @@ async fn execute(shared: &Shared, client: &mut Client, frames: &[Frame], out: &m
                 }
             }
             reply.encode(client.resp, out);
+        }
+        if errors > 0 {
+            shared.error_replies.fetch_add(errors, Ordering::Relaxed);
         }
         i = j;
     }

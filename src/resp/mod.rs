@@ -108,6 +108,11 @@ pub struct Shared {
     next_id: AtomicU64,
     /// Commands processed since start (`INFO stats`).
     commands: AtomicU64,
+    /// Error replies sent since start, refusals before a command ran
+    /// (arity, unknown command, `NOAUTH`, `NOPERM`, protocol errors) and
+    /// failures of commands that ran alike (`INFO stats`
+    /// `total_error_replies`, as Redis counts it).
+    error_replies: AtomicU64,
     /// Connections accepted since start (`INFO stats`).
     accepted: AtomicU64,
     /// Users and permissions (src/resp/auth.rs); `None` = authentication off.
@@ -164,6 +169,7 @@ pub async fn serve(
         clients: AtomicUsize::new(0),
         next_id: AtomicU64::new(1),
         commands: AtomicU64::new(0),
+        error_replies: AtomicU64::new(0),
         accepted: AtomicU64::new(0),
         auth: crate::auth::Authenticator::new(&config.auth),
     });

@@ -584,7 +584,7 @@ async fn info_reports_real_figures() {
         "# Clients\r\nconnected_clients:1\r\nmaxclients:10000\r\n",
         "# Persistence\r\nloading:0\r\naof_enabled:1\r\ncaskade_fsync:every_ms=1000\r\nkeys:3\r\n",
         "records_written:3\r\n",
-        "total_commands_processed:3\r\n",
+        "total_commands_processed:3\r\ntotal_error_replies:0\r\n",
         "cmd_set:calls=3,errors=0,",
         "# Replication\r\nrole:master\r\npartitions_hosted:8\r\npartitions_led:8\r\n",
         "partition_0:role=leader,leader=node-1,",
@@ -597,6 +597,42 @@ async fn info_reports_real_figures() {
     assert!(
         server.contains("# Clients") && !server.contains("# Server"),
         "{server}"
+    );
+    // Error replies, as Redis counts them: refusals before a command runs
+    // (arity, unknown command) and failures of commands that ran (INCR of
+    // a non-integer, alone and in a pipeline with a command that did not
+    // fail), one each; a protocol error on another connection too.
+    c.cmd(
+        &["GET"],
+        "-ERR wrong number of arguments for 'get' command\r\n",
+    )
+    .await;
+    c.cmd(
+        &["NOPE"],
+        "-ERR unknown command 'NOPE', with args beginning with: \r\n",
+    )
+    .await;
+    c.cmd(&["SET", "t", "x"], "+OK\r\n").await;
+    c.cmd(
+        &["INCR", "t"],
+        "-ERR value is not an integer or out of range\r\n",
+    )
+    .await;
+    c.check(
+        "*2\r\n$4\r\nINCR\r\n$1\r\nt\r\n*2\r\n$3\r\nGET\r\n$1\r\nt\r\n",
+        "-ERR value is not an integer or out of range\r\n$1\r\nx\r\n",
+    )
+    .await;
+    let mut bad = s.connect().await;
+    bad.check(
+        "*1\r\n:1\r\n",
+        "-ERR Protocol error: expected '$', got ':'\r\n",
+    )
+    .await;
+    let stats = String::from_utf8(c.call(&["INFO", "stats"]).await).unwrap();
+    assert!(
+        stats.contains("total_commands_processed:11\r\ntotal_error_replies:5\r\n"),
+        "{stats}"
     );
     s.stop().await;
 }
