@@ -317,10 +317,13 @@ impl KvService {
             let lane = {
                 let mut lanes = T::lanes(&self.lanes).lock();
                 let key = (addr, credentials.clone());
-                if !lanes.contains_key(&key) {
-                    sweep(&mut lanes, Instant::now());
+                match lanes.get(&key) {
+                    Some(lane) => lane.clone(),
+                    None => {
+                        sweep(&mut lanes, Instant::now());
+                        lanes.entry(key).or_default().clone()
+                    }
                 }
-                lanes.entry(key).or_default().clone()
             };
             if let Some((conn, own)) = lane.push(items) {
                 let guard = PumpGuard { lane, armed: true };
