@@ -105,6 +105,17 @@ impl AuthError {
     }
 }
 
+/// The error a client rebuilds from [`AuthError::to_status`], without the
+/// trip through a status (the server's request figures count it).
+impl From<&AuthError> for crate::Error {
+    fn from(e: &AuthError) -> crate::Error {
+        match e {
+            AuthError::Denied { .. } => crate::Error::PermissionDenied(e.to_string()),
+            _ => crate::Error::Unauthenticated(e.to_string()),
+        }
+    }
+}
+
 /// Who a request runs as, once authenticated.
 #[derive(Debug)]
 pub struct Principal {

@@ -124,7 +124,7 @@ async fn serve_clients(
     let refusals: crate::auth::grpc::OnRefusal = Arc::new(move |method, e, took| {
         counted
             .requests
-            .refused(method, &crate::Error::from(e.to_status()), took);
+            .refused(method, &crate::Error::from(e), took);
     });
     let service = KvService::new(
         node.clone(),

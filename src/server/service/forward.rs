@@ -68,7 +68,7 @@ impl Caller {
     /// What [`crate::auth::grpc::Guarded`] would answer a unary call of
     /// `method` with these credentials: `Ok` to serve it, else the refusal
     /// and how long the check took.
-    async fn check(&self, method: &str) -> Result<(), (Status, Duration)> {
+    async fn check(&self, method: &str) -> Result<(), (crate::auth::AuthError, Duration)> {
         let Some(auth) = &self.auth else {
             return Ok(());
         };
@@ -83,7 +83,7 @@ impl Caller {
         };
         checked.map_err(|e| {
             tracing::debug!(method, "forwarded message refused: {e}");
-            (e.to_status(), started.elapsed())
+            (e, started.elapsed())
         })
     }
 }
@@ -134,11 +134,9 @@ impl KvService {
 impl KvService {
     /// A message refused by [`Caller::check`], counted as the unary call's
     /// refusal would be (src/auth/grpc.rs).
-    fn refused(&self, method: &str, s: Status, took: Duration) -> Status {
-        self.metrics
-            .requests
-            .refused(method, &Error::from(s.clone()), took);
-        s
+    fn refused(&self, method: &str, e: &crate::auth::AuthError, took: Duration) -> Status {
+        self.metrics.requests.refused(method, &Error::from(e), took);
+        e.to_status()
     }
 }
 
@@ -156,14 +154,14 @@ async fn serve(
                 .m_get_rpc(marked(q))
                 .await
                 .map(|r| Reply::MGet(r.into_inner())),
-            Err((s, took)) => Err(svc.refused("MGet", s, took)),
+            Err((e, took)) => Err(svc.refused("MGet", &e, took)),
         },
         Some(Ask::MSet(q)) => match caller.check("MSet").await {
             Ok(()) => svc
                 .m_set_rpc(marked(q))
                 .await
                 .map(|r| Reply::MSet(r.into_inner())),
-            Err((s, took)) => Err(svc.refused("MSet", s, took)),
+            Err((e, took)) => Err(svc.refused("MSet", &e, took)),
         },
         None => Err(Status::from(Error::InvalidInput(
             "a forwarded message carries neither MGet nor MSet".into(),
