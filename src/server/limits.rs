@@ -120,6 +120,13 @@ pub struct ConnState {
 }
 
 impl ConnState {
+    /// Marks the handshake done: a protocol whose first bytes are fewer
+    /// than the listener's `handshake_bytes` (the forward wire,
+    /// src/server/service/wire.rs) says so once its greeting was read.
+    pub fn mark_handshaken(&self) {
+        self.handshaken.store(true, Ordering::Release);
+    }
+
     /// Marks a request in progress until the returned guard drops.
     pub fn begin(self: &Arc<Self>) -> Active {
         self.active.fetch_add(1, Ordering::AcqRel);
@@ -337,6 +344,11 @@ impl Conn {
     /// The socket.
     pub fn stream(&self) -> &TcpStream {
         &self.stream
+    }
+
+    /// The connection's state (requests in progress, handshake).
+    pub fn state(&self) -> &Arc<ConnState> {
+        &self.slot.state
     }
 
     /// An error if this connection must end now; otherwise arms the timer

@@ -19,6 +19,10 @@
 //!   `server.shutdown_timeout_ms`, then every engine is flushed (fsync)
 //!   before [`run`] returns. A request that was acknowledged is durable
 //!   once `run` returns, whatever the fsync policy;
+//! - without TLS the client listener also serves the forward wire of
+//!   other nodes (src/server/service/wire.rs), told apart by its first
+//!   bytes; its connections count against the same caps, and the drain
+//!   waits for them as for gRPC requests;
 //! - with `tls.cert` set both listeners speak TLS only (a plaintext client
 //!   fails its handshake); the replication listener requires every caller
 //!   to present a certificate signed by `tls.ca` (see [`crate::tls`]).
@@ -139,6 +143,7 @@ async fn serve_clients(
     let auth = crate::auth::Authenticator::new(&config.auth);
     let (stopping, stopped) = tokio::sync::watch::channel(false);
     let service = service.with_auth(auth.clone()).with_shutdown(stopped);
+    let wire_service = service.clone();
     let kv = KvServer::new(service)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
@@ -161,6 +166,22 @@ async fn serve_clients(
             .tls_config(tls.client_listener())
             .map_err(|e| Error::InvalidInput(format!("client listener TLS: {e}")))?;
     }
+    let incoming = limits::incoming(listener, tracker);
+    // Plaintext: forward wire connections (src/server/service/wire.rs) are
+    // told apart and served beside tonic, tracked for the drain.
+    let wires = tokio_util::task::TaskTracker::new();
+    let incoming: futures_util::stream::BoxStream<'static, std::io::Result<limits::Conn>> =
+        if tls.is_none() {
+            Box::pin(service::wire::sniffed(
+                incoming,
+                wire_service,
+                wires.clone(),
+                max_message,
+                Duration::from_millis(l.handshake_timeout_ms),
+            ))
+        } else {
+            Box::pin(incoming)
+        };
     let serve = builder
         .timeout(Duration::from_millis(opts.request_timeout_ms))
         .max_concurrent_streams(opts.max_streams_per_connection)
@@ -170,10 +191,17 @@ async fn serve_clients(
         .http2_max_pending_accept_reset_streams(Some(l.http2_max_pending_accept_reset_streams))
         .layer(limits::RequestLayer::new(Some(decoding)))
         .add_service(crate::auth::grpc::Guarded::new(kv, auth).on_refusal(refusals))
-        .serve_with_incoming_shutdown(limits::incoming(listener, tracker), signal);
+        .serve_with_incoming_shutdown(incoming, signal);
     let grace = Duration::from_millis(opts.shutdown_timeout_ms);
+    let drained = async {
+        let served = serve.await;
+        // Wire connections end on the same signal, after their message.
+        wires.close();
+        wires.wait().await;
+        served
+    };
     tokio::select! {
-        result = serve => result.map_err(|e| Error::Internal(format!("server failed: {e}")))?,
+        result = drained => result.map_err(|e| Error::Internal(format!("server failed: {e}")))?,
         _ = async { fired.notified().await; tokio::time::sleep(grace).await } => {
             tracing::warn!(
                 "in-flight requests did not finish within {} ms; closing their connections",

@@ -49,6 +49,7 @@ mod coalesce;
 mod forward;
 mod lane_stream;
 mod ops;
+pub mod wire;
 
 /// The service object tonic clones per connection (cheap: a few `Arc`s).
 #[derive(Clone)]

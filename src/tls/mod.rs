@@ -255,6 +255,11 @@ pub fn endpoint(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, S
     }
 }
 
+/// Whether this process calls other nodes over TLS ([`set_node_client`]).
+pub fn node_tls() -> bool {
+    NODE_CLIENT.get().is_some()
+}
+
 /// An endpoint for a call from this node to the node at `addr`, with the
 /// process's node-to-node TLS ([`set_node_client`]) when set.
 pub fn node_endpoint(addr: &str) -> Result<Endpoint, String> {

@@ -187,9 +187,10 @@ fn set_get_twice(c: &TestCluster, via: usize) {
 /// it takes a batch, so the 8 commands, sent at once, all wait in the
 /// lane: the leader counts exactly 1 `MSet` and 1 `MGet` per round and no
 /// `Set` or `Get` (before coalescing: 8 `Set`s and 8 `Get`s per round).
-/// The batches travel on one `Forward` stream per lane, opened by its
-/// first batch and reused by the next: two rounds, 2 streams (the `SET`
-/// lane's and the `GET` lane's), not 4.
+/// The batches travel on one forward wire connection per lane
+/// (src/server/service/wire.rs), opened by its first batch and reused by
+/// the next: two rounds, 2 connections (the `SET` lane's and the `GET`
+/// lane's), not 4, each counted as a `forward`.
 #[test]
 fn single_commands_of_many_connections_are_forwarded_together() {
     let (c, leader, via) = coalescing_cluster("");
@@ -201,11 +202,13 @@ fn single_commands_of_many_connections_are_forwarded_together() {
     );
 }
 
-/// The same rounds when the leader refuses `Forward` with UNIMPLEMENTED,
-/// as a node of an older version does (failpoint `server::forward_refuse`
-/// on every node): the same exact answers and the same `MSet` / `MGet`
-/// counts, sent as unary calls; each lane tried a stream once (2 refused
-/// `forward` calls) and then kept to unary calls.
+/// The same rounds when the leader refuses `Forward` with UNIMPLEMENTED
+/// and closes forward wire connections unanswered, as a node of an older
+/// version does (failpoint `server::forward_refuse` on every node): the
+/// same exact answers and the same `MSet` / `MGet` counts, sent as unary
+/// calls; each lane tried the wire once (not counted: an older version
+/// does not know it), then a stream once (2 refused `forward` calls), and
+/// then kept to unary calls.
 #[test]
 fn a_leader_refusing_forward_streams_gets_unary_forwards() {
     let (c, leader, via) = coalescing_cluster(";server::forward_refuse=return");
@@ -224,15 +227,41 @@ fn a_leader_refusing_forward_streams_gets_unary_forwards() {
 /// the failure (an unknown outcome; here nothing was written), the `GET`s
 /// fall back to one forwarded `Get` each and get their exact values. The
 /// next batch of each lane opens a new stream: 4 streams, 1 `MSet` and
-/// 1 `MGet` served, 8 `Get`s.
+/// 1 `MGet` served, 8 `Get`s. The nodes forward over streams, as with TLS
+/// (failpoint `server::wire_off`).
 #[test]
 fn a_stream_broken_mid_batch_answers_as_a_failed_unary_forward() {
-    let (c, leader, via) = coalescing_cluster(";server::forward_break=1*return->1*off->1*return");
+    broken_mid_batch(
+        ";server::wire_off=return",
+        "the forward stream broke (failpoint server::forward_break)",
+    );
+}
+
+/// The same over the forward wire: the leader closes the connection
+/// without an answer, which the lane reports as a break that may or may
+/// not have applied the batch; the same answers and counts otherwise.
+#[test]
+fn a_wire_broken_mid_batch_answers_as_a_failed_unary_forward() {
+    broken_mid_batch(
+        "",
+        "the forward connection to LEADER broke mid-request (the connection was closed); \
+         the request may or may not have been applied",
+    );
+}
+
+/// The test of the two above: nodes with the failpoints `extra`, the
+/// `SET`s of the broken batch answered `-ERR unavailable: ` and `failure`
+/// (`LEADER`: the leader's client address).
+fn broken_mid_batch(extra: &str, failure: &str) {
+    let (c, leader, via) = coalescing_cluster(&format!(
+        ";server::forward_break=1*return->1*off->1*return{extra}"
+    ));
     let addr = c.resp_addr(via);
+    let failure = failure.replace("LEADER", &c.specs[leader].addr);
     round(&c, &addr, |r, k, _| {
         r.cmd(
             &["SET", k, "lost"],
-            "-ERR unavailable: the forward stream broke (failpoint server::forward_break)\r\n",
+            &format!("-ERR unavailable: {failure}\r\n"),
         )
     });
     round(&c, &addr, |r, k, i| {

@@ -10,3 +10,4 @@ mod harness;
 mod metrics;
 mod server_api;
 mod server_lifecycle;
+mod server_wire;

@@ -2,8 +2,9 @@
 //! and plain `SET`s that [`KvService::get_many`] / [`KvService::set_many`]
 //! must forward join a lane per leader (and per caller's credentials), and
 //! the lane sends what waits there as one `MGet` / `MSet`, a message of
-//! the lane's `Forward` stream to that leader (`lane_stream.rs`; a unary
-//! call to a leader that does not serve `Forward`).
+//! the lane's connection to that leader (`lane_stream.rs`: the forward
+//! wire, `wire.rs`, or a `Forward` stream; a unary call to a leader that
+//! serves neither).
 //!
 //! Why: without it every forwarded command of every connection was its own
 //! gRPC request (tonic's buffer task, the HTTP/2 connection tasks of both

@@ -1,6 +1,8 @@
 //! The leader's side of `Forward` (proto/kv.proto): the `MGet` / `MSet`
 //! that another node forwards for its RESP connections arrive as messages
-//! of one long-lived stream per lane (src/server/service/coalesce.rs)
+//! of one long-lived stream per lane (src/server/service/coalesce.rs; or
+//! of a forward wire connection, src/server/service/wire.rs, whose
+//! messages are served by the same [`serve`])
 //! instead of one unary call each, which cost this node an HTTP/2 request
 //! (5 frames, header coding), a spawned task and a tower stack apiece
 //! (docs/BENCHMARKS.md, "Forward streams (session 11)").
@@ -55,7 +57,7 @@ pub type Answers = Pin<Box<dyn Stream<Item = Result<proto::ForwardResponse, Stat
 
 /// Who opened a stream, to check each of its messages as a unary call.
 #[derive(Clone)]
-struct Caller {
+pub(super) struct Caller {
     /// The node's users; `None`: authentication is off.
     auth: Option<Arc<Authenticator>>,
     /// The stream's `authorization` value, as sent at open.
@@ -65,10 +67,23 @@ struct Caller {
 }
 
 impl Caller {
+    /// The caller of a forward wire connection (src/server/service/wire.rs)
+    /// that greeted with `header` from `peer`.
+    pub(super) fn new(
+        auth: Option<Arc<Authenticator>>,
+        header: Option<Arc<[u8]>>,
+        peer: Option<IpAddr>,
+    ) -> Caller {
+        Caller { auth, header, peer }
+    }
+
     /// What [`crate::auth::grpc::Guarded`] would answer a unary call of
     /// `method` with these credentials: `Ok` to serve it, else the refusal
     /// and how long the check took.
-    async fn check(&self, method: &str) -> Result<(), (crate::auth::AuthError, Duration)> {
+    pub(super) async fn check(
+        &self,
+        method: &str,
+    ) -> Result<(), (crate::auth::AuthError, Duration)> {
         let Some(auth) = &self.auth else {
             return Ok(());
         };
@@ -134,14 +149,19 @@ impl KvService {
 impl KvService {
     /// A message refused by [`Caller::check`], counted as the unary call's
     /// refusal would be (src/auth/grpc.rs).
-    fn refused(&self, method: &str, e: &crate::auth::AuthError, took: Duration) -> Status {
+    pub(super) fn refused(
+        &self,
+        method: &str,
+        e: &crate::auth::AuthError,
+        took: Duration,
+    ) -> Status {
         self.metrics.requests.refused(method, &Error::from(e), took);
         e.to_status()
     }
 }
 
 /// Serves one message of a stream: its answer, or the stream's error.
-async fn serve(
+pub(super) async fn serve(
     svc: KvService,
     caller: Caller,
     message: Result<proto::ForwardRequest, Status>,
@@ -218,7 +238,7 @@ pub(super) fn from_message(e: proto::ForwardError) -> Status {
 /// Test builds only: the failpoint `server::forward_refuse` (`return`)
 /// makes this node answer `Forward` with UNIMPLEMENTED, as a node of a
 /// version without it does (tests/resp/resp_cluster.rs).
-fn refused_by_failpoint() -> Option<Status> {
+pub(super) fn refused_by_failpoint() -> Option<Status> {
     #[cfg(feature = "failpoints")]
     {
         fail::fail_point!("server::forward_refuse", |_| Some(Status::unimplemented(

@@ -1,10 +1,19 @@
-//! A lane's stream to its leader (`Forward`, proto/kv.proto): the batches
-//! of a lane (src/server/service/coalesce.rs) travel as messages of one
-//! long-lived HTTP/2 stream, one DATA frame each way, instead of one unary
-//! `MGet` / `MSet` call each (HEADERS, DATA and trailers, and a spawned
-//! task and a tower stack on the leader).
+//! A lane's connection to its leader: the batches of a lane
+//! (src/server/service/coalesce.rs) travel as messages of one long-lived
+//! connection instead of one unary `MGet` / `MSet` call each (HEADERS,
+//! DATA and trailers, and a spawned task and a tower stack on the leader).
+//! Without TLS that is the forward wire (src/server/service/wire.rs: its
+//! own TCP connection, no HTTP/2); with TLS, and for
+//! [`RETRY_STREAM_AFTER`] after a leader did not speak the wire, a
+//! `Forward` stream (proto/kv.proto), one HTTP/2 DATA frame each way.
 //!
-//! Invariants:
+//! The wire's rules are the stream's, below: a batch provably not
+//! processed (no connection, a leader that does not speak it, its end
+//! frame) goes on by the next means (stream, then unary); a wire that
+//! closes after a batch was sent is that batch's failure, may or may not
+//! have been applied; a refused greeting is answered as a refused stream.
+//!
+//! Invariants of the stream:
 //! - a lane's stream is opened lazily, by the lane's first batch, with the
 //!   metadata of a unary forward (`caskade-forwarded`, the caller's
 //!   `authorization`), and carries one message at a time (a lane has one
@@ -39,6 +48,7 @@ use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
+use super::wire::{Exchanged, Opened, Wire};
 use super::{FORWARD_TIMEOUT, KvService, Leader, forward, forward_failure};
 use crate::error::Error;
 use crate::proto;
@@ -49,13 +59,27 @@ use crate::proto::forward_response::Reply;
 /// before it tries a stream again (a rolling upgrade restarts the leader).
 pub const RETRY_STREAM_AFTER: Duration = Duration::from_secs(30);
 
-/// A lane's connection to its leader: its stream, or why there is none.
+/// A lane's connection to its leader: its wire connection or stream, or
+/// why there is none.
 #[derive(Default)]
 pub(super) struct Conn {
+    /// The open wire connection, if any (src/server/service/wire.rs).
+    wire: Option<Wire>,
+    /// Until then, no wire (the leader does not speak it).
+    stream_until: Option<Instant>,
     /// The open stream, if any.
     open: Option<Open>,
     /// Until then, unary requests only (the leader refused the stream).
     unary_until: Option<Instant>,
+}
+
+impl Conn {
+    /// Drops the open wire connection and stream (the next batch opens
+    /// new ones).
+    fn close(&mut self) {
+        self.wire = None;
+        self.open = None;
+    }
 }
 
 /// An open `Forward` stream.
@@ -69,10 +93,11 @@ struct Open {
 }
 
 impl KvService {
-    /// Sends `ask` to `leader` as one message of `conn`'s stream (opened
-    /// first if none is open) and reads its answer, `pick`ed out of the
-    /// reply (`None` from `pick`: an answer of the wrong kind). `None`:
-    /// nothing was processed (see the module doc); send the unary request.
+    /// Sends `ask` to `leader` as one message of `conn`'s wire connection
+    /// or stream (opened first if none is open) and reads its answer,
+    /// `pick`ed out of the reply (`None` from `pick`: an answer of the
+    /// wrong kind). `None`: nothing was processed (see the module doc);
+    /// send the unary request.
     pub(super) async fn over_stream<R>(
         &self,
         conn: &mut Conn,
@@ -80,6 +105,131 @@ impl KvService {
         ask: Ask,
         pick: fn(Reply) -> Option<R>,
     ) -> Option<crate::Result<R>> {
+        let answer = match self.over_wire(conn, leader, ask).await {
+            Ok(answer) => answer?,
+            Err(ask) => self.stream_exchange(conn, leader, ask).await?,
+        };
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(match answer {
+            Some(Reply::Error(e)) => Err(forward_failure(leader, forward::from_message(e))),
+            Some(r) => pick(r).ok_or_else(|| {
+                conn.close();
+                Error::Internal(format!(
+                    "the leader at {} answered a forwarded message with the wrong kind of \
+                     reply",
+                    leader.addr
+                ))
+            }),
+            None => {
+                conn.close();
+                Err(Error::Internal(format!(
+                    "the leader at {} answered a forwarded message with no reply",
+                    leader.addr
+                )))
+            }
+        })
+    }
+
+    /// Sends `ask` over `conn`'s wire connection (opened first if none is
+    /// open). `Err(ask)`: not sent, use the stream (no wire with TLS, or
+    /// the leader does not speak it); `Ok(None)`: not processed, send the
+    /// unary request; `Ok(Some(..))`: the reply, or the failure.
+    async fn over_wire(
+        &self,
+        conn: &mut Conn,
+        leader: &Leader,
+        ask: Ask,
+    ) -> Result<Option<crate::Result<Option<Reply>>>, Ask> {
+        if crate::tls::node_tls()
+            || conn.stream_until.is_some_and(|t| Instant::now() < t)
+            || super::wire::off_by_failpoint()
+        {
+            return Err(ask);
+        }
+        // Readable before anything was asked: ended (idle timeout, restart).
+        if let Some(w) = &mut conn.wire
+            && w.ended()
+        {
+            conn.wire = None;
+        }
+        if conn.wire.is_none() {
+            let credentials = crate::auth::forwarded_credentials();
+            match Wire::open(&leader.addr, credentials.as_deref().map(str::as_bytes)).await {
+                Opened::Wire(w) => {
+                    tracing::debug!("opened a forward wire to the leader at {}", leader.addr);
+                    conn.wire = Some(w);
+                }
+                Opened::Refused(s) if s.code() == tonic::Code::Unimplemented => {
+                    self.no_wire(conn, leader, s.message());
+                    return Err(ask);
+                }
+                // Credentials refused: what the stream's open (and the
+                // unary call) would answer.
+                Opened::Refused(s) => {
+                    return Ok(Some(Err(forward_failure(leader, s))));
+                }
+                Opened::NotSpoken(why) => {
+                    self.no_wire(conn, leader, &why);
+                    return Err(ask);
+                }
+                // Nothing sent: what the unary call answers an unreachable
+                // leader, without another connection attempt.
+                Opened::Unreachable(why) => {
+                    tracing::debug!("the leader at {} is unreachable: {why}", leader.addr);
+                    return Ok(Some(Err(Error::NotLeader {
+                        partition: leader.partition,
+                        leader: Some(leader.addr.clone()),
+                    })));
+                }
+            }
+        }
+        let Some(w) = conn.wire.as_mut() else {
+            return Err(ask);
+        };
+        Ok(match w.exchange(ask).await {
+            Err(ask) => {
+                conn.wire = None;
+                return Err(ask);
+            }
+            Ok(Exchanged::Answer(a)) => Some(Ok(a.reply)),
+            Ok(Exchanged::Unprocessed) => {
+                conn.wire = None;
+                None
+            }
+            Ok(Exchanged::Broken(why)) => {
+                conn.wire = None;
+                Some(Err(Error::Unavailable(format!(
+                    "the forward connection to {} broke mid-request ({why}); the request may \
+                     or may not have been applied",
+                    leader.addr
+                ))))
+            }
+        })
+    }
+
+    /// Records that `leader` does not speak the wire: `conn` uses its
+    /// stream for [`RETRY_STREAM_AFTER`].
+    fn no_wire(&self, conn: &mut Conn, leader: &Leader, why: &str) {
+        tracing::info!(
+            "the leader at {} does not take a forward wire ({why}); a forward stream for {} s",
+            leader.addr,
+            RETRY_STREAM_AFTER.as_secs()
+        );
+        conn.stream_until = Some(Instant::now() + RETRY_STREAM_AFTER);
+    }
+
+    /// Sends `ask` as one message of `conn`'s stream (opened first if none
+    /// is open) and reads its reply. `None`: not processed, send the unary
+    /// request.
+    async fn stream_exchange(
+        &self,
+        conn: &mut Conn,
+        leader: &Leader,
+        ask: Ask,
+    ) -> Option<crate::Result<Option<Reply>>> {
         if conn.unary_until.is_some_and(|t| Instant::now() < t) {
             return None;
         }
@@ -108,44 +258,26 @@ impl KvService {
             conn.open = None;
             return None;
         }
-        let answer = match o.rx.message().await {
-            Ok(Some(a)) if a.id == id => a.reply,
+        match o.rx.message().await {
+            Ok(Some(a)) if a.id == id => Some(Ok(a.reply)),
             // Ended OK: the leader answers every message it read first.
             Ok(None) => {
                 conn.open = None;
-                return None;
+                None
             }
             Ok(Some(a)) => {
                 conn.open = None;
-                return Some(Err(Error::Unavailable(format!(
+                Some(Err(Error::Unavailable(format!(
                     "the leader at {} answered forwarded message {} instead of {id}; the \
                      request may or may not have been applied",
                     leader.addr, a.id
-                ))));
+                ))))
             }
             Err(status) => {
                 conn.open = None;
-                return Some(Err(broken(leader, status)));
+                Some(Err(broken(leader, status)))
             }
-        };
-        Some(match answer {
-            Some(Reply::Error(e)) => Err(forward_failure(leader, forward::from_message(e))),
-            Some(r) => pick(r).ok_or_else(|| {
-                conn.open = None;
-                Error::Internal(format!(
-                    "the leader at {} answered a forwarded message with the wrong kind of \
-                     reply",
-                    leader.addr
-                ))
-            }),
-            None => {
-                conn.open = None;
-                Err(Error::Internal(format!(
-                    "the leader at {} answered a forwarded message with no reply",
-                    leader.addr
-                )))
-            }
-        })
+        }
     }
 
     /// Opens a stream to `leader` with the caller's credentials. When it

@@ -1,0 +1,639 @@
+//! The forward wire: a lane's forwards (src/server/service/coalesce.rs)
+//! over a TCP connection of their own, on the leader's client port, in
+//! length-prefixed frames, instead of a `Forward` stream over HTTP/2.
+//!
+//! Why: on a `Forward` stream every message passes the HTTP/2 connection
+//! task of both nodes and a stream task on the leader (three task hops
+//! each way, and the h2 framing and flow control), which was 20-22 % of a
+//! node's CPU on the cluster lines of docs/BENCHMARKS.md. On the wire the
+//! lane's pump writes its message and reads the answer on its own task,
+//! and the leader reads, serves and answers on the connection's task.
+//!
+//! The protocol (plaintext only: with `tls:` set, lanes keep their
+//! `Forward` streams; see docs/REPLICATION.md):
+//! - the forwarding node connects to the leader's client port and sends
+//!   [`PREFACE`], then a greeting frame: the caller's `authorization`
+//!   value (empty: none);
+//! - a frame is a 4-byte big-endian length and that many bytes; the
+//!   leader takes frames of at most the listener's `max_message_bytes`
+//!   (as tonic takes messages), and a larger one ends the connection;
+//! - the leader answers the greeting with an empty frame (open) or an
+//!   encoded [`proto::ForwardError`] (refused, as a `Forward` stream's open
+//!   would be: credentials are checked as the listener checks them, and a
+//!   refusal counts in `forward`'s figures), then ends the connection;
+//! - then each frame from the forwarding node is an encoded
+//!   [`proto::ForwardRequest`], answered by one frame, its
+//!   [`proto::ForwardResponse`] (same id), served exactly as a message of
+//!   a `Forward` stream ([`forward::serve`]: the same credentials check
+//!   per message, marks, limits and figures);
+//! - an empty frame from the leader after the greeting means it ended the
+//!   connection OK and did not process the message on the way, if any
+//!   (it stops reading when it starts shutting down: the lane sends that
+//!   message unary, as for a stream ended OK); an end without it (EOF, a
+//!   reset) is a broken connection: a message on the way may or may not
+//!   have been processed.
+//!
+//! Invariants:
+//! - the client listener tells a wire connection from gRPC by its first
+//!   [`PREFACE`]`.len()` bytes, peeked, not read: any other first byte (an
+//!   HTTP/2 preface starts `PRI`, TLS `0x16`) hands the connection to tonic
+//!   untouched, and a connection that sends nothing is handed over when
+//!   the handshake timeout ends (tonic's listener then closes it);
+//! - a wire connection is a connection of the listener like any other:
+//!   counted against its caps, evicted and timed out as idle by
+//!   `server::limits`, a message being served marking it busy;
+//! - one message at a time per connection (a lane has one batch on the
+//!   way), served on the connection's task;
+//! - when the server starts shutting down a wire connection stops reading,
+//!   answers the message it is serving, sends the empty frame and ends;
+//!   the server waits for its wire connections (within the shutdown grace)
+//!   before the final flush, as it waits for gRPC requests;
+//! - a node that forwards tries the wire first (plaintext only), and falls
+//!   back to a `Forward` stream for [`lane_stream::RETRY_STREAM_AFTER`] when
+//!   the leader does not speak it (an older version: its answer to the
+//!   greeting is no frame of ours) or refuses it with `UNIMPLEMENTED`.
+
+use std::io;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{FutureExt, SinkExt, Stream, StreamExt};
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::task::TaskTracker;
+use tonic::Status;
+
+use super::{KvService, forward};
+use crate::proto;
+use crate::server::limits::Conn;
+use crate::server::metrics::Command;
+
+/// The first bytes of a forward wire connection.
+pub const PREFACE: &[u8; 8] = b"CSKDFWD1";
+
+/// Longest a forwarding node waits for a connection and the leader's
+/// answer to its greeting.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Length-prefixed frames of at most `max` bytes.
+fn codec(max: usize) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .max_frame_length(max)
+        .new_codec()
+}
+
+/// What a connection's first bytes said.
+#[derive(Debug, PartialEq, Eq)]
+enum Sniffed {
+    /// The forward wire.
+    Wire,
+    /// Anything else (gRPC, TLS, garbage, nothing in time): tonic's.
+    Other,
+    /// Closed before it sent anything.
+    Closed,
+}
+
+/// Peeks at `conn`'s first bytes for at most `within`.
+async fn sniff(conn: &Conn, within: Duration) -> Sniffed {
+    let mut first = [0u8; PREFACE.len()];
+    let look = async {
+        loop {
+            let n = conn.stream().peek(&mut first).await?;
+            if n == 0 {
+                return Ok(Sniffed::Closed);
+            }
+            if first[..n] != PREFACE[..n] {
+                return Ok(Sniffed::Other);
+            }
+            if n == PREFACE.len() {
+                return Ok(Sniffed::Wire);
+            }
+            // A part of the preface: peek returns at once until more comes.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    match tokio::time::timeout(within, look).await {
+        Ok(Ok(s)) => s,
+        Ok(Err::<_, io::Error>(_)) => Sniffed::Closed,
+        Err(_) => Sniffed::Other,
+    }
+}
+
+/// The client listener's connections for tonic, with forward wire
+/// connections taken out and served by `svc` (tracked by `wires`).
+/// `max_message` bounds a frame; `handshake` bounds the sniffing.
+pub fn sniffed(
+    incoming: impl Stream<Item = io::Result<Conn>> + Send + 'static,
+    svc: KvService,
+    wires: TaskTracker,
+    max_message: usize,
+    handshake: Duration,
+) -> impl Stream<Item = io::Result<Conn>> {
+    let (tx, rx) = mpsc::channel::<io::Result<Conn>>(16);
+    tokio::spawn(async move {
+        let mut incoming = std::pin::pin!(incoming);
+        loop {
+            // tonic dropped its end (shutdown): stop accepting.
+            let next = tokio::select! {
+                next = incoming.next() => next,
+                () = tx.closed() => None,
+            };
+            let Some(next) = next else { break };
+            let conn = match next {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    continue;
+                }
+            };
+            let (tx, svc, spawner) = (tx.clone(), svc.clone(), wires.clone());
+            tokio::spawn(async move {
+                match sniff(&conn, handshake).await {
+                    Sniffed::Wire => {
+                        spawner.spawn(svc.serve_wire(conn, max_message));
+                    }
+                    Sniffed::Other => {
+                        let _ = tx.send(Ok(conn)).await;
+                    }
+                    Sniffed::Closed => {}
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+impl KvService {
+    /// Serves one forward wire connection (see the module doc).
+    async fn serve_wire(self, mut conn: Conn, max_message: usize) {
+        let mut preface = [0u8; PREFACE.len()];
+        if conn.read_exact(&mut preface).await.is_err() {
+            return;
+        }
+        let peer = conn.stream().peer_addr().ok().map(|a| a.ip());
+        let state = conn.state().clone();
+        let mut frames = Framed::new(conn, codec(max_message));
+        let Some(Ok(greeting)) = frames.next().await else {
+            return;
+        };
+        if forward::refused_by_failpoint().is_some() {
+            // As a node of a version without the wire: closed unanswered.
+            return;
+        }
+        state.mark_handshaken();
+        let caller = match self.open_wire(peer, &greeting).await {
+            Ok(c) => c,
+            Err(refusal) => {
+                let _ = frames.send(refusal).await;
+                return;
+            }
+        };
+        if frames.send(Bytes::new()).await.is_err() {
+            return;
+        }
+        tracing::debug!(?peer, "serving a forward wire connection");
+        let mut stop = self.stopping.clone();
+        loop {
+            let frame = tokio::select! {
+                biased;
+                stopped = async { stop.wait_for(|s| *s).await.is_ok() } => {
+                    if stopped {
+                        // Shutting down: the end, nothing on the way processed.
+                        let _ = frames.send(Bytes::new()).await;
+                        return;
+                    }
+                    // No shutdown signal (a service built without one).
+                    frames.next().await
+                }
+                frame = frames.next() => frame,
+            };
+            let bytes = match frame {
+                Some(Ok(b)) => b,
+                Some(Err(e)) => {
+                    tracing::debug!(?peer, "forward wire connection ended: {e}");
+                    return;
+                }
+                None => return,
+            };
+            let busy = state.begin();
+            let message = proto::ForwardRequest::decode(bytes).map_err(|e| {
+                Status::invalid_argument(format!("a forward wire frame is no ForwardRequest: {e}"))
+            });
+            let answer = match forward::serve(self.clone(), caller.clone(), message).await {
+                Ok(a) => a,
+                // Undecodable, or the failpoint that breaks a stream: the
+                // connection ends without an answer, as the stream would.
+                Err(status) => {
+                    tracing::debug!(?peer, "forward wire connection broken: {status}");
+                    return;
+                }
+            };
+            let encoded = encode_answer(answer, max_message);
+            drop(busy);
+            if frames.send(encoded).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Checks a wire connection's greeting as the listener checks a
+    /// `Forward` stream's open: the caller to serve it for, or the refusal
+    /// to answer (counted in `forward`'s figures).
+    async fn open_wire(
+        &self,
+        peer: Option<IpAddr>,
+        greeting: &[u8],
+    ) -> Result<forward::Caller, Bytes> {
+        let header = (!greeting.is_empty()).then(|| Arc::<[u8]>::from(greeting));
+        let caller = forward::Caller::new(self.auth.clone(), header, peer);
+        // Refused credentials count as the listener's hook counts them.
+        if let Err((e, took)) = caller.check("Forward").await {
+            return Err(encode_error(&self.refused("Forward", &e, took)));
+        }
+        // Then as `forward_rpc` counts an open.
+        let timer = self.metrics.requests.start(Command::Forward);
+        timer.finish(&crate::Result::Ok(()));
+        Ok(caller)
+    }
+}
+
+/// Test builds only: the failpoint `server::wire_off` (`return`) makes
+/// this node forward over `Forward` streams, as with TLS
+/// (tests/resp/resp_cluster.rs tests the streams so).
+pub(super) fn off_by_failpoint() -> bool {
+    #[cfg(feature = "failpoints")]
+    {
+        fail::fail_point!("server::wire_off", |_| true);
+    }
+    false
+}
+
+/// `status` as the greeting's refusal.
+fn encode_error(status: &Status) -> Bytes {
+    Bytes::from(forward::to_message(status).encode_to_vec())
+}
+
+/// `answer` as a frame; an answer above `max_message` (what tonic would
+/// refuse to send) is replaced by that message's error.
+fn encode_answer(answer: proto::ForwardResponse, max_message: usize) -> Bytes {
+    if answer.encoded_len() <= max_message {
+        return Bytes::from(answer.encode_to_vec());
+    }
+    let status = Status::resource_exhausted(format!(
+        "the answer is {} bytes, above the leader's max_message_bytes ({max_message})",
+        answer.encoded_len()
+    ));
+    let error = proto::ForwardResponse {
+        id: answer.id,
+        reply: Some(proto::forward_response::Reply::Error(forward::to_message(
+            &status,
+        ))),
+    };
+    Bytes::from(error.encode_to_vec())
+}
+
+/// A forwarding node's open wire connection to one leader.
+pub(super) struct Wire {
+    /// The framed socket.
+    frames: Framed<TcpStream, LengthDelimitedCodec>,
+    /// The id of the next message.
+    next_id: u64,
+}
+
+/// What opening a wire connection gave.
+pub(super) enum Opened {
+    /// Open.
+    Wire(Wire),
+    /// The leader refused the greeting with this status.
+    Refused(Status),
+    /// The leader does not speak the wire (or did not answer in time).
+    NotSpoken(String),
+    /// No connection could be made.
+    Unreachable(String),
+}
+
+/// What one exchange on a wire connection gave.
+pub(super) enum Exchanged {
+    /// The leader's answer.
+    Answer(proto::ForwardResponse),
+    /// The leader ended the connection OK without processing the message.
+    Unprocessed,
+    /// The connection broke after the message was sent.
+    Broken(String),
+}
+
+impl Wire {
+    /// Connects to `addr` and greets with `authorization`.
+    pub(super) async fn open(addr: &str, authorization: Option<&[u8]>) -> Opened {
+        let connect = tokio::time::timeout(OPEN_TIMEOUT, TcpStream::connect(addr));
+        let mut socket = match connect.await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Opened::Unreachable(e.to_string()),
+            Err(_) => {
+                return Opened::Unreachable(format!(
+                    "no connection within {} ms",
+                    OPEN_TIMEOUT.as_millis()
+                ));
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        if let Err(e) = socket.write_all(PREFACE).await {
+            return Opened::NotSpoken(e.to_string());
+        }
+        // Answers may be as large as the leader lets them be.
+        let mut frames = Framed::new(socket, codec(u32::MAX as usize));
+        let greeting = Bytes::copy_from_slice(authorization.unwrap_or_default());
+        if let Err(e) = frames.send(greeting).await {
+            return Opened::NotSpoken(e.to_string());
+        }
+        match tokio::time::timeout(OPEN_TIMEOUT, frames.next()).await {
+            Ok(Some(Ok(b))) if b.is_empty() => Opened::Wire(Wire { frames, next_id: 0 }),
+            Ok(Some(Ok(b))) => match proto::ForwardError::decode(b) {
+                Ok(e) => Opened::Refused(forward::from_message(e)),
+                Err(_) => Opened::NotSpoken("an answer that is no greeting".into()),
+            },
+            Ok(Some(Err(e))) => Opened::NotSpoken(e.to_string()),
+            Ok(None) => Opened::NotSpoken("the connection was closed".into()),
+            Err(_) => {
+                Opened::NotSpoken(format!("no answer within {} ms", OPEN_TIMEOUT.as_millis()))
+            }
+        }
+    }
+
+    /// Whether the leader ended the connection: anything readable before
+    /// a message was sent (an end frame, EOF, an error) ends it.
+    pub(super) fn ended(&mut self) -> bool {
+        self.frames.next().now_or_never().is_some()
+    }
+
+    /// Sends `ask` and reads its answer. `Err(ask)`: it could not be sent
+    /// (nothing left this node; the connection is over).
+    pub(super) async fn exchange(
+        &mut self,
+        ask: proto::forward_request::Request,
+    ) -> Result<Exchanged, proto::forward_request::Request> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let message = proto::ForwardRequest {
+            id,
+            request: Some(ask),
+        };
+        let frame = Bytes::from(message.encode_to_vec());
+        let fed: io::Result<()> = self.frames.feed(frame).await;
+        if let Err(e) = fed {
+            // Queued in the write buffer only: nothing was written.
+            tracing::debug!("forward wire: could not queue a message: {e}");
+            let proto::ForwardRequest {
+                request: Some(ask), ..
+            } = message
+            else {
+                return Ok(Exchanged::Broken(e.to_string()));
+            };
+            return Err(ask);
+        }
+        let flushed = SinkExt::<Bytes>::flush(&mut self.frames).await;
+        if let Err(e) = flushed {
+            return Ok(Exchanged::Broken(e.to_string()));
+        }
+        Ok(match self.frames.next().await {
+            Some(Ok(b)) if b.is_empty() => Exchanged::Unprocessed,
+            Some(Ok(b)) => match proto::ForwardResponse::decode(b) {
+                Ok(a) if a.id == id => Exchanged::Answer(a),
+                Ok(a) => Exchanged::Broken(format!("answered message {} instead of {id}", a.id)),
+                Err(e) => Exchanged::Broken(format!("an answer that does not decode: {e}")),
+            },
+            Some(Err(e)) => Exchanged::Broken(e.to_string()),
+            None => Exchanged::Broken("the connection was closed".into()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A leader on a fresh port that reads the preface and the greeting,
+    /// then does what `then` does with the framed socket.
+    async fn fake_leader<F, Fut>(then: F) -> String
+    where
+        F: FnOnce(Framed<TcpStream, LengthDelimitedCodec>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut preface = [0u8; PREFACE.len()];
+            socket.read_exact(&mut preface).await.unwrap();
+            assert_eq!(&preface, PREFACE);
+            let mut frames = Framed::new(socket, codec(1 << 20));
+            let greeting = frames.next().await.unwrap().unwrap();
+            assert_eq!(&greeting[..], b"Basic dTpw");
+            then(frames).await;
+        });
+        addr
+    }
+
+    /// A `MGet` of one key, as a lane sends it.
+    fn ask() -> proto::forward_request::Request {
+        proto::forward_request::Request::MGet(proto::MGetRequest {
+            keys: vec![Bytes::from_static(b"k")],
+            ..Default::default()
+        })
+    }
+
+    /// The exchange of a wire opened to `addr`.
+    async fn exchange_with(addr: &str) -> Exchanged {
+        let Opened::Wire(mut w) = Wire::open(addr, Some(b"Basic dTpw")).await else {
+            panic!("not opened");
+        };
+        match w.exchange(ask()).await {
+            Ok(e) => e,
+            Err(_) => panic!("not sent"),
+        }
+    }
+
+    /// An answer with the message's id is the answer; the message arrives
+    /// as sent, with id 0 first.
+    #[tokio::test]
+    async fn an_answer_with_the_id_is_the_answer() {
+        let addr = fake_leader(|mut f| async move {
+            f.send(Bytes::new()).await.unwrap();
+            let m = proto::ForwardRequest::decode(f.next().await.unwrap().unwrap()).unwrap();
+            assert_eq!(m.id, 0);
+            assert_eq!(m.request, Some(ask()));
+            let a = proto::ForwardResponse {
+                id: 0,
+                reply: Some(proto::forward_response::Reply::MGet(Default::default())),
+            };
+            f.send(Bytes::from(a.encode_to_vec())).await.unwrap();
+            let _ = f.next().await;
+        })
+        .await;
+        let Exchanged::Answer(a) = exchange_with(&addr).await else {
+            panic!("no answer");
+        };
+        assert_eq!(a.id, 0);
+    }
+
+    /// The leader's end frame says the message was not processed; an end
+    /// without it (EOF after the message was read) says nothing: broken.
+    #[tokio::test]
+    async fn only_the_end_frame_proves_a_message_unprocessed() {
+        let addr = fake_leader(|mut f| async move {
+            f.send(Bytes::new()).await.unwrap();
+            let _ = f.next().await;
+            f.send(Bytes::new()).await.unwrap();
+        })
+        .await;
+        assert!(matches!(exchange_with(&addr).await, Exchanged::Unprocessed));
+        let addr = fake_leader(|mut f| async move {
+            f.send(Bytes::new()).await.unwrap();
+            let _ = f.next().await;
+        })
+        .await;
+        let Exchanged::Broken(why) = exchange_with(&addr).await else {
+            panic!("not broken");
+        };
+        assert_eq!(why, "the connection was closed");
+        let addr = fake_leader(|mut f| async move {
+            f.send(Bytes::new()).await.unwrap();
+            let _ = f.next().await;
+            let a = proto::ForwardResponse {
+                id: 5,
+                reply: Some(proto::forward_response::Reply::MGet(Default::default())),
+            };
+            f.send(Bytes::from(a.encode_to_vec())).await.unwrap();
+        })
+        .await;
+        let Exchanged::Broken(why) = exchange_with(&addr).await else {
+            panic!("not broken");
+        };
+        assert_eq!(why, "answered message 5 instead of 0");
+    }
+
+    /// A refused greeting carries the leader's status; a leader that
+    /// answers with bytes of another protocol, or closes, or says nothing,
+    /// does not speak the wire; a closed port is unreachable.
+    #[tokio::test]
+    async fn opening_tells_refused_from_not_spoken_from_unreachable() {
+        let addr = fake_leader(|mut f| async move {
+            let refusal = Status::unauthenticated("wrong password");
+            f.send(encode_error(&refusal)).await.unwrap();
+        })
+        .await;
+        let Opened::Refused(s) = Wire::open(&addr, Some(b"Basic dTpw")).await else {
+            panic!("not refused");
+        };
+        assert_eq!(s.code(), tonic::Code::Unauthenticated);
+        assert_eq!(s.message(), "wrong password");
+
+        // An HTTP/2 server's first bytes (SETTINGS), then its close.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            socket
+                .write_all(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100])
+                .await
+                .unwrap();
+        });
+        assert!(matches!(
+            Wire::open(&addr, Some(b"Basic dTpw")).await,
+            Opened::NotSpoken(_)
+        ));
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let silent = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(socket);
+        });
+        let Opened::NotSpoken(why) = Wire::open(&addr, Some(b"Basic dTpw")).await else {
+            panic!("spoken");
+        };
+        assert_eq!(why, "no answer within 1000 ms");
+        silent.abort();
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        assert!(matches!(
+            Wire::open(&addr, None).await,
+            Opened::Unreachable(_)
+        ));
+    }
+
+    /// An end frame or a close while no message is on the way is seen
+    /// before the next message is sent.
+    #[tokio::test]
+    async fn an_ended_connection_is_seen_before_sending() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let addr = fake_leader(|mut f| async move {
+            f.send(Bytes::new()).await.unwrap();
+            f.send(Bytes::new()).await.unwrap();
+            let _ = rx.await;
+        })
+        .await;
+        let Opened::Wire(mut w) = Wire::open(&addr, Some(b"Basic dTpw")).await else {
+            panic!("not opened");
+        };
+        // The end frame may trail the greeting's answer by a moment.
+        let mut ended = false;
+        for _ in 0..100 {
+            if w.ended() {
+                ended = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(ended);
+        let _ = tx.send(());
+    }
+
+    /// The preface cannot be mistaken for what else reaches the client
+    /// port: an HTTP/2 preface or a TLS record.
+    #[test]
+    fn the_preface_is_neither_http2_nor_tls() {
+        assert_ne!(PREFACE[0], b"PRI * HTTP/2.0"[0]);
+        assert_ne!(PREFACE[0], 0x16);
+        assert_ne!(PREFACE[0], 0x15);
+    }
+
+    /// An answer above the leader's message limit becomes that message's
+    /// error, with its id, instead of a frame the limit forbids.
+    #[test]
+    fn an_answer_over_the_limit_is_an_error_with_its_id() {
+        let big = proto::ForwardResponse {
+            id: 7,
+            reply: Some(proto::forward_response::Reply::MGet(proto::MGetResponse {
+                values: vec![proto::MaybeValue {
+                    value: Some(vec![0u8; 1000].into()),
+                }],
+            })),
+        };
+        let frame = encode_answer(big.clone(), 100_000);
+        assert_eq!(proto::ForwardResponse::decode(frame).unwrap(), big);
+        let frame = encode_answer(big, 500);
+        let back = proto::ForwardResponse::decode(frame).unwrap();
+        assert_eq!(back.id, 7);
+        let Some(proto::forward_response::Reply::Error(e)) = back.reply else {
+            panic!("not an error: {back:?}");
+        };
+        assert_eq!(e.code, tonic::Code::ResourceExhausted as i32);
+        assert!(
+            e.message.contains("max_message_bytes (500)"),
+            "{}",
+            e.message
+        );
+    }
+}
