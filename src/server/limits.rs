@@ -346,6 +346,26 @@ impl Conn {
         &self.stream
     }
 
+    /// The first byte the peer sent, left unread (`None`: it closed
+    /// first), waited for as a read is: the handshake deadline and an
+    /// eviction end the wait with an error.
+    pub async fn peek_first(&mut self) -> io::Result<Option<u8>> {
+        std::future::poll_fn(|cx| {
+            if let Some(e) = self.check(cx) {
+                return Poll::Ready(Err(e));
+            }
+            let mut first = [0u8; 1];
+            let mut buf = ReadBuf::new(&mut first);
+            match self.stream.poll_peek(cx, &mut buf) {
+                Poll::Ready(Ok(0)) => Poll::Ready(Ok(None)),
+                Poll::Ready(Ok(_)) => Poll::Ready(Ok(Some(first[0]))),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+
     /// The connection's state (requests in progress, handshake).
     pub fn state(&self) -> &Arc<ConnState> {
         &self.slot.state

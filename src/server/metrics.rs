@@ -75,6 +75,10 @@ pub enum Command {
     DbSize,
     /// `Forward`: a stream opened (its messages count as `MGet` / `MSet`).
     Forward,
+    /// A forward wire connection opened (src/server/service/wire.rs; its
+    /// messages count as `MGet` / `MSet`). No gRPC method: `ForwardWire`
+    /// names it for [`Command::of_method`].
+    ForwardWire,
 }
 
 impl Command {
@@ -104,13 +108,14 @@ impl Command {
             "MSet" => Command::MSet,
             "DbSize" => Command::DbSize,
             "Forward" => Command::Forward,
+            "ForwardWire" => Command::ForwardWire,
             _ => return None,
         })
     }
 }
 
 /// The `command` label of each [`Command`].
-pub const COMMAND_NAMES: [&str; 22] = [
+pub const COMMAND_NAMES: [&str; 23] = [
     "ping",
     "set",
     "get",
@@ -133,6 +138,7 @@ pub const COMMAND_NAMES: [&str; 22] = [
     "mset",
     "dbsize",
     "forward",
+    "forward_wire",
 ];
 
 /// The `outcome` label values: `ok`, each error reason of
@@ -692,6 +698,7 @@ mod tests {
                 "mget" => "MGet".into(),
                 "mset" => "MSet".into(),
                 "dbsize" => "DbSize".into(),
+                "forward_wire" => "ForwardWire".into(),
                 n => n[..1].to_ascii_uppercase() + &n[1..],
             };
             assert_eq!(

@@ -170,14 +170,15 @@ async fn serve_clients(
     // Plaintext: forward wire connections (src/server/service/wire.rs) are
     // told apart and served beside tonic, tracked for the drain.
     let wires = tokio_util::task::TaskTracker::new();
+    let abort_wires = tokio_util::sync::CancellationToken::new();
     let incoming: futures_util::stream::BoxStream<'static, std::io::Result<limits::Conn>> =
         if tls.is_none() {
             Box::pin(service::wire::sniffed(
                 incoming,
                 wire_service,
                 wires.clone(),
+                abort_wires.clone(),
                 max_message,
-                Duration::from_millis(l.handshake_timeout_ms),
             ))
         } else {
             Box::pin(incoming)
@@ -207,6 +208,11 @@ async fn serve_clients(
                 "in-flight requests did not finish within {} ms; closing their connections",
                 grace.as_millis()
             );
+            // Forward wire connections end here, before the flush: nothing
+            // they serve afterwards can be acknowledged unflushed.
+            abort_wires.cancel();
+            wires.close();
+            wires.wait().await;
         }
     }
     node.flush().await?;

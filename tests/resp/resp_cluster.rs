@@ -156,10 +156,11 @@ fn round(c: &TestCluster, addr: &str, cmd: impl Fn(&mut Conn, &str, usize) + Syn
     });
 }
 
-/// The leader's `(calls, errors)` of `mset`, `set`, `mget`, `get`, `forward`.
+/// The leader's `(calls, errors)` of `mset`, `set`, `mget`, `get`,
+/// `forward` (streams), `forward_wire`.
 fn leader_counts(c: &TestCluster, leader: usize) -> Vec<(u64, u64)> {
     let info = Conn::open(&c.resp_addr(leader)).bulk(&["INFO", "stats"]);
-    ["mset", "set", "mget", "get", "forward"]
+    ["mset", "set", "mget", "get", "forward", "forward_wire"]
         .iter()
         .map(|n| harness::calls_errors(&info, n))
         .collect()
@@ -197,8 +198,8 @@ fn single_commands_of_many_connections_are_forwarded_together() {
     set_get_twice(&c, via);
     assert_eq!(
         leader_counts(&c, leader),
-        vec![(2, 0), (0, 0), (2, 0), (0, 0), (2, 0)],
-        "mset, set, mget, get, forward"
+        vec![(2, 0), (0, 0), (2, 0), (0, 0), (0, 0), (2, 0)],
+        "mset, set, mget, get, forward, forward_wire"
     );
 }
 
@@ -215,8 +216,8 @@ fn a_leader_refusing_forward_streams_gets_unary_forwards() {
     set_get_twice(&c, via);
     assert_eq!(
         leader_counts(&c, leader),
-        vec![(2, 0), (0, 0), (2, 0), (0, 0), (2, 2)],
-        "mset, set, mget, get, forward"
+        vec![(2, 0), (0, 0), (2, 0), (0, 0), (2, 2), (0, 0)],
+        "mset, set, mget, get, forward, forward_wire"
     );
 }
 
@@ -234,6 +235,7 @@ fn a_stream_broken_mid_batch_answers_as_a_failed_unary_forward() {
     broken_mid_batch(
         ";server::wire_off=return",
         "the forward stream broke (failpoint server::forward_break)",
+        ((4, 0), (0, 0)),
     );
 }
 
@@ -246,13 +248,16 @@ fn a_wire_broken_mid_batch_answers_as_a_failed_unary_forward() {
         "",
         "the forward connection to LEADER broke mid-request (the connection was closed); \
          the request may or may not have been applied",
+        ((0, 0), (4, 0)),
     );
 }
 
 /// The test of the two above: nodes with the failpoints `extra`, the
 /// `SET`s of the broken batch answered `-ERR unavailable: ` and `failure`
-/// (`LEADER`: the leader's client address).
-fn broken_mid_batch(extra: &str, failure: &str) {
+/// (`LEADER`: the leader's client address), the leader's counts of
+/// `forward` and `forward_wire` as `opened`.
+fn broken_mid_batch(extra: &str, failure: &str, opened: ((u64, u64), (u64, u64))) {
+    let wire_streams = vec![(1, 0), (0, 0), (1, 0), (8, 0), opened.0, opened.1];
     let (c, leader, via) = coalescing_cluster(&format!(
         ";server::forward_break=1*return->1*off->1*return{extra}"
     ));
@@ -274,8 +279,8 @@ fn broken_mid_batch(extra: &str, failure: &str) {
     }
     assert_eq!(
         leader_counts(&c, leader),
-        vec![(1, 0), (0, 0), (1, 0), (8, 0), (4, 0)],
-        "mset, set, mget, get, forward"
+        wire_streams,
+        "mset, set, mget, get, forward, forward_wire"
     );
 }
 

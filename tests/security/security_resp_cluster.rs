@@ -3,11 +3,13 @@
 //! the harness reads metadata as one of them). A node that does not lead
 //! a key's partition forwards its commands to the leader with the
 //! caller's credentials: plain `GET`s and `SET`s on the lane of (leader,
-//! credentials) and its `Forward` stream (src/server/service/coalesce.rs,
-//! lane_stream.rs), the other commands as unary calls. The leader's
-//! `INFO stats` counters (`cmd_forward`: streams opened, or refused; a
-//! stream's messages count as `mget` / `mset`, refused ones too) show
-//! exactly what was forwarded.
+//! credentials) and its forward wire connection (plaintext here;
+//! src/server/service/coalesce.rs, lane_stream.rs, wire.rs), the other
+//! commands as unary calls. The leader's `INFO stats` counters
+//! (`cmd_forward_wire`: wire connections opened, or refused at their
+//! greeting; their messages count as `mget` / `mset`, refused ones too;
+//! `cmd_forward`, `Forward` streams, stays 0) show exactly what was
+//! forwarded.
 
 use crate::harness;
 
@@ -58,8 +60,17 @@ fn auth_cluster_with(
 
 /// What a leader counts of forwarded work: `(calls, errors)` of these
 /// `cmd_*` lines of `INFO stats`.
-const COUNTED: [&str; 9] = [
-    "get", "set", "mget", "mset", "incrby", "del", "forward", "getdel", "exists",
+const COUNTED: [&str; 10] = [
+    "get",
+    "set",
+    "mget",
+    "mset",
+    "incrby",
+    "del",
+    "forward",
+    "forward_wire",
+    "getdel",
+    "exists",
 ];
 
 /// `(calls, errors)` of each of [`COUNTED`] at node `i` (read as `admin`
@@ -160,7 +171,7 @@ fn authenticated_resp_through_a_non_leader_answers_as_the_leader_over_forward_st
             ("mset", 3, 0),
             ("incrby", 2, 0),
             ("del", 1, 0),
-            ("forward", 2, 0)
+            ("forward_wire", 2, 0)
         ],
         "the leader's counts of the forwards"
     );
@@ -188,7 +199,7 @@ fn authenticated_resp_through_a_non_leader_answers_as_the_leader_over_forward_st
     let counted = counted_during(&c, leader, || ro(&at_via, &kv));
     assert_eq!(
         counted,
-        vec![("mget", 2, 0), ("forward", 1, 0), ("exists", 1, 0)],
+        vec![("mget", 2, 0), ("forward_wire", 1, 0), ("exists", 1, 0)],
         "only the read-only user's reads are forwarded, its GET on a stream of its own"
     );
     ro(&at_leader, &kl);
@@ -235,7 +246,7 @@ fn authenticated_resp_through_a_non_leader_answers_as_the_leader_over_forward_st
     let counted = counted_during(&c, leader, || hello(&at_via, &kv));
     assert_eq!(
         counted,
-        vec![("mget", 3, 0), ("mset", 1, 0), ("forward", 2, 0)],
+        vec![("mget", 3, 0), ("mset", 1, 0), ("forward_wire", 2, 0)],
         "default's GET and SET lanes: a stream each"
     );
     hello(&at_leader, &kl);
@@ -301,13 +312,21 @@ fn commands_of_two_users_at_once_take_a_lane_and_a_stream_each() {
             assert_eq!(r.ask(&["SET", k, &format!("v{i}")]), "+OK\r\n")
         });
     });
-    assert_eq!(counted, vec![("mset", 2, 0), ("forward", 2, 0)], "SETs");
+    assert_eq!(
+        counted,
+        vec![("mset", 2, 0), ("forward_wire", 2, 0)],
+        "SETs"
+    );
     let counted = counted_during(&c, leader, || {
         round([("rw", "rw-pw"), ("ro", "ro-pw")], &|r, k, i| {
             assert_eq!(r.ask(&["GET", k]), format!("$2\r\nv{i}\r\n"))
         });
     });
-    assert_eq!(counted, vec![("mget", 2, 0), ("forward", 2, 0)], "GETs");
+    assert_eq!(
+        counted,
+        vec![("mget", 2, 0), ("forward_wire", 2, 0)],
+        "GETs"
+    );
 }
 
 /// Restarts node `i` with its config file passed through `edit`, and
@@ -357,7 +376,7 @@ fn a_leader_refusing_forwarded_commands_answers_them_and_keeps_the_lane() {
     });
     assert_eq!(
         counted,
-        vec![("mget", 2, 0), ("mset", 3, 2), ("forward", 3, 0)],
+        vec![("mget", 2, 0), ("mset", 3, 2), ("forward_wire", 3, 0)],
         "ro's SET lane: one stream for both refusals (counted as refused MSets); rw's SET lane \
          and ro's GET lane: one each"
     );
@@ -378,8 +397,8 @@ fn a_leader_refusing_forwarded_commands_answers_them_and_keeps_the_lane() {
     });
     assert_eq!(
         counted,
-        vec![("forward", 4, 4)],
-        "the leader served nothing: it refused a stream open per command, without credentials"
+        vec![("forward_wire", 4, 4)],
+        "the leader served nothing: it refused a wire greeting per command, without credentials"
     );
     let mut l = Conn::login(&c.resp_addr(leader), "ro", "ro-pw");
     assert_eq!(l.ask(&["MGET", &k0, &k1]), "*2\r\n$-1\r\n$2\r\nrw\r\n");
@@ -485,7 +504,7 @@ fn a_read_the_leader_refuses_is_not_retried_key_by_key() {
     });
     assert_eq!(
         counted,
-        vec![("mget", 2, 2), ("forward", 1, 0)],
+        vec![("mget", 2, 2), ("forward_wire", 1, 0)],
         "one stream, one refused MGet per GET, no Get retried"
     );
 }

@@ -7,11 +7,15 @@
 //! [`RETRY_STREAM_AFTER`] after a leader did not speak the wire, a
 //! `Forward` stream (proto/kv.proto), one HTTP/2 DATA frame each way.
 //!
-//! The wire's rules are the stream's, below: a batch provably not
-//! processed (no connection, a leader that does not speak it, its end
-//! frame) goes on by the next means (stream, then unary); a wire that
-//! closes after a batch was sent is that batch's failure, may or may not
-//! have been applied; a refused greeting is answered as a refused stream.
+//! The wire's rules follow the stream's, below: a leader that does not
+//! speak it, or refuses it with `UNIMPLEMENTED` / `PERMISSION_DENIED`,
+//! gets the stream (then unary calls, as the stream's rules say); a
+//! leader that cannot be reached is answered `NOT_LEADER` naming it,
+//! without a stream or unary attempt; credentials refused at the greeting
+//! are the batch's answer, as at a stream's open; a batch the leader ended
+//! the wire without processing (its end frame) is sent as the unary
+//! request; a wire that closes after a batch was sent is that batch's
+//! failure, which may or may not have been applied.
 //!
 //! Invariants of the stream:
 //! - a lane's stream is opened lazily, by the lane's first batch, with the
@@ -161,8 +165,16 @@ impl KvService {
                 Opened::Wire(w) => {
                     tracing::debug!("opened a forward wire to the leader at {}", leader.addr);
                     conn.wire = Some(w);
+                    // A stream kept from a time without the wire: closed,
+                    // not holding a stream slot at the leader.
+                    conn.open = None;
                 }
-                Opened::Refused(s) if s.code() == tonic::Code::Unimplemented => {
+                Opened::Refused(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::Unimplemented | tonic::Code::PermissionDenied
+                    ) =>
+                {
                     self.no_wire(conn, leader, s.message());
                     return Err(ask);
                 }

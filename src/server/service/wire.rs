@@ -3,29 +3,33 @@
 //! length-prefixed frames, instead of a `Forward` stream over HTTP/2.
 //!
 //! Why: on a `Forward` stream every message passes the HTTP/2 connection
-//! task of both nodes and a stream task on the leader (three task hops
-//! each way, and the h2 framing and flow control), which was 20-22 % of a
-//! node's CPU on the cluster lines of docs/BENCHMARKS.md. On the wire the
-//! lane's pump writes its message and reads the answer on its own task,
-//! and the leader reads, serves and answers on the connection's task.
+//! task of both nodes and a stream task on the leader (task hops each
+//! way, and the h2 framing and flow control). On the wire the lane's pump
+//! writes its message and reads the answer on its own task, and the
+//! leader reads, serves and answers on the connection's task
+//! (docs/BENCHMARKS.md, "Forward wire (session 16)").
 //!
 //! The protocol (plaintext only: with `tls:` set, lanes keep their
 //! `Forward` streams; see docs/REPLICATION.md):
 //! - the forwarding node connects to the leader's client port and sends
 //!   [`PREFACE`], then a greeting frame: the caller's `authorization`
-//!   value (empty: none);
-//! - a frame is a 4-byte big-endian length and that many bytes; the
-//!   leader takes frames of at most the listener's `max_message_bytes`
-//!   (as tonic takes messages), and a larger one ends the connection;
+//!   value (empty: none), at most [`GREETING_MAX`] bytes;
+//! - a frame is a 4-byte big-endian length and that many bytes; after the
+//!   greeting the leader takes frames of at most the listener's
+//!   `max_message_bytes` (as tonic takes messages), and a larger one ends
+//!   the connection unanswered (a break, below);
 //! - the leader answers the greeting with an empty frame (open) or an
 //!   encoded [`proto::ForwardError`] (refused, as a `Forward` stream's open
-//!   would be: credentials are checked as the listener checks them, and a
-//!   refusal counts in `forward`'s figures), then ends the connection;
+//!   would be: the credentials are checked as the listener checks them,
+//!   and a refusal counts in `forward_wire`'s figures), then ends the
+//!   connection; an open connection counts one `forward_wire` call;
 //! - then each frame from the forwarding node is an encoded
 //!   [`proto::ForwardRequest`], answered by one frame, its
 //!   [`proto::ForwardResponse`] (same id), served exactly as a message of
 //!   a `Forward` stream ([`forward::serve`]: the same credentials check
-//!   per message, marks, limits and figures);
+//!   per message, marks, limits and figures); an answer above
+//!   `max_message_bytes` is replaced by that message's
+//!   `RESOURCE_EXHAUSTED` error;
 //! - an empty frame from the leader after the greeting means it ended the
 //!   connection OK and did not process the message on the way, if any
 //!   (it stops reading when it starts shutting down: the lane sends that
@@ -35,23 +39,32 @@
 //!
 //! Invariants:
 //! - the client listener tells a wire connection from gRPC by its first
-//!   [`PREFACE`]`.len()` bytes, peeked, not read: any other first byte (an
-//!   HTTP/2 preface starts `PRI`, TLS `0x16`) hands the connection to tonic
-//!   untouched, and a connection that sends nothing is handed over when
-//!   the handshake timeout ends (tonic's listener then closes it);
-//! - a wire connection is a connection of the listener like any other:
-//!   counted against its caps, evicted and timed out as idle by
-//!   `server::limits`, a message being served marking it busy;
+//!   byte, peeked through `server::limits::Conn` (so under the handshake
+//!   deadline and eviction, as a read): `C` (no HTTP/2 client, whose
+//!   preface starts `PRI`, nor TLS, `0x16`, sends it) is the wire, whose
+//!   whole [`PREFACE`] is then read, also under the deadline (any other
+//!   bytes close it); any other first byte hands the connection to tonic
+//!   untouched;
+//! - a wire connection is a connection of the listener like any other,
+//!   counted against its caps and its per-address cap (one per lane: per
+//!   forwarding node, leader, caller's credentials and GET or SET); from
+//!   its greeting to its end it counts as busy, as an HTTP/2 connection
+//!   with an open `Forward` stream does: never closed as idle nor evicted
+//!   for a newcomer, so it never ends between two messages without the
+//!   end frame; a vanished peer is found by TCP keepalive ([`keepalive`]);
 //! - one message at a time per connection (a lane has one batch on the
 //!   way), served on the connection's task;
 //! - when the server starts shutting down a wire connection stops reading,
 //!   answers the message it is serving, sends the empty frame and ends;
-//!   the server waits for its wire connections (within the shutdown grace)
-//!   before the final flush, as it waits for gRPC requests;
-//! - a node that forwards tries the wire first (plaintext only), and falls
-//!   back to a `Forward` stream for [`lane_stream::RETRY_STREAM_AFTER`] when
-//!   the leader does not speak it (an older version: its answer to the
-//!   greeting is no frame of ours) or refuses it with `UNIMPLEMENTED`.
+//!   one still greeting ends at once; the server waits for its wire
+//!   connections before the final flush, as it waits for gRPC requests,
+//!   and drops those still running when the shutdown grace ends, before
+//!   the flush;
+//! - a node that forwards tries the wire first (plaintext only), and uses
+//!   a `Forward` stream for [`lane_stream::RETRY_STREAM_AFTER`] when the
+//!   leader does not speak it (an older version: it closes the connection
+//!   or answers with no frame of ours) or refuses it with `UNIMPLEMENTED`
+//!   or `PERMISSION_DENIED`.
 
 use std::io;
 use std::net::IpAddr;
@@ -65,6 +78,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Status;
 
@@ -88,52 +102,33 @@ fn codec(max: usize) -> LengthDelimitedCodec {
         .new_codec()
 }
 
-/// What a connection's first bytes said.
-#[derive(Debug, PartialEq, Eq)]
-enum Sniffed {
-    /// The forward wire.
-    Wire,
-    /// Anything else (gRPC, TLS, garbage, nothing in time): tonic's.
-    Other,
-    /// Closed before it sent anything.
-    Closed,
-}
+/// Most bytes of a greeting (an `authorization` value; HTTP/2 caps a
+/// header block at 16 KiB by default), and of the leader's answer to it.
+const GREETING_MAX: usize = 16 << 10;
 
-/// Peeks at `conn`'s first bytes for at most `within`.
-async fn sniff(conn: &Conn, within: Duration) -> Sniffed {
-    let mut first = [0u8; PREFACE.len()];
-    let look = async {
-        loop {
-            let n = conn.stream().peek(&mut first).await?;
-            if n == 0 {
-                return Ok(Sniffed::Closed);
-            }
-            if first[..n] != PREFACE[..n] {
-                return Ok(Sniffed::Other);
-            }
-            if n == PREFACE.len() {
-                return Ok(Sniffed::Wire);
-            }
-            // A part of the preface: peek returns at once until more comes.
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    };
-    match tokio::time::timeout(within, look).await {
-        Ok(Ok(s)) => s,
-        Ok(Err::<_, io::Error>(_)) => Sniffed::Closed,
-        Err(_) => Sniffed::Other,
+/// TCP keepalive of wire sockets, both sides: a peer whose host vanished
+/// (no FIN, no RST) is found within about 10 + 3 x 5 s, as HTTP/2 pings
+/// find it on the gRPC listener.
+fn keepalive(socket: &TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(10))
+        .with_interval(Duration::from_secs(5))
+        .with_retries(3);
+    if let Err(e) = socket2::SockRef::from(socket).set_tcp_keepalive(&ka) {
+        tracing::debug!("cannot set TCP keepalive on a forward wire socket: {e}");
     }
 }
 
 /// The client listener's connections for tonic, with forward wire
-/// connections taken out and served by `svc` (tracked by `wires`).
-/// `max_message` bounds a frame; `handshake` bounds the sniffing.
+/// connections taken out and served by `svc`, tracked by `wires` and
+/// dropped when `abort` is cancelled (the end of the shutdown grace).
+/// `max_message` bounds a frame.
 pub fn sniffed(
     incoming: impl Stream<Item = io::Result<Conn>> + Send + 'static,
     svc: KvService,
     wires: TaskTracker,
+    abort: CancellationToken,
     max_message: usize,
-    handshake: Duration,
 ) -> impl Stream<Item = io::Result<Conn>> {
     let (tx, rx) = mpsc::channel::<io::Result<Conn>>(16);
     tokio::spawn(async move {
@@ -145,23 +140,29 @@ pub fn sniffed(
                 () = tx.closed() => None,
             };
             let Some(next) = next else { break };
-            let conn = match next {
+            let mut conn = match next {
                 Ok(c) => c,
                 Err(e) => {
                     let _ = tx.send(Err(e)).await;
                     continue;
                 }
             };
-            let (tx, svc, spawner) = (tx.clone(), svc.clone(), wires.clone());
-            tokio::spawn(async move {
-                match sniff(&conn, handshake).await {
-                    Sniffed::Wire => {
-                        spawner.spawn(svc.serve_wire(conn, max_message));
+            let (tx, svc, abort) = (tx.clone(), svc.clone(), abort.clone());
+            // Tracked from here, so the drain also waits for connections
+            // still being told apart.
+            wires.spawn(async move {
+                // Under the handshake deadline and eviction, as a read.
+                match conn.peek_first().await {
+                    Ok(Some(first)) if first == PREFACE[0] => {
+                        tokio::select! {
+                            () = svc.serve_wire(conn, max_message) => {}
+                            () = abort.cancelled() => {}
+                        }
                     }
-                    Sniffed::Other => {
+                    Ok(Some(_)) => {
                         let _ = tx.send(Ok(conn)).await;
                     }
-                    Sniffed::Closed => {}
+                    Ok(None) | Err(_) => {}
                 }
             });
         }
@@ -172,21 +173,40 @@ pub fn sniffed(
 impl KvService {
     /// Serves one forward wire connection (see the module doc).
     async fn serve_wire(self, mut conn: Conn, max_message: usize) {
+        let mut stop = self.stopping.clone();
+        let stopping = async move {
+            if stop.wait_for(|s| *s).await.is_err() {
+                // No shutdown signal (a service built without one).
+                std::future::pending::<()>().await;
+            }
+        };
+        let mut stopping = std::pin::pin!(stopping);
         let mut preface = [0u8; PREFACE.len()];
-        if conn.read_exact(&mut preface).await.is_err() {
-            return;
-        }
-        let peer = conn.stream().peer_addr().ok().map(|a| a.ip());
-        let state = conn.state().clone();
-        let mut frames = Framed::new(conn, codec(max_message));
-        let Some(Ok(greeting)) = frames.next().await else {
+        let greeted = async {
+            // Read through `conn`: under its handshake deadline.
+            conn.read_exact(&mut preface).await.ok()?;
+            if &preface != PREFACE {
+                return None;
+            }
+            keepalive(conn.stream());
+            let mut frames = Framed::new(conn, codec(GREETING_MAX));
+            let greeting = frames.next().await?.ok()?;
+            Some((frames, greeting))
+        };
+        let greeted = tokio::select! {
+            g = greeted => g,
+            () = &mut stopping => None,
+        };
+        let Some((mut frames, greeting)) = greeted else {
             return;
         };
+        let state = frames.get_ref().state().clone();
+        state.mark_handshaken();
         if forward::refused_by_failpoint().is_some() {
             // As a node of a version without the wire: closed unanswered.
             return;
         }
-        state.mark_handshaken();
+        let peer = frames.get_ref().stream().peer_addr().ok().map(|a| a.ip());
         let caller = match self.open_wire(peer, &greeting).await {
             Ok(c) => c,
             Err(refusal) => {
@@ -194,22 +214,23 @@ impl KvService {
                 return;
             }
         };
+        // Busy from here to the end, as an HTTP/2 connection with a
+        // `Forward` stream open: never closed as idle or evicted for a
+        // newcomer between two messages, when it could not say whether
+        // the message on its way was processed.
+        let _busy = state.begin();
+        frames.codec_mut().set_max_frame_length(max_message);
         if frames.send(Bytes::new()).await.is_err() {
             return;
         }
         tracing::debug!(?peer, "serving a forward wire connection");
-        let mut stop = self.stopping.clone();
         loop {
             let frame = tokio::select! {
                 biased;
-                stopped = async { stop.wait_for(|s| *s).await.is_ok() } => {
-                    if stopped {
-                        // Shutting down: the end, nothing on the way processed.
-                        let _ = frames.send(Bytes::new()).await;
-                        return;
-                    }
-                    // No shutdown signal (a service built without one).
-                    frames.next().await
+                () = &mut stopping => {
+                    // Shutting down: the end, nothing on the way processed.
+                    let _ = frames.send(Bytes::new()).await;
+                    return;
                 }
                 frame = frames.next() => frame,
             };
@@ -221,7 +242,6 @@ impl KvService {
                 }
                 None => return,
             };
-            let busy = state.begin();
             let message = proto::ForwardRequest::decode(bytes).map_err(|e| {
                 Status::invalid_argument(format!("a forward wire frame is no ForwardRequest: {e}"))
             });
@@ -234,9 +254,11 @@ impl KvService {
                     return;
                 }
             };
-            let encoded = encode_answer(answer, max_message);
-            drop(busy);
-            if frames.send(encoded).await.is_err() {
+            if frames
+                .send(encode_answer(answer, max_message))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -252,12 +274,13 @@ impl KvService {
     ) -> Result<forward::Caller, Bytes> {
         let header = (!greeting.is_empty()).then(|| Arc::<[u8]>::from(greeting));
         let caller = forward::Caller::new(self.auth.clone(), header, peer);
-        // Refused credentials count as the listener's hook counts them.
+        // Checked as a `Forward` stream's open; refused credentials count
+        // as the listener's hook counts them, in `forward_wire`.
         if let Err((e, took)) = caller.check("Forward").await {
-            return Err(encode_error(&self.refused("Forward", &e, took)));
+            return Err(encode_error(&self.refused("ForwardWire", &e, took)));
         }
         // Then as `forward_rpc` counts an open.
-        let timer = self.metrics.requests.start(Command::Forward);
+        let timer = self.metrics.requests.start(Command::ForwardWire);
         timer.finish(&crate::Result::Ok(()));
         Ok(caller)
     }
@@ -343,17 +366,23 @@ impl Wire {
             }
         };
         let _ = socket.set_nodelay(true);
+        keepalive(&socket);
         if let Err(e) = socket.write_all(PREFACE).await {
             return Opened::NotSpoken(e.to_string());
         }
-        // Answers may be as large as the leader lets them be.
-        let mut frames = Framed::new(socket, codec(u32::MAX as usize));
+        // The answer to the greeting is small: another protocol's bytes
+        // (a TLS alert reads as a length of 350 MB) are refused at once.
+        let mut frames = Framed::new(socket, codec(GREETING_MAX));
         let greeting = Bytes::copy_from_slice(authorization.unwrap_or_default());
         if let Err(e) = frames.send(greeting).await {
             return Opened::NotSpoken(e.to_string());
         }
         match tokio::time::timeout(OPEN_TIMEOUT, frames.next()).await {
-            Ok(Some(Ok(b))) if b.is_empty() => Opened::Wire(Wire { frames, next_id: 0 }),
+            Ok(Some(Ok(b))) if b.is_empty() => {
+                // Answers may be as large as the leader lets them be.
+                frames.codec_mut().set_max_frame_length(u32::MAX as usize);
+                Opened::Wire(Wire { frames, next_id: 0 })
+            }
             Ok(Some(Ok(b))) => match proto::ForwardError::decode(b) {
                 Ok(e) => Opened::Refused(forward::from_message(e)),
                 Err(_) => Opened::NotSpoken("an answer that is no greeting".into()),
@@ -421,15 +450,16 @@ mod tests {
     use super::*;
 
     /// A leader on a fresh port that reads the preface and the greeting,
-    /// then does what `then` does with the framed socket.
-    async fn fake_leader<F, Fut>(then: F) -> String
+    /// then does what `then` does with the framed socket; its task is
+    /// awaited by the test, so that its assertions count.
+    async fn fake_leader<F, Fut>(then: F) -> (String, tokio::task::JoinHandle<()>)
     where
         F: FnOnce(Framed<TcpStream, LengthDelimitedCodec>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send,
     {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.unwrap();
             let mut preface = [0u8; PREFACE.len()];
             socket.read_exact(&mut preface).await.unwrap();
@@ -439,7 +469,7 @@ mod tests {
             assert_eq!(&greeting[..], b"Basic dTpw");
             then(frames).await;
         });
-        addr
+        (addr, task)
     }
 
     /// A `MGet` of one key, as a lane sends it.
@@ -465,7 +495,7 @@ mod tests {
     /// as sent, with id 0 first.
     #[tokio::test]
     async fn an_answer_with_the_id_is_the_answer() {
-        let addr = fake_leader(|mut f| async move {
+        let (addr, leader) = fake_leader(|mut f| async move {
             f.send(Bytes::new()).await.unwrap();
             let m = proto::ForwardRequest::decode(f.next().await.unwrap().unwrap()).unwrap();
             assert_eq!(m.id, 0);
@@ -482,29 +512,32 @@ mod tests {
             panic!("no answer");
         };
         assert_eq!(a.id, 0);
+        leader.await.unwrap();
     }
 
     /// The leader's end frame says the message was not processed; an end
     /// without it (EOF after the message was read) says nothing: broken.
     #[tokio::test]
     async fn only_the_end_frame_proves_a_message_unprocessed() {
-        let addr = fake_leader(|mut f| async move {
+        let (addr, leader) = fake_leader(|mut f| async move {
             f.send(Bytes::new()).await.unwrap();
             let _ = f.next().await;
             f.send(Bytes::new()).await.unwrap();
         })
         .await;
         assert!(matches!(exchange_with(&addr).await, Exchanged::Unprocessed));
-        let addr = fake_leader(|mut f| async move {
+        leader.await.unwrap();
+        let (addr, leader) = fake_leader(|mut f| async move {
             f.send(Bytes::new()).await.unwrap();
-            let _ = f.next().await;
+            assert!(f.next().await.unwrap().is_ok());
         })
         .await;
         let Exchanged::Broken(why) = exchange_with(&addr).await else {
             panic!("not broken");
         };
         assert_eq!(why, "the connection was closed");
-        let addr = fake_leader(|mut f| async move {
+        leader.await.unwrap();
+        let (addr, leader) = fake_leader(|mut f| async move {
             f.send(Bytes::new()).await.unwrap();
             let _ = f.next().await;
             let a = proto::ForwardResponse {
@@ -518,6 +551,7 @@ mod tests {
             panic!("not broken");
         };
         assert_eq!(why, "answered message 5 instead of 0");
+        leader.await.unwrap();
     }
 
     /// A refused greeting carries the leader's status; a leader that
@@ -525,7 +559,7 @@ mod tests {
     /// does not speak the wire; a closed port is unreachable.
     #[tokio::test]
     async fn opening_tells_refused_from_not_spoken_from_unreachable() {
-        let addr = fake_leader(|mut f| async move {
+        let (addr, leader) = fake_leader(|mut f| async move {
             let refusal = Status::unauthenticated("wrong password");
             f.send(encode_error(&refusal)).await.unwrap();
         })
@@ -535,6 +569,21 @@ mod tests {
         };
         assert_eq!(s.code(), tonic::Code::Unauthenticated);
         assert_eq!(s.message(), "wrong password");
+        leader.await.unwrap();
+
+        // A TLS server's alert (`15 03 03 00 02`): read as a frame length
+        // of 350 MB, above what a greeting's answer may be.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            socket.write_all(&[0x15, 3, 3, 0, 2, 2, 80]).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let Opened::NotSpoken(why) = Wire::open(&addr, None).await else {
+            panic!("spoken");
+        };
+        assert!(why.contains("frame size too big"), "{why}");
 
         // An HTTP/2 server's first bytes (SETTINGS), then its close.
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -578,7 +627,7 @@ mod tests {
     #[tokio::test]
     async fn an_ended_connection_is_seen_before_sending() {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let addr = fake_leader(|mut f| async move {
+        let (addr, leader) = fake_leader(|mut f| async move {
             f.send(Bytes::new()).await.unwrap();
             f.send(Bytes::new()).await.unwrap();
             let _ = rx.await;
@@ -598,6 +647,7 @@ mod tests {
         }
         assert!(ended);
         let _ = tx.send(());
+        leader.await.unwrap();
     }
 
     /// The preface cannot be mistaken for what else reaches the client
