@@ -7,7 +7,7 @@
 //! way, and the h2 framing and flow control). On the wire the lane's pump
 //! writes its message and reads the answer on its own task, and the
 //! leader reads, serves and answers on the connection's task
-//! (docs/BENCHMARKS.md, "Forward wire (session 16)").
+//! (docs/BENCHMARKS.md, "Run 11 (session 16)").
 //!
 //! The protocol (plaintext only: with `tls:` set, lanes keep their
 //! `Forward` streams; see docs/REPLICATION.md):
