@@ -157,6 +157,9 @@ fn the_forward_wire_shares_the_client_port_with_grpc() {
     let mut header = [0u8; 9];
     other.read_exact(&mut header).unwrap();
     assert_eq!(header[3], 4, "{header:?}");
+    // Closed, or the shutdown below would wait for it as for any HTTP/2
+    // connection.
+    drop(other);
     // Counted: the two wire connections that opened (`w`, `big`); not the
     // one closed at its preface, nor the gRPC one.
     assert_eq!(calls(&c, &rt, "forward_wire"), "calls=2,errors=0");
@@ -166,4 +169,50 @@ fn the_forward_wire_shares_the_client_port_with_grpc() {
     server.stop();
     assert_eq!(receive(&mut w), Some(vec![]), "the end frame");
     assert_eq!(receive(&mut w), None);
+}
+
+/// A message being served when the server starts shutting down is
+/// answered, then the end frame comes, then EOF; what it wrote is on disk
+/// after the restart (the drain waits for wire connections before the
+/// final flush). The failpoint `server::forward_slow` holds each message
+/// 1.5 s, so the shutdown starts while the message is served.
+#[test]
+fn a_message_in_flight_at_shutdown_is_answered_before_the_end_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let slow = ServerOpts::default().env("FAILPOINTS", "server::forward_slow=return(1500)");
+    let mut server = Server::start(&data, slow);
+    let mut w = open(&server.addr);
+    let m = proto::ForwardRequest {
+        id: 0,
+        request: Some(Ask::MSet(proto::MSetRequest {
+            pairs: vec![proto::KeyValue {
+                key: b("late"),
+                value: b("1"),
+            }],
+            ..Default::default()
+        })),
+    };
+    send(&mut w, &m.encode_to_vec());
+    std::thread::sleep(Duration::from_millis(500));
+    // Returns once the process exited: what it sent waits in our socket.
+    server.stop();
+    let a = proto::ForwardResponse::decode(&receive(&mut w).unwrap()[..]).unwrap();
+    assert_eq!(
+        a,
+        proto::ForwardResponse {
+            id: 0,
+            reply: Some(Reply::MSet(proto::MSetResponse {})),
+        }
+    );
+    assert_eq!(receive(&mut w), Some(vec![]), "the end frame");
+    assert_eq!(receive(&mut w), None);
+
+    let server = Server::start(&data, ServerOpts::default());
+    let rt = runtime();
+    let _in = rt.enter();
+    let c = Client::for_addr(&server.addr).unwrap();
+    rt.block_on(bounded(async {
+        assert_eq!(c.get("late").await.unwrap(), Some(b("1")));
+    }));
 }

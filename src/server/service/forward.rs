@@ -250,13 +250,23 @@ pub(super) fn refused_by_failpoint() -> Option<Status> {
 
 /// Test builds only: the failpoint `server::forward_break` (`return`)
 /// ends the stream with an error when a message arrives, before it is
-/// served (a stream broken mid-batch, tests/resp/resp_cluster.rs).
+/// served (a stream broken mid-batch, tests/resp/resp_cluster.rs); the
+/// failpoint `server::forward_slow` (`return(ms)`) holds each message
+/// that long before it is served (a message in flight
+/// at shutdown, tests/server/server_wire.rs).
 async fn forward_pause() -> Result<(), Status> {
     #[cfg(feature = "failpoints")]
     {
         fail::fail_point!("server::forward_break", |_| Err(Status::unavailable(
             "the forward stream broke (failpoint server::forward_break)"
         )));
+        let slow = || -> Option<u64> {
+            fail::fail_point!("server::forward_slow", |ms| ms.and_then(|m| m.parse().ok()));
+            None
+        };
+        if let Some(ms) = slow() {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
     }
     Ok(())
 }
