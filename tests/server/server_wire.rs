@@ -193,10 +193,18 @@ fn a_message_in_flight_at_shutdown_is_answered_before_the_end_frame() {
             ..Default::default()
         })),
     };
+    let sent = std::time::Instant::now();
     send(&mut w, &m.encode_to_vec());
     std::thread::sleep(Duration::from_millis(500));
     // Returns once the process exited: what it sent waits in our socket.
     server.stop();
+    // The message was held (the failpoint is armed: a build without
+    // failpoints would answer at once) and the exit waited for it.
+    assert!(
+        sent.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        sent.elapsed()
+    );
     let a = proto::ForwardResponse::decode(&receive(&mut w).unwrap()[..]).unwrap();
     assert_eq!(
         a,

@@ -42,13 +42,16 @@
 //!   byte, peeked through `server::limits::Conn` (so under the handshake
 //!   deadline and eviction, as a read): `C` (no HTTP/2 client, whose
 //!   preface starts `PRI`, nor TLS, `0x16`, sends it) is the wire, whose
-//!   whole [`PREFACE`] is then read, also under the deadline (any other
-//!   bytes close it); any other first byte hands the connection to tonic
-//!   untouched;
+//!   whole [`PREFACE`] and greeting are then read through `Conn` too (the
+//!   handshake deadline until its handshake bytes are in, then the idle
+//!   timeout, as an HTTP/2 connection after its preface; other bytes than
+//!   the preface close it); any other first byte hands the connection to
+//!   tonic untouched; once the server starts shutting down the listener
+//!   accepts nothing more and a connection not yet told apart is closed;
 //! - a wire connection is a connection of the listener like any other,
 //!   counted against its caps and its per-address cap (one per lane: per
 //!   forwarding node, leader, caller's credentials and GET or SET); from
-//!   its greeting to its end it counts as busy, as an HTTP/2 connection
+//!   the end of its greeting to its end it counts as busy, as an HTTP/2 connection
 //!   with an open `Forward` stream does: never closed as idle nor evicted
 //!   for a newcomer, so it never ends between two messages without the
 //!   end frame; a vanished peer is found by TCP keepalive ([`keepalive`]);
@@ -133,11 +136,14 @@ pub fn sniffed(
     let (tx, rx) = mpsc::channel::<io::Result<Conn>>(16);
     tokio::spawn(async move {
         let mut incoming = std::pin::pin!(incoming);
+        let mut shutdown = std::pin::pin!(stopping(svc.stopping.clone()));
         loop {
-            // tonic dropped its end (shutdown): stop accepting.
+            // Shutting down, or tonic dropped its end: stop accepting (the
+            // listener closes with `incoming`).
             let next = tokio::select! {
                 next = incoming.next() => next,
                 () = tx.closed() => None,
+                () = &mut shutdown => None,
             };
             let Some(next) = next else { break };
             let mut conn = match next {
@@ -151,8 +157,15 @@ pub fn sniffed(
             // Tracked from here, so the drain also waits for connections
             // still being told apart.
             wires.spawn(async move {
-                // Under the handshake deadline and eviction, as a read.
-                match conn.peek_first().await {
+                // Under the handshake deadline and eviction, as a read; a
+                // connection still silent at shutdown is closed (tonic
+                // takes no new ones then either).
+                let first = tokio::select! {
+                    first = conn.peek_first() => first,
+                    () = stopping(svc.stopping.clone()) => return,
+                    () = abort.cancelled() => return,
+                };
+                match first {
                     Ok(Some(first)) if first == PREFACE[0] => {
                         tokio::select! {
                             () = svc.serve_wire(conn, max_message) => {}
@@ -173,14 +186,7 @@ pub fn sniffed(
 impl KvService {
     /// Serves one forward wire connection (see the module doc).
     async fn serve_wire(self, mut conn: Conn, max_message: usize) {
-        let mut stop = self.stopping.clone();
-        let stopping = async move {
-            if stop.wait_for(|s| *s).await.is_err() {
-                // No shutdown signal (a service built without one).
-                std::future::pending::<()>().await;
-            }
-        };
-        let mut stopping = std::pin::pin!(stopping);
+        let mut stopping = std::pin::pin!(stopping(self.stopping.clone()));
         let mut preface = [0u8; PREFACE.len()];
         let greeted = async {
             // Read through `conn`: under its handshake deadline.
@@ -202,6 +208,12 @@ impl KvService {
         };
         let state = frames.get_ref().state().clone();
         state.mark_handshaken();
+        // Busy from here to the end, as an HTTP/2 connection with a
+        // `Forward` stream open: never closed as idle or evicted for a
+        // newcomer while its credentials are checked or between two
+        // messages, when it could not say whether the message on its way
+        // was processed.
+        let _busy = state.begin();
         if forward::refused_by_failpoint().is_some() {
             // As a node of a version without the wire: closed unanswered.
             return;
@@ -214,11 +226,6 @@ impl KvService {
                 return;
             }
         };
-        // Busy from here to the end, as an HTTP/2 connection with a
-        // `Forward` stream open: never closed as idle or evicted for a
-        // newcomer between two messages, when it could not say whether
-        // the message on its way was processed.
-        let _busy = state.begin();
         frames.codec_mut().set_max_frame_length(max_message);
         if frames.send(Bytes::new()).await.is_err() {
             return;
@@ -295,6 +302,14 @@ pub(super) fn off_by_failpoint() -> bool {
         fail::fail_point!("server::wire_off", |_| true);
     }
     false
+}
+
+/// Completes once the server starts shutting down (never for a service
+/// built without a shutdown signal).
+async fn stopping(mut stop: tokio::sync::watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// `status` as the greeting's refusal.
