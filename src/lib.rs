@@ -15,6 +15,8 @@
 //! - [`client`]: the Rust client used by the CLI and the load generator.
 //! - [`config`]: the YAML configuration with environment and flag overrides.
 //! - [`error`]: the error type at the API edge, mapped to gRPC status codes.
+//! - [`frames`]: the length-prefixed TCP connections node to node beside
+//!   gRPC (forwards and fetches without HTTP/2).
 //! - [`proto`]: the generated gRPC code.
 //!
 //! Replication is added as a `replication` layer between `node` and
@@ -25,6 +27,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod frames;
 pub mod node;
 pub mod proto;
 pub mod replication;

@@ -361,6 +361,13 @@ impl Node {
         .unwrap_or(0)
     }
 
+    /// How this node's fetch sessions travelled and the fetch wire
+    /// connections it served: `(wire_opened, streams_opened,
+    /// wire_served)`; `None` in standalone mode.
+    pub fn fetch_figures(&self) -> Option<(u64, u64, u64)> {
+        self.replication.as_ref().map(|m| m.fetch_figures.read())
+    }
+
     /// The nodes and the state of every partition, for `Metadata`.
     pub fn metadata(&self) -> (Vec<NodeInfo>, Vec<PartitionState>) {
         let mut partitions = self.coordinator.partitions();

@@ -60,6 +60,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -69,6 +70,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use super::ReplicaManager;
+use super::fetch_wire::{FetchWire, Opened, STREAM_AFTER_NO_WIRE};
 use super::partition::Partition;
 use crate::error::{Error, Result};
 use crate::proto::replication::replication_client::ReplicationClient;
@@ -142,6 +144,8 @@ pub struct Session {
     reread: Mutex<Vec<u32>>,
     /// The incremental session with the leader, as the follower sees it.
     wire: Mutex<Wire>,
+    /// Until then, a `Fetch` stream (the leader did not speak the wire).
+    stream_until: Mutex<Option<Instant>>,
 }
 
 /// The follower's side of an incremental fetch session (KIP-227, see
@@ -327,6 +331,7 @@ impl Sessions {
                 changed: Notify::new(),
                 reread: Mutex::default(),
                 wire: Mutex::default(),
+                stream_until: Mutex::default(),
             });
             tokio::spawn(run(m.clone(), s.clone()));
             s
@@ -449,23 +454,14 @@ async fn round(m: &Arc<ReplicaManager>, s: &Session) -> Result<()> {
         return Ok(());
     }
 
-    let (tx, rx) = mpsc::channel(2);
-    let closed = || Error::Internal("fetch stream closed".into());
     let (req, mut pending) = request(m, s, &fetch);
-    tx.send(req).await.map_err(|_| closed())?;
-    let mut stream = client
-        .fetch(ReceiverStream::new(rx))
-        .await
-        .map_err(Error::from)?
-        .into_inner();
+    let mut link = Link::open(m, s, &node.replication_addr, &mut client, req).await?;
     loop {
         let due = s.next_due();
         // Leaving with the answer outstanding drops `pending`: the next
         // request repeats its session epoch.
         let resp = tokio::select! {
-            r = stream.message() => r
-                .map_err(Error::from)?
-                .ok_or_else(|| Error::Unavailable(format!("{} closed the fetch stream", s.leader)))?,
+            r = link.recv(&s.leader) => r?,
             _ = s.changed.notified() => return Ok(()),
             _ = until(due) => return Ok(()),
         };
@@ -476,8 +472,91 @@ async fn round(m: &Arc<ReplicaManager>, s: &Session) -> Result<()> {
         }
         let (req, next) = request(m, s, &fetch);
         pending = next;
-        tx.send(req).await.map_err(|_| closed())?;
+        link.send(req).await?;
     }
+}
+
+/// How a session's requests travel to its leader.
+enum Link {
+    /// A `Fetch` stream over gRPC.
+    Stream {
+        /// Requests.
+        tx: mpsc::Sender<FetchRequest>,
+        /// Answers.
+        answers: tonic::Streaming<FetchResponse>,
+    },
+    /// The fetch wire (super::fetch_wire).
+    Wire(FetchWire),
+}
+
+impl Link {
+    /// Opens the session's link to the leader's replication port `addr`
+    /// and sends `first` on it: the fetch wire without TLS when the leader
+    /// speaks it, else a `Fetch` stream of `client` (for
+    /// [`STREAM_AFTER_NO_WIRE`] after a leader did not speak the wire).
+    async fn open(
+        m: &ReplicaManager,
+        s: &Session,
+        addr: &str,
+        client: &mut ReplicationClient<Channel>,
+        first: FetchRequest,
+    ) -> Result<Link> {
+        let no_wire_yet = s.stream_until.lock().is_some_and(|t| Instant::now() < t);
+        if !crate::tls::node_tls() && !no_wire_yet && !super::fetch_wire::off_by_failpoint() {
+            match FetchWire::open(addr, m.message_limit()).await {
+                Opened::Wire(mut wire) => {
+                    wire.send(&first).await?;
+                    m.fetch_figures.wire_opened.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Link::Wire(wire));
+                }
+                Opened::NoWire(why) => {
+                    tracing::info!(
+                        "{} does not take a fetch wire ({why}); fetching over a stream for {} s",
+                        s.leader,
+                        STREAM_AFTER_NO_WIRE.as_secs()
+                    );
+                    *s.stream_until.lock() = Some(Instant::now() + STREAM_AFTER_NO_WIRE);
+                }
+                Opened::Failed(e) => return Err(e),
+            }
+        }
+        let (tx, rx) = mpsc::channel(2);
+        tx.send(first).await.map_err(|_| closed())?;
+        let answers = client
+            .fetch(ReceiverStream::new(rx))
+            .await
+            .map_err(Error::from)?
+            .into_inner();
+        m.fetch_figures
+            .streams_opened
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(Link::Stream { tx, answers })
+    }
+
+    /// Sends the next request.
+    async fn send(&mut self, req: FetchRequest) -> Result<()> {
+        match self {
+            Link::Stream { tx, .. } => tx.send(req).await.map_err(|_| closed()),
+            Link::Wire(wire) => wire.send(&req).await,
+        }
+    }
+
+    /// The answer to the request sent last.
+    async fn recv(&mut self, leader: &str) -> Result<FetchResponse> {
+        match self {
+            Link::Stream { answers, .. } => answers
+                .message()
+                .await
+                .map_err(Error::from)?
+                .ok_or_else(|| Error::Unavailable(format!("{leader} closed the fetch stream"))),
+            Link::Wire(wire) => wire.recv(leader).await,
+        }
+    }
+}
+
+/// A stream whose request channel closed.
+fn closed() -> Error {
+    Error::Internal("fetch stream closed".into())
 }
 
 /// The next fetch of `fetch`, each partition from its log end: full, or

@@ -16,7 +16,8 @@
 //!   watermark (`min` log end over the ISR, at least `min_insync` members),
 //!   shrinks and expands the ISR through ZooKeeper compare-and-set, and
 //!   answers `acks: all` writes once the high watermark covers them;
-//! - as follower it runs a fetcher ([`fetcher`]) that first truncates its
+//! - as follower it runs a fetcher ([`fetcher`]; without TLS over the
+//!   fetch wire, [`fetch_wire`], else a `Fetch` stream) that first truncates its
 //!   log where it diverges from the leader's (KIP-101/279 epoch lookups,
 //!   [`divergence`], batched per leader: one call per round for every
 //!   partition looking), then appends what it fetches and commits up to
@@ -79,6 +80,7 @@
 mod coordinator;
 mod divergence;
 mod drain;
+pub mod fetch_wire;
 mod fetcher;
 mod hosting;
 mod leader_path;
@@ -184,6 +186,9 @@ pub struct ReplicaManager {
     /// The reassignment throttle of what this node serves as leader to
     /// replicas being added ([`throttle`]).
     throttle: Arc<throttle::Throttle>,
+    /// How this node's fetch sessions travel (wire or stream), and the
+    /// fetch wire connections it served.
+    pub fetch_figures: fetch_wire::FetchFigures,
 }
 
 impl ReplicaManager {
@@ -244,6 +249,7 @@ impl ReplicaManager {
             draining: Default::default(),
             admitted: Default::default(),
             throttle: Default::default(),
+            fetch_figures: Default::default(),
         })
     }
 

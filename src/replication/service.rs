@@ -168,7 +168,7 @@ fn caller<T>(request: &Request<T>) -> Caller {
 /// Refuses, before any work, a fetch request listing more than `max`
 /// partitions (or forgetting more), or a partition twice: the stream ends
 /// with `INVALID_ARGUMENT`. A follower never sends either.
-fn check_fetch(req: &pb::FetchRequest, max: usize) -> Result<(), Status> {
+pub(super) fn check_fetch(req: &pb::FetchRequest, max: usize) -> Result<(), Status> {
     if req.partitions.len() > max || req.forgotten.len() > max {
         return Err(Status::invalid_argument(format!(
             "fetch request lists {} partitions and forgets {}, at most {max} each \

@@ -383,6 +383,9 @@ pub struct Snapshot {
     pub controller: Option<String>,
     /// ZooKeeper, in cluster mode.
     pub zk: Option<ZkFigures>,
+    /// Fetch transports, in cluster mode: `(fetch wire connections
+    /// opened, Fetch streams opened, fetch wire connections served)`.
+    pub fetch: Option<(u64, u64, u64)>,
 }
 
 impl Metrics {
@@ -472,6 +475,7 @@ impl Metrics {
                 session_connected: zk.session_connected(),
                 live_nodes: zk.nodes().len() as u64,
             }),
+            fetch: node.fetch_figures(),
         })
     }
 }
@@ -566,6 +570,11 @@ impl Snapshot {
                     .to_string(),
             ),
         ];
+        if let Some((wire, streams, served)) = self.fetch {
+            replication.push(kv("fetch_wire_opened", wire.to_string()));
+            replication.push(kv("fetch_streams_opened", streams.to_string()));
+            replication.push(kv("fetch_wire_served", served.to_string()));
+        }
         for p in &self.partitions {
             replication.push(kv(
                 &format!("partition_{}", p.id),

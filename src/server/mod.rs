@@ -33,6 +33,7 @@ pub mod limits;
 pub mod metrics;
 pub mod prometheus;
 mod service;
+pub mod sniff;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +78,13 @@ pub async fn run(
             conn_limits(config, l.replication_max_connections),
         );
         let in_flight = Arc::new(Semaphore::new(l.replication_max_in_flight));
+        let incoming = replication_incoming(
+            listener,
+            tracker,
+            tls.is_none()
+                .then(|| (manager.clone(), l.fetch_max_partitions)),
+            stop_replication.subscribe(),
+        );
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &tls {
             builder = builder
@@ -97,7 +105,7 @@ pub async fn run(
                 gate,
                 l.fetch_max_partitions,
             ))
-            .serve_with_incoming_shutdown(limits::incoming(listener, tracker), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stopped.wait_for(|s| *s).await;
             });
         tokio::spawn(async move {
@@ -109,6 +117,50 @@ pub async fn run(
     let result = serve_clients(listener, node, config, tls, metrics, shutdown).await;
     stop_replication.send_replace(true);
     result
+}
+
+/// The replication listener's connections for tonic. With `fetch_wire`
+/// (plaintext only: the replicas and `limits.fetch_max_partitions`), fetch
+/// wire connections (src/replication/fetch_wire.rs) are told apart and
+/// served beside tonic until `stop` turns true.
+pub fn replication_incoming(
+    listener: TcpListener,
+    tracker: Arc<limits::Tracker>,
+    fetch_wire: Option<(Arc<ReplicaManager>, usize)>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> futures_util::stream::BoxStream<'static, std::io::Result<limits::Conn>> {
+    let incoming = limits::incoming(listener, tracker);
+    let Some((manager, max)) = fetch_wire else {
+        return Box::pin(incoming);
+    };
+    Box::pin(sniff::sniffed(
+        incoming,
+        stop.clone(),
+        tokio_util::task::TaskTracker::new(),
+        tokio_util::sync::CancellationToken::new(),
+        move |conn| serve_fetch_wire(manager.clone(), conn, max, stop.clone()),
+    ))
+}
+
+/// Serves one fetch wire connection of the replication listener, its
+/// first byte peeked, until `stop` turns true.
+async fn serve_fetch_wire(
+    manager: Arc<ReplicaManager>,
+    conn: limits::Conn,
+    max_partitions: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use crate::replication::fetch_wire;
+    let greeted = tokio::select! {
+        g = sniff::greeted(conn, fetch_wire::PREFACE) => g,
+        () = sniff::stopping(stop.clone()) => None,
+    };
+    // Busy until it ends, as an HTTP/2 connection with a `Fetch` stream.
+    let Some(sniff::Greeted { frames, busy, .. }) = greeted else {
+        return;
+    };
+    fetch_wire::serve(manager, frames, max_partitions, sniff::stopping(stop)).await;
+    drop(busy);
 }
 
 /// The client-facing half of [`run`].
@@ -142,6 +194,7 @@ async fn serve_clients(
     // and the per-message check of `Forward` streams.
     let auth = crate::auth::Authenticator::new(&config.auth);
     let (stopping, stopped) = tokio::sync::watch::channel(false);
+    let stopped_wires = stopped.clone();
     let service = service.with_auth(auth.clone()).with_shutdown(stopped);
     let wire_service = service.clone();
     let kv = KvServer::new(service)
@@ -173,12 +226,12 @@ async fn serve_clients(
     let abort_wires = tokio_util::sync::CancellationToken::new();
     let incoming: futures_util::stream::BoxStream<'static, std::io::Result<limits::Conn>> =
         if tls.is_none() {
-            Box::pin(service::wire::sniffed(
+            Box::pin(sniff::sniffed(
                 incoming,
-                wire_service,
+                stopped_wires,
                 wires.clone(),
                 abort_wires.clone(),
-                max_message,
+                move |conn| wire_service.clone().serve_wire(conn, max_message),
             ))
         } else {
             Box::pin(incoming)

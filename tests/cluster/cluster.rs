@@ -228,6 +228,86 @@ fn leader_kill_under_acks_all_load_loses_no_acknowledged_write() {
     let _ = victim_id;
 }
 
+/// Node `i`'s fetch transports from its `Info` replication section:
+/// `(fetch_wire_opened, fetch_streams_opened, fetch_wire_served)`.
+fn fetch_transports(c: &TestCluster, i: usize, rt: &tokio::runtime::Runtime) -> (u64, u64, u64) {
+    let info = rt.block_on(c.client_of(i, rt).info()).unwrap();
+    let section = info
+        .sections
+        .iter()
+        .find(|s| s.name == "replication")
+        .unwrap();
+    let field = |k: &str| -> u64 {
+        let f = section.fields.iter().find(|f| f.key == k);
+        f.unwrap_or_else(|| panic!("no {k} in {section:?}"))
+            .value
+            .parse()
+            .unwrap()
+    };
+    (
+        field("fetch_wire_opened"),
+        field("fetch_streams_opened"),
+        field("fetch_wire_served"),
+    )
+}
+
+/// Without TLS, followers fetch over the fetch wire
+/// (src/replication/fetch_wire.rs): every node opened wire connections
+/// and no `Fetch` stream, and the leaders served exactly the connections
+/// the followers opened. With every node closing fetch wire connections
+/// unanswered, as a node of an older version does (failpoint
+/// `replication::fetch_wire_refuse`), they fetch over `Fetch` streams and
+/// serve no wire connection. Either way `acks: all` writes succeed and
+/// every replica ends with the exact values.
+#[test]
+fn followers_fetch_over_the_wire_and_over_streams_from_an_older_leader() {
+    let _s = serial();
+    for refuse in [false, true] {
+        let env = match refuse {
+            true => vec![(
+                "FAILPOINTS".to_string(),
+                "replication::fetch_wire_refuse=return".to_string(),
+            )],
+            false => Vec::new(),
+        };
+        let c = TestCluster::start_shared(ClusterOpts {
+            env,
+            ..ClusterOpts::default()
+        });
+        c.wait_until("every ISR is full", |c| c.all_led() && c.full_isr());
+        let rt = runtime();
+        let client = c.client(&rt);
+        rt.block_on(async {
+            for i in 0..20 {
+                client
+                    .set(format!("w{i}"), format!("v{i}"), SetOptions::default())
+                    .await
+                    .unwrap();
+            }
+        });
+        for i in 0..3 {
+            wait_replicated(&c, i);
+            let r = local_reader(&c, i, &rt);
+            rt.block_on(async {
+                for k in 0..20 {
+                    let got = r.get(format!("w{k}")).await.unwrap();
+                    assert_eq!(got, Some(Bytes::from(format!("v{k}"))), "node {i}, w{k}");
+                }
+            });
+        }
+        let figures: Vec<(u64, u64, u64)> = (0..3).map(|i| fetch_transports(&c, i, &rt)).collect();
+        let opened: u64 = figures.iter().map(|f| f.0).sum();
+        let served: u64 = figures.iter().map(|f| f.2).sum();
+        for (i, &(wire, streams, _)) in figures.iter().enumerate() {
+            match refuse {
+                false => assert!(wire >= 1 && streams == 0, "node {i}: {figures:?}"),
+                true => assert!(wire == 0 && streams >= 1, "node {i}: {figures:?}"),
+            }
+        }
+        assert_eq!(served, opened, "{figures:?}");
+    }
+}
+
 /// A follower killed and restarted rejoins the ISR and ends with the
 /// leader's data.
 #[test]

@@ -175,12 +175,28 @@ struct Pair {
     b_logs: Vec<Arc<Bitcask>>,
     /// Runtime of both nodes.
     rt: tokio::runtime::Runtime,
+    /// `b`'s replication port.
+    b_addr: String,
     /// Their directories.
     _dirs: Vec<TempDir>,
 }
 
+/// What `b`'s replication port serves.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Listener {
+    /// gRPC only, as a node of a version without the fetch wire: `a`
+    /// fetches over a `Fetch` stream.
+    GrpcOnly,
+    /// The node's own plaintext listener (gRPC and the fetch wire).
+    Node,
+}
+
 impl Pair {
     fn start(n: u32) -> Pair {
+        Self::start_on(n, Listener::GrpcOnly)
+    }
+
+    fn start_on(n: u32, serving: Listener) -> Pair {
         let rt = super::runtime(2);
         let mut dirs = Vec::new();
         let (mut a_logs, mut b_logs) = (Vec::new(), Vec::new());
@@ -210,15 +226,16 @@ impl Pair {
                 ReplicaManager::new(node("b"), opts, dyn_logs(&b_logs), wait, 2 << 20),
             )
         };
-        let pair = Pair {
+        let mut pair = Pair {
             a,
             b,
             a_logs,
             b_logs,
             rt,
+            b_addr: String::new(),
             _dirs: dirs,
         };
-        pair.rt.block_on(async {
+        pair.b_addr = pair.rt.block_on(async {
             let (a, b) = (&pair.a, &pair.b);
             a.attach(Arc::new(FakeCluster));
             b.attach(Arc::new(FakeCluster));
@@ -233,9 +250,21 @@ impl Pair {
                 replication_addr: listener.local_addr().unwrap().to_string(),
                 ..node("b")
             };
-            let incoming = futures_util::stream::unfold(listener, |l| async move {
-                Some((l.accept().await.map(|(s, _)| s), l))
-            });
+            let tracker = crate::server::limits::Tracker::new(
+                "replication",
+                crate::server::limits::ConnLimits {
+                    max: 64,
+                    per_ip: 64,
+                    handshake: Some(Duration::from_secs(10)),
+                    handshake_bytes: crate::server::limits::HTTP2_HANDSHAKE_BYTES,
+                    idle: None,
+                },
+            );
+            let wire = (serving == Listener::Node).then(|| (b.clone(), 10_000));
+            // No stop: the sender goes at once, and the listener serves
+            // until the runtime ends.
+            let (_, stopped) = tokio::sync::watch::channel(false);
+            let incoming = crate::server::replication_incoming(listener, tracker, wire, stopped);
             tokio::spawn(
                 tonic::transport::Server::builder()
                     .add_service(crate::replication::service::ReplicationService::server(
@@ -250,7 +279,9 @@ impl Pair {
                 (0..n).all(|p| matches!(b.role(p), Role::Leader { .. }))
             })
             .await;
+            let addr = b_addr.replication_addr.clone();
             a.leader_and_isr(1, 0, states, vec![b_addr]).unwrap();
+            addr
         });
         pair.idle();
         pair
@@ -338,7 +369,40 @@ impl Drop for Pair {
 /// entry; `acks: all` writes succeed throughout.
 #[test]
 fn an_idle_session_round_carries_no_partition_entry() {
-    let pair = Pair::start(100);
+    idle_rounds_carry_no_partition_entry(Listener::GrpcOnly);
+}
+
+/// The same rounds over the fetch wire (src/replication/fetch_wire.rs):
+/// the leader's own plaintext listener, so `a` fetches on the wire.
+#[test]
+fn an_idle_session_round_on_the_fetch_wire_carries_no_partition_entry() {
+    idle_rounds_carry_no_partition_entry(Listener::Node);
+}
+
+/// `a`'s fetch transports and `b`'s wire connections served.
+fn transports(pair: &Pair) -> ((u64, u64), u64) {
+    let (wire, streams, _) = pair.a.fetch_figures.read();
+    let (_, _, served) = pair.b.fetch_figures.read();
+    ((wire, streams), served)
+}
+
+/// The rounds of `an_idle_session_round_carries_no_partition_entry`, with
+/// `b` serving as `serving` says; `a` uses the wire exactly when `b`
+/// speaks it (a gRPC-only leader costs a stream, no error), and opens no
+/// connection or stream after the session is idle.
+fn idle_rounds_carry_no_partition_entry(serving: Listener) {
+    let pair = Pair::start_on(100, serving);
+    let ((wire, streams), served) = transports(&pair);
+    match serving {
+        Listener::GrpcOnly => assert!(
+            wire == 0 && streams >= 1 && served == 0,
+            "{wire} {streams} {served}"
+        ),
+        Listener::Node => assert!(
+            wire >= 1 && streams == 0 && served == wire,
+            "{wire} {streams} {served}"
+        ),
+    }
     let idle = pair.during(|| std::thread::sleep(Duration::from_millis(1000)));
     assert!(idle.requests >= 5, "{idle:?}");
     assert_eq!(
@@ -373,6 +437,36 @@ fn an_idle_session_round_carries_no_partition_entry() {
     }
     pair.converged();
     assert!((0..100).all(|p| pair.isr(p) == 2));
+    assert_eq!(transports(&pair), ((wire, streams), served));
+}
+
+/// A fetch wire request the leader refuses (a partition listed twice, as
+/// `check_fetch` refuses it on a stream) is answered with that error, and
+/// the connection ends after it.
+#[test]
+fn a_refused_fetch_wire_request_gets_the_streams_error_and_the_end() {
+    use crate::replication::fetch_wire::{FetchWire, Opened};
+    let pair = Pair::start_on(2, Listener::Node);
+    pair.rt.block_on(async {
+        let Opened::Wire(mut w) = FetchWire::open(&pair.b_addr, 1 << 20).await else {
+            panic!("no fetch wire to b");
+        };
+        w.send(&req(0, 0, vec![pf(1, 0), pf(1, 0)], vec![]))
+            .await
+            .unwrap();
+        assert_eq!(
+            w.recv("b").await,
+            Err(crate::Error::InvalidInput(
+                "fetch request lists partition 1 twice".into()
+            ))
+        );
+        assert_eq!(
+            w.recv("b").await,
+            Err(crate::Error::Unavailable(
+                "b closed the fetch wire connection".into()
+            ))
+        );
+    });
 }
 
 /// Issue 12: the leader loses the follower's session (evicted, as after a

@@ -203,36 +203,17 @@ fn marked<Q>(q: Q) -> Request<Q> {
 
 /// `status` as a message: code, text and `caskade-*` metadata.
 pub(super) fn to_message(status: &Status) -> proto::ForwardError {
-    let metadata = status
-        .metadata()
-        .iter()
-        .filter_map(|kv| match kv {
-            tonic::metadata::KeyAndValueRef::Ascii(k, v) => Some((k.as_str(), v.to_str().ok()?)),
-            tonic::metadata::KeyAndValueRef::Binary(..) => None,
-        })
-        .filter(|(k, _)| k.starts_with("caskade-"))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
     proto::ForwardError {
         code: status.code() as i32,
         message: status.message().to_string(),
-        metadata,
+        metadata: crate::frames::status_metadata(status),
     }
 }
 
 /// The status a [`proto::ForwardError`] carries (metadata that is not
 /// valid as such is left out).
 pub(super) fn from_message(e: proto::ForwardError) -> Status {
-    let mut md = tonic::metadata::MetadataMap::new();
-    for (k, v) in e.metadata {
-        if let (Ok(k), Ok(v)) = (
-            tonic::metadata::AsciiMetadataKey::from_bytes(k.as_bytes()),
-            tonic::metadata::AsciiMetadataValue::try_from(v.as_str()),
-        ) {
-            md.insert(k, v);
-        }
-    }
-    Status::with_metadata(tonic::Code::from_i32(e.code), e.message, md)
+    crate::frames::status_from_parts(e.code, e.message, e.metadata)
 }
 
 /// Test builds only: the failpoint `server::forward_refuse` (`return`)

@@ -39,22 +39,18 @@
 //!
 //! Invariants:
 //! - the client listener tells a wire connection from gRPC by its first
-//!   byte, peeked through `server::limits::Conn` (so under the handshake
-//!   deadline and eviction, as a read): `C` (no HTTP/2 client, whose
-//!   preface starts `PRI`, nor TLS, `0x16`, sends it) is the wire, whose
-//!   whole [`PREFACE`] and greeting are then read through `Conn` too (the
-//!   handshake deadline until its handshake bytes are in, then the idle
-//!   timeout, as an HTTP/2 connection after its preface; other bytes than
-//!   the preface close it); any other first byte hands the connection to
-//!   tonic untouched; once the server starts shutting down the listener
-//!   accepts nothing more and a connection not yet told apart is closed;
+//!   byte and reads its [`PREFACE`] and greeting under the handshake
+//!   deadline (src/server/sniff.rs, shared with the fetch wire); once the
+//!   server starts shutting down it accepts nothing more and a connection
+//!   not yet told apart is closed;
 //! - a wire connection is a connection of the listener like any other,
 //!   counted against its caps and its per-address cap (one per lane: per
 //!   forwarding node, leader, caller's credentials and GET or SET); from
 //!   the end of its greeting to its end it counts as busy, as an HTTP/2 connection
 //!   with an open `Forward` stream does: never closed as idle nor evicted
 //!   for a newcomer, so it never ends between two messages without the
-//!   end frame; a vanished peer is found by TCP keepalive ([`keepalive`]);
+//!   end frame; a vanished peer is found by TCP keepalive
+//!   ([`crate::frames::keepalive`]);
 //! - one message at a time per connection (a lane has one batch on the
 //!   way), served on the connection's task;
 //! - when the server starts shutting down a wire connection stops reading,
@@ -72,148 +68,44 @@
 use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{FutureExt, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tonic::Status;
 
 use super::{KvService, forward};
+use crate::frames::{self, Frames};
 use crate::proto;
 use crate::server::limits::Conn;
 use crate::server::metrics::Command;
+use crate::server::sniff::{Greeted, greeted, stopping};
 
 /// The first bytes of a forward wire connection.
 pub const PREFACE: &[u8; 8] = b"CSKDFWD1";
 
-/// Longest a forwarding node waits for a connection and the leader's
-/// answer to its greeting.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Length-prefixed frames of at most `max` bytes.
-fn codec(max: usize) -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .length_field_length(4)
-        .max_frame_length(max)
-        .new_codec()
-}
-
-/// Most bytes of a greeting (an `authorization` value; HTTP/2 caps a
-/// header block at 16 KiB by default), and of the leader's answer to it.
-const GREETING_MAX: usize = 16 << 10;
-
-/// TCP keepalive of wire sockets, both sides: a peer whose host vanished
-/// (no FIN, no RST) is found within about 10 + 3 x 5 s, as HTTP/2 pings
-/// find it on the gRPC listener.
-fn keepalive(socket: &TcpStream) {
-    let ka = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(10))
-        .with_interval(Duration::from_secs(5))
-        .with_retries(3);
-    if let Err(e) = socket2::SockRef::from(socket).set_tcp_keepalive(&ka) {
-        tracing::debug!("cannot set TCP keepalive on a forward wire socket: {e}");
-    }
-}
-
-/// The client listener's connections for tonic, with forward wire
-/// connections taken out and served by `svc`, tracked by `wires` and
-/// dropped when `abort` is cancelled (the end of the shutdown grace).
-/// `max_message` bounds a frame.
-pub fn sniffed(
-    incoming: impl Stream<Item = io::Result<Conn>> + Send + 'static,
-    svc: KvService,
-    wires: TaskTracker,
-    abort: CancellationToken,
-    max_message: usize,
-) -> impl Stream<Item = io::Result<Conn>> {
-    let (tx, rx) = mpsc::channel::<io::Result<Conn>>(16);
-    tokio::spawn(async move {
-        let mut incoming = std::pin::pin!(incoming);
-        let mut shutdown = std::pin::pin!(stopping(svc.stopping.clone()));
-        loop {
-            // Shutting down, or tonic dropped its end: stop accepting (the
-            // listener closes with `incoming`).
-            let next = tokio::select! {
-                next = incoming.next() => next,
-                () = tx.closed() => None,
-                () = &mut shutdown => None,
-            };
-            let Some(next) = next else { break };
-            let mut conn = match next {
-                Ok(c) => c,
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    continue;
-                }
-            };
-            let (tx, svc, abort) = (tx.clone(), svc.clone(), abort.clone());
-            // Tracked from here, so the drain also waits for connections
-            // still being told apart.
-            wires.spawn(async move {
-                // Under the handshake deadline and eviction, as a read; a
-                // connection still silent at shutdown is closed (tonic
-                // takes no new ones then either).
-                let first = tokio::select! {
-                    first = conn.peek_first() => first,
-                    () = stopping(svc.stopping.clone()) => return,
-                    () = abort.cancelled() => return,
-                };
-                match first {
-                    Ok(Some(first)) if first == PREFACE[0] => {
-                        tokio::select! {
-                            () = svc.serve_wire(conn, max_message) => {}
-                            () = abort.cancelled() => {}
-                        }
-                    }
-                    Ok(Some(_)) => {
-                        let _ = tx.send(Ok(conn)).await;
-                    }
-                    Ok(None) | Err(_) => {}
-                }
-            });
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
-}
-
 impl KvService {
-    /// Serves one forward wire connection (see the module doc).
-    async fn serve_wire(self, mut conn: Conn, max_message: usize) {
+    /// Serves one forward wire connection (see the module doc), its
+    /// first byte peeked.
+    pub(crate) async fn serve_wire(self, conn: Conn, max_message: usize) {
         let mut stopping = std::pin::pin!(stopping(self.stopping.clone()));
-        let mut preface = [0u8; PREFACE.len()];
-        let greeted = async {
-            // Read through `conn`: under its handshake deadline.
-            conn.read_exact(&mut preface).await.ok()?;
-            if &preface != PREFACE {
-                return None;
-            }
-            keepalive(conn.stream());
-            let mut frames = Framed::new(conn, codec(GREETING_MAX));
-            let greeting = frames.next().await?.ok()?;
-            Some((frames, greeting))
-        };
         let greeted = tokio::select! {
-            g = greeted => g,
+            g = greeted(conn, PREFACE) => g,
             () = &mut stopping => None,
         };
-        let Some((mut frames, greeting)) = greeted else {
-            return;
-        };
-        let state = frames.get_ref().state().clone();
-        state.mark_handshaken();
         // Busy from here to the end, as an HTTP/2 connection with a
         // `Forward` stream open: never closed as idle or evicted for a
         // newcomer while its credentials are checked or between two
         // messages, when it could not say whether the message on its way
         // was processed.
-        let _busy = state.begin();
+        let Some(Greeted {
+            mut frames,
+            greeting,
+            busy: _busy,
+        }) = greeted
+        else {
+            return;
+        };
         if forward::refused_by_failpoint().is_some() {
             // As a node of a version without the wire: closed unanswered.
             return;
@@ -304,14 +196,6 @@ pub(super) fn off_by_failpoint() -> bool {
     false
 }
 
-/// Completes once the server starts shutting down (never for a service
-/// built without a shutdown signal).
-async fn stopping(mut stop: tokio::sync::watch::Receiver<bool>) {
-    if stop.wait_for(|s| *s).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
 /// `status` as the greeting's refusal.
 fn encode_error(status: &Status) -> Bytes {
     Bytes::from(forward::to_message(status).encode_to_vec())
@@ -339,7 +223,7 @@ fn encode_answer(answer: proto::ForwardResponse, max_message: usize) -> Bytes {
 /// A forwarding node's open wire connection to one leader.
 pub(super) struct Wire {
     /// The framed socket.
-    frames: Framed<TcpStream, LengthDelimitedCodec>,
+    frames: Frames,
     /// The id of the next message.
     next_id: u64,
 }
@@ -369,44 +253,18 @@ pub(super) enum Exchanged {
 impl Wire {
     /// Connects to `addr` and greets with `authorization`.
     pub(super) async fn open(addr: &str, authorization: Option<&[u8]>) -> Opened {
-        let connect = tokio::time::timeout(OPEN_TIMEOUT, TcpStream::connect(addr));
-        let mut socket = match connect.await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Opened::Unreachable(e.to_string()),
-            Err(_) => {
-                return Opened::Unreachable(format!(
-                    "no connection within {} ms",
-                    OPEN_TIMEOUT.as_millis()
-                ));
-            }
-        };
-        let _ = socket.set_nodelay(true);
-        keepalive(&socket);
-        if let Err(e) = socket.write_all(PREFACE).await {
-            return Opened::NotSpoken(e.to_string());
-        }
-        // The answer to the greeting is small: another protocol's bytes
-        // (a TLS alert reads as a length of 350 MB) are refused at once.
-        let mut frames = Framed::new(socket, codec(GREETING_MAX));
         let greeting = Bytes::copy_from_slice(authorization.unwrap_or_default());
-        if let Err(e) = frames.send(greeting).await {
-            return Opened::NotSpoken(e.to_string());
-        }
-        match tokio::time::timeout(OPEN_TIMEOUT, frames.next()).await {
-            Ok(Some(Ok(b))) if b.is_empty() => {
-                // Answers may be as large as the leader lets them be.
-                frames.codec_mut().set_max_frame_length(u32::MAX as usize);
-                Opened::Wire(Wire { frames, next_id: 0 })
-            }
-            Ok(Some(Ok(b))) => match proto::ForwardError::decode(b) {
-                Ok(e) => Opened::Refused(forward::from_message(e)),
-                Err(_) => Opened::NotSpoken("an answer that is no greeting".into()),
-            },
-            Ok(Some(Err(e))) => Opened::NotSpoken(e.to_string()),
-            Ok(None) => Opened::NotSpoken("the connection was closed".into()),
-            Err(_) => {
-                Opened::NotSpoken(format!("no answer within {} ms", OPEN_TIMEOUT.as_millis()))
-            }
+        let refusal = |b: Bytes| {
+            proto::ForwardError::decode(b)
+                .ok()
+                .map(forward::from_message)
+        };
+        // Answers may be as large as the leader lets them be.
+        match frames::open(addr, PREFACE, greeting, refusal, u32::MAX as usize).await {
+            frames::Opened::Open(frames) => Opened::Wire(Wire { frames, next_id: 0 }),
+            frames::Opened::Refused(s) => Opened::Refused(s),
+            frames::Opened::NotSpoken(why) => Opened::NotSpoken(why),
+            frames::Opened::Unreachable(why) => Opened::Unreachable(why),
         }
     }
 
@@ -460,9 +318,14 @@ impl Wire {
 
 #[cfg(test)]
 mod tests {
-    use tokio::net::TcpListener;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
     use super::*;
+    use crate::frames::codec;
 
     /// A leader on a fresh port that reads the preface and the greeting,
     /// then does what `then` does with the framed socket; its task is
