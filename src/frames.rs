@@ -16,8 +16,10 @@
 //!   its greeting, so another protocol's bytes (an HTTP/2 server's
 //!   SETTINGS, a TLS alert that reads as a length of 350 MB) are taken as
 //!   "not spoken", never as a frame to wait for or reserve memory for;
-//! - both ends of a wire socket run TCP keepalive ([`keepalive`]), so a
-//!   peer whose host vanished is found as HTTP/2 pings find it.
+//! - both ends of a wire socket run TCP keepalive and a user timeout
+//!   ([`keepalive`]), so a peer whose host vanished is found (in tens of
+//!   seconds, where HTTP/2 pings take a few; a fetch wire follower also
+//!   bounds each answer's wait, src/replication/fetch_wire.rs).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -49,14 +51,22 @@ pub fn codec(max: usize) -> LengthDelimitedCodec {
 }
 
 /// TCP keepalive of wire sockets, both sides: a peer whose host vanished
-/// (no FIN, no RST) is found within about 10 + 3 x 5 s.
+/// (no FIN, no RST) is found within about 10 + 3 x 5 s while the socket
+/// is idle, and data it leaves unacknowledged for 25 s
+/// (`TCP_USER_TIMEOUT`, Linux) ends the connection, so a write to it never
+/// hangs for the kernel's ~15 min of retransmissions.
 pub fn keepalive(socket: &TcpStream) {
     let ka = socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(10))
         .with_interval(Duration::from_secs(5))
         .with_retries(3);
-    if let Err(e) = socket2::SockRef::from(socket).set_tcp_keepalive(&ka) {
+    let sock = socket2::SockRef::from(socket);
+    if let Err(e) = sock.set_tcp_keepalive(&ka) {
         tracing::debug!("cannot set TCP keepalive on a wire socket: {e}");
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(e) = sock.set_tcp_user_timeout(Some(Duration::from_secs(25))) {
+        tracing::debug!("cannot set TCP_USER_TIMEOUT on a wire socket: {e}");
     }
 }
 

@@ -15,12 +15,17 @@
 //! caller the leader knows from its certificate):
 //! - the follower sends [`PREFACE`] and a greeting frame (reserved: empty;
 //!   at most [`crate::frames::GREETING_MAX`] bytes); the leader answers
-//!   with an empty frame (open) or a `WireStatus` (refused) and ends;
+//!   with an empty frame (open) or a `FetchWireFrame` carrying an error
+//!   (refused) and ends;
 //! - then each follower frame is a `FetchRequest`, answered by one
 //!   `FetchWireFrame`: the `FetchResponse` the `Fetch` stream would send,
 //!   or the error that would end it (then the connection ends). Frames are
 //!   at most [`ReplicaManager::message_limit`] bytes both ways, as the
-//!   stream's messages.
+//!   stream's messages, and [`FRAME_SLACK`] for the frame's own envelope;
+//! - a follower waits for an answer at most its long poll
+//!   (`fetch_max_wait_ms`) and [`ANSWER_GRACE`], then drops the
+//!   connection and repeats the request on a new one (a frozen or vanished
+//!   leader, which HTTP/2 pings would find on a stream).
 //!
 //! Invariants:
 //! - a request is served exactly as a message of a `Fetch` stream: the
@@ -30,9 +35,11 @@
 //! - one request at a time; while it long-polls, anything readable from
 //!   the follower (EOF, a frame out of turn) ends the connection, as a
 //!   cancelled stream ends the poll;
-//! - at the listener's stop the connection ends without an answer: a fetch
-//!   is repeated by the follower's session (same session epoch), never
-//!   lost;
+//! - the connection's fetch-stream id is taken before the greeting is
+//!   answered, so a connection the follower opened later has a newer id;
+//! - at the listener's stop the connection ends at once, without an
+//!   answer (one being written is abandoned): a fetch is repeated by the
+//!   follower's session (same session epoch), never lost;
 //! - a follower tries the wire first (plaintext only) and uses a `Fetch`
 //!   stream for [`STREAM_AFTER_NO_WIRE`] when the leader does not speak it
 //!   (an older version closes the connection or answers no frame of ours)
@@ -56,6 +63,12 @@ use crate::tls::gate::{Caller, Gate};
 
 /// The first bytes of a fetch wire connection.
 pub const PREFACE: &[u8; 8] = b"CSKDFCH1";
+
+/// What a `FetchWireFrame` adds to the `FetchResponse` it carries (a tag
+/// and a length: 6 bytes at most): frames may be this much above the
+/// message limit the answer was cut to, so that every answer a `Fetch`
+/// stream would carry fits a frame.
+const FRAME_SLACK: usize = 16;
 
 /// How long a follower whose leader did not speak the wire fetches over a
 /// `Fetch` stream before it tries the wire again (a rolling upgrade
@@ -108,12 +121,13 @@ fn from_wire_status(s: pb::WireStatus) -> Status {
 }
 
 /// Serves one fetch wire connection past its greeting (see the module
-/// doc) until the follower leaves, an error ends it, or `stop` completes.
-/// `max_partitions` bounds a request's partitions
-/// (`limits.fetch_max_partitions`).
+/// doc) until the follower leaves, an error ends it, or `stop` completes
+/// (then at once, wherever it is: an answer being written is abandoned,
+/// and the follower repeats its request). `max_partitions` bounds a
+/// request's partitions (`limits.fetch_max_partitions`).
 pub async fn serve<T>(
     manager: Arc<ReplicaManager>,
-    mut frames: Frames<T>,
+    frames: Frames<T>,
     max_partitions: usize,
     stop: impl Future<Output = ()>,
 ) where
@@ -123,9 +137,28 @@ pub async fn serve<T>(
         // As a node of a version without the wire: closed unanswered.
         return;
     }
-    let mut stop = std::pin::pin!(stop);
+    tokio::select! {
+        biased;
+        () = stop => {}
+        () = serve_requests(manager, frames, max_partitions) => {}
+    }
+}
+
+/// The requests of one connection, answered in turn (see [`serve`]).
+async fn serve_requests<T>(
+    manager: Arc<ReplicaManager>,
+    mut frames: Frames<T>,
+    max_partitions: usize,
+) where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
     let limit = manager.message_limit();
-    frames.codec_mut().set_max_frame_length(limit);
+    frames.codec_mut().set_max_frame_length(limit + FRAME_SLACK);
+    // Taken before the follower can send anything: a connection opened
+    // later always has a newer id, as a stream's id is taken before its
+    // response headers, so a late request on a connection the follower
+    // left is refused (session.rs).
+    let stream = manager.open_fetch_stream();
     if frames.send(Bytes::new()).await.is_err() {
         return;
     }
@@ -133,15 +166,9 @@ pub async fn serve<T>(
         .fetch_figures
         .wire_served
         .fetch_add(1, Ordering::Relaxed);
-    let stream = manager.open_fetch_stream();
     let mut turn = 0usize;
     loop {
-        let frame = tokio::select! {
-            biased;
-            () = &mut stop => return,
-            frame = frames.next() => frame,
-        };
-        let bytes = match frame {
+        let bytes = match frames.next().await {
             Some(Ok(b)) => b,
             Some(Err(e)) => {
                 tracing::debug!("fetch wire connection ended: {e}");
@@ -170,7 +197,6 @@ pub async fn serve<T>(
             a = manager.fetch(req, turn, stream) => a,
             // The follower left, or spoke out of turn: the poll ends.
             _ = frames.next() => return,
-            () = &mut stop => return,
         };
         turn = turn.wrapping_add(1);
         let frame = match answer {
@@ -178,7 +204,7 @@ pub async fn serve<T>(
                 let frame = pb::FetchWireFrame {
                     frame: Some(pb::fetch_wire_frame::Frame::Response(response)),
                 };
-                if frame.encoded_len() > limit {
+                if frame.encoded_len() > limit + FRAME_SLACK {
                     // Never: answers are cut to fit the limit (mod.rs).
                     let status = Status::resource_exhausted(format!(
                         "a fetch answer of {} bytes is above the message limit ({limit})",
@@ -225,7 +251,16 @@ pub(super) fn off_by_failpoint() -> bool {
 pub(super) struct FetchWire {
     /// The framed socket.
     frames: Frames,
+    /// Longest the leader may take to answer a request: its long poll,
+    /// and [`ANSWER_GRACE`].
+    answer_within: Duration,
 }
+
+/// How much longer than its long poll (`fetch_max_wait_ms`) a leader may
+/// take to answer before the follower gives up on the connection (a
+/// frozen or vanished leader; on a `Fetch` stream HTTP/2 pings find it
+/// within 3 s). The request is then repeated on a new connection.
+pub const ANSWER_GRACE: Duration = Duration::from_secs(3);
 
 /// What opening a fetch wire connection gave.
 pub(super) enum Opened {
@@ -239,8 +274,9 @@ pub(super) enum Opened {
 
 impl FetchWire {
     /// Connects to the leader's replication port `addr`; answers may be
-    /// `limit` bytes long.
-    pub(super) async fn open(addr: &str, limit: usize) -> Opened {
+    /// `limit` bytes long (the message limit) and must come within
+    /// `max_wait` (`fetch_max_wait_ms`) and [`ANSWER_GRACE`].
+    pub(super) async fn open(addr: &str, limit: usize, max_wait: Duration) -> Opened {
         let refusal = |b: Bytes| {
             let frame = pb::FetchWireFrame::decode(b).ok()?;
             match frame.frame? {
@@ -248,8 +284,11 @@ impl FetchWire {
                 pb::fetch_wire_frame::Frame::Response(_) => None,
             }
         };
-        match frames::open(addr, PREFACE, Bytes::new(), refusal, limit).await {
-            frames::Opened::Open(frames) => Opened::Wire(FetchWire { frames }),
+        match frames::open(addr, PREFACE, Bytes::new(), refusal, limit + FRAME_SLACK).await {
+            frames::Opened::Open(frames) => Opened::Wire(FetchWire {
+                frames,
+                answer_within: max_wait + ANSWER_GRACE,
+            }),
             frames::Opened::Refused(s)
                 if matches!(
                     s.code(),
@@ -276,7 +315,14 @@ impl FetchWire {
 
     /// The answer to the request sent last; the leader's error as sent.
     pub(super) async fn recv(&mut self, leader: &str) -> Result<pb::FetchResponse> {
-        let bytes = match self.frames.next().await {
+        let next = tokio::time::timeout(self.answer_within, self.frames.next());
+        let Ok(next) = next.await else {
+            return Err(Error::Unavailable(format!(
+                "{leader} did not answer a fetch within {} ms",
+                self.answer_within.as_millis()
+            )));
+        };
+        let bytes = match next {
             Some(Ok(b)) => b,
             Some(Err(e)) => return Err(Error::Unavailable(format!("fetch wire to {leader}: {e}"))),
             None => {
@@ -294,5 +340,114 @@ impl FetchWire {
                 "an empty fetch wire answer of {leader}"
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A leader on a fresh port that reads the preface and greeting, then
+    /// does what `then` does with the socket; awaited by the test.
+    async fn fake_leader<F, Fut>(then: F) -> (String, tokio::task::JoinHandle<()>)
+    where
+        F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut preface = [0u8; 8];
+            socket.read_exact(&mut preface).await.unwrap();
+            assert_eq!(&preface, PREFACE);
+            let mut greeting = [0u8; 4];
+            socket.read_exact(&mut greeting).await.unwrap();
+            assert_eq!(greeting, [0, 0, 0, 0], "an empty greeting");
+            then(socket).await;
+        });
+        (addr, task)
+    }
+
+    /// A leader that opens the wire and then never answers: the follower
+    /// gives up after its long poll and [`ANSWER_GRACE`], with an error
+    /// naming the leader (the session then repeats the request on a new
+    /// connection), instead of waiting forever.
+    #[tokio::test]
+    async fn a_leader_that_never_answers_is_given_up_after_the_poll_and_the_grace() {
+        let (addr, leader) = fake_leader(|mut s| async move {
+            s.write_all(&[0, 0, 0, 0]).await.unwrap();
+            // Hold the connection open, reading the request, answering nothing.
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf).await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        })
+        .await;
+        let Opened::Wire(mut w) = FetchWire::open(&addr, 1 << 20, Duration::from_millis(100)).await
+        else {
+            panic!("not opened");
+        };
+        w.send(&pb::FetchRequest::default()).await.unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(
+            w.recv("node-2").await,
+            Err(Error::Unavailable(
+                "node-2 did not answer a fetch within 3100 ms".into()
+            ))
+        );
+        assert!(started.elapsed() >= Duration::from_millis(3100));
+        leader.abort();
+    }
+
+    /// A leader that closes the connection after the greeting (an older
+    /// version's listener) does not take the wire; a refusal with
+    /// UNIMPLEMENTED does not either; another refusal is the error; a
+    /// closed port is unreachable.
+    #[tokio::test]
+    async fn opening_tells_no_wire_from_refused_and_unreachable() {
+        let (addr, leader) = fake_leader(|s| async move { drop(s) }).await;
+        let opened = FetchWire::open(&addr, 1 << 20, Duration::from_millis(100)).await;
+        assert!(
+            matches!(&opened, Opened::NoWire(why) if why == "the connection was closed"),
+            "closed unanswered"
+        );
+        leader.await.unwrap();
+
+        for (status, no_wire) in [
+            (Status::unimplemented("no fetch wire here"), true),
+            (Status::resource_exhausted("too many connections"), false),
+        ] {
+            let frame = error_frame(&status);
+            let (addr, leader) = fake_leader(move |mut s| async move {
+                let len = u32::try_from(frame.len()).unwrap().to_be_bytes();
+                s.write_all(&len).await.unwrap();
+                s.write_all(&frame).await.unwrap();
+            })
+            .await;
+            match FetchWire::open(&addr, 1 << 20, Duration::from_millis(100)).await {
+                Opened::NoWire(why) => {
+                    assert!(no_wire);
+                    assert_eq!(why, "no fetch wire here");
+                }
+                Opened::Failed(e) => {
+                    assert!(!no_wire);
+                    assert_eq!(e.to_string(), "unavailable: too many connections");
+                }
+                Opened::Wire(_) => panic!("opened"),
+            }
+            leader.await.unwrap();
+        }
+
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let opened = FetchWire::open(&addr, 1 << 20, Duration::from_millis(100)).await;
+        assert!(
+            matches!(&opened, Opened::Failed(Error::Unavailable(m)) if m.starts_with(&format!("cannot reach the leader's replication port {addr}"))),
+            "unreachable"
+        );
     }
 }

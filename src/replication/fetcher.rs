@@ -8,8 +8,8 @@
 //! loop, [`super::divergence`]), all of them together: one `EpochEndOffset`
 //! call per lookup round carries every member still looking, and the
 //! leader answers or refuses each on its own; then keep one long-poll
-//! fetch outstanding on a stream for the
-//! members that are fetching, appending what arrives (CRC-checked by the
+//! fetch outstanding for the members that are fetching (on the fetch wire,
+//! [`super::fetch_wire`], without TLS; else on a `Fetch` stream), appending what arrives (CRC-checked by the
 //! engine) and committing up to the leader's high watermark, every
 //! partition of an answer in one step run in place
 //! (`tokio::task::block_in_place`: the worker hands its other tasks to
@@ -503,7 +503,8 @@ impl Link {
     ) -> Result<Link> {
         let no_wire_yet = s.stream_until.lock().is_some_and(|t| Instant::now() < t);
         if !crate::tls::node_tls() && !no_wire_yet && !super::fetch_wire::off_by_failpoint() {
-            match FetchWire::open(addr, m.message_limit()).await {
+            let max_wait = Duration::from_millis(m.options().fetch_max_wait_ms);
+            match FetchWire::open(addr, m.message_limit(), max_wait).await {
                 Opened::Wire(mut wire) => {
                     wire.send(&first).await?;
                     m.fetch_figures.wire_opened.fetch_add(1, Ordering::Relaxed);

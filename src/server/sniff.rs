@@ -17,7 +17,10 @@
 //!   as idle nor evicted for a newcomer;
 //! - once the listener's stop signal fires it accepts nothing more, and a
 //!   connection not yet told apart is closed; every task is tracked by
-//!   the caller's tracker and dropped when its abort token is cancelled;
+//!   the caller's tracker and dropped when its abort token is cancelled
+//!   (the client listener drains and aborts them at shutdown; the
+//!   replication listener's fetch wire tasks end on the stop signal
+//!   itself, src/replication/fetch_wire.rs);
 //! - never used with TLS: a plaintext wire would bypass the listener's
 //!   certificates.
 

@@ -1,6 +1,7 @@
 //! Incremental fetch sessions (KIP-227): the leader's session state
 //! machine driven directly, and a follower node `a` fetching from a leader
-//! node `b` over a real gRPC server, with `b`'s traffic counters
+//! node `b` over a real listener (gRPC only, or the node's own with the
+//! fetch wire), with `b`'s traffic counters
 //! ([`ReplicaManager::fetch_counts`]) telling how many partition entries
 //! each direction carried.
 
@@ -161,7 +162,8 @@ fn session_errors_and_eviction() {
 }
 
 /// A follower `a` and a leader `b` of `n` partitions (replicas b and a,
-/// ISR both, `min_insync` 2), `b` behind a real gRPC server; `a` follows
+/// ISR both, `min_insync` 2), `b` behind a real listener ([`Listener`]:
+/// gRPC only, or the node's own with the fetch wire); `a` follows
 /// every partition. Returns once `a`'s session with `b` is idle (a round
 /// with no partition entry either way).
 struct Pair {
@@ -192,10 +194,6 @@ enum Listener {
 }
 
 impl Pair {
-    fn start(n: u32) -> Pair {
-        Self::start_on(n, Listener::GrpcOnly)
-    }
-
     fn start_on(n: u32, serving: Listener) -> Pair {
         let rt = super::runtime(2);
         let mut dirs = Vec::new();
@@ -448,7 +446,9 @@ fn a_refused_fetch_wire_request_gets_the_streams_error_and_the_end() {
     use crate::replication::fetch_wire::{FetchWire, Opened};
     let pair = Pair::start_on(2, Listener::Node);
     pair.rt.block_on(async {
-        let Opened::Wire(mut w) = FetchWire::open(&pair.b_addr, 1 << 20).await else {
+        let Opened::Wire(mut w) =
+            FetchWire::open(&pair.b_addr, 1 << 20, Duration::from_secs(1)).await
+        else {
             panic!("no fetch wire to b");
         };
         w.send(&req(0, 0, vec![pf(1, 0), pf(1, 0)], vec![]))
@@ -473,10 +473,17 @@ fn a_refused_fetch_wire_request_gets_the_streams_error_and_the_end() {
 /// restart): the next incremental request gets a session error, the
 /// follower sends one full request, and the session goes on with every
 /// partition fetched: writes made before and after the loss all reach the
-/// follower, and an idle round is empty again.
+/// follower, and an idle round is empty again. Over a `Fetch` stream and
+/// over the fetch wire.
 #[test]
 fn a_lost_session_falls_back_to_a_full_request_and_loses_nothing() {
-    let pair = Pair::start(20);
+    lost_session_loses_nothing(Listener::GrpcOnly);
+    lost_session_loses_nothing(Listener::Node);
+}
+
+/// The test above, with `b` serving as `serving` says.
+fn lost_session_loses_nothing(serving: Listener) {
+    let pair = Pair::start_on(20, serving);
     for p in 0..20 {
         pair.write(p, "before");
     }
@@ -602,10 +609,17 @@ fn idle_round_bytes_with_333_partitions() {
 
 /// Session 11: a follower in sync fetches what was just written, and the
 /// leader answers it from the log's tail in memory (no read in place, no
-/// thread hand-off): every round with records in this test is one.
+/// thread hand-off): every round with records in this test is one. Over
+/// a `Fetch` stream and over the fetch wire.
 #[test]
 fn a_follower_in_sync_is_served_from_the_tail_in_memory() {
-    let pair = Pair::start(4);
+    served_from_the_tail(Listener::GrpcOnly);
+    served_from_the_tail(Listener::Node);
+}
+
+/// The test above, with `b` serving as `serving` says.
+fn served_from_the_tail(serving: Listener) {
+    let pair = Pair::start_on(4, serving);
     let writes = pair.during(|| {
         for i in 0..20 {
             pair.write(i % 4, &format!("k{i}"));

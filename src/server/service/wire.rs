@@ -13,7 +13,7 @@
 //! `Forward` streams; see docs/REPLICATION.md):
 //! - the forwarding node connects to the leader's client port and sends
 //!   [`PREFACE`], then a greeting frame: the caller's `authorization`
-//!   value (empty: none), at most [`GREETING_MAX`] bytes;
+//!   value (empty: none), at most [`crate::frames::GREETING_MAX`] bytes;
 //! - a frame is a 4-byte big-endian length and that many bytes; after the
 //!   greeting the leader takes frames of at most the listener's
 //!   `max_message_bytes` (as tonic takes messages), and a larger one ends
