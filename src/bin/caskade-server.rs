@@ -15,6 +15,12 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
+/// jemalloc instead of glibc's malloc (as Redis): per-thread caches and
+/// size-class arenas, less CPU per request on the replication and forward
+/// paths for the same resident memory (docs/BENCHMARKS.md, "Run 13").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Command-line flags; they override the file and the environment.
 #[derive(Parser, Debug)]
 #[command(name = "caskade-server", version, about = "Runs one caskade node")]
