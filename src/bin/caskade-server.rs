@@ -16,8 +16,9 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// jemalloc instead of glibc's malloc (as Redis): per-thread caches and
-/// size-class arenas, less CPU per request on the replication and forward
-/// paths for the same resident memory (docs/BENCHMARKS.md, "Run 13").
+/// size-class arenas; less CPU per request on the replicated writes and
+/// standalone SET/GET, the same resident memory (docs/BENCHMARKS.md,
+/// "Run 13"). The value cache's charge models glibc (docs/STORAGE.md).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -21,11 +21,12 @@
 //!   `FetchWireFrame`: the `FetchResponse` the `Fetch` stream would send,
 //!   or the error that would end it (then the connection ends). Frames are
 //!   at most [`ReplicaManager::message_limit`] bytes both ways, as the
-//!   stream's messages, and [`FRAME_SLACK`] for the frame's own envelope;
-//! - a follower waits for an answer at most its long poll
-//!   (`fetch_max_wait_ms`) and [`ANSWER_GRACE`], then drops the
-//!   connection and repeats the request on a new one (a frozen or vanished
-//!   leader, which HTTP/2 pings would find on a stream).
+//!   stream's messages, and 16 bytes for the frame's own envelope;
+//! - a follower that receives nothing of an answer for its long poll
+//!   (`fetch_max_wait_ms`) and [`ANSWER_GRACE`] drops the connection and
+//!   repeats the request on a new one (a frozen or vanished leader, which
+//!   HTTP/2 pings would find on a stream); an answer whose bytes keep
+//!   coming is waited for however large it is.
 //!
 //! Invariants:
 //! - a request is served exactly as a message of a `Fetch` stream: the
@@ -314,13 +315,24 @@ impl FetchWire {
     }
 
     /// The answer to the request sent last; the leader's error as sent.
+    /// Fails when nothing of it arrived for `answer_within`: a large
+    /// answer may take longer in all, as long as its bytes keep coming.
     pub(super) async fn recv(&mut self, leader: &str) -> Result<pb::FetchResponse> {
-        let next = tokio::time::timeout(self.answer_within, self.frames.next());
-        let Ok(next) = next.await else {
-            return Err(Error::Unavailable(format!(
-                "{leader} did not answer a fetch within {} ms",
-                self.answer_within.as_millis()
-            )));
+        let mut buffered = self.frames.read_buffer().len();
+        let next = loop {
+            // Cancel-safe: bytes read so far stay in the read buffer.
+            match tokio::time::timeout(self.answer_within, self.frames.next()).await {
+                Ok(next) => break next,
+                Err(_) if self.frames.read_buffer().len() != buffered => {
+                    buffered = self.frames.read_buffer().len();
+                }
+                Err(_) => {
+                    return Err(Error::Unavailable(format!(
+                        "{leader} sent nothing of a fetch answer for {} ms",
+                        self.answer_within.as_millis()
+                    )));
+                }
+            }
         };
         let bytes = match next {
             Some(Ok(b)) => b,
@@ -395,11 +407,47 @@ mod tests {
         assert_eq!(
             w.recv("node-2").await,
             Err(Error::Unavailable(
-                "node-2 did not answer a fetch within 3100 ms".into()
+                "node-2 sent nothing of a fetch answer for 3100 ms".into()
             ))
         );
         assert!(started.elapsed() >= Duration::from_millis(3100));
         leader.abort();
+    }
+
+    /// An answer that takes longer than the wait in all but keeps coming
+    /// (a large answer on a slow link) is waited for: half of it arrives
+    /// early, the rest after the first 3 s window ended.
+    #[tokio::test]
+    async fn an_answer_still_arriving_is_waited_for() {
+        let answer = pb::FetchWireFrame {
+            frame: Some(pb::fetch_wire_frame::Frame::Response(pb::FetchResponse {
+                session_id: 7,
+                error_message: "x".repeat(100),
+                ..Default::default()
+            })),
+        }
+        .encode_to_vec();
+        let (addr, leader) = fake_leader(move |mut s| async move {
+            s.write_all(&[0, 0, 0, 0]).await.unwrap();
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf).await;
+            let len = u32::try_from(answer.len()).unwrap().to_be_bytes();
+            s.write_all(&len).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            s.write_all(&answer[..50]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(3000)).await;
+            s.write_all(&answer[50..]).await.unwrap();
+        })
+        .await;
+        let Opened::Wire(mut w) = FetchWire::open(&addr, 1 << 20, Duration::ZERO).await else {
+            panic!("not opened");
+        };
+        w.send(&pb::FetchRequest::default()).await.unwrap();
+        let started = std::time::Instant::now();
+        let got = w.recv("node-2").await.unwrap();
+        assert_eq!((got.session_id, got.error_message.len()), (7, 100));
+        assert!(started.elapsed() >= Duration::from_millis(3400));
+        leader.await.unwrap();
     }
 
     /// A leader that closes the connection after the greeting (an older

@@ -390,17 +390,8 @@ fn transports(pair: &Pair) -> ((u64, u64), u64) {
 /// connection or stream after the session is idle.
 fn idle_rounds_carry_no_partition_entry(serving: Listener) {
     let pair = Pair::start_on(100, serving);
+    assert_transport(&pair, serving);
     let ((wire, streams), served) = transports(&pair);
-    match serving {
-        Listener::GrpcOnly => assert!(
-            wire == 0 && streams >= 1 && served == 0,
-            "{wire} {streams} {served}"
-        ),
-        Listener::Node => assert!(
-            wire >= 1 && streams == 0 && served == wire,
-            "{wire} {streams} {served}"
-        ),
-    }
     let idle = pair.during(|| std::thread::sleep(Duration::from_millis(1000)));
     assert!(idle.requests >= 5, "{idle:?}");
     assert_eq!(
@@ -481,9 +472,26 @@ fn a_lost_session_falls_back_to_a_full_request_and_loses_nothing() {
     lost_session_loses_nothing(Listener::Node);
 }
 
+/// Asserts that `a` fetched as `serving` lets it: on the wire exactly
+/// when `b` speaks it.
+fn assert_transport(pair: &Pair, serving: Listener) {
+    let ((wire, streams), served) = transports(pair);
+    match serving {
+        Listener::GrpcOnly => assert!(
+            wire == 0 && streams >= 1 && served == 0,
+            "{wire} {streams} {served}"
+        ),
+        Listener::Node => assert!(
+            wire >= 1 && streams == 0 && served == wire,
+            "{wire} {streams} {served}"
+        ),
+    }
+}
+
 /// The test above, with `b` serving as `serving` says.
 fn lost_session_loses_nothing(serving: Listener) {
     let pair = Pair::start_on(20, serving);
+    assert_transport(&pair, serving);
     for p in 0..20 {
         pair.write(p, "before");
     }
@@ -620,6 +628,7 @@ fn a_follower_in_sync_is_served_from_the_tail_in_memory() {
 /// The test above, with `b` serving as `serving` says.
 fn served_from_the_tail(serving: Listener) {
     let pair = Pair::start_on(4, serving);
+    assert_transport(&pair, serving);
     let writes = pair.during(|| {
         for i in 0..20 {
             pair.write(i % 4, &format!("k{i}"));

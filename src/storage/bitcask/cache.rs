@@ -37,7 +37,9 @@
 //!   its high-water size (the table never shrinks). A shard evicts least
 //!   recently used values until its charge is within its part of the budget,
 //!   so the whole cache stays within `cache_bytes` (test
-//!   `tests/storage_cache_memory.rs` measures the allocations);
+//!   `tests/storage_cache_memory.rs` measures the allocations). The
+//!   rounding modelled is glibc malloc's; under `caskade-server`'s
+//!   jemalloc a block may hold up to a quarter more (docs/STORAGE.md);
 //! - a cached value owns an exactly sized copy of its bytes: it never pins
 //!   the read buffer or the write batch it came from (record header, key,
 //!   neighbours, the client's request); a value is overwritten in place
