@@ -133,13 +133,9 @@ pub fn replication_incoming(
     let Some((manager, max)) = fetch_wire else {
         return Box::pin(incoming);
     };
-    Box::pin(sniff::sniffed(
-        incoming,
-        stop.clone(),
-        tokio_util::task::TaskTracker::new(),
-        tokio_util::sync::CancellationToken::new(),
-        move |conn| serve_fetch_wire(manager.clone(), conn, max, stop.clone()),
-    ))
+    Box::pin(sniff::sniffed(incoming, stop.clone(), None, move |conn| {
+        serve_fetch_wire(manager.clone(), conn, max, stop.clone())
+    }))
 }
 
 /// Serves one fetch wire connection of the replication listener, its
@@ -222,15 +218,13 @@ async fn serve_clients(
     let incoming = limits::incoming(listener, tracker);
     // Plaintext: forward wire connections (src/server/service/wire.rs) are
     // told apart and served beside tonic, tracked for the drain.
-    let wires = tokio_util::task::TaskTracker::new();
-    let abort_wires = tokio_util::sync::CancellationToken::new();
+    let drain = sniff::Drain::default();
     let incoming: futures_util::stream::BoxStream<'static, std::io::Result<limits::Conn>> =
         if tls.is_none() {
             Box::pin(sniff::sniffed(
                 incoming,
                 stopped_wires,
-                wires.clone(),
-                abort_wires.clone(),
+                Some(drain.clone()),
                 move |conn| wire_service.clone().serve_wire(conn, max_message),
             ))
         } else {
@@ -250,8 +244,8 @@ async fn serve_clients(
     let drained = async {
         let served = serve.await;
         // Wire connections end on the same signal, after their message.
-        wires.close();
-        wires.wait().await;
+        drain.tasks.close();
+        drain.tasks.wait().await;
         served
     };
     tokio::select! {
@@ -263,9 +257,9 @@ async fn serve_clients(
             );
             // Forward wire connections end here, before the flush: nothing
             // they serve afterwards can be acknowledged unflushed.
-            abort_wires.cancel();
-            wires.close();
-            wires.wait().await;
+            drain.abort.cancel();
+            drain.tasks.close();
+            drain.tasks.wait().await;
         }
     }
     node.flush().await?;

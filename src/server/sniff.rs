@@ -16,11 +16,11 @@
 //!   busy, as an HTTP/2 connection with a request open does: never closed
 //!   as idle nor evicted for a newcomer;
 //! - once the listener's stop signal fires it accepts nothing more, and a
-//!   connection not yet told apart is closed; every task is tracked by
-//!   the caller's tracker and dropped when its abort token is cancelled
-//!   (the client listener drains and aborts them at shutdown; the
-//!   replication listener's fetch wire tasks end on the stop signal
-//!   itself, src/replication/fetch_wire.rs);
+//!   connection not yet told apart is closed; with a [`Drain`] every task
+//!   is tracked by its tracker and dropped when its token is cancelled
+//!   (the client listener drains and aborts them at shutdown); without
+//!   one, as on the replication listener, the served connections end on
+//!   the stop signal themselves (src/replication/fetch_wire.rs);
 //! - never used with TLS: a plaintext wire would bypass the listener's
 //!   certificates.
 
@@ -40,15 +40,45 @@ use crate::frames::{Frames, GREETING_MAX, codec, keepalive};
 /// The first byte of every wire's preface (`CSKD...`).
 pub const WIRE_FIRST: u8 = b'C';
 
+/// How a listener ends its wire tasks at shutdown: it waits on `tasks`,
+/// and cancels `abort` to drop the ones still running past its grace.
+#[derive(Clone, Debug, Default)]
+pub struct Drain {
+    /// Every task of the listener's connections, from accept to end.
+    pub tasks: TaskTracker,
+    /// Cancelled to drop them.
+    pub abort: CancellationToken,
+}
+
+impl Drain {
+    /// Runs `task` tracked and until `abort` is cancelled, or untracked
+    /// to its end without a drain.
+    fn spawn(drain: &Option<Drain>, task: impl Future<Output = ()> + Send + 'static) {
+        match drain {
+            Some(d) => {
+                let abort = d.abort.clone();
+                d.tasks.spawn(async move {
+                    tokio::select! {
+                        () = task => {}
+                        () = abort.cancelled() => {}
+                    }
+                });
+            }
+            None => {
+                tokio::spawn(task);
+            }
+        }
+    }
+}
+
 /// The listener's connections for tonic, with wire connections (first
-/// byte [`WIRE_FIRST`]) taken out and handed to `serve`, on tasks tracked
-/// by `wires` and dropped when `abort` is cancelled. Accepting stops when
-/// `stop` turns true.
+/// byte [`WIRE_FIRST`]) taken out and handed to `serve`; each accepted
+/// connection's task runs under `drain` (see [`Drain`]) if one is given.
+/// Accepting stops when `stop` turns true.
 pub fn sniffed<F, Fut>(
     incoming: impl Stream<Item = io::Result<Conn>> + Send + 'static,
     stop: watch::Receiver<bool>,
-    wires: TaskTracker,
-    abort: CancellationToken,
+    drain: Option<Drain>,
     serve: F,
 ) -> impl Stream<Item = io::Result<Conn>>
 where
@@ -75,25 +105,19 @@ where
                     continue;
                 }
             };
-            let (tx, stop, abort, serve) = (tx.clone(), stop.clone(), abort.clone(), serve.clone());
-            // Tracked from here, so a drain also waits for connections
+            let (tx, stop, serve) = (tx.clone(), stop.clone(), serve.clone());
+            // Under the drain from here, so it also waits for connections
             // still being told apart.
-            wires.spawn(async move {
+            Drain::spawn(&drain, async move {
                 // Under the handshake deadline and eviction, as a read; a
                 // connection still silent at shutdown is closed (tonic
                 // takes no new ones then either).
                 let first = tokio::select! {
                     first = conn.peek_first() => first,
                     () = stopping(stop) => return,
-                    () = abort.cancelled() => return,
                 };
                 match first {
-                    Ok(Some(WIRE_FIRST)) => {
-                        tokio::select! {
-                            () = serve(conn) => {}
-                            () = abort.cancelled() => {}
-                        }
-                    }
+                    Ok(Some(WIRE_FIRST)) => serve(conn).await,
                     Ok(Some(_)) => {
                         let _ = tx.send(Ok(conn)).await;
                     }
