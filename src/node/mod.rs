@@ -362,9 +362,8 @@ impl Node {
     }
 
     /// How this node's fetch sessions travelled and the fetch wire
-    /// connections it served: `(wire_opened, streams_opened,
-    /// wire_served)`; `None` in standalone mode.
-    pub fn fetch_figures(&self) -> Option<(u64, u64, u64)> {
+    /// connections it served; `None` in standalone mode.
+    pub fn fetch_figures(&self) -> Option<crate::replication::fetch_wire::FetchCounts> {
         self.replication.as_ref().map(|m| m.fetch_figures.read())
     }
 

@@ -88,14 +88,25 @@ pub struct FetchFigures {
     pub wire_served: AtomicU64,
 }
 
+/// [`FetchFigures`] read at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FetchCounts {
+    /// Fetch wire connections this node opened as a follower.
+    pub wire_opened: u64,
+    /// `Fetch` streams this node opened as a follower.
+    pub streams_opened: u64,
+    /// Fetch wire connections this node served as a leader (greeted).
+    pub wire_served: u64,
+}
+
 impl FetchFigures {
-    /// `(wire_opened, streams_opened, wire_served)` now.
-    pub fn read(&self) -> (u64, u64, u64) {
-        (
-            self.wire_opened.load(Ordering::Relaxed),
-            self.streams_opened.load(Ordering::Relaxed),
-            self.wire_served.load(Ordering::Relaxed),
-        )
+    /// The figures now.
+    pub fn read(&self) -> FetchCounts {
+        FetchCounts {
+            wire_opened: self.wire_opened.load(Ordering::Relaxed),
+            streams_opened: self.streams_opened.load(Ordering::Relaxed),
+            wire_served: self.wire_served.load(Ordering::Relaxed),
+        }
     }
 }
 

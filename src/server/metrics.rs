@@ -383,9 +383,8 @@ pub struct Snapshot {
     pub controller: Option<String>,
     /// ZooKeeper, in cluster mode.
     pub zk: Option<ZkFigures>,
-    /// Fetch transports, in cluster mode: `(fetch wire connections
-    /// opened, Fetch streams opened, fetch wire connections served)`.
-    pub fetch: Option<(u64, u64, u64)>,
+    /// Fetch transports, in cluster mode.
+    pub fetch: Option<crate::replication::fetch_wire::FetchCounts>,
 }
 
 impl Metrics {
@@ -570,10 +569,10 @@ impl Snapshot {
                     .to_string(),
             ),
         ];
-        if let Some((wire, streams, served)) = self.fetch {
-            replication.push(kv("fetch_wire_opened", wire.to_string()));
-            replication.push(kv("fetch_streams_opened", streams.to_string()));
-            replication.push(kv("fetch_wire_served", served.to_string()));
+        if let Some(f) = self.fetch {
+            replication.push(kv("fetch_wire_opened", f.wire_opened.to_string()));
+            replication.push(kv("fetch_streams_opened", f.streams_opened.to_string()));
+            replication.push(kv("fetch_wire_served", f.wire_served.to_string()));
         }
         for p in &self.partitions {
             replication.push(kv(

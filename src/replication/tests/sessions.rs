@@ -379,9 +379,8 @@ fn an_idle_session_round_on_the_fetch_wire_carries_no_partition_entry() {
 
 /// `a`'s fetch transports and `b`'s wire connections served.
 fn transports(pair: &Pair) -> ((u64, u64), u64) {
-    let (wire, streams, _) = pair.a.fetch_figures.read();
-    let (_, _, served) = pair.b.fetch_figures.read();
-    ((wire, streams), served)
+    let (a, b) = (pair.a.fetch_figures.read(), pair.b.fetch_figures.read());
+    ((a.wire_opened, a.streams_opened), b.wire_served)
 }
 
 /// The rounds of `an_idle_session_round_carries_no_partition_entry`, with
