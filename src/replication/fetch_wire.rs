@@ -325,6 +325,15 @@ impl FetchWire {
             .map_err(|e| Error::Unavailable(format!("fetch wire: {e}")))
     }
 
+    /// Sends `frame` as it is: a test's malformed request.
+    #[cfg(test)]
+    pub(super) async fn send_raw(&mut self, frame: Bytes) -> Result<()> {
+        self.frames
+            .send(frame)
+            .await
+            .map_err(|e| Error::Unavailable(format!("fetch wire: {e}")))
+    }
+
     /// The answer to the request sent last; the leader's error as sent.
     /// Fails when nothing of it arrived for `answer_within`: a large
     /// answer may take longer in all, as long as its bytes keep coming.

@@ -459,6 +459,40 @@ fn a_refused_fetch_wire_request_gets_the_streams_error_and_the_end() {
     });
 }
 
+/// A fetch wire frame that is no `FetchRequest` (bad input on the
+/// replication port) is answered with `INVALID_ARGUMENT` naming it, and
+/// the connection ends after it; the leader goes on serving.
+#[test]
+fn an_undecodable_fetch_wire_frame_gets_invalid_argument_and_the_end() {
+    use crate::replication::fetch_wire::{FetchWire, Opened};
+    let pair = Pair::start_on(2, Listener::Node);
+    pair.rt.block_on(async {
+        let Opened::Wire(mut w) =
+            FetchWire::open(&pair.b_addr, 1 << 20, Duration::from_secs(1)).await
+        else {
+            panic!("no fetch wire to b");
+        };
+        // Field 31 with wire type 7, which protobuf does not have.
+        w.send_raw(bytes::Bytes::from_static(&[0xff, 0x01]))
+            .await
+            .unwrap();
+        assert_eq!(
+            w.recv("b").await,
+            Err(crate::Error::InvalidInput(
+                "a fetch wire frame is no FetchRequest: failed to decode Protobuf message: invalid wire type value: 7".into()
+            ))
+        );
+        assert_eq!(
+            w.recv("b").await,
+            Err(crate::Error::Unavailable(
+                "b closed the fetch wire connection".into()
+            ))
+        );
+    });
+    pair.write(0, "after");
+    pair.converged();
+}
+
 /// Issue 12: the leader loses the follower's session (evicted, as after a
 /// restart): the next incremental request gets a session error, the
 /// follower sends one full request, and the session goes on with every
