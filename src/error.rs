@@ -84,9 +84,16 @@ pub enum Error {
     /// layer's (`disk full: ...`). RESP answers it as `READONLY ...`.
     #[error("{0}")]
     DiskFull(String),
-    /// The node cannot serve this right now (writes refused after a failed
-    /// fsync, shutting down, ...), or the connection was lost after the request
-    /// may have been sent: the effect of a write is then unknown.
+    /// The partition's engine refuses writes after a failed fsync, until
+    /// the node restarts (docs/STORAGE.md, the fsyncgate rule); reads go
+    /// on. A write that got it may have reached the file before the
+    /// refusal: its outcome is unknown. The message is the storage
+    /// layer's (`writes refused: ...`). RESP answers it as `READONLY ...`.
+    #[error("{0}")]
+    WritesRefused(String),
+    /// The node cannot serve this right now (shutting down, ...), or the
+    /// connection was lost after the request may have been sent: the
+    /// effect of a write is then unknown.
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// Any other failure inside the node.
@@ -161,6 +168,7 @@ impl Error {
             Error::Unreachable { .. } => "UNREACHABLE",
             Error::Corrupt(_) => "CORRUPT",
             Error::DiskFull(_) => "DISK_FULL",
+            Error::WritesRefused(_) => "WRITES_REFUSED",
             Error::Unavailable(_) => "UNAVAILABLE",
             Error::Internal(_) => "INTERNAL",
             Error::FencedEpoch(_) => "FENCED_LEADER_EPOCH",
@@ -187,7 +195,7 @@ impl Error {
             // space". Not UNAVAILABLE: that one says "retry", and its
             // outcome is unknown.
             Error::DiskFull(_) => Code::ResourceExhausted,
-            Error::Unavailable(_) => Code::Unavailable,
+            Error::WritesRefused(_) | Error::Unavailable(_) => Code::Unavailable,
             Error::Internal(_) => Code::Internal,
             Error::FencedEpoch(_) | Error::StaleController(_) => Code::FailedPrecondition,
             Error::UnknownEpoch(_) => Code::Unavailable,
@@ -255,6 +263,7 @@ impl Error {
             | Error::Timeout(m)
             | Error::Corrupt(m)
             | Error::DiskFull(m)
+            | Error::WritesRefused(m)
             | Error::Unavailable(m)
             | Error::Internal(m)
             | Error::FencedEpoch(m)
@@ -288,7 +297,8 @@ impl From<storage::Error> for Error {
             storage::Error::DiskFull(_) => Error::DiskFull(client),
             // After a failed fsync, a write may have reached the file before
             // the refusal: its outcome is unknown.
-            storage::Error::WritesRefused(_) | storage::Error::Closed => Error::Unavailable(client),
+            storage::Error::WritesRefused(_) => Error::WritesRefused(client),
+            storage::Error::Closed => Error::Unavailable(client),
             // The replication layer answers NOT_LEADER with the partition
             // and leader it knows; here neither is known.
             storage::Error::NotLeader(msg) => Error::Unavailable(msg),
@@ -389,6 +399,7 @@ impl From<Status> for Error {
             },
             Some("CORRUPT") => Error::Corrupt(msg),
             Some("DISK_FULL") => Error::DiskFull(msg),
+            Some("WRITES_REFUSED") => Error::WritesRefused(msg),
             Some("UNAVAILABLE") => Error::Unavailable(msg),
             Some("INTERNAL") => Error::Internal(msg),
             Some("FENCED_LEADER_EPOCH") => Error::FencedEpoch(msg),
@@ -444,6 +455,9 @@ mod tests {
             },
             Error::Corrupt("bad crc".into()),
             Error::DiskFull("disk full: write segment: No space left on device".into()),
+            Error::WritesRefused(
+                "writes refused: fsync failed (Input/output error (os error 5)); ...".into(),
+            ),
             Error::Unavailable("disk full".into()),
             Error::Internal("boom".into()),
             Error::FencedEpoch("partition 1: epoch 3 < 4".into()),

@@ -146,9 +146,7 @@ pub fn refusal(e: Error) -> Reply {
              node accepted: give every node the same auth: section"
                 .into(),
         ),
-        Error::Unavailable(m) if m.starts_with("writes refused") => {
-            Reply::Error(format!("READONLY {m}"))
-        }
+        Error::WritesRefused(m) => Reply::Error(format!("READONLY {m}")),
         e => Reply::err(e),
     }
 }
@@ -463,6 +461,22 @@ mod tests {
 
     fn v(ks: &[&str]) -> Vec<Vec<u8>> {
         ks.iter().map(|k| k.as_bytes().to_vec()).collect()
+    }
+
+    /// A leader's engine refusing writes after a failed fsync is `READONLY`
+    /// with the storage layer's reason, here and through a forward (the
+    /// status a leader answers), and by its variant: an `UNAVAILABLE` of
+    /// the same words (an older leader's) is `ERR unavailable: ...`.
+    #[test]
+    fn writes_refused_is_readonly_by_its_variant_also_when_forwarded() {
+        let why = "writes refused: fsync failed (Input/output error (os error 5)); reopen";
+        let readonly = Reply::Error(format!("READONLY {why}"));
+        assert_eq!(refusal(Error::WritesRefused(why.into())), readonly);
+        assert_eq!(status(Error::WritesRefused(why.into()).into()), readonly);
+        assert_eq!(
+            refusal(Error::Unavailable(why.into())),
+            Reply::Error(format!("ERR unavailable: {why}"))
+        );
     }
 
     /// Every shape of key command, any case; not a key command, or a key

@@ -143,7 +143,7 @@ pub const COMMAND_NAMES: [&str; 23] = [
 
 /// The `outcome` label values: `ok`, each error reason of
 /// [`Error::reason`] in lower case, and `cancelled`.
-pub const OUTCOMES: [&str; 19] = [
+pub const OUTCOMES: [&str; 20] = [
     "ok",
     "invalid_argument",
     "not_leader",
@@ -160,6 +160,7 @@ pub const OUTCOMES: [&str; 19] = [
     "overflow",
     "disk_full",
     "failed_precondition",
+    "writes_refused",
     "unauthenticated",
     "permission_denied",
     "cancelled",
@@ -646,6 +647,7 @@ mod tests {
             },
             Corrupt(s()),
             DiskFull(s()),
+            WritesRefused(s()),
             Unavailable(s()),
             Internal(s()),
             FencedEpoch(s()),
@@ -664,6 +666,7 @@ mod tests {
             match e {
                 InvalidInput(_) | NotLeader { .. } | NotEnoughReplicas { .. } | Timeout(_) => {}
                 Unreachable { .. } | Corrupt(_) | DiskFull(_) | Unavailable(_) | Internal(_) => {}
+                WritesRefused(_) => {}
                 FencedEpoch(_) | UnknownEpoch(_) | StaleController(_) | FailedPrecondition(_) => {}
                 NotInteger | Overflow | Unauthenticated(_) | PermissionDenied(_) => {}
             }

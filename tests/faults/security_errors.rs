@@ -121,7 +121,11 @@ mod eio {
         );
         assert_eq!(
             parts(&grpc_set(&rt, &grpc, &k0)),
-            (tonic::Code::Unavailable, "UNAVAILABLE".to_string(), refused)
+            (
+                tonic::Code::Unavailable,
+                "WRITES_REFUSED".to_string(),
+                refused
+            )
         );
         fail::remove("bitcask::fsync");
         stop.send_replace(true);
