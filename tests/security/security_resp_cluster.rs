@@ -351,8 +351,10 @@ fn restart_with(c: &mut TestCluster, i: usize, edit: impl Fn(String) -> String) 
 /// its own. With no users at all on the forwarding node (so no credentials
 /// to forward), a `SET` and a `GET` through it get the leader's
 /// `UNAUTHENTICATED` answer, as `NOAUTH` with what to fix (not the leader's
-/// gRPC advice), never a silent success, and the leader serves nothing
-/// (it refuses each command's attempt to open a stream, and counts it).
+/// gRPC advice), never a silent success, and the leader serves nothing:
+/// it refuses each lane's first command at the forward wire's greeting,
+/// and the later ones' stream opens (one HTTP/2 connection, not a TCP
+/// connection per command), and counts each.
 #[test]
 fn a_leader_refusing_forwarded_commands_answers_them_and_keeps_the_lane() {
     let mut c = auth_cluster(None);
@@ -397,8 +399,9 @@ fn a_leader_refusing_forwarded_commands_answers_them_and_keeps_the_lane() {
     });
     assert_eq!(
         counted,
-        vec![("forward_wire", 4, 4)],
-        "the leader served nothing: it refused a wire greeting per command, without credentials"
+        vec![("forward", 2, 2), ("forward_wire", 2, 2)],
+        "the leader served nothing: it refused one wire greeting per lane (SET, GET), then the \
+         lane's stream opens, without credentials; no TCP connection per command"
     );
     let mut l = Conn::login(&c.resp_addr(leader), "ro", "ro-pw");
     assert_eq!(l.ask(&["MGET", &k0, &k1]), "*2\r\n$-1\r\n$2\r\nrw\r\n");

@@ -12,7 +12,10 @@
 //! gets the stream (then unary calls, as the stream's rules say); a
 //! leader that cannot be reached is answered `NOT_LEADER` naming it,
 //! without a stream or unary attempt; credentials refused at the greeting
-//! are the batch's answer, as at a stream's open; a batch the leader ended
+//! are the batch's answer, as at a stream's open, and the lane then uses
+//! its stream for [`RETRY_STREAM_AFTER`] (whose open the leader refuses
+//! alike while the nodes disagree on `auth:`, over one HTTP/2 connection
+//! rather than a TCP connection per batch); a batch the leader ended
 //! the wire without processing (its end frame) is sent as the unary
 //! request; a wire that closes after a batch was sent is that batch's
 //! failure, which may or may not have been applied.
@@ -179,8 +182,17 @@ impl KvService {
                     return Err(ask);
                 }
                 // Credentials refused: what the stream's open (and the
-                // unary call) would answer.
+                // unary call) would answer. The next batches try the
+                // stream: refused alike while the nodes disagree, but
+                // without a TCP connection to the leader per batch.
                 Opened::Refused(s) => {
+                    tracing::debug!(
+                        "the leader at {} refused a forward wire's credentials ({}); a forward                          stream for {} s",
+                        leader.addr,
+                        s.message(),
+                        RETRY_STREAM_AFTER.as_secs()
+                    );
+                    conn.stream_until = Some(Instant::now() + RETRY_STREAM_AFTER);
                     return Ok(Some(Err(forward_failure(leader, s))));
                 }
                 Opened::NotSpoken(why) => {

@@ -62,8 +62,9 @@
 //! - a node that forwards tries the wire first (plaintext only), and uses
 //!   a `Forward` stream for [`lane_stream::RETRY_STREAM_AFTER`] when the
 //!   leader does not speak it (an older version: it closes the connection
-//!   or answers with no frame of ours) or refuses it with `UNIMPLEMENTED`
-//!   or `PERMISSION_DENIED`.
+//!   or answers with no frame of ours), refuses it with `UNIMPLEMENTED`
+//!   or `PERMISSION_DENIED`, or refuses the credentials at the greeting
+//!   (that batch gets the refusal; see src/server/service/lane_stream.rs).
 
 use std::io;
 use std::net::IpAddr;
