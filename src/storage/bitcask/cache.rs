@@ -44,7 +44,8 @@
 //!   the read buffer or the write batch it came from (record header, key,
 //!   neighbours, the client's request); a value is overwritten in place
 //!   only while the cache alone holds it, so bytes a reader was given never
-//!   change;
+//!   change (a hit answers a value of at most [`COPY_MAX`] bytes with a
+//!   copy, a longer one with a reference);
 //! - a cached value is tagged with the location (segment id, position) of
 //!   the record it was read from or written to, and served only while the
 //!   key's keydir entry still points there (an overwrite, delete, expiry,
@@ -81,7 +82,9 @@ pub const SHARDS: usize = 64;
 /// Bytes the allocator takes per entry besides the value's and key's own
 /// blocks: the LRU node (key, value, two list pointers: 88 bytes, a 96-byte
 /// block) and the `Bytes` shared header made on the first clone (24 bytes, a
-/// 32-byte block). Checked by `tests/storage_cache_memory.rs`.
+/// 32-byte block; a value of at most [`COPY_MAX`] bytes is copied out, not
+/// cloned, so it may never get one: the charge then errs by 32 bytes on the
+/// safe side). Checked by `tests/storage_cache_memory.rs`.
 pub const ENTRY_OVERHEAD: usize = 128;
 
 /// Bytes of one hash-table bucket in an LRU shard: a key pointer and a node
@@ -297,6 +300,24 @@ fn overwrite(old: Bytes, value: &[u8]) -> Bytes {
     Bytes::copy_from_slice(value)
 }
 
+/// Longest value a hit answers with a copy rather than a reference.
+const COPY_MAX: usize = 512;
+
+/// What a hit answers for the cached `value`: a copy if it is short (an
+/// allocation, and a copy of bytes the reply reads anyway, on the reader's
+/// thread), else a reference. A reference costs an atomic increment, and
+/// later a decrement, on the value's shared header: one more cache line,
+/// which the node's threads pass back and forth (`GET -P 16`: server CPU
+/// per request -19 % with copies, docs/BENCHMARKS.md run 14). A value a
+/// reader holds a reference to cannot be overwritten in place either.
+fn served(value: &Bytes) -> Bytes {
+    if value.len() <= COPY_MAX {
+        Bytes::copy_from_slice(value)
+    } else {
+        value.clone()
+    }
+}
+
 /// The shared part of a [`ValueCache`].
 struct Shared {
     /// The shards.
@@ -378,7 +399,7 @@ impl ValueCache {
         let mut shard = self.shard(engine, key);
         let lookup: &dyn Lookup = &(engine, key);
         let found = match shard.lru.get(lookup) {
-            Some(c) if c.seg == seg && c.pos == pos => Some(c.value.clone()),
+            Some(c) if c.seg == seg && c.pos == pos => Some(served(&c.value)),
             Some(_) => {
                 shard.pop(engine, key);
                 None
@@ -469,27 +490,34 @@ mod tests {
     /// A fill over a cached value of the same length writes the new value
     /// into the old one's block when nobody holds it; a value a reader
     /// holds is never changed (a new block is made), nor one of another
-    /// length (its block would not be exactly sized).
+    /// length (its block would not be exactly sized). Values longer than
+    /// [`COPY_MAX`], which readers get by reference.
     #[test]
     fn a_fill_of_the_same_length_reuses_the_block_nobody_holds() {
-        let c = ValueCache::new((SHARDS * 8192) as u64);
-        c.fill(1, b"k", 0, 0, &[1u8; 100]);
+        const LONG: usize = COPY_MAX + 100;
+        let c = ValueCache::new((SHARDS * 65536) as u64);
+        c.fill(1, b"k", 0, 0, &[1u8; LONG]);
         let first = c.get(1, b"k", 0, 0).unwrap();
         let block = first.as_ptr();
+        assert_eq!(
+            c.get(1, b"k", 0, 0).unwrap().as_ptr(),
+            block,
+            "a long value is served by reference"
+        );
         drop(first);
-        c.fill(1, b"k", 0, 1, &[2u8; 100]);
+        c.fill(1, b"k", 0, 1, &[2u8; LONG]);
         let second = c.get(1, b"k", 0, 1).unwrap();
-        assert_eq!(second, Bytes::from(vec![2u8; 100]));
+        assert_eq!(second, Bytes::from(vec![2u8; LONG]));
         assert_eq!(second.as_ptr(), block, "the unshared block was reused");
         // `second` is held: the next fill must not touch it.
-        c.fill(1, b"k", 0, 2, &[3u8; 100]);
+        c.fill(1, b"k", 0, 2, &[3u8; LONG]);
         assert_eq!(
             second,
-            Bytes::from(vec![2u8; 100]),
+            Bytes::from(vec![2u8; LONG]),
             "a held value never changes"
         );
         let third = c.get(1, b"k", 0, 2).unwrap();
-        assert_eq!(third, Bytes::from(vec![3u8; 100]));
+        assert_eq!(third, Bytes::from(vec![3u8; LONG]));
         assert_ne!(third.as_ptr(), block, "a held block is not reused");
         drop((second, third));
         let charged = c.charged();
@@ -497,9 +525,46 @@ mod tests {
         assert_eq!(c.get(1, b"k", 0, 3).unwrap(), Bytes::from(vec![4u8; 50]));
         assert_eq!(
             charged - c.charged(),
-            (entry_charge(1, 100) - entry_charge(1, 50)) as u64,
+            (entry_charge(1, LONG) - entry_charge(1, 50)) as u64,
             "another length: charged as its own exactly sized block"
         );
+    }
+
+    /// A value of at most [`COPY_MAX`] bytes is served as a copy: each
+    /// hit its own block, never the cached one, so a fill of the same
+    /// length always writes into the cached block, and a reader's copy
+    /// keeps its bytes.
+    #[test]
+    fn a_short_value_is_served_as_a_copy() {
+        let c = ValueCache::new((SHARDS * 65536) as u64);
+        c.fill(1, b"k", 0, 0, &[1u8; COPY_MAX]);
+        let cached = c.0.shards.iter().find_map(|s| {
+            let s = s.lock();
+            s.lru
+                .peek(&(1u64, &b"k"[..]) as &dyn Lookup)
+                .map(|c| c.value.as_ptr())
+        });
+        let cached = cached.expect("the value is cached");
+        let (a, b) = (c.get(1, b"k", 0, 0).unwrap(), c.get(1, b"k", 0, 0).unwrap());
+        assert_eq!(
+            (&a[..], &b[..]),
+            (&[1u8; COPY_MAX][..], &[1u8; COPY_MAX][..])
+        );
+        assert!(a.as_ptr() != cached && b.as_ptr() != cached && a.as_ptr() != b.as_ptr());
+        c.fill(1, b"k", 0, 1, &[2u8; COPY_MAX]);
+        assert_eq!(
+            &a[..],
+            &[1u8; COPY_MAX][..],
+            "a reader's copy keeps its bytes"
+        );
+        let after = c.0.shards.iter().find_map(|s| {
+            let s = s.lock();
+            s.lru
+                .peek(&(1u64, &b"k"[..]) as &dyn Lookup)
+                .map(|c| c.value.as_ptr())
+        });
+        assert_eq!(after, Some(cached), "the fill wrote into the cached block");
+        assert_eq!(&c.get(1, b"k", 0, 1).unwrap()[..], &[2u8; COPY_MAX][..]);
     }
 
     #[test]
