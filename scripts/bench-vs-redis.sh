@@ -48,6 +48,8 @@
 # Env: N (200000), CLIENTS (50), ROUNDS (1), POLICIES ("everysec always";
 #      "" skips the standalone part),
 #      CLUSTER_POLICIES ("everysec"; "" skips the cluster), CLUSTER_RF (3),
+#      WORKERS (caskade's runtime.worker_threads; unset: the default, one
+#      per core),
 #      SKIP_BUILD=1,
 #      KEEP=1, TMPDIR (work directory's parent; must be on a real disk).
 set -euo pipefail
@@ -202,6 +204,7 @@ storage:
 resp:
   listen: 127.0.0.1:$3
 EOF
+  [ -z "${WORKERS:-}" ] || printf 'runtime:\n  worker_threads: %s\n' "$WORKERS"
   [ -z "${CLUSTER_YAML:-}" ] || printf '%s\n' "$CLUSTER_YAML"
 }
 
