@@ -363,7 +363,7 @@ impl Node {
 
     /// How this node's fetch sessions travelled and the fetch wire
     /// connections it served; `None` in standalone mode.
-    pub fn fetch_figures(&self) -> Option<crate::replication::fetch_wire::FetchCounts> {
+    pub fn fetch_figures(&self) -> Option<crate::replication::fetch_wire::FetchTransports> {
         self.replication.as_ref().map(|m| m.fetch_figures.read())
     }
 

@@ -90,7 +90,7 @@ pub struct FetchFigures {
 
 /// [`FetchFigures`] read at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FetchCounts {
+pub struct FetchTransports {
     /// Fetch wire connections this node opened as a follower.
     pub wire_opened: u64,
     /// `Fetch` streams this node opened as a follower.
@@ -101,8 +101,8 @@ pub struct FetchCounts {
 
 impl FetchFigures {
     /// The figures now.
-    pub fn read(&self) -> FetchCounts {
-        FetchCounts {
+    pub fn read(&self) -> FetchTransports {
+        FetchTransports {
             wire_opened: self.wire_opened.load(Ordering::Relaxed),
             streams_opened: self.streams_opened.load(Ordering::Relaxed),
             wire_served: self.wire_served.load(Ordering::Relaxed),

@@ -385,7 +385,7 @@ pub struct Snapshot {
     /// ZooKeeper, in cluster mode.
     pub zk: Option<ZkFigures>,
     /// Fetch transports, in cluster mode.
-    pub fetch: Option<crate::replication::fetch_wire::FetchCounts>,
+    pub fetch: Option<crate::replication::fetch_wire::FetchTransports>,
 }
 
 impl Metrics {

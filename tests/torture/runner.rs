@@ -397,7 +397,7 @@ async fn client_loop(
 
 /// Whether a client backs off (1 s) after `outcome`: a full disk's
 /// refusal (`DISK_FULL`, nothing applied) comes at once, as does
-/// `UNAVAILABLE` after a failed write (outcome unknown, API.md); retrying
+/// `WRITES_REFUSED` after a failed write (outcome unknown, API.md); retrying
 /// at full speed would fill the history (each unknown write multiplies the
 /// linearizability search) and is not what a client does.
 fn backs_off(outcome: &Outcome) -> bool {

@@ -4,8 +4,9 @@
 //! DATA and trailers, and a spawned task and a tower stack on the leader).
 //! Without TLS that is the forward wire (src/server/service/wire.rs: its
 //! own TCP connection, no HTTP/2); with TLS, and for
-//! [`RETRY_STREAM_AFTER`] after a leader did not speak the wire, a
-//! `Forward` stream (proto/kv.proto), one HTTP/2 DATA frame each way.
+//! [`RETRY_STREAM_AFTER`] after a leader did not speak the wire or
+//! refused the lane's credentials at its greeting, a `Forward` stream
+//! (proto/kv.proto), one HTTP/2 DATA frame each way.
 //!
 //! The wire's rules follow the stream's, below: a leader that does not
 //! speak it, or refuses it with `UNIMPLEMENTED` / `PERMISSION_DENIED`,
@@ -72,7 +73,8 @@ pub const RETRY_STREAM_AFTER: Duration = Duration::from_secs(30);
 pub(super) struct Conn {
     /// The open wire connection, if any (src/server/service/wire.rs).
     wire: Option<Wire>,
-    /// Until then, no wire (the leader does not speak it).
+    /// Until then, no wire (the leader does not speak it, or refused
+    /// the credentials at the wire's greeting).
     stream_until: Option<Instant>,
     /// The open stream, if any.
     open: Option<Open>,
@@ -185,14 +187,19 @@ impl KvService {
                 // unary call) would answer. The next batches try the
                 // stream: refused alike while the nodes disagree, but
                 // without a TCP connection to the leader per batch.
-                Opened::Refused(s) => {
+                Opened::Refused(s) if s.code() == tonic::Code::Unauthenticated => {
                     tracing::debug!(
-                        "the leader at {} refused a forward wire's credentials ({}); a forward                          stream for {} s",
+                        "the leader at {} refused a forward wire's credentials ({}); a forward \
+                         stream for {} s",
                         leader.addr,
                         s.message(),
                         RETRY_STREAM_AFTER.as_secs()
                     );
                     conn.stream_until = Some(Instant::now() + RETRY_STREAM_AFTER);
+                    return Ok(Some(Err(forward_failure(leader, s))));
+                }
+                // Any other refusal of the greeting: that batch's answer.
+                Opened::Refused(s) => {
                     return Ok(Some(Err(forward_failure(leader, s))));
                 }
                 Opened::NotSpoken(why) => {

@@ -303,9 +303,9 @@ fn overwrite(old: Bytes, value: &[u8]) -> Bytes {
 /// Longest value a hit answers with a copy rather than a reference.
 const COPY_MAX: usize = 512;
 
-/// What a hit answers for the cached `value`: a copy if it is short (an
-/// allocation, and a copy of bytes the reply reads anyway, on the reader's
-/// thread), else a reference. A reference costs an atomic increment, and
+/// What a hit answers for the cached `value`, under the shard's mutex: a
+/// copy if it is short (an allocation, and a copy of bytes the reply
+/// reads anyway, on the reader's thread), else a reference. A reference costs an atomic increment, and
 /// later a decrement, on the value's shared header: one more cache line,
 /// which the node's threads pass back and forth (`GET -P 16`: server CPU
 /// per request -19 % with copies, docs/BENCHMARKS.md run 14). A value a
@@ -565,6 +565,10 @@ mod tests {
         });
         assert_eq!(after, Some(cached), "the fill wrote into the cached block");
         assert_eq!(&c.get(1, b"k", 0, 1).unwrap()[..], &[2u8; COPY_MAX][..]);
+        // One byte longer: served by reference.
+        c.fill(1, b"l", 0, 0, &[5u8; COPY_MAX + 1]);
+        let (a, b) = (c.get(1, b"l", 0, 0).unwrap(), c.get(1, b"l", 0, 0).unwrap());
+        assert_eq!((a.len(), a.as_ptr()), (COPY_MAX + 1, b.as_ptr()));
     }
 
     #[test]
