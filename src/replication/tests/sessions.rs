@@ -433,30 +433,10 @@ fn idle_rounds_carry_no_partition_entry(serving: Listener) {
 /// the connection ends after it.
 #[test]
 fn a_refused_fetch_wire_request_gets_the_streams_error_and_the_end() {
-    use crate::replication::fetch_wire::{FetchWire, Opened};
+    use prost::Message;
     let pair = Pair::start_on(2, Listener::Node);
-    pair.rt.block_on(async {
-        let Opened::Wire(mut w) =
-            FetchWire::open(&pair.b_addr, 1 << 20, Duration::from_secs(1)).await
-        else {
-            panic!("no fetch wire to b");
-        };
-        w.send(&req(0, 0, vec![pf(1, 0), pf(1, 0)], vec![]))
-            .await
-            .unwrap();
-        assert_eq!(
-            w.recv("b").await,
-            Err(crate::Error::InvalidInput(
-                "fetch request lists partition 1 twice".into()
-            ))
-        );
-        assert_eq!(
-            w.recv("b").await,
-            Err(crate::Error::Unavailable(
-                "b closed the fetch wire connection".into()
-            ))
-        );
-    });
+    let frame = req(0, 0, vec![pf(1, 0), pf(1, 0)], vec![]).encode_to_vec();
+    refused_then_closed(&pair, frame, "fetch request lists partition 1 twice");
 }
 
 /// A fetch wire frame that is no `FetchRequest` (bad input on the
@@ -464,23 +444,32 @@ fn a_refused_fetch_wire_request_gets_the_streams_error_and_the_end() {
 /// the connection ends after it; the leader goes on serving.
 #[test]
 fn an_undecodable_fetch_wire_frame_gets_invalid_argument_and_the_end() {
-    use crate::replication::fetch_wire::{FetchWire, Opened};
     let pair = Pair::start_on(2, Listener::Node);
+    // Field 31 with wire type 7, which protobuf does not have.
+    refused_then_closed(
+        &pair,
+        vec![0xff, 0x01],
+        "a fetch wire frame is no FetchRequest: failed to decode Protobuf message: invalid \
+         wire type value: 7",
+    );
+    pair.write(0, "after");
+    pair.converged();
+}
+
+/// Sends `frame` on a new fetch wire connection to `b` and asserts the
+/// answer is `INVALID_ARGUMENT` with `why`, then the connection's end.
+fn refused_then_closed(pair: &Pair, frame: Vec<u8>, why: &str) {
+    use crate::replication::fetch_wire::{FetchWire, Opened};
     pair.rt.block_on(async {
         let Opened::Wire(mut w) =
             FetchWire::open(&pair.b_addr, 1 << 20, Duration::from_secs(1)).await
         else {
             panic!("no fetch wire to b");
         };
-        // Field 31 with wire type 7, which protobuf does not have.
-        w.send_raw(bytes::Bytes::from_static(&[0xff, 0x01]))
-            .await
-            .unwrap();
+        w.send_raw(bytes::Bytes::from(frame)).await.unwrap();
         assert_eq!(
             w.recv("b").await,
-            Err(crate::Error::InvalidInput(
-                "a fetch wire frame is no FetchRequest: failed to decode Protobuf message: invalid wire type value: 7".into()
-            ))
+            Err(crate::Error::InvalidInput(why.into()))
         );
         assert_eq!(
             w.recv("b").await,
@@ -489,8 +478,6 @@ fn an_undecodable_fetch_wire_frame_gets_invalid_argument_and_the_end() {
             ))
         );
     });
-    pair.write(0, "after");
-    pair.converged();
 }
 
 /// Issue 12: the leader loses the follower's session (evicted, as after a
