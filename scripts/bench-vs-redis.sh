@@ -48,8 +48,8 @@
 # Env: N (200000), CLIENTS (50), ROUNDS (1), POLICIES ("everysec always";
 #      "" skips the standalone part),
 #      CLUSTER_POLICIES ("everysec"; "" skips the cluster), CLUSTER_RF (3),
-#      WORKERS (caskade's runtime.worker_threads; unset: the default, one
-#      per core),
+#      WORKERS (runtime.worker_threads of every caskade node, standalone
+#      and cluster; unset: the default, one per core),
 #      SKIP_BUILD=1,
 #      KEEP=1, TMPDIR (work directory's parent; must be on a real disk).
 set -euo pipefail

@@ -542,7 +542,7 @@ mod tests {
             )
         );
         // Other Unavailable messages are not taken for one.
-        let other = Error::Unavailable("writes refused: 1 of 2 disks".into());
+        let other = Error::Unavailable("shutting down: 1 of 2 listeners closed".into());
         assert_eq!(other.clone().after_partial_write(3, 4), other);
     }
 
