@@ -319,15 +319,11 @@ impl FetchWire {
 
     /// Sends `req`.
     pub(super) async fn send(&mut self, req: &pb::FetchRequest) -> Result<()> {
-        self.frames
-            .send(Bytes::from(req.encode_to_vec()))
-            .await
-            .map_err(|e| Error::Unavailable(format!("fetch wire: {e}")))
+        self.send_frame(Bytes::from(req.encode_to_vec())).await
     }
 
-    /// Sends `frame` as it is: a test's malformed request.
-    #[cfg(test)]
-    pub(super) async fn send_raw(&mut self, frame: Bytes) -> Result<()> {
+    /// Sends `frame` as it is (an encoded request; a test's malformed one).
+    pub(super) async fn send_frame(&mut self, frame: Bytes) -> Result<()> {
         self.frames
             .send(frame)
             .await

@@ -244,8 +244,7 @@ async fn serve_clients(
     let drained = async {
         let served = serve.await;
         // Wire connections end on the same signal, after their message.
-        drain.tasks.close();
-        drain.tasks.wait().await;
+        drain.wait().await;
         served
     };
     tokio::select! {
@@ -258,8 +257,7 @@ async fn serve_clients(
             // Forward wire connections end here, before the flush: nothing
             // they serve afterwards can be acknowledged unflushed.
             drain.abort.cancel();
-            drain.tasks.close();
-            drain.tasks.wait().await;
+            drain.wait().await;
         }
     }
     node.flush().await?;

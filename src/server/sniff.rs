@@ -51,6 +51,12 @@ pub struct Drain {
 }
 
 impl Drain {
+    /// Closes the tracker and waits until no task is left running.
+    pub async fn wait(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
     /// Runs `task` tracked and until `abort` is cancelled, or untracked
     /// to its end without a drain.
     fn spawn(drain: &Option<Drain>, task: impl Future<Output = ()> + Send + 'static) {

@@ -466,7 +466,7 @@ fn refused_then_closed(pair: &Pair, frame: Vec<u8>, why: &str) {
         else {
             panic!("no fetch wire to b");
         };
-        w.send_raw(bytes::Bytes::from(frame)).await.unwrap();
+        w.send_frame(bytes::Bytes::from(frame)).await.unwrap();
         assert_eq!(
             w.recv("b").await,
             Err(crate::Error::InvalidInput(why.into()))

@@ -305,11 +305,12 @@ const COPY_MAX: usize = 512;
 
 /// What a hit answers for the cached `value`, under the shard's mutex: a
 /// copy if it is short (an allocation, and a copy of bytes the reply
-/// reads anyway, on the reader's thread), else a reference. A reference costs an atomic increment, and
-/// later a decrement, on the value's shared header: one more cache line,
-/// which the node's threads pass back and forth (`GET -P 16`: server CPU
-/// per request -19 % with copies, docs/BENCHMARKS.md run 14). A value a
-/// reader holds a reference to cannot be overwritten in place either.
+/// reads anyway, on the reader's thread), else a reference. A reference
+/// costs an atomic increment, and later a decrement, on the value's
+/// shared header: one more cache line, which the node's threads pass back
+/// and forth (`GET -P 16`: server CPU per request -20 % with copies,
+/// docs/BENCHMARKS.md run 14). A value a reader holds a reference to
+/// cannot be overwritten in place either.
 fn served(value: &Bytes) -> Bytes {
     if value.len() <= COPY_MAX {
         Bytes::copy_from_slice(value)
@@ -537,14 +538,17 @@ mod tests {
     #[test]
     fn a_short_value_is_served_as_a_copy() {
         let c = ValueCache::new((SHARDS * 65536) as u64);
+        // Where the cache holds `k`'s value.
+        let block = |c: &ValueCache| {
+            c.0.shards.iter().find_map(|s| {
+                let s = s.lock();
+                s.lru
+                    .peek(&(1u64, &b"k"[..]) as &dyn Lookup)
+                    .map(|c| c.value.as_ptr())
+            })
+        };
         c.fill(1, b"k", 0, 0, &[1u8; COPY_MAX]);
-        let cached = c.0.shards.iter().find_map(|s| {
-            let s = s.lock();
-            s.lru
-                .peek(&(1u64, &b"k"[..]) as &dyn Lookup)
-                .map(|c| c.value.as_ptr())
-        });
-        let cached = cached.expect("the value is cached");
+        let cached = block(&c).expect("the value is cached");
         let (a, b) = (c.get(1, b"k", 0, 0).unwrap(), c.get(1, b"k", 0, 0).unwrap());
         assert_eq!(
             (&a[..], &b[..]),
@@ -557,13 +561,11 @@ mod tests {
             &[1u8; COPY_MAX][..],
             "a reader's copy keeps its bytes"
         );
-        let after = c.0.shards.iter().find_map(|s| {
-            let s = s.lock();
-            s.lru
-                .peek(&(1u64, &b"k"[..]) as &dyn Lookup)
-                .map(|c| c.value.as_ptr())
-        });
-        assert_eq!(after, Some(cached), "the fill wrote into the cached block");
+        assert_eq!(
+            block(&c),
+            Some(cached),
+            "the fill wrote into the cached block"
+        );
         assert_eq!(&c.get(1, b"k", 0, 1).unwrap()[..], &[2u8; COPY_MAX][..]);
         // One byte longer: served by reference.
         c.fill(1, b"l", 0, 0, &[5u8; COPY_MAX + 1]);
