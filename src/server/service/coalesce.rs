@@ -296,6 +296,10 @@ impl KvService {
         &self,
         items: Vec<(Bytes, Bytes, Leader)>,
     ) -> Vec<crate::Result<T>> {
+        if items.is_empty() {
+            // Every key was answered here (standalone, or this node leads).
+            return Vec::new();
+        }
         let credentials = crate::auth::forwarded_credentials();
         let mut answers = Vec::with_capacity(items.len());
         let mut by_leader: HashMap<String, Vec<Item<T>>> = HashMap::new();
