@@ -373,7 +373,7 @@ async fn wait(sh: &Shared, c: &Client, f: &[Bytes]) -> Reply {
     loop {
         let count = sh
             .node
-            .wait_count(c.written.keys().copied(), sh.svc.default_acks());
+            .wait_count(c.written.iter().copied(), sh.svc.default_acks());
         let expired = timeout > 0 && started.elapsed() >= Duration::from_millis(timeout as u64);
         if count >= want || expired {
             return Reply::Int(count);

@@ -27,7 +27,7 @@
 //! argument vector: [`commands::keys_of`] returns an iterator, the batch's
 //! conflict check uses one foldhash map per read, cleared between batches,
 //! the frames vector is kept across reads, and `WAIT`'s record of written
-//! partitions is updated once per partition and batch, with one clock read.
+//! partitions is updated once per partition and batch.
 //!
 //! Authentication (src/resp/auth.rs): with users configured, a command
 //! joins a batch only if the connection's user may run it; every other
@@ -41,7 +41,7 @@
 //! - a read never waits on another connection: each connection is its own
 //!   task, and a slow client only delays itself.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -79,8 +79,8 @@ pub struct Client {
     pub resp: u8,
     /// When it connected.
     pub since: Instant,
-    /// Partitions this connection wrote to and when (`WAIT`).
-    pub written: HashMap<u32, Instant>,
+    /// Partitions this connection wrote to (`WAIT`).
+    pub written: HashSet<u32>,
     /// Set by `QUIT`: close once the answers are written.
     pub quit: bool,
     /// The logged-in user (`AUTH`, `HELLO ... AUTH`); `None` before.
@@ -110,7 +110,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         lib_ver: None,
         resp: 2,
         since: Instant::now(),
-        written: HashMap::new(),
+        written: HashSet::new(),
         quit: false,
         user: None,
         credentials: None,
@@ -219,7 +219,6 @@ async fn execute(shared: &Shared, client: &mut Client, frames: &[Frame], out: &m
         let replies =
             crate::auth::with_caller(caller, commands::run_batch(shared, &frames[i..j])).await;
         shared.commands.fetch_add((j - i) as u64, Ordering::Relaxed);
-        let mut now = None;
         // Partitions below 128 already noted for this batch.
         let mut noted = 0u128;
         let mut errors = 0;
@@ -227,13 +226,12 @@ async fn execute(shared: &Shared, client: &mut Client, frames: &[Frame], out: &m
             if reply.is_error() {
                 errors += 1;
             } else if let Some((keys, true)) = commands::keys_of(f) {
-                let now = *now.get_or_insert_with(Instant::now);
                 for k in keys {
                     let p = shared.node_partition(k);
                     let bit = 1u128.checked_shl(p).unwrap_or(0);
                     if noted & bit == 0 {
                         noted |= bit;
-                        client.written.insert(p, now);
+                        client.written.insert(p);
                     }
                 }
             }
