@@ -21,7 +21,7 @@ deps: ## Install what the tests need (ZooKeeper, redis-server and redis-tools fr
 	@scripts/ensure-deps.sh
 
 test: deps ## Install what is missing, then run every test
-	$(CARGO) test --workspace --profile ci --features caskade/failpoints 2>&1
+	$(CARGO) test --workspace --profile ci --no-default-features --features caskade/failpoints 2>&1
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
@@ -94,7 +94,7 @@ bench-cluster: ## Standalone vs 3-node cluster (set acks leader/all, get; 50 cli
 TORTURE_SECS ?= 10
 .PHONY: torture
 torture: deps ## Every fault scenario for TORTURE_SECS (10) s each, with history checkers; ~8 min
-	TORTURE_SECS=$(TORTURE_SECS) $(CARGO) test --profile ci --features caskade/failpoints --test torture -- --nocapture --test-threads=1 --include-ignored
+	TORTURE_SECS=$(TORTURE_SECS) $(CARGO) test --profile ci --no-default-features --features caskade/failpoints --test torture -- --nocapture --test-threads=1 --include-ignored
 
 bench-engine: ## Storage-engine benchmarks vs fjall/sled/redb (ARGS=--quick for a smoke test)
 	cd benches/engine && $(CARGO) run --release -- $(ARGS) all

@@ -19,6 +19,8 @@ use tokio::signal::unix::{SignalKind, signal};
 /// size-class arenas; less CPU per request on the replicated writes and
 /// standalone SET/GET, the same resident memory (docs/BENCHMARKS.md,
 /// "Run 13"). The value cache's charge models glibc (docs/STORAGE.md).
+/// Behind the default feature `jemalloc`; `make test` builds without it.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
