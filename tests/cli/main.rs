@@ -2,8 +2,9 @@
 //! and cluster commands), the client's outcome of a request, and the
 //! Makefile targets that start things. Real `caskade-server` processes
 //! (tests/harness). One test binary (linked once); each file is a module,
-//! named as its old test binary was: `cargo test --profile ci --features
-//! caskade/failpoints --test cli cli_repl::` runs one file.
+//! named as its old test binary was: `cargo test --profile ci
+//! --no-default-features --features caskade/failpoints --test cli
+//! cli_repl::` runs one file.
 
 #[path = "../harness/mod.rs"]
 mod harness;

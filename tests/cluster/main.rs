@@ -1,8 +1,9 @@
 //! Multi-node clusters on a real ZooKeeper: `caskade-server` processes
 //! (tests/harness) and the in-process controller simulation (tests/sim).
 //! One test binary (linked once); each file is a module, named as its old
-//! test binary was: `cargo test --profile ci --features caskade/failpoints
-//! --test cluster cluster_reassign::` runs one file.
+//! test binary was: `cargo test --profile ci
+//! --no-default-features --features caskade/failpoints --test cluster
+//! cluster_reassign::` runs one file.
 //!
 //! The tests that take [`SERIAL`] (each file's own `SERIAL` before) run one
 //! at a time across the whole binary. `cluster_zk` (the cluster layer in

@@ -2,8 +2,9 @@
 //! crate's failpoints on the real code paths of an engine or node running in
 //! this process (failpoints are process-global), or lower this process's
 //! open-files limit. One test binary (linked once); each file is a module,
-//! named as its old test binary was: `cargo test --profile ci --features
-//! caskade/failpoints --test faults storage_fsyncgate::` runs one file.
+//! named as its old test binary was: `cargo test --profile ci
+//! --no-default-features --features caskade/failpoints --test faults
+//! storage_fsyncgate::` runs one file.
 //!
 //! Every test here takes [`GATE`]: exclusively ([`Gate::lock`] or
 //! [`Gate::write`]) when it arms a failpoint or changes a process limit,

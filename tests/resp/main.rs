@@ -2,8 +2,9 @@
 //! node (tests/resp_common), and on `caskade-server` clusters with real
 //! Redis clients (`redis-cli`, `redis-benchmark`, the Python `redis`
 //! package). One test binary (linked once); each file is a module, named as
-//! its old test binary was: `cargo test --profile ci --features
-//! caskade/failpoints --test resp resp_fuzz::` runs one file. The RESP
+//! its old test binary was: `cargo test --profile ci
+//! --no-default-features --features caskade/failpoints --test resp
+//! resp_fuzz::` runs one file. The RESP
 //! tests that arm failpoints (`resp_pipeline`, `resp_refusals`) are in
 //! `tests/faults`.
 //!

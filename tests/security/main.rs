@@ -1,8 +1,9 @@
 //! Security of `caskade-server` processes: authentication, listener
 //! limits, TLS and node identity (docs/SECURITY.md). Real processes
 //! (tests/harness). One test binary (linked once); each file is a module,
-//! named as its old test binary was: `cargo test --profile ci --features
-//! caskade/failpoints --test security security_tls::` runs one file.
+//! named as its old test binary was: `cargo test --profile ci
+//! --no-default-features --features caskade/failpoints --test security
+//! security_tls::` runs one file.
 
 #[path = "../harness/mod.rs"]
 mod harness;

@@ -1,8 +1,9 @@
 //! A `caskade-server` process through its client API: requests and their
 //! exact answers, start-up and shutdown, metrics. Real processes
 //! (tests/harness). One test binary (linked once); each file is a module,
-//! named as its old test binary was: `cargo test --profile ci --features
-//! caskade/failpoints --test server server_api::` runs one file.
+//! named as its old test binary was: `cargo test --profile ci
+//! --no-default-features --features caskade/failpoints --test server
+//! server_api::` runs one file.
 
 #[path = "../harness/mod.rs"]
 mod harness;

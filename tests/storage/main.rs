@@ -2,8 +2,9 @@
 //! server process, no ZooKeeper, no failpoint armed (those live in
 //! `tests/faults`, which holds the process to itself while one is armed).
 //! One test binary, so the suite links it once; each file is a module,
-//! named as its old test binary was: `cargo test --profile ci --features
-//! caskade/failpoints --test storage storage_engine::` runs one file.
+//! named as its old test binary was: `cargo test --profile ci
+//! --no-default-features --features caskade/failpoints --test storage
+//! storage_engine::` runs one file.
 //!
 //! Proptest keeps its regressions of a file here in
 //! `tests/proptest-regressions/<file>.txt` (the directory next to the one

@@ -243,7 +243,8 @@ fn leader_mute() {
 }
 
 /// Checks a saved history: `TORTURE_CHECK=path cargo test --profile ci
-/// --features caskade/failpoints --test torture -- --nocapture
+/// --no-default-features --features caskade/failpoints --test torture --
+/// --nocapture
 /// check_saved_history` (does nothing
 /// without the variable).
 #[test]
