@@ -348,11 +348,11 @@ pub async fn run(sh: &Shared, f: &[Bytes]) -> Reply {
 /// requests, with one forward per other leader instead of one per key,
 /// coalesced with the forwards of other connections), also when there is
 /// only one; every other command runs as [`run`]. A kind the batch does
-/// not hold is not called at all: an empty `get_many` or `set_many` still
-/// reads the clock twice, takes the in-flight semaphore and builds its
-/// futures (GET without pipelining: the server's user CPU per request
-/// -20 % in the median of five before/after runs, docs/BENCHMARKS.md run
-/// 15).
+/// not hold costs nothing: `get_many` and `set_many` return at once when
+/// empty (before, an empty call read the clock twice and took the
+/// in-flight semaphore; GET without pipelining: the server's user CPU per
+/// request -20 % in the median of five before/after runs,
+/// docs/BENCHMARKS.md run 15).
 pub async fn run_batch(sh: &Shared, frames: &[Vec<Bytes>]) -> Vec<Reply> {
     let plain_get = |f: &Vec<Bytes>| f.len() == 2 && f[0].eq_ignore_ascii_case(b"get");
     let plain_set = |f: &Vec<Bytes>| {
@@ -374,22 +374,9 @@ pub async fn run_batch(sh: &Shared, frames: &[Vec<Bytes>]) -> Vec<Reply> {
         .iter()
         .map(|&i| (frames[i][1].clone(), frames[i][2].clone()))
         .collect();
-    // Only the kinds the batch holds (see the doc above).
     let (got, set, ran) = tokio::join!(
-        async {
-            if keys.is_empty() {
-                Vec::new()
-            } else {
-                sh.svc.get_many(&keys).await
-            }
-        },
-        async {
-            if pairs.is_empty() {
-                Vec::new()
-            } else {
-                sh.svc.set_many(&pairs).await
-            }
-        },
+        sh.svc.get_many(&keys),
+        sh.svc.set_many(&pairs),
         futures_util::future::join_all(others.iter().map(|&i| run(sh, &frames[i]))),
     );
     let mut replies: Vec<Option<Reply>> = (0..frames.len()).map(|_| None).collect();

@@ -916,4 +916,34 @@ mod tests {
         assert_eq!(*local.lock(), expected);
         assert_eq!(*remote.lock(), expected);
     }
+
+    /// An empty `get_many` / `set_many` (a RESP batch without that kind)
+    /// answers nothing at once: it waits for no slot, even with every slot
+    /// held, and records no request; a batch of one key is served and
+    /// recorded once.
+    #[tokio::test]
+    async fn empty_batches_do_nothing() {
+        use futures_util::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path());
+        let held = svc.in_flight.clone().acquire_many_owned(4).await.unwrap();
+        assert_eq!(svc.get_many(&[]).now_or_never().map(|a| a.len()), Some(0));
+        assert_eq!(svc.set_many(&[]).now_or_never().map(|a| a.len()), Some(0));
+        let recorded = |svc: &KvService| -> u64 {
+            svc.metrics
+                .requests
+                .snapshot()
+                .iter()
+                .flatten()
+                .map(|h| h.count())
+                .sum()
+        };
+        assert_eq!(recorded(&svc), 0);
+        drop(held);
+        let pair = (Bytes::from_static(b"k"), Bytes::from_static(b"v"));
+        assert!(svc.set_many(&[pair]).await[0].is_ok());
+        let got = svc.get_many(&[Bytes::from_static(b"k")]).await;
+        assert_eq!(got[0].as_ref().ok(), Some(&Some(Bytes::from_static(b"v"))));
+        assert_eq!(recorded(&svc), 2);
+    }
 }

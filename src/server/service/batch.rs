@@ -44,8 +44,12 @@ impl KvService {
         u32::try_from(n).unwrap_or(u32::MAX).min(self.slots)
     }
 
-    /// `Get` of every key of `keys` (default consistency), in order.
+    /// `Get` of every key of `keys` (default consistency), in order. No
+    /// keys: nothing is done (no clock read, no slot, no metric).
     pub async fn get_many(&self, keys: &[Bytes]) -> Answers<Option<Bytes>> {
+        if keys.is_empty() {
+            return Vec::new();
+        }
         let timers = self.metrics.requests.start_many(Command::Get, keys.len());
         let Ok(_slots) = self
             .in_flight
@@ -71,7 +75,11 @@ impl KvService {
     /// `Set` of every `(key, value)` of `pairs` (no TTL, no condition,
     /// default acks), in order; `Ok(())` once written as the acks ask.
     /// The keys are distinct (the caller's batch never writes a key twice).
+    /// No pairs: nothing is done.
     pub async fn set_many(&self, pairs: &[(Bytes, Bytes)]) -> Answers<()> {
+        if pairs.is_empty() {
+            return Vec::new();
+        }
         let timers = self.metrics.requests.start_many(Command::Set, pairs.len());
         let Ok(_slots) = self
             .in_flight
