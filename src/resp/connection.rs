@@ -27,7 +27,10 @@
 //! argument vector: [`commands::keys_of`] returns an iterator, the batch's
 //! conflict check uses one foldhash map per read, cleared between batches,
 //! the frames vector is kept across reads, and `WAIT`'s record of written
-//! partitions is updated once per partition and batch.
+//! partitions is updated once per partition and batch. A read's last
+//! command, when it is alone (every read without pipelining), skips the
+//! conflict check, which it cannot fail, and, with authentication off, the
+//! caller scope: the common case pays for no batch machinery.
 //!
 //! Authentication (src/resp/auth.rs): with users configured, a command
 //! joins a batch only if the connection's user may run it; every other
@@ -194,11 +197,19 @@ async fn execute(shared: &Shared, client: &mut Client, frames: &[Frame], out: &m
     while i < frames.len() && !client.quit {
         batch.clear();
         let mut j = i;
-        while j < frames.len()
-            && auth::passes(shared, client, &frames[j])
-            && batch.admit(&frames[j])
-        {
-            j += 1;
+        if i + 1 == frames.len() {
+            // The read's last command alone (every read without
+            // pipelining): nothing to conflict with, no key set to keep.
+            if auth::passes(shared, client, &frames[i]) && commands::keys_of(&frames[i]).is_some() {
+                j += 1;
+            }
+        } else {
+            while j < frames.len()
+                && auth::passes(shared, client, &frames[j])
+                && batch.admit(&frames[j])
+            {
+                j += 1;
+            }
         }
         let caller = client.credentials.clone();
         if j == i {
@@ -216,8 +227,14 @@ async fn execute(shared: &Shared, client: &mut Client, frames: &[Frame], out: &m
             i += 1;
             continue;
         }
-        let replies =
-            crate::auth::with_caller(caller, commands::run_batch(shared, &frames[i..j])).await;
+        let batch_of = commands::run_batch(shared, &frames[i..j]);
+        // No credentials (authentication off): no caller scope to enter on
+        // every poll; a connection's task runs in no outer scope, so what
+        // the batch sees is the same (`forwarded_credentials` is `None`).
+        let replies = match caller {
+            Some(_) => crate::auth::with_caller(caller, batch_of).await,
+            None => batch_of.await,
+        };
         shared.commands.fetch_add((j - i) as u64, Ordering::Relaxed);
         // Partitions below 128 already noted for this batch.
         let mut noted = 0u128;

@@ -946,4 +946,45 @@ mod tests {
         assert_eq!(got[0].as_ref().ok(), Some(&Some(Bytes::from_static(b"v"))));
         assert_eq!(recorded(&svc), 2);
     }
+
+    /// `set_one` / `get_one` (a RESP read of one `SET` or `GET`) answer as
+    /// a batch of one did: the value written and read back, a too-long key
+    /// refused, each request recorded once under its command and outcome,
+    /// and with the slots closed (shutdown) an `UNAVAILABLE` refusal.
+    #[tokio::test]
+    async fn one_key_requests_answer_and_record_as_a_batch_of_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path());
+        let (k, v) = (Bytes::from_static(b"k"), Bytes::from_static(b"v"));
+        assert_eq!(svc.set_one(&k, &v).await.ok(), Some(()));
+        assert_eq!(svc.get_one(&k).await.ok(), Some(Some(v.clone())));
+        assert_eq!(
+            svc.get_one(&Bytes::from_static(b"absent")).await.ok(),
+            Some(None)
+        );
+        let long = Bytes::from(vec![b'x'; 2000]);
+        let refused = svc.get_one(&long).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        svc.in_flight.close();
+        let stopped = svc.set_one(&k, &v).await.unwrap_err();
+        assert_eq!(stopped.code(), tonic::Code::Unavailable);
+        assert!(
+            stopped.message().contains("server is shutting down"),
+            "{stopped:?}"
+        );
+        let counts = svc.metrics.requests.snapshot();
+        let count = |c: Command, outcome: &str| {
+            let o = crate::server::metrics::OUTCOMES
+                .iter()
+                .position(|x| *x == outcome)
+                .unwrap();
+            counts[c as usize][o].count()
+        };
+        assert_eq!(count(Command::Set, "ok"), 1);
+        assert_eq!(count(Command::Set, "unavailable"), 1);
+        assert_eq!(count(Command::Get, "ok"), 2);
+        assert_eq!(count(Command::Get, "invalid_argument"), 1);
+        let total: u64 = counts.iter().flatten().map(|h| h.count()).sum();
+        assert_eq!(total, 5, "nothing else recorded");
+    }
 }

@@ -10,6 +10,10 @@
 //! per other node, and 50 single-command connections take about one per
 //! other node and round trip instead of one per command.
 //!
+//! A batch of one key (every RESP read without pipelining) is
+//! [`KvService::get_one`] / [`KvService::set_one`]: the same request with
+//! one timer and none of a batch's vectors.
+//!
 //! Standalone, a batch's `SET`s of one partition reach its engine in one
 //! submission ([`crate::node::Node::set_many`], `Engine::submit_many`):
 //! one writer-mutex take and one `write(2)` per partition, not per key.
@@ -45,10 +49,13 @@ impl KvService {
     }
 
     /// `Get` of every key of `keys` (default consistency), in order. No
-    /// keys: nothing is done (no clock read, no slot, no metric).
+    /// keys: nothing is done (no clock read, no slot, no metric); one key:
+    /// [`KvService::get_one`].
     pub async fn get_many(&self, keys: &[Bytes]) -> Answers<Option<Bytes>> {
-        if keys.is_empty() {
-            return Vec::new();
+        match keys {
+            [] => return Vec::new(),
+            [key] => return vec![self.get_one(key).await],
+            _ => {}
         }
         let timers = self.metrics.requests.start_many(Command::Get, keys.len());
         let Ok(_slots) = self
@@ -75,10 +82,12 @@ impl KvService {
     /// `Set` of every `(key, value)` of `pairs` (no TTL, no condition,
     /// default acks), in order; `Ok(())` once written as the acks ask.
     /// The keys are distinct (the caller's batch never writes a key twice).
-    /// No pairs: nothing is done.
+    /// No pairs: nothing is done; one pair: [`KvService::set_one`].
     pub async fn set_many(&self, pairs: &[(Bytes, Bytes)]) -> Answers<()> {
-        if pairs.is_empty() {
-            return Vec::new();
+        match pairs {
+            [] => return Vec::new(),
+            [(key, value)] => return vec![self.set_one(key, value).await],
+            _ => {}
         }
         let timers = self.metrics.requests.start_many(Command::Set, pairs.len());
         let Ok(_slots) = self
@@ -103,6 +112,56 @@ impl KvService {
         }
         finish(timers, results)
     }
+
+    /// `Get` of `key` (default consistency): the request of a batch of one
+    /// (a RESP read holding one `GET`, every read without pipelining),
+    /// without a batch's vectors: one timer, one slot, the node's `get`,
+    /// and a refusal naming a leader forwarded as a batch's would be.
+    pub async fn get_one(&self, key: &Bytes) -> Result<Option<Bytes>, Status> {
+        let timer = self.metrics.requests.start(Command::Get);
+        let Ok(_slot) = self.in_flight.acquire().await else {
+            return finish_one(timer, Err(stopping()));
+        };
+        let mut result = self.node.get(key.clone(), self.default_consistency).await;
+        if let Some(leader) = leader_of(&result) {
+            result = self
+                .coalesced(vec![(key.clone(), Bytes::new(), leader)])
+                .await
+                .pop()
+                .unwrap_or_else(|| Err(unanswered()));
+        }
+        finish_one(timer, result)
+    }
+
+    /// `Set` of `key` to `value` (no TTL, no condition, default acks) as
+    /// [`KvService::get_one`] is a `Get`: the request of a batch of one.
+    pub async fn set_one(&self, key: &Bytes, value: &Bytes) -> Result<(), Status> {
+        let timer = self.metrics.requests.start(Command::Set);
+        let Ok(_slot) = self.in_flight.acquire().await else {
+            return finish_one(timer, Err(stopping()));
+        };
+        let args = crate::node::SetArgs {
+            ttl_ms: None,
+            condition: crate::storage::Condition::Always,
+            acks: self.default_acks,
+        };
+        let mut result = self
+            .node
+            .set(key.clone(), value.clone(), args)
+            .await
+            .map(|_| ());
+        if result.is_ok() {
+            after_write_pause().await;
+        }
+        if let Some(leader) = leader_of(&result) {
+            result = self
+                .coalesced(vec![(key.clone(), value.clone(), leader)])
+                .await
+                .pop()
+                .unwrap_or_else(|| Err(unanswered()));
+        }
+        finish_one(timer, result)
+    }
 }
 
 /// The keys refused with `NOT_LEADER` naming a leader: (index, leader)
@@ -115,11 +174,34 @@ fn refused<T>(results: &[crate::Result<T>]) -> Vec<(usize, Leader)> {
         .collect()
 }
 
-/// `n` refusals: the server is shutting down (its slots are closed).
+/// The refusal of a request that finds the slots closed: the server is
+/// shutting down.
+fn stopping() -> Error {
+    Error::Unavailable("server is shutting down".into())
+}
+
+/// `n` [`stopping`] refusals.
 fn shutting_down<T>(n: usize) -> Vec<crate::Result<T>> {
-    (0..n)
-        .map(|_| Err(Error::Unavailable("server is shutting down".into())))
-        .collect()
+    (0..n).map(|_| Err(stopping())).collect()
+}
+
+/// The answer of a forward that gave none (the coalescer answers every
+/// item it is given; this would be a bug).
+fn unanswered() -> Error {
+    Error::Internal("a forwarded key got no answer".into())
+}
+
+/// Records one request's outcome and maps its error to a status, as
+/// [`finish`] does for each key of a batch.
+fn finish_one<T>(
+    timer: crate::server::metrics::Timer<'_>,
+    result: crate::Result<T>,
+) -> Result<T, Status> {
+    timer.finish(&result);
+    result.map_err(|err| {
+        tracing::debug!(reason = err.reason(), "request failed: {err}");
+        Status::from(err)
+    })
 }
 
 /// Records each key's outcome and maps its error to a status, as
