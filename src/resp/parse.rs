@@ -23,7 +23,12 @@
 //!   longer than 64 KiB without its `\r\n`, a count above `max_args`, or a
 //!   bulk length above `proto_max_bulk_len` is an error before its bytes
 //!   are buffered; the bytes of one bulk are at most `proto_max_bulk_len`;
-//! - arguments are zero-copy slices of the read buffer ([`Bytes`]).
+//! - arguments are zero-copy slices of the read buffer ([`Bytes`]); a
+//!   multibulk command allocates only its argument vector (the scan's
+//!   ranges live in the parser, kept across commands).
+//!
+//! `cargo bench --bench resp_parse` times the parser alone
+//! (docs/BENCHMARKS.md).
 //!
 //! As Redis, the two bytes after a bulk's payload are skipped, not checked.
 
@@ -63,6 +68,9 @@ pub struct Parser {
     /// complete (learnt from its headers), so a large value arriving in
     /// many reads is not re-scanned on each.
     need: usize,
+    /// The argument ranges of the multibulk being scanned; kept across
+    /// commands, so a scan allocates nothing.
+    ranges: Vec<(usize, usize)>,
 }
 
 /// What [`Parser::next`] found.
@@ -71,7 +79,11 @@ pub type Frame = Vec<Bytes>;
 impl Parser {
     /// A parser enforcing `limits`.
     pub fn new(limits: Limits) -> Parser {
-        Parser { limits, need: 0 }
+        Parser {
+            limits,
+            need: 0,
+            ranges: Vec::new(),
+        }
     }
 
     /// At least how many bytes the buffer must hold before [`Parser::next`]
@@ -93,42 +105,43 @@ impl Parser {
             inline(buf)?
         };
         self.need = match &found {
-            Scan::Complete { .. } => 0,
             Scan::Need(n) => *n,
+            _ => 0,
         };
         Ok(match found {
             Scan::Need(_) => None,
-            Scan::Complete { end, args } => {
+            Scan::Ranges { end } => {
                 let mut frame = buf.split_to(end).freeze();
-                let args = args
-                    .into_iter()
-                    .map(|a| match a {
-                        Arg::Range(s, e) => frame.slice(s..e),
-                        Arg::Owned(v) => Bytes::from(v),
-                    })
-                    .collect();
-                frame.advance(frame.len());
+                let mut args = Vec::with_capacity(self.ranges.len());
+                if let Some((&(last_start, last_end), rest)) = self.ranges.split_last() {
+                    args.extend(rest.iter().map(|&(s, e)| frame.slice(s..e)));
+                    // The last argument is the frame itself, cut down: one
+                    // reference count update fewer per command.
+                    frame.truncate(last_end);
+                    frame.advance(last_start);
+                    args.push(frame);
+                }
                 Some(args)
+            }
+            Scan::Inline { end, args } => {
+                buf.advance(end);
+                Some(args.into_iter().map(Bytes::from).collect())
             }
         })
     }
 
-    /// Scans a `*` request without consuming anything.
-    fn multibulk(&self, buf: &[u8]) -> Result<Scan, ProtocolError> {
+    /// Scans a `*` request without consuming anything; its arguments'
+    /// ranges are left in `self.ranges`.
+    fn multibulk(&mut self, buf: &[u8]) -> Result<Scan, ProtocolError> {
+        self.ranges.clear();
         let Some((count, mut pos)) = header(buf, 0, "too big mbulk count string")? else {
             return Ok(Scan::Need(buf.len() + 1));
         };
         let count = match parse_i64(count) {
-            Some(n) if n <= 0 => {
-                return Ok(Scan::Complete {
-                    end: pos,
-                    args: vec![],
-                });
-            }
+            Some(n) if n <= 0 => return Ok(Scan::Ranges { end: pos }),
             Some(n) if n as u64 <= self.limits.max_args as u64 => n as usize,
             _ => return Err(ProtocolError::Redis("invalid multibulk length")),
         };
-        let mut args = Vec::with_capacity(count.min(1024));
         for _ in 0..count {
             match buf.get(pos) {
                 None => return Ok(Scan::Need(buf.len() + 1)),
@@ -146,10 +159,10 @@ impl Parser {
             if buf.len() < end + 2 {
                 return Ok(Scan::Need(end + 2));
             }
-            args.push(Arg::Range(start, end));
+            self.ranges.push((start, end));
             pos = end + 2;
         }
-        Ok(Scan::Complete { end: pos, args })
+        Ok(Scan::Ranges { end: pos })
     }
 }
 
@@ -157,21 +170,19 @@ impl Parser {
 enum Scan {
     /// Not complete; the buffer must hold at least this many bytes first.
     Need(usize),
-    /// A whole request of `end` bytes.
-    Complete {
+    /// A whole multibulk request of `end` bytes; its arguments are the
+    /// parser's `ranges` of it.
+    Ranges {
         /// Its length in the buffer.
         end: usize,
-        /// Its arguments.
-        args: Vec<Arg>,
     },
-}
-
-/// One argument: a range of the frame, or bytes rebuilt from escapes.
-enum Arg {
-    /// `frame[start..end]`.
-    Range(usize, usize),
-    /// Unescaped inline argument.
-    Owned(Vec<u8>),
+    /// A whole inline request of `end` bytes.
+    Inline {
+        /// Its length in the buffer.
+        end: usize,
+        /// Its arguments, unescaped.
+        args: Vec<Vec<u8>>,
+    },
 }
 
 /// The header line at `buf[at]` (its type byte skipped): its text and the
@@ -194,16 +205,29 @@ fn memchr_crlf(s: &[u8]) -> Option<usize> {
     s.windows(2).position(|w| w == b"\r\n")
 }
 
-/// A strict signed decimal, as Redis' `string2ll` (no spaces, no `+`).
+/// A strict signed decimal, as Redis' `string2ll`: an optional `-`, then
+/// digits without a leading zero (`0` alone; `-0` is refused), no spaces,
+/// no `+`, within `i64`. Read byte by byte: every command's headers pass
+/// here.
 pub fn parse_i64(s: &[u8]) -> Option<i64> {
-    let text = std::str::from_utf8(s).ok()?;
-    if text.is_empty() || text.starts_with('+') || (text.len() > 1 && text.starts_with('0')) {
-        return None;
+    let (negative, digits) = match s {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, s),
+    };
+    match digits {
+        [] => return None,
+        [b'0', ..] if negative || digits.len() > 1 => return None,
+        _ => {}
     }
-    if text.starts_with("-0") {
-        return None;
+    // Accumulated negative, so that i64::MIN fits.
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_sub(i64::from(d - b'0'))?;
     }
-    text.parse().ok()
+    if negative { Some(n) } else { n.checked_neg() }
 }
 
 /// Scans an inline request without consuming anything.
@@ -219,11 +243,8 @@ fn inline(buf: &[u8]) -> Result<Scan, ProtocolError> {
         line = &line[..line.len() - 1];
     }
     let args = super::split::split(line)
-        .map_err(|_| ProtocolError::Redis("unbalanced quotes in request"))?
-        .into_iter()
-        .map(Arg::Owned)
-        .collect();
-    Ok(Scan::Complete { end: nl + 1, args })
+        .map_err(|_| ProtocolError::Redis("unbalanced quotes in request"))?;
+    Ok(Scan::Inline { end: nl + 1, args })
 }
 
 #[cfg(test)]
@@ -345,5 +366,45 @@ mod tests {
             assert_eq!(parse_i64(bad), None, "{bad:?}");
         }
         assert_eq!(parse_i64(b"0"), Some(0));
+        assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(parse_i64(b"9223372036854775807"), Some(i64::MAX));
+        for bad in [
+            &b"9223372036854775808"[..],
+            b"-9223372036854775809",
+            b"-",
+            b"--1",
+            b"1-",
+        ] {
+            assert_eq!(parse_i64(bad), None, "{bad:?}");
+        }
+    }
+
+    /// The rules of `parse_i64` stated through `str` (the implementation
+    /// before the byte-by-byte one), for the property test below.
+    fn parse_i64_by_str(s: &[u8]) -> Option<i64> {
+        let text = std::str::from_utf8(s).ok()?;
+        if text.is_empty() || text.starts_with('+') || (text.len() > 1 && text.starts_with('0')) {
+            return None;
+        }
+        if text.starts_with("-0") {
+            return None;
+        }
+        text.parse().ok()
+    }
+
+    proptest::proptest! {
+        /// Any bytes, and any decimal text with signs, zeros and lengths
+        /// around i64's edges: the same answer as the rules through `str`.
+        #[test]
+        fn parse_i64_agrees_with_the_rules(
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..24),
+            text in "[-+]?0*[0-9]{0,20}",
+            n in proptest::prelude::any::<i64>(),
+        ) {
+            proptest::prop_assert_eq!(parse_i64(&raw), parse_i64_by_str(&raw));
+            proptest::prop_assert_eq!(parse_i64(text.as_bytes()), parse_i64_by_str(text.as_bytes()));
+            let n = n.to_string();
+            proptest::prop_assert_eq!(parse_i64(n.as_bytes()), parse_i64_by_str(n.as_bytes()));
+        }
     }
 }
