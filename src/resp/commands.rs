@@ -365,14 +365,8 @@ pub async fn run_batch(sh: &Shared, frames: &[Vec<Bytes>]) -> Vec<Reply> {
     if let [f] = frames {
         // One command (every read without pipelining): no batch vectors.
         return vec![match () {
-            _ if plain_get(f) => match sh.svc.get_one(&f[1]).await {
-                Ok(v) => v.map_or(Reply::Nil, Reply::Bulk),
-                Err(s) => status(s),
-            },
-            _ if plain_set(f) => match sh.svc.set_one(&f[1], &f[2]).await {
-                Ok(()) => Reply::OK,
-                Err(s) => status(s),
-            },
+            _ if plain_get(f) => got(sh.svc.get_one(&f[1]).await),
+            _ if plain_set(f) => stored(sh.svc.set_one(&f[1], &f[2]).await),
             _ => run(sh, f).await,
         }];
     }
@@ -392,23 +386,17 @@ pub async fn run_batch(sh: &Shared, frames: &[Vec<Bytes>]) -> Vec<Reply> {
         .iter()
         .map(|&i| (frames[i][1].clone(), frames[i][2].clone()))
         .collect();
-    let (got, set, ran) = tokio::join!(
+    let (gotten, set, ran) = tokio::join!(
         sh.svc.get_many(&keys),
         sh.svc.set_many(&pairs),
         futures_util::future::join_all(others.iter().map(|&i| run(sh, &frames[i]))),
     );
     let mut replies: Vec<Option<Reply>> = (0..frames.len()).map(|_| None).collect();
-    for (&i, r) in gets.iter().zip(got) {
-        replies[i] = Some(match r {
-            Ok(v) => v.map_or(Reply::Nil, Reply::Bulk),
-            Err(s) => status(s),
-        });
+    for (&i, r) in gets.iter().zip(gotten) {
+        replies[i] = Some(got(r));
     }
     for (&i, r) in sets.iter().zip(set) {
-        replies[i] = Some(match r {
-            Ok(()) => Reply::OK,
-            Err(s) => status(s),
-        });
+        replies[i] = Some(stored(r));
     }
     for (&i, r) in others.iter().zip(ran) {
         replies[i] = Some(r);
@@ -417,6 +405,22 @@ pub async fn run_batch(sh: &Shared, frames: &[Vec<Bytes>]) -> Vec<Reply> {
         .into_iter()
         .map(|r| r.unwrap_or_else(|| Reply::err("internal error: a command was not run")))
         .collect()
+}
+
+/// The answer to a plain `GET`.
+fn got(r: Result<Option<Bytes>, Status>) -> Reply {
+    match r {
+        Ok(v) => v.map_or(Reply::Nil, Reply::Bulk),
+        Err(s) => status(s),
+    }
+}
+
+/// The answer to a plain `SET`.
+fn stored(r: Result<(), Status>) -> Reply {
+    match r {
+        Ok(()) => Reply::OK,
+        Err(s) => status(s),
+    }
 }
 
 /// `MSET key value [key value ...]`: every value checked against the limit

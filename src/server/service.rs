@@ -296,16 +296,10 @@ impl KvService {
         let timer = self.metrics.requests.start(command);
         let result = match self.in_flight.acquire().await {
             Ok(_slot) => f.await,
-            Err(_) => Err(Error::Unavailable("server is shutting down".into())),
+            Err(_) => Err(stopping()),
         };
         timer.finish(&result);
-        match result {
-            Ok(reply) => Ok(Response::new(reply)),
-            Err(err) => {
-                tracing::debug!(reason = err.reason(), "request failed: {err}");
-                Err(err.into())
-            }
-        }
+        result.map(Response::new).map_err(failed)
     }
 
     /// The request's acks, or the default.
@@ -331,6 +325,18 @@ impl KvService {
             ))),
         }
     }
+}
+
+/// The refusal of a request that finds the slots closed: the server is
+/// shutting down.
+fn stopping() -> Error {
+    Error::Unavailable("server is shutting down".into())
+}
+
+/// A request's error as its answer, logged at debug level.
+fn failed(err: Error) -> Status {
+    tracing::debug!(reason = err.reason(), "request failed: {err}");
+    Status::from(err)
 }
 
 /// Test builds only: the failpoint `server::after_write` (`return(MS)`)

@@ -35,7 +35,8 @@
 use bytes::Bytes;
 use tonic::Status;
 
-use super::{KvService, Leader, after_write_pause, leader_of};
+use super::coalesce::Kind;
+use super::{KvService, Leader, after_write_pause, failed, leader_of, stopping};
 use crate::error::Error;
 use crate::server::metrics::Command;
 
@@ -124,11 +125,7 @@ impl KvService {
         };
         let mut result = self.node.get(key.clone(), self.default_consistency).await;
         if let Some(leader) = leader_of(&result) {
-            result = self
-                .coalesced(vec![(key.clone(), Bytes::new(), leader)])
-                .await
-                .pop()
-                .unwrap_or_else(|| Err(unanswered()));
+            result = self.forward_one(key, Bytes::new(), leader).await;
         }
         finish_one(timer, result)
     }
@@ -154,13 +151,23 @@ impl KvService {
             after_write_pause().await;
         }
         if let Some(leader) = leader_of(&result) {
-            result = self
-                .coalesced(vec![(key.clone(), value.clone(), leader)])
-                .await
-                .pop()
-                .unwrap_or_else(|| Err(unanswered()));
+            result = self.forward_one(key, value.clone(), leader).await;
         }
         finish_one(timer, result)
+    }
+
+    /// The answer of `leader` to `key` (with `value` for a `Set`), through
+    /// the coalescer as a batch's refused keys go.
+    async fn forward_one<T: Kind>(
+        &self,
+        key: &Bytes,
+        value: Bytes,
+        leader: Leader,
+    ) -> crate::Result<T> {
+        self.coalesced(vec![(key.clone(), value, leader)])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(Error::Internal("a forwarded key got no answer".into())))
     }
 }
 
@@ -174,21 +181,9 @@ fn refused<T>(results: &[crate::Result<T>]) -> Vec<(usize, Leader)> {
         .collect()
 }
 
-/// The refusal of a request that finds the slots closed: the server is
-/// shutting down.
-fn stopping() -> Error {
-    Error::Unavailable("server is shutting down".into())
-}
-
 /// `n` [`stopping`] refusals.
 fn shutting_down<T>(n: usize) -> Vec<crate::Result<T>> {
     (0..n).map(|_| Err(stopping())).collect()
-}
-
-/// The answer of a forward that gave none (the coalescer answers every
-/// item it is given; this would be a bug).
-fn unanswered() -> Error {
-    Error::Internal("a forwarded key got no answer".into())
 }
 
 /// Records one request's outcome and maps its error to a status, as
@@ -198,10 +193,7 @@ fn finish_one<T>(
     result: crate::Result<T>,
 ) -> Result<T, Status> {
     timer.finish(&result);
-    result.map_err(|err| {
-        tracing::debug!(reason = err.reason(), "request failed: {err}");
-        Status::from(err)
-    })
+    result.map_err(failed)
 }
 
 /// Records each key's outcome and maps its error to a status, as
@@ -216,10 +208,7 @@ fn finish<T>(
         .zip(results)
         .map(|(timer, r)| {
             timer.finish_at(&r, now);
-            r.map_err(|err| {
-                tracing::debug!(reason = err.reason(), "request failed: {err}");
-                Status::from(err)
-            })
+            r.map_err(failed)
         })
         .collect()
 }
